@@ -1,0 +1,95 @@
+"""The base-model catalog and VRAM presets: the defaults behind a three-line spec."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from loraflow.errors import UserInputError
+
+ENGINES = ("builtin", "ai-toolkit", "kohya")
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    id: str
+    name: str
+    arch: str
+    source: str
+    license: str
+    gated: bool
+    min_vram_gb: int
+    default_engine: str
+    engines: dict[str, dict[str, Any]]
+    defaults: dict[str, Any]
+    variant: str | None = None
+    license_url: str | None = None
+    assistant_lora: str | None = None
+    kohya_files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def hub_id(self) -> str | None:
+        return self.source[3:] if self.source.startswith("hf:") else None
+
+
+def _load(name: str) -> dict[Any, Any]:
+    text = resources.files("loraflow.catalog").joinpath(name).read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+@cache
+def base_models() -> dict[str, BaseModel]:
+    return {key: BaseModel(id=key, **value) for key, value in _load("base_models.yaml").items()}
+
+
+@cache
+def vram_presets() -> dict[int, dict[str, dict[str, Any]]]:
+    return {int(k): v for k, v in _load("vram_presets.yaml").items()}
+
+
+def get_base_model(model_id: str) -> BaseModel:
+    models = base_models()
+    if model_id not in models:
+        import difflib
+
+        close = difflib.get_close_matches(model_id, list(models), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"use one of: {', '.join(models)}"
+        raise UserInputError(f"unknown base model '{model_id}'", fix=hint, where="base_model")
+    return models[model_id]
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Merge `over` into a copy of `base`; nested dicts merge, everything else is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def defaults_for(model: BaseModel, engine: str, vram_preset: int | None) -> dict[str, Any]:
+    """Catalog defaults for one model and engine, with a VRAM preset on top (user values go last)."""
+    if engine not in model.engines:
+        raise UserInputError(
+            f"engine '{engine}' does not support base model '{model.id}'",
+            fix=f"use one of: {', '.join(model.engines)}",
+            where="engine.name",
+        )
+    merged = deep_merge(model.defaults, model.engines.get(engine) or {})
+    if vram_preset is not None:
+        presets = vram_presets()
+        if vram_preset not in presets:
+            raise UserInputError(
+                f"no VRAM preset for {vram_preset} GB",
+                fix=f"use one of: {', '.join(str(p) for p in presets)}",
+                where="training.vram_preset",
+            )
+        merged = deep_merge(merged, presets[vram_preset].get(engine, {}))
+    return merged

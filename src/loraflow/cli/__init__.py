@@ -1,0 +1,49 @@
+"""The `loraflow` command. Exit codes: 0 success, 1 the job failed, 2 bad input or usage."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from loraflow.cli import dataset_cmd, jobs_cmd, spec_cmd
+from loraflow.cli.output import err
+from loraflow.errors import LoraflowError
+
+app = typer.Typer(
+    name="loraflow",
+    help="Turn a folder of images, a trigger word and a base model into a trained, packaged LoRA.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(spec_cmd.app, name="spec")
+app.add_typer(dataset_cmd.app, name="dataset")
+app.add_typer(jobs_cmd.app, name="jobs")
+
+
+@app.command()
+def version() -> None:
+    """Print loraflow's version."""
+    from loraflow import __version__
+
+    typer.echo(__version__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; user errors become one clear message and an exit code, never a traceback."""
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except LoraflowError as exc:
+        err(exc.render())
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err("interrupted")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,46 @@
+"""`loraflow spec init|validate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from loraflow.cli.output import console, print_json
+from loraflow.errors import UserInputError
+from loraflow.spec import STARTER_SPEC, load_spec
+
+app = typer.Typer(help="Write and check training specs.", no_args_is_help=True)
+
+
+@app.command("init")
+def init(
+    path: Path = typer.Argument(Path("loraflow.yaml"), help="Where to write the starter spec."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+) -> None:
+    """Write a commented starter spec."""
+    if path.exists() and not force:
+        raise UserInputError(f"{path} already exists", fix="pass --force to overwrite it, or give another path")
+    path.write_text(STARTER_SPEC, encoding="utf-8")
+    console.print(f"wrote {path}; edit dataset.path and trigger_word, then `loraflow spec validate {path}`")
+
+
+@app.command("validate")
+def validate(
+    path: Path = typer.Argument(..., help="Spec file to check."),
+    show: bool = typer.Option(False, "--show", help="Print the resolved spec with every default filled in."),
+    as_json: bool = typer.Option(False, "--json", help="Print the resolved spec as JSON."),
+) -> None:
+    """Check a spec; every problem is named by its key path with the fix."""
+    spec = load_spec(path)
+    if as_json:
+        print_json(spec.to_dict())
+        return
+    if show:
+        console.print(spec.to_yaml(), markup=False)
+    t = spec.training
+    length = f"{t.steps} steps" if t.steps else f"{t.epochs} epochs"
+    console.print(
+        f"[green]ok[/green] {path}: {spec.name} on {spec.base_model} with {spec.engine.name}, {length}, "
+        f"rank {spec.network.rank}, resolution {t.resolution}, provider {spec.compute.provider}"
+    )

@@ -1,0 +1,306 @@
+"""`dataset check` and `dataset prepare`: one pass over the source that finds every problem.
+
+`check` reads only. `prepare` writes a normalized copy (images re-encoded only when needed, captions
+as UTF-8 .txt with the trigger word placed) plus manifest.json into an output folder that must be
+empty or new, so a user's originals and earlier outputs are never overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import imagehash
+
+from loraflow.dataset.captions import decode_caption, finish_caption
+from loraflow.dataset.findings import Finding, Report, Severity
+from loraflow.dataset.images import DecodedImage, decode
+from loraflow.dataset.manifest import ManifestFile, pack, write_manifest
+from loraflow.dataset.sources import ArchiveLimits, Entry, open_source
+from loraflow.errors import UserInputError
+from loraflow.spec import CaptionPolicy, DatasetChecks
+
+
+@dataclass
+class _Image:
+    entry: Entry
+    decoded: DecodedImage
+    sha256: str
+    phash: int
+    caption: str | None
+    out_name: str = ""
+
+
+def _stem_key(path: str) -> str:
+    pure = PurePosixPath(path)
+    return str(pure.with_suffix("")) if pure.suffix else path
+
+
+def _safe_stem(path: str, taken: set[str]) -> str:
+    stem = "__".join(PurePosixPath(_stem_key(path)).parts)
+    stem = re.sub(r"[^\w.\-]+", "_", stem, flags=re.UNICODE).strip("._") or "image"
+    candidate, n = stem, 2
+    while candidate.lower() in taken:
+        candidate, n = f"{stem}-{n}", n + 1
+    taken.add(candidate.lower())
+    return candidate
+
+
+def _hamming(a: int, b: int) -> int:
+    return (a ^ b).bit_count()
+
+
+class DatasetRun:
+    """One pass over a dataset source; `check()` returns findings, `prepare()` also writes the copy."""
+
+    def __init__(
+        self,
+        src: str | Path,
+        checks: DatasetChecks | None = None,
+        policy: CaptionPolicy | None = None,
+        trigger: str | None = None,
+        caption_ext: str = "txt",
+    ) -> None:
+        self.src = Path(src).expanduser()
+        self.checks = checks or DatasetChecks()
+        self.policy = policy or CaptionPolicy()
+        self.trigger = trigger
+        self.caption_ext = caption_ext.lstrip(".")
+        self.report = Report(source=str(self.src))
+        self.images: list[_Image] = []
+
+    def _scan(self) -> None:
+        limits = ArchiveLimits(self.checks.max_archive_bytes, self.checks.max_archive_files)
+        entries, findings = open_source(self.src, limits)
+        for f in findings:
+            self.report.add(f)
+        cap_suffix = "." + self.caption_ext.lower()
+        captions: dict[str, Entry] = {}
+        others: list[Entry] = []
+        for entry in entries:
+            if PurePosixPath(entry.path).suffix.lower() == cap_suffix:
+                captions[_stem_key(entry.path)] = entry
+            else:
+                others.append(entry)
+        paired: set[str] = set()
+        for entry in others:
+            self._scan_image(entry, captions, paired)
+        for key, entry in captions.items():
+            if key not in paired:
+                self.report.add(
+                    Finding(
+                        "orphan_caption",
+                        Severity.WARNING,
+                        "caption file has no image",
+                        "add the image with the same name, or delete the caption",
+                        entry.path,
+                    )
+                )
+        self._gates()
+
+    def _scan_image(self, entry: Entry, captions: dict[str, Entry], paired: set[str]) -> None:
+        try:
+            data = entry.read()
+        except UserInputError as exc:
+            self.report.add(Finding("unsafe_archive_member", Severity.ERROR, exc.message, exc.fix or "", entry.path))
+            return
+        result = decode(data, entry.path, self.checks.max_pixels)
+        if result is None:
+            self.report.add(
+                Finding("not_an_image", Severity.INFO, "ignored: not an image or a caption", "", entry.path)
+            )
+            return
+        self.report.images += 1
+        self.report.total_bytes += entry.size
+        if isinstance(result, Finding):
+            self.report.add(result)
+            return
+        for note in result.notes:
+            self.report.add(Finding("converted", Severity.INFO, note, "", entry.path))
+        key = _stem_key(entry.path)
+        caption: str | None = None
+        if key in captions:
+            paired.add(key)
+            caption, note = decode_caption(captions[key].read())
+            if note:
+                self.report.add(
+                    Finding("caption_encoding", Severity.WARNING, note, "save the caption as UTF-8", captions[key].path)
+                )
+            if not caption:
+                self.report.add(
+                    Finding(
+                        "empty_caption",
+                        Severity.WARNING,
+                        "caption file is empty",
+                        "write a caption, or delete the file to let a captioner fill it",
+                        captions[key].path,
+                    )
+                )
+        else:
+            severity = Severity.ERROR if self.checks.require_captions else Severity.WARNING
+            self.report.add(
+                Finding(
+                    "missing_caption",
+                    severity,
+                    "has no caption file",
+                    f"add {PurePosixPath(key).name}.{self.caption_ext} or set "
+                    "dataset.captions.backend to caption automatically",
+                    entry.path,
+                )
+            )
+        phash = int(str(imagehash.phash(result.image)), 16)
+        result.image = None  # pixels are decoded again when writing: memory stays flat for big datasets
+        self.images.append(_Image(entry, result, hashlib.sha256(data).hexdigest(), phash, caption))
+
+    def _gates(self) -> None:
+        c = self.checks
+        usable: list[_Image] = []
+        for img in self.images:
+            w, h = img.decoded.width, img.decoded.height
+            short, long_ = min(w, h), max(w, h)
+            if short < c.min_resolution:
+                self.report.add(
+                    Finding(
+                        "too_small",
+                        Severity.ERROR,
+                        f"is {w}x{h}; its shorter side is under {c.min_resolution} px",
+                        "use a larger original, or lower dataset.checks.min_resolution",
+                        img.entry.path,
+                    )
+                )
+                continue
+            if long_ / short > c.max_aspect_ratio:
+                self.report.add(
+                    Finding(
+                        "extreme_aspect_ratio",
+                        Severity.WARNING,
+                        f"is {w}x{h} (aspect {long_ / short:.1f}:1), beyond {c.max_aspect_ratio}:1",
+                        "crop it closer to the subject",
+                        img.entry.path,
+                    )
+                )
+            usable.append(img)
+        seen: dict[str, _Image] = {}
+        unique: list[_Image] = []
+        for img in usable:
+            if img.sha256 in seen:
+                self.report.add(
+                    Finding(
+                        "duplicate",
+                        Severity.WARNING,
+                        f"is an exact duplicate of {seen[img.sha256].entry.path}",
+                        "delete one copy",
+                        img.entry.path,
+                    )
+                )
+                continue
+            seen[img.sha256] = img
+            unique.append(img)
+        for i, a in enumerate(unique):
+            for b in unique[i + 1 :]:
+                distance = _hamming(a.phash, b.phash)
+                if distance <= c.near_duplicate_distance:
+                    self.report.add(
+                        Finding(
+                            "near_duplicate",
+                            Severity.WARNING,
+                            f"looks almost the same as {a.entry.path} (distance {distance})",
+                            "keep the better of the two",
+                            b.entry.path,
+                        )
+                    )
+        self.images = usable
+        self.report.usable_images = len(usable)
+        self.report.captioned = sum(1 for i in usable if i.caption)
+        res = Counter(f"{i.decoded.width}x{i.decoded.height}" for i in usable)
+        self.report.resolutions = dict(res.most_common())
+        if len(usable) < c.min_images:
+            self.report.add(
+                Finding(
+                    "too_few_images",
+                    Severity.ERROR,
+                    f"{len(usable)} usable image(s); at least {c.min_images} are needed",
+                    "add more images (10-30 is typical for a character or style)",
+                )
+            )
+        if len(usable) > c.max_images:
+            self.report.add(
+                Finding(
+                    "too_many_images",
+                    Severity.ERROR,
+                    f"{len(usable)} images; at most {c.max_images} are allowed",
+                    "remove images or raise dataset.checks.max_images",
+                )
+            )
+
+    def check(self) -> Report:
+        self._scan()
+        return self.report
+
+    def prepare(self, out: str | Path, *, drop_bad: bool = False, pack_to: str | Path | None = None) -> Report:
+        """Write the normalized dataset; refuse when an error gate fails unless `drop_bad` skips bad files."""
+        out = Path(out).expanduser().resolve()
+        if self.src.is_dir() and (out == self.src.resolve() or self.src.resolve() in out.parents):
+            raise UserInputError(
+                f"the output folder {out} is inside the source", fix="choose an output folder outside the dataset"
+            )
+        if out.exists() and any(out.iterdir()):
+            raise UserInputError(
+                f"the output folder {out} is not empty",
+                fix="choose a new folder; loraflow never overwrites earlier output",
+            )
+        self._scan()
+        blocking = [f for f in self.report.errors if not (drop_bad and f.file)]
+        if blocking:
+            return self.report
+        files = self._write(out)
+        self.report.output = str(out)
+        self.report.dataset_hash = write_manifest(out, files, self.trigger, self.caption_ext)
+        if pack_to:
+            pack(out, Path(pack_to))
+            self.report.pack = str(pack_to)
+        return self.report
+
+    def _write(self, out: Path) -> list[ManifestFile]:
+        tmp = out.with_name(out.name + ".partial")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        taken: set[str] = set()
+        files: list[ManifestFile] = []
+        for img in self.images:
+            stem = _safe_stem(img.entry.path, taken)
+            name = f"{stem}.{img.decoded.extension}"
+            source = img.entry.read()
+            again = decode(source, img.entry.path, self.checks.max_pixels)
+            assert isinstance(again, DecodedImage)
+            data = again.encoded(source)
+            (tmp / name).write_bytes(data)
+            caption = finish_caption(img.caption or "", self.trigger, self.policy)
+            origin = "file" if img.caption else ("trigger" if caption else "none")
+            (tmp / f"{stem}.{self.caption_ext}").write_text(caption + "\n", encoding="utf-8")
+            files.append(
+                ManifestFile(
+                    name,
+                    hashlib.sha256(data).hexdigest(),
+                    len(data),
+                    img.decoded.width,
+                    img.decoded.height,
+                    caption,
+                    origin,
+                    img.entry.path,
+                    img.decoded.reencode,
+                )
+            )
+        if out.exists():
+            out.rmdir()
+        tmp.replace(out)
+        return files
+
+
+def check_dataset(src: str | Path, checks: DatasetChecks | None = None, **kw: object) -> Report:
+    return DatasetRun(src, checks, **kw).check()  # type: ignore[arg-type]

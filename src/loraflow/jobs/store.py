@@ -1,0 +1,305 @@
+"""The job store: jobs, their state changes and their append-only event log.
+
+SQLite (a file under LORAFLOW_HOME, WAL mode) by default; the same code runs on PostgreSQL from a URL.
+State changes and events are written in one transaction, so a reader never sees a state without the
+event that explains it. Event sequence numbers come from the job row under a write lock, so they are
+gap-free and ordered even with several processes writing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from loraflow import paths
+from loraflow.errors import NotFound
+from loraflow.jobs.migrations import migrate
+from loraflow.jobs.models import EventRow, JobRow
+from loraflow.jobs.states import JobState, check_transition
+from loraflow.spec import TrainSpec
+
+
+@dataclass(frozen=True)
+class Event:
+    job_id: str
+    seq: int
+    ts: datetime
+    type: str
+    stage: str | None
+    data: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "seq": self.seq,
+            "ts": self.ts.isoformat(),
+            "type": self.type,
+            "stage": self.stage,
+            "data": self.data,
+        }
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    name: str
+    owner: str
+    state: JobState
+    stage: str | None
+    engine: str
+    base_model: str
+    spec: dict[str, Any]
+    step: int
+    total_steps: int
+    loss: float | None
+    cost_usd: float
+    error: str | None
+    lease: dict[str, Any] | None
+    artifacts: dict[str, Any]
+    stages_done: list[str]
+    created_at: datetime
+    updated_at: datetime
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def train_spec(self) -> TrainSpec:
+        return TrainSpec.model_validate(self.spec)
+
+    @property
+    def folder(self):
+        return paths.job_dir(self.id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "owner": self.owner,
+            "state": self.state.value,
+            "stage": self.stage,
+            "engine": self.engine,
+            "base_model": self.base_model,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "loss": self.loss,
+            "cost_usd": round(self.cost_usd, 4),
+            "error": self.error,
+            "lease": self.lease,
+            "artifacts": self.artifacts,
+            "stages_done": self.stages_done,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+def _aware(value: datetime | None) -> datetime:
+    if value is None:
+        return datetime.now(timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _job(row: JobRow) -> Job:
+    return Job(
+        row.id,
+        row.name,
+        row.owner,
+        JobState(row.state),
+        row.stage,
+        row.engine,
+        row.base_model,
+        row.spec,
+        row.step,
+        row.total_steps,
+        row.loss,
+        row.cost_usd,
+        row.error,
+        row.lease,
+        dict(row.artifacts or {}),
+        list(row.stages_done or []),
+        _aware(row.created_at),
+        _aware(row.updated_at),
+    )
+
+
+def _event(row: EventRow) -> Event:
+    return Event(row.job_id, row.seq, _aware(row.ts), row.type, row.stage, dict(row.data or {}))
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # let BEGIN IMMEDIATE below manage transactions
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            # Take the write lock up front: a deferred read-then-write upgrade can fail under contention.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Store:
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url or paths.database_url()
+        self.engine = make_engine(self.url)
+        migrate(self.engine)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def session(self) -> Session:
+        return self._session()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- jobs --------------------------------------------------------------------------------------
+
+    def create_job(self, spec: TrainSpec, owner: str = "local", job_id: str | None = None) -> Job:
+        job_id = job_id or uuid.uuid4().hex[:12]
+        with self.session() as s, s.begin():
+            row = JobRow(
+                id=job_id,
+                name=spec.name,
+                owner=owner,
+                state=JobState.PENDING.value,
+                engine=spec.engine.name,
+                base_model=spec.base_model,
+                spec=spec.to_dict(),
+                total_steps=spec.training.steps or 0,
+                artifacts={},
+                stages_done=[],
+                last_seq=0,
+            )
+            s.add(row)
+            s.flush()
+            self._append(
+                s,
+                row,
+                "job.created",
+                {"name": spec.name, "engine": spec.engine.name, "base_model": spec.base_model},
+                None,
+            )
+        return self.get(job_id)
+
+    def get(self, job_id: str, owner: str | None = None) -> Job:
+        with self.session() as s:
+            row = s.get(JobRow, job_id)
+            if row is None or (owner is not None and row.owner != owner):
+                raise NotFound(f"no job with id {job_id}", fix="list jobs with `loraflow jobs list`")
+            return _job(row)
+
+    def find(self, prefix: str, owner: str | None = None) -> Job:
+        """A job by id or unique id prefix, as people type them."""
+        with self.session() as s:
+            query = select(JobRow).where(JobRow.id.startswith(prefix)).limit(2)
+            if owner is not None:
+                query = query.where(JobRow.owner == owner)
+            rows = s.execute(query).scalars().all()
+        if len(rows) != 1:
+            what = "no job" if not rows else "more than one job"
+            raise NotFound(f"{what} with id starting '{prefix}'", fix="give more of the id (`loraflow jobs list`)")
+        return _job(rows[0])
+
+    def list_jobs(
+        self, *, owner: str | None = None, states: list[str] | None = None, limit: int = 50, offset: int = 0
+    ) -> list[Job]:
+        query = select(JobRow).order_by(JobRow.created_at.desc(), JobRow.id).limit(limit).offset(offset)
+        if owner is not None:
+            query = query.where(JobRow.owner == owner)
+        if states:
+            query = query.where(JobRow.state.in_(states))
+        with self.session() as s:
+            return [_job(r) for r in s.execute(query).scalars().all()]
+
+    def count_jobs(self, *, owner: str | None = None, states: list[str] | None = None) -> int:
+        query = select(func.count()).select_from(JobRow)
+        if owner is not None:
+            query = query.where(JobRow.owner == owner)
+        if states:
+            query = query.where(JobRow.state.in_(states))
+        with self.session() as s:
+            return int(s.execute(query).scalar_one())
+
+    def _locked(self, s: Session, job_id: str) -> JobRow:
+        row = s.execute(select(JobRow).where(JobRow.id == job_id).with_for_update()).scalar_one_or_none()
+        if row is None:
+            raise NotFound(f"no job with id {job_id}")
+        return row
+
+    def transition(
+        self, job_id: str, new_state: JobState | str, *, data: dict[str, Any] | None = None, **fields: Any
+    ) -> Job:
+        """Change state (checked against the state machine) and record a job.state event atomically."""
+        with self.session() as s, s.begin():
+            row = self._locked(s, job_id)
+            previous = row.state
+            nxt = check_transition(previous, new_state)
+            row.state = nxt.value
+            for key, value in fields.items():
+                setattr(row, key, value)
+            self._append(s, row, "job.state", {"from": previous, "to": nxt.value, **(data or {})}, row.stage)
+        return self.get(job_id)
+
+    def update(self, job_id: str, **fields: Any) -> Job:
+        with self.session() as s, s.begin():
+            row = self._locked(s, job_id)
+            for key, value in fields.items():
+                setattr(row, key, value)
+        return self.get(job_id)
+
+    def mark_stage_done(self, job_id: str, stage: str) -> None:
+        with self.session() as s, s.begin():
+            row = self._locked(s, job_id)
+            if stage not in (row.stages_done or []):
+                row.stages_done = [*(row.stages_done or []), stage]
+            self._append(s, row, "stage.completed", {"stage": stage}, stage)
+
+    def add_artifacts(self, job_id: str, **artifacts: Any) -> None:
+        with self.session() as s, s.begin():
+            row = self._locked(s, job_id)
+            row.artifacts = {**(row.artifacts or {}), **artifacts}
+
+    # --- events ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _append(s: Session, row: JobRow, type_: str, data: dict[str, Any], stage: str | None) -> EventRow:
+        row.last_seq = (row.last_seq or 0) + 1
+        ev = EventRow(job_id=row.id, seq=row.last_seq, type=type_, stage=stage, data=data)
+        s.add(ev)
+        return ev
+
+    def append_event(
+        self, job_id: str, type_: str, data: dict[str, Any] | None = None, stage: str | None = None, **fields: Any
+    ) -> Event:
+        """Append one event; `fields` update the job row in the same transaction (progress, cost)."""
+        with self.session() as s, s.begin():
+            row = self._locked(s, job_id)
+            for key, value in fields.items():
+                setattr(row, key, value)
+            ev = self._append(s, row, type_, data or {}, stage if stage is not None else row.stage)
+            s.flush()
+            return _event(ev)
+
+    def events(self, job_id: str, after_seq: int = 0, limit: int = 1000, types: list[str] | None = None) -> list[Event]:
+        query = (
+            select(EventRow)
+            .where(EventRow.job_id == job_id, EventRow.seq > after_seq)
+            .order_by(EventRow.seq)
+            .limit(limit)
+        )
+        if types:
+            query = query.where(EventRow.type.in_(types))
+        with self.session() as s:
+            return [_event(r) for r in s.execute(query).scalars().all()]

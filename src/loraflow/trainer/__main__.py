@@ -1,0 +1,42 @@
+"""`python -m loraflow.trainer CONFIG.json`: the builtin engine's process entry point."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+
+from loraflow.trainer.events import emit
+
+
+def oom_hint(message: str) -> str:
+    return (
+        "the GPU ran out of memory: set training.vram_preset to a smaller card (e.g. 16 or 12), "
+        "batch_size 1, gradient_checkpointing true, or a lower resolution"
+        if "memory" in message.lower()
+        else ""
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m loraflow.trainer CONFIG.json", file=sys.stderr)
+        return 2
+    from loraflow.trainer.config import TrainerConfig
+    from loraflow.trainer.loop import StopFlag, train
+
+    stop = StopFlag()
+    stop.install()
+    try:
+        return train(TrainerConfig.read(Path(args[0])), stop)
+    except Exception as exc:  # the runner gets a typed error event; the traceback stays in the log
+        traceback.print_exc()
+        text = f"{type(exc).__name__}: {exc}"
+        is_oom = "OutOfMemoryError" in text or "out of memory" in text.lower()
+        emit("error", code="oom" if is_oom else "crash", message=text[:2000], hint=oom_hint(text) if is_oom else "")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

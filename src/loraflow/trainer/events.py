@@ -1,0 +1,19 @@
+"""How the trainer process reports: one `LORAFLOW {json}` line per event on stdout.
+
+One JSON object per line is exact to parse whatever else the libraries print around it, and is still
+readable in `loraflow jobs logs`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+PREFIX = "LORAFLOW "
+
+
+def emit(event: str, **data: Any) -> None:
+    sys.stdout.write(PREFIX + json.dumps({"event": event, "t": round(time.time(), 3), **data}) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,320 @@
+"""The builtin Flux LoRA training loop: one readable function, in the style of diffusers' examples.
+
+load -> attach LoRA -> cache latents and text embeddings -> resume if a checkpoint exists -> train,
+checkpointing and sampling on schedule -> export the LoRA. A SIGTERM finishes the current step,
+saves a checkpoint and exits with STOPPED_EXIT, so a stop never loses more than one step.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from loraflow.trainer import checkpoint as ckpt
+from loraflow.trainer.components import DTYPES, FluxParts, load_flux, pick_device
+from loraflow.trainer.config import TrainerConfig
+from loraflow.trainer.data import Cache, Sample, epoch_batches, load_pixels, load_samples
+from loraflow.trainer.events import emit
+from loraflow.trainer.export import adapter_state, lora_metadata, lora_tensors, write_lora
+from loraflow.trainer.flow import encode_images, encode_prompts, flow_loss, sample_latents
+from loraflow.trainer.lora_format import target_regex
+from loraflow.trainer.sampling import render_samples
+
+STOPPED_EXIT = 75  # EX_TEMPFAIL: stopped on request with a checkpoint; resumable
+
+
+class StopFlag:
+    def __init__(self) -> None:
+        self.requested = False
+
+    def install(self) -> None:
+        def handler(signum: int, _frame: Any) -> None:
+            self.requested = True
+            emit("log", message=f"signal {signum}: stopping after this step with a checkpoint")
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+
+def _optimizer(params: list[torch.nn.Parameter], cfg: TrainerConfig) -> torch.optim.Optimizer:
+    name = cfg.optimizer
+    if name == "adamw8bit":
+        try:
+            import bitsandbytes as bnb  # type: ignore[import-not-found]
+
+            if torch.cuda.is_available():
+                return bnb.optim.AdamW8bit(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        except ImportError:
+            pass
+        emit("warning", message="adamw8bit needs bitsandbytes and a CUDA GPU; using AdamW")
+    elif name == "prodigy":
+        try:
+            from prodigyopt import Prodigy  # type: ignore[import-not-found]
+
+            return Prodigy(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        except ImportError:
+            emit("warning", message="prodigy needs the prodigyopt package; using AdamW")
+    elif name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(
+            params,
+            lr=cfg.learning_rate,
+            relative_step=False,
+            scale_parameter=False,
+            warmup_init=False,
+            weight_decay=cfg.weight_decay,
+        )
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def _rng_state(gen: torch.Generator) -> dict[str, Any]:
+    state = {
+        "gen": gen.get_state(),
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(gen: torch.Generator, state: dict[str, Any]) -> None:
+    gen.set_state(state["gen"])
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _cache_everything(
+    parts: FluxParts, cfg: TrainerConfig, samples: list[Sample], cache: Cache, dataset_dir: Path
+) -> None:
+    todo_images = sorted({(s.name, s.sha256, s.size) for s in samples})
+    captions = sorted({s.caption for s in samples} | {""})
+    total = len(todo_images) + len(captions)
+    done = 0
+    for name, sha, size in todo_images:
+        if cache.get("latents", sha, size) is None:
+            pixels = load_pixels(dataset_dir / name, size).unsqueeze(0)
+            cache.put("latents", {"params": encode_images(parts, pixels)[0]}, sha, size)
+        done += 1
+        emit("caching", done=done, total=total)
+    for caption in captions:
+        if cache.get("text", caption, cfg.max_sequence_length) is None:
+            t5, pooled = encode_prompts(parts, [caption], cfg.max_sequence_length)
+            cache.put("text", {"t5": t5[0], "pooled": pooled[0]}, caption, cfg.max_sequence_length)
+        done += 1
+        emit("caching", done=done, total=total)
+
+
+def _batch(
+    cache: Cache, cfg: TrainerConfig, samples: list[Sample], idx: list[int], gen: torch.Generator, parts: FluxParts
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    latents, t5s, pooled = [], [], []
+    shift, scale = parts.vae.config.shift_factor or 0.0, parts.vae.config.scaling_factor
+    for i in idx:
+        s = samples[i]
+        params = cache.get("latents", s.sha256, s.size)
+        assert params is not None
+        latents.append(sample_latents(params["params"].unsqueeze(0), gen, shift, scale)[0])
+        drop = cfg.caption_dropout > 0 and float(torch.rand(1, generator=gen)) < cfg.caption_dropout
+        text = cache.get("text", "" if drop else s.caption, cfg.max_sequence_length)
+        assert text is not None
+        t5s.append(text["t5"])
+        pooled.append(text["pooled"])
+    return torch.stack(latents), torch.stack(t5s), torch.stack(pooled)
+
+
+def total_steps(cfg: TrainerConfig, n_batches: int) -> int:
+    if cfg.steps:
+        return cfg.steps
+    assert cfg.epochs is not None
+    return max(1, math.ceil(n_batches * cfg.epochs / cfg.gradient_accumulation))
+
+
+def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
+    """Run (or resume) training; returns the process exit code."""
+    from diffusers.optimization import get_scheduler
+    from peft import LoraConfig
+
+    stop = stop or StopFlag()
+    out = Path(cfg.output_dir)
+    ckpt_root, sample_root = out / "checkpoints", out / "samples"
+    device = pick_device(cfg.device)
+    dtype = DTYPES[cfg.precision]
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    emit("phase", phase="loading_model", device=str(device))
+    parts = load_flux(cfg.model_path, device, cfg.precision, cfg.quantize)
+    torch.manual_seed(cfg.seed)
+    parts.transformer.add_adapter(
+        LoraConfig(
+            r=cfg.rank,
+            lora_alpha=cfg.alpha,
+            lora_dropout=cfg.lora_dropout,
+            init_lora_weights="gaussian",
+            target_modules=target_regex(cfg.targets),
+        )
+    )
+    params = [p for p in parts.transformer.parameters() if p.requires_grad]
+    for p in params:
+        p.data = p.data.float()  # LoRA weights train in fp32 whatever the base precision
+    if cfg.gradient_checkpointing:
+        parts.transformer.enable_gradient_checkpointing()
+    optimizer = _optimizer(params, cfg)
+
+    emit("phase", phase="caching")
+    dataset_dir = Path(cfg.dataset_dir)
+    samples = load_samples(dataset_dir, cfg.resolutions, cfg.repeats)
+    cache = Cache(out / "cache", model_key=f"{Path(cfg.model_path).resolve()}")
+    _cache_everything(parts, cfg, samples, cache, dataset_dir)
+    sample_embeds = [encode_prompts(parts, [p], cfg.max_sequence_length) for p in cfg.sample_prompts]
+    sample_embeds = [(t5, pooled) for t5, pooled in sample_embeds]
+    if device.type == "cuda":  # encoders are done: give their memory to training
+        parts.clip.to("cpu")
+        parts.t5.to("cpu")
+        torch.cuda.empty_cache()
+
+    n_batches = len(epoch_batches(samples, cfg.batch_size, cfg.seed, 0))
+    total = total_steps(cfg, n_batches)
+    scheduler = get_scheduler(
+        cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=total
+    )
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step = 0
+    latest, skipped = ckpt.latest_valid(ckpt_root)
+    for bad in skipped:
+        emit("warning", message=f"skipping damaged checkpoint {bad.path.name}: {bad.reason}")
+    if latest is not None:
+        adapter, state = ckpt.load_checkpoint(latest.path)
+        named = dict(parts.transformer.named_parameters())
+        for name, tensor in adapter.items():
+            named[name].data.copy_(tensor.to(named[name].device))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _restore_rng(gen, state["rng"])
+        step = int(state["step"])
+        emit("resumed", step=step, total=total, checkpoint=str(latest.path.relative_to(out)))
+
+    def checkpoint_now(at: int) -> None:
+        micro = at * cfg.gradient_accumulation
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_state(gen),
+            "step": at,
+            "total": total,
+            "epoch": micro // n_batches,
+            "batch_in_epoch": micro % n_batches,
+        }
+        path = ckpt.save_checkpoint(
+            ckpt_root,
+            at,
+            adapter_state(parts.transformer),
+            state,
+            lora_tensors(parts.transformer, cfg),
+            lora_metadata(cfg, at),
+            cfg.keep_last,
+        )
+        emit("checkpoint", step=at, path=str(path.relative_to(out)))
+
+    def sample_now(at: int) -> None:
+        if not cfg.sample_prompts:
+            return
+        index = render_samples(
+            parts,
+            cfg.sample_prompts,
+            sample_embeds,
+            sample_root,
+            at,
+            width=cfg.sample_width,
+            height=cfg.sample_height,
+            seed=cfg.sample_seed,
+            guidance=cfg.sample_guidance,
+            steps=cfg.sample_steps,
+        )
+        for item in index:
+            emit("sample", step=at, path=f"samples/{item['file']}", prompt=item["prompt"])
+
+    emit("phase", phase="training", total=total, start_step=step)
+    parts.transformer.train()
+    started, start_step = time.monotonic(), step
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and device.type == "cuda" else None
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda" and dtype != torch.float32)
+    batches_cache: dict[int, list[list[int]]] = {}
+    while step < total:
+        loss_sum = 0.0
+        for micro_i in range(cfg.gradient_accumulation):
+            micro = step * cfg.gradient_accumulation + micro_i
+            epoch, pos = divmod(micro, n_batches)
+            if epoch not in batches_cache:
+                batches_cache = {epoch: epoch_batches(samples, cfg.batch_size, cfg.seed, epoch)}
+            latents, t5, pooled = _batch(cache, cfg, samples, batches_cache[epoch][pos], gen, parts)
+            with autocast:
+                loss = flow_loss(
+                    parts,
+                    latents,
+                    t5,
+                    pooled,
+                    gen,
+                    sampling=cfg.timestep_sampling,
+                    shift=cfg.timestep_shift,
+                    guidance=cfg.guidance_scale,
+                    dtype=dtype,
+                )
+            loss = loss / cfg.gradient_accumulation
+            (scaler.scale(loss) if scaler else loss).backward()
+            loss_sum += float(loss.detach())
+        if scaler:
+            scaler.unscale_(optimizer)
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        elapsed = time.monotonic() - started
+        rate = (step - start_step) / elapsed if elapsed > 0 else 0.0
+        emit(
+            "progress",
+            step=step,
+            total=total,
+            loss=round(loss_sum, 6),
+            lr=scheduler.get_last_lr()[0],
+            rate=round(rate, 4),
+            elapsed_s=round(elapsed, 2),
+            eta_s=round((total - step) / rate, 1) if rate else None,
+        )
+        pause = stop.requested or (cfg.stop_after_step is not None and step >= cfg.stop_after_step)
+        if step % cfg.checkpoint_every == 0 or step == total or pause:
+            checkpoint_now(step)
+        if cfg.sample_every and step % cfg.sample_every == 0 and step != total:
+            parts.transformer.eval()
+            sample_now(step)
+            parts.transformer.train()
+        if pause and step < total:
+            emit("stopped", step=step, total=total)
+            return STOPPED_EXIT
+
+    parts.transformer.eval()
+    final = out / f"{cfg.name}.safetensors"
+    write_lora(final, lora_tensors(parts.transformer, cfg), lora_metadata(cfg, total))
+    if cfg.sample_at_end:
+        sample_now(total)
+    emit("done", step=total, total=total, lora=str(final.relative_to(out)))
+    return 0
