@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/loraflow demo
+	LORAFLOW_HOME=$${LORAFLOW_HOME:-$(CURDIR)/.loraflow-demo} $(VENV)/bin/loraflow demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -7,7 +7,7 @@ import sys
 import click
 import typer
 
-from loraflow.cli import dataset_cmd, jobs_cmd, spec_cmd
+from loraflow.cli import dataset_cmd, jobs_cmd, spec_cmd, train_cmd
 from loraflow.cli.output import err
 from loraflow.errors import LoraflowError
 
@@ -21,6 +21,26 @@ app = typer.Typer(
 app.add_typer(spec_cmd.app, name="spec")
 app.add_typer(dataset_cmd.app, name="dataset")
 app.add_typer(jobs_cmd.app, name="jobs")
+app.command("train")(train_cmd.train)
+app.command("demo")(train_cmd.demo)
+
+
+@app.command("bundle")
+def bundle(
+    job_id: str = typer.Argument(...),
+    checkpoint: int | None = typer.Option(None, "--checkpoint", help="Bundle this kept checkpoint step."),
+) -> None:
+    """Rebuild a job's bundle zip (from the final LoRA or any kept checkpoint)."""
+    from loraflow.cli.output import console
+    from loraflow.jobs.store import Store
+    from loraflow.publish.bundle import build_bundle
+
+    store = Store()
+    job = store.find(job_id)
+    path = build_bundle(store, job, checkpoint)
+    if checkpoint is None:
+        store.add_artifacts(job.id, bundle=str(path))
+    console.print(str(path))
 
 
 @app.command()

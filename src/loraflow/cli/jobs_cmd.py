@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+import time
+from pathlib import Path
+
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from loraflow.cli.output import console, print_json
-from loraflow.jobs.store import Store
+from loraflow.errors import UserInputError
+from loraflow.hosts.base import Handle
+from loraflow.hosts.local import LocalHost
+from loraflow.jobs.layout import JobLayout
+from loraflow.jobs.runner import start_runner
+from loraflow.jobs.states import ACTIVE, RESUMABLE, JobState
+from loraflow.jobs.store import Job, Store
 
 app = typer.Typer(help="Inspect and control jobs.", no_args_is_help=True)
 
@@ -74,3 +85,114 @@ def events(
         return
     for e in evs:
         console.print(f"{e.seq:5} {e.ts:%H:%M:%S} {e.type:18} {escape(str(e.data))}", markup=True)
+
+
+def _train_handle(job: Job) -> Handle:
+    return Handle.in_folder(JobLayout(str(job.folder)).run, "train")
+
+
+def _wait_inactive(store: Store, job_id: str, timeout: float) -> JobState:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = store.get(job_id).state
+        if state not in ACTIVE:
+            return state
+        time.sleep(0.2)
+    return store.get(job_id).state
+
+
+@app.command("attach")
+def attach_cmd(job_id: str = typer.Argument(...)) -> None:
+    """Follow a job live (starts a new runner if its runner died; it re-attaches to training)."""
+    from loraflow.cli.train_cmd import attach
+
+    store = Store()
+    job = store.find(job_id)
+    if job.state in ACTIVE:
+        start_runner(job.id)
+    raise typer.Exit(attach(store, job.id))
+
+
+@app.command("stop")
+def stop_cmd(
+    job_id: str = typer.Argument(...),
+    wait: float = typer.Option(300, "--wait", help="Seconds to wait for the checkpoint."),
+) -> None:
+    """Stop a job after saving a checkpoint; `loraflow jobs resume` continues it exactly."""
+    store = Store()
+    job = store.find(job_id)
+    if job.state not in ACTIVE:
+        raise UserInputError(f"job {job.id} is {job.state.value}; there is nothing to stop")
+    layout = JobLayout(str(job.folder))
+    Path(layout.run).mkdir(parents=True, exist_ok=True)
+    Path(layout.stop_request).touch()
+    LocalHost().signal(_train_handle(job), signal.SIGTERM)
+    start_runner(job.id)  # the runner records the outcome; start one if it had died
+    state = _wait_inactive(store, job.id, wait)
+    job = store.get(job.id)
+    console.print(f"job {job.id} is {state.value} at step {job.step}")
+    if state in ACTIVE:
+        raise typer.Exit(1)
+
+
+@app.command("resume")
+def resume_cmd(
+    job_id: str = typer.Argument(...),
+    detach: bool = typer.Option(False, "--detach", "-d", help="Start and return at once."),
+) -> None:
+    """Continue a stopped, failed or budget-stopped job from its last checkpoint."""
+    from loraflow.cli.train_cmd import attach
+
+    store = Store()
+    job = store.find(job_id)
+    if job.state in RESUMABLE:
+        store.transition(job.id, JobState.PENDING, data={"resume": True})
+    elif job.state not in ACTIVE:
+        raise UserInputError(f"job {job.id} is {job.state.value} and cannot be resumed")
+    start_runner(job.id)
+    if detach:
+        console.print(f"job {job.id} resumed; follow it with: loraflow jobs attach {job.id}")
+        return
+    raise typer.Exit(attach(store, job.id))
+
+
+@app.command("cancel")
+def cancel_cmd(job_id: str = typer.Argument(...)) -> None:
+    """Abandon a job for good (its checkpoints stay on disk)."""
+    store = Store()
+    job = store.find(job_id)
+    if job.state in ACTIVE:
+        layout = JobLayout(str(job.folder))
+        Path(layout.run).mkdir(parents=True, exist_ok=True)
+        Path(layout.stop_request).touch()
+        LocalHost().signal(_train_handle(job), signal.SIGTERM)
+        start_runner(job.id)
+        _wait_inactive(store, job.id, 300)
+    job = store.get(job.id)
+    if job.state is JobState.CANCELLED:
+        return
+    store.transition(job.id, JobState.CANCELLED)
+    store.append_event(job.id, "job.cancelled", {})
+    console.print(f"job {job.id} cancelled")
+
+
+@app.command("logs")
+def logs_cmd(
+    job_id: str = typer.Argument(...),
+    follow_log: bool = typer.Option(False, "--follow", "-f", help="Keep printing new output."),
+) -> None:
+    """Print the trainer's raw output."""
+    store = Store()
+    job = store.find(job_id)
+    handle = _train_handle(job)
+    host = LocalHost()
+    offset = 0
+    while True:
+        chunk = host.read(handle.log_file, offset)
+        if chunk:
+            offset += len(chunk)
+            sys.stdout.write(chunk.decode("utf-8", errors="replace"))
+            sys.stdout.flush()
+        if not follow_log or (not chunk and store.get(job.id).state not in ACTIVE):
+            return
+        time.sleep(0.3)

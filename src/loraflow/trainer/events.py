@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 PREFIX = "LORAFLOW "
+STOPPED_EXIT = 75  # EX_TEMPFAIL: stopped on request after saving a checkpoint; resumable
 
 
 def emit(event: str, **data: Any) -> None:

@@ -1,0 +1,100 @@
+"""`loraflow train SPEC` and `loraflow demo`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from loraflow.cli.dataset_cmd import show_report
+from loraflow.cli.follow import follow
+from loraflow.cli.output import console
+from loraflow.dataset import DatasetRun
+from loraflow.errors import UserInputError
+from loraflow.jobs.runner import start_runner
+from loraflow.jobs.states import JobState
+from loraflow.jobs.store import Store
+from loraflow.spec import TrainSpec, load_spec
+
+EXIT = {JobState.COMPLETED: 0, JobState.AWAITING_APPROVAL: 0, JobState.STOPPED: 0}
+
+
+def submit(spec: TrainSpec) -> str:
+    """Check the dataset, record the job and start its runner; returns the job id."""
+    d = spec.dataset
+    report = DatasetRun(d.path, d.checks, d.captions, d.trigger_word, d.caption_extension).check()
+    if not report.ok:
+        show_report(report)
+        raise UserInputError(
+            "the dataset is not fit to train; nothing was started",
+            where=d.path,
+            fix="fix the errors above (or use `loraflow dataset prepare --drop-bad`)",
+        )
+    store = Store()
+    job = store.create_job(spec)
+    job.folder.mkdir(parents=True, exist_ok=True)
+    (job.folder / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
+    start_runner(job.id)
+    return job.id
+
+
+def attach(store: Store, job_id: str) -> int:
+    console.print(f"following job [bold]{job_id}[/bold] (Ctrl-C detaches; training continues)")
+    try:
+        state = follow(store, job_id)
+    except KeyboardInterrupt:
+        console.print(f"\ndetached. Training continues. Re-attach: loraflow jobs attach {job_id}")
+        return 0
+    job = store.get(job_id)
+    if state is JobState.FAILED:
+        console.print(f"[red]job {job_id} failed[/red]: {escape(job.error or '')}")
+    elif state is JobState.STOPPED:
+        console.print(f"job {job_id} stopped at step {job.step}. Resume: loraflow jobs resume {job_id}")
+    else:
+        console.print(f"job {job_id} {state.value}")
+        if job.artifacts.get("bundle"):
+            console.print(f"bundle: {escape(job.artifacts['bundle'])}")
+    return EXIT.get(state, 1)
+
+
+def train(
+    spec_path: Path = typer.Argument(..., help="The training spec (YAML)."),
+    detach: bool = typer.Option(False, "--detach", "-d", help="Start and return at once."),
+) -> None:
+    """Train a LoRA from a spec. Keeps running if this terminal goes away; Ctrl-C only detaches."""
+    spec = load_spec(spec_path)
+    job_id = submit(spec)
+    console.print(f"job {job_id} started: {escape(str(Store().get(job_id).folder))}")
+    if detach:
+        console.print(f"follow it with: loraflow jobs attach {job_id}")
+        return
+    raise typer.Exit(attach(Store(), job_id))
+
+
+def demo(spec_path: Path = typer.Option(Path("examples/demo.yaml"), "--spec", help="The demo spec.")) -> None:
+    """Train the built-in tiny model on the bundled sample dataset (CPU, about a minute)."""
+    if not spec_path.is_file():
+        raise UserInputError(f"no demo spec at {spec_path}", fix="run `make demo` from the repository root")
+    spec = load_spec(spec_path)
+    store = Store()
+    job_id = submit(spec)
+    code = attach(store, job_id)
+    job = store.get(job_id)
+    table = Table(title="demo result", show_header=False)
+    for key, value in [
+        ("job", job.id),
+        ("state", job.state.value),
+        ("steps", f"{job.step}/{job.total_steps}"),
+        ("final loss", f"{job.loss:.4f}" if job.loss is not None else "-"),
+        ("LoRA", job.artifacts.get("lora", "-")),
+        ("bundle", job.artifacts.get("bundle", "-")),
+        ("home", os.environ.get("LORAFLOW_HOME", "~/.loraflow")),
+    ]:
+        table.add_row(key, escape(str(value)))
+    console.print(table)
+    if job.artifacts.get("bundle"):
+        console.print(f"bundle: {escape(job.artifacts['bundle'])}")
+    raise typer.Exit(code)

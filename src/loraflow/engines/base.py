@@ -1,0 +1,57 @@
+"""The Engine seam: knows one trainer, nothing about where it runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from loraflow.jobs.layout import JobLayout
+from loraflow.monitor.events import EngineEvent
+from loraflow.spec import TrainSpec
+
+
+@dataclass(frozen=True)
+class EngineRequirements:
+    min_vram_gb: int
+    disk_gb: int
+    cuda: str | None = None
+    image: str | None = None
+    setup_script: str | None = None
+
+
+@dataclass(frozen=True)
+class Command:
+    argv: list[str]
+    env_names: list[str] = field(default_factory=list)  # values are injected only at launch
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    stopped: bool
+    lora: str | None
+    message: str
+
+
+class LogParser(Protocol):
+    def feed(self, chunk: bytes) -> list[EngineEvent]: ...
+
+    def flush(self) -> list[EngineEvent]: ...
+
+
+class Engine(Protocol):
+    name: str
+
+    def requirements(self, spec: TrainSpec) -> EngineRequirements: ...
+
+    def render(
+        self, spec: TrainSpec, layout: JobLayout, job_id: str, model_path: str, dataset_hash: str | None = None
+    ) -> dict[str, str]: ...
+
+    def command(self, spec: TrainSpec, layout: JobLayout, python: str) -> Command: ...
+
+    def parser(self) -> LogParser: ...
+
+    def outcome(self, exit_code: int | None, final_exists: bool) -> Outcome: ...
+
+    def final_lora(self, spec: TrainSpec, layout: JobLayout) -> str: ...

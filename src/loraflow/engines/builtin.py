@@ -1,0 +1,123 @@
+"""The builtin engine: loraflow's own Flux LoRA trainer, as a separate detached process."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+from loraflow import __version__
+from loraflow.engines.base import Command, EngineRequirements, Outcome
+from loraflow.jobs.layout import JobLayout
+from loraflow.monitor.builtin_parser import BuiltinParser
+from loraflow.spec import TrainSpec
+from loraflow.trainer.config import TrainerConfig
+from loraflow.trainer.events import STOPPED_EXIT
+
+CONFIG = "config.json"
+
+
+def trainer_config(
+    spec: TrainSpec, layout: JobLayout, job_id: str, model_path: str, dataset_hash: str | None = None
+) -> TrainerConfig:
+    t, s = spec.training, spec.sampling
+    entry = spec.catalog_entry
+    metadata = {
+        "modelspec.architecture": f"flux-1-{entry.variant or 'dev'}/lora",
+        "ss_base_model_version": "flux1",
+        "loraflow.base_model": spec.base_model,
+        "loraflow.version": __version__,
+        "loraflow.job_id": job_id,
+    }
+    if dataset_hash:
+        metadata["loraflow.dataset_hash"] = dataset_hash
+    return TrainerConfig(
+        name=spec.name,
+        job_id=job_id,
+        model_path=model_path,
+        dataset_dir=layout.dataset,
+        output_dir=layout.output,
+        trigger_word=spec.dataset.trigger_word,
+        rank=spec.network.rank,
+        alpha=spec.network.alpha,
+        targets=spec.network.targets,
+        lora_dropout=spec.network.dropout,
+        steps=t.steps,
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        gradient_accumulation=t.gradient_accumulation,
+        learning_rate=t.learning_rate,
+        lr_scheduler=t.lr_scheduler,
+        lr_warmup_steps=t.lr_warmup_steps,
+        optimizer=t.optimizer,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        resolutions=t.resolution,
+        repeats=spec.dataset.repeats,
+        seed=t.seed,
+        precision=t.precision,
+        gradient_checkpointing=t.gradient_checkpointing,
+        cache_latents=t.cache_latents,
+        cache_text_embeddings=t.cache_text_embeddings,
+        timestep_sampling=t.timestep_sampling,
+        timestep_shift=t.timestep_shift,
+        guidance_scale=t.guidance_scale,
+        quantize=t.quantize,
+        caption_dropout=spec.dataset.captions.dropout_rate,
+        max_sequence_length=64 if spec.base_model == "tiny-flux" else (256 if entry.variant == "schnell" else 512),
+        sample_prompts=[spec.substitute_trigger(p) for p in s.prompts],
+        sample_every=s.every_n_steps,
+        sample_at_end=s.at_end,
+        sample_width=s.width,
+        sample_height=s.height,
+        sample_seed=s.seed,
+        sample_guidance=s.guidance_scale,
+        sample_steps=s.steps,
+        checkpoint_every=spec.checkpointing.every_n_steps,
+        keep_last=spec.checkpointing.keep_last,
+        lora_format=spec.output.lora_format,
+        save_dtype=spec.output.dtype,
+        metadata=metadata,
+    )
+
+
+class BuiltinEngine:
+    name = "builtin"
+
+    def requirements(self, spec: TrainSpec) -> EngineRequirements:
+        entry = spec.catalog_entry
+        vram = spec.compute.gpu.min_vram_gb or spec.training.vram_preset or max(entry.min_vram_gb, 24)
+        return EngineRequirements(
+            min_vram_gb=vram,
+            disk_gb=spec.compute.gpu.disk_gb,
+            cuda="12.1",
+            image="pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime",
+            setup_script="pip install 'loraflow[train]'",
+        )
+
+    def render(
+        self, spec: TrainSpec, layout: JobLayout, job_id: str, model_path: str, dataset_hash: str | None = None
+    ) -> dict[str, str]:
+        config = trainer_config(spec, layout, job_id, model_path, dataset_hash)
+        return {CONFIG: config.model_dump_json(indent=2) + "\n"}
+
+    def command(self, spec: TrainSpec, layout: JobLayout, python: str) -> Command:
+        return Command(
+            [python, "-m", "loraflow.trainer", str(PurePosixPath(layout.engine, CONFIG))], env_names=["HF_TOKEN"]
+        )
+
+    def parser(self) -> BuiltinParser:
+        return BuiltinParser()
+
+    def final_lora(self, spec: TrainSpec, layout: JobLayout) -> str:
+        return str(PurePosixPath(layout.output, f"{spec.name}.safetensors"))
+
+    def outcome(self, exit_code: int | None, final_exists: bool) -> Outcome:
+        """Done means exit code 0 *and* the final file: never the mere absence of an error."""
+        if exit_code == 0 and final_exists:
+            return Outcome(True, False, None, "training finished")
+        if exit_code == STOPPED_EXIT:
+            return Outcome(False, True, None, "stopped with a checkpoint")
+        if exit_code == 0:
+            return Outcome(False, False, None, "the trainer exited 0 without writing its final LoRA")
+        if exit_code is None:
+            return Outcome(False, False, None, "the trainer disappeared without an exit code")
+        return Outcome(False, False, None, f"the trainer exited with code {exit_code}")

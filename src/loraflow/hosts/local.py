@@ -1,0 +1,138 @@
+"""LocalHost: detached processes on this machine that outlive the terminal, notebook or server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal as signals
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from loraflow.hosts.base import Handle, ProcessStatus, wrapper_script
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        return int(Path(path).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) is not running.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+class LocalHost:
+    name = "local"
+
+    def run(self, argv: list[str], cwd: str, handle: Handle, env: dict[str, str] | None = None) -> Handle:
+        """Start argv detached in its own session: closing the terminal or killing the caller leaves it running."""
+        Path(handle.log_file).parent.mkdir(parents=True, exist_ok=True)
+        for stale in (handle.pid_file, handle.exit_file):
+            Path(stale).unlink(missing_ok=True)
+        child_env = {**os.environ, **(env or {})}
+        script = wrapper_script(argv, cwd, handle, sorted((env or {}).keys()))
+        subprocess.Popen(
+            ["/bin/sh", "-c", script],
+            cwd=cwd,
+            env=child_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
+        return handle
+
+    def wait_started(self, handle: Handle, timeout: float = 10.0) -> int | None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid = _read_int(handle.pid_file)
+            if pid is not None:
+                return pid
+            time.sleep(0.02)
+        return None
+
+    def pid(self, handle: Handle) -> int | None:
+        return _read_int(handle.pid_file)
+
+    def status(self, handle: Handle) -> tuple[ProcessStatus, int | None]:
+        code = _read_int(handle.exit_file)
+        if code is not None:
+            return ProcessStatus.EXITED, code
+        pid = _read_int(handle.pid_file)
+        if pid is not None and pid_alive(pid):
+            return ProcessStatus.RUNNING, None
+        code = _read_int(handle.exit_file)  # it may have finished between the two reads
+        if code is not None:
+            return ProcessStatus.EXITED, code
+        return ProcessStatus.GONE, None
+
+    def read(self, path: str, offset: int = 0, limit: int = 1 << 20) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read(limit)
+        except FileNotFoundError:
+            return b""
+
+    def signal(self, handle: Handle, sig: int = signals.SIGTERM) -> bool:
+        pid = _read_int(handle.pid_file)
+        if pid is None or not pid_alive(pid):
+            return False
+        try:
+            os.kill(pid, sig)
+            return True
+        except ProcessLookupError:
+            return False
+
+    def gpu_stats(self) -> list[dict[str, Any]] | None:
+        """Per-GPU utilisation and memory from nvidia-smi, or None where there is no NVIDIA GPU."""
+        if shutil.which("nvidia-smi") is None:
+            return None
+        try:
+            out = subprocess.run(
+                [
+                    "nvidia-smi",
+                    "--query-gpu=index,name,utilization.gpu,memory.used,memory.total",
+                    "--format=csv,noheader,nounits",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout
+        except (subprocess.SubprocessError, OSError):
+            return None
+        return parse_nvidia_smi(out)
+
+
+def parse_nvidia_smi(text: str) -> list[dict[str, Any]]:
+    stats = []
+    for line in text.strip().splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) == 5:
+            stats.append(
+                {
+                    "index": int(fields[0]),
+                    "name": fields[1],
+                    "util": float(fields[2]),
+                    "mem_used_mb": float(fields[3]),
+                    "mem_total_mb": float(fields[4]),
+                }
+            )
+    return stats

@@ -1,0 +1,51 @@
+"""The job folder, the same shape on this machine and under `<root>/loraflow/<id>/` on a host."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+
+@dataclass(frozen=True)
+class JobLayout:
+    root: str  # absolute path of the job folder on the host in question
+
+    def _p(self, *parts: str) -> str:
+        return str(PurePosixPath(self.root, *parts))
+
+    @property
+    def spec(self) -> str:
+        return self._p("spec.yaml")
+
+    @property
+    def dataset(self) -> str:
+        return self._p("dataset")
+
+    @property
+    def engine(self) -> str:
+        return self._p("engine")
+
+    @property
+    def run(self) -> str:
+        return self._p("run")
+
+    @property
+    def checkpoints(self) -> str:
+        return self._p("checkpoints")
+
+    @property
+    def samples(self) -> str:
+        return self._p("samples")
+
+    @property
+    def bundle(self) -> str:
+        return self._p("bundle")
+
+    @property
+    def output(self) -> str:
+        """Where the engine writes: the job folder itself for builtin (checkpoints/, samples/ inside)."""
+        return self.root
+
+    @property
+    def stop_request(self) -> str:
+        return self._p("run", "stop-request")

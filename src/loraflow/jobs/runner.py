@@ -1,0 +1,401 @@
+"""The job runner: one detached process per job that moves it through its stages and follows training.
+
+Every stage checks what is already done and records its outcome before the next starts, so a runner
+killed at any point is simply started again: it re-attaches to a training process that is still
+running (from its pid, log offset and exit-code files) instead of starting a second one.
+
+    python -m loraflow.jobs.runner JOB_ID
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from loraflow import paths
+from loraflow.engines import get_engine
+from loraflow.errors import LoraflowError, UserInputError
+from loraflow.hosts.base import Handle, ProcessStatus
+from loraflow.hosts.local import LocalHost
+from loraflow.jobs.layout import JobLayout
+from loraflow.jobs.states import JobState
+from loraflow.jobs.store import Job, Store
+from loraflow.monitor import events as ev
+from loraflow.monitor.events import EngineEvent
+from loraflow.monitor.stall import StallDetector
+from loraflow.spec import TrainSpec
+
+ORDER = [JobState.PENDING, JobState.PREPARING, JobState.PROVISIONING, JobState.TRAINING, JobState.FINISHING]
+THROTTLED = {ev.PROGRESS, "caching"}
+
+
+@dataclass
+class FollowState:
+    """What the follower has consumed, persisted so a new runner continues where the old one was."""
+
+    offset: int = 0
+    attempt: int = 0
+    processed: bool = True  # the current attempt's exit has been acted on
+    restarts: int = 0
+
+    @classmethod
+    def load(cls, path: Path) -> FollowState:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return cls()
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(asdict(self)))
+        tmp.replace(path)
+
+
+@contextlib.contextmanager
+def runner_lock(job_dir: Path, blocking: bool = False) -> Iterator[bool]:
+    """Held by the one runner of a job; yields False when another runner holds it."""
+    (job_dir / "run").mkdir(parents=True, exist_ok=True)
+    with open(job_dir / "run" / "runner.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def runner_alive(job_id: str) -> bool:
+    with runner_lock(paths.job_dir(job_id)) as got:
+        return not got
+
+
+def start_runner(job_id: str) -> Handle:
+    """Start the job's runner detached (it survives this terminal); a no-op when one is running."""
+    folder = paths.job_dir(job_id)
+    handle = Handle.in_folder(str(folder / "run"), "runner")
+    if runner_alive(job_id):
+        return handle
+    host = LocalHost()
+    host.run([sys.executable, "-m", "loraflow.jobs.runner", job_id], str(folder), handle)
+    host.wait_started(handle)
+    return handle
+
+
+class JobRunner:
+    def __init__(self, store: Store, job_id: str, poll_s: float = 0.25) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.poll_s = poll_s
+        self.host = LocalHost()
+        self.dir = paths.job_dir(job_id)
+        self.layout = JobLayout(str(self.dir))
+        self.job = store.get(job_id)
+        self.spec: TrainSpec = self.job.train_spec
+        self.engine = get_engine(self.spec.engine.name)
+        self._last_write = 0.0
+        self._last_heartbeat = 0.0
+        self._last_error: dict[str, Any] | None = None
+
+    # --- state helpers ---------------------------------------------------------------------------
+
+    def _refresh(self) -> Job:
+        self.job = self.store.get(self.job_id)
+        return self.job
+
+    def _advance(self, target: JobState) -> None:
+        """Move forward through ORDER to target (never backwards)."""
+        current = self._refresh().state
+        while current in ORDER and ORDER.index(current) < ORDER.index(target):
+            current = ORDER[ORDER.index(current) + 1]
+            self.store.transition(self.job_id, current)
+
+    def _stage(self, name: str) -> bool:
+        """True when the stage still has to run; records stage.started."""
+        if name in self._refresh().stages_done:
+            return False
+        self.store.append_event(self.job_id, "stage.started", {"stage": name}, stage=name)
+        self.store.update(self.job_id, stage=name)
+        return True
+
+    def _fail(self, message: str, hint: str = "", code: str = "failed") -> JobState:
+        self.store.append_event(self.job_id, ev.ERROR, {"code": code, "message": message, "hint": hint})
+        self.store.transition(
+            self.job_id, JobState.FAILED, error=f"{message} {hint}".strip(), data={"message": message}
+        )
+        return JobState.FAILED
+
+    # --- entry -----------------------------------------------------------------------------------
+
+    def run(self) -> JobState:
+        with runner_lock(self.dir) as got:
+            if not got:
+                return self._refresh().state
+            try:
+                return self._run()
+            except UserInputError as exc:
+                return self._fail(exc.message, exc.fix or "", code="bad_input")
+            except LoraflowError as exc:
+                return self._fail(exc.render())
+
+    def _run(self) -> JobState:
+        state = self._refresh().state
+        if state not in ORDER:
+            return state
+        self._advance(JobState.PREPARING)
+        self._prepare()
+        self._render()
+        self._advance(JobState.PROVISIONING)
+        self._acquire()
+        self._advance(JobState.TRAINING)
+        result = self._train()
+        if result is not None:
+            return result
+        self._advance(JobState.FINISHING)
+        self._package()
+        if self.spec.publish.approval_required:
+            self.store.transition(self.job_id, JobState.AWAITING_APPROVAL)
+            return JobState.AWAITING_APPROVAL
+        if self.spec.publish.targets:
+            self.store.append_event(
+                self.job_id,
+                ev.WARNING,
+                {"message": "publish targets are listed but publishing is run with `loraflow publish`"},
+            )
+        self.store.transition(self.job_id, JobState.COMPLETED, stage=None)
+        self.store.append_event(self.job_id, "job.completed", {"bundle": self._refresh().artifacts.get("bundle")})
+        return JobState.COMPLETED
+
+    # --- stages ----------------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        if not self._stage("prepare"):
+            return
+        from loraflow.dataset import DatasetRun
+
+        dataset = Path(self.layout.dataset)
+        if dataset.exists() and not (dataset / "manifest.json").exists():
+            import shutil
+
+            shutil.rmtree(dataset)  # a prepare cut short: do it again
+        if not dataset.exists():
+            d = self.spec.dataset
+            report = DatasetRun(d.path, d.checks, d.captions, d.trigger_word, d.caption_extension).prepare(dataset)
+            for finding in report.findings:
+                if finding.severity.value != "info":
+                    self.store.append_event(self.job_id, "dataset.finding", finding.to_dict())
+            if report.output is None:
+                lines = "; ".join(f.line() for f in report.errors)
+                raise UserInputError(
+                    f"the dataset is not fit to train: {lines}",
+                    fix="run `loraflow dataset check` on it and fix the errors",
+                )
+            self.store.add_artifacts(self.job_id, dataset_hash=report.dataset_hash, images=report.usable_images)
+        self.store.mark_stage_done(self.job_id, "prepare")
+
+    def _render(self) -> None:
+        if not self._stage("render"):
+            return
+        from loraflow.trainer.model_source import resolve_model_path
+
+        model_path = resolve_model_path(self.spec)
+        files = self.engine.render(
+            self.spec, self.layout, self.job_id, str(model_path), self._refresh().artifacts.get("dataset_hash")
+        )
+        engine_dir = Path(self.layout.engine)
+        engine_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            tmp = engine_dir / (name + ".partial")
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(engine_dir / name)
+        self.store.mark_stage_done(self.job_id, "render")
+
+    def _acquire(self) -> None:
+        if not self._stage("acquire"):
+            return
+        lease = {"provider": "local", "host": os.uname().nodename, "price_usd_h": 0.0}
+        self.store.update(self.job_id, lease=lease)
+        self.store.append_event(self.job_id, "host.acquired", lease)
+        self.store.mark_stage_done(self.job_id, "acquire")
+
+    def _package(self) -> None:
+        if not self._stage("package"):
+            return
+        from loraflow.publish.bundle import build_bundle
+
+        bundle = build_bundle(self.store, self._refresh())
+        self.store.add_artifacts(self.job_id, bundle=str(bundle))
+        self.store.mark_stage_done(self.job_id, "package")
+
+    # --- training --------------------------------------------------------------------------------
+
+    def _train(self) -> JobState | None:
+        """Run or re-attach to training; None when it finished, else the state the job ended in."""
+        if "train" in self._refresh().stages_done:
+            return None
+        self._stage("train")
+        follow_path = Path(self.layout.run) / "follow.json"
+        state = FollowState.load(follow_path)
+        handle = Handle.in_folder(self.layout.run, "train")
+        while True:
+            status, _ = self.host.status(handle)
+            if state.processed:
+                self._launch(handle, state)
+                state.save(follow_path)
+            elif status is ProcessStatus.RUNNING:
+                self.store.append_event(self.job_id, ev.LOG, {"message": "re-attached to the running trainer"})
+            code = self._follow(handle, state, follow_path)
+            final = Path(self.engine.final_lora(self.spec, self.layout)).exists()
+            outcome = self.engine.outcome(code, final)
+            state.processed = True
+            state.save(follow_path)
+            stop_file = Path(self.layout.stop_request)
+            if outcome.ok:
+                stop_file.unlink(missing_ok=True)
+                self.store.add_artifacts(self.job_id, lora=self.engine.final_lora(self.spec, self.layout))
+                self.store.mark_stage_done(self.job_id, "train")
+                return None
+            if outcome.stopped or stop_file.exists():
+                stop_file.unlink(missing_ok=True)
+                self.store.transition(self.job_id, JobState.STOPPED, stage=None, data={"step": self.job.step})
+                self.store.append_event(self.job_id, "job.stopped", {"step": self._refresh().step})
+                return JobState.STOPPED
+            retryable = (self._last_error or {}).get("code") not in ("oom", "hf_gated", "hf_auth", "bad_input")
+            if retryable and state.restarts < self.spec.monitor.max_restarts:
+                state.restarts += 1
+                state.save(follow_path)
+                self.store.append_event(
+                    self.job_id,
+                    "restart",
+                    {"reason": outcome.message, "attempt": state.restarts, "of": self.spec.monitor.max_restarts},
+                )
+                self._launch(handle, state)
+                state.save(follow_path)
+                continue
+            err = self._last_error or {}
+            return self._fail(err.get("message") or outcome.message, err.get("hint", ""), err.get("code", "failed"))
+
+    def _launch(self, handle: Handle, state: FollowState) -> None:
+        cmd = self.engine.command(self.spec, self.layout, sys.executable)
+        env = {name: os.environ[name] for name in cmd.env_names if name in os.environ}
+        state.attempt += 1
+        state.processed = False
+        state.offset = Path(handle.log_file).stat().st_size if Path(handle.log_file).exists() else 0
+        self._last_error = None
+        self.host.run(cmd.argv, self.layout.root, handle, env)
+        self.host.wait_started(handle)
+        self.store.append_event(self.job_id, "train.launched", {"attempt": state.attempt, "pid": self.host.pid(handle)})
+
+    def _follow(self, handle: Handle, state: FollowState, follow_path: Path) -> int | None:
+        parser = self.engine.parser()
+        monitor = self.spec.monitor
+        detector = StallDetector(monitor.stall_minutes, monitor.gpu_idle_minutes, time.monotonic())
+        stop_sent = False
+        last_gpu = 0.0
+        stall_kill = False
+        while True:
+            chunk = self.host.read(handle.log_file, state.offset)
+            if chunk:
+                state.offset += len(chunk)
+                self._record(parser.feed(chunk), detector)
+                state.save(follow_path)
+            status, code = self.host.status(handle)
+            if status is not ProcessStatus.RUNNING:
+                rest = self.host.read(handle.log_file, state.offset)
+                state.offset += len(rest)
+                self._record([*parser.feed(rest), *parser.flush()], detector, final=True)
+                state.save(follow_path)
+                return None if stall_kill else code
+            now = time.monotonic()
+            if not stop_sent and Path(self.layout.stop_request).exists():
+                stop_sent = self.host.signal(handle, signal.SIGTERM)
+                self.store.append_event(self.job_id, ev.LOG, {"message": "stop requested: checkpointing"})
+            if now - last_gpu > 30:
+                last_gpu = now
+                stats = self.host.gpu_stats()
+                detector.on_gpu([g["util"] for g in stats] if stats else None, now)
+            stall = detector.check(now)
+            if stall and not stall_kill:
+                self.store.append_event(
+                    self.job_id,
+                    "stall.detected",
+                    {"reason": stall.reason, "message": stall.message, "action": monitor.on_stall},
+                )
+                if monitor.on_stall == "notify":
+                    detector.on_progress(now)  # tell once per stall window
+                else:
+                    stall_kill = True
+                    self._last_error = (
+                        None
+                        if monitor.on_stall == "restart"
+                        else {
+                            "code": "stalled",
+                            "message": stall.message,
+                            "hint": "raise monitor.stall_minutes if the engine is legitimately slow",
+                        }
+                    )
+                    self.host.signal(handle, signal.SIGKILL)
+            if now - self._last_heartbeat > 5:
+                self._last_heartbeat = now
+                from datetime import datetime, timezone
+
+                self.store.update(self.job_id, heartbeat_at=datetime.now(timezone.utc))
+            time.sleep(self.poll_s)
+
+    def _record(self, events: list[EngineEvent], detector: StallDetector, final: bool = False) -> None:
+        now = time.monotonic()
+        pending_progress: EngineEvent | None = None
+        for event in events:
+            if event.type == ev.PHASE:
+                detector.on_phase(event.data.get("phase", ""), now)
+            if event.type == ev.PROGRESS:
+                detector.on_progress(now)
+            if event.type in THROTTLED:
+                pending_progress = event
+                if now - self._last_write < 0.5 and event.data.get("step") != event.data.get("total"):
+                    continue
+            if event.type == ev.ERROR:
+                self._last_error = event.data
+            self._write(event)
+            if event.type in THROTTLED:
+                pending_progress = None
+                self._last_write = now
+        if pending_progress is not None and final:
+            self._write(pending_progress)
+
+    def _write(self, event: EngineEvent) -> None:
+        fields: dict[str, Any] = {}
+        if event.type == ev.PROGRESS:
+            fields = {
+                "step": int(event.data["step"]),
+                "total_steps": int(event.data["total"]),
+                "loss": event.data.get("loss"),
+            }
+        elif event.type == ev.RESUMED:
+            fields = {"step": int(event.data["step"])}
+        self.store.append_event(self.job_id, event.type, event.data, **fields)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m loraflow.jobs.runner JOB_ID", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    state = JobRunner(Store(), args[0]).run()
+    return 0 if state in (JobState.COMPLETED, JobState.AWAITING_APPROVAL, JobState.STOPPED) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Known failure signatures in any engine's output, each with what the user should do."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Hint:
+    code: str
+    pattern: re.Pattern[str]
+    hint: str
+
+
+HINTS = [
+    Hint(
+        "oom",
+        re.compile(r"CUDA out of memory|OutOfMemoryError|OOM during training", re.I),
+        "the GPU ran out of memory: set training.vram_preset to a smaller card (24 -> 16 -> 12), use "
+        "batch_size 1, gradient_checkpointing true, or a lower resolution",
+    ),
+    Hint(
+        "hf_gated",
+        re.compile(r"GatedRepoError|Cannot access gated repo|Access to model .* is restricted", re.I),
+        "the base model is gated: accept its license on huggingface.co with your account, then set HF_TOKEN",
+    ),
+    Hint(
+        "hf_auth",
+        re.compile(r"401 Client Error|Invalid user token|invalid credentials in the Authorization", re.I),
+        "Hugging Face refused the token: set a valid HF_TOKEN (read access) in the environment",
+    ),
+    Hint(
+        "missing_file",
+        re.compile(r"FileNotFoundError|No such file or directory", re.I),
+        "a file the engine needs is missing: check the dataset and model paths in the rendered config",
+    ),
+    Hint(
+        "disk_full",
+        re.compile(r"No space left on device", re.I),
+        "the disk is full: raise compute.gpu.disk_gb or lower checkpointing.keep_last",
+    ),
+]
+
+
+def match_hint(line: str) -> Hint | None:
+    for hint in HINTS:
+        if hint.pattern.search(line):
+            return hint
+    return None

@@ -1,0 +1,48 @@
+"""The stall detector: training that stops moving is noticed and acted on, never left billing.
+
+Signals combined: no progress for `stall_minutes` while in the training phase (loading and caching
+can be slow and do not count), the process gone without an exit code, and GPU utilisation at 0 %
+for `gpu_idle_minutes` when NVIDIA stats are available.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Stall:
+    reason: str  # no_progress | gpu_idle
+    message: str
+
+
+class StallDetector:
+    def __init__(self, stall_minutes: float, gpu_idle_minutes: float, now: float) -> None:
+        self.stall_s = stall_minutes * 60
+        self.gpu_idle_s = gpu_idle_minutes * 60
+        self.phase = "starting"
+        self.last_progress = now
+        self.gpu_busy_at = now
+
+    def on_phase(self, phase: str, now: float) -> None:
+        self.phase = phase
+        self.last_progress = now
+        self.gpu_busy_at = now
+
+    def on_progress(self, now: float) -> None:
+        self.last_progress = now
+
+    def on_gpu(self, utilisation: list[float] | None, now: float) -> None:
+        if utilisation is None or any(u > 0 for u in utilisation) or self.phase != "training":
+            self.gpu_busy_at = now
+
+    def check(self, now: float) -> Stall | None:
+        if self.phase != "training":
+            return None
+        idle = now - self.last_progress
+        if idle > self.stall_s:
+            return Stall("no_progress", f"no training progress for {idle / 60:.1f} minutes")
+        gpu_idle = now - self.gpu_busy_at
+        if gpu_idle > self.gpu_idle_s:
+            return Stall("gpu_idle", f"GPU utilisation at 0% for {gpu_idle / 60:.1f} minutes")
+        return None

@@ -1,0 +1,162 @@
+"""The bundle every job ends in: `loraflow-<name>-<id>.zip`, self-describing and checksummed.
+
+LoRA file, metadata.json, the rendered engine config, samples with their prompts and a grid image,
+a model card README.md, and SHA256SUMS over all of it. Any kept checkpoint can be bundled, not only
+the last, so a user can publish the epoch whose samples they liked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from loraflow import __version__
+from loraflow.errors import NotFound
+from loraflow.jobs.layout import JobLayout
+from loraflow.jobs.store import Job, Store
+from loraflow.publish.model_card import render_card
+
+LIBRARIES = ("torch", "diffusers", "transformers", "peft", "safetensors", "accelerate")
+
+
+def _versions() -> dict[str, str]:
+    out = {"loraflow": __version__}
+    for lib in LIBRARIES:
+        try:
+            out[lib] = importlib_metadata.version(lib)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def collect_samples(samples_dir: Path) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    for index in sorted(samples_dir.glob("step-*/index.json")):
+        items += json.loads(index.read_text())
+    return items
+
+
+def sample_grid(samples_dir: Path, items: list[dict[str, Any]], max_rows: int = 4) -> bytes | None:
+    """One row per sample step (the last few), one column per prompt."""
+    if not items:
+        return None
+    steps = sorted({i["step"] for i in items})[-max_rows:]
+    prompts = sorted({i["file"].split("/")[-1] for i in items})
+    cell = 256
+    grid = Image.new("RGB", (cell * len(prompts), cell * len(steps)), "white")
+    for r, step in enumerate(steps):
+        for item in (i for i in items if i["step"] == step):
+            c = prompts.index(item["file"].split("/")[-1])
+            img = Image.open(samples_dir / item["file"]).convert("RGB")
+            scale = cell / max(img.size)  # small samples (the tiny model's 64 px) are scaled up too
+            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.NEAREST)
+            grid.paste(img, (c * cell + (cell - img.width) // 2, r * cell + (cell - img.height) // 2))
+    buf = io.BytesIO()
+    grid.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _events_summary(store: Store, job: Job) -> dict[str, Any]:
+    first = store.events(job.id, limit=1)
+    started = first[0].ts if first else job.created_at
+    return {
+        "created_at": job.created_at.isoformat(),
+        "finished_at": job.updated_at.isoformat(),
+        "duration_s": round((job.updated_at - started).total_seconds(), 1),
+    }
+
+
+def bundle_files(store: Store, job: Job, checkpoint_step: int | None = None) -> dict[str, bytes]:
+    layout = JobLayout(str(job.folder))
+    spec = job.train_spec
+    root = Path(layout.root)
+    if checkpoint_step is None:
+        lora_path, steps, lora_name = root / f"{spec.name}.safetensors", job.total_steps, f"{spec.name}.safetensors"
+    else:
+        lora_path = Path(layout.checkpoints) / f"step-{checkpoint_step:06d}" / "lora.safetensors"
+        steps, lora_name = checkpoint_step, f"{spec.name}-step{checkpoint_step:06d}.safetensors"
+    if not lora_path.is_file():
+        raise NotFound(
+            f"job {job.id} has no LoRA at {lora_path}",
+            fix="list kept checkpoints with `loraflow jobs show` and pick one that exists",
+        )
+    files: dict[str, bytes] = {lora_name: lora_path.read_bytes()}
+    samples_dir = Path(layout.samples)
+    items = collect_samples(samples_dir)
+    for item in items:
+        files[f"samples/{item['file']}"] = (samples_dir / item["file"]).read_bytes()
+    if items:
+        files["samples/prompts.json"] = (json.dumps(items, indent=2, ensure_ascii=False) + "\n").encode()
+    grid = sample_grid(samples_dir, items)
+    if grid:
+        files["samples/grid.png"] = grid
+    for path in sorted(Path(layout.engine).glob("*")):
+        if path.is_file() and not path.name.endswith(".partial"):
+            files[f"config/{path.name}"] = path.read_bytes()
+    manifest = Path(layout.dataset) / "manifest.json"
+    meta = {
+        "name": spec.name,
+        "job_id": job.id,
+        "base_model": spec.base_model,
+        "engine": spec.engine.name,
+        "steps": steps,
+        "total_steps": job.total_steps,
+        "final_loss": job.loss,
+        "lora_file": lora_name,
+        "lora_format": spec.output.lora_format,
+        "trigger_word": spec.dataset.trigger_word,
+        "dataset_hash": job.artifacts.get("dataset_hash"),
+        "dataset_manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else None,
+        "cost_usd": round(job.cost_usd, 4),
+        "versions": _versions(),
+        "timings": _events_summary(store, job),
+        "spec": spec.to_dict(),
+    }
+    files["metadata.json"] = (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode()
+    latest = [i for i in items if i["step"] == max((i["step"] for i in items), default=0)]
+    files["README.md"] = render_card(
+        spec,
+        lora_file=lora_name,
+        steps=steps,
+        final_loss=job.loss,
+        samples=latest,
+        grid="samples/grid.png" if grid else None,
+        job_id=job.id,
+        dataset_hash=job.artifacts.get("dataset_hash"),
+    ).encode()
+    sums = "".join(f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in sorted(files.items()))
+    files["SHA256SUMS"] = sums.encode()
+    return files
+
+
+def build_bundle(store: Store, job: Job, checkpoint_step: int | None = None) -> Path:
+    files = bundle_files(store, job, checkpoint_step)
+    folder = Path(JobLayout(str(job.folder)).bundle)
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = f"-step{checkpoint_step:06d}" if checkpoint_step is not None else ""
+    dest = folder / f"loraflow-{job.name}-{job.id}{suffix}.zip"
+    tmp = dest.with_name(dest.name + ".partial")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data in sorted(files.items()):
+            kind = zipfile.ZIP_STORED if name.endswith((".safetensors", ".png", ".jpg")) else zipfile.ZIP_DEFLATED
+            zf.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), data, compress_type=kind)
+    tmp.replace(dest)
+    return dest
+
+
+def verify_bundle(path: Path) -> list[str]:
+    """Names whose SHA256SUMS line does not match (empty when the bundle is intact)."""
+    bad: list[str] = []
+    with zipfile.ZipFile(path) as zf:
+        for line in zf.read("SHA256SUMS").decode().splitlines():
+            digest, name = line.split("  ", 1)
+            if hashlib.sha256(zf.read(name)).hexdigest() != digest:
+                bad.append(name)
+    return bad
