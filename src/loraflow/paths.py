@@ -23,7 +23,8 @@ def job_dir(job_id: str) -> Path:
 
 
 def models_root() -> Path:
-    path = home() / "models"
+    """Built or downloaded base models; LORAFLOW_MODELS_DIR shares one folder between homes."""
+    path = Path(os.environ["LORAFLOW_MODELS_DIR"]) if os.environ.get("LORAFLOW_MODELS_DIR") else home() / "models"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -36,6 +36,8 @@ from loraflow.spec import TrainSpec
 
 ORDER = [JobState.PENDING, JobState.PREPARING, JobState.PROVISIONING, JobState.TRAINING, JobState.FINISHING]
 THROTTLED = {ev.PROGRESS, "caching"}
+# Failures a restart cannot fix (or that the stall policy says to fail on).
+NOT_RETRYABLE = {"oom", "hf_gated", "hf_auth", "bad_input", "missing_file", "disk_full", "stalled"}
 
 
 @dataclass
@@ -107,6 +109,7 @@ class JobRunner:
         self._last_write = 0.0
         self._last_heartbeat = 0.0
         self._last_error: dict[str, Any] | None = None
+        self._pending: EngineEvent | None = None
 
     # --- state helpers ---------------------------------------------------------------------------
 
@@ -271,7 +274,7 @@ class JobRunner:
                 self.store.transition(self.job_id, JobState.STOPPED, stage=None, data={"step": self.job.step})
                 self.store.append_event(self.job_id, "job.stopped", {"step": self._refresh().step})
                 return JobState.STOPPED
-            retryable = (self._last_error or {}).get("code") not in ("oom", "hf_gated", "hf_auth", "bad_input")
+            retryable = (self._last_error or {}).get("code") not in NOT_RETRYABLE
             if retryable and state.restarts < self.spec.monitor.max_restarts:
                 state.restarts += 1
                 state.save(follow_path)
@@ -354,25 +357,30 @@ class JobRunner:
             time.sleep(self.poll_s)
 
     def _record(self, events: list[EngineEvent], detector: StallDetector, final: bool = False) -> None:
+        """Store engine events; progress is thrown away only when a newer one follows within 0.5 s."""
         now = time.monotonic()
-        pending_progress: EngineEvent | None = None
         for event in events:
             if event.type == ev.PHASE:
                 detector.on_phase(event.data.get("phase", ""), now)
             if event.type == ev.PROGRESS:
                 detector.on_progress(now)
             if event.type in THROTTLED:
-                pending_progress = event
                 if now - self._last_write < 0.5 and event.data.get("step") != event.data.get("total"):
+                    self._pending = event
                     continue
+                self._pending = None
+                self._last_write = now
+                self._write(event)
+                continue
+            if self._pending is not None:  # keep the step of a checkpoint or stop exact
+                self._write(self._pending)
+                self._pending = None
             if event.type == ev.ERROR:
                 self._last_error = event.data
             self._write(event)
-            if event.type in THROTTLED:
-                pending_progress = None
-                self._last_write = now
-        if pending_progress is not None and final:
-            self._write(pending_progress)
+        if final and self._pending is not None:
+            self._write(self._pending)
+            self._pending = None
 
     def _write(self, event: EngineEvent) -> None:
         fields: dict[str, Any] = {}
@@ -382,7 +390,7 @@ class JobRunner:
                 "total_steps": int(event.data["total"]),
                 "loss": event.data.get("loss"),
             }
-        elif event.type == ev.RESUMED:
+        elif event.type in (ev.RESUMED, ev.STOPPED, ev.RESULT):
             fields = {"step": int(event.data["step"])}
         self.store.append_event(self.job_id, event.type, event.data, **fields)
 

@@ -72,7 +72,8 @@ SINGLE_MAP: dict[str, list[str]] = {
 
 @dataclass(frozen=True)
 class FluxDims:
-    """Output widths of each diffusers module, needed to zero-fill a fused part that was not trained."""
+    """Output widths of the parts of Flux's fused modules (q, k, v: inner; proj_mlp: mlp), needed to split a
+    fused kohya module and to zero-fill a part that was not trained."""
 
     inner: int  # heads x head_dim
     mlp: int  # inner x mlp_ratio
@@ -181,8 +182,8 @@ def from_kohya_layout(state: dict[str, torch.Tensor], dims: FluxDims) -> dict[st
         total_rank = down.shape[0]
         alpha = float(state.get(f"{base}.alpha", torch.tensor(float(total_rank))))
         parts = mapping[name]
-        widths = [dims.out_features(p) for p in parts]
         n = len(parts)
+        widths = [dims.out_features(p) for p in parts] if n > 1 else [up.shape[0]]
         rows = torch.split(up, widths, dim=0)
         block_diag = total_rank % n == 0 and all(
             torch.count_nonzero(torch.cat([r[:, : j * (total_rank // n)], r[:, (j + 1) * (total_rank // n) :]], 1)) == 0
