@@ -161,7 +161,8 @@ class TrainingSpec(Strict):
 class SamplingSpec(Strict):
     prompts: list[str] = Field(
         default_factory=lambda: ["a photo of [trigger]"],
-        description="Prompts rendered at each sample point; [trigger] becomes the trigger word.",
+        description="Prompts rendered at each sample point; [trigger] becomes the trigger word. Empty: the "
+        "dataset's first two captions.",
     )
     every_n_steps: int = Field(250, ge=0, description="0 samples only at the end.")
     at_end: bool = True

@@ -214,4 +214,8 @@ def test_hung_trainer_is_detected_and_handled(tmp_path: Path, cli, action: str) 
         assert store.events(job.id, types=["resumed"])[0].data["step"] >= 10
     else:
         assert job.state is JobState.FAILED and "no training progress" in (job.error or "")
-    assert not LocalHost().signal(Handle.in_folder(JobLayout(str(job.folder)).run, "train"), 0)  # nothing left running
+    handle = Handle.in_folder(JobLayout(str(job.folder)).run, "train")
+    pid = LocalHost().pid(handle)
+    alive = LocalHost().signal(handle, 0)
+    info = Path(f"/proc/{pid}/cmdline").read_bytes() if alive else b""
+    assert not alive, (pid, info, Path(f"/proc/{pid}/stat").read_text() if alive else "")  # nothing left running

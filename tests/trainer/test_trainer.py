@@ -144,3 +144,10 @@ def test_oom_reported_with_hint(tmp_path: Path) -> None:
     assert out.returncode == 1
     err = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith(PREFIX))[len(PREFIX) :])
     assert err["event"] == "error" and err["code"] == "crash" and "validation error" in err["message"]
+
+
+def test_samples_default_to_dataset_captions(make_config, capsys) -> None:
+    cfg = make_config(steps=2, sample_prompts=[], checkpoint_every=2)
+    assert train(cfg) == 0
+    prompts = [e["prompt"] for e in events_of(capsys) if e["event"] == "sample"]
+    assert len(prompts) == 2 and all(p.startswith("lfx, a red round mascot") for p in prompts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -44,3 +45,11 @@ def validate(
         f"[green]ok[/green] {path}: {spec.name} on {spec.base_model} with {spec.engine.name}, {length}, "
         f"rank {spec.network.rank}, resolution {t.resolution}, provider {spec.compute.provider}"
     )
+
+
+@app.command("keys")
+def keys() -> None:
+    """Print every spec key with its type, default and meaning (Markdown), from the schema itself."""
+    from loraflow.spec_docs import markdown_table
+
+    sys.stdout.write(markdown_table())

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 class ProcessStatus(str, Enum):
     RUNNING = "running"
     EXITED = "exited"
-    GONE = "gone"  # neither running nor an exit code: killed with its wrapper, or the machine restarted
+    GONE = "gone"  # no process, no wrapper, no exit code: killed with its wrapper, or the machine restarted
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,11 @@ class Handle:
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
+
+    @property
+    def wrapper_file(self) -> str:
+        """Pid of the wrapper shell: while it lives, an exit code is still to come."""
+        return self.pid_file + ".wrapper"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Handle:
@@ -51,7 +56,7 @@ def wrapper_script(argv: list[str], cwd: str, handle: Handle, env_names: list[st
     exported = " ".join(q(n) for n in env_names)
     export = f"export {exported}; " if env_names else ""
     return (
-        f"cd {q(cwd)} && {export}rm -f {q(handle.exit_file)}; "
+        f"cd {q(cwd)} && {export}rm -f {q(handle.exit_file)}; echo $$ > {q(handle.wrapper_file)}; "
         f"( {shlex.join(argv)} ) >> {q(handle.log_file)} 2>&1 < /dev/null & "
         f"child=$!; echo $child > {q(handle.pid_file)}.tmp && mv {q(handle.pid_file)}.tmp {q(handle.pid_file)}; "
         f"wait $child; code=$?; echo $code > {q(handle.exit_file)}.tmp && mv {q(handle.exit_file)}.tmp "

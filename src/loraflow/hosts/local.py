@@ -40,7 +40,7 @@ class LocalHost:
     def run(self, argv: list[str], cwd: str, handle: Handle, env: dict[str, str] | None = None) -> Handle:
         """Start argv detached in its own session: closing the terminal or killing the caller leaves it running."""
         Path(handle.log_file).parent.mkdir(parents=True, exist_ok=True)
-        for stale in (handle.pid_file, handle.exit_file):
+        for stale in (handle.pid_file, handle.exit_file, handle.wrapper_file):
             Path(stale).unlink(missing_ok=True)
         child_env = {**os.environ, **(env or {})}
         script = wrapper_script(argv, cwd, handle, sorted((env or {}).keys()))
@@ -56,16 +56,19 @@ class LocalHost:
         )
         return handle
 
-    def wait_started(self, handle: Handle, timeout: float = 10.0) -> int | None:
+    def wait_started(self, handle: Handle, timeout: float = 60.0) -> int | None:
+        """The command's pid once its wrapper has written it (None if it ended before we looked)."""
         import time
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             pid = _read_int(handle.pid_file)
-            if pid is not None:
+            if pid is not None or _read_int(handle.exit_file) is not None:
                 return pid
             time.sleep(0.02)
-        return None
+        from loraflow.errors import LoraflowError
+
+        raise LoraflowError(f"{handle.name} did not start within {timeout:.0f} s", fix="check the machine's load")
 
     def pid(self, handle: Handle) -> int | None:
         return _read_int(handle.pid_file)
@@ -74,10 +77,12 @@ class LocalHost:
         code = _read_int(handle.exit_file)
         if code is not None:
             return ProcessStatus.EXITED, code
-        pid = _read_int(handle.pid_file)
-        if pid is not None and pid_alive(pid):
-            return ProcessStatus.RUNNING, None
-        code = _read_int(handle.exit_file)  # it may have finished between the two reads
+        for pid_file in (handle.pid_file, handle.wrapper_file):
+            # The command, or its wrapper between the command's end and writing the exit code.
+            pid = _read_int(pid_file)
+            if pid is not None and pid_alive(pid):
+                return ProcessStatus.RUNNING, None
+        code = _read_int(handle.exit_file)  # it may have finished between the reads
         if code is not None:
             return ProcessStatus.EXITED, code
         return ProcessStatus.GONE, None

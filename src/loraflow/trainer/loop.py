@@ -177,8 +177,9 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
     samples = load_samples(dataset_dir, cfg.resolutions, cfg.repeats)
     cache = Cache(out / "cache", model_key=f"{Path(cfg.model_path).resolve()}")
     _cache_everything(parts, cfg, samples, cache, dataset_dir)
-    sample_embeds = [encode_prompts(parts, [p], cfg.max_sequence_length) for p in cfg.sample_prompts]
-    sample_embeds = [(t5, pooled) for t5, pooled in sample_embeds]
+    # No prompts in the spec: sample with the dataset's own captions (the first two, in a fixed order).
+    sample_prompts = cfg.sample_prompts or sorted({s.caption for s in samples if s.caption})[:2]
+    sample_embeds = [encode_prompts(parts, [p], cfg.max_sequence_length) for p in sample_prompts]
     if device.type == "cuda":  # encoders are done: give their memory to training
         parts.clip.to("cpu")
         parts.t5.to("cpu")
