@@ -19,6 +19,8 @@ def loraflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     home = tmp_path / "lfhome"
     monkeypatch.setenv("LORAFLOW_HOME", str(home))
     monkeypatch.delenv("LORAFLOW_DATABASE_URL", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     for secret in ("HF_TOKEN", "VAST_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "WANDB_API_KEY"):
         monkeypatch.delenv(secret, raising=False)
     yield home

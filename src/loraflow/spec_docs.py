@@ -14,8 +14,11 @@ from loraflow.spec import TrainSpec, _unwrap_models
 def _type_name(annotation: Any) -> str:
     text = str(annotation).replace("typing.", "").replace("loraflow.spec.", "")
     text = text.replace("<class '", "").replace("'>", "").replace("NoneType", "null")
-    text = text.replace("Annotated[Union[HuggingFaceTarget, S3Target], FieldInfo(annotation=null, required=True, "
-                        "discriminator='type')]", "HuggingFaceTarget | S3Target")
+    text = text.replace(
+        "Annotated[Union[HuggingFaceTarget, S3Target], FieldInfo(annotation=null, required=True, "
+        "discriminator='type')]",
+        "HuggingFaceTarget | S3Target",
+    )
     return text.replace("|", "\\|")
 
 

@@ -219,3 +219,16 @@ def test_hung_trainer_is_detected_and_handled(tmp_path: Path, cli, action: str) 
     alive = LocalHost().signal(handle, 0)
     info = Path(f"/proc/{pid}/cmdline").read_bytes() if alive else b""
     assert not alive, (pid, info, Path(f"/proc/{pid}/stat").read_text() if alive else "")  # nothing left running
+
+
+def test_unreachable_base_model_fails_clearly_instead_of_hanging(tmp_path: Path, cli) -> None:
+    spec = yaml.safe_load(write_spec(tmp_path).read_text())
+    spec["base_model"] = "flux-dev"
+    spec["engine"] = "builtin"
+    (tmp_path / "real.yaml").write_text(yaml.safe_dump(spec))
+    result = cli("train", tmp_path / "real.yaml")
+    assert result.code == 1
+    job = only_job(Store())
+    assert job.state is JobState.FAILED
+    assert "could not fetch black-forest-labs/FLUX.1-dev" in (job.error or "")
+    assert "local diffusers folder" in (job.error or "")

@@ -7,7 +7,7 @@ import sys
 import click
 import typer
 
-from loraflow.cli import dataset_cmd, jobs_cmd, spec_cmd, train_cmd
+from loraflow.cli import dataset_cmd, engine_cmd, jobs_cmd, spec_cmd, train_cmd
 from loraflow.cli.output import err
 from loraflow.errors import LoraflowError
 
@@ -21,6 +21,8 @@ app = typer.Typer(
 app.add_typer(spec_cmd.app, name="spec")
 app.add_typer(dataset_cmd.app, name="dataset")
 app.add_typer(jobs_cmd.app, name="jobs")
+app.add_typer(engine_cmd.logs_app, name="logs")
+app.command("render")(engine_cmd.render)
 app.command("train")(train_cmd.train)
 app.command("demo")(train_cmd.demo)
 

@@ -15,7 +15,7 @@ from loraflow.jobs.runner import runner_alive, start_runner
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Event, Store
 
-QUIET = {"progress", "caching", "stage.completed", "host.acquired"}
+QUIET = {"progress", "caching", "stage.completed", "host.acquired", "checkpoint.synced"}
 
 
 def describe(e: Event) -> str | None:

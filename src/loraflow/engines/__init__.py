@@ -10,9 +10,17 @@ def get_engine(name: str) -> Engine:
         from loraflow.engines.builtin import BuiltinEngine
 
         return BuiltinEngine()
+    if name == "ai-toolkit":
+        from loraflow.engines.aitoolkit import AitkEngine
+
+        return AitkEngine()
+    if name == "kohya":
+        from loraflow.engines.kohya import KohyaEngine
+
+        return KohyaEngine()
     from loraflow.errors import UserInputError
 
-    raise UserInputError(f"the {name} engine is not available in this version", fix="use engine: builtin")
+    raise UserInputError(f"unknown engine '{name}'", fix="use builtin, ai-toolkit or kohya")
 
 
 __all__ = ["Engine", "get_engine"]

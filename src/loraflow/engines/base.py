@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from loraflow.jobs.layout import JobLayout
 from loraflow.monitor.events import EngineEvent
@@ -22,7 +22,9 @@ class EngineRequirements:
 @dataclass(frozen=True)
 class Command:
     argv: list[str]
-    env_names: list[str] = field(default_factory=list)  # values are injected only at launch
+    env_names: list[str] = field(default_factory=list)  # secrets: values are injected only at launch
+    env: dict[str, str] = field(default_factory=dict)  # plain settings (PYTHONUNBUFFERED, ...)
+    cwd: str | None = None  # the engine's checkout when it must run from there
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,14 @@ class Engine(Protocol):
 
     def command(self, spec: TrainSpec, layout: JobLayout, python: str) -> Command: ...
 
-    def parser(self) -> LogParser: ...
+    def parser(self, spec: TrainSpec) -> LogParser: ...
 
-    def outcome(self, exit_code: int | None, final_exists: bool) -> Outcome: ...
+    def outcome(self, exit_code: int | None, final_exists: bool, parser: Any = None) -> Outcome: ...
 
     def final_lora(self, spec: TrainSpec, layout: JobLayout) -> str: ...
+
+    def prepare_resume(self, spec: TrainSpec, layout: JobLayout) -> list[str]: ...
+
+    def collect(self, spec: TrainSpec, layout: JobLayout) -> list[EngineEvent]: ...
+
+    def finish(self, spec: TrainSpec, layout: JobLayout) -> str: ...

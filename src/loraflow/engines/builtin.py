@@ -8,6 +8,7 @@ from loraflow import __version__
 from loraflow.engines.base import Command, EngineRequirements, Outcome
 from loraflow.jobs.layout import JobLayout
 from loraflow.monitor.builtin_parser import BuiltinParser
+from loraflow.monitor.events import EngineEvent
 from loraflow.spec import TrainSpec
 from loraflow.trainer.config import TrainerConfig
 from loraflow.trainer.events import STOPPED_EXIT
@@ -104,13 +105,22 @@ class BuiltinEngine:
             [python, "-m", "loraflow.trainer", str(PurePosixPath(layout.engine, CONFIG))], env_names=["HF_TOKEN"]
         )
 
-    def parser(self) -> BuiltinParser:
+    def parser(self, spec: TrainSpec) -> BuiltinParser:
         return BuiltinParser()
 
     def final_lora(self, spec: TrainSpec, layout: JobLayout) -> str:
         return str(PurePosixPath(layout.output, f"{spec.name}.safetensors"))
 
-    def outcome(self, exit_code: int | None, final_exists: bool) -> Outcome:
+    def prepare_resume(self, spec: TrainSpec, layout: JobLayout) -> list[str]:
+        return []  # the trainer itself skips damaged checkpoints and resumes from the newest good one
+
+    def collect(self, spec: TrainSpec, layout: JobLayout) -> list[EngineEvent]:
+        return []  # the trainer writes checkpoints/ and samples/ in the standard layout already
+
+    def finish(self, spec: TrainSpec, layout: JobLayout) -> str:
+        return self.final_lora(spec, layout)
+
+    def outcome(self, exit_code: int | None, final_exists: bool, parser: object = None) -> Outcome:
         """Done means exit code 0 *and* the final file: never the mere absence of an error."""
         if exit_code == 0 and final_exists:
             return Outcome(True, False, None, "training finished")

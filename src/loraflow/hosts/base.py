@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import asdict, dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Protocol
 
 
-class ProcessStatus(str, Enum):
+class ProcessStatus(StrEnum):
     RUNNING = "running"
     EXITED = "exited"
     GONE = "gone"  # no process, no wrapper, no exit code: killed with its wrapper, or the machine restarted

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,11 @@ class JobRunner:
                 return self._fail(exc.message, exc.fix or "", code="bad_input")
             except LoraflowError as exc:
                 return self._fail(exc.render())
+            except Exception as exc:  # never leave a job "active" with nobody working on it
+                import traceback
+
+                traceback.print_exc()
+                return self._fail(f"{type(exc).__name__}: {exc}", code="internal")
 
     def _run(self) -> JobState:
         state = self._refresh().state
@@ -210,11 +216,15 @@ class JobRunner:
     def _render(self) -> None:
         if not self._stage("render"):
             return
-        from loraflow.trainer.model_source import resolve_model_path
+        if self.engine.name == "builtin":
+            from loraflow.trainer.model_source import resolve_model_path
 
-        model_path = resolve_model_path(self.spec)
+            model = str(resolve_model_path(self.spec))
+        else:  # external engines fetch hub models themselves; a local folder is passed as it is
+            entry = self.spec.catalog_entry
+            model = entry.hub_id if self.spec.base_model == entry.id and entry.hub_id else self.spec.base_model
         files = self.engine.render(
-            self.spec, self.layout, self.job_id, str(model_path), self._refresh().artifacts.get("dataset_hash")
+            self.spec, self.layout, self.job_id, model, self._refresh().artifacts.get("dataset_hash")
         )
         engine_dir = Path(self.layout.engine)
         engine_dir.mkdir(parents=True, exist_ok=True)
@@ -258,15 +268,15 @@ class JobRunner:
                 state.save(follow_path)
             elif status is ProcessStatus.RUNNING:
                 self.store.append_event(self.job_id, ev.LOG, {"message": "re-attached to the running trainer"})
-            code = self._follow(handle, state, follow_path)
+            code, parser = self._follow(handle, state, follow_path)
             final = Path(self.engine.final_lora(self.spec, self.layout)).exists()
-            outcome = self.engine.outcome(code, final)
+            outcome = self.engine.outcome(code, final, parser)
             state.processed = True
             state.save(follow_path)
             stop_file = Path(self.layout.stop_request)
             if outcome.ok:
                 stop_file.unlink(missing_ok=True)
-                self.store.add_artifacts(self.job_id, lora=self.engine.final_lora(self.spec, self.layout))
+                self.store.add_artifacts(self.job_id, lora=self.engine.finish(self.spec, self.layout))
                 self.store.mark_stage_done(self.job_id, "train")
                 return None
             if outcome.stopped or stop_file.exists():
@@ -290,36 +300,45 @@ class JobRunner:
             return self._fail(err.get("message") or outcome.message, err.get("hint", ""), err.get("code", "failed"))
 
     def _launch(self, handle: Handle, state: FollowState) -> None:
-        cmd = self.engine.command(self.spec, self.layout, sys.executable)
-        env = {name: os.environ[name] for name in cmd.env_names if name in os.environ}
+        for action in self.engine.prepare_resume(self.spec, self.layout):
+            self.store.append_event(self.job_id, ev.LOG, {"message": action})
+        cmd = self.engine.command(self.spec, self.layout, "auto")
+        env = {**cmd.env, **{name: os.environ[name] for name in cmd.env_names if name in os.environ}}
         state.attempt += 1
         state.processed = False
         state.offset = Path(handle.log_file).stat().st_size if Path(handle.log_file).exists() else 0
         self._last_error = None
-        self.host.run(cmd.argv, self.layout.root, handle, env)
+        self.host.run(cmd.argv, cmd.cwd or self.layout.root, handle, env)
         self.host.wait_started(handle)
         self.store.append_event(self.job_id, "train.launched", {"attempt": state.attempt, "pid": self.host.pid(handle)})
 
-    def _follow(self, handle: Handle, state: FollowState, follow_path: Path) -> int | None:
-        parser = self.engine.parser()
+    def _follow(self, handle: Handle, state: FollowState, follow_path: Path) -> tuple[int | None, Any]:
+        parser = self.engine.parser(self.spec)
         monitor = self.spec.monitor
         detector = StallDetector(monitor.stall_minutes, monitor.gpu_idle_minutes, time.monotonic())
         stop_sent = False
         last_gpu = 0.0
         stall_kill = False
+        collected = 0.0
         while True:
             chunk = self.host.read(handle.log_file, state.offset)
             if chunk:
                 state.offset += len(chunk)
-                self._record(parser.feed(chunk), detector)
+                events = parser.feed(chunk)
+                self._record(events, detector)
+                # New engine outputs: after a save line, and every few seconds (samples print no line).
+                if any(e.type in (ev.CHECKPOINT, ev.SAMPLE) for e in events) or time.monotonic() - collected > 5:
+                    collected = time.monotonic()
+                    self._record(self.engine.collect(self.spec, self.layout), detector)
                 state.save(follow_path)
             status, code = self.host.status(handle)
             if status is not ProcessStatus.RUNNING:
                 rest = self.host.read(handle.log_file, state.offset)
                 state.offset += len(rest)
                 self._record([*parser.feed(rest), *parser.flush()], detector, final=True)
+                self._record(self.engine.collect(self.spec, self.layout), detector, final=True)
                 state.save(follow_path)
-                return None if stall_kill else code
+                return (None if stall_kill else code), parser
             now = time.monotonic()
             if not stop_sent and Path(self.layout.stop_request).exists():
                 stop_sent = self.host.signal(handle, signal.SIGTERM)
@@ -351,9 +370,9 @@ class JobRunner:
                     self.host.signal(handle, signal.SIGKILL)
             if now - self._last_heartbeat > 5:
                 self._last_heartbeat = now
-                from datetime import datetime, timezone
+                from datetime import datetime
 
-                self.store.update(self.job_id, heartbeat_at=datetime.now(timezone.utc))
+                self.store.update(self.job_id, heartbeat_at=datetime.now(UTC))
             time.sleep(self.poll_s)
 
     def _record(self, events: list[EngineEvent], detector: StallDetector, final: bool = False) -> None:

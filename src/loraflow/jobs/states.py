@@ -6,12 +6,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 from loraflow.errors import IllegalTransition
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
     PENDING = "pending"
     PREPARING = "preparing"
     PROVISIONING = "provisioning"

@@ -8,6 +8,7 @@ from typing import Any
 # Event types shared by every engine parser (DESIGN.md "Event").
 PROGRESS = "progress"
 CHECKPOINT = "checkpoint.saved"
+CHECKPOINT_SYNCED = "checkpoint.synced"  # copied into the job folder (off the GPU host)
 SAMPLE = "sample.saved"
 PHASE = "phase"
 RESUMED = "resumed"

@@ -96,16 +96,19 @@ def _split_module(key: str) -> tuple[str, str]:
     raise ValueError(f"not a LoRA key: {key}")
 
 
-def diffusers_modules(state: dict[str, torch.Tensor], default_alpha: float) -> dict[str, dict[str, torch.Tensor]]:
-    """Group a diffusers-layout state dict by module: {module: {A, B, alpha}}."""
+def diffusers_modules(
+    state: dict[str, torch.Tensor], default_alpha: float | None
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Group a diffusers-layout state dict by module: {module: {A, B, alpha}}. A module with no alpha key
+    gets `default_alpha`, or its rank when that is None (what diffusers and ai-toolkit assume)."""
+    names = {".lora_A.weight": "A", ".lora_B.weight": "B", ".alpha": "alpha"}
     modules: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state.items():
         module, suffix = _split_module(key)
-        modules.setdefault(module, {})[{".lora_A.weight": "A", ".lora_B.weight": "B", ".alpha": "alpha"}[suffix]] = (
-            tensor
-        )
+        modules.setdefault(module, {})[names[suffix]] = tensor
     for parts in modules.values():
-        parts.setdefault("alpha", torch.tensor(float(default_alpha)))
+        alpha = default_alpha if default_alpha is not None else parts["A"].shape[0]
+        parts.setdefault("alpha", torch.tensor(float(alpha)))
     return modules
 
 

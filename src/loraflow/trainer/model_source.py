@@ -49,5 +49,8 @@ def resolve_model_path(spec: TrainSpec, models_root: Path | None = None) -> Path
         )
     except GatedRepoError as exc:
         raise UserInputError(f"{repo} is gated", fix="accept its license on huggingface.co, then set HF_TOKEN") from exc
-    except HfHubHTTPError as exc:
-        raise UserInputError(f"could not fetch {repo}: {exc}", fix="check HF_TOKEN and the network") from exc
+    except (HfHubHTTPError, OSError) as exc:  # LocalEntryNotFoundError (offline) is an OSError
+        raise UserInputError(
+            f"could not fetch {repo}: {exc}",
+            fix="check HF_TOKEN and the network, or point base_model at a local diffusers folder",
+        ) from exc

@@ -1,0 +1,436 @@
+"""The ai-toolkit engine (ostris/ai-toolkit): its YAML job config, its console output, its resume traps.
+
+Facts from shared/reference/ai-toolkit.md. Traps handled here:
+- `${VAR}` in the config text is substituted from the environment and printed: nothing secret and no
+  `${` ever goes into the rendered file.
+- resume picks the newest `<name>*.safetensors` by *ctime* and trusts its header: before each launch
+  damaged files are deleted and only the chosen checkpoint is left in the output folder.
+- exit code 0 also on Ctrl-C: done means exit 0 and the final `<name>.safetensors`.
+- Flux LoRAs come out in diffusers layout with alpha forced to rank; collection converts them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sqlite3
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from loraflow.engines.base import Command, EngineRequirements, Outcome
+from loraflow.engines.external import (
+    engine_dir,
+    engine_python,
+    safetensors_header,
+    setup_script,
+    store_checkpoint,
+    store_samples,
+)
+from loraflow.errors import UserInputError
+from loraflow.jobs.layout import JobLayout
+from loraflow.monitor import events as ev
+from loraflow.monitor.events import EngineEvent
+from loraflow.monitor.hints import match_hint
+from loraflow.monitor.lines import LineSplitter
+from loraflow.spec import TrainSpec
+
+REPO = "ostris/ai-toolkit"
+PIN = "27a03a91"  # HEAD read for the reference notes (version 0.12.26)
+IMAGE = "ostris/aitoolkit:latest"  # code at /app/ai-toolkit; the tag-to-commit map is not published
+CONFIG = "aitk_config.yaml"
+SETUP = "setup_ai_toolkit.sh"
+OUTPUT = "aitk"  # training_folder under the job folder; the save root is aitk/<name>/
+CKPT = re.compile(r"_(\d{9})\.safetensors$")
+SAMPLE = re.compile(r"^\d+__(\d{9})_(\d+)\.(jpg|jpeg|png|webp)$")
+ARCH = {"flux": "flux", "sdxl": "sdxl", "qwen_image": "qwen_image"}
+SAVE_DTYPE = {"fp16": "float16", "bf16": "bf16", "fp32": "float32"}
+
+
+def _total_steps(spec: TrainSpec, layout: JobLayout) -> int:
+    if spec.training.steps:
+        return spec.training.steps
+    manifest = Path(layout.dataset) / "manifest.json"
+    count = 1
+    if manifest.exists():
+        import json
+
+        count = json.loads(manifest.read_text())["count"]
+    per_epoch = count * spec.dataset.repeats * len(spec.training.resolution) / spec.training.batch_size
+    return max(1, math.ceil(per_epoch * (spec.training.epochs or 1)))
+
+
+def _no_substitution(value: str, where: str) -> str:
+    if "${" in value:
+        raise UserInputError(
+            f"'{value}' contains '${{', which ai-toolkit would replace from the environment",
+            where=where,
+            fix="remove the '$' before '{'",
+        )
+    return value
+
+
+def _number(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else value
+
+
+def render_config(spec: TrainSpec, layout: JobLayout, job_id: str, model_path: str) -> dict[str, Any]:
+    t, s, entry = spec.training, spec.sampling, spec.catalog_entry
+    arch = ARCH.get(entry.arch, entry.arch)
+    flow = arch in ("flux", "qwen_image")
+    quantize = t.quantize != "none"
+    model: dict[str, Any] = {
+        "name_or_path": model_path,
+        "arch": arch,
+        "quantize": quantize,
+        "quantize_te": quantize,
+        "low_vram": t.low_vram,
+    }
+    if quantize:
+        model["qtype"] = "qfloat8"
+        model["qtype_te"] = "qfloat8"
+    if arch == "qwen_image":
+        model.update(
+            {
+                "quantize": True,
+                "qtype": "uint3|ostris/accuracy_recovery_adapters/qwen_image_torchao_uint3.safetensors",
+                "quantize_te": True,
+                "qtype_te": "qfloat8",
+                "low_vram": True,
+            }
+        )
+    if entry.assistant_lora:
+        model["assistant_lora_path"] = entry.assistant_lora
+    prompts = [_no_substitution(spec.substitute_trigger(p), f"sampling.prompts[{i}]") for i, p in enumerate(s.prompts)]
+    trigger = spec.dataset.trigger_word
+    if trigger:
+        _no_substitution(trigger, "dataset.trigger_word")
+    process: dict[str, Any] = {
+        "type": "sd_trainer",
+        "training_folder": str(PurePosixPath(layout.root, OUTPUT)),
+        "device": "cuda:0",
+        "trigger_word": trigger,
+        "network": {"type": "lora", "linear": spec.network.rank, "linear_alpha": _number(spec.network.alpha)},
+        "save": {
+            "dtype": SAVE_DTYPE[spec.output.dtype],
+            "save_every": spec.checkpointing.every_n_steps,
+            "max_step_saves_to_keep": spec.checkpointing.keep_last,
+            "push_to_hub": False,
+        },
+        "datasets": [
+            {
+                "folder_path": layout.dataset,
+                "caption_ext": spec.dataset.caption_extension,
+                "caption_dropout_rate": spec.dataset.captions.dropout_rate,
+                "shuffle_tokens": spec.dataset.captions.shuffle_tags,
+                "keep_tokens": spec.dataset.captions.keep_tokens,
+                "cache_latents_to_disk": t.cache_latents,
+                "resolution": list(t.resolution),
+                "num_repeats": spec.dataset.repeats,
+            }
+        ],
+        "train": {
+            "batch_size": t.batch_size,
+            "steps": _total_steps(spec, layout),
+            "gradient_accumulation": t.gradient_accumulation,
+            "train_unet": True,
+            "train_text_encoder": False,
+            "gradient_checkpointing": t.gradient_checkpointing,
+            "noise_scheduler": "flowmatch" if flow else "ddpm",
+            "optimizer": t.optimizer,
+            "lr": t.learning_rate,
+            "lr_scheduler": t.lr_scheduler,
+            "optimizer_params": {"weight_decay": t.weight_decay},
+            "dtype": t.precision,
+            "max_grad_norm": t.max_grad_norm,
+            "timestep_type": "sigmoid"
+            if t.timestep_sampling in ("sigmoid", "logit_normal")
+            else ("shift" if t.timestep_sampling == "shift" else "linear"),
+            "cache_text_embeddings": t.cache_text_embeddings or arch == "qwen_image",
+            "skip_first_sample": True,
+            "disable_sampling": not (s.every_n_steps or s.at_end),
+        },
+        "model": model,
+        "sample": {
+            "sampler": "flowmatch" if flow else "ddpm",
+            "sample_every": s.every_n_steps or _total_steps(spec, layout),
+            "width": s.width,
+            "height": s.height,
+            "prompts": prompts,
+            "neg": "",
+            "seed": s.seed,
+            "walk_seed": True,
+            "guidance_scale": s.guidance_scale,
+            "sample_steps": s.steps,
+        },
+        "logging": {"log_every": 1, "use_ui_logger": True},
+    }
+    if t.seed is not None:
+        process["training_seed"] = t.seed
+    if spec.engine.options.get("process"):
+        process.update(spec.engine.options["process"])
+    return {
+        "job": "extension",
+        "config": {"name": spec.name, "process": [process]},
+        "meta": {"name": "[name]", "version": "1.0", "loraflow_job_id": job_id, "loraflow_engine": f"ai-toolkit@{PIN}"},
+    }
+
+
+def save_root(spec: TrainSpec, layout: JobLayout) -> Path:
+    return Path(layout.root) / OUTPUT / spec.name
+
+
+# --- console output -------------------------------------------------------------------------------
+
+_BAR = r"\s*(\d+)%\|[^|]*\|\s*(\d+)/(\d+)\s+\[([\d:]+)<([\d:?]+),\s+([\d.]+|\?)(s/it|it/s)(.*)\]\s*$"
+_POSTFIX = re.compile(r"lr:\s*([\d.eE+-]+)\s+loss:\s*([\d.eE+-]+)")
+
+
+def _seconds(clock: str) -> float | None:
+    if "?" in clock:
+        return None
+    parts = [int(p) for p in clock.split(":")]
+    total = 0
+    for p in parts:
+        total = total * 60 + p
+    return float(total)
+
+
+def parse_tqdm(match: re.Match[str]) -> dict[str, Any]:
+    step, total = int(match.group(2)), int(match.group(3))
+    value, unit = match.group(6), match.group(7)
+    rate = None if value == "?" else (float(value) if unit == "it/s" else (1 / float(value) if float(value) else None))
+    data: dict[str, Any] = {"step": step, "total": total, "elapsed_s": _seconds(match.group(4))}
+    eta = _seconds(match.group(5))
+    if eta is not None:
+        data["eta_s"] = eta
+    if rate is not None:
+        data["rate"] = round(rate, 4)
+    return data
+
+
+class AitkParser:
+    """ai-toolkit's console: the job's own tqdm bar (filtered by its name) and its save/resume/error lines."""
+
+    def __init__(self, job_name: str) -> None:
+        self._lines = LineSplitter()
+        self._bar = re.compile(rf"^{re.escape(job_name)}:{_BAR}")
+        self._name = job_name
+        self._last_step = -1
+        self.job_stopped = False
+        self._hinted: set[str] = set()
+
+    def feed(self, chunk: bytes) -> list[EngineEvent]:
+        return [e for line in self._lines.feed(chunk) for e in self.parse_line(line)]
+
+    def flush(self) -> list[EngineEvent]:
+        return [e for line in self._lines.flush() for e in self.parse_line(line)]
+
+    def parse_line(self, line: str) -> list[EngineEvent]:
+        text = line.strip()
+        bar = self._bar.match(line)
+        if bar:
+            post = _POSTFIX.search(bar.group(8))
+            if not post:
+                return []  # the bar before its first loss: no measurement yet
+            data = parse_tqdm(bar)
+            data.update({"lr": float(post.group(1)), "loss": float(post.group(2))})
+            if data["step"] in (0, self._last_step):  # nothing done yet, or a redraw of the same step
+                return []
+            self._last_step = data["step"]
+            return [EngineEvent(ev.PROGRESS, data)]
+        if text.startswith("Saved checkpoint to "):
+            path = text.removeprefix("Saved checkpoint to ")
+            m = CKPT.search(path)
+            if m:
+                return [EngineEvent(ev.CHECKPOINT, {"step": int(m.group(1)), "path": path})]
+            return [EngineEvent(ev.LOG, {"message": f"final LoRA saved: {path}", "final": path})]
+        if text.startswith("#### IMPORTANT RESUMING FROM"):
+            return [EngineEvent(ev.LOG, {"message": text.strip("# ")})]
+        m = re.match(r"Found step (\d+) in metadata, starting from there", text)
+        if m:
+            return [EngineEvent(ev.RESUMED, {"step": int(m.group(1))})]
+        if text.startswith("Loading Flux model") or text.startswith("Loading transformer") or text == "Making pipe":
+            return [EngineEvent(ev.PHASE, {"phase": "loading_model"})]
+        if text.startswith("Caching latents") or text.startswith("Caching text embeddings"):
+            return [EngineEvent(ev.PHASE, {"phase": "caching"})]
+        if text.startswith("Running  1 process") or text.startswith("Running 1 process"):
+            return [EngineEvent(ev.PHASE, {"phase": "starting"})]
+        if text == "Job stopped":
+            self.job_stopped = True
+            return [EngineEvent(ev.STOPPED, {"step": max(self._last_step, 0)})]
+        if text.startswith("# OOM during training step"):
+            return [EngineEvent(ev.WARNING, {"message": text.strip("# ")})]
+        if text.startswith("Error running job:"):
+            message = text.removeprefix("Error running job:").strip()
+            hint = match_hint(message)
+            self._hinted.add(hint.code if hint else "crash")
+            return [
+                EngineEvent(
+                    ev.ERROR,
+                    {"code": hint.code if hint else "crash", "message": message, "hint": hint.hint if hint else ""},
+                )
+            ]
+        hint = match_hint(text)
+        if hint and hint.code not in self._hinted and hint.code != "missing_file":
+            self._hinted.add(hint.code)
+            return [EngineEvent(ev.ERROR, {"code": hint.code, "message": text[:500], "hint": hint.hint})]
+        return []
+
+
+def guess_job_name(text: str) -> str:
+    """The job name from the `# Running job: <name>` banner, for reading a log file on its own."""
+    m = re.search(r"# Running job: (.+)", text)
+    return m.group(1).strip() if m else ""
+
+
+def read_loss_log(path: Path) -> list[dict[str, float]]:
+    """Exact per-step loss and learning rate from ai-toolkit's loss_log.db (read-only)."""
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT s.step, s.wall_time, l.value_real, r.value_real FROM steps s "
+            "LEFT JOIN metrics l ON l.step = s.step AND l.key = 'loss/loss' "
+            "LEFT JOIN metrics r ON r.step = s.step AND r.key = 'learning_rate' ORDER BY s.step"
+        ).fetchall()
+    finally:
+        conn.close()
+    return [{"step": int(s), "wall_time": w, "loss": loss, "lr": lr} for s, w, loss, lr in rows if loss is not None]
+
+
+# --- the engine --------------------------------------------------------------------------------
+
+
+class AitkEngine:
+    name = "ai-toolkit"
+
+    def requirements(self, spec: TrainSpec) -> EngineRequirements:
+        vram = spec.compute.gpu.min_vram_gb or spec.training.vram_preset or max(spec.catalog_entry.min_vram_gb, 24)
+        return EngineRequirements(
+            min_vram_gb=vram, disk_gb=spec.compute.gpu.disk_gb, cuda="12.8", image=IMAGE, setup_script=SETUP
+        )
+
+    def render(
+        self, spec: TrainSpec, layout: JobLayout, job_id: str, model_path: str, dataset_hash: str | None = None
+    ) -> dict[str, str]:
+        config = render_config(spec, layout, job_id, model_path)
+        text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+        header = (
+            f"# ai-toolkit job config rendered by loraflow for job {job_id}\n"
+            f"# engine: {REPO}@{PIN} (Docker: {IMAGE}); run: python run.py {CONFIG}\n"
+        )
+        return {
+            CONFIG: header + text,
+            SETUP: setup_script(
+                REPO,
+                PIN,
+                "requirements.txt",
+                "venv/bin/pip install --quiet torch torchvision --index-url https://download.pytorch.org/whl/cu128\n",
+            ),
+        }
+
+    def command(self, spec: TrainSpec, layout: JobLayout, python: str) -> Command:
+        root = engine_dir("ai-toolkit", spec.engine.options)
+        return Command(
+            [
+                engine_python(root, spec.engine.options) if python == "auto" else python,
+                str(root / "run.py"),
+                str(PurePosixPath(layout.engine, CONFIG)),
+            ],
+            env_names=["HF_TOKEN"],
+            env={"PYTHONUNBUFFERED": "1", "DISABLE_TELEMETRY": "YES"},
+            cwd=str(root),
+        )
+
+    def parser(self, spec: TrainSpec) -> AitkParser:
+        return AitkParser(spec.name)
+
+    def final_lora(self, spec: TrainSpec, layout: JobLayout) -> str:
+        return str(save_root(spec, layout) / f"{spec.name}.safetensors")
+
+    def checkpoints(self, spec: TrainSpec, layout: JobLayout) -> list[tuple[int, Path, bool]]:
+        """(step, file, header ok) for each numbered checkpoint in the save root, by step."""
+        root = save_root(spec, layout)
+        out = []
+        for path in root.glob(f"{spec.name}_*.safetensors"):
+            m = CKPT.search(path.name)
+            if m:
+                out.append((int(m.group(1)), path, safetensors_header(path) is not None))
+        return sorted(out)
+
+    def prepare_resume(self, spec: TrainSpec, layout: JobLayout) -> list[str]:
+        """Leave exactly one loadable checkpoint (the newest good one) in the save root; return what was done.
+
+        ai-toolkit resumes from the newest file by ctime and trusts its header, so a truncated newest file or
+        files copied in the wrong order would resume from the wrong place or crash.
+        """
+        actions: list[str] = []
+        ckpts = self.checkpoints(spec, layout)
+        good = [c for c in ckpts if c[2]]
+        for _step, path, ok in ckpts:
+            if not ok:
+                path.unlink()
+                actions.append(f"deleted damaged checkpoint {path.name}")
+        if good:
+            chosen = good[-1]
+            for step, path, _ in good[:-1]:
+                store_checkpoint(layout.checkpoints, step, path)  # keep it in loraflow's own collection
+                path.unlink()
+                actions.append(f"moved {path.name} to checkpoints/step-{step:06d}")
+            actions.append(f"resuming from {chosen[1].name}")
+        final = Path(self.final_lora(spec, layout))
+        if final.exists() and safetensors_header(final) is None:
+            final.unlink()
+            actions.append("deleted damaged final LoRA")
+        return actions
+
+    def collect(self, spec: TrainSpec, layout: JobLayout) -> list[EngineEvent]:
+        """Copy new checkpoints and sample rounds into the standard layout; events for what is new."""
+        events: list[EngineEvent] = []
+        for step, path, ok in self.checkpoints(spec, layout):
+            target = Path(layout.checkpoints) / f"step-{step:06d}" / "meta.json"
+            if ok and not target.exists():
+                optimizer = save_root(spec, layout) / "optimizer.pt"
+                store_checkpoint(layout.checkpoints, step, path, {"optimizer.pt": optimizer})
+                events.append(
+                    EngineEvent(
+                        ev.CHECKPOINT_SYNCED, {"step": step, "path": f"checkpoints/step-{step:06d}", "synced": True}
+                    )
+                )
+        rounds: dict[int, list[tuple[int, Path]]] = {}
+        samples_dir = save_root(spec, layout) / "samples"
+        for path in samples_dir.glob("*") if samples_dir.is_dir() else []:
+            m = SAMPLE.match(path.name)
+            if m:
+                rounds.setdefault(int(m.group(1)), []).append((int(m.group(2)), path))
+        prompts = [spec.substitute_trigger(p) for p in spec.sampling.prompts]
+        for step, images in sorted(rounds.items()):
+            if (Path(layout.samples) / f"step-{step:06d}" / "index.json").exists():
+                continue
+            for item in store_samples(layout.samples, step, images, prompts, spec.sampling):
+                events.append(
+                    EngineEvent(ev.SAMPLE, {"step": step, "path": f"samples/{item['file']}", "prompt": item["prompt"]})
+                )
+        return events
+
+    def finish(self, spec: TrainSpec, layout: JobLayout) -> str:
+        """Put the final LoRA where the bundle expects it, converted to the spec's key layout."""
+        from loraflow.engines.convert import convert_file
+
+        dest = Path(layout.root) / f"{spec.name}.safetensors"
+        convert_file(Path(self.final_lora(spec, layout)), dest, spec.output.lora_format)
+        return str(dest)
+
+    def outcome(self, exit_code: int | None, final_exists: bool, parser: AitkParser | None = None) -> Outcome:
+        if exit_code == 0 and final_exists:
+            return Outcome(True, False, None, "training finished")
+        if exit_code == 0 and parser is not None and parser.job_stopped:
+            return Outcome(False, True, None, "ai-toolkit stopped (Ctrl-C) without saving; resumes from the last save")
+        if exit_code == 0:
+            return Outcome(False, False, None, "ai-toolkit exited 0 without writing its final LoRA")
+        if exit_code is None:
+            return Outcome(False, False, None, "ai-toolkit disappeared without an exit code")
+        return Outcome(False, False, None, f"ai-toolkit exited with code {exit_code}")

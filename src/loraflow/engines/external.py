@@ -1,0 +1,127 @@
+"""What the ai-toolkit and kohya adapters share: where the engine is installed, its pinned set-up
+script, safetensors header checks, and copying outputs into loraflow's standard job layout."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+from loraflow import paths
+
+
+def engine_dir(name: str, options: dict[str, Any]) -> Path:
+    """The engine's checkout: `engine.options.path`, LORAFLOW_<NAME>_DIR, or LORAFLOW_HOME/engines/<name>."""
+    if options.get("path"):
+        return Path(str(options["path"])).expanduser()
+    env = os.environ.get(f"LORAFLOW_{name.upper().replace('-', '')}_DIR")
+    return Path(env) if env else paths.home() / "engines" / name
+
+
+def engine_python(root: Path, options: dict[str, Any]) -> str:
+    """`engine.options.python`, else the engine's own venv (it pins libraries loraflow does not), else this
+    Python (an image such as ostris/aitoolkit installs the engine's requirements system-wide)."""
+    if options.get("python"):
+        return str(options["python"])
+    venv = root / "venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+def setup_script(repo: str, pin: str, requirements: str, extra: str = "") -> str:
+    """An idempotent bash script that installs the engine at its pin into its own venv."""
+    return f"""#!/usr/bin/env bash
+# Installs {repo} at {pin} into DEST (default: $LORAFLOW_HOME/engines) with its own venv. Safe to re-run.
+set -euo pipefail
+DEST="${{1:-${{LORAFLOW_HOME:-$HOME/.loraflow}}/engines/{repo.split("/")[-1]}}}"
+if [ -f "$DEST/.loraflow-installed-{pin}" ]; then echo "already installed at $DEST"; exit 0; fi
+[ -d "$DEST/.git" ] || git clone https://github.com/{repo} "$DEST"
+cd "$DEST"
+git fetch --quiet origin && git checkout --quiet {pin}
+git submodule update --init --recursive --quiet
+[ -x venv/bin/python ] || python3 -m venv venv
+venv/bin/pip install --quiet --upgrade pip
+{extra}venv/bin/pip install --quiet -r {requirements}
+touch ".loraflow-installed-{pin}"
+echo "installed {repo}@{pin} at $DEST"
+"""
+
+
+def safetensors_header(path: Path) -> dict[str, Any] | None:
+    """The parsed header of a safetensors file, or None when the file is cut short or not safetensors."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            raw = f.read(8)
+            if len(raw) != 8:
+                return None
+            n = struct.unpack("<Q", raw)[0]
+            if n <= 0 or 8 + n > size:
+                return None
+            header = json.loads(f.read(n))
+    except (OSError, ValueError):
+        return None
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        return None  # the tensors the header promises are not all there
+    return header
+
+
+def file_meta(path: Path) -> dict[str, Any]:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"size": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def store_checkpoint(layout_checkpoints: str, step: int, lora: Path, extra: dict[str, Path] | None = None) -> Path:
+    """Copy an engine's checkpoint into checkpoints/step-NNNNNN/ (lora.safetensors + meta.json written last)."""
+    final = Path(layout_checkpoints) / f"step-{step:06d}"
+    if (final / "meta.json").exists():
+        return final
+    tmp = final.with_name(final.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copyfile(lora, tmp / "lora.safetensors")
+    for name, src in (extra or {}).items():
+        if src.is_dir():
+            shutil.copytree(src, tmp / name)
+        elif src.exists():
+            shutil.copyfile(src, tmp / name)
+    files = {p.name: file_meta(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    (tmp / "meta.json").write_text(json.dumps({"step": step, "files": files}, indent=2) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.replace(final)
+    return final
+
+
+def store_samples(
+    samples_root: str, step: int, images: list[tuple[int, Path]], prompts: list[str], spec_sampling: Any
+) -> list[dict[str, Any]]:
+    """Copy one sample round into samples/step-NNNNNN/ with the index.json the bundle reads."""
+    folder = Path(samples_root) / f"step-{step:06d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    index = []
+    for i, src in sorted(images):
+        name = f"{i:02d}{src.suffix.lower()}"
+        if not (folder / name).exists():
+            shutil.copyfile(src, folder / name)
+        index.append(
+            {
+                "file": f"step-{step:06d}/{name}",
+                "prompt": prompts[i] if i < len(prompts) else "",
+                "seed": spec_sampling.seed + i,
+                "step": step,
+                "width": spec_sampling.width,
+                "height": spec_sampling.height,
+                "guidance": spec_sampling.guidance_scale,
+                "steps": spec_sampling.steps,
+            }
+        )
+    (folder / "index.json").write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n")
+    return index

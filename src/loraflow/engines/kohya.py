@@ -1,0 +1,455 @@
+"""The kohya engine (kohya-ss/sd-scripts, what FluxGym runs): dataset TOML, prompts file, full argv.
+
+Facts from shared/reference/kohya-fluxgym.md. Beyond FluxGym: `--network_train_unet_only`, a real
+`--network_alpha`, bucketing on, `--save_state` for exact resume, `--blocks_to_swap` instead of the
+deprecated `--split_mode`, and `--console_log_simple` so log lines are not wrapped at 80 columns (the
+parser still joins wrapped Rich lines). After a resume kohya's own step counter restarts; loraflow
+passes `--skip_until_initial_step --initial_step N` and keeps the cumulative step itself.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import tomli_w
+
+from loraflow.engines.base import Command, EngineRequirements, Outcome
+from loraflow.engines.external import (
+    engine_dir,
+    engine_python,
+    safetensors_header,
+    setup_script,
+    store_checkpoint,
+    store_samples,
+)
+from loraflow.jobs.layout import JobLayout
+from loraflow.monitor import events as ev
+from loraflow.monitor.events import EngineEvent
+from loraflow.monitor.hints import match_hint
+from loraflow.monitor.lines import LineSplitter
+from loraflow.spec import TrainSpec
+
+REPO = "kohya-ss/sd-scripts"
+PIN = "48d368fa"  # main, v0.10.1 (2026-02-16): Flux training merged from the sd3 branch
+OUTPUT = "kohya"
+DATASET = "dataset.toml"
+PROMPTS = "sample_prompts.txt"
+ARGS = "args.json"
+SCRIPT = "train.sh"
+SETUP = "setup_sd_scripts.sh"
+STEP_FILE = re.compile(r"-step(\d{8})\.safetensors$")
+STATE_DIR = re.compile(r"-step(\d{8})-state$")
+SAMPLE = re.compile(r"_(\d{6})_(\d{2})_\d{14}(?:_\d+)?\.(png|jpg|webp)$")
+OPTIMIZERS = {"adamw": "AdamW", "adamw8bit": "AdamW8bit", "prodigy": "Prodigy", "adafactor": "Adafactor"}
+SCHEDULERS = {
+    "constant": "constant",
+    "linear": "linear",
+    "cosine": "cosine",
+    "cosine_with_restarts": "cosine_with_restarts",
+}
+
+
+def out_dir(layout: JobLayout) -> str:
+    return str(PurePosixPath(layout.root, OUTPUT))
+
+
+def dataset_toml(spec: TrainSpec, layout: JobLayout) -> str:
+    ext = "." + spec.dataset.caption_extension
+    general = {"shuffle_caption": False, "caption_extension": ext, "keep_tokens": spec.dataset.captions.keep_tokens}
+    datasets = []
+    for res in spec.training.resolution:  # one [[datasets]] per resolution, as the kohya docs describe
+        subset: dict[str, Any] = {"image_dir": layout.dataset, "num_repeats": spec.dataset.repeats}
+        if spec.dataset.trigger_word:
+            subset["class_tokens"] = spec.dataset.trigger_word  # used only for an image without a caption
+        datasets.append(
+            {
+                "resolution": res,
+                "batch_size": spec.training.batch_size,
+                "enable_bucket": True,
+                "min_bucket_reso": max(256, res // 2),
+                "max_bucket_reso": res * 2,
+                "bucket_reso_steps": 64,
+                "bucket_no_upscale": True,
+                "subsets": [subset],
+            }
+        )
+    return tomli_w.dumps({"general": general, "datasets": datasets})
+
+
+def prompts_file(spec: TrainSpec) -> str:
+    s = spec.sampling
+    lines = []
+    for i, prompt in enumerate(s.prompts):
+        text = spec.substitute_trigger(prompt).replace("\n", " ")
+        lines.append(f"{text} --w {s.width} --h {s.height} --d {s.seed + i} --s {s.steps} --g {s.guidance_scale}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _model_files(spec: TrainSpec) -> dict[str, str]:
+    entry = spec.catalog_entry
+    models = Path(str(spec.engine.options.get("models_dir", "models")))
+    return {role: str(models / name) for role, name in entry.kohya_files.items()}
+
+
+def train_args(spec: TrainSpec, layout: JobLayout) -> list[str]:
+    """The arguments of flux_train_network.py (or sdxl_train_network.py), in FluxGym's order plus the fixes."""
+    t, s, n = spec.training, spec.sampling, spec.network
+    entry, files = spec.catalog_entry, _model_files(spec)
+    flux = entry.arch == "flux"
+    args: list[str] = []
+    if flux:
+        args += [
+            "--pretrained_model_name_or_path",
+            files["transformer"],
+            "--clip_l",
+            files["clip_l"],
+            "--t5xxl",
+            files["t5xxl"],
+            "--ae",
+            files["ae"],
+        ]
+    else:
+        args += ["--pretrained_model_name_or_path", files["checkpoint"], "--no_half_vae"]
+    args += [
+        "--cache_latents_to_disk",
+        "--save_model_as",
+        "safetensors",
+        "--sdpa",
+        "--persistent_data_loader_workers",
+        "--max_data_loader_n_workers",
+        "2",
+        "--seed",
+        str(t.seed),
+    ]
+    if t.gradient_checkpointing:
+        args.append("--gradient_checkpointing")
+    precision = "no" if t.precision == "fp32" else t.precision
+    args += [
+        "--mixed_precision",
+        precision,
+        "--save_precision",
+        spec.output.dtype if spec.output.dtype != "fp32" else "float",
+        "--network_module",
+        "networks.lora_flux" if flux else "networks.lora",
+        "--network_dim",
+        str(n.rank),
+        "--network_alpha",
+        str(n.alpha),
+        "--network_train_unet_only",
+        "--optimizer_type",
+        OPTIMIZERS[t.optimizer],
+        "--learning_rate",
+        str(t.learning_rate),
+        "--lr_scheduler",
+        SCHEDULERS[t.lr_scheduler],
+        "--lr_warmup_steps",
+        str(t.lr_warmup_steps),
+        "--max_grad_norm",
+        str(t.max_grad_norm),
+    ]
+    if t.optimizer == "adafactor":
+        args += ["--optimizer_args", "relative_step=False", "scale_parameter=False", "warmup_init=False"]
+    if t.cache_text_embeddings:
+        args += ["--cache_text_encoder_outputs", "--cache_text_encoder_outputs_to_disk"]
+    if t.quantize != "none":
+        args.append("--fp8_base")
+    if t.blocks_to_swap:
+        args += ["--blocks_to_swap", str(t.blocks_to_swap)]
+    if t.steps:
+        args += ["--max_train_steps", str(t.steps)]
+    else:
+        args += ["--max_train_epochs", str(t.epochs)]
+    every = spec.checkpointing.every_n_steps
+    keep = every * spec.checkpointing.keep_last
+    args += [
+        "--save_every_n_steps",
+        str(every),
+        "--save_last_n_steps",
+        str(keep),
+        "--save_state",
+        "--save_last_n_steps_state",
+        str(keep),
+        "--save_state_on_train_end",
+        "--dataset_config",
+        str(PurePosixPath(layout.engine, DATASET)),
+        "--output_dir",
+        out_dir(layout),
+        "--output_name",
+        spec.name,
+    ]
+    if flux:
+        shift = ["--timestep_sampling", t.timestep_sampling if t.timestep_sampling != "logit_normal" else "sigmoid"]
+        if t.timestep_sampling == "shift":
+            shift += ["--discrete_flow_shift", "3.1582"]
+        args += [
+            *shift,
+            "--model_prediction_type",
+            "raw",
+            "--guidance_scale",
+            str(t.guidance_scale),
+            "--loss_type",
+            "l2",
+        ]
+    if s.prompts and s.every_n_steps:
+        args += [
+            "--sample_prompts",
+            str(PurePosixPath(layout.engine, PROMPTS)),
+            "--sample_every_n_steps",
+            str(s.every_n_steps),
+        ]
+    args.append("--console_log_simple")
+    for key, value in (spec.engine.options.get("args") or {}).items():
+        args += [f"--{key}"] if value is True else [f"--{key}", str(value)]
+    return args
+
+
+def script_name(spec: TrainSpec) -> str:
+    return "flux_train_network.py" if spec.catalog_entry.arch == "flux" else "sdxl_train_network.py"
+
+
+def launcher(spec: TrainSpec, python: str, root: Path) -> list[str]:
+    """`accelerate launch` pinned to one process (on a multi-GPU rental it would otherwise start DDP)."""
+    precision = "no" if spec.training.precision == "fp32" else spec.training.precision
+    if spec.engine.options.get("launcher") == "python":
+        return [python, str(root / script_name(spec))]
+    return [
+        python,
+        "-m",
+        "accelerate.commands.launch",
+        "--mixed_precision",
+        precision,
+        "--num_cpu_threads_per_process",
+        "1",
+        "--num_processes",
+        "1",
+        str(root / script_name(spec)),
+    ]
+
+
+# --- console output ----------------------------------------------------------------------------
+
+_STEPS = re.compile(
+    r"steps:\s+(\d+)%\|[^|]*\|\s*(\d+)/(\d+)\s+\[([\d:]+)<([\d:?]+),\s+([\d.]+|\?)(s/it|it/s)"
+    r"(?:,\s*avr_loss=([\d.eE+-]+))?"
+)
+_RICH = re.compile(
+    r"^(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d )?\s*(INFO|WARNING|ERROR|DEBUG|CRITICAL)\s+(.*?)\s*(\S+\.py:\d+)?\s*$"
+)
+_CONTINUATION = re.compile(r"^\s{20,}(\S.*?)\s*$")
+
+
+class KohyaParser:
+    """sd-scripts' console: the `steps:` bar (not the nameless sampling bars), save/state/resume lines, and
+    Rich log records wrapped over several 80-column lines."""
+
+    def __init__(self) -> None:
+        self._lines = LineSplitter()
+        self.offset = 0  # steps skipped on a resume: kohya's bar restarts at 0
+        self._record: list[str] = []  # the lines of a Rich log record being joined
+        self._last_step = -1
+
+    def feed(self, chunk: bytes) -> list[EngineEvent]:
+        return [e for line in self._lines.feed(chunk) for e in self._line(line)]
+
+    def flush(self) -> list[EngineEvent]:
+        out = [e for line in self._lines.flush() for e in self._line(line)]
+        return out + self._end_record()
+
+    def _end_record(self) -> list[EngineEvent]:
+        """Join a Rich record's lines: a line filled to the full width was hard-broken mid-word (a long
+        path), so it joins without a space; a shorter one broke at a space."""
+        if not self._record:
+            return []
+        width = max(len(f) for f in self._record)
+        text = self._record[0]
+        for prev, fragment in zip(self._record, self._record[1:], strict=False):
+            text += ("" if len(prev) == width else " ") + fragment
+        self._record = []
+        return self.parse_message(text)
+
+    def _line(self, line: str) -> list[EngineEvent]:
+        cont = _CONTINUATION.match(line)
+        if cont and self._record:
+            self._record.append(re.sub(r"\s+\S+\.py:\d+$", "", cont.group(1)).rstrip())
+            return []
+        out = self._end_record()
+        rich = _RICH.match(line)
+        if rich:
+            self._record = [rich.group(2)]
+            return out
+        return out + self.parse_message(line.strip())
+
+    def parse_message(self, text: str) -> list[EngineEvent]:
+        bar = _STEPS.search(text)
+        if bar:
+            from loraflow.engines.aitoolkit import parse_tqdm
+
+            data = parse_tqdm(bar)
+            data["step"] += self.offset
+            data["total"] += self.offset
+            if bar.group(8):
+                data["loss"] = float(bar.group(8))
+            if data["step"] == self._last_step or data["step"] == self.offset:
+                return []
+            self._last_step = data["step"]
+            return [EngineEvent(ev.PROGRESS, data)]
+        m = re.match(r"saving checkpoint: (.+)$", text)
+        if m:
+            step = STEP_FILE.search(m.group(1))
+            if step:
+                return [EngineEvent(ev.CHECKPOINT, {"step": int(step.group(1)), "path": m.group(1)})]
+            return [EngineEvent(ev.LOG, {"message": f"LoRA saved: {m.group(1)}"})]
+        m = re.match(r"skipping (\d+) steps", text)
+        if m:
+            self.offset = int(m.group(1))
+            return [EngineEvent(ev.RESUMED, {"step": self.offset})]
+        if text.startswith("resume training from local state:"):
+            return [EngineEvent(ev.LOG, {"message": text})]
+        if text.startswith("running training") or text.startswith("running training / 学習開始"):
+            return [EngineEvent(ev.PHASE, {"phase": "training"})]
+        if text.startswith("caching latents") or text.startswith("caching Text Encoder outputs"):
+            return [EngineEvent(ev.PHASE, {"phase": "caching"})]
+        if text.startswith("loading image sizes") or text.startswith("make buckets"):
+            return [EngineEvent(ev.PHASE, {"phase": "preparing"})]
+        m = re.match(r"total optimization steps / 学習ステップ数: (\d+)", text)
+        if m:
+            return [EngineEvent(ev.LOG, {"message": text, "total": int(m.group(1))})]
+        hint = match_hint(text)
+        if hint and (hint.code != "missing_file" or "Error" in text):
+            return [EngineEvent(ev.ERROR, {"code": hint.code, "message": text[:500], "hint": hint.hint})]
+        if "CalledProcessError" in text:
+            return [EngineEvent(ev.ERROR, {"code": "crash", "message": text[:500], "hint": ""})]
+        return []
+
+
+# --- the engine --------------------------------------------------------------------------------
+
+
+class KohyaEngine:
+    name = "kohya"
+
+    def requirements(self, spec: TrainSpec) -> EngineRequirements:
+        vram = spec.compute.gpu.min_vram_gb or spec.training.vram_preset or max(spec.catalog_entry.min_vram_gb, 16)
+        return EngineRequirements(
+            min_vram_gb=vram, disk_gb=spec.compute.gpu.disk_gb, cuda="12.4", image=None, setup_script=SETUP
+        )
+
+    def render(
+        self, spec: TrainSpec, layout: JobLayout, job_id: str, model_path: str, dataset_hash: str | None = None
+    ) -> dict[str, str]:
+        args = train_args(spec, layout)
+        root = engine_dir("kohya", spec.engine.options)
+        argv = launcher(spec, "venv/bin/python", root) + args
+        script = (
+            "#!/usr/bin/env bash\n# kohya sd-scripts launch rendered by loraflow for job "
+            + job_id
+            + (f"\n# engine: {REPO}@{PIN}\ncd {shlex.quote(str(root))}\n" + shlex.join(argv) + "\n")
+        )
+        return {
+            DATASET: dataset_toml(spec, layout),
+            PROMPTS: prompts_file(spec),
+            ARGS: json.dumps({"script": script_name(spec), "args": args}, indent=2) + "\n",
+            SCRIPT: script,
+            SETUP: setup_script(
+                REPO,
+                PIN,
+                "requirements.txt",
+                "venv/bin/pip install --quiet torch torchvision --index-url https://download.pytorch.org/whl/cu124\n",
+            ),
+        }
+
+    def resume_point(self, spec: TrainSpec, layout: JobLayout) -> tuple[int, Path] | None:
+        states = []
+        for path in Path(out_dir(layout)).glob(f"{spec.name}-step*-state"):
+            m = STATE_DIR.search(path.name)
+            if m and (path / "train_state.json").is_file():
+                states.append((int(m.group(1)), path))
+        return max(states) if states else None
+
+    def command(self, spec: TrainSpec, layout: JobLayout, python: str) -> Command:
+        root = engine_dir("kohya", spec.engine.options)
+        argv = launcher(
+            spec, engine_python(root, spec.engine.options) if python == "auto" else python, root
+        ) + train_args(spec, layout)
+        point = self.resume_point(spec, layout)
+        if point:  # the cumulative step is loraflow's, from the state folder's own name
+            argv += ["--resume", str(point[1]), "--skip_until_initial_step", "--initial_step", str(point[0])]
+        return Command(argv, env_names=["HF_TOKEN"], env={"PYTHONUNBUFFERED": "1", "COLUMNS": "200"}, cwd=str(root))
+
+    def parser(self, spec: TrainSpec) -> KohyaParser:
+        return KohyaParser()
+
+    def final_lora(self, spec: TrainSpec, layout: JobLayout) -> str:
+        return str(PurePosixPath(out_dir(layout), f"{spec.name}.safetensors"))
+
+    def checkpoints(self, spec: TrainSpec, layout: JobLayout) -> list[tuple[int, Path, bool]]:
+        out = []
+        for path in Path(out_dir(layout)).glob(f"{spec.name}-step*.safetensors"):
+            m = STEP_FILE.search(path.name)
+            if m:
+                out.append((int(m.group(1)), path, safetensors_header(path) is not None))
+        return sorted(out)
+
+    def prepare_resume(self, spec: TrainSpec, layout: JobLayout) -> list[str]:
+        """Delete damaged LoRA files and state folders that lack their files, so --resume gets a whole one."""
+        actions = []
+        for _, path, ok in self.checkpoints(spec, layout):
+            if not ok:
+                path.unlink()
+                actions.append(f"deleted damaged checkpoint {path.name}")
+        for path in Path(out_dir(layout)).glob(f"{spec.name}-step*-state"):
+            if not (path / "train_state.json").is_file():
+                shutil.rmtree(path)
+                actions.append(f"deleted incomplete state {path.name}")
+        point = self.resume_point(spec, layout)
+        if point:
+            actions.append(f"resuming from {point[1].name} at step {point[0]}")
+        return actions
+
+    def collect(self, spec: TrainSpec, layout: JobLayout) -> list[EngineEvent]:
+        events: list[EngineEvent] = []
+        for step, path, ok in self.checkpoints(spec, layout):
+            if ok and not (Path(layout.checkpoints) / f"step-{step:06d}" / "meta.json").exists():
+                state = path.with_name(path.name.removesuffix(".safetensors") + "-state")
+                store_checkpoint(layout.checkpoints, step, path, {"state": state} if state.is_dir() else None)
+                events.append(
+                    EngineEvent(
+                        ev.CHECKPOINT_SYNCED, {"step": step, "path": f"checkpoints/step-{step:06d}", "synced": True}
+                    )
+                )
+        rounds: dict[int, list[tuple[int, Path]]] = {}
+        sample_dir = Path(out_dir(layout)) / "sample"
+        for path in sample_dir.glob(f"{spec.name}_*") if sample_dir.is_dir() else []:
+            m = SAMPLE.search(path.name)
+            if m:
+                rounds.setdefault(int(m.group(1)), []).append((int(m.group(2)), path))
+        prompts = [spec.substitute_trigger(p) for p in spec.sampling.prompts]
+        for step, images in sorted(rounds.items()):
+            if (Path(layout.samples) / f"step-{step:06d}" / "index.json").exists():
+                continue
+            for item in store_samples(layout.samples, step, images, prompts, spec.sampling):
+                events.append(
+                    EngineEvent(ev.SAMPLE, {"step": step, "path": f"samples/{item['file']}", "prompt": item["prompt"]})
+                )
+        return events
+
+    def finish(self, spec: TrainSpec, layout: JobLayout) -> str:
+        from loraflow.engines.convert import convert_file
+
+        dest = Path(layout.root) / f"{spec.name}.safetensors"
+        convert_file(Path(self.final_lora(spec, layout)), dest, spec.output.lora_format)
+        return str(dest)
+
+    def outcome(self, exit_code: int | None, final_exists: bool, parser: object = None) -> Outcome:
+        if exit_code == 0 and final_exists:
+            return Outcome(True, False, None, "training finished")
+        if exit_code == 0:
+            return Outcome(False, False, None, "sd-scripts exited 0 without writing its final LoRA")
+        if exit_code is None:
+            return Outcome(False, False, None, "sd-scripts disappeared without an exit code")
+        return Outcome(False, False, None, f"sd-scripts exited with code {exit_code}")

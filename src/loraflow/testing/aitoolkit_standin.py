@@ -1,0 +1,202 @@
+"""A stand-in for ai-toolkit's `run.py CONFIG`: same console output (tqdm bar named after the job on
+stderr, save/resume/error lines on stdout), same files (`<name>_000000250.safetensors` with
+`training_info` in the header, `optimizer.pt`, `samples/<ms>__<step>_<i>.jpg`, `loss_log.db`), same
+resume rule (newest file by ctime, trusting its header) and same exit codes (0 on success and Ctrl-C).
+
+Faults for tests, from the environment: AITK_STANDIN_OOM_AT=N raises CUDA OOM at step N;
+AITK_STANDIN_STEP_S sets seconds per step (default 0.01).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from loraflow.testing.fake_lora import diffusers_lora
+
+
+class Stopped(Exception):
+    pass
+
+
+def _banner(lines: list[str]) -> None:
+    print("\n========================================")
+    for line in lines:
+        print(line)
+    print("========================================")
+
+
+def _loss_db(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE IF NOT EXISTS steps (step INTEGER PRIMARY KEY, wall_time REAL)")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS metric_keys (key TEXT PRIMARY KEY, first_seen_step INTEGER, last_seen_step INTEGER)"
+    )
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS metrics (step INTEGER, key TEXT, value_real REAL, value_text TEXT, "
+        "PRIMARY KEY (step, key))"
+    )
+    return conn
+
+
+def _save(root: Path, name: str, step: int, rank: int, meta: dict[str, Any], final: bool = False) -> Path:
+    path = root / (f"{name}.safetensors" if final else f"{name}_{step:09d}.safetensors")
+    header = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in meta.items()}
+    header.update(
+        {
+            "training_info": json.dumps({"step": step, "epoch": 0}),
+            "ss_base_model_version": "flux.1",
+            "ss_output_name": name,
+            "format": "pt",
+            "software": json.dumps(
+                {"name": "ai-toolkit", "repo": "https://github.com/ostris/ai-toolkit", "version": "0.12.26"}
+            ),
+        }
+    )
+    save_file(diffusers_lora(rank, seed=step), path, metadata=header)  # written in place, as ai-toolkit does
+    print(f"Saved checkpoint to {path}")
+    torch.save({"step": step}, root / "optimizer.pt")
+    print(f"Saved optimizer to {root / 'optimizer.pt'}")
+    return path
+
+
+def run(config_path: str) -> int:
+    raw = Path(config_path).read_text()
+    if "${" in raw:
+        print(f"Error running job: Environment variable {raw.split('${')[1].split('}')[0]} not set")
+        return 1
+    cfg = yaml.safe_load(raw)
+    name = cfg["config"]["name"]
+    proc = cfg["config"]["process"][0]
+    meta = {k: str(v).replace("[name]", name) for k, v in (cfg.get("meta") or {}).items()}
+    print("Running 1 job")
+    print(json.dumps(proc, indent=4))
+    print("#############################################")
+    print(f"# Running job: {name}")
+    print("#############################################")
+    print("Running  1 process")
+    for line in (
+        "Loading Flux model",
+        "Loading transformer",
+        "Loading VAE",
+        "Loading T5",
+        "Loading CLIP",
+        "Making pipe",
+        "Preparing Model",
+    ):
+        print(line)
+    net = proc["network"]
+    print(f"create LoRA network. base dim (rank): {net['linear']}, alpha: {net['linear_alpha']}")
+    print("create LoRA for Text Encoder: 0 modules.")
+    print("create LoRA for U-Net: 34 modules.")
+    root = Path(proc["training_folder"]) / name
+    root.mkdir(parents=True, exist_ok=True)
+    start = 0
+    candidates = [p for p in root.glob(f"{name}*.safetensors")]
+    if candidates:
+        latest = max(candidates, key=lambda p: p.stat().st_ctime)
+        print(f"#### IMPORTANT RESUMING FROM {latest} ####")
+        print(f"Loading from {latest}")
+        with safe_open(str(latest), "pt") as f:  # a truncated file raises here, as the real loader does
+            info = json.loads((f.metadata() or {}).get("training_info", "{}"))
+        start = int(info.get("step", 0))
+        print(f"Found step {start} in metadata, starting from there")
+        if (root / "optimizer.pt").exists():
+            print(f"Loading optimizer state from {root / 'optimizer.pt'}")
+            print("Updating optimizer LR from params")
+    dataset = proc["datasets"][0]
+    images = [
+        p for p in Path(dataset["folder_path"]).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp")
+    ]
+    for res in dataset["resolution"]:
+        print(f"Dataset: {dataset['folder_path']}")
+        print(f"  -  Found {len(images)} images")
+        print(f"Bucket sizes for {dataset['folder_path']}:")
+        print(f"{res}x{res}: {len(images)} files")
+        print("1 buckets made")
+        print(f"Caching latents for {dataset['folder_path']}")
+    train, save, sample = proc["train"], proc["save"], proc["sample"]
+    total = int(train["steps"])
+    lr = float(train["lr"])
+    step_s = float(os.environ.get("AITK_STANDIN_STEP_S", "0.01"))
+    oom_at = int(os.environ.get("AITK_STANDIN_OOM_AT", "0"))
+    db = _loss_db(root / "loss_log.db")
+    db.execute("DELETE FROM steps WHERE step > ?", (start,))
+    db.execute("DELETE FROM metrics WHERE step > ?", (start,))
+    db.commit()
+    stop = {"now": False}
+
+    def on_sigint(*_: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # ai-toolkit does not handle SIGTERM
+    bar = tqdm(total=total, initial=start, desc=name, smoothing=0.7, file=sys.stderr)
+    try:
+        for step in range(start, total):
+            if stop["now"]:
+                raise Stopped
+            if oom_at and step + 1 == oom_at:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 23.65 GiB total)")
+            time.sleep(step_s)
+            loss = 0.5 * math.exp(-step / max(total, 1)) + 0.05 * math.sin(step)
+            bar.set_postfix_str(f"lr: {lr:.1e} loss: {loss:.3e}")
+            bar.update(1)
+            done = step + 1
+            db.execute("INSERT OR REPLACE INTO steps VALUES (?, ?)", (done, time.time()))
+            db.execute("INSERT OR REPLACE INTO metrics VALUES (?, 'loss/loss', ?, NULL)", (done, loss))
+            db.execute("INSERT OR REPLACE INTO metrics VALUES (?, 'learning_rate', ?, NULL)", (done, lr))
+            db.commit()
+            if done % int(save["save_every"]) == 0 and done != total:
+                print(f"\nSaving at step {done}")
+                _save(root, name, done, int(net["linear"]), meta)
+                saves = sorted(root.glob(f"{name}_*.safetensors"), key=lambda p: p.stat().st_ctime)
+                for old in saves[: max(0, len(saves) - int(save["max_step_saves_to_keep"]))]:
+                    print(f"Removing old save: {old}")
+                    old.unlink()
+            every = int(sample["sample_every"])
+            if every and done % every == 0 and not train.get("disable_sampling"):
+                (root / "samples").mkdir(exist_ok=True)
+                for i, _prompt in enumerate(sample["prompts"]):
+                    stamp = int(time.time() * 1000)
+                    Image.new("RGB", (32, 32), (done % 255, 40 * i % 255, 90)).save(
+                        root / "samples" / f"{stamp}__{done:09d}_{i}.jpg"
+                    )
+    except Stopped:
+        bar.close()
+        _banner(["Job stopped"])
+        return 0
+    except Exception as exc:
+        bar.close()
+        print(f"Error running job: {exc}")
+        _banner(["Result:", " - 0 completed jobs", " - 1 failure"])
+        import traceback
+
+        traceback.print_exc()
+        return 1
+    bar.close()
+    _save(root, name, total, int(net["linear"]), meta, final=True)
+    return 0
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""A stand-in for sd-scripts' `flux_train_network.py` / `sdxl_train_network.py`: the same arguments it
+accepts, the same console output (print() lines on stdout, logger records on stdout with
+--console_log_simple or Rich-formatted and wrapped at 80 columns on stderr without it, the `steps:` tqdm
+bar on stderr), the same files (`<name>-step00000100.safetensors`, `<name>-step00000100-state/` with
+`train_state.json`, `sample/<name>_000100_00_<time>.png`, the final `<name>.safetensors`) and the same
+resume semantics (the bar restarts at 0; --skip_until_initial_step --initial_step N keeps names cumulative).
+
+Faults for tests: KOHYA_STANDIN_OOM_AT=N raises CUDA OOM at step N; KOHYA_STANDIN_STEP_S seconds per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from loraflow.testing.fake_lora import kohya_lora
+
+
+class Log:
+    def __init__(self, simple: bool) -> None:
+        self.simple = simple
+
+    def info(self, message: str, where: str = "train_network.py:1024") -> None:
+        if self.simple:
+            print(message, flush=True)
+            return
+        # Rich's layout when not a TTY: time, level, message wrapped to the column, file:line at the right.
+        width = 80 - 29 - len(where) - 1
+        words, lines, current = message.split(" "), [], ""
+        for word in words:
+            while len(word) > width:  # a long path is hard-broken
+                if current:
+                    lines.append(current)
+                    current = ""
+                lines.append(word[:width])
+                word = word[width:]
+            if current and len(current) + 1 + len(word) > width:
+                lines.append(current)
+                current = word
+            else:
+                current = f"{current} {word}" if current else word
+        lines.append(current)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        for i, text in enumerate(lines):
+            prefix = f"{stamp} INFO     " if i == 0 else " " * 29
+            tail = where if i == 0 else ""
+            sys.stderr.write(f"{prefix}{text.ljust(width)} {tail}".rstrip() + "\n")
+        sys.stderr.flush()
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    for name in (
+        "pretrained_model_name_or_path",
+        "clip_l",
+        "t5xxl",
+        "ae",
+        "output_dir",
+        "output_name",
+        "dataset_config",
+        "sample_prompts",
+        "resume",
+        "network_dim",
+        "network_alpha",
+        "max_train_steps",
+        "max_train_epochs",
+        "save_every_n_steps",
+        "save_last_n_steps",
+        "save_last_n_steps_state",
+        "sample_every_n_steps",
+        "initial_step",
+        "learning_rate",
+    ):
+        p.add_argument(f"--{name}")
+    for flag in (
+        "save_state",
+        "save_state_on_train_end",
+        "skip_until_initial_step",
+        "console_log_simple",
+        "network_train_unet_only",
+    ):
+        p.add_argument(f"--{flag}", action="store_true")
+    args, _ = p.parse_known_args(argv)
+    return args
+
+
+def save_state(out: Path, name: str, step: int, epoch: int, log: Log, final: bool = False) -> None:
+    state = out / (f"{name}-state" if final else f"{name}-step{step:08d}-state")
+    tmp = out / (state.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({"w": torch.zeros(4)}, tmp / "model.safetensors")
+    for f in ("optimizer.bin", "scheduler.bin", "random_states_0.pkl"):
+        (tmp / f).write_bytes(b"\0" * 64)
+    (tmp / "train_state.json").write_text(json.dumps({"current_epoch": epoch, "current_step": step}))
+    shutil.rmtree(state, ignore_errors=True)
+    tmp.replace(state)
+    log.info(f"save train state to {state}/train_state.json at epoch {epoch} step {step}")
+
+
+def run(argv: list[str]) -> int:
+    args = parse(argv)
+    log = Log(args.console_log_simple)
+    out, name = Path(args.output_dir), args.output_name
+    out.mkdir(parents=True, exist_ok=True)
+    config = tomllib.loads(Path(args.dataset_config).read_text())
+    image_dir = Path(config["datasets"][0]["subsets"][0]["image_dir"])
+    images = [p for p in image_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp")]
+    log.info("loading image sizes.", "train_util.py:2222")
+    log.info("make buckets", "train_util.py:1000")
+    log.info("caching latents...", "train_util.py:1111")
+    rank, alpha = int(args.network_dim), float(args.network_alpha)
+    log.info("create LoRA for FLUX all blocks: 304 modules.", "lora_flux.py:800")
+    total = int(args.max_train_steps)
+    initial = 0
+    if args.resume:
+        log.info(f"resume training from local state: {args.resume}", "train_util.py:4500")
+        state = json.loads((Path(args.resume) / "train_state.json").read_text())
+        log.info(
+            f"load train state from {args.resume}/train_state.json: {{'current_epoch': {state['current_epoch']}, "
+            f"'current_step': {state['current_step']}}}",
+            "train_network.py:1200",
+        )
+        if args.skip_until_initial_step:
+            initial = int(args.initial_step) if args.initial_step else int(state["current_step"])
+    per_epoch = max(1, len(images) * len(config["datasets"]))
+    print("running training / 学習開始")
+    print(f"  num train images * repeats / 学習画像の数×繰り返し回数: {per_epoch}")
+    print(f"  num batches per epoch / 1epochのバッチ数: {per_epoch}")
+    print(f"  num epochs / epoch数: {math.ceil(total / per_epoch)}")
+    print("  batch size per device / バッチサイズ: 1")
+    print("  gradient accumulation steps / 勾配を合計するステップ数 = 1")
+    print(f"  total optimization steps / 学習ステップ数: {total}", flush=True)
+    if initial:
+        log.info(f"skipping {initial} steps / {initial} ステップをスキップします", "train_network.py:1300")
+    step_s = float(os.environ.get("KOHYA_STANDIN_STEP_S", "0.01"))
+    oom_at = int(os.environ.get("KOHYA_STANDIN_OOM_AT", "0"))
+    every, keep = int(args.save_every_n_steps or 0), int(args.save_last_n_steps or 0)
+    sample_every = int(args.sample_every_n_steps or 0)
+    prompts = (
+        [ln for ln in Path(args.sample_prompts).read_text().splitlines() if ln.strip()] if args.sample_prompts else []
+    )
+    bar = tqdm(range(total - initial), smoothing=0, desc="steps", file=sys.stderr)
+    losses: list[float] = []
+    for i in range(total - initial):
+        step = initial + i + 1
+        if step % per_epoch == 1 or per_epoch == 1:
+            print(f"\nepoch {(step - 1) // per_epoch + 1}/{math.ceil(total / per_epoch)}", flush=True)
+        if oom_at and step == oom_at:
+            bar.close()
+            sys.stderr.write(
+                'Traceback (most recent call last):\n  File "flux_train_network.py", line 559\n'
+                "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.50 GiB\n"
+            )
+            return 1
+        time.sleep(step_s)
+        losses.append(0.4 * math.exp(-step / total) + 0.02 * math.cos(step))
+        bar.update(1)
+        bar.set_postfix(avr_loss=sum(losses[-per_epoch:]) / len(losses[-per_epoch:]))
+        if every and step % every == 0 and step != total:
+            path = out / f"{name}-step{step:08d}.safetensors"
+            print(f"\nsaving checkpoint: {path}", flush=True)
+            save_file(
+                kohya_lora(rank, alpha, step),
+                path,
+                metadata={
+                    "ss_network_dim": str(rank),
+                    "ss_network_alpha": str(alpha),
+                    "ss_steps": str(step),
+                    "ss_base_model_version": "flux1",
+                    "modelspec.architecture": "flux-1-dev/lora",
+                },
+            )
+            if args.save_state:
+                log.info(f"saving state at step {step}", "train_network.py:1100")
+                save_state(out, name, step, (step - 1) // per_epoch + 1, log)
+            if keep:
+                for old in out.glob(f"{name}-step*.safetensors"):
+                    if int(old.stem.split("-step")[1]) <= step - keep:
+                        print(f"removing old checkpoint: {old}")
+                        old.unlink()
+                for old in out.glob(f"{name}-step*-state"):
+                    if int(old.name.split("-step")[1][:8]) <= step - keep:
+                        log.info(f"removing old state: {old}", "train_util.py:5000")
+                        shutil.rmtree(old)
+        if sample_every and step % sample_every == 0 and prompts:
+            log.info(f"generating sample images at step / サンプル画像生成 ステップ: {step}", "flux_train_utils.py:100")
+            (out / "sample").mkdir(exist_ok=True)
+            for idx, prompt in enumerate(prompts):
+                log.info(f"prompt: {prompt.split(' --')[0]}", "flux_train_utils.py:150")
+                for _ in tqdm(range(3), file=sys.stderr):
+                    pass
+                stamp = time.strftime("%Y%m%d%H%M%S")
+                Image.new("RGB", (32, 32), (step % 255, 30, 200)).save(
+                    out / "sample" / f"{name}_{step:06d}_{idx:02d}_{stamp}.png"
+                )
+    bar.close()
+    if args.save_state_on_train_end:
+        log.info("saving last state.", "train_network.py:1500")
+        save_state(out, name, total, math.ceil(total / per_epoch), log, final=True)
+    final = out / f"{name}.safetensors"
+    print(f"\nsaving checkpoint: {final}", flush=True)
+    save_file(
+        kohya_lora(rank, alpha, total),
+        final,
+        metadata={"ss_network_dim": str(rank), "ss_network_alpha": str(alpha), "ss_steps": str(total)},
+    )
+    log.info("model saved.", "train_network.py:1600")
+    return 0
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

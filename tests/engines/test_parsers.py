@@ -1,0 +1,120 @@
+"""Engine logs in each engine's exact format parse into the right events, whatever the chunking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loraflow.cli.engine_cmd import parse_log, summarize
+
+FIX = Path(__file__).parent / "fixtures"
+NAME = "my_first_flux_lora_v1"
+
+
+def events(engine: str, name: str, chunk: int = 10_000) -> list[tuple[str, dict]]:
+    from loraflow.engines.aitoolkit import AitkParser
+    from loraflow.engines.kohya import KohyaParser
+
+    data = (FIX / name).read_bytes()
+    parser = AitkParser(NAME) if engine == "ai-toolkit" else KohyaParser()
+    out = []
+    for i in range(0, len(data), chunk):
+        out += parser.feed(data[i : i + chunk])
+    out += parser.flush()
+    return [(e.type, e.data) for e in out]
+
+
+@pytest.mark.parametrize("chunk", [1, 13, 4096])
+def test_aitoolkit_run(chunk: int) -> None:
+    evs = events("ai-toolkit", "aitk_run.log", chunk)
+    progress = [d for t, d in evs if t == "progress"]
+    assert [p["step"] for p in progress] == [1, 250, 1000, 2000]  # the bar without a loss yet is no measurement
+    assert progress[0] == {
+        "step": 1,
+        "total": 2000,
+        "elapsed_s": 12.0,
+        "eta_s": 24000.0,
+        "rate": round(1 / 12.01, 4),
+        "lr": 1e-4,
+        "loss": 0.4101,
+    }
+    assert progress[-1]["rate"] == 1.2 and progress[-1]["loss"] == 0.2512 and progress[-1]["eta_s"] == 0.0
+    assert ("checkpoint.saved", {"step": 250, "path": f"output/{NAME}/{NAME}_000000250.safetensors"}) in evs
+    assert [d["phase"] for t, d in evs if t == "phase"] == [
+        "starting",
+        "loading_model",
+        "loading_model",
+        "loading_model",
+        "caching",
+        "caching",
+    ]
+    assert not [t for t, _ in evs if t == "error"]
+    assert any(t == "log" and d.get("final") for t, d in evs)
+
+
+def test_aitoolkit_resume_ctrl_c_oom_and_401() -> None:
+    resumed = events("ai-toolkit", "aitk_resume.log")
+    assert ("resumed", {"step": 750}) in resumed
+    assert [d["step"] for t, d in resumed if t == "progress"] == [751, 752]
+    stopped = events("ai-toolkit", "aitk_ctrlc.log")
+    assert stopped[-1] == ("stopped", {"step": 41})
+    oom = [d for t, d in events("ai-toolkit", "aitk_oom.log") if t == "error"]
+    assert len(oom) == 1 and oom[0]["code"] == "oom" and "vram_preset" in oom[0]["hint"]
+    assert oom[0]["message"].startswith("CUDA out of memory")
+    auth = [d for t, d in events("ai-toolkit", "aitk_hf401.log") if t == "error"]
+    assert len(auth) == 1 and auth[0]["code"] == "hf_gated" and "accept its license" in auth[0]["hint"]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 100_000])
+def test_kohya_run_with_wrapped_lines(chunk: int) -> None:
+    evs = events("kohya", "kohya_run.log", chunk)
+    progress = [d for t, d in evs if t == "progress"]
+    assert [p["step"] for p in progress] == [17, 100, 3200]  # the nameless sampling bar is not ours
+    assert progress[0] == {
+        "step": 17,
+        "total": 3200,
+        "elapsed_s": 116.0,
+        "eta_s": 21802.0,
+        "rate": round(1 / 6.84, 4),
+        "loss": 0.343,
+    }
+    assert (
+        "checkpoint.saved",
+        {"step": 100, "path": "/workspace/outputs/mylora/mylora-step00000100.safetensors"},
+    ) in evs
+    assert [d["phase"] for t, d in evs if t == "phase"] == ["preparing", "preparing", "caching", "training"]
+    assert not [t for t, _ in evs if t == "error"]
+
+
+def test_kohya_resume_keeps_the_cumulative_step() -> None:
+    evs = events("kohya", "kohya_resume.log")
+    assert ("resumed", {"step": 800}) in evs
+    progress = [d for t, d in evs if t == "progress"]
+    assert [(p["step"], p["total"]) for p in progress] == [(801, 3200), (802, 3200)]
+    logs = [d["message"] for t, d in evs if t == "log"]
+    # the wrapped Rich record was joined back: the path is whole
+    assert "resume training from local state: /workspace/outputs/mylora/mylora-step00000800-state" in logs
+    assert (
+        "checkpoint.saved",
+        {"step": 900, "path": "/workspace/outputs/mylora/mylora-step00000900.safetensors"},
+    ) in evs
+
+
+def test_kohya_oom() -> None:
+    errors = [d for t, d in events("kohya", "kohya_oom.log") if t == "error"]
+    assert errors[0]["code"] == "oom" and "vram_preset" in errors[0]["hint"]
+
+
+def test_logs_parse_cli(cli, tmp_path: Path) -> None:
+    result = cli("logs", "parse", "--engine", "ai-toolkit", FIX / "aitk_run.log", "--plot", tmp_path / "loss.png")
+    assert result.code == 0, result.err
+    assert "steps 2000/2000, final loss 0.2512" in result.out and "checkpoints [250]" in result.out
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+    kohya = cli("logs", "parse", "--engine", "kohya", FIX / "kohya_oom.log")
+    assert "CUDA out of memory" in kohya.out
+    as_json = cli("logs", "parse", "--engine", "kohya", FIX / "kohya_resume.log", "--json")
+    assert '"type": "resumed", "step": 800' in as_json.out
+    summary = summarize([])
+    assert summary["steps"] == 0
+    assert parse_log("builtin", b"", "") == []
