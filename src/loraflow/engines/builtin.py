@@ -101,8 +101,11 @@ class BuiltinEngine:
         return {CONFIG: config.model_dump_json(indent=2) + "\n"}
 
     def command(self, spec: TrainSpec, layout: JobLayout, python: str) -> Command:
+        import sys
+
+        exe = sys.executable if python == "auto" else python
         return Command(
-            [python, "-m", "loraflow.trainer", str(PurePosixPath(layout.engine, CONFIG))], env_names=["HF_TOKEN"]
+            [exe, "-m", "loraflow.trainer", str(PurePosixPath(layout.engine, CONFIG))], env_names=["HF_TOKEN"]
         )
 
     def parser(self, spec: TrainSpec) -> BuiltinParser:

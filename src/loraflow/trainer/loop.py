@@ -229,11 +229,11 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
         emit("checkpoint", step=at, path=str(path.relative_to(out)))
 
     def sample_now(at: int) -> None:
-        if not cfg.sample_prompts:
+        if not sample_prompts:
             return
         index = render_samples(
             parts,
-            cfg.sample_prompts,
+            sample_prompts,
             sample_embeds,
             sample_root,
             at,
