@@ -7,7 +7,7 @@ import sys
 import click
 import typer
 
-from loraflow.cli import dataset_cmd, engine_cmd, jobs_cmd, spec_cmd, train_cmd
+from loraflow.cli import dataset_cmd, engine_cmd, jobs_cmd, publish_cmd, spec_cmd, train_cmd
 from loraflow.cli.output import err
 from loraflow.errors import LoraflowError
 
@@ -23,6 +23,9 @@ app.add_typer(dataset_cmd.app, name="dataset")
 app.add_typer(jobs_cmd.app, name="jobs")
 app.add_typer(engine_cmd.logs_app, name="logs")
 app.command("render")(engine_cmd.render)
+app.add_typer(publish_cmd.notify_app, name="notify")
+app.command("publish")(publish_cmd.publish)
+jobs_cmd.app.command("approve")(publish_cmd.approve)
 app.command("train")(train_cmd.train)
 app.command("demo")(train_cmd.demo)
 

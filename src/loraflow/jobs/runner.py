@@ -111,6 +111,9 @@ class JobRunner:
         self._last_heartbeat = 0.0
         self._last_error: dict[str, Any] | None = None
         self._pending: EngineEvent | None = None
+        from loraflow.notify.wandb_sink import WandbSink
+
+        self.wandb = WandbSink(self.spec, job_id, self.dir)
 
     # --- state helpers ---------------------------------------------------------------------------
 
@@ -146,6 +149,7 @@ class JobRunner:
         with runner_lock(self.dir) as got:
             if not got:
                 return self._refresh().state
+            notifier = self._start_notifier()
             try:
                 return self._run()
             except UserInputError as exc:
@@ -157,6 +161,10 @@ class JobRunner:
 
                 traceback.print_exc()
                 return self._fail(f"{type(exc).__name__}: {exc}", code="internal")
+            finally:
+                if notifier is not None:
+                    notifier.stop()
+                self.wandb.close()
 
     def _run(self) -> JobState:
         state = self._refresh().state
@@ -176,12 +184,7 @@ class JobRunner:
         if self.spec.publish.approval_required:
             self.store.transition(self.job_id, JobState.AWAITING_APPROVAL)
             return JobState.AWAITING_APPROVAL
-        if self.spec.publish.targets:
-            self.store.append_event(
-                self.job_id,
-                ev.WARNING,
-                {"message": "publish targets are listed but publishing is run with `loraflow publish`"},
-            )
+        self._publish()
         self.store.transition(self.job_id, JobState.COMPLETED, stage=None)
         self.store.append_event(self.job_id, "job.completed", {"bundle": self._refresh().artifacts.get("bundle")})
         return JobState.COMPLETED
@@ -241,6 +244,30 @@ class JobRunner:
         self.store.update(self.job_id, lease=lease)
         self.store.append_event(self.job_id, "host.acquired", lease)
         self.store.mark_stage_done(self.job_id, "acquire")
+
+    def _publish(self) -> None:
+        if not self.spec.publish.targets or not self._stage("publish"):
+            return
+        from loraflow.publish.publisher import publish_job
+
+        try:
+            publish_job(self.store, self._refresh())
+        except Exception as exc:
+            raise UserInputError(
+                f"publishing failed: {type(exc).__name__}: {exc}",
+                fix=f"fix the target, then `loraflow publish {self.job_id}`",
+            ) from exc
+        self.store.mark_stage_done(self.job_id, "publish")
+
+    def _start_notifier(self):
+        if not self.spec.notifications:
+            return None
+        from loraflow.notify.webhooks import Notifier
+
+        from loraflow.notify.webhooks import resume_point
+
+        after = resume_point(self.store, self.job_id)  # a runner started again continues where the last one was
+        return Notifier(self.store, self.job_id, self.spec.notifications, after_seq=after).start()
 
     def _package(self) -> None:
         if not self._stage("package"):
@@ -412,6 +439,9 @@ class JobRunner:
         elif event.type in (ev.RESUMED, ev.STOPPED, ev.RESULT):
             fields = {"step": int(event.data["step"])}
         self.store.append_event(self.job_id, event.type, event.data, **fields)
+        warning = self.wandb.feed(event)
+        if warning:
+            self.store.append_event(self.job_id, ev.WARNING, {"message": warning})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,102 @@
+"""`loraflow publish`, `loraflow jobs approve` and `loraflow notify test`."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import typer
+from rich.markup import escape
+
+from loraflow.cli.output import console
+from loraflow.errors import UserInputError
+from loraflow.jobs.states import JobState
+from loraflow.jobs.store import Store
+
+notify_app = typer.Typer(help="Notifications.", no_args_is_help=True)
+
+
+def _publish(store: Store, job_id: str, checkpoint: int | None) -> None:
+    from loraflow.publish.publisher import publish_job
+
+    job = store.find(job_id)
+    if not job.train_spec.publish.targets:
+        raise UserInputError(
+            f"job {job.id} has no publish targets",
+            where="publish.targets",
+            fix="add a huggingface or s3 target to the spec",
+        )
+    for result in publish_job(store, job, checkpoint):
+        where = result.get("url") or ", ".join(f["url"] for f in result.get("files", {}).values())
+        console.print(f"published to {result['type']}: {escape(str(where))}")
+
+
+def publish(
+    job_id: str = typer.Argument(...),
+    checkpoint: int | None = typer.Option(None, "--checkpoint", help="Publish this kept checkpoint step."),
+) -> None:
+    """Publish a job's LoRA (or any kept checkpoint) to the spec's Hugging Face / S3 targets."""
+    _publish(Store(), job_id, checkpoint)
+
+
+def approve(
+    job_id: str = typer.Argument(...),
+    checkpoint: int | None = typer.Option(
+        None, "--checkpoint", help="The checkpoint step to publish (default: the final LoRA)."
+    ),
+) -> None:
+    """Release a job held in awaiting_approval: publish the chosen checkpoint and complete it."""
+    store = Store()
+    job = store.find(job_id)
+    if job.state is not JobState.AWAITING_APPROVAL:
+        raise UserInputError(f"job {job.id} is {job.state.value}, not awaiting_approval")
+    store.transition(job.id, JobState.FINISHING, data={"approved_checkpoint": checkpoint})
+    store.append_event(job.id, "job.approved", {"checkpoint": checkpoint, "by": os.environ.get("USER", "local")})
+    try:
+        if job.train_spec.publish.targets:
+            _publish(store, job.id, checkpoint)
+    except Exception as exc:
+        store.transition(job.id, JobState.FAILED, error=f"publishing failed: {exc}")
+        raise
+    store.transition(job.id, JobState.COMPLETED)
+    store.append_event(job.id, "job.completed", {"checkpoint": checkpoint})
+    from loraflow.notify.webhooks import flush_pending
+
+    flush_pending(store, job.id, job.train_spec.notifications)
+    console.print(f"job {job.id} approved" + (f" at step {checkpoint}" if checkpoint else ""))
+
+
+@notify_app.command("test")
+def notify_test(
+    url: str = typer.Argument(..., help="Receiver URL."),
+    kind: str = typer.Option("webhook", "--type", help="webhook, discord, slack or telegram."),
+    chat_id: str | None = typer.Option(None, "--chat-id", help="Telegram chat id."),
+) -> None:
+    """Send a sample (signed, when LORAFLOW_WEBHOOK_SECRET is set) notification to check a receiver."""
+    from loraflow.notify.webhooks import deliver, signed_request
+
+    sample = {
+        "id": f"test-{int(time.time())}",
+        "seq": 0,
+        "event": "job.completed",
+        "ts": "",
+        "job_id": "test",
+        "name": "loraflow-test",
+        "state": "completed",
+        "stage": None,
+        "step": 1000,
+        "total": 1000,
+        "loss": 0.1234,
+        "cost_usd": 1.23,
+        "error": None,
+        "artifacts": {},
+        "data": {"test": True},
+    }
+    body, headers = signed_request(sample, kind, chat_id)
+    result = deliver(url, body, headers, attempts=3, base_delay_s=1.0)
+    if not result.ok:
+        console.print(f"[red]not delivered[/red] after {result.attempts} attempt(s): {escape(str(result.error))}")
+        raise typer.Exit(1)
+    signed = "signed" if "X-Loraflow-Signature" in headers else "unsigned (set LORAFLOW_WEBHOOK_SECRET to sign)"
+    console.print(f"delivered ({result.status}), {signed}: {escape(json.dumps(sample)[:120])}…")

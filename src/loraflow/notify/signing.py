@@ -1,0 +1,33 @@
+"""Webhook signatures: HMAC-SHA256 over "<timestamp>.<body>", sent as `X-Loraflow-Signature: t=..,v1=..`.
+
+The timestamp inside the signed text lets receivers refuse replays outside a window (5 minutes by
+default). The secret comes from LORAFLOW_WEBHOOK_SECRET only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+
+HEADER = "X-Loraflow-Signature"
+TOLERANCE_S = 300
+
+
+def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
+    ts = int(time.time()) if timestamp is None else timestamp
+    digest = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={ts},v1={digest}"
+
+
+def verify(secret: str, header: str, body: bytes, tolerance_s: int = TOLERANCE_S, now: float | None = None) -> bool:
+    """What a receiver runs: the signature matches and the timestamp is inside the replay window."""
+    try:
+        fields = dict(part.split("=", 1) for part in header.split(","))
+        ts = int(fields["t"])
+    except (ValueError, KeyError):
+        return False
+    if abs((time.time() if now is None else now) - ts) > tolerance_s:
+        return False
+    expected = sign(secret, body, ts).split("v1=", 1)[1]
+    return hmac.compare_digest(expected, fields.get("v1", ""))

@@ -1,0 +1,153 @@
+"""Webhooks with a real receiving server on loopback: signatures, retries, order, hanging receivers."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from loraflow.jobs.store import Store
+from loraflow.notify.formats import chat_body, human_text
+from loraflow.notify.signing import HEADER, sign, verify
+from loraflow.notify.webhooks import Notifier, deliver
+from loraflow.spec import NotificationTarget, parse_spec
+
+SECRET = "whsec_test_secret_value"
+SPEC = parse_spec({"name": "w", "dataset": {"path": "/tmp/x"}, "base_model": "tiny-flux"})
+
+
+class Receiver:
+    def __init__(self, fail_first: int = 0, hang: bool = False) -> None:
+        self.received: list[tuple[dict, bytes, dict]] = []
+        self.fail_first = fail_first
+        self.release = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if hang:
+                    outer.release.wait(60)
+                if outer.fail_first > 0:
+                    outer.fail_first -= 1
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                outer.received.append((json.loads(body), body, dict(self.headers)))
+                self.send_response(204)
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def test_signature_verifies_and_rejects_replays() -> None:
+    body = b'{"event":"job.completed"}'
+    header = sign(SECRET, body, timestamp=1_000_000)
+    assert verify(SECRET, header, body, now=1_000_100)
+    assert not verify(SECRET, header, body + b" ", now=1_000_100)  # tampered
+    assert not verify("other", header, body, now=1_000_100)
+    assert not verify(SECRET, header, body, now=1_000_000 + 301)  # outside the replay window
+    assert not verify(SECRET, "garbage", body)
+
+
+def test_retries_after_500s_then_delivers() -> None:
+    r = Receiver(fail_first=2)
+    try:
+        result = deliver(r.url, b"{}", {"Content-Type": "application/json"}, attempts=4, base_delay_s=0.01)
+        assert result.ok and result.attempts == 3 and result.status == 204
+        gave_up = Receiver(fail_first=10)
+        bad = deliver(gave_up.url, b"{}", {}, attempts=3, base_delay_s=0.01)
+        assert not bad.ok and bad.attempts == 3 and bad.status == 500
+        gave_up.close()
+    finally:
+        r.close()
+
+
+def test_notifier_sends_signed_events_in_order(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LORAFLOW_WEBHOOK_SECRET", SECRET)
+    store = Store()
+    job = store.create_job(SPEC)
+    n = Notifier(
+        store,
+        job.id,
+        [NotificationTarget(type="webhook", url=receiver.url)],
+        progress_every_s=3600,
+        base_delay_s=0.01,
+        poll_s=0.05,
+    ).start()
+    for state in ("preparing", "provisioning", "training"):
+        store.transition(job.id, state)
+    for step in (1, 2, 3):
+        store.append_event(job.id, "progress", {"step": step, "total": 3, "loss": 0.5}, step=step)
+    store.append_event(job.id, "checkpoint.saved", {"step": 3, "path": "checkpoints/step-000003"})
+    store.transition(job.id, "finishing")
+    store.transition(job.id, "completed")
+    store.append_event(job.id, "job.completed", {"bundle": "/x.zip"})
+    n.stop()
+    names = [p["event"] for p, _, _ in receiver.received]
+    assert names == ["job.created", "job.started", "job.progress", "checkpoint.saved", "job.completed"]
+    for p, body, headers in receiver.received:
+        assert verify(SECRET, headers[HEADER], body)
+        assert headers["X-Loraflow-Event"] == p["event"] and p["job_id"] == job.id
+    assert receiver.received[-1][0]["state"] == "completed"
+    deliveries = store.events(job.id, types=["webhook.delivery"])
+    assert len(deliveries) == 5 and all(d.data["ok"] for d in deliveries)
+    assert SECRET not in json.dumps([e.to_dict() for e in store.events(job.id)])
+
+
+def test_hanging_receiver_delays_nobody(receiver: Receiver) -> None:
+    hanging = Receiver(hang=True)
+    store = Store()
+    job = store.create_job(SPEC)
+    n = Notifier(
+        store,
+        job.id,
+        [NotificationTarget(type="webhook", url=hanging.url), NotificationTarget(type="webhook", url=receiver.url)],
+        base_delay_s=0.01,
+        poll_s=0.05,
+    ).start()
+    store.transition(job.id, "preparing")
+    deadline = time.monotonic() + 30
+    while not receiver.received and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [p["event"] for p, _, _ in receiver.received] == ["job.created"]  # the healthy one got it meanwhile
+    assert hanging.received == []
+    hanging.close()
+    n.stop(flush_timeout_s=5)
+
+
+def test_chat_formats() -> None:
+    p = {
+        "event": "job.completed",
+        "name": "m",
+        "job_id": "abc",
+        "step": 30,
+        "total": 30,
+        "loss": 0.1234,
+        "cost_usd": 0.5,
+        "data": {},
+    }
+    assert human_text(p) == "**m** (abc): finished ✅ step 30/30, loss 0.1234"
+    assert chat_body("discord", p)["content"].startswith("**m**")
+    assert chat_body("slack", p) == {"text": "*m* (abc): finished ✅ step 30/30, loss 0.1234"}
+    assert chat_body("telegram", p, "42")["chat_id"] == "42"
