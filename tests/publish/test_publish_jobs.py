@@ -34,18 +34,29 @@ def broken_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return pkg
 
 
-def test_approval_gate_publishes_the_chosen_checkpoint(tmp_path: Path, cli, s3, s3_endpoint: str,  # noqa: F811
-                                                       broken_wandb: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_approval_gate_publishes_the_chosen_checkpoint(
+    tmp_path: Path,
+    cli,
+    s3,  # noqa: F811 - the fixture
+    s3_endpoint: str,  # noqa: F811
+    broken_wandb: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("LORAFLOW_WEBHOOK_SECRET", SECRET)
     receiver = Receiver()
-    spec = {"name": "mascot", "dataset": {"path": str(EXAMPLES / "sample_dataset"), "trigger_word": "lfx"},
-            "base_model": "tiny-flux", "training": {"steps": 20},
-            "checkpointing": {"every_n_steps": 10, "keep_last": 5},
-            "publish": {"approval_required": True,
-                        "targets": [{"type": "s3", "bucket": "loras", "prefix": "users/alice",
-                                     "endpoint_url": s3_endpoint}]},
-            "notifications": [{"type": "webhook", "url": receiver.url}],
-            "wandb": {"enabled": True, "project": "p"}}
+    spec = {
+        "name": "mascot",
+        "dataset": {"path": str(EXAMPLES / "sample_dataset"), "trigger_word": "lfx"},
+        "base_model": "tiny-flux",
+        "training": {"steps": 20},
+        "checkpointing": {"every_n_steps": 10, "keep_last": 5},
+        "publish": {
+            "approval_required": True,
+            "targets": [{"type": "s3", "bucket": "loras", "prefix": "users/alice", "endpoint_url": s3_endpoint}],
+        },
+        "notifications": [{"type": "webhook", "url": receiver.url}],
+        "wandb": {"enabled": True, "project": "p"},
+    }
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     try:
@@ -69,7 +80,7 @@ def test_approval_gate_publishes_the_chosen_checkpoint(tmp_path: Path, cli, s3, 
         keys = {o["Key"] for o in s3.list_objects_v2(Bucket="loras")["Contents"]}
         assert f"users/alice/{job.id}/mascot.safetensors" in keys
         names = [p["event"] for p, _, _ in receiver.received]
-        for p, body, headers in receiver.received:
+        for _p, body, headers in receiver.received:
             assert verify(SECRET, headers[HEADER], body)
         order = ["job.created", "job.started", "checkpoint.saved", "sample.saved", "job.completed"]
         positions = [names.index(n) for n in order]

@@ -23,10 +23,13 @@ from loraflow.engines.base import Command, EngineRequirements, Outcome
 from loraflow.engines.external import (
     engine_dir,
     engine_python,
+    finish_lora,
+    outcome_for,
     safetensors_header,
     setup_script,
     store_checkpoint,
-    store_samples,
+    sync_checkpoints,
+    sync_samples,
 )
 from loraflow.errors import UserInputError
 from loraflow.jobs.layout import JobLayout
@@ -388,49 +391,16 @@ class AitkEngine:
         return actions
 
     def collect(self, spec: TrainSpec, layout: JobLayout) -> list[EngineEvent]:
-        """Copy new checkpoints and sample rounds into the standard layout; events for what is new."""
-        events: list[EngineEvent] = []
-        for step, path, ok in self.checkpoints(spec, layout):
-            target = Path(layout.checkpoints) / f"step-{step:06d}" / "meta.json"
-            if ok and not target.exists():
-                optimizer = save_root(spec, layout) / "optimizer.pt"
-                store_checkpoint(layout.checkpoints, step, path, {"optimizer.pt": optimizer})
-                events.append(
-                    EngineEvent(
-                        ev.CHECKPOINT_SYNCED, {"step": step, "path": f"checkpoints/step-{step:06d}", "synced": True}
-                    )
-                )
-        rounds: dict[int, list[tuple[int, Path]]] = {}
-        samples_dir = save_root(spec, layout) / "samples"
-        for path in samples_dir.glob("*") if samples_dir.is_dir() else []:
-            m = SAMPLE.match(path.name)
-            if m:
-                rounds.setdefault(int(m.group(1)), []).append((int(m.group(2)), path))
-        prompts = [spec.substitute_trigger(p) for p in spec.sampling.prompts]
-        for step, images in sorted(rounds.items()):
-            if (Path(layout.samples) / f"step-{step:06d}" / "index.json").exists():
-                continue
-            for item in store_samples(layout.samples, step, images, prompts, spec.sampling):
-                events.append(
-                    EngineEvent(ev.SAMPLE, {"step": step, "path": f"samples/{item['file']}", "prompt": item["prompt"]})
-                )
-        return events
+        """Copy new checkpoints (with optimizer.pt) and sample rounds into the standard layout."""
+        optimizer = save_root(spec, layout) / "optimizer.pt"
+        found = [(step, path, {"optimizer.pt": optimizer}) for step, path, ok in self.checkpoints(spec, layout) if ok]
+        samples = save_root(spec, layout) / "samples"
+        files = list(samples.glob("*")) if samples.is_dir() else []
+        return sync_checkpoints(layout.checkpoints, found) + sync_samples(layout.samples, files, SAMPLE, spec)
 
     def finish(self, spec: TrainSpec, layout: JobLayout) -> str:
-        """Put the final LoRA where the bundle expects it, converted to the spec's key layout."""
-        from loraflow.engines.convert import convert_file
-
-        dest = Path(layout.root) / f"{spec.name}.safetensors"
-        convert_file(Path(self.final_lora(spec, layout)), dest, spec.output.lora_format)
-        return str(dest)
+        return finish_lora(Path(self.final_lora(spec, layout)), layout.root, spec.name, spec.output.lora_format)
 
     def outcome(self, exit_code: int | None, final_exists: bool, parser: AitkParser | None = None) -> Outcome:
-        if exit_code == 0 and final_exists:
-            return Outcome(True, False, None, "training finished")
-        if exit_code == 0 and parser is not None and parser.job_stopped:
-            return Outcome(False, True, None, "ai-toolkit stopped (Ctrl-C) without saving; resumes from the last save")
-        if exit_code == 0:
-            return Outcome(False, False, None, "ai-toolkit exited 0 without writing its final LoRA")
-        if exit_code is None:
-            return Outcome(False, False, None, "ai-toolkit disappeared without an exit code")
-        return Outcome(False, False, None, f"ai-toolkit exited with code {exit_code}")
+        stopped = exit_code == 0 and not final_exists and parser is not None and parser.job_stopped
+        return outcome_for("ai-toolkit", exit_code, final_exists, stopped)

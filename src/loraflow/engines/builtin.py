@@ -124,13 +124,8 @@ class BuiltinEngine:
         return self.final_lora(spec, layout)
 
     def outcome(self, exit_code: int | None, final_exists: bool, parser: object = None) -> Outcome:
-        """Done means exit code 0 *and* the final file: never the mere absence of an error."""
-        if exit_code == 0 and final_exists:
-            return Outcome(True, False, None, "training finished")
+        from loraflow.engines.external import outcome_for
+
         if exit_code == STOPPED_EXIT:
             return Outcome(False, True, None, "stopped with a checkpoint")
-        if exit_code == 0:
-            return Outcome(False, False, None, "the trainer exited 0 without writing its final LoRA")
-        if exit_code is None:
-            return Outcome(False, False, None, "the trainer disappeared without an exit code")
-        return Outcome(False, False, None, f"the trainer exited with code {exit_code}")
+        return outcome_for("the trainer", exit_code, final_exists)

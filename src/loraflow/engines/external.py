@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 import sys
@@ -13,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from loraflow import paths
+from loraflow.engines.base import Outcome
+from loraflow.monitor import events as ev
+from loraflow.monitor.events import EngineEvent
 
 
 def engine_dir(name: str, options: dict[str, Any]) -> Path:
@@ -125,3 +129,58 @@ def store_samples(
         )
     (folder / "index.json").write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n")
     return index
+
+
+def sync_checkpoints(checkpoints_dir: str, found: list[tuple[int, Path, dict[str, Path]]]) -> list[EngineEvent]:
+    """Copy each good engine checkpoint not yet in checkpoints/ (with its extra files); one event each."""
+    events = []
+    for step, lora, extra in found:
+        if not (Path(checkpoints_dir) / f"step-{step:06d}" / "meta.json").exists():
+            store_checkpoint(checkpoints_dir, step, lora, extra)
+            events.append(
+                EngineEvent(
+                    ev.CHECKPOINT_SYNCED, {"step": step, "path": f"checkpoints/step-{step:06d}", "synced": True}
+                )
+            )
+    return events
+
+
+def sync_samples(samples_dir: str, files: list[Path], pattern: re.Pattern[str], spec: Any) -> list[EngineEvent]:
+    """Group an engine's sample images by step (pattern groups: step, prompt index) into samples/step-N/."""
+    rounds: dict[int, list[tuple[int, Path]]] = {}
+    for path in files:
+        m = pattern.search(path.name)
+        if m:
+            rounds.setdefault(int(m.group(1)), []).append((int(m.group(2)), path))
+    prompts = [spec.substitute_trigger(p) for p in spec.sampling.prompts]
+    events = []
+    for step, images in sorted(rounds.items()):
+        if (Path(samples_dir) / f"step-{step:06d}" / "index.json").exists():
+            continue
+        for item in store_samples(samples_dir, step, images, prompts, spec.sampling):
+            events.append(
+                EngineEvent(ev.SAMPLE, {"step": step, "path": f"samples/{item['file']}", "prompt": item["prompt"]})
+            )
+    return events
+
+
+def finish_lora(final: Path, root: str, name: str, lora_format: str) -> str:
+    """Put the engine's final LoRA where the bundle expects it, in the spec's key layout."""
+    from loraflow.engines.convert import convert_file
+
+    dest = Path(root) / f"{name}.safetensors"
+    convert_file(final, dest, lora_format)
+    return str(dest)
+
+
+def outcome_for(label: str, exit_code: int | None, final_exists: bool, stopped: bool = False) -> Outcome:
+    """Done means exit code 0 *and* the final file: never the mere absence of an error."""
+    if exit_code == 0 and final_exists:
+        return Outcome(True, False, None, "training finished")
+    if stopped:
+        return Outcome(False, True, None, f"{label} stopped; it resumes from its last save")
+    if exit_code == 0:
+        return Outcome(False, False, None, f"{label} exited 0 without writing its final LoRA")
+    if exit_code is None:
+        return Outcome(False, False, None, f"{label} disappeared without an exit code")
+    return Outcome(False, False, None, f"{label} exited with code {exit_code}")

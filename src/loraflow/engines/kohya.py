@@ -22,10 +22,12 @@ from loraflow.engines.base import Command, EngineRequirements, Outcome
 from loraflow.engines.external import (
     engine_dir,
     engine_python,
+    finish_lora,
+    outcome_for,
     safetensors_header,
     setup_script,
-    store_checkpoint,
-    store_samples,
+    sync_checkpoints,
+    sync_samples,
 )
 from loraflow.jobs.layout import JobLayout
 from loraflow.monitor import events as ev
@@ -412,44 +414,18 @@ class KohyaEngine:
         return actions
 
     def collect(self, spec: TrainSpec, layout: JobLayout) -> list[EngineEvent]:
-        events: list[EngineEvent] = []
+        """Copy new checkpoints (with their state folders) and sample rounds into the standard layout."""
+        found = []
         for step, path, ok in self.checkpoints(spec, layout):
-            if ok and not (Path(layout.checkpoints) / f"step-{step:06d}" / "meta.json").exists():
-                state = path.with_name(path.name.removesuffix(".safetensors") + "-state")
-                store_checkpoint(layout.checkpoints, step, path, {"state": state} if state.is_dir() else None)
-                events.append(
-                    EngineEvent(
-                        ev.CHECKPOINT_SYNCED, {"step": step, "path": f"checkpoints/step-{step:06d}", "synced": True}
-                    )
-                )
-        rounds: dict[int, list[tuple[int, Path]]] = {}
+            state = path.with_name(path.name.removesuffix(".safetensors") + "-state")
+            if ok:
+                found.append((step, path, {"state": state} if state.is_dir() else {}))
         sample_dir = Path(out_dir(layout)) / "sample"
-        for path in sample_dir.glob(f"{spec.name}_*") if sample_dir.is_dir() else []:
-            m = SAMPLE.search(path.name)
-            if m:
-                rounds.setdefault(int(m.group(1)), []).append((int(m.group(2)), path))
-        prompts = [spec.substitute_trigger(p) for p in spec.sampling.prompts]
-        for step, images in sorted(rounds.items()):
-            if (Path(layout.samples) / f"step-{step:06d}" / "index.json").exists():
-                continue
-            for item in store_samples(layout.samples, step, images, prompts, spec.sampling):
-                events.append(
-                    EngineEvent(ev.SAMPLE, {"step": step, "path": f"samples/{item['file']}", "prompt": item["prompt"]})
-                )
-        return events
+        files = list(sample_dir.glob(f"{spec.name}_*")) if sample_dir.is_dir() else []
+        return sync_checkpoints(layout.checkpoints, found) + sync_samples(layout.samples, files, SAMPLE, spec)
 
     def finish(self, spec: TrainSpec, layout: JobLayout) -> str:
-        from loraflow.engines.convert import convert_file
-
-        dest = Path(layout.root) / f"{spec.name}.safetensors"
-        convert_file(Path(self.final_lora(spec, layout)), dest, spec.output.lora_format)
-        return str(dest)
+        return finish_lora(Path(self.final_lora(spec, layout)), layout.root, spec.name, spec.output.lora_format)
 
     def outcome(self, exit_code: int | None, final_exists: bool, parser: object = None) -> Outcome:
-        if exit_code == 0 and final_exists:
-            return Outcome(True, False, None, "training finished")
-        if exit_code == 0:
-            return Outcome(False, False, None, "sd-scripts exited 0 without writing its final LoRA")
-        if exit_code is None:
-            return Outcome(False, False, None, "sd-scripts disappeared without an exit code")
-        return Outcome(False, False, None, f"sd-scripts exited with code {exit_code}")
+        return outcome_for("sd-scripts", exit_code, final_exists)

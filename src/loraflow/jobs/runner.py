@@ -262,9 +262,7 @@ class JobRunner:
     def _start_notifier(self):
         if not self.spec.notifications:
             return None
-        from loraflow.notify.webhooks import Notifier
-
-        from loraflow.notify.webhooks import resume_point
+        from loraflow.notify.webhooks import Notifier, resume_point
 
         after = resume_point(self.store, self.job_id)  # a runner started again continues where the last one was
         return Notifier(self.store, self.job_id, self.spec.notifications, after_seq=after).start()

@@ -62,11 +62,9 @@ def presigned_get(s3: Any, bucket: str, key: str, expires: int = 3600) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from loraflow.engines.external import file_meta
+
+    return file_meta(path)["sha256"]
 
 
 def upload_file(

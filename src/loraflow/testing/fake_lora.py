@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import torch
 
-from loraflow.trainer.lora_format import FluxDims, diffusers_modules, to_kohya_layout
+from loraflow.trainer.lora_format import (
+    ATTENTION,
+    MLP,
+    SINGLE_ATTENTION,
+    SINGLE_MLP,
+    FluxDims,
+    diffusers_modules,
+    to_kohya_layout,
+)
 
 DIMS = FluxDims(inner=32, mlp=128)
-DOUBLE = [
-    "attn.to_q",
-    "attn.to_k",
-    "attn.to_v",
-    "attn.to_out.0",
-    "attn.add_q_proj",
-    "attn.add_k_proj",
-    "attn.add_v_proj",
-    "attn.to_add_out",
-    "ff.net.0.proj",
-    "ff.net.2",
-    "ff_context.net.0.proj",
-    "ff_context.net.2",
-]
-SINGLE = ["attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp", "proj_out"]
+DOUBLE = ATTENTION + MLP
+SINGLE = SINGLE_ATTENTION + SINGLE_MLP
 
 
 def _shape(module: str, rank: int) -> tuple[tuple[int, int], tuple[int, int]]:

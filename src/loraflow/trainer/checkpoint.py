@@ -9,7 +9,6 @@ bad copy is detected and skipped instead of crashing the resume.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -37,11 +36,9 @@ class CheckpointInfo:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from loraflow.engines.external import file_meta
+
+    return file_meta(path)["sha256"]
 
 
 def verify(folder: Path) -> tuple[bool, str]:
