@@ -151,3 +151,59 @@ def test_chat_formats() -> None:
     assert chat_body("discord", p)["content"].startswith("**m**")
     assert chat_body("slack", p) == {"text": "*m* (abc): finished ✅ step 30/30, loss 0.1234"}
     assert chat_body("telegram", p, "42")["chat_id"] == "42"
+
+
+def test_notify_test_cli(receiver: Receiver, cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LORAFLOW_WEBHOOK_SECRET", SECRET)
+    result = cli("notify", "test", receiver.url)
+    assert result.code == 0 and "signed" in result.out
+    p, body, headers = receiver.received[0]
+    assert p["event"] == "job.completed" and verify(SECRET, headers[HEADER], body)
+    slack = cli("notify", "test", receiver.url, "--type", "slack")
+    assert slack.code == 0 and receiver.received[1][0] == {
+        "text": "*loraflow-test* (test): finished ✅ step 1000/1000, loss 0.1234"
+    }
+    closed = cli("notify", "test", "http://127.0.0.1:9/nothing")
+    assert closed.code == 1 and "not delivered" in closed.out
+
+
+def test_wandb_sink_logs_and_survives(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import sys
+    import types
+
+    from loraflow.monitor.events import EngineEvent
+    from loraflow.notify.wandb_sink import WandbSink
+
+    calls: list[tuple] = []
+
+    class Run:
+        def log(self, data: dict, step: int) -> None:
+            calls.append(("log", data, step))
+
+        def finish(self) -> None:
+            calls.append(("finish",))
+
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kw: calls.append(("init", kw["id"], kw["project"])) or Run()  # type: ignore[attr-defined]
+    fake.Image = lambda path, caption=None: ("image", caption)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    spec = parse_spec(
+        {
+            "name": "w",
+            "dataset": {"path": "/tmp/x"},
+            "base_model": "tiny-flux",
+            "wandb": {"enabled": True, "project": "loras"},
+        }
+    )
+    sink = WandbSink(spec, "job1", tmp_path)
+    assert sink.feed(EngineEvent("progress", {"step": 5, "total": 30, "loss": 0.5, "lr": 1e-3, "rate": 9.0})) is None
+    assert (
+        sink.feed(EngineEvent("sample.saved", {"step": 5, "path": "samples/step-000005/00.png", "prompt": "lfx"}))
+        is None
+    )
+    sink.close()
+    assert calls[0] == ("init", "job1", "loras")
+    assert calls[1] == ("log", {"loss": 0.5, "lr": 1e-3, "rate": 9.0}, 5)
+    assert calls[2] == ("log", {"samples": ("image", "lfx")}, 5) and calls[-1] == ("finish",)
+    off = WandbSink(parse_spec({"name": "w", "dataset": {"path": "/x"}, "base_model": "tiny-flux"}), "j", tmp_path)
+    assert off.feed(EngineEvent("progress", {"step": 1})) is None and off.run is None  # disabled: nothing at all

@@ -351,3 +351,27 @@ def test_prefix_suffix_and_length() -> None:
 def test_missing_source_is_clear(cli) -> None:
     result = cli("dataset", "check", "/nonexistent/photos")
     assert result.code == 2 and "no such file or folder" in result.err
+
+
+def test_template_captions_fill_only_missing_unless_overwrite(tmp_path: Path) -> None:
+    folder = write_dataset(tmp_path / "d", 3)
+    (folder / "img01.txt").unlink()
+    policy = CaptionPolicy(backend="template", template="a photo of [trigger], studio light")
+    DatasetRun(folder, CHECKS, policy, trigger="zk").prepare(tmp_path / "fill")
+    files = {f["source"]: f for f in read_manifest(tmp_path / "fill")["files"]}
+    assert files["img00.jpg"]["caption"] == "zk, picture number 0" and files["img00.jpg"]["caption_source"] == "file"
+    assert files["img01.jpg"]["caption"] == "a photo of zk, studio light"
+    assert files["img01.jpg"]["caption_source"] == "captioner:template"
+    over = CaptionPolicy(backend="template", mode="overwrite", template="[trigger] style")
+    DatasetRun(folder, CHECKS, over, trigger="zk").prepare(tmp_path / "over")
+    assert {f["caption"] for f in read_manifest(tmp_path / "over")["files"]} == {"zk style"}
+    assert (folder / "img00.txt").read_text() == "picture number 0"  # the user's files are never touched
+
+
+def test_unavailable_captioner_is_a_clear_error_only_when_needed(tmp_path: Path) -> None:
+    folder = write_dataset(tmp_path / "d", 3)
+    policy = CaptionPolicy(backend="florence2")
+    assert "captioner_unavailable" not in codes(DatasetRun(folder, CHECKS, policy).check())  # all captioned
+    (folder / "img02.txt").unlink()
+    f = finding(DatasetRun(folder, CHECKS, policy).check(), "captioner_unavailable")
+    assert f.severity.value == "error" and "template" in f.fix

@@ -218,6 +218,17 @@ class DatasetRun:
         self.report.captioned = sum(1 for i in usable if i.caption)
         res = Counter(f"{i.decoded.width}x{i.decoded.height}" for i in usable)
         self.report.resolutions = dict(res.most_common())
+        needs_captioner = self.policy.mode == "overwrite" or any(not i.caption for i in usable)
+        if self.policy.backend not in ("existing", "template") and needs_captioner:
+            self.report.add(
+                Finding(
+                    "captioner_unavailable",
+                    Severity.ERROR,
+                    f"the '{self.policy.backend}' captioner is not available in this version",
+                    "caption the images yourself (same-name .txt files), or set "
+                    "dataset.captions.backend to template or existing",
+                )
+            )
         if len(usable) < c.min_images:
             self.report.add(
                 Finding(
@@ -280,8 +291,14 @@ class DatasetRun:
             assert isinstance(again, DecodedImage)
             data = again.encoded(source)
             (tmp / name).write_bytes(data)
-            caption = finish_caption(img.caption or "", self.trigger, self.policy)
-            origin = "file" if img.caption else ("trigger" if caption else "none")
+            use_template = self.policy.backend == "template" and (not img.caption or self.policy.mode == "overwrite")
+            raw = self.policy.template if use_template else (img.caption or "")
+            caption = finish_caption(raw, self.trigger, self.policy)
+            origin = (
+                "captioner:template"
+                if use_template
+                else ("file" if img.caption else ("trigger" if caption else "none"))
+            )
             (tmp / f"{stem}.{self.caption_ext}").write_text(caption + "\n", encoding="utf-8")
             files.append(
                 ManifestFile(
