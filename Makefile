@@ -33,7 +33,7 @@ system-deps:
 	fi
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff check src tests bench examples notebooks
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
