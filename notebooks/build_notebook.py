@@ -70,7 +70,8 @@ CELLS = [
     code(
         'if state not in ("completed", "awaiting_approval"):\n'
         '    raise nb.NotebookStop(f"training is {state}", fix="re-run the Train cell to resume it")\n'
-        "from IPython.display import Image\n\ngrid = nb.samples_grid(job_id)\nif grid:\n    display(Image(filename=str(grid)))"
+        "from IPython.display import Image\n\ngrid = nb.samples_grid(job_id)\n"
+        "if grid:\n    display(Image(filename=str(grid)))"
     ),
     md("## 10. Package and publish"),
     code(
