@@ -197,7 +197,7 @@ def test_bundle_any_checkpoint_and_logs(tmp_path: Path, cli) -> None:
 
 @pytest.mark.parametrize("action", ["restart", "fail"])
 def test_hung_trainer_is_detected_and_handled(tmp_path: Path, cli, action: str) -> None:
-    spec = write_spec(tmp_path, monitor={"stall_minutes": 0.05, "on_stall": action}, steps=200)
+    spec = write_spec(tmp_path, monitor={"stall_minutes": 0.15, "on_stall": action, "max_restarts": 5}, steps=200)
     assert cli("train", spec, "--detach").code == 0
     store = Store()
     job = only_job(store)
