@@ -75,7 +75,8 @@ CELLS = [
     ),
     md("## 10. Package and publish"),
     code(
-        'result = nb.package_and_publish(job_id)\nprint("bundle:", result["bundle"], f"({result[\'size_mb\']} MB)")\n'
+        "from IPython.display import FileLink\n\nresult = nb.package_and_publish(job_id)\n"
+        'print("bundle:", result["bundle"], f"({result[\'size_mb\']} MB)")\ndisplay(FileLink(result["link"]))\n'
         'for target in result["published"]:\n    print("published:", target.get("url") or target.get("bucket"))'
     ),
     md("## 11. Verification"),

@@ -85,6 +85,36 @@ def ask_secret(name: str) -> None:
             os.environ[name] = value
 
 
+def fetch_dataset(settings: Settings) -> str:
+    """A dataset given as an http(s) URL is downloaded once into the output root; paths pass through."""
+    if not settings.dataset.startswith(("http://", "https://")):
+        return settings.dataset
+    import hashlib
+
+    import httpx
+
+    name = settings.dataset.split("?")[0].rstrip("/").rsplit("/", 1)[-1] or "dataset"
+    digest = hashlib.sha256(settings.dataset.encode()).hexdigest()[:12]
+    dest = output_root(settings) / "downloads" / f"{digest}-{name}"
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".partial")
+        try:
+            with httpx.stream("GET", settings.dataset, follow_redirects=True, timeout=60) as response:
+                response.raise_for_status()
+                with tmp.open("wb") as f:
+                    for chunk in response.iter_bytes(1 << 20):
+                        f.write(chunk)
+        except httpx.HTTPError as exc:
+            raise NotebookStop(
+                f"could not download the dataset: {exc}",
+                fix="check the URL, or upload the zip to /workspace and give its path",
+            ) from exc
+        tmp.replace(dest)
+    settings.dataset = str(dest)
+    return settings.dataset
+
+
 def build_spec(settings: Settings):
     from loraflow.catalog import deep_merge
     from loraflow.spec import parse_spec
@@ -128,8 +158,9 @@ def build_spec(settings: Settings):
 def preflight(settings: Settings, require_gpu: bool = True) -> dict[str, Any]:
     from loraflow.hosts.local import LocalHost
 
-    spec = build_spec(settings)
     root = output_root(settings)
+    fetch_dataset(settings)
+    spec = build_spec(settings)
     gpus = LocalHost().gpu_stats()
     facts: dict[str, Any] = {"output_root": str(root), "gpus": gpus or [], "secrets": secrets_status()}
     if not gpus and require_gpu and spec.engine.name != "builtin":
@@ -428,7 +459,17 @@ def package_and_publish(job_id: str, checkpoint_step: int | None = None) -> dict
     job = store.get(job_id)
     bundle = build_bundle(store, job, checkpoint_step)
     published = publish_job(store, job, checkpoint_step) if job.train_spec.publish.targets else []
-    return {"bundle": str(bundle), "size_mb": round(bundle.stat().st_size / 1e6, 2), "published": published}
+    return {
+        "bundle": str(bundle),
+        "size_mb": round(bundle.stat().st_size / 1e6, 2),
+        "published": published,
+        "link": download_link(bundle),
+    }
+
+
+def download_link(path: Path) -> str:
+    """A path Jupyter serves for download: relative to the notebook's folder when the file is under it."""
+    return os.path.relpath(path, Path.cwd()) if Path.cwd() in path.resolve().parents else str(path)
 
 
 def verify(job_id: str) -> dict[str, Any]:

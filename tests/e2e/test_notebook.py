@@ -78,3 +78,35 @@ def test_notebook_cpu_run_interrupted_then_resumed(tmp_path: Path, monkeypatch: 
     jobs = Store().list_jobs()
     assert len(jobs) == 1 and jobs[0].step == 40  # the same job continued; nothing started over
     assert len(Store().events(jobs[0].id, types=["train.launched"])) == 2
+
+
+def test_dataset_from_a_url_is_downloaded_once(tmp_path: Path) -> None:
+    import threading
+    import zipfile
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from loraflow import notebook as nb
+
+    served = tmp_path / "srv"
+    served.mkdir()
+    with zipfile.ZipFile(served / "photos.zip", "w") as zf:
+        for p in (EXAMPLES / "sample_dataset").iterdir():
+            zf.write(p, f"photos/{p.name}")
+    handler = partial(SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None  # type: ignore[method-assign]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/photos.zip"
+        settings = nb.Settings(dataset=url, output_root=str(tmp_path / "out"), base_model="tiny-flux", engine="builtin")
+        path = nb.fetch_dataset(settings)
+        assert path.endswith("-photos.zip") and settings.dataset == path
+        (served / "photos.zip").unlink()  # a second call needs no network
+        again = nb.Settings(dataset=url, output_root=str(tmp_path / "out"))
+        assert nb.fetch_dataset(again) == path
+        missing = nb.Settings(dataset=url.replace("photos", "nope"), output_root=str(tmp_path / "out"))
+        with pytest.raises(nb.NotebookStop, match="could not download"):
+            nb.fetch_dataset(missing)
+    finally:
+        server.shutdown()
