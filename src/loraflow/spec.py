@@ -70,6 +70,10 @@ class CaptionPolicy(Strict):
     max_length: int | None = Field(None, ge=1, description="Captions are cut to this many characters.")
     dropout_rate: float = Field(0.05, ge=0.0, le=1.0, description="Chance a caption is dropped during training.")
     shuffle_tags: bool = Field(False, description="Shuffle comma-separated tags each step (tag captions).")
+    general_threshold: float = Field(0.35, ge=0, le=1, description="wd14: probability for a general tag.")
+    character_threshold: float = Field(0.85, ge=0, le=1, description="wd14: probability for a character tag.")
+    max_tags: int | None = Field(None, ge=1, description="wd14: keep at most this many tags.")
+    keep_rating: bool = Field(False, description="wd14: put the rating tag (general, sensitive, ...) first.")
     keep_tokens: int = Field(1, ge=0, description="Leading tags kept in place when shuffling.")
 
 

@@ -7,7 +7,7 @@ import sys
 import click
 import typer
 
-from loraflow.cli import dataset_cmd, engine_cmd, jobs_cmd, publish_cmd, spec_cmd, train_cmd
+from loraflow.cli import caption_cmd, dataset_cmd, engine_cmd, jobs_cmd, publish_cmd, spec_cmd, train_cmd
 from loraflow.cli.output import err
 from loraflow.errors import LoraflowError
 
@@ -21,6 +21,7 @@ app = typer.Typer(
 app.add_typer(spec_cmd.app, name="spec")
 app.add_typer(dataset_cmd.app, name="dataset")
 app.add_typer(jobs_cmd.app, name="jobs")
+app.add_typer(caption_cmd.app, name="caption")
 app.add_typer(engine_cmd.logs_app, name="logs")
 app.command("render")(engine_cmd.render)
 app.add_typer(publish_cmd.notify_app, name="notify")

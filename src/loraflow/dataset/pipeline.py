@@ -219,7 +219,7 @@ class DatasetRun:
         res = Counter(f"{i.decoded.width}x{i.decoded.height}" for i in usable)
         self.report.resolutions = dict(res.most_common())
         needs_captioner = self.policy.mode == "overwrite" or any(not i.caption for i in usable)
-        if self.policy.backend not in ("existing", "template") and needs_captioner:
+        if self.policy.backend not in ("existing", "template", "wd14") and needs_captioner:
             self.report.add(
                 Finding(
                     "captioner_unavailable",
@@ -282,7 +282,7 @@ class DatasetRun:
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         taken: set[str] = set()
-        files: list[ManifestFile] = []
+        written: list[tuple[_Image, str, str, bytes]] = []
         for img in self.images:
             stem = _safe_stem(img.entry.path, taken)
             name = f"{stem}.{img.decoded.extension}"
@@ -291,12 +291,24 @@ class DatasetRun:
             assert isinstance(again, DecodedImage)
             data = again.encoded(source)
             (tmp / name).write_bytes(data)
-            use_template = self.policy.backend == "template" and (not img.caption or self.policy.mode == "overwrite")
-            raw = self.policy.template if use_template else (img.caption or "")
+            written.append((img, stem, name, data))
+        backend = self.policy.backend
+        wanted = [(img, name) for img, _, name, _ in written if not img.caption or self.policy.mode == "overwrite"]
+        generated: dict[str, str] = {}
+        if backend == "template":
+            generated = {name: self.policy.template for _, name in wanted}
+        elif backend != "existing" and wanted:
+            from loraflow.caption.run import run_captioner
+
+            by_path = run_captioner([tmp / name for _, name in wanted], self.policy)
+            generated = {path.name: text for path, text in by_path.items()}
+        files: list[ManifestFile] = []
+        for img, stem, name, data in written:
+            raw = generated.get(name, img.caption or "")
             caption = finish_caption(raw, self.trigger, self.policy)
             origin = (
-                "captioner:template"
-                if use_template
+                f"captioner:{backend}"
+                if name in generated
                 else ("file" if img.caption else ("trigger" if caption else "none"))
             )
             (tmp / f"{stem}.{self.caption_ext}").write_text(caption + "\n", encoding="utf-8")

@@ -1,0 +1,116 @@
+"""Running a captioner over images: in its own process, cached by image hash, fill-missing by default."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from loraflow import paths
+from loraflow.errors import LoraflowError
+from loraflow.spec import CaptionPolicy
+
+MODEL_BACKENDS = {"wd14"}
+
+
+def captioner_options(policy: CaptionPolicy) -> dict[str, Any]:
+    if policy.backend == "wd14":
+        return {
+            "model": policy.model,
+            "general_threshold": policy.general_threshold,
+            "character_threshold": policy.character_threshold,
+            "max_tags": policy.max_tags,
+            "keep_rating": policy.keep_rating,
+        }
+    return {"model": policy.model}
+
+
+def _cache_file(root: Path, backend: str, options: dict[str, Any], image: Path) -> Path:
+    key = json.dumps([backend, options, hashlib.sha256(image.read_bytes()).hexdigest()], sort_keys=True)
+    return root / backend / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.txt"
+
+
+def run_captioner(
+    images: list[Path], policy: CaptionPolicy, cache_root: Path | None = None, timeout_s: float = 3600
+) -> dict[Path, str]:
+    """Captions for `images` (cached ones instantly); the model runs in a separate process."""
+    cache_root = cache_root or paths.home() / "cache" / "captions"
+    options = captioner_options(policy)
+    out: dict[Path, str] = {}
+    todo: list[Path] = []
+    for image in images:
+        cached = _cache_file(cache_root, policy.backend, options, image)
+        if cached.exists():
+            out[image] = cached.read_text(encoding="utf-8")
+        else:
+            todo.append(image)
+    if not todo:
+        return out
+    with tempfile.TemporaryDirectory(prefix="loraflow-caption-") as tmp:
+        job = Path(tmp) / "job.json"
+        result = Path(tmp) / "result.json"
+        job.write_text(
+            json.dumps(
+                {"backend": policy.backend, "options": options, "output": str(result), "images": [str(p) for p in todo]}
+            )
+        )
+        proc = subprocess.run(
+            [sys.executable, "-m", "loraflow.caption.worker", str(job)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+        if proc.returncode != 0 or not result.exists():
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise LoraflowError(
+                f"the {policy.backend} captioner failed (exit {proc.returncode}): {last}",
+                fix="check dataset.captions.model, or caption the images yourself; no caption file was written",
+            )
+        produced = json.loads(result.read_text(encoding="utf-8"))
+    for image in todo:
+        text = produced[str(image)]
+        cached = _cache_file(cache_root, policy.backend, options, image)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(text, encoding="utf-8")
+        out[image] = text
+    return out
+
+
+def caption_folder(folder: Path, policy: CaptionPolicy, caption_ext: str = "txt") -> dict[str, int]:
+    """Write caption files next to the images of a folder: only missing ones unless policy.mode is overwrite,
+    in which case the previous files are kept in .loraflow-captions-backup/."""
+    from loraflow.dataset.images import decode
+
+    def is_image(path: Path) -> bool:
+        if not path.is_file() or path.name.startswith(".") or ".loraflow-captions-backup" in path.parts:
+            return False
+        if path.suffix.lower() == f".{caption_ext}":
+            return False
+        from loraflow.dataset.images import DecodedImage
+
+        return isinstance(decode(path.read_bytes(), path.name, 10**9), DecodedImage)
+
+    images = [p for p in sorted(folder.rglob("*")) if is_image(p)]
+    need = []
+    for image in images:
+        cap = image.with_suffix(f".{caption_ext}")
+        if policy.mode == "overwrite" or not cap.exists() or not cap.read_text(errors="replace").strip():
+            need.append(image)
+    if policy.backend == "template":
+        texts = {image: policy.template for image in need}
+    else:
+        texts = run_captioner(need, policy) if need else {}
+    backup = folder / ".loraflow-captions-backup"
+    for image, text in texts.items():
+        cap = image.with_suffix(f".{caption_ext}")
+        if cap.exists():
+            backup.mkdir(exist_ok=True)
+            shutil.copy2(cap, backup / cap.relative_to(folder).as_posix().replace("/", "__"))
+        cap.write_text(text.strip() + "\n", encoding="utf-8")
+    return {"images": len(images), "captioned": len(texts), "kept": len(images) - len(texts)}
