@@ -74,6 +74,9 @@ class CaptionPolicy(Strict):
     character_threshold: float = Field(0.85, ge=0, le=1, description="wd14: probability for a character tag.")
     max_tags: int | None = Field(None, ge=1, description="wd14: keep at most this many tags.")
     keep_rating: bool = Field(False, description="wd14: put the rating tag (general, sensitive, ...) first.")
+    task: str | None = Field(
+        None, description="florence2: <CAPTION>, <DETAILED_CAPTION> (default) or <MORE_DETAILED_CAPTION>."
+    )
     keep_tokens: int = Field(1, ge=0, description="Leading tags kept in place when shuffling.")
 
 

@@ -94,3 +94,25 @@ def test_export_edit_import(photos: Path, tmp_path: Path, cli) -> None:
     result = cli("caption", "import", photos, bad)
     assert result.code == 2 and "not in" in result.err
     assert not (tmp_path / "escape.txt").exists()
+
+
+def test_florence2_captions_missing_images_in_its_own_process(photos: Path, tmp_path: Path, cli) -> None:
+    from loraflow.testing.tiny_captioners import build_tiny_florence2
+
+    model = build_tiny_florence2(tmp_path / "florence2")
+    result = cli("caption", "run", photos, "--backend", "florence2", "--model", model, "--task", "<CAPTION>")
+    assert result.code == 0, result.err
+    assert "2 captioned, 6 kept" in result.out
+    text = (photos / "mascot_01.txt").read_text()
+    assert text.strip() and text[-1] == "\n"  # nonsense from random weights, but a real generated caption
+    policy = CaptionPolicy(backend="florence2", model=str(model), mode="overwrite")
+    DatasetRun(photos, DatasetChecks(min_resolution=64), policy, trigger="lfx").prepare(tmp_path / "out")
+    sources = {f["caption_source"] for f in read_manifest(tmp_path / "out")["files"]}
+    assert sources == {"captioner:florence2"}
+
+
+def test_florence2_cleanup_rules() -> None:
+    from loraflow.caption.florence2 import clean
+
+    assert clean("The image shows a red  round mascot.\n") == "a red round mascot."
+    assert clean("In this image, a cat") == "a cat"

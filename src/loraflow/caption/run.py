@@ -15,7 +15,7 @@ from loraflow import paths
 from loraflow.errors import LoraflowError
 from loraflow.spec import CaptionPolicy
 
-MODEL_BACKENDS = {"wd14"}
+MODEL_BACKENDS = {"wd14", "florence2"}
 
 
 def captioner_options(policy: CaptionPolicy) -> dict[str, Any]:
@@ -27,6 +27,8 @@ def captioner_options(policy: CaptionPolicy) -> dict[str, Any]:
             "max_tags": policy.max_tags,
             "keep_rating": policy.keep_rating,
         }
+    if policy.backend == "florence2":
+        return {"model": policy.model, "task": policy.task or "<DETAILED_CAPTION>"}
     return {"model": policy.model}
 
 

@@ -18,7 +18,24 @@ def make_captioner(backend: str, options: dict):
         from loraflow.caption.wd14 import WD14Tagger
 
         return WD14Tagger(**options)
+    if backend == "florence2":
+        from loraflow.caption.florence2 import Florence2Captioner
+
+        return Florence2Captioner(**options)
     raise ValueError(f"the '{backend}' captioner is not available in this version")
+
+
+def auto_batch_size() -> int:
+    """From free GPU memory (about 2 GB an image for the large captioners); 4 on the CPU."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            free, _ = torch.cuda.mem_get_info()
+            return max(1, min(16, int(free / 2e9)))
+    except ImportError:
+        pass
+    return 4
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     captioner.load()
     results: dict[str, str] = {}
     paths = job["images"]
-    batch = int(job.get("batch_size", 8))
+    batch = int(job.get("batch_size") or auto_batch_size())
     for start in range(0, len(paths), batch):
         chunk = paths[start : start + batch]
         images = [Image.open(p) for p in chunk]

@@ -24,7 +24,8 @@ def _folder(path: Path) -> Path:
 @app.command("run")
 def run(
     folder: Path = typer.Argument(..., help="Folder of images; caption files are written beside them."),
-    backend: str = typer.Option("wd14", "--backend", help="wd14 or template."),
+    backend: str = typer.Option("wd14", "--backend", help="wd14, florence2 or template."),
+    task: str | None = typer.Option(None, "--task", help="florence2 task, e.g. <MORE_DETAILED_CAPTION>."),
     model: str | None = typer.Option(None, "--model", help="Hub id or local folder of the captioner."),
     template: str = typer.Option("a photo of [trigger]", "--template", help="For --backend template."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing captions (kept in a backup)."),
@@ -44,6 +45,7 @@ def run(
         general_threshold=general_threshold,
         character_threshold=character_threshold,
         max_tags=max_tags,
+        task=task,
     )
     counts = caption_folder(_folder(folder), policy, caption_ext)
     console.print(f"{counts['captioned']} captioned, {counts['kept']} kept, of {counts['images']} images")
