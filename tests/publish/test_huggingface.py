@@ -11,7 +11,10 @@ from loraflow.testing.hub_standin import HubStandin
 
 @pytest.fixture
 def hub(monkeypatch: pytest.MonkeyPatch):
+    from huggingface_hub import constants
+
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # a loopback endpoint; nothing leaves the machine
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # read once at import, whichever test imported it
     with HubStandin() as h:
         monkeypatch.setenv("HF_ENDPOINT", h.url)
         monkeypatch.setenv("HF_TOKEN", h.state.token)

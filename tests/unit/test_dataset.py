@@ -370,7 +370,7 @@ def test_template_captions_fill_only_missing_unless_overwrite(tmp_path: Path) ->
 
 def test_unavailable_captioner_is_a_clear_error_only_when_needed(tmp_path: Path) -> None:
     folder = write_dataset(tmp_path / "d", 3)
-    policy = CaptionPolicy(backend="florence2")
+    policy = CaptionPolicy(backend="qwen-vl")
     assert "captioner_unavailable" not in codes(DatasetRun(folder, CHECKS, policy).check())  # all captioned
     (folder / "img02.txt").unlink()
     f = finding(DatasetRun(folder, CHECKS, policy).check(), "captioner_unavailable")
