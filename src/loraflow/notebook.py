@@ -403,7 +403,6 @@ def start_or_resume(settings: Settings) -> str:
 
 def follow(job_id: str, stop_at_step: int | None = None, poll_s: float = 0.5) -> str:
     """Print progress until the job ends (re-run the cell to re-attach after closing the tab)."""
-    from loraflow.jobs.layout import JobLayout
     from loraflow.jobs.states import ACTIVE
     from loraflow.jobs.store import Store
 
@@ -418,11 +417,9 @@ def follow(job_id: str, stop_at_step: int | None = None, poll_s: float = 0.5) ->
                     last_print = time.monotonic()
                     print(f"step {step}/{e.data['total']}  loss {e.data.get('loss')}  {e.data.get('rate')} it/s")
                 if stop_at_step is not None and step >= stop_at_step:
-                    Path(JobLayout(str(store.get(job_id).folder)).stop_request).touch()
-                    from loraflow.hosts.base import Handle
-                    from loraflow.hosts.local import LocalHost
+                    from loraflow.jobs.runner import request_stop
 
-                    LocalHost().signal(Handle.in_folder(JobLayout(str(store.get(job_id).folder)).run, "train"), 15)
+                    request_stop(job_id)
                     stop_at_step = None
             elif e.type in ("resumed", "checkpoint.saved", "error", "stall.detected", "restart", "job.state"):
                 print(f"{e.type}: {e.data}")

@@ -21,32 +21,18 @@ DIMS = FluxDims(inner=32, mlp=128)
 
 
 def random_modules(targets: str, rank: int = 4, alpha: float = 8.0, blocks: int = 2) -> dict:
+    from loraflow.testing.fake_lora import _shape
+    from loraflow.trainer.lora_format import ATTENTION, SINGLE_ATTENTION, SINGLE_MLP
+
     torch.manual_seed(0)
-    names = []
-    for i in range(blocks):
-        names += [
-            f"transformer_blocks.{i}.{m}"
-            for m in [
-                "attn.to_q",
-                "attn.to_k",
-                "attn.to_v",
-                "attn.to_out.0",
-                "attn.add_q_proj",
-                "attn.add_k_proj",
-                "attn.add_v_proj",
-                "attn.to_add_out",
-                "ff.net.0.proj",
-                "ff.net.2",
-            ]
-        ]
-        names += [f"single_transformer_blocks.{i}.attn.to_{x}" for x in "qkv"]
-        if targets == "default":
-            names += [f"single_transformer_blocks.{i}.proj_mlp", f"single_transformer_blocks.{i}.proj_out"]
+    double = [*ATTENTION, "ff.net.0.proj", "ff.net.2"]
+    single = SINGLE_ATTENTION + (SINGLE_MLP if targets == "default" else [])
+    names = [f"transformer_blocks.{i}.{m}" for i in range(blocks) for m in double]
+    names += [f"single_transformer_blocks.{i}.{m}" for i in range(blocks) for m in single]
     modules = {}
     for name in names:
-        out = DIMS.mlp if name.endswith(("proj_mlp", "ff.net.0.proj")) else DIMS.inner
-        inp = DIMS.inner + DIMS.mlp if name.endswith("proj_out") else (DIMS.mlp if name.endswith("ff.net.2") else 32)
-        modules[name] = {"A": torch.randn(rank, inp), "B": torch.randn(out, rank), "alpha": torch.tensor(alpha)}
+        a_shape, b_shape = _shape(name, rank)
+        modules[name] = {"A": torch.randn(a_shape), "B": torch.randn(b_shape), "alpha": torch.tensor(alpha)}
     return modules
 
 

@@ -102,3 +102,14 @@ def test_jobs_cli(cli) -> None:
     assert '"type": "job.created"' in evs.out
     missing = cli("jobs", "show", "zzzz")
     assert missing.code == 2 and "no job" in missing.err
+
+
+def test_latest_event_of_a_type() -> None:
+    store = Store()
+    job = store.create_job(SPEC)
+    for i in range(3):
+        store.append_event(job.id, "webhook.delivery", {"seq": i})
+        store.append_event(job.id, "progress", {"step": i})
+    latest = store.events(job.id, types=["webhook.delivery"], latest=True)
+    assert [e.data for e in latest] == [{"seq": 2}]
+    assert store.events(job.id, types=["nothing"], latest=True) == []

@@ -15,7 +15,8 @@ from loraflow import paths
 from loraflow.errors import LoraflowError
 from loraflow.spec import CaptionPolicy
 
-MODEL_BACKENDS = {"wd14", "florence2"}
+MODEL_BACKENDS = {"wd14", "florence2"}  # run by caption.worker
+AVAILABLE = {"existing", "template"} | MODEL_BACKENDS
 
 
 def captioner_options(policy: CaptionPolicy) -> dict[str, Any]:

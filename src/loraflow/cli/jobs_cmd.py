@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
-from pathlib import Path
 
 import typer
 from rich.markup import escape
@@ -16,7 +14,7 @@ from loraflow.errors import UserInputError
 from loraflow.hosts.base import Handle
 from loraflow.hosts.local import LocalHost
 from loraflow.jobs.layout import JobLayout
-from loraflow.jobs.runner import start_runner
+from loraflow.jobs.runner import request_stop, start_runner
 from loraflow.jobs.states import ACTIVE, RESUMABLE, JobState
 from loraflow.jobs.store import Job, Store
 
@@ -123,11 +121,7 @@ def stop_cmd(
     job = store.find(job_id)
     if job.state not in ACTIVE:
         raise UserInputError(f"job {job.id} is {job.state.value}; there is nothing to stop")
-    layout = JobLayout(str(job.folder))
-    Path(layout.run).mkdir(parents=True, exist_ok=True)
-    Path(layout.stop_request).touch()
-    LocalHost().signal(_train_handle(job), signal.SIGTERM)
-    start_runner(job.id)  # the runner records the outcome; start one if it had died
+    request_stop(job.id)
     state = _wait_inactive(store, job.id, wait)
     job = store.get(job.id)
     console.print(f"job {job.id} is {state.value} at step {job.step}")
@@ -162,11 +156,7 @@ def cancel_cmd(job_id: str = typer.Argument(...)) -> None:
     store = Store()
     job = store.find(job_id)
     if job.state in ACTIVE:
-        layout = JobLayout(str(job.folder))
-        Path(layout.run).mkdir(parents=True, exist_ok=True)
-        Path(layout.stop_request).touch()
-        LocalHost().signal(_train_handle(job), signal.SIGTERM)
-        start_runner(job.id)
+        request_stop(job.id)
         _wait_inactive(store, job.id, 300)
     job = store.get(job.id)
     if job.state is JobState.CANCELLED:

@@ -219,7 +219,9 @@ class DatasetRun:
         res = Counter(f"{i.decoded.width}x{i.decoded.height}" for i in usable)
         self.report.resolutions = dict(res.most_common())
         needs_captioner = self.policy.mode == "overwrite" or any(not i.caption for i in usable)
-        if self.policy.backend not in ("existing", "template", "wd14", "florence2") and needs_captioner:
+        from loraflow.caption.run import AVAILABLE
+
+        if self.policy.backend not in AVAILABLE and needs_captioner:
             self.report.add(
                 Finding(
                     "captioner_unavailable",

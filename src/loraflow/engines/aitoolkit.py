@@ -24,6 +24,7 @@ from loraflow.engines.external import (
     engine_dir,
     engine_python,
     finish_lora,
+    min_vram_gb,
     outcome_for,
     safetensors_header,
     setup_script,
@@ -37,6 +38,7 @@ from loraflow.monitor import events as ev
 from loraflow.monitor.events import EngineEvent
 from loraflow.monitor.hints import match_hint
 from loraflow.monitor.lines import LineSplitter
+from loraflow.monitor.tqdm import parse_tqdm
 from loraflow.spec import TrainSpec
 
 REPO = "ostris/ai-toolkit"
@@ -190,29 +192,6 @@ _BAR = r"\s*(\d+)%\|[^|]*\|\s*(\d+)/(\d+)\s+\[([\d:]+)<([\d:?]+),\s+([\d.]+|\?)(
 _POSTFIX = re.compile(r"lr:\s*([\d.eE+-]+)\s+loss:\s*([\d.eE+-]+)")
 
 
-def _seconds(clock: str) -> float | None:
-    if "?" in clock:
-        return None
-    parts = [int(p) for p in clock.split(":")]
-    total = 0
-    for p in parts:
-        total = total * 60 + p
-    return float(total)
-
-
-def parse_tqdm(match: re.Match[str]) -> dict[str, Any]:
-    step, total = int(match.group(2)), int(match.group(3))
-    value, unit = match.group(6), match.group(7)
-    rate = None if value == "?" else (float(value) if unit == "it/s" else (1 / float(value) if float(value) else None))
-    data: dict[str, Any] = {"step": step, "total": total, "elapsed_s": _seconds(match.group(4))}
-    eta = _seconds(match.group(5))
-    if eta is not None:
-        data["eta_s"] = eta
-    if rate is not None:
-        data["rate"] = round(rate, 4)
-    return data
-
-
 class AitkParser:
     """ai-toolkit's console: the job's own tqdm bar (filtered by its name) and its save/resume/error lines."""
 
@@ -311,7 +290,7 @@ class AitkEngine:
     name = "ai-toolkit"
 
     def requirements(self, spec: TrainSpec) -> EngineRequirements:
-        vram = spec.compute.gpu.min_vram_gb or spec.training.vram_preset or max(spec.catalog_entry.min_vram_gb, 24)
+        vram = min_vram_gb(spec, 24)
         return EngineRequirements(
             min_vram_gb=vram, disk_gb=spec.compute.gpu.disk_gb, cuda="12.8", image=IMAGE, setup_script=SETUP
         )

@@ -6,6 +6,7 @@ from pathlib import PurePosixPath
 
 from loraflow import __version__
 from loraflow.engines.base import Command, EngineRequirements, Outcome
+from loraflow.engines.external import min_vram_gb
 from loraflow.jobs.layout import JobLayout
 from loraflow.monitor.builtin_parser import BuiltinParser
 from loraflow.monitor.events import EngineEvent
@@ -84,8 +85,7 @@ class BuiltinEngine:
     name = "builtin"
 
     def requirements(self, spec: TrainSpec) -> EngineRequirements:
-        entry = spec.catalog_entry
-        vram = spec.compute.gpu.min_vram_gb or spec.training.vram_preset or max(entry.min_vram_gb, 24)
+        vram = min_vram_gb(spec, 24)
         return EngineRequirements(
             min_vram_gb=vram,
             disk_gb=spec.compute.gpu.disk_gb,

@@ -19,6 +19,11 @@ from loraflow.monitor import events as ev
 from loraflow.monitor.events import EngineEvent
 
 
+def min_vram_gb(spec: Any, floor: int) -> int:
+    """What to rent: the user's minimum, else the VRAM preset, else the model's need (at least `floor`)."""
+    return spec.compute.gpu.min_vram_gb or spec.training.vram_preset or max(spec.catalog_entry.min_vram_gb, floor)
+
+
 def engine_dir(name: str, options: dict[str, Any]) -> Path:
     """The engine's checkout: `engine.options.path`, LORAFLOW_<NAME>_DIR, or LORAFLOW_HOME/engines/<name>."""
     if options.get("path"):

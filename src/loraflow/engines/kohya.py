@@ -23,6 +23,7 @@ from loraflow.engines.external import (
     engine_dir,
     engine_python,
     finish_lora,
+    min_vram_gb,
     outcome_for,
     safetensors_header,
     setup_script,
@@ -34,6 +35,7 @@ from loraflow.monitor import events as ev
 from loraflow.monitor.events import EngineEvent
 from loraflow.monitor.hints import match_hint
 from loraflow.monitor.lines import LineSplitter
+from loraflow.monitor.tqdm import parse_tqdm
 from loraflow.spec import TrainSpec
 
 REPO = "kohya-ss/sd-scripts"
@@ -289,8 +291,6 @@ class KohyaParser:
     def parse_message(self, text: str) -> list[EngineEvent]:
         bar = _STEPS.search(text)
         if bar:
-            from loraflow.engines.aitoolkit import parse_tqdm
-
             data = parse_tqdm(bar)
             data["step"] += self.offset
             data["total"] += self.offset
@@ -336,7 +336,7 @@ class KohyaEngine:
     name = "kohya"
 
     def requirements(self, spec: TrainSpec) -> EngineRequirements:
-        vram = spec.compute.gpu.min_vram_gb or spec.training.vram_preset or max(spec.catalog_entry.min_vram_gb, 16)
+        vram = min_vram_gb(spec, 16)
         return EngineRequirements(
             min_vram_gb=vram, disk_gb=spec.compute.gpu.disk_gb, cuda="12.4", image=None, setup_script=SETUP
         )

@@ -79,6 +79,16 @@ def runner_lock(job_dir: Path, blocking: bool = False) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def request_stop(job_id: str) -> None:
+    """Ask a job to stop: a request file the runner honours, and SIGTERM to the trainer so it checkpoints now.
+    A runner is started when none is alive, so the outcome is always recorded."""
+    layout = JobLayout(str(paths.job_dir(job_id)))
+    Path(layout.run).mkdir(parents=True, exist_ok=True)
+    Path(layout.stop_request).touch()
+    LocalHost().signal(Handle.in_folder(layout.run, "train"), signal.SIGTERM)
+    start_runner(job_id)
+
+
 def runner_alive(job_id: str) -> bool:
     with runner_lock(paths.job_dir(job_id)) as got:
         return not got

@@ -292,12 +292,16 @@ class Store:
             s.flush()
             return _event(ev)
 
-    def events(self, job_id: str, after_seq: int = 0, limit: int = 1000, types: list[str] | None = None) -> list[Event]:
+    def events(
+        self, job_id: str, after_seq: int = 0, limit: int = 1000, types: list[str] | None = None, latest: bool = False
+    ) -> list[Event]:
+        """Events in order after `after_seq`; with `latest`, only the newest one matching (an index lookup)."""
+        order = EventRow.seq.desc() if latest else EventRow.seq
         query = (
             select(EventRow)
             .where(EventRow.job_id == job_id, EventRow.seq > after_seq)
-            .order_by(EventRow.seq)
-            .limit(limit)
+            .order_by(order)
+            .limit(1 if latest else limit)
         )
         if types:
             query = query.where(EventRow.type.in_(types))

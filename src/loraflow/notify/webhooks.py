@@ -187,8 +187,8 @@ class Notifier:
 
 def resume_point(store: Store, job_id: str) -> int:
     """The last event already delivered, so a new notifier neither repeats nor skips (receivers dedupe by id)."""
-    delivered = store.events(job_id, types=["webhook.delivery"], limit=100_000)
-    return max((int(e.data.get("seq", 0)) for e in delivered), default=0)
+    last = store.events(job_id, types=["webhook.delivery"], latest=True)
+    return int(last[0].data.get("seq", 0)) if last else 0
 
 
 def flush_pending(store: Store, job_id: str, targets: list[NotificationTarget]) -> None:

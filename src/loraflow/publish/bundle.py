@@ -136,8 +136,10 @@ def bundle_files(store: Store, job: Job, checkpoint_step: int | None = None) -> 
     return files
 
 
-def build_bundle(store: Store, job: Job, checkpoint_step: int | None = None) -> Path:
-    files = bundle_files(store, job, checkpoint_step)
+def build_bundle(
+    store: Store, job: Job, checkpoint_step: int | None = None, files: dict[str, bytes] | None = None
+) -> Path:
+    files = files if files is not None else bundle_files(store, job, checkpoint_step)
     folder = Path(JobLayout(str(job.folder)).bundle)
     folder.mkdir(parents=True, exist_ok=True)
     suffix = f"-step{checkpoint_step:06d}" if checkpoint_step is not None else ""

@@ -13,8 +13,8 @@ from loraflow.publish.bundle import build_bundle, bundle_files
 def publish_job(store: Store, job: Job, checkpoint_step: int | None = None) -> list[dict[str, Any]]:
     """Publish and record the results on the job (artifacts.published) and as a `published` event."""
     spec = job.train_spec
-    bundle = build_bundle(store, job, checkpoint_step)
     files = bundle_files(store, job, checkpoint_step)
+    bundle = build_bundle(store, job, checkpoint_step, files)
     lora_name = next(n for n in files if n.endswith(".safetensors"))
     results: list[dict[str, Any]] = []
     for target in spec.publish.targets:
