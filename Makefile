@@ -23,13 +23,18 @@ demo: $(STAMP)
 test: $(STAMP) system-deps
 	$(PY) -m pytest -q -p no:cacheprovider
 
-# Real servers the tests start themselves (PostgreSQL), from Debian's packages when this machine can
-# install them; their tests are skipped with a reason where it cannot.
+# Real servers and browsers the tests start themselves (PostgreSQL, OpenSSH's sshd, Chromium for Playwright),
+# from Debian's packages when this machine can install them; their tests are skipped with a reason where not.
+# Playwright drives /usr/bin/chromium: it never downloads a browser of its own.
+SYSTEM_PACKAGES := $(if $(wildcard /usr/lib/postgresql/*/bin/initdb),,postgresql) \
+                   $(if $(wildcard /usr/sbin/sshd),,openssh-server) \
+                   $(if $(wildcard /usr/bin/chromium),,chromium)
 system-deps:
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
-	  echo "installing postgresql for the store tests"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null 2>&1) \
-	    || echo "note: postgresql could not be installed; its tests will be skipped"; \
+	@if [ -n "$(strip $(SYSTEM_PACKAGES))" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing $(strip $(SYSTEM_PACKAGES)) for the tests"; \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null 2>&1 || \
+	   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null 2>&1)) \
+	    || echo "note: $(strip $(SYSTEM_PACKAGES)) could not be installed; their tests will be skipped"; \
 	fi
 
 lint: $(STAMP)

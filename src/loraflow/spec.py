@@ -216,6 +216,11 @@ class ComputeSpec(Strict):
     gpu: GpuRequirements = Field(default_factory=GpuRequirements)
     ssh: SshTarget | None = None
     max_retries: int = Field(2, ge=0, description="New hosts leased after a dead or stalled one.")
+    python: str = Field("python3", description="Python on a remote host (ssh, vastai) that runs the engine.")
+    setup: str | None = Field(
+        None, description="Shell run once per remote lease before training; default: the engine's set-up."
+    )
+    ready_timeout_s: int = Field(900, ge=10, description="A rented host not ready by then is destroyed.")
 
     @model_validator(mode="after")
     def _ssh_needs_target(self) -> ComputeSpec:

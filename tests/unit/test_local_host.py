@@ -7,12 +7,13 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from loraflow.hosts.base import Handle, ProcessStatus
 from loraflow.hosts.local import LocalHost
 
 
-def wait_status(host: LocalHost, handle: Handle, want: ProcessStatus, timeout: float = 30) -> int | None:
+def wait_status(host: Any, handle: Handle, want: ProcessStatus, timeout: float = 30) -> int | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status, code = host.status(handle)

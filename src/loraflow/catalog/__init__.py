@@ -93,3 +93,9 @@ def defaults_for(model: BaseModel, engine: str, vram_preset: int | None) -> dict
             )
         merged = deep_merge(merged, presets[vram_preset].get(engine, {}))
     return merged
+
+
+@cache
+def gpu_table() -> dict[str, Any]:
+    """Seconds per step by GPU and per-model factors (catalog/gpus.yaml)."""
+    return _load("gpus.yaml")

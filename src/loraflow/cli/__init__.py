@@ -7,7 +7,7 @@ import sys
 import click
 import typer
 
-from loraflow.cli import caption_cmd, dataset_cmd, engine_cmd, jobs_cmd, publish_cmd, spec_cmd, train_cmd
+from loraflow.cli import caption_cmd, cloud_cmd, dataset_cmd, engine_cmd, jobs_cmd, publish_cmd, spec_cmd, train_cmd
 from loraflow.cli.output import err
 from loraflow.errors import LoraflowError
 
@@ -29,6 +29,10 @@ app.command("publish")(publish_cmd.publish)
 jobs_cmd.app.command("approve")(publish_cmd.approve)
 app.command("train")(train_cmd.train)
 app.command("demo")(train_cmd.demo)
+app.command("estimate")(cloud_cmd.estimate)
+app.command("offers")(cloud_cmd.offers)
+app.command("instances")(cloud_cmd.instances)
+app.command("reap")(cloud_cmd.reap)
 
 
 @app.command("bundle")

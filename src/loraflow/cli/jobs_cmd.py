@@ -133,12 +133,20 @@ def stop_cmd(
 def resume_cmd(
     job_id: str = typer.Argument(...),
     detach: bool = typer.Option(False, "--detach", "-d", help="Start and return at once."),
+    budget: float | None = typer.Option(None, "--budget", help="A new budget.max_usd (after stopped_budget)."),
 ) -> None:
     """Continue a stopped, failed or budget-stopped job from its last checkpoint."""
     from loraflow.cli.train_cmd import attach
 
     store = Store()
     job = store.find(job_id)
+    if budget is not None:
+        if budget <= 0:
+            raise UserInputError("--budget must be more than 0 (US dollars)")
+        spec = job.train_spec.model_copy(deep=True)
+        spec.budget.max_usd = budget
+        store.update(job.id, spec=spec.model_dump(mode="json"))
+        (job.folder / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
     if job.state in RESUMABLE:
         store.transition(job.id, JobState.PENDING, data={"resume": True})
     elif job.state not in ACTIVE:

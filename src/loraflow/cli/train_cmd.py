@@ -22,8 +22,24 @@ from loraflow.spec import TrainSpec, load_spec
 EXIT = {JobState.COMPLETED: 0, JobState.AWAITING_APPROVAL: 0, JobState.STOPPED: 0}
 
 
-def submit(spec: TrainSpec) -> str:
-    """Check the dataset, record the job and start its runner; returns the job id."""
+def quote_before_renting(spec: TrainSpec, force: bool) -> None:
+    """Say what a rented job will cost, and refuse it over budget.max_usd unless forced."""
+    if spec.compute.provider != "vastai":
+        return
+    from loraflow.jobs.remote import check_budget
+    from loraflow.providers.vastai import VastProvider
+
+    best = VastProvider().offers(spec)[0]
+    est = best.estimate
+    console.print(
+        f"cheapest fit: {escape(str(best.offer.get('gpu_name')))} at ${est.usd_per_hour:.3f}/h, "
+        f"about {est.total_s / 60:.0f} min and ${est.cost_usd:.2f} (details: loraflow estimate)"
+    )
+    check_budget(spec, est.cost_usd, force)
+
+
+def submit(spec: TrainSpec, force: bool = False) -> str:
+    """Check the dataset (and the budget), record the job and start its runner; returns the job id."""
     d = spec.dataset
     report = DatasetRun(d.path, d.checks, d.captions, d.trigger_word, d.caption_extension).check()
     if not report.ok:
@@ -33,8 +49,11 @@ def submit(spec: TrainSpec) -> str:
             where=d.path,
             fix="fix the errors above (or use `loraflow dataset prepare --drop-bad`)",
         )
+    quote_before_renting(spec, force)
     store = Store()
     job = store.create_job(spec)
+    if force:
+        store.add_artifacts(job.id, force_budget=True)
     job.folder.mkdir(parents=True, exist_ok=True)
     (job.folder / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
     start_runner(job.id)
@@ -63,10 +82,11 @@ def attach(store: Store, job_id: str) -> int:
 def train(
     spec_path: Path = typer.Argument(..., help="The training spec (YAML)."),
     detach: bool = typer.Option(False, "--detach", "-d", help="Start and return at once."),
+    force: bool = typer.Option(False, "--force", help="Rent even when the estimate is over budget.max_usd."),
 ) -> None:
     """Train a LoRA from a spec. Keeps running if this terminal goes away; Ctrl-C only detaches."""
     spec = load_spec(spec_path)
-    job_id = submit(spec)
+    job_id = submit(spec, force)
     console.print(f"job {job_id} started: {escape(str(Store().get(job_id).folder))}")
     if detach:
         console.print(f"follow it with: loraflow jobs attach {job_id}")

@@ -6,6 +6,7 @@ import os
 import shutil
 import signal as signals
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,12 @@ class LocalHost:
     def run(self, argv: list[str], cwd: str, handle: Handle, env: dict[str, str] | None = None) -> Handle:
         """Start argv detached in its own session: closing the terminal or killing the caller leaves it running."""
         Path(handle.log_file).parent.mkdir(parents=True, exist_ok=True)
+        # A previous wrapper still finishing (its command was just killed) would write its exit code
+        # over the new run's files: let it finish first.
+        old = _read_int(handle.wrapper_file)
+        deadline = time.monotonic() + 10
+        while old is not None and pid_alive(old) and time.monotonic() < deadline:
+            time.sleep(0.02)
         for stale in (handle.pid_file, handle.exit_file, handle.wrapper_file):
             Path(stale).unlink(missing_ok=True)
         child_env = {**os.environ, **(env or {})}
@@ -58,8 +65,6 @@ class LocalHost:
 
     def wait_started(self, handle: Handle, timeout: float = 60.0) -> int | None:
         """The command's pid once its wrapper has written it (None if it ended before we looked)."""
-        import time
-
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             pid = _read_int(handle.pid_file)

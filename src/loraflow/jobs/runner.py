@@ -26,8 +26,10 @@ from loraflow import paths
 from loraflow.engines import get_engine
 from loraflow.errors import LoraflowError, UserInputError
 from loraflow.hosts.base import Handle, ProcessStatus
-from loraflow.hosts.local import LocalHost
+from loraflow.hosts.local import LocalHost, pid_alive
+from loraflow.hosts.ssh import HostUnreachable
 from loraflow.jobs.layout import JobLayout
+from loraflow.jobs.remote import RemoteLease, is_remote, job_cost
 from loraflow.jobs.states import JobState
 from loraflow.jobs.store import Job, Store
 from loraflow.monitor import events as ev
@@ -49,6 +51,8 @@ class FollowState:
     attempt: int = 0
     processed: bool = True  # the current attempt's exit has been acted on
     restarts: int = 0
+    host_losses: int = 0  # hosts that died, were outbid or stalled under this job
+    budget_warned: bool = False
 
     @classmethod
     def load(cls, path: Path) -> FollowState:
@@ -98,9 +102,13 @@ def start_runner(job_id: str) -> Handle:
     """Start the job's runner detached (it survives this terminal); a no-op when one is running."""
     folder = paths.job_dir(job_id)
     handle = Handle.in_folder(str(folder / "run"), "runner")
-    if runner_alive(job_id):
-        return handle
     host = LocalHost()
+    deadline = time.monotonic() + 5
+    while runner_alive(job_id):
+        pid = host.pid(handle)
+        if (pid is not None and pid_alive(pid)) or time.monotonic() > deadline:
+            return handle  # a live runner has the job
+        time.sleep(0.05)  # a runner just killed still holds its lock for a moment
     host.run([sys.executable, "-m", "loraflow.jobs.runner", job_id], str(folder), handle)
     host.wait_started(handle)
     return handle
@@ -124,6 +132,25 @@ class JobRunner:
         from loraflow.notify.wandb_sink import WandbSink
 
         self.wandb = WandbSink(self.spec, job_id, self.dir)
+        self.remote = RemoteLease(store, job_id, self.spec, self.layout, self._emit) if is_remote(self.spec) else None
+        self._last_cost = (0.0, 0.0)  # (time, usd) of the last cost event
+        self._host_lost_reason = ""
+
+    def _emit(self, type_: str, data: dict[str, Any]) -> None:
+        self.store.append_event(self.job_id, type_, data)
+
+    @property
+    def xhost(self) -> Any:
+        """Where training runs: this machine or the leased host."""
+        return self.remote.host() if self.remote else self.host
+
+    @property
+    def xlayout(self) -> JobLayout:
+        return self.remote.layout() if self.remote else self.layout
+
+    @property
+    def budget_stop_file(self) -> Path:
+        return Path(self.layout.run) / "budget-stop"
 
     # --- state helpers ---------------------------------------------------------------------------
 
@@ -147,6 +174,7 @@ class JobRunner:
         return True
 
     def _fail(self, message: str, hint: str = "", code: str = "failed") -> JobState:
+        self._release_now("job failed")
         self.store.append_event(self.job_id, ev.ERROR, {"code": code, "message": message, "hint": hint})
         self.store.transition(
             self.job_id, JobState.FAILED, error=f"{message} {hint}".strip(), data={"message": message}
@@ -172,9 +200,25 @@ class JobRunner:
                 traceback.print_exc()
                 return self._fail(f"{type(exc).__name__}: {exc}", code="internal")
             finally:
+                self._release_if_idle()
                 if notifier is not None:
                     notifier.stop()
                 self.wandb.close()
+
+    def _release_if_idle(self) -> None:
+        """A rented host is let go as soon as the job stops needing it, whatever the reason."""
+        job = self._refresh()
+        if job.state not in ORDER or "train" in job.stages_done:
+            self._release_now(f"job {job.state.value}")
+
+    def _release_now(self, reason: str) -> None:
+        """Before a job is shown as ended, its rented host is gone (and its cost final)."""
+        if self.remote is None or not self._refresh().lease:
+            return
+        try:
+            self.remote.release(reason)
+        except Exception as exc:  # reported, and `loraflow reap` finds it by label
+            self._emit(ev.ERROR, {"code": "release_failed", "message": str(exc), "hint": "run `loraflow reap`"})
 
     def _run(self) -> JobState:
         state = self._refresh().state
@@ -189,6 +233,7 @@ class JobRunner:
         result = self._train()
         if result is not None:
             return result
+        self._release_if_idle()
         self._advance(JobState.FINISHING)
         self._package()
         if self.spec.publish.approval_required:
@@ -229,7 +274,7 @@ class JobRunner:
     def _render(self) -> None:
         if not self._stage("render"):
             return
-        if self.engine.name == "builtin":
+        if self.engine.name == "builtin" and (self.remote is None or self.spec.base_model == "tiny-flux"):
             from loraflow.trainer.model_source import resolve_model_path
 
             model = str(resolve_model_path(self.spec))
@@ -248,6 +293,14 @@ class JobRunner:
         self.store.mark_stage_done(self.job_id, "render")
 
     def _acquire(self) -> None:
+        if self.remote is not None:
+            if "train" in self._refresh().stages_done:
+                return
+            self._stage("acquire")
+            self.remote.acquire(force_budget=bool(self.job.artifacts.get("force_budget")))
+            self.remote.upload(self._refresh().artifacts.get("dataset_hash"))
+            self.store.mark_stage_done(self.job_id, "acquire")
+            return
         if not self._stage("acquire"):
             return
         lease = {"provider": "local", "host": os.uname().nodename, "price_usd_h": 0.0}
@@ -295,17 +348,66 @@ class JobRunner:
         self._stage("train")
         follow_path = Path(self.layout.run) / "follow.json"
         state = FollowState.load(follow_path)
-        handle = Handle.in_folder(self.layout.run, "train")
         while True:
-            status, _ = self.host.status(handle)
+            try:
+                result = self._train_on_host(state, follow_path)
+            except HostUnreachable as exc:
+                reason = exc.message
+            else:
+                if result != "host_lost":
+                    return result
+                reason = self._host_lost_reason
+            lost = self._move_host(state, follow_path, reason)
+            if lost is not None:
+                return lost
+
+    def _move_host(self, state: FollowState, follow_path: Path, reason: str) -> JobState | None:
+        """The host died, was outbid or stalled: copy what we can, let it go, lease another, resume."""
+        assert self.remote is not None
+        self._emit("host.lost", {"reason": reason, "step": self._refresh().step})
+        with contextlib.suppress(LoraflowError):  # gone: the checkpoints copied so far are what we have
+            self._record(self.remote.sync(), None)
+        self.remote.release(reason)
+        state.host_losses += 1
+        state.offset, state.processed = 0, True
+        state.save(follow_path)
+        if state.host_losses > self.spec.compute.max_retries:
+            return self._fail(
+                f"lost {state.host_losses} hosts ({reason})",
+                "raise compute.max_retries or choose more reliable hosts (compute.gpu.min_reliability)",
+                code="host_lost",
+            )
+        self.store.transition(self.job_id, JobState.PROVISIONING, stage="acquire")
+        self.remote.acquire(force_budget=bool(self._refresh().artifacts.get("force_budget")))
+        self.remote.upload(self._refresh().artifacts.get("dataset_hash"))
+        self.store.transition(self.job_id, JobState.TRAINING, stage="train")
+        return None
+
+    def _train_on_host(self, state: FollowState, follow_path: Path) -> JobState | str | None:
+        host, xlayout = self.xhost, self.xlayout
+        handle = Handle.in_folder(xlayout.run, "train")
+        while True:
+            status, _ = host.status(handle)
             if state.processed:
                 self._launch(handle, state)
                 state.save(follow_path)
             elif status is ProcessStatus.RUNNING:
                 self.store.append_event(self.job_id, ev.LOG, {"message": "re-attached to the running trainer"})
+            elif status is ProcessStatus.GONE and self.remote is not None:
+                reason = self.remote.dead_reason()
+                if reason:
+                    self._host_lost_reason = reason
+                    return "host_lost"
             code, parser = self._follow(handle, state, follow_path)
-            final = Path(self.engine.final_lora(self.spec, self.layout)).exists()
+            if code == "host_lost":
+                return "host_lost"
+            final_path = self.engine.final_lora(self.spec, xlayout)
+            final = (host.size(final_path) is not None) if self.remote else Path(final_path).exists()
             outcome = self.engine.outcome(code, final, parser)
+            if self.remote is not None:
+                if outcome.ok:
+                    self.remote.fetch(final_path, self.engine.final_lora(self.spec, self.layout))
+                self._record(self.remote.sync(), None, final=True)
             state.processed = True
             state.save(follow_path)
             stop_file = Path(self.layout.stop_request)
@@ -314,11 +416,25 @@ class JobRunner:
                 self.store.add_artifacts(self.job_id, lora=self.engine.finish(self.spec, self.layout))
                 self.store.mark_stage_done(self.job_id, "train")
                 return None
+            if self.budget_stop_file.exists():
+                stop_file.unlink(missing_ok=True)
+                self.budget_stop_file.unlink()
+                self._release_now("budget reached")
+                step = self._refresh().step
+                self.store.transition(self.job_id, JobState.STOPPED_BUDGET, stage=None, data={"step": step})
+                self._emit("job.stopped_budget", {"step": step, "usd": round(self._refresh().cost_usd, 4)})
+                return JobState.STOPPED_BUDGET
             if outcome.stopped or stop_file.exists():
                 stop_file.unlink(missing_ok=True)
+                self._release_now("stopped")
                 self.store.transition(self.job_id, JobState.STOPPED, stage=None, data={"step": self.job.step})
                 self.store.append_event(self.job_id, "job.stopped", {"step": self._refresh().step})
                 return JobState.STOPPED
+            if self.remote is not None and code is None:
+                reason = self.remote.dead_reason()
+                if reason:
+                    self._host_lost_reason = reason
+                    return "host_lost"
             retryable = (self._last_error or {}).get("code") not in NOT_RETRYABLE
             if retryable and state.restarts < self.spec.monitor.max_restarts:
                 state.restarts += 1
@@ -335,28 +451,62 @@ class JobRunner:
             return self._fail(err.get("message") or outcome.message, err.get("hint", ""), err.get("code", "failed"))
 
     def _launch(self, handle: Handle, state: FollowState) -> None:
-        for action in self.engine.prepare_resume(self.spec, self.layout):
+        for action in self.engine.prepare_resume(self.spec, self.xlayout):
             self.store.append_event(self.job_id, ev.LOG, {"message": action})
-        cmd = self.engine.command(self.spec, self.layout, "auto")
+        python = self.spec.compute.python if self.remote else "auto"
+        cmd = self.engine.command(self.spec, self.xlayout, python)
         env = {**cmd.env, **{name: os.environ[name] for name in cmd.env_names if name in os.environ}}
+        if self.remote is not None:
+            env.update(self.remote.env())
         state.attempt += 1
         state.processed = False
-        state.offset = Path(handle.log_file).stat().st_size if Path(handle.log_file).exists() else 0
+        host = self.xhost
+        if self.remote is not None:
+            state.offset = host.size(handle.log_file) or 0
+        else:
+            state.offset = Path(handle.log_file).stat().st_size if Path(handle.log_file).exists() else 0
         self._last_error = None
-        self.host.run(cmd.argv, cmd.cwd or self.layout.root, handle, env)
-        self.host.wait_started(handle)
-        self.store.append_event(self.job_id, "train.launched", {"attempt": state.attempt, "pid": self.host.pid(handle)})
+        host.run(cmd.argv, cmd.cwd or self.xlayout.root, handle, env)
+        host.wait_started(handle)
+        self.store.append_event(self.job_id, "train.launched", {"attempt": state.attempt, "pid": host.pid(handle)})
 
-    def _follow(self, handle: Handle, state: FollowState, follow_path: Path) -> tuple[int | None, Any]:
+    def _account(self, state: FollowState, follow_path: Path, handle: Handle) -> None:
+        """Cost from the lease's real price: shown live, warned at the warn fraction, stopped at the cap."""
+        job = self._refresh()
+        cost = job_cost(job.artifacts, job.lease)
+        now = time.monotonic()
+        if abs(cost - self._last_cost[1]) >= 0.0001 and now - self._last_cost[0] > 2:
+            self._last_cost = (now, cost)
+            rate = float((job.lease or {}).get("price_usd_h") or 0)
+            self.store.update(self.job_id, cost_usd=cost)
+            self._emit(ev.COST, {"usd": round(cost, 5), "rate_usd_h": rate})
+        budget = self.spec.budget
+        hours = sum(
+            float(x.get("ended_at", 0)) - float(x.get("started_at", 0)) for x in job.artifacts.get("leases", [])
+        ) / 3600 + ((time.time() - float(job.lease["started_at"])) / 3600 if job.lease else 0)
+        cap_hit = (budget.max_usd is not None and cost >= budget.max_usd) or (
+            budget.max_hours is not None and hours >= budget.max_hours
+        )
+        if budget.max_usd and not state.budget_warned and cost >= budget.max_usd * budget.warn_fraction:
+            state.budget_warned = True
+            state.save(follow_path)
+            self._emit("budget.warning", {"usd": round(cost, 4), "max_usd": budget.max_usd})
+        if cap_hit and not self.budget_stop_file.exists():
+            self.budget_stop_file.touch()
+            Path(self.layout.stop_request).touch()
+            self._emit(ev.LOG, {"message": f"budget reached (${cost:.4f}): stopping with a checkpoint"})
+
+    def _follow(self, handle: Handle, state: FollowState, follow_path: Path) -> tuple[Any, Any]:
         parser = self.engine.parser(self.spec)
         monitor = self.spec.monitor
         detector = StallDetector(monitor.stall_minutes, monitor.gpu_idle_minutes, time.monotonic())
+        host = self.xhost
         stop_sent = False
         last_gpu = 0.0
         stall_kill = False
         collected = 0.0
         while True:
-            chunk = self.host.read(handle.log_file, state.offset)
+            chunk = host.read(handle.log_file, state.offset)
             if chunk:
                 state.offset += len(chunk)
                 events = parser.feed(chunk)
@@ -364,23 +514,31 @@ class JobRunner:
                 # New engine outputs: after a save line, and every few seconds (samples print no line).
                 if any(e.type in (ev.CHECKPOINT, ev.SAMPLE) for e in events) or time.monotonic() - collected > 5:
                     collected = time.monotonic()
-                    self._record(self.engine.collect(self.spec, self.layout), detector)
+                    self._collect(detector)
                 state.save(follow_path)
-            status, code = self.host.status(handle)
+            status, code = host.status(handle)
             if status is not ProcessStatus.RUNNING:
-                rest = self.host.read(handle.log_file, state.offset)
+                rest = host.read(handle.log_file, state.offset)
                 state.offset += len(rest)
                 self._record([*parser.feed(rest), *parser.flush()], detector, final=True)
-                self._record(self.engine.collect(self.spec, self.layout), detector, final=True)
+                if self.remote is None:
+                    self._record(self.engine.collect(self.spec, self.layout), detector, final=True)
                 state.save(follow_path)
+                if status is ProcessStatus.GONE and self.remote is not None:
+                    reason = self.remote.dead_reason()
+                    if reason:
+                        self._host_lost_reason = reason
+                        return "host_lost", parser
                 return (None if stall_kill else code), parser
             now = time.monotonic()
+            if self.remote is not None:
+                self._account(state, follow_path, handle)
             if not stop_sent and Path(self.layout.stop_request).exists():
-                stop_sent = self.host.signal(handle, signal.SIGTERM)
+                stop_sent = host.signal(handle, signal.SIGTERM)
                 self.store.append_event(self.job_id, ev.LOG, {"message": "stop requested: checkpointing"})
             if now - last_gpu > 30:
                 last_gpu = now
-                stats = self.host.gpu_stats()
+                stats = host.gpu_stats()
                 detector.on_gpu([g["util"] for g in stats] if stats else None, now)
             stall = detector.check(now)
             if stall and not stall_kill:
@@ -391,6 +549,11 @@ class JobRunner:
                 )
                 if monitor.on_stall == "notify":
                     detector.on_progress(now)  # tell once per stall window
+                elif monitor.on_stall == "restart" and self.remote is not None:
+                    # A stalled rented host is not worth more money: move to a new one.
+                    host.signal(handle, signal.SIGKILL)
+                    self._host_lost_reason = f"stalled: {stall.message}"
+                    return "host_lost", parser
                 else:
                     stall_kill = True
                     self._last_error = (
@@ -402,7 +565,7 @@ class JobRunner:
                             "hint": "raise monitor.stall_minutes if the engine is legitimately slow",
                         }
                     )
-                    self.host.signal(handle, signal.SIGKILL)
+                    host.signal(handle, signal.SIGKILL)
             if now - self._last_heartbeat > 5:
                 self._last_heartbeat = now
                 from datetime import datetime
@@ -410,13 +573,19 @@ class JobRunner:
                 self.store.update(self.job_id, heartbeat_at=datetime.now(UTC))
             time.sleep(self.poll_s)
 
-    def _record(self, events: list[EngineEvent], detector: StallDetector, final: bool = False) -> None:
+    def _collect(self, detector: StallDetector | None) -> None:
+        if self.remote is not None:
+            self._record(self.remote.sync(), detector)
+        else:
+            self._record(self.engine.collect(self.spec, self.layout), detector)
+
+    def _record(self, events: list[EngineEvent], detector: StallDetector | None, final: bool = False) -> None:
         """Store engine events; progress is thrown away only when a newer one follows within 0.5 s."""
         now = time.monotonic()
         for event in events:
-            if event.type == ev.PHASE:
+            if event.type == ev.PHASE and detector is not None:
                 detector.on_phase(event.data.get("phase", ""), now)
-            if event.type == ev.PROGRESS:
+            if event.type == ev.PROGRESS and detector is not None:
                 detector.on_progress(now)
             if event.type in THROTTLED:
                 if now - self._last_write < 0.5 and event.data.get("step") != event.data.get("total"):

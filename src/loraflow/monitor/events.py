@@ -17,6 +17,7 @@ ERROR = "error"
 RESULT = "result"
 STOPPED = "stopped"
 LOG = "log"
+COST = "cost"  # {usd, rate_usd_h}: money spent so far on rented hosts
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,165 @@
+"""`loraflow estimate`, `offers`, `instances` and `reap`: money and machines before and after a job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from loraflow.cli.output import console, print_json
+from loraflow.spec import load_spec
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f}"
+
+
+def estimate(
+    spec_path: Path = typer.Argument(..., help="The training spec (YAML)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Predicted time and cost per GPU type on offer, with its parts, before anything is rented."""
+    from loraflow.jobs.estimate import estimate as predict
+
+    spec = load_spec(spec_path)
+    if spec.compute.provider == "vastai":
+        from loraflow.providers.vastai import VastProvider
+
+        best: dict[str, object] = {}
+        for ranked in VastProvider().offers(spec):  # cheapest job first: keep the best offer per GPU type
+            best.setdefault(str(ranked.offer.get("gpu_name")), ranked.estimate)
+        rows = list(best.values())
+    else:
+        rows = [predict(spec, "CPU" if spec.base_model == "tiny-flux" else "RTX 4090", 0.0, remote=False)]
+    data = [r.to_dict() for r in rows]  # type: ignore[attr-defined]
+    cap = spec.budget.max_usd
+    if as_json:
+        print_json({"budget_usd": cap, "estimates": data})
+        return
+    table = Table(title=f"estimate for {escape(spec.name)} ({spec.training.steps} steps)")
+    for col in ("GPU", "$/h", "setup", "caching", "steps", "samples", "transfer", "total min", "cost $"):
+        table.add_column(col, justify="left" if col == "GPU" else "right")
+    for r in data:
+        over = cap is not None and r["cost_usd"] > cap
+        table.add_row(
+            escape(r["gpu"]),
+            f"{r['usd_per_hour']:.3f}",
+            *(_minutes(r[k]) for k in ("setup_s", "caching_s", "steps_s", "samples_s", "transfer_s")),
+            _minutes(r["total_s"]),
+            f"[red]{r['cost_usd']:.3f}[/red]" if over else f"{r['cost_usd']:.3f}",
+        )
+    console.print(table)
+    console.print("times in minutes; " + (f"budget ${cap:.2f} (red: over)" if cap else "no budget.max_usd set"))
+
+
+def offers(
+    spec_path: Path | None = typer.Argument(None, help="Rank for this spec (default: the starter spec)."),
+    limit: int = typer.Option(15, "--limit", "-n"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Vast.ai offers that fit a job, cheapest job first (not cheapest hour)."""
+    from loraflow.providers.vastai import VastProvider
+
+    spec = load_spec(spec_path) if spec_path else _starter()
+    ranked = VastProvider().offers(spec)[:limit]
+    if as_json:
+        print_json([{"offer": r.offer, "estimate": r.estimate.to_dict()} for r in ranked])
+        return
+    table = Table(title="Vast.ai offers for this job")
+    for col in ("offer", "GPU", "VRAM GB", "$/h", "reliability", "down Mb/s", "where", "job min", "job $"):
+        table.add_column(col)
+    for r in ranked:
+        o = r.offer
+        table.add_row(
+            str(o["id"]),
+            escape(str(o.get("gpu_name"))),
+            f"{float(o.get('gpu_ram') or 0) / 1024:.0f}",
+            f"{float(o.get('dph_total') or 0):.3f}",
+            f"{float(o.get('reliability') or 0):.3f}",
+            f"{float(o.get('inet_down') or 0):.0f}",
+            escape(str(o.get("geolocation") or "")),
+            _minutes(r.estimate.total_s),
+            f"{r.estimate.cost_usd:.3f}",
+        )
+    console.print(table)
+
+
+def _starter():
+    from loraflow.spec import TrainSpec
+
+    return TrainSpec.model_validate(
+        {
+            "name": "offers",
+            "dataset": {"path": ".", "trigger_word": "x"},
+            "base_model": "flux-dev",
+            "compute": {"provider": "vastai"},
+        }
+    )
+
+
+def _owners() -> dict[str, str]:
+    """Job id -> state for every job in the store."""
+    from loraflow.jobs.store import Store
+
+    return {j.id: j.state.value for j in Store().list_jobs(limit=100000)}
+
+
+def instances(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Vast.ai instances labelled by loraflow, with the job that owns each."""
+    from loraflow.providers.vastai import LABEL_PREFIX, VastProvider
+
+    rows = VastProvider().owned()
+    owners = _owners()
+    data = [
+        {
+            "id": r["id"],
+            "label": r.get("label"),
+            "job": str(r.get("label", "")).removeprefix(LABEL_PREFIX),
+            "job_state": owners.get(str(r.get("label", "")).removeprefix(LABEL_PREFIX)),
+            "status": r.get("actual_status"),
+            "gpu": r.get("gpu_name"),
+            "usd_per_hour": r.get("dph_total"),
+        }
+        for r in rows
+    ]
+    if as_json:
+        print_json(data)
+        return
+    table = Table(title="loraflow's Vast.ai instances")
+    for col in ("instance", "job", "job state", "status", "GPU", "$/h"):
+        table.add_column(col)
+    for d in data:
+        table.add_row(
+            str(d["id"]), escape(d["job"]), str(d["job_state"] or "unknown"), str(d["status"]),
+            escape(str(d["gpu"])), f"{float(d['usd_per_hour'] or 0):.3f}",
+        )  # fmt: skip
+    console.print(table if data else "no instances labelled by loraflow")
+
+
+def reap(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be destroyed."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Destroy loraflow-labelled instances that no live job owns (a crash's leftovers)."""
+    from loraflow.jobs.states import ACTIVE
+    from loraflow.providers.vastai import LABEL_PREFIX, VastProvider
+
+    provider = VastProvider()
+    owners = _owners()
+    live = {job for job, state in owners.items() if state in {s.value for s in ACTIVE}}
+    orphans = [r for r in provider.owned() if str(r.get("label", "")).removeprefix(LABEL_PREFIX) not in live]
+    done = []
+    for row in orphans:
+        if not dry_run:
+            provider.release(int(row["id"]))
+        done.append({"id": row["id"], "label": row.get("label"), "destroyed": not dry_run})
+    if as_json:
+        print_json(done)
+        return
+    verb = "would destroy" if dry_run else "destroyed"
+    for d in done:
+        console.print(f"{verb} instance {d['id']} ({escape(str(d['label']))})")
+    if not done:
+        console.print("nothing to reap: every loraflow instance belongs to a live job")

@@ -1,0 +1,94 @@
+"""What a job will take and cost before anything is rented.
+
+Time is predicted in parts a user can check against their own experience (set-up, caching, steps,
+samples, transfer) from the GPU throughput table; cost is the offer's hourly price times that time.
+The same numbers decide which offer to rent: the cheapest *job*, not the cheapest hour.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from loraflow.catalog import gpu_table
+from loraflow.spec import TrainSpec
+
+SETUP_S = 180.0  # image start and package install on a warm machine
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    gpu: str
+    usd_per_hour: float
+    setup_s: float
+    caching_s: float
+    steps_s: float
+    samples_s: float
+    transfer_s: float
+    offer_id: int | None = None
+
+    @property
+    def total_s(self) -> float:
+        return self.setup_s + self.caching_s + self.steps_s + self.samples_s + self.transfer_s
+
+    @property
+    def cost_usd(self) -> float:
+        return round(self.usd_per_hour * self.total_s / 3600, 4)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "total_s": round(self.total_s, 1), "cost_usd": self.cost_usd}
+
+
+def model_kind(spec: TrainSpec) -> str:
+    if spec.base_model == "tiny-flux":
+        return "tiny"
+    arch = spec.catalog_entry.arch
+    return {"qwen_image": "qwen-image"}.get(arch, arch if arch in ("flux", "sdxl") else "flux")
+
+
+def seconds_per_step(spec: TrainSpec, gpu: str) -> float:
+    table = gpu_table()
+    base = (table.get(gpu) or table["RTX 4090"])["s_per_step"]
+    t = spec.training
+    res = sum(r * r for r in t.resolution) / len(t.resolution) / (1024 * 1024)
+    factor = table["models"][model_kind(spec)]["step_factor"]
+    if model_kind(spec) == "tiny":
+        res = 1.0
+    return base * factor * max(res, 0.05) * t.batch_size * (1 + 0.1 * (spec.network.rank / 16 - 1))
+
+
+def count_images(spec: TrainSpec) -> int:
+    path = Path(spec.dataset.path).expanduser()
+    if path.is_dir():
+        return sum(1 for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) or 1
+    return 20  # an archive: a typical LoRA dataset
+
+
+def estimate(
+    spec: TrainSpec,
+    gpu: str,
+    usd_per_hour: float,
+    inet_down_mbps: float = 1000,
+    inet_up_mbps: float = 500,
+    remote: bool = True,
+    images: int | None = None,
+    offer_id: int | None = None,
+) -> Estimate:
+    images = images if images is not None else count_images(spec)
+    kind = model_kind(spec)
+    per_step = seconds_per_step(spec, gpu)
+    steps = spec.training.steps
+    download_gb = gpu_table()["models"][kind]["download_gb"] if remote else 0
+    setup = (SETUP_S if remote else 10.0) + download_gb * 8000 / max(inet_down_mbps, 1)
+    caching = images * max(len(spec.training.resolution), 1) * per_step * 0.4
+    s = spec.sampling
+    points = (steps // s.every_n_steps if s.every_n_steps else 0) + (1 if s.at_end else 0)
+    samples = points * len(s.prompts) * s.steps * per_step * 0.3
+    checkpoints = math.ceil(steps / spec.checkpointing.every_n_steps)
+    lora_mb = 0.0 if kind == "tiny" else 18.0 * spec.network.rank / 16 * 3  # LoRA + optimizer state
+    dataset_mb = images * 1.5
+    transfer = (dataset_mb + checkpoints * lora_mb) * 8 / max(inet_up_mbps, 1) if remote else 0.0
+    return Estimate(gpu, usd_per_hour, setup, caching, steps * per_step, samples, transfer, offer_id)

@@ -1,0 +1,416 @@
+"""A job's remote lease: rent or reach a host, ship what training needs, bring results back, let go.
+
+The lease is written to the job record *before* it is waited on, so an orchestrator killed at any
+point finds it again (by the record, or by the instance label after a crash inside create) and never
+rents a second machine for the same job. Every lease that ends is appended to `artifacts.leases` with
+its seconds and price, which is where the job's cost comes from.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from loraflow.engines import get_engine
+from loraflow.errors import LoraflowError, UserInputError
+from loraflow.hosts.ssh import HostUnreachable, SshEndpoint, SshHost
+from loraflow.jobs.layout import JobLayout
+from loraflow.jobs.store import Store
+from loraflow.monitor import events as ev
+from loraflow.monitor.events import EngineEvent
+from loraflow.spec import TrainSpec
+
+REMOTE_PROVIDERS = {"ssh", "vastai"}
+Emit = Callable[[str, dict[str, Any]], None]
+
+
+def is_remote(spec: TrainSpec) -> bool:
+    return spec.compute.provider in REMOTE_PROVIDERS
+
+
+def lease_seconds(lease: dict[str, Any], now: float | None = None) -> float:
+    start = float(lease.get("started_at") or 0)
+    end = lease.get("ended_at") or now or time.time()
+    return max(0.0, float(end) - start) if start else 0.0
+
+
+def lease_cost(lease: dict[str, Any], now: float | None = None) -> float:
+    return float(lease.get("price_usd_h") or 0) * lease_seconds(lease, now) / 3600
+
+
+def job_cost(artifacts: dict[str, Any], lease: dict[str, Any] | None, now: float | None = None) -> float:
+    """Closed leases plus the running one, from their real hourly prices."""
+    past = sum(lease_cost(item) for item in artifacts.get("leases", []))
+    return past + (lease_cost(lease, now) if lease and lease.get("started_at") else 0.0)
+
+
+def _tar(source: Path, target: Path, arcname: str = ".") -> Path:
+    with tarfile.open(target, "w") as tar:
+        tar.add(source, arcname=arcname, filter=lambda t: None if t.name.endswith((".pyc", "__pycache__")) else t)
+    return target
+
+
+class RemoteLease:
+    def __init__(self, store: Store, job_id: str, spec: TrainSpec, local: JobLayout, emit: Emit) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.spec = spec
+        self.local = local
+        self.emit = emit
+        self._host: SshHost | None = None
+        self._provider: Any = None
+
+    # --- record ----------------------------------------------------------------------------------
+
+    @property
+    def lease(self) -> dict[str, Any] | None:
+        lease = self.store.get(self.job_id).lease
+        return lease if lease and lease.get("provider") == self.spec.compute.provider else None
+
+    def _save(self, lease: dict[str, Any] | None) -> None:
+        self.store.update(self.job_id, lease=lease)
+
+    @property
+    def provider(self) -> Any:
+        if self._provider is None and self.spec.compute.provider == "vastai":
+            from loraflow.providers.vastai import VastProvider
+
+            self._provider = VastProvider()
+        return self._provider
+
+    def host(self) -> SshHost:
+        lease = self.lease
+        if not lease or not lease.get("ssh"):
+            raise HostUnreachable("the job has no ready host")
+        if self._host is None or self._host.endpoint.to_dict() != lease["ssh"]:
+            self._host = SshHost(SshEndpoint.from_dict(lease["ssh"]))
+        return self._host
+
+    def layout(self) -> JobLayout:
+        lease = self.lease
+        if not lease or not lease.get("root"):
+            raise HostUnreachable("the job has no ready host")
+        return JobLayout(lease["root"])
+
+    # --- acquire ---------------------------------------------------------------------------------
+
+    def acquire(self, force_budget: bool = False) -> None:
+        lease = self.lease
+        if lease and lease.get("ready"):
+            reason = self.dead_reason()
+            if reason is None:
+                self.emit(ev.LOG, {"message": f"re-using the lease on {lease.get('gpu') or lease['ssh']['host']}"})
+                return
+            self.release(reason)
+            lease = None
+        if self.spec.compute.provider == "ssh":
+            self._acquire_ssh()
+        else:
+            self._acquire_vast(lease, force_budget)
+
+    def _acquire_ssh(self) -> None:
+        from loraflow.providers.keys import ensure_key
+
+        target = self.spec.compute.ssh
+        assert target is not None
+        identity = target.identity_file or str(ensure_key()[0])
+        endpoint = SshEndpoint(
+            target.host, target.port, target.user, identity, str(Path(self.local.run) / "known_hosts")
+        )
+        lease = {"provider": "ssh", "host": target.host, "price_usd_h": 0.0, "started_at": time.time(), "ssh": None}
+        self._save(lease)
+        host = SshHost(endpoint)
+        host.check()
+        self._finish_acquire(lease, endpoint, host, target.root)
+
+    def _acquire_vast(self, lease: dict[str, Any] | None, force_budget: bool) -> None:
+        from loraflow.providers.keys import ensure_key
+        from loraflow.providers.vastai import label_for
+
+        provider = self.provider
+        key_path, public = ensure_key()
+        if lease is None:
+            # A crash between create and recording it leaves a labelled instance: adopt it, not a second one.
+            mine = [r for r in provider.owned() if r.get("label") == label_for(self.job_id)]
+            for extra in mine[1:]:
+                provider.release(int(extra["id"]))
+            if mine:
+                row = mine[0]
+                lease = {
+                    "provider": "vastai",
+                    "instance_id": int(row["id"]),
+                    "gpu": row.get("gpu_name"),
+                    "price_usd_h": float(row.get("dph_total") or 0),
+                    "started_at": float(row.get("start_date") or time.time()),
+                    "label": row.get("label"),
+                    "ssh": None,
+                }
+                self._save(lease)
+                self.emit(ev.LOG, {"message": f"found instance {row['id']} by its label; re-using it"})
+        if lease is None:
+            ranked = provider.offers(self.spec)
+            check_budget(self.spec, ranked[0].estimate.cost_usd, force_budget, self.spent())
+            provider.ensure_ssh_key(public)
+            instance_id, chosen = provider.create(
+                self.spec,
+                self.job_id,
+                ranked,
+                on_attempt=lambda m: self.emit(ev.WARNING, {"message": m}),
+                max_hours=self.spec.budget.max_hours,
+            )
+            lease = {
+                "provider": "vastai",
+                "instance_id": instance_id,
+                "offer_id": chosen.id,
+                "gpu": chosen.offer.get("gpu_name"),
+                "price_usd_h": float(chosen.offer.get("dph_total") or 0),
+                "estimate_usd": chosen.estimate.cost_usd,
+                "started_at": time.time(),
+                "label": label_for(self.job_id),
+                "ssh": None,
+            }
+            self._save(lease)  # recorded before it is awaited
+            self.emit(
+                "host.created",
+                {k: lease[k] for k in ("instance_id", "offer_id", "gpu", "price_usd_h", "estimate_usd")},
+            )
+        known = str(Path(self.local.run) / f"known_hosts-{lease['instance_id']}")
+        user = "root"
+
+        def check_ssh(host: str, port: int) -> None:
+            SshHost(SshEndpoint(host, port, user, str(key_path), known), retries=0).check()
+
+        try:
+            address = provider.wait_ready(
+                int(lease["instance_id"]),
+                check_ssh,
+                timeout_s=self.spec.compute.ready_timeout_s,
+                on_stage=lambda s: self.emit(ev.LOG, {"message": s}),
+            )
+        except LoraflowError as exc:
+            self.release(f"not ready: {exc.message}")
+            raise
+        endpoint = SshEndpoint(address[0], address[1], user, str(key_path), known)
+        host = SshHost(endpoint)
+        root = self.spec.compute.ssh.root if self.spec.compute.ssh else "~/loraflow"
+        self._finish_acquire(lease, endpoint, host, root)
+
+    def _finish_acquire(self, lease: dict[str, Any], endpoint: SshEndpoint, host: SshHost, root: str) -> None:
+        python = self.spec.compute.python
+        proc = host.exec(f"{python} -c 'import sys; print(sys.version.split()[0])'", check=False)
+        if proc.returncode != 0:
+            raise UserInputError(
+                f"`{python}` does not run on {endpoint.host}:{endpoint.port}",
+                fix="set compute.python to the host's Python, or use an image that has one",
+            )
+        lease.update(ssh=endpoint.to_dict(), root=f"{host.expand(root).rstrip('/')}/{self.job_id}", ready=True)
+        lease["uploaded"] = False
+        self._save(lease)
+        self._host = host
+        self.emit(
+            "host.acquired",
+            {k: lease.get(k) for k in ("provider", "instance_id", "gpu", "price_usd_h", "root")}
+            | {"host": f"{endpoint.host}:{endpoint.port}"},
+        )
+
+    # --- upload ----------------------------------------------------------------------------------
+
+    def model_ref(self) -> tuple[str, Path | None]:
+        """What the remote trainer loads, and the local folder to ship when there is one."""
+        spec = self.spec
+        entry = spec.catalog_entry
+        if spec.base_model == entry.id and entry.source.startswith("builtin:"):
+            from loraflow.trainer.model_source import resolve_model_path
+
+            return f"{self.layout().root}/model", resolve_model_path(spec)
+        if spec.base_model == entry.id and entry.hub_id:
+            return entry.hub_id, None  # the host downloads it at its own bandwidth, with HF_TOKEN
+        return f"{self.layout().root}/model", Path(spec.base_model).expanduser()
+
+    def upload(self, dataset_hash: str | None) -> None:
+        lease = self.lease
+        if not lease or lease.get("uploaded"):
+            return
+        host, remote = self.host(), self.layout()
+        engine = get_engine(self.spec.engine.name)
+        started = time.time()
+        sent = 0
+        with tempfile.TemporaryDirectory(dir=self.local.run) as tmp:
+            parcels: list[tuple[Path, str]] = [(_tar(Path(self.local.dataset), Path(tmp, "dataset.tar")), "dataset")]
+            model, folder = self.model_ref()
+            if folder is not None:
+                parcels.append((_tar(folder, Path(tmp, "model.tar")), "model"))
+            if engine.name == "builtin":
+                import loraflow
+
+                package = Path(loraflow.__file__).parent
+                parcels.append((_tar(package, Path(tmp, "lib.tar"), "loraflow"), "lib"))
+            checkpoint = self.latest_local_checkpoint()
+            if checkpoint is not None:
+                parcels.append((_tar(checkpoint, Path(tmp, "checkpoint.tar"), f"{checkpoint.name}"), "checkpoints"))
+                self.emit(ev.LOG, {"message": f"sending {checkpoint.name} to resume from it"})
+            for local_tar, folder_name in parcels:
+                target = f"{remote.root}/.upload/{local_tar.name}"
+                host.put(local_tar, target)
+                sent += local_tar.stat().st_size
+                dest = f"{remote.root}/{folder_name}"
+                host.exec(f"mkdir -p '{dest}' && tar -xf '{target}' -C '{dest}' && rm -f '{target}'")
+        files = engine.render(self.spec, remote, self.job_id, model, dataset_hash)
+        for name, text in files.items():
+            with tempfile.NamedTemporaryFile("w", delete=False, suffix=".render") as f:
+                f.write(text)
+            try:
+                host.put(Path(f.name), f"{remote.engine}/{name}")
+            finally:
+                Path(f.name).unlink()
+        self._setup(host, remote)
+        lease = self.lease or lease
+        lease["uploaded"] = True
+        self._save(lease)
+        self.emit(ev.LOG, {"message": f"uploaded {sent / 1e6:.1f} MB in {time.time() - started:.1f} s"})
+
+    def _setup(self, host: SshHost, remote: JobLayout) -> None:
+        script = self.spec.compute.setup
+        if script is None:
+            script = get_engine(self.spec.engine.name).requirements(self.spec).setup_script or ""
+        if not script.strip():
+            return
+        from loraflow.hosts.base import Handle
+
+        handle = Handle.in_folder(remote.run, "setup")
+        self.emit(ev.LOG, {"message": "setting the host up"})
+        host.run(["/bin/sh", "-c", script], remote.root, handle)
+        while True:
+            status, code = host.status(handle)
+            if status.value != "running":
+                break
+            time.sleep(2)
+        if code != 0:
+            tail = host.read(handle.log_file, max(0, (host.size(handle.log_file) or 0) - 2000)).decode(errors="replace")
+            raise LoraflowError(f"host set-up failed (exit {code}): {tail.strip()[-800:]}")
+
+    def latest_local_checkpoint(self) -> Path | None:
+        from loraflow.trainer.checkpoint import verify
+
+        folder = Path(self.local.checkpoints)
+        for path in sorted(folder.glob("step-*"), reverse=True) if folder.is_dir() else []:
+            if path.is_dir() and not path.name.endswith(".partial") and verify(path)[0]:
+                return path
+        return None
+
+    def env(self) -> dict[str, str]:
+        """Plain settings for the remote command (secrets are added by the runner from its environment)."""
+        return {"PYTHONPATH": f"{self.layout().root}/lib", "PYTHONUNBUFFERED": "1"}
+
+    # --- bring back ------------------------------------------------------------------------------
+
+    def sync(self) -> list[EngineEvent]:
+        """Copy finished checkpoints and new samples off the host; one event per checkpoint."""
+        from loraflow.trainer.checkpoint import verify
+
+        host, remote = self.host(), self.layout()
+        events: list[EngineEvent] = []
+        listing = host.listing(remote.checkpoints)
+        steps: dict[str, dict[str, int]] = {}
+        for rel, size in listing.items():
+            top, _, rest = rel.partition("/")
+            if rest and not top.endswith(".partial"):
+                steps.setdefault(top, {})[rest] = size
+        local_root = Path(self.local.checkpoints)
+        have = [p.name for p in local_root.glob("step-*") if (p / "meta.json").exists()]
+        newest = max(have, default="")
+        for name, files in sorted(steps.items()):
+            if "meta.json" not in files or name <= newest:
+                continue  # only what is newer than our newest copy: older ones may be pruned under us
+            staging = local_root / (name + ".partial")
+            try:
+                for rel in sorted(files):
+                    host.get(f"{remote.checkpoints}/{name}/{rel}", staging / rel)
+            except HostUnreachable:
+                raise
+            except LoraflowError:  # pruned by keep_last while we copied it: a newer one exists
+                shutil.rmtree(staging, ignore_errors=True)
+                continue
+            ok, reason = verify(staging)
+            if not ok:
+                shutil.rmtree(staging, ignore_errors=True)
+                self.emit(ev.WARNING, {"message": f"copy of {name} was damaged ({reason}); retrying later"})
+                continue
+            staging.replace(local_root / name)
+            step = int(name.split("-")[1])
+            events.append(
+                EngineEvent(ev.CHECKPOINT_SYNCED, {"step": step, "path": f"checkpoints/{name}", "synced": True})
+            )
+        for rel, size in host.listing(remote.samples).items():
+            local = Path(self.local.samples) / rel
+            if ".partial" not in rel and not (local.exists() and local.stat().st_size == size):
+                try:
+                    host.get(f"{remote.samples}/{rel}", local)
+                except HostUnreachable:
+                    raise
+                except LoraflowError:  # replaced while we copied it: the next round takes it
+                    continue
+        return events
+
+    def fetch(self, remote_path: str, local_path: str) -> None:
+        self.host().get(remote_path, Path(local_path))
+
+    # --- health and release ----------------------------------------------------------------------
+
+    def dead_reason(self) -> str | None:
+        lease = self.lease
+        if not lease:
+            return "no lease"
+        if lease.get("provider") == "vastai":
+            reason = self.provider.dead_reason(int(lease["instance_id"]))
+            if reason:
+                return reason
+        try:
+            self.host().check()
+        except LoraflowError as exc:
+            return f"the host does not answer over SSH ({exc.message})"
+        return None
+
+    def spent(self) -> float:
+        job = self.store.get(self.job_id)
+        return job_cost(job.artifacts, job.lease if job.lease and job.lease.get("provider") != "local" else None)
+
+    def release(self, reason: str) -> None:
+        """Destroy (for rented hosts) and confirm; the lease moves into the job's history with its cost."""
+        lease = self.lease
+        if not lease:
+            return
+        if self._host is not None:
+            self._host.close()
+            self._host = None
+        if lease.get("provider") == "vastai" and lease.get("instance_id"):
+            self.provider.release(int(lease["instance_id"]))
+        lease["ended_at"] = time.time()
+        job = self.store.get(self.job_id)
+        history = [*job.artifacts.get("leases", []), {k: v for k, v in lease.items() if k != "ssh"}]
+        self.store.add_artifacts(self.job_id, leases=history)
+        self._save(None)
+        self.store.update(self.job_id, cost_usd=job_cost({"leases": history}, None))
+        self.emit(
+            "host.released",
+            {
+                "reason": reason,
+                "instance_id": lease.get("instance_id"),
+                "seconds": round(lease_seconds(lease), 1),
+                "usd": round(lease_cost(lease), 4),
+            },
+        )
+
+
+def check_budget(spec: TrainSpec, estimate_usd: float, force: bool, spent: float = 0.0) -> None:
+    cap = spec.budget.max_usd
+    if cap is not None and not force and spent + estimate_usd > cap:
+        raise UserInputError(
+            f"the job is estimated at ${spent + estimate_usd:.2f}, over budget.max_usd ${cap:.2f}",
+            fix="raise budget.max_usd, pick cheaper GPUs (compute.gpu), or pass --force to train anyway",
+        )

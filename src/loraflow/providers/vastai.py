@@ -1,0 +1,249 @@
+"""The Vast.ai provider: pick the offer that makes this job cheapest, rent it, wait until it can
+train, and always destroy it.
+
+Every instance carries the label `loraflow:<job id>` and is recorded in the job before it is awaited,
+so a crashed orchestrator finds it again (by the record, or by label) instead of renting another, and
+`loraflow reap` can destroy any instance no live job owns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from loraflow.engines import get_engine
+from loraflow.errors import LoraflowError, UserInputError
+from loraflow.jobs.estimate import Estimate, estimate
+from loraflow.providers.vast_client import VastClient, VastError
+from loraflow.spec import TrainSpec
+
+LABEL_PREFIX = "loraflow:"
+DEAD = {"exited", "offline", "unknown", "stopped", "frozen"}
+
+
+@dataclass(frozen=True)
+class RankedOffer:
+    offer: dict[str, Any]
+    estimate: Estimate
+
+    @property
+    def id(self) -> int:
+        return int(self.offer["id"])
+
+
+def label_for(job_id: str) -> str:
+    return LABEL_PREFIX + job_id
+
+
+def offer_query(spec: TrainSpec) -> dict[str, Any]:
+    """The search filters: whole GPUs with enough memory, disk and CUDA, on reliable verified hosts."""
+    gpu = spec.compute.gpu
+    req = get_engine(spec.engine.name).requirements(spec)
+    vram = gpu.min_vram_gb or req.min_vram_gb
+    query: dict[str, Any] = {
+        "rentable": {"eq": True},
+        "rented": {"eq": False},
+        "external": {"eq": False},
+        "num_gpus": {"eq": gpu.count},
+        "gpu_frac": {"eq": 1.0},  # a slice of a shared machine is not a whole GPU
+        "gpu_ram": {"gte": vram * 1000 * 0.95},
+        "disk_space": {"gte": gpu.disk_gb},
+        "reliability": {"gte": gpu.min_reliability},
+        "direct_port_count": {"gte": 1},
+        "inet_down": {"gte": 200},
+        "order": [["dph_total", "asc"]],
+        "type": "on-demand",
+        "allocated_storage": gpu.disk_gb,
+        "limit": 200,
+    }
+    if req.cuda:
+        query["cuda_max_good"] = {"gte": float(req.cuda)}
+    if gpu.verified_only:
+        query["verified"] = {"eq": True}
+    if gpu.names:
+        query["gpu_name"] = {"in": gpu.names}
+    if gpu.max_usd_per_hour:
+        query["dph_total"] = {"lte": gpu.max_usd_per_hour}
+    if gpu.region:
+        query["geolocation"] = {"in": [c.strip() for c in gpu.region.split(",")]}
+    return query
+
+
+def rank(spec: TrainSpec, offers: list[dict[str, Any]]) -> list[RankedOffer]:
+    """Cheapest expected job first; ties go to the more reliable host."""
+    ranked = []
+    for o in offers:
+        if float(o.get("gpu_frac") or 1.0) < 1.0:
+            continue
+        est = estimate(
+            spec,
+            str(o.get("gpu_name")),
+            float(o.get("dph_total") or 0),
+            float(o.get("inet_down") or 200),
+            float(o.get("inet_up") or 100),
+            offer_id=int(o["id"]),
+        )
+        ranked.append(RankedOffer(o, est))
+    ranked.sort(key=lambda r: (r.estimate.cost_usd, -float(r.offer.get("reliability") or 0)))
+    return ranked
+
+
+def ssh_address(row: dict[str, Any]) -> tuple[str, int] | None:
+    """Direct port when mapped, else the proxy (whose port is +1 for jupyter runtypes)."""
+    ports = row.get("ports") or {}
+    mapped = ports.get("22/tcp") if isinstance(ports, dict) else None
+    if mapped and row.get("public_ipaddr"):
+        return str(row["public_ipaddr"]).strip(), int(mapped[0]["HostPort"])
+    if row.get("ssh_host") and row.get("ssh_port"):
+        bump = 1 if "jupyter" in str(row.get("image_runtype") or "") else 0
+        return str(row["ssh_host"]).strip(), int(row["ssh_port"]) + bump
+    return None
+
+
+def port_open(host: str, port: int, timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+class VastProvider:
+    name = "vastai"
+
+    def __init__(self, client: VastClient | None = None) -> None:
+        self.client = client or VastClient()
+
+    def offers(self, spec: TrainSpec) -> list[RankedOffer]:
+        ranked = rank(spec, self.client.search_offers(offer_query(spec)))
+        if not ranked:
+            raise UserInputError(
+                "no Vast.ai offer matches the job's requirements",
+                fix="relax compute.gpu (names, max_usd_per_hour, min_reliability, region, verified_only)",
+            )
+        return ranked
+
+    def ensure_ssh_key(self, public_key: str) -> None:
+        """Account keys are baked into new instances only, so this must happen before create."""
+        if public_key.strip() not in self.client.ssh_keys():
+            self.client.add_ssh_key(public_key.strip())
+
+    def create(
+        self,
+        spec: TrainSpec,
+        job_id: str,
+        ranked: list[RankedOffer],
+        on_attempt: Callable[[str], None] = lambda _m: None,
+        max_hours: float | None = None,
+    ) -> tuple[int, RankedOffer]:
+        """Rent the best offer still free; a snatched one (404/410 no_such_ask) moves down the list."""
+        req = get_engine(spec.engine.name).requirements(spec)
+        body = {
+            "image": req.image or "pytorch/pytorch:latest",
+            "disk": float(spec.compute.gpu.disk_gb),
+            "label": label_for(job_id),
+            "runtype": "ssh_direc ssh_proxy",
+            "cancel_unavail": True,
+            "env": {"LORAFLOW_JOB": job_id},
+            "onstart": watchdog_script(max_hours),
+        }
+        for candidate in ranked[:10]:
+            try:
+                answer = self.client.create_instance(candidate.id, body)
+            except VastError as exc:
+                if exc.offer_gone:
+                    on_attempt(f"offer {candidate.id} ({candidate.offer.get('gpu_name')}) was taken; trying the next")
+                    continue
+                stray = exc.body.get("new_contract")
+                if stray:  # created stopped with an error (bid too low): never leave it billing storage
+                    self.client.destroy_instance(int(stray))
+                raise
+            return int(answer["new_contract"]), candidate
+        raise LoraflowError(
+            "every matching Vast.ai offer was taken before it could be rented", fix="try again in a minute"
+        )
+
+    def status(self, instance_id: int) -> dict[str, Any] | None:
+        return self.client.show_instance(instance_id)
+
+    def dead_reason(self, instance_id: int) -> str | None:
+        """Why an instance can no longer train (None while it is fine)."""
+        row = self.status(instance_id)
+        if row is None:
+            return "the instance is gone (destroyed or reclaimed)"
+        if row.get("intended_status") == "stopped" or (
+            row.get("cur_state") == "stopped" and row.get("next_state") == "stopped"
+        ):
+            return "the instance was stopped (outbid or out of credit)"
+        if row.get("actual_status") in DEAD:
+            return f"the instance is {row.get('actual_status')}"
+        return None
+
+    def wait_ready(
+        self,
+        instance_id: int,
+        check_ssh: Callable[[str, int], None],
+        timeout_s: float = 900,
+        poll_s: float = 2.0,
+        on_stage: Callable[[str], None] = lambda _s: None,
+    ) -> tuple[str, int]:
+        """Running with an address, then the TCP port, then SSH auth (and whatever check_ssh runs)."""
+        deadline = time.monotonic() + timeout_s
+        stage = ""
+        while time.monotonic() < deadline:
+            row = self.status(instance_id)
+            if row is None:
+                raise LoraflowError(f"instance {instance_id} disappeared while starting")
+            status = row.get("actual_status")
+            if status in DEAD or "oci runtime" in str(row.get("status_msg") or "").lower():
+                raise LoraflowError(f"instance {instance_id} failed to start: {status} {row.get('status_msg')}")
+            address = ssh_address(row) if status == "running" else None
+            if address is None:
+                stage = _once(stage, "waiting for the instance to run", on_stage)
+            elif not port_open(*address):
+                stage = _once(stage, f"waiting for SSH port {address[0]}:{address[1]}", on_stage)
+            else:
+                stage = _once(stage, "checking SSH login", on_stage)
+                try:
+                    check_ssh(*address)
+                    return address
+                except LoraflowError:
+                    pass
+            time.sleep(poll_s)
+        raise LoraflowError(f"instance {instance_id} was not ready within {timeout_s:.0f} s")
+
+    def release(self, instance_id: int, tries: int = 5) -> None:
+        """Destroy and confirm it is gone; idempotent."""
+        for attempt in range(tries):
+            with contextlib.suppress(VastError):  # the status check below confirms either way
+                self.client.destroy_instance(instance_id)
+            if self.status(instance_id) is None:
+                return
+            time.sleep(1 + attempt)
+        raise LoraflowError(
+            f"Vast.ai instance {instance_id} could not be confirmed destroyed",
+            fix="destroy it by hand in the Vast.ai console, or run `loraflow reap`",
+        )
+
+    def owned(self) -> list[dict[str, Any]]:
+        return self.client.list_instances(LABEL_PREFIX)
+
+
+def _once(previous: str, stage: str, on_stage: Callable[[str], None]) -> str:
+    if stage != previous:
+        on_stage(stage)
+    return stage
+
+
+def watchdog_script(max_hours: float | None) -> str:
+    """Runs on the instance: past the job's hours it destroys itself with its instance-scoped key,
+    so a laptop that went to sleep cannot leave a GPU billing."""
+    hours = max_hours or 24
+    return (
+        f'(sleep {int(hours * 3600) + 1800}; curl -s -X DELETE -H "Authorization: Bearer $CONTAINER_API_KEY" '
+        "https://console.vast.ai/api/v0/instances/$CONTAINER_ID/) > /dev/null 2>&1 &"
+    )

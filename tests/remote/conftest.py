@@ -1,0 +1,106 @@
+"""A Vast.ai emulator on loopback whose instances are real OpenSSH servers, and a plain sshd for `ssh`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from loraflow.testing.vast_emulator import Emulator, free_port, make_server
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+pytestmark = pytest.mark.skipif(not Path(SSHD).exists(), reason="OpenSSH server not installed (make system-deps)")
+
+
+@pytest.fixture(autouse=True)
+def shared_models(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LORAFLOW_MODELS_DIR", str(tmp_path_factory.getbasetemp() / "shared-models"))
+
+
+@dataclass
+class Vast:
+    emulator: Emulator
+    url: str
+    key: str
+
+    def admin(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        method = "POST" if body is not None else "GET"
+        resp = httpx.request(method, f"{self.url}/_emu/{path}", json=body, timeout=30)
+        resp.raise_for_status()
+        return resp.json()
+
+    def instances(self) -> dict[str, Any]:
+        return self.admin("state/")["instances"]
+
+
+@pytest.fixture
+def vast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Vast]:
+    key = "emu-" + "k" * 20
+    emulator = Emulator(key, tmp_path / "vast", sshd=SSHD, boot_s=0.4)
+    server = make_server(emulator)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    monkeypatch.setenv("VAST_URL", url)
+    monkeypatch.setenv("VAST_API_KEY", key)
+    monkeypatch.setenv("LORAFLOW_VAST_BACKOFF_S", "0.05")
+    try:
+        yield Vast(emulator, url, key)
+        leftovers = [i for i in emulator.instances.values() if i.label.startswith("loraflow:")]
+        assert not leftovers, f"instances left running: {[i.id for i in leftovers]}"
+    finally:
+        emulator.close()
+        server.shutdown()
+
+
+@dataclass
+class Sshd:
+    port: int
+    key: Path
+    home: Path
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[Sshd]:
+    """A real OpenSSH server on 127.0.0.1 that accepts one client key."""
+    root = tmp_path / "sshd"
+    home = root / "home"
+    home.mkdir(parents=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "host_key")], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "client_key")], check=True)
+    keys = root / "authorized_keys"
+    shutil.copy(root / "client_key.pub", keys)
+    keys.chmod(0o600)
+    port = free_port()
+    (root / "config").write_text(
+        f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {root / 'host_key'}\nAuthorizedKeysFile {keys}\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+        f"PermitRootLogin prohibit-password\nPidFile none\nMaxSessions 64\nSetEnv HOME={home}\n"
+    )
+    Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(root / "config")], stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        if subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"], capture_output=True).returncode == 0:
+            break
+        time.sleep(0.05)
+    try:
+        yield Sshd(port, root / "client_key", home)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def events_of(store: Any, job_id: str, type_: str) -> list[dict[str, Any]]:
+    return [e.data for e in store.events(job_id, types=[type_])]
+
+
+def dump(obj: Any) -> str:
+    return json.dumps(obj, default=str)[:3000]

@@ -1,0 +1,158 @@
+"""The Vast.ai client and provider against the emulator's faithful quirks, and the money CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from loraflow.errors import UserInputError
+from loraflow.providers.vast_client import VastClient, VastError
+from loraflow.providers.vastai import VastProvider, label_for, offer_query, rank, ssh_address
+from loraflow.spec import TrainSpec
+from tests.conftest import EXAMPLES
+from tests.remote.conftest import Vast
+
+
+def spec(**compute: object) -> TrainSpec:
+    return TrainSpec.model_validate(
+        {
+            "name": "x",
+            "dataset": {"path": str(EXAMPLES / "sample_dataset"), "trigger_word": "lfx"},
+            "base_model": "flux-dev",
+            "engine": {"name": "ai-toolkit"},
+            "compute": {"provider": "vastai", **compute},
+        }
+    )
+
+
+def test_offer_search_filters_and_ranks_by_job_cost(vast: Vast) -> None:
+    client = VastClient()
+    rows = client.search_offers(offer_query(spec()))
+    names = {r["gpu_name"] for r in rows}
+    assert all(float(r["gpu_frac"]) == 1.0 and r["num_gpus"] == 1 for r in rows)  # whole single GPUs only
+    assert all(r["reliability"] >= 0.98 and r["verified"] for r in rows)  # the new unverified 0.62 host is out
+    assert all(r["cuda_max_good"] >= 12.8 and r["gpu_ram"] >= 22800 for r in rows)
+    assert "H100 SXM" in names and "RTX 3090" not in names  # its CUDA 12.4 is older than the image needs
+    ranked = rank(spec(), rows)
+    costs = [r.estimate.cost_usd for r in ranked]
+    assert costs == sorted(costs)
+    # A fast expensive GPU can beat a slow cheap one for the whole job: ranking is by job cost, not $/h.
+    assert ranked[0].offer["dph_total"] != min(r["dph_total"] for r in rows) or len(rows) == 1
+    # The price includes the disk we will rent (dph_total = dph_base + storage_cost * disk / 720).
+    row = rows[0]
+    assert row["dph_total"] == pytest.approx(row["dph_base"] + row["storage_cost"] * 80 / 720, abs=1e-6)
+
+
+def test_numbers_as_strings_aliases_and_bad_ops(vast: Vast) -> None:
+    client = VastClient()
+    as_cli = client.search_offers({"gpu_name": {"eq": "RTX_4090"}, "num_gpus": {"eq": "1"}, "dph": {"lte": "0.3"}})
+    assert as_cli and {r["gpu_name"] for r in as_cli} == {"RTX 4090"} and all(r["dph_total"] <= 0.3 for r in as_cli)
+    region = client.search_offers({"geolocation": {"in": ["DE"]}})
+    assert [r["geolocation"] for r in region] == ["Bavaria, DE"]
+    with pytest.raises(VastError) as bad:
+        client.search_offers({"gpu_ram": {"about": 3}})
+    assert bad.value.status == 400 and "not a valid search op" in str(bad.value)
+    anonymous = httpx.post(f"{vast.url}/api/v0/bundles/", json={"limit": 2})
+    assert anonymous.status_code == 200 and len(anonymous.json()["offers"]) == 2
+
+
+def test_instance_shapes_paging_and_idempotent_destroy(vast: Vast) -> None:
+    client = VastClient()
+    offers = client.search_offers({"limit": 40, "rented": {"eq": False}})
+    ids = []
+    for offer in offers[:3]:
+        answer = client.create_instance(offer["id"], {"image": "img:1", "disk": 20, "label": "loraflow:t1",
+                                                       "env": {"A": "1", "-p 8080:8080": "1"}})  # fmt: skip
+        ids.append(answer["new_contract"])
+        assert answer["success"] is True and answer["instance_api_key"]
+    with pytest.raises(VastError) as again:  # the same offer twice: it is rented now
+        client.create_instance(offers[0]["id"], {"image": "img:1", "disk": 20})
+    assert again.value.offer_gone and again.value.status == 404
+    row = client.show_instance(ids[0])
+    assert row is not None and row["extra_env"] == [["A", "1"], ["-p 8080:8080", "1"]]
+    assert row["image_uuid"] == "img:1" and row["disk_space"] == 20
+    # The raw API pads addresses; the client strips every string.
+    raw = httpx.get(f"{vast.url}/api/v0/instances/{ids[0]}/", headers={"Authorization": f"Bearer {vast.key}"})
+    assert raw.json()["instances"]["public_ipaddr"].endswith("\n")
+    assert row["public_ipaddr"] == "127.0.0.1"
+    old_list = httpx.get(f"{vast.url}/api/v0/instances/", headers={"Authorization": f"Bearer {vast.key}"})
+    assert old_list.status_code == 410 and old_list.json()["error"] == "deprecated_endpoint"
+    vast.emulator.next_id += 0
+    more = [client.create_instance(o["id"], {"image": "i", "disk": 10, "label": "other"})["new_contract"]
+            for o in offers[3:10]]  # fmt: skip
+    assert len(client.list_instances()) == 10  # pages of at most 25, followed through next_token
+    first_page = httpx.get(f"{vast.url}/api/v1/instances/", params={"limit": 4},
+                           headers={"Authorization": f"Bearer {vast.key}"}).json()  # fmt: skip
+    assert first_page["instances_found"] == 4 and first_page["next_token"]
+    assert [r["id"] for r in client.list_instances("loraflow:")] == ids
+    for inst in ids + more:
+        assert client.destroy_instance(inst) is True
+        assert client.destroy_instance(inst) is False  # second delete: no_such_instance, treated as gone
+        assert client.show_instance(inst) is None  # {"instances": null}
+
+
+def test_wait_ready_goes_through_its_stages(vast: Vast) -> None:
+    provider = VastProvider()
+    ranked = provider.offers(spec())
+    inst, _ = provider.create(spec(), "jobready", ranked)
+    stages: list[str] = []
+    checked: list[tuple[str, int]] = []
+    address = provider.wait_ready(inst, lambda h, p: checked.append((h, p)), timeout_s=30, poll_s=0.05,
+                                  on_stage=stages.append)  # fmt: skip
+    assert stages[0] == "waiting for the instance to run" and stages[-1] == "checking SSH login"
+    assert checked[-1] == address and address[0] == "127.0.0.1"
+    row = provider.status(inst)
+    assert row is not None and ssh_address(row) == address and row["label"] == label_for("jobready")
+    vast.admin(f"instances/{inst}/fail", {"kind": "outbid"})
+    assert "stopped" in (provider.dead_reason(inst) or "")
+    provider.release(inst)
+    assert provider.status(inst) is None and provider.dead_reason(inst) is not None
+
+
+def test_auth_failure_and_429_storm(vast: Vast, monkeypatch: pytest.MonkeyPatch) -> None:
+    vast.admin("faults/", {"rate_limit": 5})
+    assert VastClient().list_instances() == []  # five 429s in both body forms, then an answer
+    bad = VastClient(key="wrong")
+    with pytest.raises(UserInputError) as exc:
+        bad.list_instances()
+    assert "refused the API key" in exc.value.message and "VAST_API_KEY" in (exc.value.fix or "")
+    monkeypatch.delenv("VAST_API_KEY")
+    monkeypatch.setenv("XDG_CONFIG_HOME", "/nonexistent")
+    monkeypatch.setenv("HOME", "/nonexistent")
+    with pytest.raises(UserInputError, match=r"no Vast\.ai API key"):
+        VastClient()
+
+
+def test_estimate_offers_instances_and_reap_cli(tmp_path: Path, cli, vast: Vast) -> None:
+    path = tmp_path / "spec.yaml"
+    data = spec(gpu={"names": ["RTX 4090", "H100 SXM"]}).model_dump(mode="json", exclude_defaults=True)
+    data["budget"] = {"max_usd": 0.5}
+    path.write_text(yaml.safe_dump(data))
+    out = cli("estimate", path, "--json")
+    assert out.code == 0, out.err
+    report = json.loads(out.out)
+    gpus = {e["gpu"] for e in report["estimates"]}
+    assert gpus == {"RTX 4090", "H100 SXM"} and report["budget_usd"] == 0.5
+    for e in report["estimates"]:
+        parts = e["setup_s"] + e["caching_s"] + e["steps_s"] + e["samples_s"] + e["transfer_s"]
+        assert e["total_s"] == pytest.approx(parts, abs=0.1)
+        assert e["cost_usd"] == pytest.approx(e["usd_per_hour"] * parts / 3600, abs=1e-3)
+    table = cli("estimate", path)
+    assert "H100" in table.out and "budget $0.50" in table.out
+    listed = cli("offers", path, "--json")
+    assert listed.code == 0 and {r["offer"]["gpu_name"] for r in json.loads(listed.out)} == gpus
+    # An orphan: a loraflow-labelled instance whose job is not live (or not known at all).
+    client = VastClient()
+    body = {"image": "i", "disk": 10, "label": "loraflow:deadbeef0000"}
+    orphan = client.create_instance(client.search_offers({"limit": 1})[0]["id"], body)["new_contract"]
+    assert "deadbeef0000" in cli("instances").out
+    dry = cli("reap", "--dry-run", "--json")
+    assert json.loads(dry.out) == [{"id": orphan, "label": "loraflow:deadbeef0000", "destroyed": False}]
+    assert client.show_instance(orphan) is not None
+    assert cli("reap").code == 0
+    assert client.show_instance(orphan) is None
+    assert "nothing to reap" in cli("reap").out
