@@ -21,7 +21,8 @@ demo: $(STAMP)
 	LORAFLOW_HOME=$${LORAFLOW_HOME:-$(CURDIR)/.loraflow-demo} $(VENV)/bin/loraflow demo
 
 test: $(STAMP) system-deps
-	$(PY) -m pytest -q -p no:cacheprovider
+	# Most tests wait on real processes (trainers, sshd, a browser): two at a time use both cores.
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist worksteal
 
 # Real servers and browsers the tests start themselves (PostgreSQL, OpenSSH's sshd, Chromium for Playwright),
 # from Debian's packages when this machine can install them; their tests are skipped with a reason where not.

@@ -30,17 +30,33 @@ def main() -> None:
     from loraflow.trainer.config import TrainerConfig
     from loraflow.trainer.data import load_pixels, load_samples
     from loraflow.trainer.flow import encode_images, encode_prompts, flow_loss, sample_latents
-    from loraflow.trainer.lora_format import target_regex
     from loraflow.trainer.loop import train
+    from loraflow.trainer.lora_format import target_regex
     from loraflow.trainer.tiny import build_tiny_flux
 
     tmp = Path(tempfile.mkdtemp())
     model = build_tiny_flux(tmp / "model")
     DatasetRun(REPO / "examples/sample_dataset", DatasetChecks(min_resolution=64), trigger="lfx").prepare(tmp / "ds")
-    cfg = TrainerConfig(name="b", job_id="b", model_path=str(model), dataset_dir=str(tmp / "ds"),
-                        output_dir=str(tmp / "out"), rank=4, alpha=4, targets="default", steps=STEPS, batch_size=2,
-                        learning_rate=1e-3, resolutions=[64], precision="fp32", gradient_checkpointing=False,
-                        checkpoint_every=10_000, max_sequence_length=64, caption_dropout=0.0, sample_at_end=False)
+    cfg = TrainerConfig(
+        name="b",
+        job_id="b",
+        model_path=str(model),
+        dataset_dir=str(tmp / "ds"),
+        output_dir=str(tmp / "out"),
+        rank=4,
+        alpha=4,
+        targets="default",
+        steps=STEPS,
+        batch_size=2,
+        learning_rate=1e-3,
+        resolutions=[64],
+        precision="fp32",
+        gradient_checkpointing=False,
+        checkpoint_every=10_000,
+        max_sequence_length=64,
+        caption_dropout=0.0,
+        sample_at_end=False,
+    )
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -51,8 +67,9 @@ def main() -> None:
     # The bare loop: same model, LoRA, data and step.
     torch.manual_seed(cfg.seed)
     parts = load_flux(model, torch.device("cpu"), "fp32")
-    parts.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
-                                             target_modules=target_regex("default")))
+    parts.transformer.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=target_regex("default"))
+    )
     params = [p for p in parts.transformer.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
     samples = load_samples(tmp / "ds", [64], 1)
@@ -72,8 +89,12 @@ def main() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
     bare_rate = STEPS / (time.monotonic() - start)
-    result = {"steps": STEPS, "builtin_steps_per_s": round(builtin_rate, 2), "bare_steps_per_s": round(bare_rate, 2),
-              "ratio_builtin_over_bare": round(builtin_rate / bare_rate, 3)}
+    result = {
+        "steps": STEPS,
+        "builtin_steps_per_s": round(builtin_rate, 2),
+        "bare_steps_per_s": round(bare_rate, 2),
+        "ratio_builtin_over_bare": round(builtin_rate / bare_rate, 3),
+    }
     print(json.dumps(result, indent=2))
     (REPO / "bench" / "results").mkdir(exist_ok=True)
     (REPO / "bench" / "results" / "trainer_overhead.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import io
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+# One math thread per process: the tiny models gain nothing from more, and with several trainers
+# (and test workers) on two cores, OpenMP threads spinning against each other slow everything down.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"

@@ -107,3 +107,10 @@ def test_concurrent_writers_on_postgres(pg_url: str) -> None:
         p.join(120)
         assert p.exitcode == 0
     assert [e.seq for e in store.events(job.id)] == list(range(1, 62))
+
+
+def test_workers_never_claim_the_same_job_on_postgres(pg_url: str) -> None:
+    from tests.server.test_worker import claim_race
+
+    claimed = claim_race(pg_url, jobs=60, workers=4)
+    assert sum(bool(v) for v in claimed.values()) >= 2  # SKIP LOCKED let them share the work

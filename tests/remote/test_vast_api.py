@@ -156,3 +156,19 @@ def test_estimate_offers_instances_and_reap_cli(tmp_path: Path, cli, vast: Vast)
     assert cli("reap").code == 0
     assert client.show_instance(orphan) is None
     assert "nothing to reap" in cli("reap").out
+
+
+def test_offers_over_the_api(vast: Vast) -> None:
+    from fastapi.testclient import TestClient
+
+    from loraflow.jobs.store import Store
+    from loraflow.server.app import create_app
+    from loraflow.server.tokens import create_token
+
+    store = Store()
+    token = create_token(store, "alice")
+    with TestClient(create_app(store)) as client:
+        rows = client.get("/api/offers", params={"limit": 3}, headers={"Authorization": f"Bearer {token}"}).json()
+    assert len(rows) == 3 and all(r["offer"]["gpu_frac"] == 1.0 for r in rows)
+    costs = [r["estimate"]["cost_usd"] for r in rows]
+    assert costs == sorted(costs)

@@ -103,7 +103,7 @@ def test_instance_destroyed_mid_training_moves_to_a_new_one(tmp_path: Path, cli,
 
 
 def test_killed_orchestrator_reattaches_without_second_rental(tmp_path: Path, cli, vast: Vast) -> None:
-    result = cli("train", "--detach", remote_spec(tmp_path, steps=300, every=100))
+    result = cli("train", "--detach", remote_spec(tmp_path, steps=120, every=60))
     assert result.code == 0
     store = Store()
     job = only_job(store)
@@ -127,7 +127,7 @@ def test_killed_orchestrator_reattaches_without_second_rental(tmp_path: Path, cl
         os.kill(trainer_pid, signal.SIGCONT)
     wait_for(lambda: store.get(job.id).state not in ACTIVE, timeout=300, what="the job to end")
     job = store.get(job.id)
-    assert job.state is JobState.COMPLETED and job.step == 300
+    assert job.state is JobState.COMPLETED and job.step == 120
     assert len(created(vast)) == 1  # no second rental
     assert len(events_of(store, job.id, "train.launched")) == launched_before  # training not restarted
     assert not events_of(store, job.id, "resumed")

@@ -7,7 +7,18 @@ import sys
 import click
 import typer
 
-from loraflow.cli import caption_cmd, cloud_cmd, dataset_cmd, engine_cmd, jobs_cmd, publish_cmd, spec_cmd, train_cmd
+from loraflow.cli import (
+    caption_cmd,
+    cloud_cmd,
+    dataset_cmd,
+    engine_cmd,
+    jobs_cmd,
+    platform_cmd,
+    publish_cmd,
+    serve_cmd,
+    spec_cmd,
+    train_cmd,
+)
 from loraflow.cli.output import err
 from loraflow.errors import LoraflowError
 
@@ -33,6 +44,11 @@ app.command("estimate")(cloud_cmd.estimate)
 app.command("offers")(cloud_cmd.offers)
 app.command("instances")(cloud_cmd.instances)
 app.command("reap")(cloud_cmd.reap)
+app.command("serve")(serve_cmd.serve)
+app.command("worker")(serve_cmd.worker)
+app.add_typer(serve_cmd.tokens_app, name="tokens")
+app.add_typer(platform_cmd.credits_app, name="credits")
+app.add_typer(platform_cmd.models_app, name="models")
 
 
 @app.command("bundle")

@@ -11,7 +11,6 @@ from rich.markup import escape
 
 from loraflow.cli.output import console
 from loraflow.errors import UserInputError
-from loraflow.jobs.states import JobState
 from loraflow.jobs.store import Store
 
 notify_app = typer.Typer(help="Notifications.", no_args_is_help=True)
@@ -47,23 +46,12 @@ def approve(
     ),
 ) -> None:
     """Release a job held in awaiting_approval: publish the chosen checkpoint and complete it."""
+    from loraflow.publish.publisher import approve_job
+
     store = Store()
     job = store.find(job_id)
-    if job.state is not JobState.AWAITING_APPROVAL:
-        raise UserInputError(f"job {job.id} is {job.state.value}, not awaiting_approval")
-    store.transition(job.id, JobState.FINISHING, data={"approved_checkpoint": checkpoint})
-    store.append_event(job.id, "job.approved", {"checkpoint": checkpoint, "by": os.environ.get("USER", "local")})
-    try:
-        if job.train_spec.publish.targets:
-            _publish(store, job.id, checkpoint)
-    except Exception as exc:
-        store.transition(job.id, JobState.FAILED, error=f"publishing failed: {exc}")
-        raise
-    store.transition(job.id, JobState.COMPLETED)
-    store.append_event(job.id, "job.completed", {"checkpoint": checkpoint})
-    from loraflow.notify.webhooks import flush_pending
-
-    flush_pending(store, job.id, job.train_spec.notifications)
+    for result in approve_job(store, job.id, checkpoint, os.environ.get("USER", "local")):
+        console.print(f"published to {escape(str(result.get('url') or result.get('lora_url') or result))}")
     console.print(f"job {job.id} approved" + (f" at step {checkpoint}" if checkpoint else ""))
 
 

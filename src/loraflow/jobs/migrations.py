@@ -8,16 +8,33 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Connection, Engine, inspect, select
+from sqlalchemy import Connection, Engine, Index, inspect, select
 
-from loraflow.jobs.models import Base, SchemaVersion
+from loraflow.jobs.models import Base, JobRow, SchemaVersion, TokenRow
 
 
 def _v1_initial(conn: Connection) -> None:
+    from loraflow.platform import tables  # noqa: F401  (registered on Base: created with everything else)
+
     Base.metadata.create_all(conn)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial]
+def _v2_tokens_and_worker_index(conn: Connection) -> None:
+    """API tokens (service), and an index for the workers' claim query."""
+    TokenRow.__table__.create(conn, checkfirst=True)
+    if "ix_jobs_worker_heartbeat" not in {i["name"] for i in inspect(conn).get_indexes("jobs")}:
+        Index("ix_jobs_worker_heartbeat", JobRow.worker, JobRow.heartbeat_at).create(conn)
+
+
+def _v3_platform(conn: Connection) -> None:
+    """Credits ledger and accounts, and the model registry."""
+    from loraflow.platform.tables import AccountRow, LedgerRow, ModelRow
+
+    for table in (AccountRow, LedgerRow, ModelRow):
+        table.__table__.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_tokens_and_worker_index, _v3_platform]
 LATEST = len(MIGRATIONS)
 
 

@@ -309,11 +309,14 @@ class RemoteLease:
 
     # --- bring back ------------------------------------------------------------------------------
 
-    def sync(self) -> list[EngineEvent]:
-        """Copy finished checkpoints and new samples off the host; one event per checkpoint."""
+    def sync(self, patient: bool = True) -> list[EngineEvent]:
+        """Copy finished checkpoints and new samples off the host; one event per checkpoint.
+        Not patient: one try per operation, for a host already believed dead."""
         from loraflow.trainer.checkpoint import verify
 
         host, remote = self.host(), self.layout()
+        if not patient:
+            host = SshHost(host.endpoint, retries=0, connect_timeout_s=5)
         events: list[EngineEvent] = []
         listing = host.listing(remote.checkpoints)
         steps: dict[str, dict[str, int]] = {}

@@ -366,7 +366,7 @@ class JobRunner:
         assert self.remote is not None
         self._emit("host.lost", {"reason": reason, "step": self._refresh().step})
         with contextlib.suppress(LoraflowError):  # gone: the checkpoints copied so far are what we have
-            self._record(self.remote.sync(), None)
+            self._record(self.remote.sync(patient=False), None)
         self.remote.release(reason)
         state.host_losses += 1
         state.offset, state.processed = 0, True

@@ -188,7 +188,7 @@ class VastProvider:
         instance_id: int,
         check_ssh: Callable[[str, int], None],
         timeout_s: float = 900,
-        poll_s: float = 2.0,
+        poll_s: float = 1.0,
         on_stage: Callable[[str], None] = lambda _s: None,
     ) -> tuple[str, int]:
         """Running with an address, then the TCP port, then SSH auth (and whatever check_ssh runs)."""

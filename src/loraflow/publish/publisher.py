@@ -48,3 +48,32 @@ def publish_job(store: Store, job: Job, checkpoint_step: int | None = None) -> l
     previous = list(store.get(job.id).artifacts.get("published") or [])
     store.add_artifacts(job.id, published=previous + results, published_bundle=str(Path(bundle)))
     return results
+
+
+def approve_job(store: Store, job_id: str, checkpoint: int | None, by: str) -> list[dict[str, Any]]:
+    """Release a job held in awaiting_approval: publish the chosen checkpoint (or the final LoRA) and
+    complete it. The CLI and the API both come through here."""
+    from loraflow.errors import UserInputError
+    from loraflow.jobs.states import JobState
+
+    job = store.get(job_id)
+    if job.state is not JobState.AWAITING_APPROVAL:
+        raise UserInputError(f"job {job_id} is {job.state.value}, not awaiting_approval")
+    if checkpoint is not None and not (job.folder / "checkpoints" / f"step-{checkpoint:06d}").is_dir():
+        raise UserInputError(f"job {job_id} kept no checkpoint at step {checkpoint}", fix="see `jobs show`")
+    store.transition(job_id, JobState.FINISHING, data={"approved_checkpoint": checkpoint})
+    store.add_artifacts(job_id, approved_checkpoint=checkpoint)
+    store.append_event(job_id, "job.approved", {"checkpoint": checkpoint, "by": by})
+    results: list[dict[str, Any]] = []
+    try:
+        if job.train_spec.publish.targets:
+            results = publish_job(store, store.get(job_id), checkpoint)
+    except Exception as exc:
+        store.transition(job_id, JobState.FAILED, error=f"publishing failed: {exc}")
+        raise
+    store.transition(job_id, JobState.COMPLETED)
+    store.append_event(job_id, "job.completed", {"checkpoint": checkpoint})
+    from loraflow.notify.webhooks import flush_pending
+
+    flush_pending(store, job_id, job.train_spec.notifications)
+    return results

@@ -1,0 +1,111 @@
+"""Job workers: claim pending jobs from the store and run them, several workers on one database.
+
+A claim is one transaction that picks unclaimed pending jobs, or active jobs whose worker stopped
+heart-beating, with `FOR UPDATE SKIP LOCKED` (PostgreSQL; SQLite serialises writers instead), and
+stamps them with this worker's id and the time. The worker keeps stamping the jobs it runs; a job
+whose stamp goes stale belongs to a dead worker and the next claim takes it over. The job itself
+runs in its runner process, which re-attaches to a training process that is still running, so a
+takeover never trains twice.
+
+    loraflow worker --slots 4
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import and_, or_, select, update
+
+from loraflow.jobs.models import JobRow
+from loraflow.jobs.states import ACTIVE, JobState
+from loraflow.jobs.store import Store
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(self, store: Store, slots: int = 4, lease_s: float = 30.0, name: str | None = None) -> None:
+        self.store = store
+        self.slots = slots
+        self.lease_s = lease_s
+        self.id = name or worker_id()
+        self._stop = threading.Event()
+
+    def claim(self, limit: int) -> list[str]:
+        """Take up to `limit` jobs nobody is working on; returns their ids."""
+        if limit <= 0:
+            return []
+        now = datetime.now(UTC)
+        stale = now - timedelta(seconds=self.lease_s)
+        active = [s.value for s in ACTIVE]
+        with self.store.session() as s, s.begin():
+            query = (
+                select(JobRow.id)
+                .where(
+                    or_(
+                        and_(JobRow.state == JobState.PENDING.value, JobRow.worker.is_(None)),
+                        and_(
+                            JobRow.state.in_(active),
+                            JobRow.worker.is_not(None),
+                            JobRow.worker != self.id,
+                            or_(JobRow.heartbeat_at.is_(None), JobRow.heartbeat_at < stale),
+                        ),
+                    )
+                )
+                .order_by(JobRow.created_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+            ids = list(s.execute(query).scalars().all())
+            if ids:
+                s.execute(update(JobRow).where(JobRow.id.in_(ids)).values(worker=self.id, heartbeat_at=now))
+        return ids
+
+    def mine(self) -> list[str]:
+        with self.store.session() as s:
+            query = select(JobRow.id).where(JobRow.worker == self.id, JobRow.state.in_([x.value for x in ACTIVE]))
+            return list(s.execute(query).scalars().all())
+
+    def heartbeat(self) -> None:
+        with self.store.session() as s, s.begin():
+            s.execute(
+                update(JobRow)
+                .where(JobRow.worker == self.id, JobRow.state.in_([x.value for x in ACTIVE]))
+                .values(heartbeat_at=datetime.now(UTC))
+            )
+
+    def tick(self) -> list[str]:
+        """One round: keep our jobs alive, take new ones up to our slots, start their runners."""
+        from loraflow.jobs.runner import runner_alive, start_runner
+
+        self.heartbeat()
+        running = self.mine()
+        for job_id in running:
+            if self.store.get(job_id).artifacts.get("check") == "pending":
+                continue
+            if not runner_alive(job_id):  # its runner died (or this worker restarted): start it again
+                start_runner(job_id)
+        claimed = self.claim(self.slots - len(running))
+        for job_id in claimed:
+            self.store.append_event(job_id, "worker.claimed", {"worker": self.id})
+            if self.store.get(job_id).artifacts.get("check") != "pending":  # held for the external check
+                start_runner(job_id)
+        return claimed
+
+    def run(self, poll_s: float = 1.0) -> None:
+        while not self._stop.is_set():
+            self.tick()
+            self._stop.wait(poll_s)
+
+    def start(self, poll_s: float = 1.0) -> Worker:
+        threading.Thread(target=self.run, args=(poll_s,), daemon=True, name=f"worker-{self.id}").start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()

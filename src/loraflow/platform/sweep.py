@@ -1,0 +1,78 @@
+"""The platform's periodic duties: external checks before training, settling credits, registering models.
+
+Each duty is idempotent and recorded on the job, so any number of servers and workers may sweep.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from loraflow.jobs.states import JobState
+from loraflow.jobs.store import Job, Store
+from loraflow.platform.config import PlatformConfig
+
+ENDED = [JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.STOPPED, JobState.STOPPED_BUDGET]
+
+
+def ask_precheck(job: Job, cfg: PlatformConfig) -> tuple[str, str]:
+    """The hook answers {"decision": "allow" | "deny" | "pending", "reason": "..."}; silence means pending."""
+    spec = job.train_spec
+    payload = {
+        "job_id": job.id,
+        "owner": job.owner,
+        "name": job.name,
+        "base_model": job.base_model,
+        "images": job.artifacts.get("images"),
+        "nsfw": bool(getattr(spec, "nsfw", False)),
+        "trigger_word": spec.dataset.trigger_word,
+    }
+    try:
+        answer = httpx.post(str(cfg.precheck_url), json=payload, timeout=10).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return "pending", f"the check did not answer ({type(exc).__name__}); asking again"
+    decision = str(answer.get("decision", "pending"))
+    return (decision if decision in ("allow", "deny", "pending") else "pending"), str(answer.get("reason", ""))
+
+
+def run_prechecks(store: Store, cfg: PlatformConfig) -> None:
+    from loraflow.jobs.runner import start_runner
+
+    for job in store.list_jobs(states=[JobState.PENDING.value], limit=500):
+        if job.artifacts.get("check") != "pending":
+            continue
+        decision, reason = ask_precheck(job, cfg)
+        if decision == "pending":
+            continue
+        store.add_artifacts(job.id, check=decision)
+        store.append_event(job.id, "check.decided", {"decision": decision, "reason": reason, "by": cfg.precheck_url})
+        if decision == "allow":
+            start_runner(job.id)
+        else:
+            store.transition(job.id, JobState.CANCELLED, error=f"refused by the external check: {reason}".strip())
+            store.append_event(job.id, "job.cancelled", {"reason": reason})
+
+
+def sweep(store: Store, cfg: PlatformConfig | None = None) -> dict[str, Any]:
+    from loraflow.platform.credits import settle
+    from loraflow.platform.registry import register_job
+
+    cfg = cfg or PlatformConfig.from_env()
+    done: dict[str, Any] = {"settled": [], "registered": []}
+    if cfg.precheck_url:
+        run_prechecks(store, cfg)
+    for job in store.list_jobs(states=[s.value for s in ENDED], limit=500):
+        if job.artifacts.get("swept"):
+            continue
+        if cfg.credits and settle(store, job, cfg) is not None:
+            done["settled"].append(job.id)
+        if job.state is JobState.COMPLETED and job.artifacts.get("lora"):
+            try:
+                done["registered"].append(
+                    register_job(store, job, cfg, job.artifacts.get("approved_checkpoint"))["slug"]
+                )
+            except Exception as exc:  # noted on the job; the sweep goes on
+                store.append_event(job.id, "warning", {"message": f"could not register the model: {exc}"})
+        store.add_artifacts(job.id, swept=True)
+    return done

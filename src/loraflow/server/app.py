@@ -1,0 +1,409 @@
+"""The REST API: the CLI's capabilities for programs, per user, with tokens.
+
+Every route but `/api/health` needs a token (`Authorization: Bearer lft_...`); a job belongs to the
+user whose token created it and is invisible to everyone else. Errors are RFC 9457 problem details.
+No-auth mode exists only for a server bound to 127.0.0.1 that asks for it explicitly.
+
+(No `from __future__ import annotations` here: FastAPI reads the route annotations at runtime, and
+the `Auth`/`Db` aliases are local to `create_app`.)
+"""
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from fastapi import FastAPI, File, Form, Header, Query, Request, UploadFile
+from fastapi.responses import FileResponse, StreamingResponse
+
+from loraflow import __version__, paths
+from loraflow.jobs.states import ACTIVE, RESUMABLE, JobState
+from loraflow.jobs.store import Job, Store
+from loraflow.platform.config import PlatformConfig
+from loraflow.server import problems
+from loraflow.server.deps import Auth, Db, own_job
+from loraflow.server.problems import Problem
+from loraflow.server.tokens import User
+from loraflow.spec import TrainSpec, parse_spec
+
+SAFE_NAME = re.compile(r"^[\w.\- ]{1,200}$")
+
+
+@dataclass
+class ServiceConfig:
+    """Limits a platform sets for its users (like Civitai's TrainingServiceStatus)."""
+
+    available: bool = True
+    message: str = ""
+    max_upload_mb: int = 2048
+    max_images: int = 1000
+    max_concurrent_jobs: int = 4
+    blocked_base_models: list[str] = field(default_factory=list)
+    allowed_base_models: list[str] = field(default_factory=list)  # empty: every catalog model and local folder
+    max_steps: int | None = None
+    max_budget_usd: float | None = None
+    no_auth: bool = False  # only honoured for 127.0.0.1
+
+    @classmethod
+    def from_env(cls) -> "ServiceConfig":
+        env = os.environ
+        return cls(
+            available=env.get("LORAFLOW_SERVICE_AVAILABLE", "1") != "0",
+            message=env.get("LORAFLOW_SERVICE_MESSAGE", ""),
+            max_upload_mb=int(env.get("LORAFLOW_MAX_UPLOAD_MB", 2048)),
+            max_images=int(env.get("LORAFLOW_MAX_IMAGES", 1000)),
+            max_concurrent_jobs=int(env.get("LORAFLOW_MAX_CONCURRENT_JOBS", 4)),
+            blocked_base_models=[m for m in env.get("LORAFLOW_BLOCKED_BASE_MODELS", "").split(",") if m],
+            allowed_base_models=[m for m in env.get("LORAFLOW_ALLOWED_BASE_MODELS", "").split(",") if m],
+            max_steps=int(env["LORAFLOW_MAX_STEPS"]) if env.get("LORAFLOW_MAX_STEPS") else None,
+            max_budget_usd=float(env["LORAFLOW_MAX_BUDGET_USD"]) if env.get("LORAFLOW_MAX_BUDGET_USD") else None,
+        )
+
+
+def create_app(
+    store: Store | None = None,
+    config: ServiceConfig | None = None,
+    platform: PlatformConfig | None = None,
+    sweep_every_s: float | None = 2.0,
+) -> FastAPI:
+    """The API; with sweep_every_s, a background task runs the platform sweep (checks, credits, registry)."""
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_sweeper(app, sweep_every_s)) if sweep_every_s else None
+        yield
+        if task:
+            task.cancel()
+
+    app = FastAPI(
+        title="loraflow",
+        version=__version__,
+        description="Train, follow and publish LoRAs over HTTP. Errors are RFC 9457 problem details.",
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    cfg = config or ServiceConfig.from_env()
+    app.state.store = store or Store()
+    app.state.config = cfg
+    app.state.platform = platform or PlatformConfig.from_env()
+    from loraflow.platform.routes import router as platform_router
+    from loraflow.server.more_routes import router
+
+    app.include_router(router)
+    app.include_router(platform_router)
+
+    @app.get("/api/health", tags=["service"])
+    def health() -> dict[str, Any]:
+        return {"ok": True, "version": __version__}
+
+    @app.get("/api/status", tags=["service"])
+    def status(user: Auth, store: Db) -> dict[str, Any]:
+        running = store.count_jobs(owner=user.name, states=[s.value for s in ACTIVE])
+        return {
+            "available": cfg.available,
+            "message": cfg.message,
+            "blocked_base_models": cfg.blocked_base_models,
+            "max_images": cfg.max_images,
+            "max_upload_mb": cfg.max_upload_mb,
+            "max_concurrent_jobs": cfg.max_concurrent_jobs,
+            "your_active_jobs": running,
+        }
+
+    @app.post("/api/jobs", status_code=201, tags=["jobs"])
+    async def create_job(
+        request: Request,
+        user: Auth,
+        store: Db,
+        spec: Annotated[str, Form(description="The training spec, YAML or JSON; dataset.path is set by the server.")],
+        dataset: Annotated[UploadFile | None, File(description="A .zip or .tar of images and captions.")] = None,
+        files: Annotated[list[UploadFile] | None, File(description="Or: the images and .txt captions.")] = None,
+        force: Annotated[bool, Form()] = False,
+    ) -> dict[str, Any]:
+        """Create a job from a spec and a dataset upload, check both, and start it."""
+        if not cfg.available:
+            raise Problem(503, "service unavailable", cfg.message or "training is paused")
+        limit = cfg.max_upload_mb * 1024 * 1024
+        if int(request.headers.get("content-length") or 0) > limit:
+            raise Problem(413, "upload too large", f"the upload is over {cfg.max_upload_mb} MB")
+        try:
+            raw = yaml.safe_load(spec)
+        except yaml.YAMLError as exc:
+            raise Problem(422, "invalid spec", f"the spec is not valid YAML/JSON: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise Problem(422, "invalid spec", "the spec must be a mapping (name, dataset, base_model, ...)")
+        uploads = ([dataset] if dataset is not None else []) + list(files or [])
+        if not uploads:
+            raise Problem(422, "no dataset", "send the dataset as `dataset` (a zip or tar) or as `files`")
+        active = store.count_jobs(owner=user.name, states=[s.value for s in ACTIVE])
+        if active >= cfg.max_concurrent_jobs:
+            raise Problem(
+                429, "too many jobs", f"you have {active} active jobs; the limit is {cfg.max_concurrent_jobs}"
+            )
+        folder = paths.home() / "uploads" / uuid.uuid4().hex
+        try:
+            target = await _save_uploads(uploads, folder, limit)
+            raw.setdefault("dataset", {})
+            if not isinstance(raw["dataset"], dict):
+                raise Problem(422, "invalid spec", "dataset must be a mapping")
+            raw["dataset"]["path"] = str(target)
+            parsed = parse_spec(raw, "spec")
+            _check_limits(parsed, cfg)
+            job = await asyncio.to_thread(_submit, store, parsed, user, force, request.app.state.platform)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # nothing half-written stays behind
+            raise
+        return job.to_dict()
+
+    @app.get("/api/jobs", tags=["jobs"])
+    def list_jobs(
+        user: Auth,
+        store: Db,
+        state: Annotated[list[str] | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        valid = {s.value for s in JobState}
+        for s in state or []:
+            if s not in valid:
+                raise Problem(422, "invalid state", f"{s!r} is not a job state; use one of {sorted(valid)}")
+        jobs = store.list_jobs(owner=user.name, states=state, limit=limit, offset=offset)
+        total = store.count_jobs(owner=user.name, states=state)
+        return {"total": total, "limit": limit, "offset": offset, "jobs": [j.to_dict() for j in jobs]}
+
+    @app.get("/api/jobs/{job_id}", tags=["jobs"])
+    def get_job(job_id: str, user: Auth, store: Db) -> dict[str, Any]:
+        return own_job(store, user, job_id).to_dict()
+
+    @app.get("/api/jobs/{job_id}/events", tags=["jobs"])
+    def job_events(
+        job_id: str,
+        user: Auth,
+        store: Db,
+        after: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+        type: Annotated[list[str] | None, Query()] = None,
+    ) -> dict[str, Any]:
+        own_job(store, user, job_id)
+        events = store.events(job_id, after_seq=after, limit=limit, types=type)
+        return {
+            "events": [_event(e) for e in events],
+            "next_after": events[-1].seq if events else after,
+        }
+
+    @app.get("/api/jobs/{job_id}/events/stream", tags=["jobs"])
+    async def job_event_stream(
+        job_id: str,
+        user: Auth,
+        store: Db,
+        after: Annotated[int, Query(ge=0)] = 0,
+        last_event_id: Annotated[str | None, Header()] = None,
+    ) -> StreamingResponse:
+        """Server-sent events; reconnecting with Last-Event-ID continues without gaps or repeats."""
+        own_job(store, user, job_id)
+        start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+
+        async def stream() -> AsyncIterator[bytes]:
+            seq = start
+            idle = 0.0
+            while True:
+                events = await asyncio.to_thread(store.events, job_id, seq, 500)
+                for e in events:
+                    seq = e.seq
+                    yield f"id: {e.seq}\nevent: {e.type}\ndata: {json.dumps(_event(e))}\n\n".encode()
+                if events:
+                    idle = 0.0
+                    continue
+                job = await asyncio.to_thread(store.get, job_id)
+                if job.state not in ACTIVE and idle > 1.0:
+                    yield b"event: end\ndata: {}\n\n"
+                    return
+                idle += 0.5
+                if idle % 15 == 0:
+                    yield b": keep-alive\n\n"
+                await asyncio.sleep(0.5)
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/api/jobs/{job_id}/stop", tags=["jobs"])
+    def stop_job(job_id: str, user: Auth, store: Db) -> dict[str, Any]:
+        from loraflow.jobs.runner import request_stop
+
+        job = own_job(store, user, job_id)
+        if job.state not in ACTIVE:
+            raise Problem(409, "conflict", f"job {job_id} is {job.state.value}, not running")
+        request_stop(job_id)
+        return store.get(job_id).to_dict()
+
+    @app.post("/api/jobs/{job_id}/resume", tags=["jobs"])
+    def resume_job(job_id: str, user: Auth, store: Db) -> dict[str, Any]:
+        from loraflow.jobs.runner import start_runner
+
+        job = own_job(store, user, job_id)
+        if job.state in RESUMABLE:
+            store.transition(job_id, JobState.PENDING, data={"resume": True})
+        elif job.state not in ACTIVE:
+            raise Problem(409, "conflict", f"job {job_id} is {job.state.value} and cannot be resumed")
+        start_runner(job_id)
+        return store.get(job_id).to_dict()
+
+    @app.post("/api/jobs/{job_id}/cancel", tags=["jobs"])
+    def cancel_job(job_id: str, user: Auth, store: Db) -> dict[str, Any]:
+        from loraflow.jobs.runner import request_stop
+
+        job = own_job(store, user, job_id)
+        if job.state is JobState.CANCELLED:
+            return job.to_dict()
+        if job.state in ACTIVE:
+            request_stop(job_id)  # the runner records the stop; the job is cancelled once it has
+            store.append_event(job_id, "log", {"message": "cancel requested"})
+            _mark_cancel(store, job_id)
+        else:
+            store.transition(job_id, JobState.CANCELLED)
+            store.append_event(job_id, "job.cancelled", {})
+        return store.get(job_id).to_dict()
+
+    @app.get("/api/jobs/{job_id}/bundle", tags=["jobs"])
+    def download_bundle(job_id: str, user: Auth, store: Db) -> FileResponse:
+        job = own_job(store, user, job_id)
+        bundle = job.artifacts.get("bundle")
+        if not bundle or not Path(bundle).is_file():
+            raise Problem(
+                404, "no bundle yet", f"job {job_id} is {job.state.value}; the bundle comes when it completes"
+            )
+        return FileResponse(bundle, media_type="application/zip", filename=Path(bundle).name)
+
+    @app.get("/api/jobs/{job_id}/files/{path:path}", tags=["jobs"])
+    def download_file(job_id: str, path: str, user: Auth, store: Db) -> FileResponse:
+        """Any file of the job folder (samples, checkpoints, LoRA), with range requests."""
+        own_job(store, user, job_id)
+        root = paths.job_dir(job_id).resolve()
+        target = (root / path).resolve()
+        if root not in target.parents or not target.is_file() or target.name.endswith((".pid", ".lock")):
+            raise Problem(404, "not found", f"{path} is not a file of job {job_id}")
+        return FileResponse(target)
+
+    return app
+
+
+def _mark_cancel(store: Store, job_id: str) -> None:
+    """Cancel as soon as the stop lands, from a small thread: the HTTP answer does not wait for it."""
+    import threading
+    import time
+
+    def wait() -> None:
+        for _ in range(1200):
+            job = store.get(job_id)
+            if job.state not in ACTIVE:
+                if job.state is not JobState.CANCELLED and JobState.CANCELLED.value != job.state.value:
+                    try:
+                        store.transition(job_id, JobState.CANCELLED)
+                        store.append_event(job_id, "job.cancelled", {})
+                    except Exception:  # completed in the meantime: nothing to cancel
+                        pass
+                return
+            time.sleep(0.25)
+
+    threading.Thread(target=wait, daemon=True).start()
+
+
+def _event(e: Any) -> dict[str, Any]:
+    return {"seq": e.seq, "ts": e.ts.isoformat(), "type": e.type, "stage": e.stage, "data": e.data}
+
+
+async def _save_uploads(uploads: list[UploadFile], folder: Path, limit: int) -> Path:
+    """Stream the upload to disk, counting bytes; a single archive stays a file, loose files a folder."""
+    folder.mkdir(parents=True)
+    total = 0
+    single_archive = len(uploads) == 1 and (uploads[0].filename or "").lower().endswith((".zip", ".tar", ".tar.gz"))
+    dest_dir = folder if single_archive else folder / "dataset"
+    dest_dir.mkdir(exist_ok=True)
+    for upload in uploads:
+        name = Path(upload.filename or "").name
+        if not name or not SAFE_NAME.match(name) or name.startswith("."):
+            raise Problem(422, "bad file name", f"{upload.filename!r} is not an acceptable file name")
+        target = dest_dir / name
+        with open(target, "wb") as out:
+            while chunk := await upload.read(1 << 20):
+                total += len(chunk)
+                if total > limit:
+                    raise Problem(413, "upload too large", f"the upload is over {limit // (1 << 20)} MB")
+                out.write(chunk)
+    return dest_dir / Path(uploads[0].filename or "").name if single_archive else dest_dir
+
+
+def _check_limits(spec: TrainSpec, cfg: ServiceConfig) -> None:
+    """Each refusal names the limit it hit (the names are the ServiceConfig fields)."""
+    if spec.base_model in cfg.blocked_base_models:
+        raise Problem(422, "base model not allowed", f"{spec.base_model} is blocked on this service")
+    if cfg.allowed_base_models and spec.base_model not in cfg.allowed_base_models:
+        raise Problem(
+            422,
+            "base model not allowed",
+            f"{spec.base_model} is not in allowed_base_models ({', '.join(cfg.allowed_base_models)})",
+        )
+    if cfg.max_steps and spec.training.steps > cfg.max_steps:
+        steps = spec.training.steps
+        raise Problem(422, "too many steps", f"training.steps {steps} is over max_steps {cfg.max_steps}")
+    if cfg.max_budget_usd and (spec.budget.max_usd or 0) > cfg.max_budget_usd:
+        raise Problem(
+            422, "budget too high", f"budget.max_usd {spec.budget.max_usd} is over max_budget_usd {cfg.max_budget_usd}"
+        )
+
+
+async def _sweeper(app: FastAPI, every_s: float) -> None:
+    from loraflow.platform.sweep import sweep
+
+    while True:
+        try:
+            await asyncio.to_thread(sweep, app.state.store, app.state.platform)
+        except Exception as exc:  # the sweep must never take the server down
+            print(f"platform sweep failed: {exc!r}")
+        await asyncio.sleep(every_s)
+
+
+def _submit(store: Store, spec: TrainSpec, user: User, force: bool, platform: PlatformConfig | None = None) -> Job:
+    from loraflow.dataset import DatasetRun
+    from loraflow.jobs.runner import start_runner
+
+    if platform is None:
+        platform = PlatformConfig.from_env()
+    d = spec.dataset
+    report = DatasetRun(d.path, d.checks, d.captions, d.trigger_word, d.caption_extension).check()
+    if not report.ok:
+        raise Problem(
+            422,
+            "dataset not fit to train",
+            "; ".join(f.line() for f in report.errors),
+            findings=[f.to_dict() for f in report.findings],
+        )
+    cfg_limit = int(os.environ.get("LORAFLOW_MAX_IMAGES", 1000))
+    if report.usable_images > cfg_limit:
+        raise Problem(422, "too many images", f"{report.usable_images} images; the limit is {cfg_limit}")
+    job_id = uuid.uuid4().hex[:12]
+    if platform is not None and platform.credits:
+        from loraflow.platform.credits import InsufficientCredits, hold, quote
+
+        points = quote(spec, platform).points
+        try:
+            hold(store, user.name, job_id, points)  # before the job exists: refused means nothing was made
+        except InsufficientCredits as exc:
+            raise Problem(402, "not enough credits", exc.message, needed=exc.needed, available=exc.available) from exc
+    job = store.create_job(spec, owner=user.name, job_id=job_id)
+    if force:
+        store.add_artifacts(job.id, force_budget=True)
+    job.folder.mkdir(parents=True, exist_ok=True)
+    (job.folder / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
+    if platform is not None and platform.precheck_url:
+        store.add_artifacts(job.id, check="pending")  # the sweep asks the hook, then starts or cancels it
+        store.append_event(job.id, "check.requested", {"url": platform.precheck_url})
+        return store.get(job.id)
+    start_runner(job.id)
+    return store.get(job.id)

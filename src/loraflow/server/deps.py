@@ -1,0 +1,43 @@
+"""Request dependencies shared by the API routers: who is asking, and may they touch this job."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from loraflow.jobs.store import Job, Store
+from loraflow.server.problems import Problem
+from loraflow.server.tokens import User, lookup
+
+
+def get_store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def current_user(request: Request, authorization: Annotated[str | None, Header()] = None) -> User:
+    if request.app.state.config.no_auth:
+        return User("local", admin=True)
+    token = (authorization or "").removeprefix("Bearer ").strip()
+    user = lookup(request.app.state.store, token) if token else None
+    if user is None:
+        raise Problem(401, "unauthorized", "send a valid API token: Authorization: Bearer lft_...")
+    return user
+
+
+def admin_user(user: Annotated[User, Depends(current_user)]) -> User:
+    if not user.admin:
+        raise Problem(403, "forbidden", "this needs an administrator's token")
+    return user
+
+
+def own_job(store: Store, user: User, job_id: str) -> Job:
+    job = store.get(job_id)  # 404 when there is no such job
+    if job.owner != user.name and not user.admin:
+        raise Problem(403, "forbidden", f"job {job_id} belongs to another user")
+    return job
+
+
+Auth = Annotated[User, Depends(current_user)]
+Admin = Annotated[User, Depends(admin_user)]
+Db = Annotated[Store, Depends(get_store)]

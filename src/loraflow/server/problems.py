@@ -1,0 +1,61 @@
+"""Errors as RFC 9457 problem details, so a platform's client reads one shape for every failure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from loraflow.errors import IllegalTransition, LoraflowError, NotFound, SpecError, UserInputError
+
+PROBLEM = "application/problem+json"
+
+
+class Problem(Exception):
+    def __init__(self, status: int, title: str, detail: str = "", **extra: Any) -> None:
+        self.status, self.title, self.detail, self.extra = status, title, detail, extra
+        super().__init__(detail or title)
+
+
+def problem(status: int, title: str, detail: str = "", instance: str = "", **extra: Any) -> JSONResponse:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, "instance": instance, **extra}
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> JSONResponse:
+        return problem(exc.status, exc.title, exc.detail, request.url.path, **exc.extra)
+
+    @app.exception_handler(SpecError)
+    async def _spec(request: Request, exc: SpecError) -> JSONResponse:
+        return problem(422, "invalid spec", exc.message, request.url.path, errors=exc.problems)
+
+    @app.exception_handler(NotFound)
+    async def _missing(request: Request, exc: NotFound) -> JSONResponse:
+        return problem(404, "not found", exc.message, request.url.path)
+
+    @app.exception_handler(IllegalTransition)
+    async def _conflict(request: Request, exc: IllegalTransition) -> JSONResponse:
+        return problem(409, "conflict", exc.message, request.url.path)
+
+    @app.exception_handler(UserInputError)
+    async def _bad(request: Request, exc: UserInputError) -> JSONResponse:
+        return problem(400, "bad request", exc.render(), request.url.path)
+
+    @app.exception_handler(LoraflowError)
+    async def _failed(request: Request, exc: LoraflowError) -> JSONResponse:
+        return problem(502, "upstream failure", exc.render(), request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return problem(422, "invalid request", "; ".join(errors), request.url.path, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, str(exc.detail), "", request.url.path)

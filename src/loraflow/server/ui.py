@@ -1,0 +1,409 @@
+"""The web UI: server-rendered pages refreshed by htmx, so everything a page shows comes from the store
+and a browser refresh, a closed laptop or a server restart loses nothing.
+
+Login turns an API token into a web session: a separate, revocable token kept in an HttpOnly,
+SameSite=Strict cookie (logging out revokes it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Form, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.datastructures import UploadFile as StarletteUpload
+
+from loraflow import paths
+from loraflow.jobs.states import ACTIVE, RESUMABLE, JobState
+from loraflow.jobs.store import Job, Store
+from loraflow.server.problems import Problem
+from loraflow.server.tokens import User, create_token, lookup, revoke_by_token
+
+HERE = Path(__file__).parent
+COOKIE = "loraflow_session"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
+PER_PAGE = 50
+
+
+def install(app: FastAPI) -> None:
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+
+    def store() -> Store:
+        return app.state.store
+
+    def session_user(request: Request) -> User | None:
+        if app.state.config.no_auth:
+            return User("local", admin=True)
+        token = request.cookies.get(COOKIE)
+        return lookup(store(), token) if token else None
+
+    def page(request: Request, template: str, user: User | None, **ctx: Any) -> HTMLResponse:
+        return templates.TemplateResponse(request, template, {"user": user, **ctx})
+
+    def need_user(request: Request) -> User:
+        user = session_user(request)
+        if user is None:
+            raise Problem(401, "unauthorized", "log in first")
+        return user
+
+    def own(user: User, job_id: str) -> Job:
+        job = store().get(job_id)
+        if job.owner != user.name and not user.admin:
+            raise Problem(403, "forbidden", f"job {job_id} belongs to another user")
+        return job
+
+    def upload_dir(user: User, upload_id: str) -> Path:
+        if not UPLOAD_ID.match(upload_id):
+            raise Problem(404, "not found", "no such upload")
+        folder = paths.home() / "uploads" / f"web-{user.name}-{upload_id}" / "dataset"
+        if not folder.is_dir():
+            raise Problem(404, "not found", "no such upload")
+        return folder
+
+    # --- session -----------------------------------------------------------------------------
+
+    @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
+    def login_page(request: Request) -> HTMLResponse:
+        return page(request, "login.html", None, error=None)
+
+    @app.post("/login", include_in_schema=False)
+    def login(request: Request, token: str = Form("")) -> Response:
+        user = lookup(store(), token.strip())
+        if user is None:
+            return page(request, "login.html", None, error="That token is not valid.")
+        session = create_token(store(), user.name, label="web session", admin=user.admin)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(COOKIE, session, httponly=True, samesite="strict", max_age=30 * 86400)
+        return response
+
+    @app.post("/logout", include_in_schema=False)
+    def logout(request: Request) -> Response:
+        token = request.cookies.get(COOKIE)
+        if token:
+            revoke_by_token(store(), token)
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE)
+        return response
+
+    # --- jobs --------------------------------------------------------------------------------
+
+    def jobs_context(user: User, page_no: int) -> dict[str, Any]:
+        page_no = max(page_no, 1)
+        jobs = store().list_jobs(owner=user.name, limit=PER_PAGE, offset=(page_no - 1) * PER_PAGE)
+        return {"jobs": jobs, "page": page_no, "per_page": PER_PAGE, "total": store().count_jobs(owner=user.name)}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def home(request: Request, page_no: int = 1) -> Response:
+        user = session_user(request)
+        if user is None:
+            return RedirectResponse("/login", status_code=303)
+        page_no = int(request.query_params.get("page", page_no) or 1)
+        return page(request, "jobs.html", user, **jobs_context(user, page_no))
+
+    @app.get("/ui/jobs/rows", response_class=HTMLResponse, include_in_schema=False)
+    def job_rows(request: Request, page: int = 1) -> HTMLResponse:
+        user = need_user(request)
+        return templates.TemplateResponse(request, "_job_rows.html", jobs_context(user, page))
+
+    def live_context(job: Job) -> dict[str, Any]:
+        folder = paths.job_dir(job.id)
+        progress = store().events(job.id, types=["progress"], limit=5000)
+        samples: dict[int, list[str]] = {}
+        for path in sorted((folder / "samples").glob("step-*/*.png")):
+            samples.setdefault(int(path.parent.name.split("-")[1]), []).append(
+                f"samples/{path.parent.name}/{path.name}"
+            )
+        checkpoints = sorted(
+            int(p.name.split("-")[1]) for p in (folder / "checkpoints").glob("step-*") if (p / "meta.json").exists()
+        )
+        log = store().events(job.id, types=["log", "warning", "error", "stage.started", "job.state"], latest=False)
+        eta = None
+        if progress and job.state in ACTIVE and progress[-1].data.get("eta_s"):
+            eta = f"{int(progress[-1].data['eta_s']) // 60}:{int(progress[-1].data['eta_s']) % 60:02d}"
+        return {
+            "job": job,
+            "percent": round(100 * job.step / job.total_steps, 1) if job.total_steps else 0,
+            "eta": eta,
+            "active": job.state in ACTIVE,
+            "resumable": job.state in RESUMABLE,
+            "bundle": bool(job.artifacts.get("bundle")) and job.state is JobState.COMPLETED,
+            "publishable": job.state is JobState.COMPLETED and bool(job.train_spec.publish.targets),
+            "chart": loss_chart([(e.data.get("step"), e.data.get("loss")) for e in progress]),
+            "samples": sorted(samples.items(), reverse=True),
+            "checkpoints": checkpoints,
+            "log": [_log_line(e) for e in log[-40:]],
+        }
+
+    @app.get("/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
+    def job_page(request: Request, job_id: str) -> Response:
+        user = session_user(request)
+        if user is None:
+            return RedirectResponse("/login", status_code=303)
+        return page(request, "job.html", user, **live_context(own(user, job_id)))
+
+    @app.get("/ui/jobs/{job_id}/live", response_class=HTMLResponse, include_in_schema=False)
+    def job_live(request: Request, job_id: str) -> HTMLResponse:
+        job = own(need_user(request), job_id)
+        return templates.TemplateResponse(request, "_job_live.html", live_context(job))
+
+    @app.post("/ui/jobs/{job_id}/stop", response_class=HTMLResponse, include_in_schema=False)
+    def ui_stop(request: Request, job_id: str) -> HTMLResponse:
+        from loraflow.jobs.runner import request_stop
+
+        job = own(need_user(request), job_id)
+        if job.state in ACTIVE:
+            request_stop(job_id)
+        return templates.TemplateResponse(request, "_job_live.html", live_context(store().get(job_id)))
+
+    @app.post("/ui/jobs/{job_id}/resume", response_class=HTMLResponse, include_in_schema=False)
+    def ui_resume(request: Request, job_id: str) -> HTMLResponse:
+        from loraflow.jobs.runner import start_runner
+
+        job = own(need_user(request), job_id)
+        if job.state in RESUMABLE:
+            store().transition(job_id, JobState.PENDING, data={"resume": True})
+            start_runner(job_id)
+        return templates.TemplateResponse(request, "_job_live.html", live_context(store().get(job_id)))
+
+    @app.post("/ui/jobs/{job_id}/publish", response_class=HTMLResponse, include_in_schema=False)
+    def ui_publish(request: Request, job_id: str) -> HTMLResponse:
+        from loraflow.publish.publisher import publish_job
+
+        job = own(need_user(request), job_id)
+        publish_job(store(), job)
+        return templates.TemplateResponse(request, "_job_live.html", live_context(store().get(job_id)))
+
+    @app.get("/ui/jobs/{job_id}/bundle", include_in_schema=False)
+    def ui_bundle(request: Request, job_id: str) -> FileResponse:
+        job = own(need_user(request), job_id)
+        bundle = job.artifacts.get("bundle")
+        if not bundle or not Path(bundle).is_file():
+            raise Problem(404, "no bundle yet", f"job {job_id} has no bundle")
+        return FileResponse(bundle, media_type="application/zip", filename=Path(bundle).name)
+
+    @app.get("/ui/jobs/{job_id}/checkpoint", include_in_schema=False)
+    def ui_checkpoint(request: Request, job_id: str, step: int) -> FileResponse:
+        from loraflow.publish.bundle import build_bundle
+
+        job = own(need_user(request), job_id)
+        path = build_bundle(store(), job, step)
+        return FileResponse(path, media_type="application/zip", filename=Path(path).name)
+
+    @app.get("/ui/jobs/{job_id}/files/{path:path}", include_in_schema=False)
+    def ui_file(request: Request, job_id: str, path: str) -> FileResponse:
+        own(need_user(request), job_id)
+        root = paths.job_dir(job_id).resolve()
+        target = (root / path).resolve()
+        if root not in target.parents or not target.is_file():
+            raise Problem(404, "not found", path)
+        return FileResponse(target)
+
+    # --- new job wizard ----------------------------------------------------------------------
+
+    @app.get("/new", response_class=HTMLResponse, include_in_schema=False)
+    def new_job(request: Request) -> Response:
+        user = session_user(request)
+        if user is None:
+            return RedirectResponse("/login", status_code=303)
+        return page(request, "new.html", user, error=None)
+
+    @app.post("/ui/uploads", include_in_schema=False)
+    async def ui_upload(request: Request) -> Response:
+        user = need_user(request)
+        form = await request.form()
+        files = [f for f in form.getlist("files") if isinstance(f, StarletteUpload) and f.filename]
+        if not files:
+            return page(request, "new.html", user, error="Choose some images (and captions) first.")
+        from loraflow.server.app import _save_uploads
+
+        upload_id = uuid.uuid4().hex
+        root = paths.home() / "uploads" / f"web-{user.name}-{upload_id}"
+        limit = app.state.config.max_upload_mb * 1024 * 1024
+        try:
+            saved = await _save_uploads(files, root / "incoming", limit)
+            _unpack(saved, root / "dataset")
+        except Problem as exc:
+            shutil.rmtree(root, ignore_errors=True)
+            return page(request, "new.html", user, error=exc.detail)
+        finally:
+            shutil.rmtree(root / "incoming", ignore_errors=True)
+        return RedirectResponse(f"/ui/uploads/{upload_id}", status_code=303)
+
+    @app.get("/ui/uploads/{upload_id}", response_class=HTMLResponse, include_in_schema=False)
+    def wizard(request: Request, upload_id: str) -> HTMLResponse:
+        user = need_user(request)
+        folder = upload_dir(user, upload_id)
+        return page(request, "wizard.html", user, **wizard_context(folder, upload_id))
+
+    @app.post("/ui/uploads/{upload_id}/caption/{name}", include_in_schema=False)
+    def save_caption(request: Request, upload_id: str, name: str, caption: str = Form("")) -> Response:
+        folder = upload_dir(need_user(request), upload_id)
+        image = folder / Path(name).name
+        if not image.is_file() or image.suffix.lower() not in IMAGE_SUFFIXES:
+            raise Problem(404, "not found", name)
+        image.with_suffix(".txt").write_text(caption.strip() + "\n", encoding="utf-8")
+        return Response(status_code=204)
+
+    @app.get("/ui/uploads/{upload_id}/image/{name}", include_in_schema=False)
+    def upload_image(request: Request, upload_id: str, name: str) -> FileResponse:
+        folder = upload_dir(need_user(request), upload_id)
+        image = folder / Path(name).name
+        if not image.is_file():
+            raise Problem(404, "not found", name)
+        return FileResponse(image)
+
+    @app.post("/ui/uploads/{upload_id}/autocaption", response_class=HTMLResponse, include_in_schema=False)
+    def autocaption(request: Request, upload_id: str, backend: str = Form("template")) -> HTMLResponse:
+        from loraflow.caption.run import caption_folder
+        from loraflow.spec import CaptionPolicy
+
+        folder = upload_dir(need_user(request), upload_id)
+        if backend not in ("template", "wd14", "florence2"):
+            raise Problem(422, "unknown captioner", f"{backend!r} is not available here")
+        caption_folder(folder, CaptionPolicy(backend=backend, mode="fill_missing"))
+        return templates.TemplateResponse(request, "_captions.html", wizard_context(folder, upload_id))
+
+    def settings_spec(folder: Path, form: dict[str, Any]) -> dict[str, Any]:
+        training: dict[str, Any] = {}
+        for key, value in form.items():
+            if key.startswith("training.") and str(value).strip():
+                text = str(value).strip()
+                try:
+                    training[key.split(".", 1)[1]] = json.loads(text)
+                except ValueError:
+                    training[key.split(".", 1)[1]] = text
+        raw: dict[str, Any] = {
+            "name": str(form.get("name") or "lora").strip(),
+            "dataset": {"path": str(folder), "trigger_word": str(form.get("trigger_word") or "").strip() or None},
+            "base_model": str(form.get("base_model") or "tiny-flux"),
+        }
+        if form.get("vram_preset"):
+            raw["vram_preset"] = int(str(form["vram_preset"]))
+        if training:
+            raw["training"] = training
+        return raw
+
+    @app.post("/ui/uploads/{upload_id}/estimate", response_class=HTMLResponse, include_in_schema=False)
+    async def ui_estimate(request: Request, upload_id: str) -> HTMLResponse:
+        from loraflow.jobs.estimate import estimate
+        from loraflow.spec import parse_spec
+
+        folder = upload_dir(need_user(request), upload_id)
+        try:
+            spec = parse_spec(settings_spec(folder, dict(await request.form())), "settings")
+        except Exception as exc:  # shown next to the button
+            return HTMLResponse(f'<span class="error">{_escape(str(exc))}</span>')
+        gpu = "CPU" if spec.base_model == "tiny-flux" else "RTX 4090"
+        est = estimate(spec, gpu, 0.0 if gpu == "CPU" else 0.35, remote=gpu != "CPU")
+        return HTMLResponse(
+            f'<span id="estimate-text">about {est.total_s / 60:.1f} min on {gpu}'
+            f"{'' if gpu == 'CPU' else f', about ${est.cost_usd:.2f} on a rented one'}</span>"
+        )
+
+    @app.post("/ui/uploads/{upload_id}/start", include_in_schema=False)
+    async def ui_start(request: Request, upload_id: str) -> Response:
+        from loraflow.server.app import _check_limits, _submit
+        from loraflow.spec import parse_spec
+
+        user = need_user(request)
+        folder = upload_dir(user, upload_id)
+        try:
+            spec = parse_spec(settings_spec(folder, dict(await request.form())), "settings")
+            _check_limits(spec, app.state.config)
+            job = _submit(store(), spec, user, False, app.state.platform)
+        except Exception as exc:
+            ctx = wizard_context(folder, upload_id)
+            return page(request, "wizard.html", user, **ctx, error=str(exc))
+        return RedirectResponse(f"/jobs/{job.id}", status_code=303)
+
+    def wizard_context(folder: Path, upload_id: str) -> dict[str, Any]:
+        from loraflow.caption.run import AVAILABLE
+        from loraflow.catalog import base_models, vram_presets
+        from loraflow.dataset import DatasetRun
+        from loraflow.spec import TrainingSpec
+
+        report = DatasetRun(str(folder)).check()
+        items = [
+            {
+                "name": p.name,
+                "caption": p.with_suffix(".txt").read_text(encoding="utf-8").strip()
+                if p.with_suffix(".txt").exists()
+                else "",
+            }
+            for p in sorted(folder.iterdir())
+            if p.suffix.lower() in IMAGE_SUFFIXES
+        ]
+        advanced = [
+            {"key": k, "default": "" if f.default is None else f.default, "help": f.description or ""}
+            for k, f in TrainingSpec.model_fields.items()
+            if k in ("steps", "learning_rate", "batch_size", "resolution", "optimizer", "seed", "lr_scheduler")
+        ]
+        return {
+            "upload_id": upload_id,
+            "report": report,
+            "items": items,
+            "captioners": [b for b in AVAILABLE if b != "existing"],
+            "trigger": "",
+            "name": "lora",
+            "models": list(base_models().values()),
+            "presets": sorted(vram_presets()),
+            "advanced": advanced,
+        }
+
+
+def _unpack(saved: Path, dest: Path) -> None:
+    """A zip or tar goes through the dataset reader's safety checks; loose files are copied as they are."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if saved.is_file():
+        from loraflow.dataset.sources import ArchiveLimits, open_source
+
+        entries, _findings = open_source(str(saved), ArchiveLimits(4 << 30, 20000))
+        for entry in entries:
+            name = Path(entry.path).name
+            if name and not name.startswith("."):
+                (dest / name).write_bytes(entry.read())
+        return
+    for path in saved.iterdir():
+        shutil.move(str(path), dest / path.name)
+
+
+def _escape(text: str) -> str:
+    import html
+
+    return html.escape(text)
+
+
+def _log_line(e: Any) -> str:
+    ts = e.ts.strftime("%H:%M:%S") if isinstance(e.ts, datetime) else ""
+    detail = e.data.get("message") or e.data.get("stage") or e.data.get("to") or ""
+    return f"{ts} {e.type} {detail}"
+
+
+def loss_chart(points: list[tuple[Any, Any]], width: int = 600, height: int = 160) -> str:
+    """An inline SVG polyline of loss by step: no JavaScript chart library to ship."""
+    pts = [(int(s), float(v)) for s, v in points if s is not None and v is not None]
+    if len(pts) < 2:
+        return ""
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    span_x, span_y = max(x1 - x0, 1), max(y1 - y0, 1e-9)
+    coords = " ".join(
+        f"{(x - x0) / span_x * (width - 10) + 5:.1f},{height - 5 - (y - y0) / span_y * (height - 10):.1f}"
+        for x, y in pts
+    )
+    return (
+        f'<svg id="loss-chart" viewBox="0 0 {width} {height}" width="100%" height="{height}" role="img" '
+        f'aria-label="loss from {ys[0]:.3f} to {ys[-1]:.3f}"><polyline fill="none" stroke="#3b5bdb" '
+        f'stroke-width="1.5" points="{coords}"/></svg>'
+        f'<p class="muted">step {x0}–{x1}, loss {y0:.4f}–{y1:.4f}</p>'
+    )

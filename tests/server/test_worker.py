@@ -1,0 +1,65 @@
+"""Workers claiming jobs: never the same job twice, and a dead worker's jobs taken over."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import update
+
+from loraflow.jobs.models import JobRow
+from loraflow.jobs.store import Store
+from loraflow.jobs.worker import Worker
+from loraflow.spec import parse_spec
+
+SPEC = parse_spec({"name": "w", "dataset": {"path": "/tmp/x"}, "base_model": "tiny-flux"})
+
+
+def claim_race(store_url: str | None, jobs: int = 40, workers: int = 4) -> dict[str, list[str]]:
+    store = Store(store_url)
+    ids = {store.create_job(SPEC).id for _ in range(jobs)}
+    claimed: dict[str, list[str]] = {}
+    barrier = threading.Barrier(workers)
+
+    def work(n: int) -> None:
+        w = Worker(Store(store_url), slots=1000, name=f"w{n}")
+        barrier.wait()
+        got: list[str] = []
+        for _ in range(10):
+            got += w.claim(3)
+        claimed[w.id] = got
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = [j for got in claimed.values() for j in got]
+    assert len(every) == len(set(every)), "a job was claimed twice"
+    assert ids <= set(every), "a pending job was left unclaimed"
+    return claimed
+
+
+def test_workers_never_claim_the_same_job_sqlite() -> None:
+    claimed = claim_race(None)
+    assert sum(bool(v) for v in claimed.values()) >= 2  # the work was shared
+
+
+def test_dead_workers_jobs_are_taken_over() -> None:
+    store = Store()
+    job = store.create_job(SPEC)
+    dead = Worker(store, name="dead", lease_s=30)
+    assert dead.claim(5) == [job.id]
+    alive = Worker(store, name="alive", lease_s=30)
+    assert alive.claim(5) == []  # the owner is heart-beating: hands off
+    store.transition(job.id, "preparing")
+    with store.session() as s, s.begin():
+        s.execute(
+            update(JobRow).where(JobRow.id == job.id).values(heartbeat_at=datetime.now(UTC) - timedelta(minutes=5))
+        )
+    assert alive.claim(5) == [job.id]
+    with store.session() as s:
+        assert s.get(JobRow, job.id).worker == "alive"
+    dead.heartbeat()  # a worker back from the dead does not get it back by heart-beating
+    with store.session() as s:
+        assert s.get(JobRow, job.id).worker == "alive"
