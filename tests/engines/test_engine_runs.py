@@ -103,9 +103,12 @@ def test_killed_engine_resumes_with_cumulative_steps(
     assert job.state is JobState.COMPLETED, job.error
     assert job.step == 60
     resumed = store.events(job.id, types=["resumed"])
-    assert len(resumed) == 1 and resumed[0].data["step"] in (20, 30)
+    # From the newest checkpoint (every 10 steps) before the kill; how far the engine got before the
+    # kill landed depends on the machine's load.
+    at = resumed[0].data["step"] if len(resumed) == 1 else None
+    assert at is not None and 20 <= at < 60 and at % 10 == 0, resumed
     steps = [e.data["step"] for e in store.events(job.id, types=["progress"])]
-    after = steps[steps.index(max(s for s in steps if s <= 30)) :]
+    after = steps[steps.index(max(s for s in steps if s <= at)) :]
     assert min(after) > 10  # the engine's own counter restarted; loraflow's did not
     assert steps[-1] == 60
 

@@ -129,7 +129,9 @@ def _event(row: EventRow) -> Event:
     return Event(row.job_id, row.seq, _aware(row.ts), row.type, row.stage, dict(row.data or {}))
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, readonly: bool = False) -> Engine:
+    """SQLite: writers take the write lock up front; readers (readonly) use plain deferred
+    transactions, which WAL lets run beside a writer instead of queueing behind it."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
 
@@ -145,7 +147,7 @@ def make_engine(url: str) -> Engine:
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
             # Take the write lock up front: a deferred read-then-write upgrade can fail under contention.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True)
@@ -157,12 +159,20 @@ class Store:
         self.engine = make_engine(self.url)
         migrate(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self.read_engine = make_engine(self.url, readonly=True) if self.url.startswith("sqlite") else self.engine
+        self._reader = sessionmaker(self.read_engine, expire_on_commit=False)
 
     def session(self) -> Session:
         return self._session()
 
+    def reader(self) -> Session:
+        """A session for reads only: it never waits for the write lock."""
+        return self._reader()
+
     def close(self) -> None:
         self.engine.dispose()
+        if self.read_engine is not self.engine:
+            self.read_engine.dispose()
 
     # --- jobs --------------------------------------------------------------------------------------
 
@@ -194,7 +204,7 @@ class Store:
         return self.get(job_id)
 
     def get(self, job_id: str, owner: str | None = None) -> Job:
-        with self.session() as s:
+        with self.reader() as s:
             row = s.get(JobRow, job_id)
             if row is None or (owner is not None and row.owner != owner):
                 raise NotFound(f"no job with id {job_id}", fix="list jobs with `loraflow jobs list`")
@@ -202,7 +212,7 @@ class Store:
 
     def find(self, prefix: str, owner: str | None = None) -> Job:
         """A job by id or unique id prefix, as people type them."""
-        with self.session() as s:
+        with self.reader() as s:
             query = select(JobRow).where(JobRow.id.startswith(prefix)).limit(2)
             if owner is not None:
                 query = query.where(JobRow.owner == owner)
@@ -220,7 +230,7 @@ class Store:
             query = query.where(JobRow.owner == owner)
         if states:
             query = query.where(JobRow.state.in_(states))
-        with self.session() as s:
+        with self.reader() as s:
             return [_job(r) for r in s.execute(query).scalars().all()]
 
     def count_jobs(self, *, owner: str | None = None, states: list[str] | None = None) -> int:
@@ -229,7 +239,7 @@ class Store:
             query = query.where(JobRow.owner == owner)
         if states:
             query = query.where(JobRow.state.in_(states))
-        with self.session() as s:
+        with self.reader() as s:
             return int(s.execute(query).scalar_one())
 
     def _locked(self, s: Session, job_id: str) -> JobRow:
@@ -305,5 +315,5 @@ class Store:
         )
         if types:
             query = query.where(EventRow.type.in_(types))
-        with self.session() as s:
+        with self.reader() as s:
             return [_event(r) for r in s.execute(query).scalars().all()]

@@ -68,7 +68,7 @@ class Worker:
         return ids
 
     def mine(self) -> list[str]:
-        with self.store.session() as s:
+        with self.store.reader() as s:
             query = select(JobRow.id).where(JobRow.worker == self.id, JobRow.state.in_([x.value for x in ACTIVE]))
             return list(s.execute(query).scalars().all())
 

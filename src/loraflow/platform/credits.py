@@ -101,7 +101,7 @@ def _balance(t: dict[str, int]) -> Balance:
 
 
 def balance(store: Store, user: str) -> Balance:
-    with store.session() as s:
+    with store.reader() as s:
         return _balance(_sums(s, user))
 
 
@@ -224,7 +224,7 @@ def _error_code(store: Store, job: Job) -> str | None:
 
 
 def entries(store: Store, user: str, limit: int = 200) -> list[dict[str, Any]]:
-    with store.session() as s:
+    with store.reader() as s:
         rows = s.execute(
             select(LedgerRow).where(LedgerRow.user == user).order_by(LedgerRow.id.desc()).limit(limit)
         ).scalars()

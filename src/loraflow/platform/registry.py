@@ -117,7 +117,7 @@ def _visible(row: ModelRow, user: str | None, admin: bool = False) -> bool:
 
 
 def get_model(store: Store, slug: str, user: str | None, admin: bool = True) -> dict[str, Any]:
-    with store.session() as s:
+    with store.reader() as s:
         row = s.get(ModelRow, slug)
         if row is None or not _visible(row, user, admin):
             raise NotFound(f"no model {slug}")
@@ -141,7 +141,7 @@ def list_models(
         )
     if base_model:
         query = query.where(ModelRow.base_model == base_model)
-    with store.session() as s:
+    with store.reader() as s:
         rows = [to_dict(r) for r in s.execute(query).scalars()]
     if q:
         needle = q.lower()
@@ -195,7 +195,7 @@ def count_use(store: Store, slug: str) -> None:
 
 def trigger_map(store: Store) -> dict[str, dict[str, Any]]:
     """`{trigger or slug: {slug, url, weight}}` for approved, non-private models (newest wins a trigger)."""
-    with store.session() as s:
+    with store.reader() as s:
         rows = (
             s.execute(
                 select(ModelRow)
