@@ -10,12 +10,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from loraflow.cli.output import console, print_json
-from loraflow.errors import UserInputError
+from loraflow.errors import IllegalTransition, UserInputError
 from loraflow.hosts.base import Handle
 from loraflow.hosts.local import LocalHost
 from loraflow.jobs.layout import JobLayout
-from loraflow.jobs.runner import request_stop, start_runner
-from loraflow.jobs.states import ACTIVE, RESUMABLE, JobState
+from loraflow.jobs.runner import request_stop, resume, start_runner
+from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Job, Store
 
 app = typer.Typer(help="Inspect and control jobs.", no_args_is_help=True)
@@ -147,11 +147,10 @@ def resume_cmd(
         spec.budget.max_usd = budget
         store.update(job.id, spec=spec.model_dump(mode="json"))
         (job.folder / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
-    if job.state in RESUMABLE:
-        store.transition(job.id, JobState.PENDING, data={"resume": True})
-    elif job.state not in ACTIVE:
-        raise UserInputError(f"job {job.id} is {job.state.value} and cannot be resumed")
-    start_runner(job.id)
+    try:
+        resume(store, job.id)
+    except IllegalTransition as exc:
+        raise UserInputError(exc.message) from exc
     if detach:
         console.print(f"job {job.id} resumed; follow it with: loraflow jobs attach {job.id}")
         return

@@ -24,13 +24,13 @@ from typing import Any
 
 from loraflow import paths
 from loraflow.engines import get_engine
-from loraflow.errors import LoraflowError, UserInputError
+from loraflow.errors import IllegalTransition, LoraflowError, UserInputError
 from loraflow.hosts.base import Handle, ProcessStatus
 from loraflow.hosts.local import LocalHost, pid_alive
 from loraflow.hosts.ssh import HostUnreachable
 from loraflow.jobs.layout import JobLayout
 from loraflow.jobs.remote import RemoteLease, is_remote, job_cost
-from loraflow.jobs.states import JobState
+from loraflow.jobs.states import ACTIVE, RESUMABLE, JobState
 from loraflow.jobs.store import Job, Store
 from loraflow.monitor import events as ev
 from loraflow.monitor.events import EngineEvent
@@ -93,6 +93,17 @@ def request_stop(job_id: str) -> None:
     start_runner(job_id)
 
 
+def resume(store: Store, job_id: str) -> None:
+    """Continue a stopped, failed or budget-stopped job (or make sure an active one has its runner).
+    The CLI, the API and the web UI all resume through here."""
+    job = store.get(job_id)
+    if job.state in RESUMABLE:
+        store.transition(job_id, JobState.PENDING, data={"resume": True})
+    elif job.state not in ACTIVE:
+        raise IllegalTransition(f"job {job_id} is {job.state.value} and cannot be resumed")
+    start_runner(job_id)
+
+
 def runner_alive(job_id: str) -> bool:
     with runner_lock(paths.job_dir(job_id)) as got:
         return not got
@@ -134,7 +145,7 @@ class JobRunner:
         self.wandb = WandbSink(self.spec, job_id, self.dir)
         self.remote = RemoteLease(store, job_id, self.spec, self.layout, self._emit) if is_remote(self.spec) else None
         self._last_cost = (0.0, 0.0)  # (time, usd) of the last cost event
-        self._host_lost_reason = ""
+        self._accounted = 0.0
 
     def _emit(self, type_: str, data: dict[str, Any]) -> None:
         self.store.append_event(self.job_id, type_, data)
@@ -350,16 +361,17 @@ class JobRunner:
         state = FollowState.load(follow_path)
         while True:
             try:
-                result = self._train_on_host(state, follow_path)
-            except HostUnreachable as exc:
-                reason = exc.message
-            else:
-                if result != "host_lost":
-                    return result
-                reason = self._host_lost_reason
-            lost = self._move_host(state, follow_path, reason)
-            if lost is not None:
-                return lost
+                return self._train_on_host(state, follow_path)
+            except HostUnreachable as exc:  # dead, outbid, unreachable or stalled: carry on elsewhere
+                lost = self._move_host(state, follow_path, exc.message)
+                if lost is not None:
+                    return lost
+
+    def _check_host(self) -> None:
+        """Raises HostUnreachable when the leased host can no longer train (no-op on this machine)."""
+        reason = self.remote.dead_reason() if self.remote is not None else None
+        if reason:
+            raise HostUnreachable(reason)
 
     def _move_host(self, state: FollowState, follow_path: Path, reason: str) -> JobState | None:
         """The host died, was outbid or stalled: copy what we can, let it go, lease another, resume."""
@@ -383,7 +395,7 @@ class JobRunner:
         self.store.transition(self.job_id, JobState.TRAINING, stage="train")
         return None
 
-    def _train_on_host(self, state: FollowState, follow_path: Path) -> JobState | str | None:
+    def _train_on_host(self, state: FollowState, follow_path: Path) -> JobState | None:
         host, xlayout = self.xhost, self.xlayout
         handle = Handle.in_folder(xlayout.run, "train")
         while True:
@@ -393,14 +405,9 @@ class JobRunner:
                 state.save(follow_path)
             elif status is ProcessStatus.RUNNING:
                 self.store.append_event(self.job_id, ev.LOG, {"message": "re-attached to the running trainer"})
-            elif status is ProcessStatus.GONE and self.remote is not None:
-                reason = self.remote.dead_reason()
-                if reason:
-                    self._host_lost_reason = reason
-                    return "host_lost"
+            elif status is ProcessStatus.GONE:
+                self._check_host()
             code, parser = self._follow(handle, state, follow_path)
-            if code == "host_lost":
-                return "host_lost"
             final_path = self.engine.final_lora(self.spec, xlayout)
             final = (host.size(final_path) is not None) if self.remote else Path(final_path).exists()
             outcome = self.engine.outcome(code, final, parser)
@@ -430,11 +437,8 @@ class JobRunner:
                 self.store.transition(self.job_id, JobState.STOPPED, stage=None, data={"step": self.job.step})
                 self.store.append_event(self.job_id, "job.stopped", {"step": self._refresh().step})
                 return JobState.STOPPED
-            if self.remote is not None and code is None:
-                reason = self.remote.dead_reason()
-                if reason:
-                    self._host_lost_reason = reason
-                    return "host_lost"
+            if code is None:
+                self._check_host()
             retryable = (self._last_error or {}).get("code") not in NOT_RETRYABLE
             if retryable and state.restarts < self.spec.monitor.max_restarts:
                 state.restarts += 1
@@ -470,11 +474,15 @@ class JobRunner:
         host.wait_started(handle)
         self.store.append_event(self.job_id, "train.launched", {"attempt": state.attempt, "pid": host.pid(handle)})
 
-    def _account(self, state: FollowState, follow_path: Path, handle: Handle) -> None:
-        """Cost from the lease's real price: shown live, warned at the warn fraction, stopped at the cap."""
+    def _account(self, state: FollowState, follow_path: Path) -> None:
+        """Cost from the lease's real price: shown live, warned at the warn fraction, stopped at the cap.
+        Once a second, not on every log poll: it reads the job record."""
+        now = time.monotonic()
+        if now - self._accounted < 1:
+            return
+        self._accounted = now
         job = self._refresh()
         cost = job_cost(job.artifacts, job.lease)
-        now = time.monotonic()
         if abs(cost - self._last_cost[1]) >= 0.0001 and now - self._last_cost[0] > 2:
             self._last_cost = (now, cost)
             rate = float((job.lease or {}).get("price_usd_h") or 0)
@@ -496,7 +504,7 @@ class JobRunner:
             Path(self.layout.stop_request).touch()
             self._emit(ev.LOG, {"message": f"budget reached (${cost:.4f}): stopping with a checkpoint"})
 
-    def _follow(self, handle: Handle, state: FollowState, follow_path: Path) -> tuple[Any, Any]:
+    def _follow(self, handle: Handle, state: FollowState, follow_path: Path) -> tuple[int | None, Any]:
         parser = self.engine.parser(self.spec)
         monitor = self.spec.monitor
         detector = StallDetector(monitor.stall_minutes, monitor.gpu_idle_minutes, time.monotonic())
@@ -524,15 +532,12 @@ class JobRunner:
                 if self.remote is None:
                     self._record(self.engine.collect(self.spec, self.layout), detector, final=True)
                 state.save(follow_path)
-                if status is ProcessStatus.GONE and self.remote is not None:
-                    reason = self.remote.dead_reason()
-                    if reason:
-                        self._host_lost_reason = reason
-                        return "host_lost", parser
+                if status is ProcessStatus.GONE:
+                    self._check_host()
                 return (None if stall_kill else code), parser
             now = time.monotonic()
             if self.remote is not None:
-                self._account(state, follow_path, handle)
+                self._account(state, follow_path)
             if not stop_sent and Path(self.layout.stop_request).exists():
                 stop_sent = host.signal(handle, signal.SIGTERM)
                 self.store.append_event(self.job_id, ev.LOG, {"message": "stop requested: checkpointing"})
@@ -552,8 +557,7 @@ class JobRunner:
                 elif monitor.on_stall == "restart" and self.remote is not None:
                     # A stalled rented host is not worth more money: move to a new one.
                     host.signal(handle, signal.SIGKILL)
-                    self._host_lost_reason = f"stalled: {stall.message}"
-                    return "host_lost", parser
+                    raise HostUnreachable(f"stalled: {stall.message}")
                 else:
                     stall_kill = True
                     self._last_error = (

@@ -11,12 +11,10 @@ the `Auth`/`Db` aliases are local to `create_app`.)
 import asyncio
 import json
 import os
-import re
 import shutil
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
@@ -24,16 +22,15 @@ from fastapi import FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
 
 from loraflow import __version__, paths
-from loraflow.jobs.states import ACTIVE, RESUMABLE, JobState
+from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Job, Store
 from loraflow.platform.config import PlatformConfig
 from loraflow.server import problems
-from loraflow.server.deps import Auth, Db, own_job
+from loraflow.server.deps import Auth, Db, bundle_response, job_file_response, own_job
 from loraflow.server.problems import Problem
 from loraflow.server.tokens import User
+from loraflow.server.uploads import save_files
 from loraflow.spec import TrainSpec, parse_spec
-
-SAFE_NAME = re.compile(r"^[\w.\- ]{1,200}$")
 
 
 @dataclass
@@ -149,14 +146,13 @@ def create_app(
             )
         folder = paths.home() / "uploads" / uuid.uuid4().hex
         try:
-            target = await _save_uploads(uploads, folder, limit)
+            target = await save_files(uploads, folder, limit)
             raw.setdefault("dataset", {})
             if not isinstance(raw["dataset"], dict):
                 raise Problem(422, "invalid spec", "dataset must be a mapping")
             raw["dataset"]["path"] = str(target)
             parsed = parse_spec(raw, "spec")
-            _check_limits(parsed, cfg)
-            job = await asyncio.to_thread(_submit, store, parsed, user, force, request.app.state.platform)
+            job = await asyncio.to_thread(submit_job, request.app.state, parsed, user, force)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)  # nothing half-written stays behind
             raise
@@ -244,14 +240,10 @@ def create_app(
 
     @app.post("/api/jobs/{job_id}/resume", tags=["jobs"])
     def resume_job(job_id: str, user: Auth, store: Db) -> dict[str, Any]:
-        from loraflow.jobs.runner import start_runner
+        from loraflow.jobs.runner import resume
 
-        job = own_job(store, user, job_id)
-        if job.state in RESUMABLE:
-            store.transition(job_id, JobState.PENDING, data={"resume": True})
-        elif job.state not in ACTIVE:
-            raise Problem(409, "conflict", f"job {job_id} is {job.state.value} and cannot be resumed")
-        start_runner(job_id)
+        own_job(store, user, job_id)
+        resume(store, job_id)  # IllegalTransition answers 409
         return store.get(job_id).to_dict()
 
     @app.post("/api/jobs/{job_id}/cancel", tags=["jobs"])
@@ -272,23 +264,12 @@ def create_app(
 
     @app.get("/api/jobs/{job_id}/bundle", tags=["jobs"])
     def download_bundle(job_id: str, user: Auth, store: Db) -> FileResponse:
-        job = own_job(store, user, job_id)
-        bundle = job.artifacts.get("bundle")
-        if not bundle or not Path(bundle).is_file():
-            raise Problem(
-                404, "no bundle yet", f"job {job_id} is {job.state.value}; the bundle comes when it completes"
-            )
-        return FileResponse(bundle, media_type="application/zip", filename=Path(bundle).name)
+        return bundle_response(own_job(store, user, job_id))
 
     @app.get("/api/jobs/{job_id}/files/{path:path}", tags=["jobs"])
     def download_file(job_id: str, path: str, user: Auth, store: Db) -> FileResponse:
         """Any file of the job folder (samples, checkpoints, LoRA), with range requests."""
-        own_job(store, user, job_id)
-        root = paths.job_dir(job_id).resolve()
-        target = (root / path).resolve()
-        if root not in target.parents or not target.is_file() or target.name.endswith((".pid", ".lock")):
-            raise Problem(404, "not found", f"{path} is not a file of job {job_id}")
-        return FileResponse(target)
+        return job_file_response(own_job(store, user, job_id), path)
 
     return app
 
@@ -302,7 +283,7 @@ def _mark_cancel(store: Store, job_id: str) -> None:
         for _ in range(1200):
             job = store.get(job_id)
             if job.state not in ACTIVE:
-                if job.state is not JobState.CANCELLED and JobState.CANCELLED.value != job.state.value:
+                if job.state is not JobState.CANCELLED:
                     try:
                         store.transition(job_id, JobState.CANCELLED)
                         store.append_event(job_id, "job.cancelled", {})
@@ -316,27 +297,6 @@ def _mark_cancel(store: Store, job_id: str) -> None:
 
 def _event(e: Any) -> dict[str, Any]:
     return {"seq": e.seq, "ts": e.ts.isoformat(), "type": e.type, "stage": e.stage, "data": e.data}
-
-
-async def _save_uploads(uploads: list[UploadFile], folder: Path, limit: int) -> Path:
-    """Stream the upload to disk, counting bytes; a single archive stays a file, loose files a folder."""
-    folder.mkdir(parents=True)
-    total = 0
-    single_archive = len(uploads) == 1 and (uploads[0].filename or "").lower().endswith((".zip", ".tar", ".tar.gz"))
-    dest_dir = folder if single_archive else folder / "dataset"
-    dest_dir.mkdir(exist_ok=True)
-    for upload in uploads:
-        name = Path(upload.filename or "").name
-        if not name or not SAFE_NAME.match(name) or name.startswith("."):
-            raise Problem(422, "bad file name", f"{upload.filename!r} is not an acceptable file name")
-        target = dest_dir / name
-        with open(target, "wb") as out:
-            while chunk := await upload.read(1 << 20):
-                total += len(chunk)
-                if total > limit:
-                    raise Problem(413, "upload too large", f"the upload is over {limit // (1 << 20)} MB")
-                out.write(chunk)
-    return dest_dir / Path(uploads[0].filename or "").name if single_archive else dest_dir
 
 
 def _check_limits(spec: TrainSpec, cfg: ServiceConfig) -> None:
@@ -369,12 +329,14 @@ async def _sweeper(app: FastAPI, every_s: float) -> None:
         await asyncio.sleep(every_s)
 
 
-def _submit(store: Store, spec: TrainSpec, user: User, force: bool, platform: PlatformConfig | None = None) -> Job:
+def submit_job(state: Any, spec: TrainSpec, user: User, force: bool) -> Job:
+    """Every way in (API, upload, web wizard): service limits, the dataset check, the credit hold, then
+    either the external check or the runner. `state` is the app's state (store, config, platform)."""
     from loraflow.dataset import DatasetRun
     from loraflow.jobs.runner import start_runner
 
-    if platform is None:
-        platform = PlatformConfig.from_env()
+    store, config, platform = state.store, state.config, state.platform
+    _check_limits(spec, config)
     d = spec.dataset
     report = DatasetRun(d.path, d.checks, d.captions, d.trigger_word, d.caption_extension).check()
     if not report.ok:
@@ -384,11 +346,10 @@ def _submit(store: Store, spec: TrainSpec, user: User, force: bool, platform: Pl
             "; ".join(f.line() for f in report.errors),
             findings=[f.to_dict() for f in report.findings],
         )
-    cfg_limit = int(os.environ.get("LORAFLOW_MAX_IMAGES", 1000))
-    if report.usable_images > cfg_limit:
-        raise Problem(422, "too many images", f"{report.usable_images} images; the limit is {cfg_limit}")
+    if report.usable_images > config.max_images:
+        raise Problem(422, "too many images", f"{report.usable_images} images is over max_images {config.max_images}")
     job_id = uuid.uuid4().hex[:12]
-    if platform is not None and platform.credits:
+    if platform.credits:
         from loraflow.platform.credits import InsufficientCredits, hold, quote
 
         points = quote(spec, platform).points
@@ -401,7 +362,7 @@ def _submit(store: Store, spec: TrainSpec, user: User, force: bool, platform: Pl
         store.add_artifacts(job.id, force_budget=True)
     job.folder.mkdir(parents=True, exist_ok=True)
     (job.folder / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
-    if platform is not None and platform.precheck_url:
+    if platform.precheck_url:
         store.add_artifacts(job.id, check="pending")  # the sweep asks the hook, then starts or cancels it
         store.append_event(job.id, "check.requested", {"url": platform.precheck_url})
         return store.get(job.id)

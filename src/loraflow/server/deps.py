@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from fastapi.responses import FileResponse
 
+from loraflow import paths
 from loraflow.jobs.store import Job, Store
 from loraflow.server.problems import Problem
 from loraflow.server.tokens import User, lookup
@@ -41,3 +44,19 @@ def own_job(store: Store, user: User, job_id: str) -> Job:
 Auth = Annotated[User, Depends(current_user)]
 Admin = Annotated[User, Depends(admin_user)]
 Db = Annotated[Store, Depends(get_store)]
+
+
+def bundle_response(job: Job) -> FileResponse:
+    bundle = job.artifacts.get("bundle")
+    if not bundle or not Path(bundle).is_file():
+        raise Problem(404, "no bundle yet", f"job {job.id} is {job.state.value}; the bundle comes when it completes")
+    return FileResponse(bundle, media_type="application/zip", filename=Path(bundle).name)
+
+
+def job_file_response(job: Job, path: str) -> FileResponse:
+    """A file of the job folder (samples, checkpoints, the LoRA), never outside it, never run state."""
+    root = paths.job_dir(job.id).resolve()
+    target = (root / path).resolve()
+    if root not in target.parents or not target.is_file() or target.name.endswith((".pid", ".lock", ".wrapper")):
+        raise Problem(404, "not found", f"{path} is not a file of job {job.id}")
+    return FileResponse(target)

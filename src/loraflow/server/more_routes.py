@@ -5,74 +5,41 @@ from typing import Annotated, Any
 import yaml
 from fastapi import APIRouter, Body, File, Query, Request, UploadFile
 
-from loraflow import paths
 from loraflow.jobs.states import JobState
+from loraflow.server import uploads
 from loraflow.server.deps import Auth, Db, own_job
 from loraflow.server.problems import Problem
 
 router = APIRouter()
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-
-
-def _upload_folder(user: str, upload_id: str):
-    import re
-
-    if not re.fullmatch(r"[0-9a-f]{32}", upload_id):
-        raise Problem(404, "not found", "no such upload")
-    folder = paths.home() / "uploads" / f"web-{user}-{upload_id}" / "dataset"
-    if not folder.is_dir():
-        raise Problem(404, "not found", "no such upload")
-    return folder
 
 
 @router.post("/api/uploads", status_code=201, tags=["datasets"])
 async def create_upload(
+    request: Request,
     user: Auth,
     files: Annotated[list[UploadFile], File(description="Images and .txt captions, or one .zip/.tar")],
 ) -> dict[str, Any]:
     """Upload a dataset to check it and edit its captions before creating the job."""
-    import shutil
-    import uuid
-
     from loraflow.dataset import DatasetRun
-    from loraflow.server.app import _save_uploads
-    from loraflow.server.ui import _unpack
 
-    upload_id = uuid.uuid4().hex
-    root = paths.home() / "uploads" / f"web-{user.name}-{upload_id}"
-    try:
-        saved = await _save_uploads(files, root / "incoming", 2048 << 20)
-        _unpack(saved, root / "dataset")
-    except BaseException:
-        shutil.rmtree(root, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(root / "incoming", ignore_errors=True)
-    report = DatasetRun(str(root / "dataset")).check()
-    return {"upload_id": upload_id, "report": report.to_dict()}
+    upload_id, dataset = await uploads.create(user.name, files, request.app.state.config.max_upload_mb << 20)
+    return {"upload_id": upload_id, "report": DatasetRun(str(dataset)).check().to_dict()}
 
 
 @router.get("/api/uploads/{upload_id}/captions", tags=["datasets"])
 def read_captions(upload_id: str, user: Auth) -> dict[str, str]:
-    folder = _upload_folder(user.name, upload_id)
-    return {
-        p.name: (p.with_suffix(".txt").read_text(encoding="utf-8").strip() if p.with_suffix(".txt").exists() else "")
-        for p in sorted(folder.iterdir())
-        if p.suffix.lower() in IMAGE_SUFFIXES
-    }
+    return uploads.captions(uploads.folder(user.name, upload_id))
 
 
 @router.put("/api/uploads/{upload_id}/captions", tags=["datasets"])
 def write_captions(upload_id: str, user: Auth, captions: Annotated[dict[str, str], Body()]) -> dict[str, str]:
-    """Set captions by image name; images not named keep theirs."""
-    folder = _upload_folder(user.name, upload_id)
+    """Set captions by image name; images not named keep theirs. All names are checked before any write."""
+    dataset = uploads.folder(user.name, upload_id)
     for name in captions:
-        image = folder / name
-        if "/" in name or not image.is_file() or image.suffix.lower() not in IMAGE_SUFFIXES:
-            raise Problem(422, "unknown image", f"{name!r} is not an image of this upload")
+        uploads.image(dataset, name)
     for name, text in captions.items():
-        (folder / name).with_suffix(".txt").write_text(text.strip() + "\n", encoding="utf-8")
-    return read_captions(upload_id, user)
+        uploads.write_caption(dataset, name, text)
+    return uploads.captions(dataset)
 
 
 @router.post("/api/uploads/{upload_id}/jobs", status_code=201, tags=["datasets"])
@@ -85,15 +52,14 @@ def job_from_upload(
     force: bool = False,
 ) -> dict[str, Any]:
     """Create a job from an upload (after caption edits) and a spec given as JSON."""
-    from loraflow.server.app import _check_limits, _submit
+    from loraflow.server.app import submit_job
     from loraflow.spec import parse_spec
 
-    folder = _upload_folder(user.name, upload_id)
+    folder = uploads.folder(user.name, upload_id)
     raw = dict(spec)
     raw["dataset"] = {**(raw.get("dataset") or {}), "path": str(folder)}
     parsed = parse_spec(raw, "spec")
-    _check_limits(parsed, request.app.state.config)
-    return _submit(store, parsed, user, force, request.app.state.platform).to_dict()
+    return submit_job(request.app.state, parsed, user, force).to_dict()
 
 
 @router.post("/api/jobs/{job_id}/approve", tags=["jobs"])

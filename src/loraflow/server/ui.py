@@ -8,9 +8,6 @@ SameSite=Strict cookie (logging out revokes it).
 from __future__ import annotations
 
 import json
-import re
-import shutil
-import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,13 +21,13 @@ from starlette.datastructures import UploadFile as StarletteUpload
 from loraflow import paths
 from loraflow.jobs.states import ACTIVE, RESUMABLE, JobState
 from loraflow.jobs.store import Job, Store
+from loraflow.server import uploads
+from loraflow.server.deps import bundle_response, job_file_response, own_job
 from loraflow.server.problems import Problem
 from loraflow.server.tokens import User, create_token, lookup, revoke_by_token
 
 HERE = Path(__file__).parent
 COOKIE = "loraflow_session"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 PER_PAGE = 50
 
 
@@ -47,7 +44,7 @@ def install(app: FastAPI) -> None:
         token = request.cookies.get(COOKIE)
         return lookup(store(), token) if token else None
 
-    def page(request: Request, template: str, user: User | None, **ctx: Any) -> HTMLResponse:
+    def render(request: Request, template: str, user: User | None, **ctx: Any) -> HTMLResponse:
         return templates.TemplateResponse(request, template, {"user": user, **ctx})
 
     def need_user(request: Request) -> User:
@@ -57,30 +54,22 @@ def install(app: FastAPI) -> None:
         return user
 
     def own(user: User, job_id: str) -> Job:
-        job = store().get(job_id)
-        if job.owner != user.name and not user.admin:
-            raise Problem(403, "forbidden", f"job {job_id} belongs to another user")
-        return job
+        return own_job(store(), user, job_id)
 
     def upload_dir(user: User, upload_id: str) -> Path:
-        if not UPLOAD_ID.match(upload_id):
-            raise Problem(404, "not found", "no such upload")
-        folder = paths.home() / "uploads" / f"web-{user.name}-{upload_id}" / "dataset"
-        if not folder.is_dir():
-            raise Problem(404, "not found", "no such upload")
-        return folder
+        return uploads.folder(user.name, upload_id)
 
     # --- session -----------------------------------------------------------------------------
 
     @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
     def login_page(request: Request) -> HTMLResponse:
-        return page(request, "login.html", None, error=None)
+        return render(request, "login.html", None, error=None)
 
     @app.post("/login", include_in_schema=False)
     def login(request: Request, token: str = Form("")) -> Response:
         user = lookup(store(), token.strip())
         if user is None:
-            return page(request, "login.html", None, error="That token is not valid.")
+            return render(request, "login.html", None, error="That token is not valid.")
         session = create_token(store(), user.name, label="web session", admin=user.admin)
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(COOKIE, session, httponly=True, samesite="strict", max_age=30 * 86400)
@@ -103,12 +92,11 @@ def install(app: FastAPI) -> None:
         return {"jobs": jobs, "page": page_no, "per_page": PER_PAGE, "total": store().count_jobs(owner=user.name)}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def home(request: Request, page_no: int = 1) -> Response:
+    def home(request: Request, page: int = 1) -> Response:
         user = session_user(request)
         if user is None:
             return RedirectResponse("/login", status_code=303)
-        page_no = int(request.query_params.get("page", page_no) or 1)
-        return page(request, "jobs.html", user, **jobs_context(user, page_no))
+        return render(request, "jobs.html", user, **jobs_context(user, page))
 
     @app.get("/ui/jobs/rows", response_class=HTMLResponse, include_in_schema=False)
     def job_rows(request: Request, page: int = 1) -> HTMLResponse:
@@ -149,7 +137,7 @@ def install(app: FastAPI) -> None:
         user = session_user(request)
         if user is None:
             return RedirectResponse("/login", status_code=303)
-        return page(request, "job.html", user, **live_context(own(user, job_id)))
+        return render(request, "job.html", user, **live_context(own(user, job_id)))
 
     @app.get("/ui/jobs/{job_id}/live", response_class=HTMLResponse, include_in_schema=False)
     def job_live(request: Request, job_id: str) -> HTMLResponse:
@@ -167,12 +155,10 @@ def install(app: FastAPI) -> None:
 
     @app.post("/ui/jobs/{job_id}/resume", response_class=HTMLResponse, include_in_schema=False)
     def ui_resume(request: Request, job_id: str) -> HTMLResponse:
-        from loraflow.jobs.runner import start_runner
+        from loraflow.jobs.runner import resume
 
-        job = own(need_user(request), job_id)
-        if job.state in RESUMABLE:
-            store().transition(job_id, JobState.PENDING, data={"resume": True})
-            start_runner(job_id)
+        if own(need_user(request), job_id).state in RESUMABLE:
+            resume(store(), job_id)
         return templates.TemplateResponse(request, "_job_live.html", live_context(store().get(job_id)))
 
     @app.post("/ui/jobs/{job_id}/publish", response_class=HTMLResponse, include_in_schema=False)
@@ -185,11 +171,7 @@ def install(app: FastAPI) -> None:
 
     @app.get("/ui/jobs/{job_id}/bundle", include_in_schema=False)
     def ui_bundle(request: Request, job_id: str) -> FileResponse:
-        job = own(need_user(request), job_id)
-        bundle = job.artifacts.get("bundle")
-        if not bundle or not Path(bundle).is_file():
-            raise Problem(404, "no bundle yet", f"job {job_id} has no bundle")
-        return FileResponse(bundle, media_type="application/zip", filename=Path(bundle).name)
+        return bundle_response(own(need_user(request), job_id))
 
     @app.get("/ui/jobs/{job_id}/checkpoint", include_in_schema=False)
     def ui_checkpoint(request: Request, job_id: str, step: int) -> FileResponse:
@@ -201,12 +183,7 @@ def install(app: FastAPI) -> None:
 
     @app.get("/ui/jobs/{job_id}/files/{path:path}", include_in_schema=False)
     def ui_file(request: Request, job_id: str, path: str) -> FileResponse:
-        own(need_user(request), job_id)
-        root = paths.job_dir(job_id).resolve()
-        target = (root / path).resolve()
-        if root not in target.parents or not target.is_file():
-            raise Problem(404, "not found", path)
-        return FileResponse(target)
+        return job_file_response(own(need_user(request), job_id), path)
 
     # --- new job wizard ----------------------------------------------------------------------
 
@@ -215,7 +192,7 @@ def install(app: FastAPI) -> None:
         user = session_user(request)
         if user is None:
             return RedirectResponse("/login", status_code=303)
-        return page(request, "new.html", user, error=None)
+        return render(request, "new.html", user, error=None)
 
     @app.post("/ui/uploads", include_in_schema=False)
     async def ui_upload(request: Request) -> Response:
@@ -223,44 +200,27 @@ def install(app: FastAPI) -> None:
         form = await request.form()
         files = [f for f in form.getlist("files") if isinstance(f, StarletteUpload) and f.filename]
         if not files:
-            return page(request, "new.html", user, error="Choose some images (and captions) first.")
-        from loraflow.server.app import _save_uploads
-
-        upload_id = uuid.uuid4().hex
-        root = paths.home() / "uploads" / f"web-{user.name}-{upload_id}"
-        limit = app.state.config.max_upload_mb * 1024 * 1024
+            return render(request, "new.html", user, error="Choose some images (and captions) first.")
         try:
-            saved = await _save_uploads(files, root / "incoming", limit)
-            _unpack(saved, root / "dataset")
+            upload_id, _dataset = await uploads.create(user.name, files, app.state.config.max_upload_mb << 20)
         except Problem as exc:
-            shutil.rmtree(root, ignore_errors=True)
-            return page(request, "new.html", user, error=exc.detail)
-        finally:
-            shutil.rmtree(root / "incoming", ignore_errors=True)
+            return render(request, "new.html", user, error=exc.detail)
         return RedirectResponse(f"/ui/uploads/{upload_id}", status_code=303)
 
     @app.get("/ui/uploads/{upload_id}", response_class=HTMLResponse, include_in_schema=False)
     def wizard(request: Request, upload_id: str) -> HTMLResponse:
         user = need_user(request)
         folder = upload_dir(user, upload_id)
-        return page(request, "wizard.html", user, **wizard_context(folder, upload_id))
+        return render(request, "wizard.html", user, **wizard_context(folder, upload_id))
 
     @app.post("/ui/uploads/{upload_id}/caption/{name}", include_in_schema=False)
     def save_caption(request: Request, upload_id: str, name: str, caption: str = Form("")) -> Response:
-        folder = upload_dir(need_user(request), upload_id)
-        image = folder / Path(name).name
-        if not image.is_file() or image.suffix.lower() not in IMAGE_SUFFIXES:
-            raise Problem(404, "not found", name)
-        image.with_suffix(".txt").write_text(caption.strip() + "\n", encoding="utf-8")
+        uploads.write_caption(upload_dir(need_user(request), upload_id), name, caption)
         return Response(status_code=204)
 
     @app.get("/ui/uploads/{upload_id}/image/{name}", include_in_schema=False)
     def upload_image(request: Request, upload_id: str, name: str) -> FileResponse:
-        folder = upload_dir(need_user(request), upload_id)
-        image = folder / Path(name).name
-        if not image.is_file():
-            raise Problem(404, "not found", name)
-        return FileResponse(image)
+        return FileResponse(uploads.image(upload_dir(need_user(request), upload_id), name))
 
     @app.post("/ui/uploads/{upload_id}/autocaption", response_class=HTMLResponse, include_in_schema=False)
     def autocaption(request: Request, upload_id: str, backend: str = Form("template")) -> HTMLResponse:
@@ -312,18 +272,17 @@ def install(app: FastAPI) -> None:
 
     @app.post("/ui/uploads/{upload_id}/start", include_in_schema=False)
     async def ui_start(request: Request, upload_id: str) -> Response:
-        from loraflow.server.app import _check_limits, _submit
+        from loraflow.server.app import submit_job
         from loraflow.spec import parse_spec
 
         user = need_user(request)
         folder = upload_dir(user, upload_id)
         try:
             spec = parse_spec(settings_spec(folder, dict(await request.form())), "settings")
-            _check_limits(spec, app.state.config)
-            job = _submit(store(), spec, user, False, app.state.platform)
+            job = submit_job(app.state, spec, user, False)
         except Exception as exc:
             ctx = wizard_context(folder, upload_id)
-            return page(request, "wizard.html", user, **ctx, error=str(exc))
+            return render(request, "wizard.html", user, **ctx, error=str(exc))
         return RedirectResponse(f"/jobs/{job.id}", status_code=303)
 
     def wizard_context(folder: Path, upload_id: str) -> dict[str, Any]:
@@ -333,16 +292,7 @@ def install(app: FastAPI) -> None:
         from loraflow.spec import TrainingSpec
 
         report = DatasetRun(str(folder)).check()
-        items = [
-            {
-                "name": p.name,
-                "caption": p.with_suffix(".txt").read_text(encoding="utf-8").strip()
-                if p.with_suffix(".txt").exists()
-                else "",
-            }
-            for p in sorted(folder.iterdir())
-            if p.suffix.lower() in IMAGE_SUFFIXES
-        ]
+        items = [{"name": name, "caption": text} for name, text in uploads.captions(folder).items()]
         advanced = [
             {"key": k, "default": "" if f.default is None else f.default, "help": f.description or ""}
             for k, f in TrainingSpec.model_fields.items()
@@ -359,22 +309,6 @@ def install(app: FastAPI) -> None:
             "presets": sorted(vram_presets()),
             "advanced": advanced,
         }
-
-
-def _unpack(saved: Path, dest: Path) -> None:
-    """A zip or tar goes through the dataset reader's safety checks; loose files are copied as they are."""
-    dest.mkdir(parents=True, exist_ok=True)
-    if saved.is_file():
-        from loraflow.dataset.sources import ArchiveLimits, open_source
-
-        entries, _findings = open_source(str(saved), ArchiveLimits(4 << 30, 20000))
-        for entry in entries:
-            name = Path(entry.path).name
-            if name and not name.startswith("."):
-                (dest / name).write_bytes(entry.read())
-        return
-    for path in saved.iterdir():
-        shutil.move(str(path), dest / path.name)
 
 
 def _escape(text: str) -> str:
