@@ -78,6 +78,34 @@ class CaptionPolicy(Strict):
         None, description="florence2: <CAPTION>, <DETAILED_CAPTION> (default) or <MORE_DETAILED_CAPTION>."
     )
     keep_tokens: int = Field(1, ge=0, description="Leading tags kept in place when shuffling.")
+    caption_type: Literal["descriptive", "casual", "straightforward", "stable_diffusion", "booru"] = Field(
+        "descriptive", description="joycaption: the kind of caption (booru gives a tag list)."
+    )
+    caption_length: str = Field(
+        "medium-length",
+        description="joycaption: a word count, or very short, short, medium-length, long, very long.",
+    )
+    refer_by_trigger: bool = Field(
+        False, description="joycaption: tell the model to call the person or character by the trigger word."
+    )
+    prompt: str | None = Field(
+        None,
+        description="qwen-vl: the instruction (a default asks for one detailed paragraph); joycaption: "
+        "extra instructions appended to its prompt.",
+    )
+    max_new_tokens: int = Field(300, ge=1, le=2048, description="joycaption, qwen-vl: longest caption in tokens.")
+
+    @field_validator("caption_length")
+    @classmethod
+    def _length(cls, value: str) -> str:
+        sizes = ("very short", "short", "medium-length", "long", "very long")
+        if not (value.isdigit() and 0 < int(value) <= 500) and value not in sizes:
+            raise ValueError(f"give a number of words (1-500) or one of: {', '.join(sizes)}")
+        return value
+
+    max_pixels: int = Field(
+        512 * 512, ge=3136, description="qwen-vl: images are scaled to at most this many pixels (VRAM and speed)."
+    )
 
 
 class DatasetSpec(Strict):

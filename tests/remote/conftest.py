@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from loraflow.testing.vast_emulator import Emulator, free_port, make_server
-
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+from loraflow.testing.sshd import SSHD, start_sshd
+from loraflow.testing.vast_emulator import Emulator, make_server
 
 
 def need_sshd() -> None:
@@ -78,31 +74,11 @@ class Sshd:
 def sshd(tmp_path: Path) -> Iterator[Sshd]:
     """A real OpenSSH server on 127.0.0.1 that accepts one client key."""
     need_sshd()
-    root = tmp_path / "sshd"
-    home = root / "home"
-    home.mkdir(parents=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "host_key")], check=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "client_key")], check=True)
-    keys = root / "authorized_keys"
-    shutil.copy(root / "client_key.pub", keys)
-    keys.chmod(0o600)
-    port = free_port()
-    (root / "config").write_text(
-        f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {root / 'host_key'}\nAuthorizedKeysFile {keys}\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-        f"PermitRootLogin prohibit-password\nPidFile none\nMaxSessions 64\nSetEnv HOME={home}\n"
-    )
-    Path("/run/sshd").mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(root / "config")], stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        if subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"], capture_output=True).returncode == 0:
-            break
-        time.sleep(0.05)
+    server = start_sshd(tmp_path / "sshd")
     try:
-        yield Sshd(port, root / "client_key", home)
+        yield Sshd(server.port, server.key, server.home)
     finally:
-        proc.kill()
-        proc.wait()
+        server.stop()
 
 
 def events_of(store: Any, job_id: str, type_: str) -> list[dict[str, Any]]:

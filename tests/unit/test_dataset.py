@@ -366,12 +366,3 @@ def test_template_captions_fill_only_missing_unless_overwrite(tmp_path: Path) ->
     DatasetRun(folder, CHECKS, over, trigger="zk").prepare(tmp_path / "over")
     assert {f["caption"] for f in read_manifest(tmp_path / "over")["files"]} == {"zk style"}
     assert (folder / "img00.txt").read_text() == "picture number 0"  # the user's files are never touched
-
-
-def test_unavailable_captioner_is_a_clear_error_only_when_needed(tmp_path: Path) -> None:
-    folder = write_dataset(tmp_path / "d", 3)
-    policy = CaptionPolicy(backend="qwen-vl")
-    assert "captioner_unavailable" not in codes(DatasetRun(folder, CHECKS, policy).check())  # all captioned
-    (folder / "img02.txt").unlink()
-    f = finding(DatasetRun(folder, CHECKS, policy).check(), "captioner_unavailable")
-    assert f.severity.value == "error" and "template" in f.fix

@@ -7,10 +7,11 @@ folder works the same way.
 
 from __future__ import annotations
 
-import gc
 import re
 from pathlib import Path
 from typing import Any
+
+from loraflow.caption.memory import free_memory
 
 DEFAULT_MODEL = "florence-community/Florence-2-large"
 TASKS = ("<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>")
@@ -65,14 +66,7 @@ class Florence2Captioner:
 
     def unload(self) -> None:
         self.model = self.processor = None
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
+        free_memory()
 
 
 def clean(text: str) -> str:

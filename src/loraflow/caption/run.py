@@ -15,11 +15,11 @@ from loraflow import paths
 from loraflow.errors import LoraflowError
 from loraflow.spec import CaptionPolicy
 
-MODEL_BACKENDS = {"wd14", "florence2"}  # run by caption.worker
+MODEL_BACKENDS = {"wd14", "florence2", "joycaption", "qwen-vl"}  # run by caption.worker
 AVAILABLE = {"existing", "template"} | MODEL_BACKENDS
 
 
-def captioner_options(policy: CaptionPolicy) -> dict[str, Any]:
+def captioner_options(policy: CaptionPolicy, trigger: str | None = None) -> dict[str, Any]:
     if policy.backend == "wd14":
         return {
             "model": policy.model,
@@ -30,6 +30,22 @@ def captioner_options(policy: CaptionPolicy) -> dict[str, Any]:
         }
     if policy.backend == "florence2":
         return {"model": policy.model, "task": policy.task or "<DETAILED_CAPTION>"}
+    if policy.backend == "joycaption":
+        return {
+            "model": policy.model,
+            "caption_type": policy.caption_type,
+            "caption_length": policy.caption_length,
+            "name": trigger if policy.refer_by_trigger else None,
+            "extra": policy.prompt or "",
+            "max_new_tokens": policy.max_new_tokens,
+        }
+    if policy.backend == "qwen-vl":
+        return {
+            "model": policy.model,
+            "prompt": policy.prompt,
+            "max_new_tokens": policy.max_new_tokens,
+            "max_pixels": policy.max_pixels,
+        }
     return {"model": policy.model}
 
 
@@ -39,11 +55,15 @@ def _cache_file(root: Path, backend: str, options: dict[str, Any], image: Path) 
 
 
 def run_captioner(
-    images: list[Path], policy: CaptionPolicy, cache_root: Path | None = None, timeout_s: float = 3600
+    images: list[Path],
+    policy: CaptionPolicy,
+    cache_root: Path | None = None,
+    timeout_s: float = 3600,
+    trigger: str | None = None,
 ) -> dict[Path, str]:
     """Captions for `images` (cached ones instantly); the model runs in a separate process."""
     cache_root = cache_root or paths.home() / "cache" / "captions"
-    options = captioner_options(policy)
+    options = captioner_options(policy, trigger)
     out: dict[Path, str] = {}
     todo: list[Path] = []
     for image in images:

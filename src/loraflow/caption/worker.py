@@ -22,6 +22,14 @@ def make_captioner(backend: str, options: dict):
         from loraflow.caption.florence2 import Florence2Captioner
 
         return Florence2Captioner(**options)
+    if backend == "joycaption":
+        from loraflow.caption.joycaption import JoyCaptioner
+
+        return JoyCaptioner(**options)
+    if backend == "qwen-vl":
+        from loraflow.caption.qwen_vl import QwenVLCaptioner
+
+        return QwenVLCaptioner(**options)
     raise ValueError(f"the '{backend}' captioner is not available in this version")
 
 

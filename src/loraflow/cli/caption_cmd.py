@@ -6,11 +6,12 @@ import csv
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 from rich.markup import escape
 
 from loraflow.cli.output import console
 from loraflow.errors import UserInputError
-from loraflow.spec import CaptionPolicy
+from loraflow.spec import CaptionPolicy, explain
 
 app = typer.Typer(help="Caption images: automatically, or by hand in a spreadsheet.", no_args_is_help=True)
 
@@ -24,8 +25,12 @@ def _folder(path: Path) -> Path:
 @app.command("run")
 def run(
     folder: Path = typer.Argument(..., help="Folder of images; caption files are written beside them."),
-    backend: str = typer.Option("wd14", "--backend", help="wd14, florence2 or template."),
+    backend: str = typer.Option("wd14", "--backend", help="wd14, florence2, joycaption, qwen-vl or template."),
     task: str | None = typer.Option(None, "--task", help="florence2 task, e.g. <MORE_DETAILED_CAPTION>."),
+    caption_type: str = typer.Option("descriptive", "--caption-type", help="joycaption: descriptive, booru, ..."),
+    caption_length: str = typer.Option("medium-length", "--caption-length", help="joycaption: words or a size."),
+    prompt: str | None = typer.Option(None, "--prompt", help="qwen-vl instruction; joycaption extra text."),
+    max_new_tokens: int = typer.Option(300, "--max-new-tokens", help="joycaption, qwen-vl: caption length cap."),
     model: str | None = typer.Option(None, "--model", help="Hub id or local folder of the captioner."),
     template: str = typer.Option("a photo of [trigger]", "--template", help="For --backend template."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing captions (kept in a backup)."),
@@ -37,16 +42,23 @@ def run(
     """Caption the images that have no caption yet (existing caption files are never touched unless --overwrite)."""
     from loraflow.caption.run import caption_folder
 
-    policy = CaptionPolicy(
-        backend=backend,
-        model=model,
-        template=template,
-        mode="overwrite" if overwrite else "fill_missing",
-        general_threshold=general_threshold,
-        character_threshold=character_threshold,
-        max_tags=max_tags,
-        task=task,
-    )
+    try:
+        policy = CaptionPolicy(
+            backend=backend,
+            model=model,
+            template=template,
+            mode="overwrite" if overwrite else "fill_missing",
+            general_threshold=general_threshold,
+            character_threshold=character_threshold,
+            max_tags=max_tags,
+            task=task,
+            caption_type=caption_type,
+            caption_length=caption_length,
+            prompt=prompt,
+            max_new_tokens=max_new_tokens,
+        )
+    except ValidationError as exc:
+        raise UserInputError("; ".join(explain(exc)), fix="see `loraflow caption run --help`") from None
     counts = caption_folder(_folder(folder), policy, caption_ext)
     console.print(f"{counts['captioned']} captioned, {counts['kept']} kept, of {counts['images']} images")
 

@@ -218,19 +218,6 @@ class DatasetRun:
         self.report.captioned = sum(1 for i in usable if i.caption)
         res = Counter(f"{i.decoded.width}x{i.decoded.height}" for i in usable)
         self.report.resolutions = dict(res.most_common())
-        needs_captioner = self.policy.mode == "overwrite" or any(not i.caption for i in usable)
-        from loraflow.caption.run import AVAILABLE
-
-        if self.policy.backend not in AVAILABLE and needs_captioner:
-            self.report.add(
-                Finding(
-                    "captioner_unavailable",
-                    Severity.ERROR,
-                    f"the '{self.policy.backend}' captioner is not available in this version",
-                    "caption the images yourself (same-name .txt files), or set "
-                    "dataset.captions.backend to template or existing",
-                )
-            )
         if len(usable) < c.min_images:
             self.report.add(
                 Finding(
@@ -302,7 +289,7 @@ class DatasetRun:
         elif backend != "existing" and wanted:
             from loraflow.caption.run import run_captioner
 
-            by_path = run_captioner([tmp / name for _, name in wanted], self.policy)
+            by_path = run_captioner([tmp / name for _, name in wanted], self.policy, trigger=self.trigger)
             generated = {path.name: text for path, text in by_path.items()}
         files: list[ManifestFile] = []
         for img, stem, name, data in written:

@@ -60,6 +60,57 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+# --- the shell side of each question, shared with the async follower's command fallback ---------------
+
+GPU_QUERY = (
+    "command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=index,name,utilization.gpu,"
+    "memory.used,memory.total --format=csv,noheader,nounits"
+)
+
+
+def status_script(handle: Handle) -> str:
+    q = shlex.quote
+    return (
+        f"if [ -f {q(handle.exit_file)} ]; then echo exited $(cat {q(handle.exit_file)}); exit 0; fi; "
+        f"for f in {q(handle.pid_file)} {q(handle.wrapper_file)}; do "
+        '[ -f "$f" ] && p=$(cat "$f") && kill -0 "$p" 2>/dev/null && '
+        '[ "$(cut -d" " -f3 /proc/$p/stat 2>/dev/null)" != Z ] && { echo running; exit 0; }; done; '
+        f"if [ -f {q(handle.exit_file)} ]; then echo exited $(cat {q(handle.exit_file)}); else echo gone; fi"
+    )
+
+
+def parse_status(out: bytes) -> tuple[ProcessStatus, int | None]:
+    words = out.decode(errors="replace").split()
+    if words and words[0] == "exited" and len(words) > 1 and words[1].lstrip("-").isdigit():
+        return ProcessStatus.EXITED, int(words[1])
+    if words and words[0] == "running":
+        return ProcessStatus.RUNNING, None
+    return ProcessStatus.GONE, None
+
+
+def read_command(path: str, offset: int, limit: int) -> str:
+    q = shlex.quote
+    return f"[ -f {q(path)} ] && tail -c +{offset + 1} {q(path)} | head -c {limit}"
+
+
+def signal_command(handle: Handle, sig: int) -> str:
+    return f'p=$(cat {shlex.quote(handle.pid_file)} 2>/dev/null) && kill -{int(sig)} "$p" 2>/dev/null'
+
+
+def listing_command(folder: str) -> str:
+    q = shlex.quote(folder)
+    return f"[ -d {q} ] && cd {q} && find . -type f -printf '%s %P\\n'"
+
+
+def parse_listing(out: bytes) -> dict[str, int]:
+    files: dict[str, int] = {}
+    for line in out.decode(errors="replace").splitlines():
+        size, _, name = line.partition(" ")
+        if size.isdigit() and name:
+            files[name] = int(size)
+    return files
+
+
 class SshHost:
     name = "ssh"
 
@@ -193,39 +244,16 @@ class SshHost:
         return int(text) if text.isdigit() else None
 
     def status(self, handle: Handle) -> tuple[ProcessStatus, int | None]:
-        q = shlex.quote
-        script = (
-            f"if [ -f {q(handle.exit_file)} ]; then echo exited $(cat {q(handle.exit_file)}); exit 0; fi; "
-            f"for f in {q(handle.pid_file)} {q(handle.wrapper_file)}; do "
-            '[ -f "$f" ] && p=$(cat "$f") && kill -0 "$p" 2>/dev/null && '
-            '[ "$(cut -d" " -f3 /proc/$p/stat 2>/dev/null)" != Z ] && { echo running; exit 0; }; done; '
-            f"if [ -f {q(handle.exit_file)} ]; then echo exited $(cat {q(handle.exit_file)}); else echo gone; fi"
-        )
-        words = self.exec(script).stdout.decode().split()
-        if words and words[0] == "exited" and len(words) > 1 and words[1].lstrip("-").isdigit():
-            return ProcessStatus.EXITED, int(words[1])
-        if words and words[0] == "running":
-            return ProcessStatus.RUNNING, None
-        return ProcessStatus.GONE, None
+        return parse_status(self.exec(status_script(handle)).stdout)
 
     def read(self, path: str, offset: int = 0, limit: int = 1 << 20) -> bytes:
-        q = shlex.quote
-        proc = self.exec(f"[ -f {q(path)} ] && tail -c +{offset + 1} {q(path)} | head -c {limit}", check=False)
-        return proc.stdout
+        return self.exec(read_command(path, offset, limit), check=False).stdout
 
     def signal(self, handle: Handle, sig: int) -> bool:
-        proc = self.exec(
-            f'p=$(cat {shlex.quote(handle.pid_file)} 2>/dev/null) && kill -{int(sig)} "$p" 2>/dev/null',
-            check=False,
-        )
-        return proc.returncode == 0
+        return self.exec(signal_command(handle, sig), check=False).returncode == 0
 
     def gpu_stats(self) -> list[dict[str, Any]] | None:
-        proc = self.exec(
-            "command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=index,name,utilization.gpu,"
-            "memory.used,memory.total --format=csv,noheader,nounits",
-            check=False,
-        )
+        proc = self.exec(GPU_QUERY, check=False)
         return parse_nvidia_smi(proc.stdout.decode()) if proc.returncode == 0 else None
 
     # --- files -----------------------------------------------------------------------------------
@@ -240,14 +268,7 @@ class SshHost:
 
     def listing(self, folder: str) -> dict[str, int]:
         """Relative path -> size of every file under folder (empty when it does not exist)."""
-        q = shlex.quote(folder)
-        out = self.exec(f"[ -d {q} ] && cd {q} && find . -type f -printf '%s %P\\n'", check=False).stdout
-        files: dict[str, int] = {}
-        for line in out.decode(errors="replace").splitlines():
-            size, _, name = line.partition(" ")
-            if size.isdigit() and name:
-                files[name] = int(size)
-        return files
+        return parse_listing(self.exec(listing_command(folder), check=False).stdout)
 
     def mkdir(self, path: str) -> None:
         self.exec(f"mkdir -p {shlex.quote(path)}")

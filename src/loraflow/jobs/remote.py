@@ -8,6 +8,7 @@ its seconds and price, which is where the job's cost comes from.
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import tarfile
 import tempfile
@@ -49,7 +50,7 @@ def job_cost(artifacts: dict[str, Any], lease: dict[str, Any] | None, now: float
     return past + (lease_cost(lease, now) if lease and lease.get("started_at") else 0.0)
 
 
-def _tar(source: Path, target: Path, arcname: str = ".") -> Path:
+def tar_folder(source: Path, target: Path, arcname: str = ".") -> Path:
     with tarfile.open(target, "w") as tar:
         tar.add(source, arcname=arcname, filter=lambda t: None if t.name.endswith((".pyc", "__pycache__")) else t)
     return target
@@ -241,25 +242,28 @@ class RemoteLease:
         started = time.time()
         sent = 0
         with tempfile.TemporaryDirectory(dir=self.local.run) as tmp:
-            parcels: list[tuple[Path, str]] = [(_tar(Path(self.local.dataset), Path(tmp, "dataset.tar")), "dataset")]
+            parcels: list[tuple[Path, str]] = [
+                (tar_folder(Path(self.local.dataset), Path(tmp, "dataset.tar")), "dataset")
+            ]
             model, folder = self.model_ref()
             if folder is not None:
-                parcels.append((_tar(folder, Path(tmp, "model.tar")), "model"))
-            if engine.name == "builtin":
+                parcels.append((tar_folder(folder, Path(tmp, "model.tar")), "model"))
+            if engine.name == "builtin" or self.captions_here():
                 import loraflow
 
                 package = Path(loraflow.__file__).parent
-                parcels.append((_tar(package, Path(tmp, "lib.tar"), "loraflow"), "lib"))
+                parcels.append((tar_folder(package, Path(tmp, "lib.tar"), "loraflow"), "lib"))
             checkpoint = self.latest_local_checkpoint()
             if checkpoint is not None:
-                parcels.append((_tar(checkpoint, Path(tmp, "checkpoint.tar"), f"{checkpoint.name}"), "checkpoints"))
+                parcels.append(
+                    (tar_folder(checkpoint, Path(tmp, "checkpoint.tar"), f"{checkpoint.name}"), "checkpoints")
+                )
                 self.emit(ev.LOG, {"message": f"sending {checkpoint.name} to resume from it"})
             for local_tar, folder_name in parcels:
-                target = f"{remote.root}/.upload/{local_tar.name}"
-                host.put(local_tar, target)
+                self.ship(local_tar, f"{remote.root}/{folder_name}")
                 sent += local_tar.stat().st_size
-                dest = f"{remote.root}/{folder_name}"
-                host.exec(f"mkdir -p '{dest}' && tar -xf '{target}' -C '{dest}' && rm -f '{target}'")
+        if self.captions_here():
+            dataset_hash = self.caption_on_host()
         files = engine.render(self.spec, remote, self.job_id, model, dataset_hash)
         for name, text in files.items():
             with tempfile.NamedTemporaryFile("w", delete=False, suffix=".render") as f:
@@ -273,6 +277,27 @@ class RemoteLease:
         lease["uploaded"] = True
         self._save(lease)
         self.emit(ev.LOG, {"message": f"uploaded {sent / 1e6:.1f} MB in {time.time() - started:.1f} s"})
+
+    def ship(self, local_tar: Path, dest: str) -> None:
+        """Upload a tar (resumable, checked) and unpack it into a folder on the host."""
+        host, remote = self.host(), self.layout()
+        target = f"{remote.root}/.upload/{local_tar.name}"
+        host.put(local_tar, target)
+        q = shlex.quote
+        host.exec(f"mkdir -p {q(dest)} && tar -xf {q(target)} -C {q(dest)} && rm -f {q(target)}")
+
+    # --- captions, on the host -------------------------------------------------------------------
+
+    def captions_here(self) -> bool:
+        """A model captioner runs on the rented GPU, not on the machine that submitted the job."""
+        from loraflow.caption.run import MODEL_BACKENDS
+
+        return self.spec.dataset.captions.backend in MODEL_BACKENDS
+
+    def caption_on_host(self) -> str:
+        from loraflow.jobs.remote_caption import caption_on_host
+
+        return caption_on_host(self)
 
     def _setup(self, host: SshHost, remote: JobLayout) -> None:
         script = self.spec.compute.setup

@@ -17,7 +17,6 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -28,43 +27,28 @@ from loraflow.errors import IllegalTransition, LoraflowError, UserInputError
 from loraflow.hosts.base import Handle, ProcessStatus
 from loraflow.hosts.local import LocalHost, pid_alive
 from loraflow.hosts.ssh import HostUnreachable
+from loraflow.jobs.following import (
+    CostMeter,
+    FollowState,
+    budget_stop_file,
+    event_fields,
+    follow_file,
+    handoff_file,
+    stall_file,
+)
 from loraflow.jobs.layout import JobLayout
-from loraflow.jobs.remote import RemoteLease, is_remote, job_cost
+from loraflow.jobs.remote import RemoteLease, is_remote
 from loraflow.jobs.states import ACTIVE, RESUMABLE, JobState
 from loraflow.jobs.store import Job, Store
 from loraflow.monitor import events as ev
 from loraflow.monitor.events import EngineEvent
-from loraflow.monitor.stall import StallDetector
+from loraflow.monitor.stall import Stall, StallDetector
 from loraflow.spec import TrainSpec
 
 ORDER = [JobState.PENDING, JobState.PREPARING, JobState.PROVISIONING, JobState.TRAINING, JobState.FINISHING]
 THROTTLED = {ev.PROGRESS, "caching"}
 # Failures a restart cannot fix (or that the stall policy says to fail on).
 NOT_RETRYABLE = {"oom", "hf_gated", "hf_auth", "bad_input", "missing_file", "disk_full", "stalled"}
-
-
-@dataclass
-class FollowState:
-    """What the follower has consumed, persisted so a new runner continues where the old one was."""
-
-    offset: int = 0
-    attempt: int = 0
-    processed: bool = True  # the current attempt's exit has been acted on
-    restarts: int = 0
-    host_losses: int = 0  # hosts that died, were outbid or stalled under this job
-    budget_warned: bool = False
-
-    @classmethod
-    def load(cls, path: Path) -> FollowState:
-        try:
-            return cls(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
-            return cls()
-
-    def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(self)))
-        tmp.replace(path)
 
 
 @contextlib.contextmanager
@@ -109,18 +93,22 @@ def runner_alive(job_id: str) -> bool:
         return not got
 
 
-def start_runner(job_id: str) -> Handle:
-    """Start the job's runner detached (it survives this terminal); a no-op when one is running."""
+def start_runner(job_id: str, handoff: bool = False) -> Handle:
+    """Start the job's runner detached (it survives this terminal); a no-op when one is running or a
+    follower has the job. With `handoff`, the runner gives a launched remote trainer to the follower."""
     folder = paths.job_dir(job_id)
     handle = Handle.in_folder(str(folder / "run"), "runner")
     host = LocalHost()
     deadline = time.monotonic() + 5
     while runner_alive(job_id):
+        if handoff_file(JobLayout(str(folder))).exists():
+            return handle  # a follower holds the lock and follows the job
         pid = host.pid(handle)
         if (pid is not None and pid_alive(pid)) or time.monotonic() > deadline:
             return handle  # a live runner has the job
         time.sleep(0.05)  # a runner just killed still holds its lock for a moment
-    host.run([sys.executable, "-m", "loraflow.jobs.runner", job_id], str(folder), handle)
+    env = {"LORAFLOW_HANDOFF": "1" if handoff else "0"}
+    host.run([sys.executable, "-m", "loraflow.jobs.runner", job_id], str(folder), handle, env)
     host.wait_started(handle)
     return handle
 
@@ -144,8 +132,12 @@ class JobRunner:
 
         self.wandb = WandbSink(self.spec, job_id, self.dir)
         self.remote = RemoteLease(store, job_id, self.spec, self.layout, self._emit) if is_remote(self.spec) else None
-        self._last_cost = (0.0, 0.0)  # (time, usd) of the last cost event
+        self.meter = CostMeter(self.spec, self.layout)
         self._accounted = 0.0
+        # Set by a worker that has a follower: once training runs, the follower follows it, not us.
+        # (W&B's SDK keeps one run per process, so a job logging to it is followed by its own runner.)
+        self.handoff = os.environ.get("LORAFLOW_HANDOFF") == "1" and self.remote is not None
+        self.handoff = self.handoff and not self.spec.wandb.enabled
 
     def _emit(self, type_: str, data: dict[str, Any]) -> None:
         self.store.append_event(self.job_id, type_, data)
@@ -161,7 +153,7 @@ class JobRunner:
 
     @property
     def budget_stop_file(self) -> Path:
-        return Path(self.layout.run) / "budget-stop"
+        return budget_stop_file(self.layout)
 
     # --- state helpers ---------------------------------------------------------------------------
 
@@ -269,7 +261,10 @@ class JobRunner:
             shutil.rmtree(dataset)  # a prepare cut short: do it again
         if not dataset.exists():
             d = self.spec.dataset
-            report = DatasetRun(d.path, d.checks, d.captions, d.trigger_word, d.caption_extension).prepare(dataset)
+            policy = d.captions
+            if self.remote is not None and self.remote.captions_here():  # captioned on the GPU host
+                policy = policy.model_copy(update={"backend": "existing"})
+            report = DatasetRun(d.path, d.checks, policy, d.trigger_word, d.caption_extension).prepare(dataset)
             for finding in report.findings:
                 if finding.severity.value != "info":
                     self.store.append_event(self.job_id, "dataset.finding", finding.to_dict())
@@ -357,7 +352,8 @@ class JobRunner:
         if "train" in self._refresh().stages_done:
             return None
         self._stage("train")
-        follow_path = Path(self.layout.run) / "follow.json"
+        handoff_file(self.layout).unlink(missing_ok=True)  # we hold the lock: no follower has the job
+        follow_path = follow_file(self.layout)
         state = FollowState.load(follow_path)
         while True:
             try:
@@ -400,13 +396,18 @@ class JobRunner:
         handle = Handle.in_folder(xlayout.run, "train")
         while True:
             status, _ = host.status(handle)
-            if state.processed:
+            launched = state.processed
+            if launched:
                 self._launch(handle, state)
                 state.save(follow_path)
-            elif status is ProcessStatus.RUNNING:
-                self.store.append_event(self.job_id, ev.LOG, {"message": "re-attached to the running trainer"})
-            elif status is ProcessStatus.GONE:
-                self._check_host()
+            else:
+                self._last_error = self._recorded_error()
+                if status is ProcessStatus.RUNNING:
+                    self.store.append_event(self.job_id, ev.LOG, {"message": "re-attached to the running trainer"})
+                elif status is ProcessStatus.GONE:
+                    self._check_host()
+            if (launched or status is ProcessStatus.RUNNING) and self._hand_off(state, follow_path):
+                return JobState.TRAINING
             code, parser = self._follow(handle, state, follow_path)
             final_path = self.engine.final_lora(self.spec, xlayout)
             final = (host.size(final_path) is not None) if self.remote else Path(final_path).exists()
@@ -474,35 +475,48 @@ class JobRunner:
         host.wait_started(handle)
         self.store.append_event(self.job_id, "train.launched", {"attempt": state.attempt, "pid": host.pid(handle)})
 
+    def _recorded_error(self) -> dict[str, Any] | None:
+        """The current attempt's last engine error as stored (whoever read the log: us before a restart,
+        or the follower), so the decision after its exit is the same."""
+        last = self.store.events(self.job_id, types=[ev.ERROR, "train.launched"], latest=True)
+        return last[0].data if last and last[0].type == ev.ERROR else None
+
+    def _hand_off(self, state: FollowState, follow_path: Path) -> bool:
+        """Give a running remote trainer to the worker's follower (see jobs/following.py)."""
+        if not self.handoff or Path(self.layout.stop_request).exists() or stall_file(self.layout).exists():
+            return False
+        if self._pending is not None:
+            self._write(self._pending)
+            self._pending = None
+        state.save(follow_path)
+        tmp = handoff_file(self.layout).with_suffix(".tmp")
+        tmp.write_text(json.dumps({"attempt": state.attempt, "offset": state.offset, "at": time.time()}))
+        tmp.replace(handoff_file(self.layout))
+        self._emit(ev.LOG, {"message": "training runs; the worker's follower follows it"})
+        return True
+
+    def _handed_back_stall(self) -> Stall | None:
+        """A stall the follower saw and left for us to act on."""
+        path = stall_file(self.layout)
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        finally:
+            path.unlink(missing_ok=True)
+        return Stall(str(data.get("reason", "no_progress")), str(data.get("message", "stalled")))
+
     def _account(self, state: FollowState, follow_path: Path) -> None:
-        """Cost from the lease's real price: shown live, warned at the warn fraction, stopped at the cap.
-        Once a second, not on every log poll: it reads the job record."""
+        """Once a second, not on every log poll: it reads the job record."""
         now = time.monotonic()
         if now - self._accounted < 1:
             return
         self._accounted = now
-        job = self._refresh()
-        cost = job_cost(job.artifacts, job.lease)
-        if abs(cost - self._last_cost[1]) >= 0.0001 and now - self._last_cost[0] > 2:
-            self._last_cost = (now, cost)
-            rate = float((job.lease or {}).get("price_usd_h") or 0)
-            self.store.update(self.job_id, cost_usd=cost)
-            self._emit(ev.COST, {"usd": round(cost, 5), "rate_usd_h": rate})
-        budget = self.spec.budget
-        hours = sum(
-            float(x.get("ended_at", 0)) - float(x.get("started_at", 0)) for x in job.artifacts.get("leases", [])
-        ) / 3600 + ((time.time() - float(job.lease["started_at"])) / 3600 if job.lease else 0)
-        cap_hit = (budget.max_usd is not None and cost >= budget.max_usd) or (
-            budget.max_hours is not None and hours >= budget.max_hours
-        )
-        if budget.max_usd and not state.budget_warned and cost >= budget.max_usd * budget.warn_fraction:
-            state.budget_warned = True
+        before = state.budget_warned
+        for type_, data, fields in self.meter.check(self._refresh(), state):
+            self.store.append_event(self.job_id, type_, data, **fields)
+        if state.budget_warned != before:
             state.save(follow_path)
-            self._emit("budget.warning", {"usd": round(cost, 4), "max_usd": budget.max_usd})
-        if cap_hit and not self.budget_stop_file.exists():
-            self.budget_stop_file.touch()
-            Path(self.layout.stop_request).touch()
-            self._emit(ev.LOG, {"message": f"budget reached (${cost:.4f}): stopping with a checkpoint"})
 
     def _follow(self, handle: Handle, state: FollowState, follow_path: Path) -> tuple[int | None, Any]:
         parser = self.engine.parser(self.spec)
@@ -513,6 +527,7 @@ class JobRunner:
         last_gpu = 0.0
         stall_kill = False
         collected = 0.0
+        handed_stall = self._handed_back_stall()
         while True:
             chunk = host.read(handle.log_file, state.offset)
             if chunk:
@@ -545,7 +560,8 @@ class JobRunner:
                 last_gpu = now
                 stats = host.gpu_stats()
                 detector.on_gpu([g["util"] for g in stats] if stats else None, now)
-            stall = detector.check(now)
+            stall = handed_stall or detector.check(now)
+            handed_stall = None
             if stall and not stall_kill:
                 self.store.append_event(
                     self.job_id,
@@ -610,16 +626,7 @@ class JobRunner:
             self._pending = None
 
     def _write(self, event: EngineEvent) -> None:
-        fields: dict[str, Any] = {}
-        if event.type == ev.PROGRESS:
-            fields = {
-                "step": int(event.data["step"]),
-                "total_steps": int(event.data["total"]),
-                "loss": event.data.get("loss"),
-            }
-        elif event.type in (ev.RESUMED, ev.STOPPED, ev.RESULT):
-            fields = {"step": int(event.data["step"])}
-        self.store.append_event(self.job_id, event.type, event.data, **fields)
+        self.store.append_event(self.job_id, event.type, event.data, **event_fields(event))
         warning = self.wandb.feed(event)
         if warning:
             self.store.append_event(self.job_id, ev.WARNING, {"message": warning})
@@ -632,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     state = JobRunner(Store(), args[0]).run()
-    return 0 if state in (JobState.COMPLETED, JobState.AWAITING_APPROVAL, JobState.STOPPED) else 1
+    return 0 if state in (JobState.COMPLETED, JobState.AWAITING_APPROVAL, JobState.STOPPED, JobState.TRAINING) else 1
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@ whose stamp goes stale belongs to a dead worker and the next claim takes it over
 runs in its runner process, which re-attaches to a training process that is still running, so a
 takeover never trains twice.
 
+Remote trainers, once launched, are followed by the worker's one Follower (jobs/follower.py: one event
+loop for all of them) instead of a process each; a job handed off by a worker that died is adopted by
+whichever worker takes it over.
+
     loraflow worker --slots 4
 """
 
@@ -17,6 +21,7 @@ import socket
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import and_, or_, select, update
 
@@ -24,18 +29,31 @@ from loraflow.jobs.models import JobRow
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Store
 
+if TYPE_CHECKING:
+    from loraflow.jobs.follower import Follower
+
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 class Worker:
-    def __init__(self, store: Store, slots: int = 4, lease_s: float = 30.0, name: str | None = None) -> None:
+    def __init__(
+        self, store: Store, slots: int = 4, lease_s: float = 30.0, name: str | None = None, follow: bool = True
+    ) -> None:
         self.store = store
         self.slots = slots
         self.lease_s = lease_s
         self.id = name or worker_id()
         self._stop = threading.Event()
+        self.follower: Follower | None = None
+        if follow:
+            try:
+                from loraflow.jobs.follower import Follower
+
+                self.follower = Follower(store)
+            except ImportError:  # asyncssh is in the `cloud` extra: without it each runner follows its job
+                self.follower = None
 
     def claim(self, limit: int) -> list[str]:
         """Take up to `limit` jobs nobody is working on; returns their ids."""
@@ -86,16 +104,27 @@ class Worker:
 
         self.heartbeat()
         running = self.mine()
+        records = self.store.jobs_by_id(running)
+        follower = self.follower
         for job_id in running:
-            if self.store.get(job_id).artifacts.get("check") == "pending":
+            if job_id not in records or records[job_id].artifacts.get("check") == "pending":
                 continue
-            if not runner_alive(job_id):  # its runner died (or this worker restarted): start it again
-                start_runner(job_id)
+            if follower is not None and follower.following(job_id):
+                continue
+            if runner_alive(job_id):
+                continue
+            if follower is not None and follower.adopt(job_id):  # handed off by its runner
+                continue
+            # Its runner died (or this worker restarted): start it again.
+            start_runner(job_id, handoff=follower is not None)
         claimed = self.claim(self.slots - len(running))
         for job_id in claimed:
             self.store.append_event(job_id, "worker.claimed", {"worker": self.id})
-            if self.store.get(job_id).artifacts.get("check") != "pending":  # held for the external check
-                start_runner(job_id)
+            if self.store.get(job_id).artifacts.get("check") == "pending":  # held for the external check
+                continue
+            if follower is not None and follower.adopt(job_id):  # taken over while handed off
+                continue
+            start_runner(job_id, handoff=follower is not None)
         return claimed
 
     def run(self, poll_s: float = 1.0) -> None:
@@ -104,8 +133,17 @@ class Worker:
             self._stop.wait(poll_s)
 
     def start(self, poll_s: float = 1.0) -> Worker:
-        threading.Thread(target=self.run, args=(poll_s,), daemon=True, name=f"worker-{self.id}").start()
+        if self.follower is not None:
+            self.follower.start()
+        self._thread = threading.Thread(target=self.run, args=(poll_s,), daemon=True, name=f"worker-{self.id}")
+        self._thread.start()
         return self
 
     def stop(self) -> None:
+        """Stop claiming; followed jobs go back to runner processes of their own and keep training."""
         self._stop.set()
+        thread = getattr(self, "_thread", None)
+        if thread is not None:
+            thread.join(30)
+        if self.follower is not None:
+            self.follower.close()

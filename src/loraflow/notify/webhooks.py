@@ -8,6 +8,7 @@ recorded as a `webhook.delivery` event. Progress is sent at most every `progress
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue
@@ -42,6 +43,15 @@ def target_url(target: NotificationTarget) -> str | None:
     return target.url
 
 
+def final_result(status: int, attempt: int) -> Result | None:
+    """The outcome once a response settles it: 2xx is done, 4xx other than 429 is final; else retry."""
+    if status < 300:
+        return Result(True, attempt, status)
+    if 400 <= status < 500 and status != 429:
+        return Result(False, attempt, status, f"HTTP {status}")
+    return None
+
+
 def deliver(
     url: str,
     body: bytes,
@@ -50,22 +60,38 @@ def deliver(
     base_delay_s: float = 1.0,
     timeout_s: float = 10.0,
 ) -> Result:
-    """POST with retries on errors, timeouts, 429 and 5xx; 4xx other than 429 is final."""
+    """Blocking `deliver_async`, for the notifier's per-target threads and the CLI (one policy, one loop)."""
+
+    async def once() -> Result:
+        async with httpx.AsyncClient() as client:
+            return await deliver_async(client, url, body, headers, attempts, base_delay_s, timeout_s)
+
+    return asyncio.run(once())
+
+
+async def deliver_async(
+    client: httpx.AsyncClient,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    attempts: int = 5,
+    base_delay_s: float = 1.0,
+    timeout_s: float = 10.0,
+) -> Result:
+    """POST with retries on errors, timeouts, 429 and 5xx; 4xx other than 429 is final. Waits without a
+    thread, so the follower's event loop delivers for every job it follows."""
     status: int | None = None
     error: str | None = None
     for attempt in range(1, attempts + 1):
         try:
-            response = httpx.post(url, content=body, headers=headers, timeout=timeout_s)
-            status = response.status_code
-            if status < 300:
-                return Result(True, attempt, status)
+            status = (await client.post(url, content=body, headers=headers, timeout=timeout_s)).status_code
+            if (result := final_result(status, attempt)) is not None:
+                return result
             error = f"HTTP {status}"
-            if 400 <= status < 500 and status != 429:
-                return Result(False, attempt, status, error)
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"
         if attempt < attempts:
-            time.sleep(base_delay_s * 2 ** (attempt - 1))
+            await asyncio.sleep(base_delay_s * 2 ** (attempt - 1))
     return Result(False, attempts, status, error)
 
 
@@ -81,6 +107,49 @@ def signed_request(p: dict[str, Any], kind: str, chat_id: str | None) -> tuple[b
     if secret and kind == "webhook":
         headers[HEADER] = sign(secret, body)
     return body, headers
+
+
+def delivery_record(p: dict[str, Any], target: NotificationTarget, result: Result) -> dict[str, Any]:
+    """The `webhook.delivery` event's data: never the URL itself (it may carry a token), only its host."""
+    url = target_url(target) or ""
+    return {
+        "event": p["event"],
+        "seq": p["seq"],
+        "target": target.type,
+        "host": httpx.URL(url).host if url else None,
+        "ok": result.ok,
+        "attempts": result.attempts,
+        "status": result.status,
+        "error": result.error,
+    }
+
+
+def wants(target: NotificationTarget, name: str) -> bool:
+    return "*" in target.events or name in target.events
+
+
+class Selector:
+    """Which of a job's events become notifications: named ones only, progress at most every N seconds."""
+
+    def __init__(self, after_seq: int = 0, progress_every_s: float = 30.0) -> None:
+        self.seq = after_seq
+        self.progress_every_s = progress_every_s
+        self._last_progress = 0.0
+
+    def pick(self, events: list[Any], job: Any) -> list[dict[str, Any]]:
+        out = []
+        for event in events:
+            self.seq = max(self.seq, event.seq)
+            name = webhook_name(event)
+            if name is None:
+                continue
+            if name == "job.progress":
+                now = time.monotonic()
+                if now - self._last_progress < self.progress_every_s:
+                    continue
+                self._last_progress = now
+            out.append(payload(name, event, job))
+        return out
 
 
 class _Worker(threading.Thread):
@@ -123,7 +192,7 @@ class Notifier:
         self.workers = [_Worker(self, t) for t in targets]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, daemon=True)
-        self._last_progress = 0.0
+        self.selector = Selector(after_seq, progress_every_s)
 
     def start(self) -> Notifier:
         for w in self.workers:
@@ -132,41 +201,17 @@ class Notifier:
         return self
 
     def record(self, p: dict[str, Any], target: NotificationTarget, result: Result) -> None:
-        url = target_url(target) or ""
-        self.store.append_event(
-            self.job_id,
-            "webhook.delivery",
-            {
-                "event": p["event"],
-                "seq": p["seq"],
-                "target": target.type,
-                "host": httpx.URL(url).host if url else None,
-                "ok": result.ok,
-                "attempts": result.attempts,
-                "status": result.status,
-                "error": result.error,
-            },
-        )
+        self.store.append_event(self.job_id, "webhook.delivery", delivery_record(p, target, result))
 
     def _dispatch(self) -> None:
         events = self.store.events(self.job_id, after_seq=self.seq)
         if not events:
             return
-        job = self.store.get(self.job_id)
-        for event in events:
-            self.seq = event.seq
-            name = webhook_name(event)
-            if name is None:
-                continue
-            if name == "job.progress":
-                now = time.monotonic()
-                if now - self._last_progress < self.progress_every_s:
-                    continue
-                self._last_progress = now
-            p = payload(name, event, job)
+        for p in self.selector.pick(events, self.store.get(self.job_id)):
             for w in self.workers:
-                if "*" in w.target.events or name in w.target.events:
+                if wants(w.target, p["event"]):
                     w.queue.put(p)
+        self.seq = self.selector.seq
 
     def _follow(self) -> None:
         while not self._stop.is_set():

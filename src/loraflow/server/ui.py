@@ -302,7 +302,7 @@ def install(app: FastAPI) -> None:
             "upload_id": upload_id,
             "report": report,
             "items": items,
-            "captioners": [b for b in AVAILABLE if b != "existing"],
+            "captioners": sorted(b for b in AVAILABLE if b != "existing"),
             "trigger": "",
             "name": "lora",
             "models": list(base_models().values()),

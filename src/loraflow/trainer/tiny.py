@@ -8,6 +8,9 @@ The geometry is real Flux's (8x VAE, 16 latent channels, 2x2 packing to 64, guid
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import uuid
 from pathlib import Path
 
 MARKER = "loraflow_tiny.json"
@@ -121,8 +124,14 @@ def build_tiny_flux(dest: str | Path, *, variant: str = "dev", seed: int = 0) ->
         tokenizer_2=tok2,
         transformer=transformer,
     )
-    tmp = dest.with_name(dest.name + ".partial")
+    # Jobs started together may build it at once: each writes its own folder, the first rename wins.
+    tmp = dest.with_name(f"{dest.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     pipe.save_pretrained(tmp)
     (tmp / MARKER).write_text(json.dumps({"variant": variant, "seed": seed}) + "\n")
-    tmp.replace(dest)
+    try:
+        tmp.replace(dest)
+    except OSError:
+        if not (dest / MARKER).exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another build won: the same seed made the same weights
     return dest

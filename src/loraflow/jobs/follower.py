@@ -1,0 +1,354 @@
+"""The follower: one event loop in a worker process that follows every running remote trainer it was
+handed, so hundreds of rented GPUs cost one thread and one SSH connection per host, not a process each.
+
+Per job, every `poll_s` seconds: the log's new bytes (SFTP read at the saved offset), the trainer's
+liveness (exit-code file, /proc), a stop request (SIGTERM once), the cost meter and budget cap, GPU
+utilisation every 30 s, the stall detector, and new checkpoints and samples copied back (the transfer
+itself runs on a small shared thread pool with the resumable, checksummed OpenSSH path). Events of all
+jobs are written in one transaction per round; a job's log offset is saved only after its events are.
+
+Anything that needs a decision (the trainer ended, the host stopped answering, a stall to act on, the
+follower shutting down) hands the job back to its runner process, which re-attaches and decides as it
+always does. The hand-off protocol is in jobs/following.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import random
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Any
+
+from loraflow import paths
+from loraflow.engines import get_engine
+from loraflow.errors import LoraflowError
+from loraflow.hosts.base import Handle, ProcessStatus
+from loraflow.hosts.ssh import HostUnreachable, SshEndpoint
+from loraflow.hosts.ssh_async import AsyncSshHost
+from loraflow.jobs.following import (
+    CostMeter,
+    FollowState,
+    Pending,
+    coalesce,
+    event_fields,
+    follow_file,
+    handoff_file,
+    stall_file,
+)
+from loraflow.jobs.layout import JobLayout
+from loraflow.jobs.remote import RemoteLease
+from loraflow.jobs.states import JobState
+from loraflow.jobs.store import Job, Store
+from loraflow.monitor import events as ev
+from loraflow.monitor.events import EngineEvent
+from loraflow.monitor.stall import StallDetector
+
+log = logging.getLogger(__name__)
+
+GPU_EVERY_S = 30.0
+SYNC_EVERY_S = 15.0
+CONNECTS_AT_ONCE = 16
+
+
+def take_lock(job_dir: Path) -> IO[str] | None:
+    """The job's runner lock, held (open) for as long as the follower follows it."""
+    (job_dir / "run").mkdir(parents=True, exist_ok=True)
+    handle = open(job_dir / "run" / "runner.lock", "a+")  # noqa: SIM115 - kept open while following
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+class _Writes:
+    """Events of every followed job, written together: one transaction per round instead of one per line."""
+
+    def __init__(self, store: Store, pool: ThreadPoolExecutor, every_s: float = 0.2) -> None:
+        self.store = store
+        self.pool = pool
+        self.every_s = every_s
+        self.items: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = []
+        self.waiters: list[asyncio.Future[None]] = []
+        self.flushing: asyncio.Task[None] | None = None
+        self.written = 0
+
+    async def write(self, job_id: str, pending: list[Pending]) -> None:
+        """Returns once these events are committed."""
+        if not pending:
+            return
+        self.items += [(job_id, t, d, f) for t, d, f in pending]
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        if self.flushing is None or self.flushing.done():
+            self.flushing = asyncio.create_task(self._flush())
+        await waiter
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(self.every_s)
+        items, waiters = self.items, self.waiters
+        self.items, self.waiters = [], []
+        try:
+            await asyncio.get_running_loop().run_in_executor(self.pool, self.store.append_many, items)
+            self.written += len(items)
+            for w in waiters:
+                w.set_result(None)
+        except Exception as exc:
+            for w in waiters:
+                w.set_exception(exc)
+        if self.items:  # arrived while we wrote
+            self.flushing = asyncio.create_task(self._flush())
+
+
+class Follower:
+    def __init__(self, store: Store, poll_s: float = 1.0, transfer_threads: int = 4) -> None:
+        self.store = store
+        self.poll_s = poll_s
+        self.loop = asyncio.new_event_loop()
+        self.pool = ThreadPoolExecutor(transfer_threads, thread_name_prefix="follower-io")
+        self.writes = _Writes(store, self.pool)
+        self.jobs: dict[str, IO[str]] = {}  # job id -> its held runner lock
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.hosts: dict[tuple[Any, ...], AsyncSshHost] = {}
+        self.records: dict[str, Job] = {}
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="follower")
+        self._closing = False
+        self._connect_gate: asyncio.Semaphore | None = None
+        self._background: set[asyncio.Future[None]] = set()
+
+    # --- from other threads ----------------------------------------------------------------------
+
+    def start(self) -> Follower:
+        self._thread.start()
+        self.loop.call_soon_threadsafe(self._start_refresher)
+        return self
+
+    def following(self, job_id: str) -> bool:
+        return job_id in self.jobs
+
+    def adopt(self, job_id: str) -> bool:
+        """Follow a job its runner handed off; False when it was not handed off or someone holds it."""
+        if self._closing:
+            return False
+        if job_id in self.jobs:
+            return True
+        folder = paths.job_dir(job_id)
+        if not handoff_file(JobLayout(str(folder))).exists():
+            return False
+        lock = take_lock(folder)
+        if lock is None:
+            return False
+        if not handoff_file(JobLayout(str(folder))).exists():  # handed back between the two looks
+            lock.close()
+            return False
+        self.jobs[job_id] = lock
+        self.loop.call_soon_threadsafe(self._spawn, job_id)
+        return True
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Stop following: every job goes back to a runner process of its own, so none is left unwatched."""
+        self._closing = True
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(timeout_s)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+        for job_id in list(self.jobs):  # any the loop could not hand back in time
+            self._release(job_id, start=True)
+        self.pool.shutdown(wait=False)
+
+    async def _shutdown(self) -> None:
+        # Only the followers and the record refresher: pending writes still have to land.
+        tasks = [t for t in asyncio.all_tasks() if t.get_name().startswith(("follow:", "records"))]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for host in self.hosts.values():
+            with contextlib.suppress(Exception):
+                await host.close()
+
+    # --- on the loop -----------------------------------------------------------------------------
+
+    def _start_refresher(self) -> None:
+        self._refresher = self.loop.create_task(self._refresh_records(), name="records")
+
+    def _spawn(self, job_id: str) -> None:
+        self.tasks[job_id] = self.loop.create_task(self._follow(job_id), name=f"follow:{job_id}")
+
+    async def _refresh_records(self) -> None:
+        """Every followed job's record in one query a second (cost, state, lease)."""
+        while True:
+            ids = list(self.jobs)
+            if ids:
+                with contextlib.suppress(Exception):
+                    self.records = await self.loop.run_in_executor(self.pool, self.store.jobs_by_id, ids)
+            await asyncio.sleep(1.0)
+
+    def _host(self, endpoint: SshEndpoint) -> AsyncSshHost:
+        key = tuple(sorted(endpoint.to_dict().items()))
+        if key not in self.hosts:
+            if self._connect_gate is None:
+                self._connect_gate = asyncio.Semaphore(CONNECTS_AT_ONCE)
+            self.hosts[key] = AsyncSshHost(endpoint, connect_gate=self._connect_gate)
+        return self.hosts[key]
+
+    def _release(self, job_id: str, start: bool) -> None:
+        """Give the job back: the hand-off file goes, the lock is let go, and its runner starts again."""
+        from loraflow.jobs.runner import start_runner
+
+        lock = self.jobs.pop(job_id, None)
+        self.tasks.pop(job_id, None)
+        handoff_file(JobLayout(str(paths.job_dir(job_id)))).unlink(missing_ok=True)
+        if lock is not None:
+            lock.close()
+        if start:
+            try:
+                start_runner(job_id, handoff=not self._closing)
+            except Exception:  # the worker's next round starts it
+                log.exception("could not start the runner of %s", job_id)
+
+    async def _follow(self, job_id: str) -> None:
+        reason = "follower stopped"
+        try:
+            reason = await self._watch(job_id)
+        except asyncio.CancelledError:
+            reason = "follower stopped"
+        except HostUnreachable as exc:
+            reason = f"host unreachable: {exc.message}"
+        except Exception as exc:  # the runner takes over; nothing is lost (offsets are saved after writes)
+            log.exception("following %s failed", job_id)
+            reason = f"follower error: {type(exc).__name__}: {exc}"
+        finally:
+            with contextlib.suppress(Exception):
+                await self.writes.write(job_id, [("follower.released", {"reason": reason}, {})])
+            await self.loop.run_in_executor(None, self._release, job_id, True)
+
+    async def _watch(self, job_id: str) -> str:
+        """Follow one job until something needs its runner; returns why."""
+        job = await self.loop.run_in_executor(self.pool, self.store.get, job_id)
+        spec = job.train_spec
+        lease = job.lease or {}
+        if job.state is not JobState.TRAINING or not lease.get("ssh") or not lease.get("root"):
+            return f"job is {job.state.value} without a ready host"
+        engine = get_engine(spec.engine.name)
+        parser = engine.parser(spec)
+        layout = JobLayout(str(paths.job_dir(job_id)))
+        xlayout = JobLayout(lease["root"])
+        host = self._host(SshEndpoint.from_dict(lease["ssh"]))
+        handle = Handle.in_folder(xlayout.run, "train")
+        trainer = host.watch(handle)
+        follow_path = follow_file(layout)
+        state = FollowState.load(follow_path)
+        meter = CostMeter(spec, layout)
+        monitor = spec.monitor
+        detector = StallDetector(monitor.stall_minutes, monitor.gpu_idle_minutes, time.monotonic())
+        notifier = None
+        if spec.notifications:
+            import httpx
+
+            from loraflow.notify.async_notifier import AsyncNotifier
+
+            client = httpx.AsyncClient()
+            notifier = AsyncNotifier(self.store, job_id, spec.notifications, client, self._queue_for(job_id))
+        remote = RemoteLease(self.store, job_id, spec, layout, self._emit_for(job_id))
+        await self.writes.write(job_id, [("follower.adopted", {"attempt": state.attempt, "offset": state.offset}, {})])
+        stop_sent = False
+        last_gpu = time.monotonic() - random.uniform(0, GPU_EVERY_S)  # spread hundreds of adoptions out
+        synced_at, synced_view = time.monotonic() - random.uniform(0, SYNC_EVERY_S), None
+        try:
+            while True:
+                pending: list[Pending] = []
+                chunk = await trainer.read(state.offset)
+                status, _ = await trainer.status()
+                if status is not ProcessStatus.RUNNING:  # whatever it wrote before it ended
+                    chunk += await trainer.read(state.offset + len(chunk))
+                events: list[EngineEvent] = parser.feed(chunk) if chunk else []
+                if status is not ProcessStatus.RUNNING:
+                    events += parser.flush()
+                now = time.monotonic()
+                for event in events:
+                    if event.type == ev.PHASE:
+                        detector.on_phase(event.data.get("phase", ""), now)
+                    elif event.type == ev.PROGRESS:
+                        detector.on_progress(now)
+                pending += [(e.type, e.data, event_fields(e)) for e in coalesce(events)]
+                record = self.records.get(job_id)
+                if record is not None:
+                    if record.state is not JobState.TRAINING:
+                        return f"job is {record.state.value}"
+                    pending += meter.check(record, state)
+                if not stop_sent and Path(layout.stop_request).exists() and status is ProcessStatus.RUNNING:
+                    stop_sent = await host.signal(handle, signal.SIGTERM)
+                    pending.append((ev.LOG, {"message": "stop requested: checkpointing"}, {}))
+                if now - last_gpu > GPU_EVERY_S:
+                    last_gpu = now
+                    stats = await host.gpu_stats()
+                    detector.on_gpu([g["util"] for g in stats] if stats else None, now)
+                stall = detector.check(now)
+                if stall is not None and status is ProcessStatus.RUNNING:
+                    action = monitor.on_stall
+                    pending.append(
+                        ("stall.detected", {"reason": stall.reason, "message": stall.message, "action": action}, {})
+                    )
+                    if action == "notify":
+                        detector.on_progress(now)  # tell once per stall window
+                    else:
+                        await self.writes.write(job_id, pending)
+                        state.offset += len(chunk)
+                        state.save(follow_path)
+                        stall_file(layout).write_text(json.dumps({"reason": stall.reason, "message": stall.message}))
+                        return f"stalled: {stall.message}"
+                # New checkpoints and samples: after a save line, else when the remote listing changed.
+                if status is ProcessStatus.RUNNING and (
+                    any(e.type in (ev.CHECKPOINT, ev.SAMPLE) for e in events) or now - synced_at > SYNC_EVERY_S
+                ):
+                    synced_at = now
+                    view = (await host.listing(xlayout.checkpoints), await host.listing(xlayout.samples))
+                    if view != synced_view and (view[0] or view[1]):  # something there, and new
+                        copied = await self.loop.run_in_executor(self.pool, remote.sync)
+                        synced_view = view
+                        pending += [(e.type, e.data, event_fields(e)) for e in copied]
+                await self.writes.write(job_id, pending)
+                state.offset += len(chunk)  # saved only once its events are stored
+                state.save(follow_path)
+                if notifier is not None and pending:
+                    stored = await self.loop.run_in_executor(
+                        self.pool, self.store.events, job_id, notifier.selector.seq
+                    )
+                    notifier.feed(stored, record or job)
+                if status is not ProcessStatus.RUNNING:
+                    return f"trainer {status.value}"
+                await asyncio.sleep(self.poll_s)
+        finally:
+            await trainer.close()
+            if notifier is not None:
+                await notifier.close()
+                await notifier.client.aclose()
+
+    def _queue_for(self, job_id: str) -> Any:
+        def queue(type_: str, data: dict[str, Any]) -> None:
+            task = asyncio.ensure_future(self.writes.write(job_id, [(type_, data, {})]))
+            self._background.add(task)  # kept until written
+            task.add_done_callback(self._background.discard)
+
+        return queue
+
+    def _emit_for(self, job_id: str) -> Any:
+        """For RemoteLease.sync's warnings, called on a transfer thread."""
+
+        def emit(type_: str, data: dict[str, Any]) -> None:
+            try:
+                self.store.append_event(job_id, type_, data)
+            except LoraflowError:
+                log.exception("could not record %s for %s", type_, job_id)
+
+        return emit

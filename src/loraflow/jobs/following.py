@@ -1,0 +1,130 @@
+"""What the job runner and the async follower share while a trainer runs: the persisted follow state,
+the cost meter, and the hand-off files between them.
+
+A runner (one process per job) launches the trainer; in a worker it then hands the job to the worker's
+follower (one event loop for every job) by writing `run/handoff.json` and exiting. The follower holds
+the job's runner lock while it follows, and hands the job back (removes the file, starts the runner)
+when something needs deciding: the trainer ended, the host stopped answering, or it stalled
+(`run/stall.json` says which, so the runner acts on it exactly as if it had seen it itself).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from loraflow.jobs.layout import JobLayout
+from loraflow.jobs.remote import job_cost
+from loraflow.jobs.store import Job
+from loraflow.monitor import events as ev
+from loraflow.monitor.events import EngineEvent
+from loraflow.spec import TrainSpec
+
+Pending = tuple[str, dict[str, Any], dict[str, Any]]  # (event type, data, job fields) to append
+
+
+@dataclass
+class FollowState:
+    """What the follower has consumed, persisted so a new runner continues where the old one was."""
+
+    offset: int = 0
+    attempt: int = 0
+    processed: bool = True  # the current attempt's exit has been acted on
+    restarts: int = 0
+    host_losses: int = 0  # hosts that died, were outbid or stalled under this job
+    budget_warned: bool = False
+
+    @classmethod
+    def load(cls, path: Path) -> FollowState:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return cls()
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(asdict(self)))
+        tmp.replace(path)
+
+
+def follow_file(layout: JobLayout) -> Path:
+    return Path(layout.run) / "follow.json"
+
+
+def handoff_file(layout: JobLayout) -> Path:
+    return Path(layout.run) / "handoff.json"
+
+
+def stall_file(layout: JobLayout) -> Path:
+    return Path(layout.run) / "stall.json"
+
+
+def budget_stop_file(layout: JobLayout) -> Path:
+    return Path(layout.run) / "budget-stop"
+
+
+def event_fields(event: EngineEvent) -> dict[str, Any]:
+    """The job-row columns an engine event updates in the same transaction (progress, step)."""
+    if event.type == ev.PROGRESS:
+        return {
+            "step": int(event.data["step"]),
+            "total_steps": int(event.data["total"]),
+            "loss": event.data.get("loss"),
+        }
+    if event.type in (ev.RESUMED, ev.STOPPED, ev.RESULT):
+        return {"step": int(event.data["step"])}
+    return {}
+
+
+def coalesce(events: list[EngineEvent]) -> list[EngineEvent]:
+    """Drop progress lines that a newer progress line follows directly: the step before a checkpoint,
+    a stop or an error stays exact, and the last one is always kept."""
+    out: list[EngineEvent] = []
+    for event in events:
+        if out and event.type == ev.PROGRESS and out[-1].type == ev.PROGRESS:
+            out[-1] = event
+        else:
+            out.append(event)
+    return out
+
+
+class CostMeter:
+    """Cost from the lease's real price: shown live, warned at the warn fraction, stopped at the cap.
+
+    The caller passes a fresh job record (the runner reads its own; the follower reads all of its jobs
+    in one query) and writes the events it returns; reaching the cap asks the trainer to stop with a
+    checkpoint through the same stop-request file a user's stop uses.
+    """
+
+    def __init__(self, spec: TrainSpec, layout: JobLayout) -> None:
+        self.spec = spec
+        self.layout = layout
+        self._last_cost = (0.0, 0.0)  # (time, usd) of the last cost event
+
+    def check(self, job: Job, state: FollowState) -> list[Pending]:
+        now = time.monotonic()
+        out: list[Pending] = []
+        cost = job_cost(job.artifacts, job.lease)
+        if abs(cost - self._last_cost[1]) >= 0.0001 and now - self._last_cost[0] > 2:
+            self._last_cost = (now, cost)
+            rate = float((job.lease or {}).get("price_usd_h") or 0)
+            out.append((ev.COST, {"usd": round(cost, 5), "rate_usd_h": rate}, {"cost_usd": cost}))
+        budget = self.spec.budget
+        hours = sum(
+            float(x.get("ended_at", 0)) - float(x.get("started_at", 0)) for x in job.artifacts.get("leases", [])
+        ) / 3600 + ((time.time() - float(job.lease["started_at"])) / 3600 if job.lease else 0)
+        cap_hit = (budget.max_usd is not None and cost >= budget.max_usd) or (
+            budget.max_hours is not None and hours >= budget.max_hours
+        )
+        if budget.max_usd and not state.budget_warned and cost >= budget.max_usd * budget.warn_fraction:
+            state.budget_warned = True
+            out.append(("budget.warning", {"usd": round(cost, 4), "max_usd": budget.max_usd}, {}))
+        stop = budget_stop_file(self.layout)
+        if cap_hit and not stop.exists():
+            stop.touch()
+            Path(self.layout.stop_request).touch()
+            out.append((ev.LOG, {"message": f"budget reached (${cost:.4f}): stopping with a checkpoint"}, {}))
+        return out

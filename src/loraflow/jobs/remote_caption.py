@@ -1,0 +1,101 @@
+"""Captioning as a stage on the rented host, before training.
+
+The images are already there (uploaded for training), so the captioner runs beside them in its own
+process on the GPU; only the captions travel: back into the job's dataset copy and manifest, and
+the finished caption files (trigger placed, prefix/suffix, length cap) out to the host's copy. The
+user's originals are never touched; a captioner that fails leaves the dataset as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from loraflow.errors import LoraflowError
+from loraflow.jobs.remote import tar_folder
+
+if TYPE_CHECKING:
+    from loraflow.jobs.remote import RemoteLease
+
+
+def caption_on_host(lease: RemoteLease) -> str:
+    """Caption the uploaded dataset where it already is (no second upload of the images), bring the
+    captions back into the job's dataset copy and its manifest; returns the new dataset hash."""
+    from loraflow.caption.run import captioner_options
+    from loraflow.dataset.captions import finish_caption
+    from loraflow.dataset.manifest import ManifestFile, read_manifest, write_manifest
+    from loraflow.hosts.base import Handle
+
+    policy, trigger = lease.spec.dataset.captions, lease.spec.dataset.trigger_word
+    local = Path(lease.local.dataset)
+    manifest = read_manifest(local)
+    files = [ManifestFile(**f) for f in manifest["files"]]
+    wanted = [f for f in files if policy.mode == "overwrite" or f.caption_source in ("trigger", "none")]
+    if not wanted:
+        return str(manifest["dataset_hash"])
+    host, remote = lease.host(), lease.layout()
+    options = captioner_options(policy, trigger)
+    model = Path(policy.model).expanduser() if policy.model else None
+    if model is not None and model.is_dir():  # a local model folder travels with the job
+        with tempfile.TemporaryDirectory(dir=lease.local.run) as tmp:
+            lease.ship(tar_folder(model, Path(tmp, "captioner.tar")), f"{remote.root}/captioner")
+        options["model"] = f"{remote.root}/captioner"
+    output = f"{remote.run}/captions.json"
+    request = {
+        "backend": policy.backend,
+        "options": options,
+        "output": output,
+        "images": [f"{remote.dataset}/{f.name}" for f in wanted],
+    }
+    with tempfile.NamedTemporaryFile("w", delete=False, suffix=".json") as f:
+        json.dump(request, f)
+    try:
+        host.put(Path(f.name), f"{remote.run}/caption-request.json")
+    finally:
+        Path(f.name).unlink()
+    lease.emit("caption.started", {"backend": policy.backend, "images": len(wanted), "where": "host"})
+    handle = Handle.in_folder(remote.run, "caption")
+    python = lease.spec.compute.python
+    argv = [python, "-m", "loraflow.caption.worker", f"{remote.run}/caption-request.json"]
+    env = {**lease.env(), **{k: os.environ[k] for k in ("HF_TOKEN",) if k in os.environ}}
+    host.run(argv, remote.root, handle, env)
+    host.wait_started(handle)
+    while (status := host.status(handle))[0].value == "running":
+        time.sleep(1)
+    code = status[1]
+    if code != 0 or host.size(output) is None:
+        size = host.size(handle.log_file) or 0
+        tail = host.read(handle.log_file, max(0, size - 2000)).decode(errors="replace").strip()
+        last = tail.splitlines()[-1] if tail else "no output"
+        raise LoraflowError(
+            f"the {policy.backend} captioner failed on the host (exit {code}): {last}",
+            fix="check dataset.captions.model and that compute.setup installs the captioner's packages; "
+            "the dataset and its captions are unchanged",
+        )
+    with tempfile.TemporaryDirectory(dir=lease.local.run) as tmp:
+        host.get(output, Path(tmp, "captions.json"))
+        produced: dict[str, str] = json.loads(Path(tmp, "captions.json").read_text(encoding="utf-8"))
+    ext = manifest["caption_extension"]
+    for entry in wanted:
+        text = finish_caption(produced[f"{remote.dataset}/{entry.name}"], trigger, policy)
+        entry.caption, entry.caption_source = text, f"captioner:{policy.backend}"
+        caption_file = local / Path(entry.name).with_suffix(f".{ext}").name
+        caption_file.write_text(text + "\n", encoding="utf-8")
+    digest = write_manifest(local, files, trigger, ext)
+    # The host's copy gets the same caption files and manifest (small: text only).
+    with tempfile.TemporaryDirectory(dir=lease.local.run) as tmp:
+        bundle = Path(tmp, "captions.tar")
+        with tarfile.open(bundle, "w") as tar:
+            tar.add(local / "manifest.json", "manifest.json")
+            for entry in wanted:
+                name = Path(entry.name).with_suffix(f".{ext}").name
+                tar.add(local / name, name)
+        lease.ship(bundle, remote.dataset)
+    lease.store.add_artifacts(lease.job_id, dataset_hash=digest)
+    lease.emit("caption.completed", {"backend": policy.backend, "images": len(wanted), "where": "host"})
+    return digest

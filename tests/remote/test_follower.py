@@ -1,0 +1,161 @@
+"""One worker process following remote trainers in one event loop (asyncssh), against a real sshd."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from loraflow.hosts.base import Handle, ProcessStatus
+from loraflow.hosts.local import pid_alive
+from loraflow.hosts.ssh import HostUnreachable, SshEndpoint, SshHost
+from loraflow.hosts.ssh_async import AsyncSshHost
+from loraflow.jobs.runner import request_stop
+from loraflow.jobs.states import JobState
+from loraflow.jobs.store import Store
+from loraflow.jobs.worker import Worker
+from loraflow.spec import load_spec
+from tests.integration.test_local_jobs import wait_for
+from tests.publish.test_webhooks import Receiver
+from tests.remote.conftest import Sshd, dump, events_of
+from tests.remote.test_vast_jobs import remote_spec
+
+
+def endpoint(sshd: Sshd, tmp_path: Path) -> SshEndpoint:
+    return SshEndpoint("127.0.0.1", sshd.port, "root", str(sshd.key), str(tmp_path / "known_hosts"))
+
+
+@pytest.mark.parametrize("sftp", [True, False], ids=["sftp", "commands"])
+def test_async_host_answers_like_the_openssh_one(sshd: Sshd, tmp_path: Path, sftp: bool) -> None:
+    """Same answers over SFTP (or shell commands where a server has no SFTP) as SshHost gives:
+    offsets, liveness, exit codes, listings, signals; a changed host key refused."""
+    ep = endpoint(sshd, tmp_path)
+    sync = SshHost(ep)  # pins the host key, as a runner does before handing off
+    root = sync.expand("~/f")
+    sleeper = Handle.in_folder(f"{root}/run", "sleeper")
+    sync.run([sys.executable, "-c", "print('hello', flush=True); import time; time.sleep(30)"], root, sleeper)
+    sync.wait_started(sleeper)
+    quick = Handle.in_folder(f"{root}/run", "quick")
+    sync.run(["sh", "-c", "mkdir -p out/a && echo xyz > out/a/f.txt && exit 3"], root, quick)
+
+    async def scenario() -> None:
+        host = AsyncSshHost(ep, sftp=sftp)
+        deadline = time.monotonic() + 10
+        while b"hello" not in await host.read(sleeper.log_file) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert await host.read(sleeper.log_file, 2) == b"llo\n"
+        watch = host.watch(sleeper)  # the follower's way: handles kept open between rounds
+        assert await watch.read(0) == b"hello\n" and await watch.read(6) == b""
+        assert await watch.status() == (ProcessStatus.RUNNING, None)
+        assert await host.read(f"{root}/missing.log") == b""
+        assert await host.status(sleeper) == (ProcessStatus.RUNNING, None)
+        while (await host.status(quick))[0] is ProcessStatus.RUNNING:
+            await asyncio.sleep(0.05)
+        assert await host.status(quick) == (ProcessStatus.EXITED, 3)
+        assert await host.listing(f"{root}/out") == {"a/f.txt": 4}
+        assert await host.listing(f"{root}/nothing") == {}
+        assert await host.gpu_stats() is None  # no nvidia-smi here
+        assert await host.signal(sleeper, signal.SIGKILL)
+        while (await host.status(sleeper))[0] is ProcessStatus.RUNNING:
+            await asyncio.sleep(0.05)
+        assert (await host.status(sleeper))[0] is ProcessStatus.EXITED
+        assert (await watch.status())[0] is ProcessStatus.EXITED
+        await watch.close()
+        await host.close()
+        # A host key other than the pinned one is refused, never accepted.
+        other = tmp_path / "other_known_hosts"
+        text = (tmp_path / "known_hosts").read_text().split()
+        fake = "AAAAC3NzaC1lZDI1NTE5AAAAIK" + "x" * 42  # a well-formed key that is not the server's
+        other.write_text(f"{text[0]} ssh-ed25519 {fake}\n")
+        bad = AsyncSshHost(SshEndpoint(ep.host, ep.port, ep.user, ep.identity_file, str(other)), retries=0)
+        try:
+            await bad.read(sleeper.log_file)
+        except HostUnreachable as exc:
+            assert "host key" in exc.message
+        else:
+            raise AssertionError("a changed host key was accepted")
+
+    asyncio.run(scenario())
+
+
+def ssh_spec(tmp_path: Path, sshd: Sshd, name: str, steps: int) -> Path:
+    path = remote_spec(tmp_path / name, steps=steps, every=10)
+    data = yaml.safe_load(path.read_text())
+    data["name"] = name
+    data["compute"] = {
+        "provider": "ssh",
+        "python": sys.executable,
+        "setup": "",
+        "ssh": {"host": "127.0.0.1", "port": sshd.port, "user": "root", "identity_file": str(sshd.key),
+                "root": f"~/{name}"},
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_worker_follows_remote_trainers_without_a_process_per_job(sshd: Sshd, tmp_path: Path) -> None:
+    """Two jobs on one host: launched by their runners, followed by the worker's event loop (no runner
+    process alive meanwhile), one finishes with its checkpoints copied back, the other is stopped
+    through the follower and ends `stopped` with a checkpoint."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    receiver = Receiver()
+    spec_a = ssh_spec(tmp_path, sshd, "a", steps=30)
+    data = yaml.safe_load(spec_a.read_text())
+    data["notifications"] = [{"type": "webhook", "url": receiver.url}]
+    spec_a.write_text(yaml.safe_dump(data))
+    store = Store()
+    done = store.create_job(load_spec(spec_a))
+    stopped = store.create_job(load_spec(ssh_spec(tmp_path, sshd, "b", steps=400)))
+    worker = Worker(store, slots=4, lease_s=30).start(poll_s=0.3)
+    try:
+        followed = {done.id: False, stopped.id: False}
+
+        def both_followed() -> bool:
+            for job_id in followed:
+                if not events_of(store, job_id, "follower.adopted"):
+                    continue
+                pid = (store.get(job_id).folder / "run" / "runner.pid").read_text().strip()
+                if not pid_alive(int(pid)) and worker.follower.following(job_id):
+                    followed[job_id] = True
+            return all(followed.values())
+
+        try:
+            wait_for(both_followed, timeout=180, what="both jobs followed with no runner process alive")
+        except AssertionError:
+            for job_id in followed:
+                print(job_id, store.get(job_id).state, [(e.type, e.data) for e in store.events(job_id)][-15:])
+            raise
+        wait_for(lambda: (store.get(stopped.id).step or 0) >= 12, timeout=120, what="job b past a checkpoint")
+        request_stop(stopped.id)
+        wait_for(lambda: store.get(stopped.id).state is JobState.STOPPED, timeout=120, what="job b stopped")
+        wait_for(lambda: store.get(done.id).state is JobState.COMPLETED, timeout=180, what="job a completed")
+    finally:
+        worker.stop()
+        receiver.close()
+    a = store.get(done.id)
+    assert a.step == 30, dump(a.to_dict())
+    assert [d["step"] for d in events_of(store, done.id, "checkpoint.synced")] == [10, 20, 30]
+    assert len(events_of(store, done.id, "train.launched")) == 1  # followed, never relaunched
+    assert len(events_of(store, done.id, "follower.adopted")) == 1
+    assert events_of(store, done.id, "follower.released")[0]["reason"] == "trainer exited"
+    steps = [d["step"] for d in events_of(store, done.id, "progress")]
+    assert steps == sorted(steps) and steps[-1] == 30  # nothing read twice after the hand-offs
+    # Webhooks kept flowing while the follower had the job (delivered from its event loop), once each.
+    events = store.events(done.id)
+    adopted = next(e.seq for e in events if e.type == "follower.adopted")
+    released = next(e.seq for e in events if e.type == "follower.released")
+    during = [e for e in events if e.type == "webhook.delivery" and adopted < e.data["seq"] < released]
+    assert {e.data["event"] for e in during} >= {"checkpoint.saved"} and all(e.data["ok"] for e in during)
+    ids = [p["id"] for p, _, _ in receiver.received]
+    assert len(ids) == len(set(ids)) and "job.completed" in [p["event"] for p, _, _ in receiver.received]
+    b = store.get(stopped.id)
+    assert "stop requested: checkpointing" in [d.get("message") for d in events_of(store, stopped.id, "log")]
+    assert events_of(store, stopped.id, "checkpoint.synced"), "the stopped job has a checkpoint to resume from"
+    assert 10 <= b.step < 400
+    assert not (b.folder / "run" / "handoff.json").exists()
