@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -159,3 +161,57 @@ def test_worker_follows_remote_trainers_without_a_process_per_job(sshd: Sshd, tm
     assert events_of(store, stopped.id, "checkpoint.synced"), "the stopped job has a checkpoint to resume from"
     assert 10 <= b.step < 400
     assert not (b.folder / "run" / "handoff.json").exists()
+
+
+def test_a_stall_seen_by_the_follower_is_acted_on_by_the_runner(sshd: Sshd, tmp_path: Path) -> None:
+    """The trainer freezes mid-training while followed: the follower notices, hands the job back with
+    the stall, and the runner applies monitor.on_stall (fail: kill it, job failed as `stalled`)."""
+    (tmp_path / "s").mkdir()
+    path = ssh_spec(tmp_path, sshd, "s", steps=2000)
+    data = yaml.safe_load(path.read_text())
+    data["monitor"] = {"stall_minutes": 0.2, "on_stall": "fail"}
+    path.write_text(yaml.safe_dump(data))
+    store = Store()
+    job = store.create_job(load_spec(path))
+    worker = Worker(store, slots=2, lease_s=30).start(poll_s=0.3)
+    try:
+        wait_for(lambda: bool(events_of(store, job.id, "follower.adopted")), timeout=120, what="follower adopted")
+        wait_for(lambda: (store.get(job.id).step or 0) >= 3, timeout=120, what="training under way")
+        pid = int((sshd.home / "s" / job.id / "run" / "train.pid").read_text())
+        os.kill(pid, signal.SIGSTOP)  # alive, but making no progress
+        wait_for(lambda: store.get(job.id).state is JobState.FAILED, timeout=120, what="the stall acted on")
+    finally:
+        worker.stop()
+    assert events_of(store, job.id, "follower.released")[0]["reason"].startswith("stalled")
+    assert [d["action"] for d in events_of(store, job.id, "stall.detected")] == ["fail"]
+    assert events_of(store, job.id, "error")[-1]["code"] == "stalled"
+    assert not pid_alive(pid)
+
+
+def test_a_dead_workers_followed_job_is_adopted_by_the_next_worker(sshd: Sshd, tmp_path: Path) -> None:
+    """`loraflow worker` is SIGKILLed while its follower follows a job: the trainer keeps going on the
+    host, and another worker takes the job over and adopts it (no relaunch, nothing lost)."""
+    (tmp_path / "t").mkdir()
+    store = Store()
+    job = store.create_job(load_spec(ssh_spec(tmp_path, sshd, "t", steps=150)))
+    first = subprocess.Popen(
+        [sys.executable, "-m", "loraflow.cli", "worker", "--slots", "2", "--lease", "3"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: bool(events_of(store, job.id, "follower.adopted")), timeout=120, what="first adoption")
+        wait_for(lambda: (store.get(job.id).step or 0) >= 5, timeout=120, what="training under way")
+    finally:
+        first.kill()
+        first.wait()
+    step_at_death = store.get(job.id).step
+    second = Worker(store, slots=2, lease_s=3).start(poll_s=0.3)
+    try:
+        wait_for(lambda: store.get(job.id).state is JobState.COMPLETED, timeout=180, what="completed after takeover")
+    finally:
+        second.stop()
+    done = store.get(job.id)
+    assert done.step == 150 and step_at_death < 150
+    assert len(events_of(store, job.id, "train.launched")) == 1  # the trainer was never started again
+    assert len(events_of(store, job.id, "follower.adopted")) == 2
+    assert len({d["worker"] for d in events_of(store, job.id, "worker.claimed")}) == 2

@@ -561,13 +561,14 @@ class JobRunner:
                 stats = host.gpu_stats()
                 detector.on_gpu([g["util"] for g in stats] if stats else None, now)
             stall = handed_stall or detector.check(now)
-            handed_stall = None
-            if stall and not stall_kill:
+            if stall and not stall_kill and handed_stall is None:  # (the follower recorded its own)
                 self.store.append_event(
                     self.job_id,
                     "stall.detected",
                     {"reason": stall.reason, "message": stall.message, "action": monitor.on_stall},
                 )
+            handed_stall = None
+            if stall and not stall_kill:
                 if monitor.on_stall == "notify":
                     detector.on_progress(now)  # tell once per stall window
                 elif monitor.on_stall == "restart" and self.remote is not None:
