@@ -1,5 +1,5 @@
 """The follower: one event loop in a worker process that follows every running remote trainer it was
-handed, so hundreds of rented GPUs cost one thread and one SSH connection per host, not a process each.
+handed, so hundreds of rented GPUs cost one thread and an SSH connection each, not a process each.
 
 Per job, every `poll_s` seconds: the log's new bytes (SFTP read at the saved offset), the trainer's
 liveness (exit-code file, /proc), a stop request (SIGTERM once), the cost meter and budget cap, GPU
@@ -182,6 +182,7 @@ class Follower:
         self._refresher = self.loop.create_task(self._refresh_records(), name="records")
 
     def _spawn(self, job_id: str) -> None:
+        self.records.pop(job_id, None)  # a record from an earlier adoption may be stale
         self.tasks[job_id] = self.loop.create_task(self._follow(job_id), name=f"follow:{job_id}")
 
     async def _refresh_records(self) -> None:

@@ -46,14 +46,8 @@ class Worker:
         self.lease_s = lease_s
         self.id = name or worker_id()
         self._stop = threading.Event()
+        self.follow = follow
         self.follower: Follower | None = None
-        if follow:
-            try:
-                from loraflow.jobs.follower import Follower
-
-                self.follower = Follower(store)
-            except ImportError:  # asyncssh is in the `cloud` extra: without it each runner follows its job
-                self.follower = None
 
     def claim(self, limit: int) -> list[str]:
         """Take up to `limit` jobs nobody is working on; returns their ids."""
@@ -133,8 +127,13 @@ class Worker:
             self._stop.wait(poll_s)
 
     def start(self, poll_s: float = 1.0) -> Worker:
-        if self.follower is not None:
-            self.follower.start()
+        if self.follow:
+            try:
+                from loraflow.jobs.follower import Follower
+
+                self.follower = Follower(self.store).start()
+            except ImportError:  # asyncssh is in the `cloud` extra: without it each runner follows its job
+                self.follower = None
         self._thread = threading.Thread(target=self.run, args=(poll_s,), daemon=True, name=f"worker-{self.id}")
         self._thread.start()
         return self
