@@ -215,3 +215,28 @@ def test_a_dead_workers_followed_job_is_adopted_by_the_next_worker(sshd: Sshd, t
     assert len(events_of(store, job.id, "train.launched")) == 1  # the trainer was never started again
     assert len(events_of(store, job.id, "follower.adopted")) == 2
     assert len({d["worker"] for d in events_of(store, job.id, "worker.claimed")}) == 2
+
+
+def test_budget_cap_reached_while_followed_stops_with_a_checkpoint(tmp_path: Path, vast) -> None:
+    """On a rented (emulated Vast.ai) host with no SFTP subsystem: the follower meters the lease's real
+    price from its loop, stops the trainer at the cap, and the runner ends the job `stopped_budget`
+    with the checkpoint copied back and the instance destroyed."""
+    spec = remote_spec(tmp_path, steps=400, every=5, budget={"max_usd": 0.004})
+    data = yaml.safe_load(spec.read_text())
+    data["compute"]["gpu"] = {"names": ["H100 SXM"]}  # $1.85/h: the cap is hit within seconds
+    spec.write_text(yaml.safe_dump(data))
+    store = Store()
+    job = store.create_job(load_spec(spec))
+    store.add_artifacts(job.id, force_budget=True)  # what `train --force` records
+    worker = Worker(store, slots=2, lease_s=30).start(poll_s=0.3)
+    try:
+        wait_for(lambda: store.get(job.id).state is JobState.STOPPED_BUDGET, timeout=180, what="budget stop")
+    finally:
+        worker.stop()
+    done = store.get(job.id)
+    types = [e.type for e in store.events(job.id)]
+    assert "follower.adopted" in types and "budget.warning" in types and "job.stopped_budget" in types
+    log = [d.get("message", "") for d in events_of(store, job.id, "log")]
+    assert any(m.startswith("budget reached") for m in log) and "stop requested: checkpointing" in log
+    assert done.cost_usd >= 0.004 and done.lease is None and vast.instances() == {}
+    assert list((done.folder / "checkpoints").glob("step-*/meta.json")) and 0 < done.step < 400
