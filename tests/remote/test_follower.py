@@ -114,7 +114,8 @@ def test_worker_follows_remote_trainers_without_a_process_per_job(sshd: Sshd, tm
     store = Store()
     done = store.create_job(load_spec(spec_a))
     stopped = store.create_job(load_spec(ssh_spec(tmp_path, sshd, "b", steps=400)))
-    worker = Worker(store, slots=4, lease_s=30).start(poll_s=0.3)
+    # One slot: a followed job frees it, so the second job is claimed while the first is followed.
+    worker = Worker(store, slots=1, lease_s=30).start(poll_s=0.3)
     try:
         followed = {done.id: False, stopped.id: False}
 

@@ -18,7 +18,11 @@ tokens_app = typer.Typer(help="API tokens: create, list, revoke.", no_args_is_he
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0 exposes it to the network)."),
     port: int = typer.Option(8000, "--port"),
-    workers: int = typer.Option(2, "--workers", help="Job worker slots in this process (0: API and UI only)."),
+    workers: int = typer.Option(
+        2,
+        "--workers",
+        help="Jobs started or trained here at once; followed remote ones take none (0: API and UI only).",
+    ),
     no_auth: bool = typer.Option(False, "--no-auth", help="No tokens (only with --host 127.0.0.1)."),
 ) -> None:
     """Start the API, the web UI and job workers in one process."""
@@ -46,7 +50,9 @@ def serve(
 
 
 def worker(
-    slots: int = typer.Option(4, "--slots", help="Jobs this worker runs at once."),
+    slots: int = typer.Option(
+        4, "--slots", help="Jobs started or trained here at once; followed remote ones take none."
+    ),
     lease_s: float = typer.Option(30.0, "--lease", help="Seconds without a heartbeat before a job is taken over."),
 ) -> None:
     """Claim and run jobs from the shared database (PostgreSQL for several machines)."""

@@ -111,7 +111,10 @@ class Worker:
                 continue
             # Its runner died (or this worker restarted): start it again.
             start_runner(job_id, handoff=follower is not None)
-        claimed = self.claim(self.slots - len(running))
+        # A slot is a job being prepared, launched, trained here or decided on; a remote trainer the
+        # follower follows takes none, so a worker with a few slots can follow hundreds of rented GPUs.
+        followed = sum(1 for job_id in running if follower is not None and follower.following(job_id))
+        claimed = self.claim(self.slots - (len(running) - followed))
         for job_id in claimed:
             self.store.append_event(job_id, "worker.claimed", {"worker": self.id})
             if self.store.get(job_id).artifacts.get("check") == "pending":  # held for the external check
