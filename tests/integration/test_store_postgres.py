@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,3 +115,32 @@ def test_workers_never_claim_the_same_job_on_postgres(pg_url: str) -> None:
 
     claimed = claim_race(pg_url, jobs=60, workers=4)
     assert sum(bool(v) for v in claimed.values()) >= 2  # SKIP LOCKED let them share the work
+
+
+def test_follower_batches_and_runner_appends_interleave_on_postgres(pg_url: str) -> None:
+    """The follower writes many jobs' events in one transaction while a runner appends to one of them:
+    every job's sequence stays gapless and the row fields follow the last progress."""
+    store = Store(pg_url)
+    a, b = store.create_job(SPEC), store.create_job(SPEC)
+
+    def follower() -> None:
+        s = Store(pg_url)
+        for i in range(20):
+            s.append_many([
+                (b.id, "progress", {"step": i, "total": 20}, {"step": i}),
+                (a.id, "progress", {"step": i, "total": 20}, {"step": i}),
+            ])  # fmt: skip
+
+    def runner() -> None:
+        s = Store(pg_url)
+        for i in range(20):
+            s.append_event(a.id, "log", {"message": str(i)})
+
+    threads = [threading.Thread(target=follower), threading.Thread(target=runner)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [e.seq for e in store.events(a.id)] == list(range(1, 42))
+    assert [e.seq for e in store.events(b.id)] == list(range(1, 22))
+    assert store.get(b.id).step == 19 and store.get(a.id).step == 19
