@@ -241,3 +241,27 @@ def test_budget_cap_reached_while_followed_stops_with_a_checkpoint(tmp_path: Pat
     assert any(m.startswith("budget reached") for m in log) and "stop requested: checkpointing" in log
     assert done.cost_usd >= 0.004 and done.lease is None and vast.instances() == {}
     assert list((done.folder / "checkpoints").glob("step-*/meta.json")) and 0 < done.step < 400
+
+
+def test_a_host_the_follower_cannot_follow_is_followed_by_its_runner(
+    sshd: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the follower's SSH fails while OpenSSH still reaches the host (the runner checks), the runner
+    follows the job itself from then on: one adoption, no hand-off ping-pong, the job completes."""
+
+    async def refused(self: AsyncSshHost, *args: object, **kwargs: object) -> bytes:
+        raise HostUnreachable("simulated: the follower's connection is refused")
+
+    monkeypatch.setattr("loraflow.hosts.ssh_async.TrainerWatch.read", refused)
+    (tmp_path / "u").mkdir()
+    store = Store()
+    job = store.create_job(load_spec(ssh_spec(tmp_path, sshd, "u", steps=60)))
+    worker = Worker(store, slots=2, lease_s=30).start(poll_s=0.3)
+    try:
+        wait_for(lambda: store.get(job.id).state is JobState.COMPLETED, timeout=180, what="completed")
+    finally:
+        worker.stop()
+    assert len(events_of(store, job.id, "follower.adopted")) == 1
+    assert events_of(store, job.id, "follower.released")[0]["reason"].startswith("host unreachable")
+    assert (job.folder / "run" / "self-follow").exists()
+    assert store.get(job.id).step == 60 and len(events_of(store, job.id, "train.launched")) == 1

@@ -41,6 +41,7 @@ from loraflow.jobs.following import (
     event_fields,
     follow_file,
     handoff_file,
+    self_follow_file,
     stall_file,
 )
 from loraflow.jobs.layout import JobLayout
@@ -225,13 +226,20 @@ class Follower:
             reason = "follower stopped"
         except HostUnreachable as exc:
             reason = f"host unreachable: {exc.message}"
+            self._runner_follows(job_id, reason)
         except Exception as exc:  # the runner takes over; nothing is lost (offsets are saved after writes)
             log.exception("following %s failed", job_id)
             reason = f"follower error: {type(exc).__name__}: {exc}"
+            self._runner_follows(job_id, reason)
         finally:
             with contextlib.suppress(Exception):
                 await self.writes.write(job_id, [("follower.released", {"reason": reason}, {})])
             await self.loop.run_in_executor(None, self._release, job_id, True)
+
+    @staticmethod
+    def _runner_follows(job_id: str, reason: str) -> None:
+        """The runner decides whether the host is gone; if it is not, it follows the job itself."""
+        self_follow_file(JobLayout(str(paths.job_dir(job_id)))).write_text(reason + "\n")
 
     async def _watch(self, job_id: str) -> str:
         """Follow one job until something needs its runner; returns why."""

@@ -62,6 +62,12 @@ def stall_file(layout: JobLayout) -> Path:
     return Path(layout.run) / "stall.json"
 
 
+def self_follow_file(layout: JobLayout) -> Path:
+    """Written when the follower could not follow this host: the runner follows it itself instead of
+    handing it off again (no hand-off ping-pong with nobody reading the log)."""
+    return Path(layout.run) / "self-follow"
+
+
 def budget_stop_file(layout: JobLayout) -> Path:
     return Path(layout.run) / "budget-stop"
 

@@ -34,6 +34,7 @@ from loraflow.jobs.following import (
     event_fields,
     follow_file,
     handoff_file,
+    self_follow_file,
     stall_file,
 )
 from loraflow.jobs.layout import JobLayout
@@ -376,6 +377,7 @@ class JobRunner:
         with contextlib.suppress(LoraflowError):  # gone: the checkpoints copied so far are what we have
             self._record(self.remote.sync(patient=False), None)
         self.remote.release(reason)
+        self_follow_file(self.layout).unlink(missing_ok=True)  # a new host: the follower may try again
         state.host_losses += 1
         state.offset, state.processed = 0, True
         state.save(follow_path)
@@ -484,6 +486,8 @@ class JobRunner:
     def _hand_off(self, state: FollowState, follow_path: Path) -> bool:
         """Give a running remote trainer to the worker's follower (see jobs/following.py)."""
         if not self.handoff or Path(self.layout.stop_request).exists() or stall_file(self.layout).exists():
+            return False
+        if self_follow_file(self.layout).exists():  # the follower could not follow this host
             return False
         if self._pending is not None:
             self._write(self._pending)
