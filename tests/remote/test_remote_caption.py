@@ -42,6 +42,7 @@ def test_remote_job_captions_on_the_host_before_training(tmp_path: Path, cli, ss
     assert job.state is JobState.COMPLETED, dump(job.to_dict())
     started = events_of(store, job.id, "caption.started")
     assert started == [{"backend": "wd14", "images": 2, "where": "host"}]
+    assert events_of(store, job.id, "caption.progress")[-1] == {"done": 2, "total": 2}  # live, from the host
     remote = sshd.home / "job" / job.id
     assert (remote / "run" / "caption.log").exists()  # the captioner ran there
     assert (remote / "captioner" / "model.onnx").exists()  # the local model folder travelled with the job
@@ -57,3 +58,29 @@ def test_remote_job_captions_on_the_host_before_training(tmp_path: Path, cli, ss
     name = Path(files["mascot_01.jpg"]["name"]).with_suffix(".txt").name
     assert (remote / "dataset" / name).read_text() == (job.folder / "dataset" / name).read_text()
     assert snapshot(photos) == before
+
+
+def test_a_captioner_failing_on_the_host_is_one_clear_error(tmp_path: Path, cli, sshd: Sshd) -> None:
+    photos = tmp_path / "photos"
+    shutil.copytree(EXAMPLES / "sample_dataset", photos)
+    (photos / "mascot_01.txt").unlink()
+    broken = tmp_path / "broken-wd14"
+    broken.mkdir()
+    (broken / "model.onnx").write_bytes(b"not an onnx model")
+    (broken / "selected_tags.csv").write_text("tag_id,name,category,count\n")
+    (tmp_path / "job").mkdir()
+    path = ssh_spec(tmp_path, sshd, "job", steps=10)
+    data = yaml.safe_load(path.read_text())
+    data["dataset"]["path"] = str(photos)
+    data["dataset"]["captions"] = {"backend": "wd14", "model": str(broken)}
+    path.write_text(yaml.safe_dump(data))
+    result = cli("train", path)
+    assert result.code != 0
+    store = Store()
+    job = only_job(store)
+    assert job.state is JobState.FAILED
+    error = events_of(store, job.id, "error")[-1]
+    assert "the wd14 captioner failed on the host" in error["message"], error
+    manifest = read_manifest(job.folder / "dataset")  # left as prepared: no half-written captions
+    assert {f["caption_source"] for f in manifest["files"]} == {"file", "trigger"}
+    assert not (photos / "mascot_01.txt").exists() and job.lease is None  # originals untouched, host let go

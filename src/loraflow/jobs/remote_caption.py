@@ -8,13 +8,15 @@ user's originals are never touched; a captioner that fails leaves the dataset as
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from loraflow.errors import LoraflowError
 from loraflow.jobs.remote import tar_folder
@@ -65,9 +67,7 @@ def caption_on_host(lease: RemoteLease) -> str:
     env = {**lease.env(), **{k: os.environ[k] for k in ("HF_TOKEN",) if k in os.environ}}
     host.run(argv, remote.root, handle, env)
     host.wait_started(handle)
-    while (status := host.status(handle))[0].value == "running":
-        time.sleep(1)
-    code = status[1]
+    code = _wait(lease, host, handle, len(wanted))
     if code != 0 or host.size(output) is None:
         size = host.size(handle.log_file) or 0
         tail = host.read(handle.log_file, max(0, size - 2000)).decode(errors="replace").strip()
@@ -99,3 +99,34 @@ def caption_on_host(lease: RemoteLease) -> str:
     lease.store.add_artifacts(lease.job_id, dataset_hash=digest)
     lease.emit("caption.completed", {"backend": policy.backend, "images": len(wanted), "where": "host"})
     return digest
+
+
+def _wait(lease: RemoteLease, host: Any, handle: Any, total: int) -> int | None:
+    """Until the captioner exits, with its progress as `caption.progress` events; a captioner whose log
+    stops moving for `monitor.stall_minutes` is killed rather than left billing."""
+    from loraflow.trainer.events import PREFIX
+
+    offset, done, moved = 0, -1, time.monotonic()
+    stall_s = lease.spec.monitor.stall_minutes * 60
+    while True:
+        status, code = host.status(handle)
+        chunk = host.read(handle.log_file, offset)
+        if chunk:
+            offset += len(chunk)
+            moved = time.monotonic()
+            for line in chunk.decode(errors="replace").splitlines():
+                if line.startswith(PREFIX):
+                    with contextlib.suppress(ValueError):
+                        data = json.loads(line[len(PREFIX) :])
+                        if data.get("event") == "caption" and data.get("done", -1) > done:
+                            done = int(data["done"])
+                            lease.emit("caption.progress", {"done": done, "total": total})
+        if status.value != "running":
+            return code
+        if time.monotonic() - moved > stall_s:
+            host.signal(handle, signal.SIGKILL)
+            raise LoraflowError(
+                f"the captioner on the host made no progress for {stall_s / 60:.0f} minutes and was stopped",
+                fix="raise monitor.stall_minutes for a slow captioner, or pick a smaller model",
+            )
+        time.sleep(1)
