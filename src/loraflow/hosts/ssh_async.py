@@ -94,7 +94,8 @@ class AsyncSshHost:
         self._conn, self._sftp = None, None
 
     async def _call(self, action: Any) -> Any:
-        """Run `action(sftp, conn)` with reconnects; HostUnreachable once the retries are spent."""
+        """Run `action(sftp, conn)` with reconnects; HostUnreachable once the retries are spent.
+        `sftp` is None on a server without the SFTP subsystem: the action asks with a command then."""
         last = ""
         for attempt in range(self.retries + 1):
             try:
@@ -124,7 +125,7 @@ class AsyncSshHost:
             await self._conn.wait_closed()
         self._conn, self._sftp = None, None
 
-    # --- questions asked every second (SFTP only) -----------------------------------------------
+    # --- questions asked every second (SFTP; commands without it) ------------------------------
 
     @staticmethod
     async def _read(sftp: asyncssh.SFTPClient, path: str, offset: int, limit: int) -> bytes:
@@ -135,23 +136,19 @@ class AsyncSshHost:
             return b""
 
     async def read(self, path: str, offset: int = 0, limit: int = 1 << 20) -> bytes:
-        await self._connect_quietly()
-        if not self.use_sftp:
-            return (await self.exec(read_command(path, offset, limit)))[1]
-        return await self._call(lambda sftp, _conn: self._read(sftp, path, offset, limit))
+        async def ask(sftp: asyncssh.SFTPClient | None, conn: Any) -> bytes:
+            if sftp is None:
+                return (await _run(conn, read_command(path, offset, limit)))[1]
+            return await self._read(sftp, path, offset, limit)
 
-    async def _connect_quietly(self) -> None:
-        """Connect first so `use_sftp` is known; a failure surfaces in the call that follows."""
-        with contextlib.suppress(OSError, asyncssh.Error, TimeoutError):
-            await self._connect()
+        return await self._call(ask)
 
     async def status(self, handle: Handle) -> tuple[ProcessStatus, int | None]:
         """The same answer as SshHost.status: the exit file first, then whether pid or wrapper is alive."""
-        await self._connect_quietly()
-        if not self.use_sftp:
-            return parse_status((await self.exec(status_script(handle)))[1])
 
-        async def ask(sftp: asyncssh.SFTPClient, _conn: Any) -> tuple[ProcessStatus, int | None]:
+        async def ask(sftp: asyncssh.SFTPClient | None, conn: Any) -> tuple[ProcessStatus, int | None]:
+            if sftp is None:
+                return parse_status((await _run(conn, status_script(handle)))[1])
             code = _int(await self._read(sftp, handle.exit_file, 0, 64))
             if code is not None:
                 return ProcessStatus.EXITED, code
@@ -166,11 +163,10 @@ class AsyncSshHost:
 
     async def listing(self, folder: str) -> dict[str, int]:
         """Relative path -> size of every file under folder (empty when it does not exist)."""
-        await self._connect_quietly()
-        if not self.use_sftp:
-            return parse_listing((await self.exec(listing_command(folder)))[1])
 
-        async def walk(sftp: asyncssh.SFTPClient, _conn: Any) -> dict[str, int]:
+        async def walk(sftp: asyncssh.SFTPClient | None, conn: Any) -> dict[str, int]:
+            if sftp is None:
+                return parse_listing((await _run(conn, listing_command(folder)))[1])
             files: dict[str, int] = {}
             pending = [""]
             while pending:
@@ -198,12 +194,7 @@ class AsyncSshHost:
     # --- rare actions (commands) -----------------------------------------------------------------
 
     async def exec(self, command: str) -> tuple[int, bytes]:
-        async def run(_sftp: Any, conn: asyncssh.SSHClientConnection) -> tuple[int, bytes]:
-            result = await conn.run(command, check=False, encoding=None)
-            out = result.stdout if isinstance(result.stdout, bytes) else b""
-            return int(result.exit_status or 0), out
-
-        return await self._call(run)
+        return await self._call(lambda _sftp, conn: _run(conn, command))
 
     async def signal(self, handle: Handle, sig: int) -> bool:
         return (await self.exec(signal_command(handle, sig)))[0] == 0
@@ -211,6 +202,11 @@ class AsyncSshHost:
     async def gpu_stats(self) -> list[dict[str, Any]] | None:
         code, out = await self.exec(GPU_QUERY)
         return parse_nvidia_smi(out.decode()) if code == 0 else None
+
+
+async def _run(conn: asyncssh.SSHClientConnection, command: str) -> tuple[int, bytes]:
+    result = await conn.run(command, check=False, encoding=None)
+    return int(result.exit_status or 0), result.stdout if isinstance(result.stdout, bytes) else b""
 
 
 def _int(data: bytes) -> int | None:
@@ -251,35 +247,30 @@ class TrainerWatch:
                     self._proc = await sftp.open(f"/proc/{pid}/stat", "rb")
 
     async def read(self, offset: int, limit: int = 1 << 20) -> bytes:
-        host = self.host
-        await host._connect_quietly()
-        if not host.use_sftp:
-            return await host.read(self.handle.log_file, offset, limit)
-
-        async def ask(sftp: asyncssh.SFTPClient, _conn: Any) -> bytes:
+        async def ask(sftp: asyncssh.SFTPClient | None, conn: Any) -> bytes:
+            if sftp is None:
+                return (await _run(conn, read_command(self.handle.log_file, offset, limit)))[1]
             await self._handles(sftp)
             return b"" if self._log is None else await self._log.read(limit, offset)
 
-        return await host._call(ask)
+        return await self.host._call(ask)
 
     async def status(self) -> tuple[ProcessStatus, int | None]:
-        host = self.host
-        await host._connect_quietly()
-        if host.use_sftp:
+        async def alive(sftp: asyncssh.SFTPClient | None, _conn: Any) -> bool:
+            if sftp is None:
+                return False  # no handles to keep: the full question, as a command
+            await self._handles(sftp)
+            if self._proc is None:
+                return False
+            try:
+                return _alive(await self._proc.read(4096, 0))
+            except (asyncssh.SFTPNoSuchFile, asyncssh.SFTPFailure):  # the process is gone
+                self._proc = None
+                return False
 
-            async def alive(sftp: asyncssh.SFTPClient, _conn: Any) -> bool:
-                await self._handles(sftp)
-                if self._proc is None:
-                    return False
-                try:
-                    return _alive(await self._proc.read(4096, 0))
-                except (asyncssh.SFTPNoSuchFile, asyncssh.SFTPFailure):  # the process is gone
-                    self._proc = None
-                    return False
-
-            if await host._call(alive):
-                return ProcessStatus.RUNNING, None
-        return await host.status(self.handle)
+        if await self.host._call(alive):
+            return ProcessStatus.RUNNING, None
+        return await self.host.status(self.handle)
 
     async def close(self) -> None:
         for f in (self._log, self._proc):
