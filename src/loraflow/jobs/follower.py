@@ -27,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
+import httpx
+
 from loraflow import paths
 from loraflow.engines import get_engine
 from loraflow.errors import LoraflowError
@@ -123,6 +125,7 @@ class Follower:
         self.records: dict[str, Job] = {}
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="follower")
         self._closing = False
+        self._client: httpx.AsyncClient | None = None
         self._connect_gate: asyncio.Semaphore | None = None
         self._background: set[asyncio.Future[None]] = set()
 
@@ -176,6 +179,8 @@ class Follower:
         for host in self.hosts.values():
             with contextlib.suppress(Exception):
                 await host.close()
+        if self._client is not None:
+            await self._client.aclose()
 
     # --- on the loop -----------------------------------------------------------------------------
 
@@ -194,6 +199,12 @@ class Follower:
                 with contextlib.suppress(Exception):
                     self.records = await self.loop.run_in_executor(self.pool, self.store.jobs_by_id, ids)
             await asyncio.sleep(1.0)
+
+    def _http(self) -> httpx.AsyncClient:
+        """One connection pool for every followed job's webhooks."""
+        if self._client is None:
+            self._client = httpx.AsyncClient()
+        return self._client
 
     def _host(self, endpoint: SshEndpoint) -> AsyncSshHost:
         key = tuple(sorted(endpoint.to_dict().items()))
@@ -262,17 +273,15 @@ class Follower:
         detector = StallDetector(monitor.stall_minutes, monitor.gpu_idle_minutes, time.monotonic())
         notifier = None
         if spec.notifications:
-            import httpx
-
             from loraflow.notify.async_notifier import AsyncNotifier
 
-            client = httpx.AsyncClient()
-            notifier = AsyncNotifier(self.store, job_id, spec.notifications, client, self._queue_for(job_id))
+            notifier = AsyncNotifier(self.store, job_id, spec.notifications, self._http(), self._queue_for(job_id))
         remote = RemoteLease(self.store, job_id, spec, layout, self._emit_for(job_id))
         await self.writes.write(job_id, [("follower.adopted", {"attempt": state.attempt, "offset": state.offset}, {})])
         stop_sent = False
         last_gpu = time.monotonic() - random.uniform(0, GPU_EVERY_S)  # spread hundreds of adoptions out
         synced_at, synced_view = time.monotonic() - random.uniform(0, SYNC_EVERY_S), None
+        warned = state.budget_warned
         try:
             while True:
                 pending: list[Pending] = []
@@ -327,8 +336,10 @@ class Follower:
                         synced_view = view
                         pending += [(e.type, e.data, event_fields(e)) for e in copied]
                 await self.writes.write(job_id, pending)
-                state.offset += len(chunk)  # saved only once its events are stored
-                state.save(follow_path)
+                if chunk or warned != state.budget_warned:  # saved only once its events are stored
+                    state.offset += len(chunk)
+                    warned = state.budget_warned
+                    state.save(follow_path)
                 if notifier is not None and pending:
                     stored = await self.loop.run_in_executor(
                         self.pool, self.store.events, job_id, notifier.selector.seq
@@ -341,7 +352,6 @@ class Follower:
             await trainer.close()
             if notifier is not None:
                 await notifier.close()
-                await notifier.client.aclose()
 
     def _queue_for(self, job_id: str) -> Any:
         def queue(type_: str, data: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ from sqlalchemy import and_, or_, select, update
 
 from loraflow.jobs.models import JobRow
 from loraflow.jobs.states import ACTIVE, JobState
-from loraflow.jobs.store import Store
+from loraflow.jobs.store import Job, Store
 
 if TYPE_CHECKING:
     from loraflow.jobs.follower import Follower
@@ -48,6 +48,7 @@ class Worker:
         self._stop = threading.Event()
         self.follow = follow
         self.follower: Follower | None = None
+        self._thread: threading.Thread | None = None
 
     def claim(self, limit: int) -> list[str]:
         """Take up to `limit` jobs nobody is working on; returns their ids."""
@@ -94,35 +95,33 @@ class Worker:
 
     def tick(self) -> list[str]:
         """One round: keep our jobs alive, take new ones up to our slots, start their runners."""
-        from loraflow.jobs.runner import runner_alive, start_runner
-
         self.heartbeat()
-        running = self.mine()
-        records = self.store.jobs_by_id(running)
-        follower = self.follower
-        for job_id in running:
-            if job_id not in records or records[job_id].artifacts.get("check") == "pending":
-                continue
-            if follower is not None and follower.following(job_id):
-                continue
-            if runner_alive(job_id):
-                continue
-            if follower is not None and follower.adopt(job_id):  # handed off by its runner
-                continue
-            # Its runner died (or this worker restarted): start it again.
-            start_runner(job_id, handoff=follower is not None)
+        running = self.store.jobs_by_id(self.mine())
         # A slot is a job being prepared, launched, trained here or decided on; a remote trainer the
         # follower follows takes none, so a worker with a few slots can follow hundreds of rented GPUs.
-        followed = sum(1 for job_id in running if follower is not None and follower.following(job_id))
-        claimed = self.claim(self.slots - (len(running) - followed))
-        for job_id in claimed:
-            self.store.append_event(job_id, "worker.claimed", {"worker": self.id})
-            if self.store.get(job_id).artifacts.get("check") == "pending":  # held for the external check
-                continue
-            if follower is not None and follower.adopt(job_id):  # taken over while handed off
-                continue
-            start_runner(job_id, handoff=follower is not None)
+        busy = sum(not self._keep(job) for job in running.values())
+        claimed = self.claim(self.slots - busy)
+        for job in self.store.jobs_by_id(claimed).values():
+            self.store.append_event(job.id, "worker.claimed", {"worker": self.id})
+            self._keep(job)
         return claimed
+
+    def _keep(self, job: Job) -> bool:
+        """Make sure the job is being worked on: by the follower (True), or by its runner, started again
+        when it died or this worker took the job over. A job held for the external check waits."""
+        from loraflow.jobs.runner import runner_alive, start_runner
+
+        follower = self.follower
+        if job.artifacts.get("check") == "pending":
+            return False
+        if follower is not None and follower.following(job.id):
+            return True
+        if runner_alive(job.id):
+            return False
+        if follower is not None and follower.adopt(job.id):  # handed off by its runner
+            return True
+        start_runner(job.id, handoff=follower is not None)
+        return False
 
     def run(self, poll_s: float = 1.0) -> None:
         while not self._stop.is_set():
@@ -144,8 +143,7 @@ class Worker:
     def stop(self) -> None:
         """Stop claiming; followed jobs go back to runner processes of their own and keep training."""
         self._stop.set()
-        thread = getattr(self, "_thread", None)
-        if thread is not None:
-            thread.join(30)
+        if self._thread is not None:
+            self._thread.join(30)
         if self.follower is not None:
             self.follower.close()

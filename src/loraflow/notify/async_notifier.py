@@ -13,16 +13,7 @@ from typing import Any
 import httpx
 
 from loraflow.jobs.store import Store
-from loraflow.notify.webhooks import (
-    Result,
-    Selector,
-    deliver_async,
-    delivery_record,
-    resume_point,
-    signed_request,
-    target_url,
-    wants,
-)
+from loraflow.notify.webhooks import Selector, delivery_record, resume_point, send, wants
 from loraflow.spec import NotificationTarget
 
 Record = Callable[[str, dict[str, Any]], None]  # (event type, data) -> queued for writing
@@ -44,21 +35,14 @@ class AsyncNotifier:
 
     def feed(self, events: list[Any], job: Any) -> None:
         """Queue the notifications among newly stored events (in order, after the resume point)."""
-        fresh = [e for e in events if e.seq > self.selector.seq]
-        for p in self.selector.pick(fresh, job):
+        for p in self.selector.pick(events, job):
             for target, queue in self.queues:
                 if wants(target, p["event"]):
                     queue.put_nowait(p)
 
     async def _deliver(self, target: NotificationTarget, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
-        url = target_url(target)
         while (p := await queue.get()) is not None:
-            if url is None:
-                result = Result(False, 0, None, f"{target.url_env} is not set")
-            else:
-                body, headers = signed_request(p, target.type, target.chat_id)
-                result = await deliver_async(self.client, url, body, headers)
-            self.record("webhook.delivery", delivery_record(p, target, result))
+            self.record("webhook.delivery", delivery_record(p, target, await send(self.client, target, p)))
 
     async def close(self, flush_timeout_s: float = 30.0) -> None:
         """Deliver what is queued (bounded wait); the runner that takes over resumes after the last record."""

@@ -109,6 +109,25 @@ def signed_request(p: dict[str, Any], kind: str, chat_id: str | None) -> tuple[b
     return body, headers
 
 
+async def send(
+    client: httpx.AsyncClient | None,
+    target: NotificationTarget,
+    p: dict[str, Any],
+    attempts: int = 5,
+    base_delay_s: float = 1.0,
+) -> Result:
+    """One notification to one target, in the target's format, signed, with retries (a client of its own
+    when none is given)."""
+    url = target_url(target)
+    if url is None:
+        return Result(False, 0, None, f"{target.url_env} is not set")
+    body, headers = signed_request(p, target.type, target.chat_id)
+    if client is not None:
+        return await deliver_async(client, url, body, headers, attempts, base_delay_s)
+    async with httpx.AsyncClient() as own:
+        return await deliver_async(own, url, body, headers, attempts, base_delay_s)
+
+
 def delivery_record(p: dict[str, Any], target: NotificationTarget, result: Result) -> dict[str, Any]:
     """The `webhook.delivery` event's data: never the URL itself (it may carry a token), only its host."""
     url = target_url(target) or ""
@@ -139,7 +158,9 @@ class Selector:
     def pick(self, events: list[Any], job: Any) -> list[dict[str, Any]]:
         out = []
         for event in events:
-            self.seq = max(self.seq, event.seq)
+            if event.seq <= self.seq:  # already handled (a re-read, or before the resume point)
+                continue
+            self.seq = event.seq
             name = webhook_name(event)
             if name is None:
                 continue
@@ -160,14 +181,9 @@ class _Worker(threading.Thread):
         self.queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
 
     def run(self) -> None:
-        url = target_url(self.target)
+        n = self.notifier
         while (p := self.queue.get()) is not None:
-            if url is None:
-                self.notifier.record(p, self.target, Result(False, 0, None, f"{self.target.url_env} is not set"))
-                continue
-            body, headers = signed_request(p, self.target.type, self.target.chat_id)
-            result = deliver(url, body, headers, self.notifier.attempts, self.notifier.base_delay_s)
-            self.notifier.record(p, self.target, result)
+            n.record(p, self.target, asyncio.run(send(None, self.target, p, n.attempts, n.base_delay_s)))
 
 
 class Notifier:
@@ -184,8 +200,6 @@ class Notifier:
     ) -> None:
         self.store = store
         self.job_id = job_id
-        self.seq = after_seq
-        self.progress_every_s = progress_every_s
         self.attempts = attempts
         self.base_delay_s = base_delay_s
         self.poll_s = poll_s
@@ -204,14 +218,13 @@ class Notifier:
         self.store.append_event(self.job_id, "webhook.delivery", delivery_record(p, target, result))
 
     def _dispatch(self) -> None:
-        events = self.store.events(self.job_id, after_seq=self.seq)
+        events = self.store.events(self.job_id, after_seq=self.selector.seq)
         if not events:
             return
         for p in self.selector.pick(events, self.store.get(self.job_id)):
             for w in self.workers:
                 if wants(w.target, p["event"]):
                     w.queue.put(p)
-        self.seq = self.selector.seq
 
     def _follow(self) -> None:
         while not self._stop.is_set():
