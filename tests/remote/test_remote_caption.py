@@ -58,6 +58,16 @@ def test_remote_job_captions_on_the_host_before_training(tmp_path: Path, cli, ss
     name = Path(files["mascot_01.jpg"]["name"]).with_suffix(".txt").name
     assert (remote / "dataset" / name).read_text() == (job.folder / "dataset" / name).read_text()
     assert snapshot(photos) == before
+    assert events_of(store, job.id, "caption.completed") == [
+        {"backend": "wd14", "images": 2, "cached": 0, "where": "host"}
+    ]
+    # The same images again (a retried or repeated job): captions from the cache, no captioner run.
+    assert cli("train", path).code == 0
+    again = next(j for j in store.list_jobs() if j.id != job.id)
+    assert events_of(store, again.id, "caption.started") == []
+    assert events_of(store, again.id, "caption.completed")[0]["cached"] == 2
+    assert not (sshd.home / "job" / again.id / "run" / "caption.log").exists()
+    assert read_manifest(again.folder / "dataset")["dataset_hash"] == manifest["dataset_hash"]
 
 
 def test_a_captioner_failing_on_the_host_is_one_clear_error(tmp_path: Path, cli, sshd: Sshd) -> None:

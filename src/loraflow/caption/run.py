@@ -49,9 +49,33 @@ def captioner_options(policy: CaptionPolicy, trigger: str | None = None) -> dict
     return {"model": policy.model}
 
 
-def _cache_file(root: Path, backend: str, options: dict[str, Any], image: Path) -> Path:
-    key = json.dumps([backend, options, hashlib.sha256(image.read_bytes()).hexdigest()], sort_keys=True)
-    return root / backend / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.txt"
+class CaptionCache:
+    """Captions by image content, backend and its settings, so a re-run, or a remote caption stage
+    retried on a new host, is instant."""
+
+    def __init__(self, policy: CaptionPolicy, trigger: str | None = None, root: Path | None = None) -> None:
+        self.backend = policy.backend
+        self.options = captioner_options(policy, trigger)
+        self.root = root or paths.home() / "cache" / "captions"
+
+    def _file(self, image: Path) -> Path:
+        digest = hashlib.sha256(image.read_bytes()).hexdigest()
+        key = json.dumps([self.backend, self.options, digest], sort_keys=True)
+        return self.root / self.backend / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.txt"
+
+    def get(self, image: Path) -> str | None:
+        path = self._file(image)
+        return path.read_text(encoding="utf-8") if path.exists() else None
+
+    def put(self, image: Path, text: str) -> None:
+        path = self._file(image)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+
+
+def worker_job(backend: str, options: dict[str, Any], images: list[str], output: str) -> dict[str, Any]:
+    """What `python -m loraflow.caption.worker JOB.json` reads, here or on a rented host."""
+    return {"backend": backend, "options": options, "output": output, "images": images}
 
 
 def run_captioner(
@@ -62,14 +86,12 @@ def run_captioner(
     trigger: str | None = None,
 ) -> dict[Path, str]:
     """Captions for `images` (cached ones instantly); the model runs in a separate process."""
-    cache_root = cache_root or paths.home() / "cache" / "captions"
-    options = captioner_options(policy, trigger)
+    cache = CaptionCache(policy, trigger, cache_root)
     out: dict[Path, str] = {}
     todo: list[Path] = []
     for image in images:
-        cached = _cache_file(cache_root, policy.backend, options, image)
-        if cached.exists():
-            out[image] = cached.read_text(encoding="utf-8")
+        if (text := cache.get(image)) is not None:
+            out[image] = text
         else:
             todo.append(image)
     if not todo:
@@ -77,11 +99,7 @@ def run_captioner(
     with tempfile.TemporaryDirectory(prefix="loraflow-caption-") as tmp:
         job = Path(tmp) / "job.json"
         result = Path(tmp) / "result.json"
-        job.write_text(
-            json.dumps(
-                {"backend": policy.backend, "options": options, "output": str(result), "images": [str(p) for p in todo]}
-            )
-        )
+        job.write_text(json.dumps(worker_job(policy.backend, cache.options, [str(p) for p in todo], str(result))))
         proc = subprocess.run(
             [sys.executable, "-m", "loraflow.caption.worker", str(job)],
             capture_output=True,
@@ -97,11 +115,8 @@ def run_captioner(
             )
         produced = json.loads(result.read_text(encoding="utf-8"))
     for image in todo:
-        text = produced[str(image)]
-        cached = _cache_file(cache_root, policy.backend, options, image)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        cached.write_text(text, encoding="utf-8")
-        out[image] = text
+        out[image] = produced[str(image)]
+        cache.put(image, out[image])
     return out
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loraflow.errors import LoraflowError
+from loraflow.hosts.base import ProcessStatus
 from loraflow.jobs.remote import tar_folder
 
 if TYPE_CHECKING:
@@ -28,10 +29,9 @@ if TYPE_CHECKING:
 def caption_on_host(lease: RemoteLease) -> str:
     """Caption the uploaded dataset where it already is (no second upload of the images), bring the
     captions back into the job's dataset copy and its manifest; returns the new dataset hash."""
-    from loraflow.caption.run import captioner_options
+    from loraflow.caption.run import CaptionCache
     from loraflow.dataset.captions import finish_caption
     from loraflow.dataset.manifest import ManifestFile, read_manifest, write_manifest
-    from loraflow.hosts.base import Handle
 
     policy, trigger = lease.spec.dataset.captions, lease.spec.dataset.trigger_word
     local = Path(lease.local.dataset)
@@ -40,49 +40,16 @@ def caption_on_host(lease: RemoteLease) -> str:
     wanted = [f for f in files if policy.mode == "overwrite" or f.caption_source in ("trigger", "none")]
     if not wanted:
         return str(manifest["dataset_hash"])
-    host, remote = lease.host(), lease.layout()
-    options = captioner_options(policy, trigger)
-    model = Path(policy.model).expanduser() if policy.model else None
-    if model is not None and model.is_dir():  # a local model folder travels with the job
-        with tempfile.TemporaryDirectory(dir=lease.local.run) as tmp:
-            lease.ship(tar_folder(model, Path(tmp, "captioner.tar")), f"{remote.root}/captioner")
-        options["model"] = f"{remote.root}/captioner"
-    output = f"{remote.run}/captions.json"
-    request = {
-        "backend": policy.backend,
-        "options": options,
-        "output": output,
-        "images": [f"{remote.dataset}/{f.name}" for f in wanted],
-    }
-    with tempfile.NamedTemporaryFile("w", delete=False, suffix=".json") as f:
-        json.dump(request, f)
-    try:
-        host.put(Path(f.name), f"{remote.run}/caption-request.json")
-    finally:
-        Path(f.name).unlink()
-    lease.emit("caption.started", {"backend": policy.backend, "images": len(wanted), "where": "host"})
-    handle = Handle.in_folder(remote.run, "caption")
-    python = lease.spec.compute.python
-    argv = [python, "-m", "loraflow.caption.worker", f"{remote.run}/caption-request.json"]
-    env = {**lease.env(), **{k: os.environ[k] for k in ("HF_TOKEN",) if k in os.environ}}
-    host.run(argv, remote.root, handle, env)
-    host.wait_started(handle)
-    code = _wait(lease, host, handle, len(wanted))
-    if code != 0 or host.size(output) is None:
-        size = host.size(handle.log_file) or 0
-        tail = host.read(handle.log_file, max(0, size - 2000)).decode(errors="replace").strip()
-        last = tail.splitlines()[-1] if tail else "no output"
-        raise LoraflowError(
-            f"the {policy.backend} captioner failed on the host (exit {code}): {last}",
-            fix="check dataset.captions.model and that compute.setup installs the captioner's packages; "
-            "the dataset and its captions are unchanged",
-        )
-    with tempfile.TemporaryDirectory(dir=lease.local.run) as tmp:
-        host.get(output, Path(tmp, "captions.json"))
-        produced: dict[str, str] = json.loads(Path(tmp, "captions.json").read_text(encoding="utf-8"))
+    cache = CaptionCache(policy, trigger)
+    produced = {f.name: text for f in wanted if (text := cache.get(local / f.name)) is not None}
+    todo = [f for f in wanted if f.name not in produced]
+    if todo:
+        for name, text in _caption_there(lease, todo).items():
+            produced[name] = text
+            cache.put(local / name, text)
     ext = manifest["caption_extension"]
     for entry in wanted:
-        text = finish_caption(produced[f"{remote.dataset}/{entry.name}"], trigger, policy)
+        text = finish_caption(produced[entry.name], trigger, policy)
         entry.caption, entry.caption_source = text, f"captioner:{policy.backend}"
         caption_file = local / Path(entry.name).with_suffix(f".{ext}").name
         caption_file.write_text(text + "\n", encoding="utf-8")
@@ -95,10 +62,55 @@ def caption_on_host(lease: RemoteLease) -> str:
             for entry in wanted:
                 name = Path(entry.name).with_suffix(f".{ext}").name
                 tar.add(local / name, name)
-        lease.ship(bundle, remote.dataset)
+        lease.ship(bundle, lease.layout().dataset)
     lease.store.add_artifacts(lease.job_id, dataset_hash=digest)
-    lease.emit("caption.completed", {"backend": policy.backend, "images": len(wanted), "where": "host"})
+    done = {"backend": policy.backend, "images": len(wanted), "cached": len(wanted) - len(todo), "where": "host"}
+    lease.emit("caption.completed", done)
     return digest
+
+
+def _caption_there(lease: RemoteLease, todo: list[Any]) -> dict[str, str]:
+    """Run the captioner on the host over the uploaded images; raw captions by image name."""
+    from loraflow.caption.run import captioner_options, worker_job
+    from loraflow.hosts.base import Handle
+
+    policy = lease.spec.dataset.captions
+    host, remote = lease.host(), lease.layout()
+    options = captioner_options(policy, lease.spec.dataset.trigger_word)
+    model = Path(policy.model).expanduser() if policy.model else None
+    if model is not None and model.is_dir():  # a local model folder travels with the job
+        with tempfile.TemporaryDirectory(dir=lease.local.run) as tmp:
+            lease.ship(tar_folder(model, Path(tmp, "captioner.tar")), f"{remote.root}/captioner")
+        options["model"] = f"{remote.root}/captioner"
+    output = f"{remote.run}/captions.json"
+    request = worker_job(policy.backend, options, [f"{remote.dataset}/{f.name}" for f in todo], output)
+    with tempfile.NamedTemporaryFile("w", delete=False, suffix=".json") as f:
+        json.dump(request, f)
+    try:
+        host.put(Path(f.name), f"{remote.run}/caption-request.json")
+    finally:
+        Path(f.name).unlink()
+    lease.emit("caption.started", {"backend": policy.backend, "images": len(todo), "where": "host"})
+    handle = Handle.in_folder(remote.run, "caption")
+    python = lease.spec.compute.python
+    argv = [python, "-m", "loraflow.caption.worker", f"{remote.run}/caption-request.json"]
+    env = {**lease.env(), **{k: os.environ[k] for k in ("HF_TOKEN",) if k in os.environ}}
+    host.run(argv, remote.root, handle, env)
+    host.wait_started(handle)
+    code = _wait(lease, host, handle, len(todo))
+    if code != 0 or host.size(output) is None:
+        size = host.size(handle.log_file) or 0
+        tail = host.read(handle.log_file, max(0, size - 2000)).decode(errors="replace").strip()
+        last = tail.splitlines()[-1] if tail else "no output"
+        raise LoraflowError(
+            f"the {policy.backend} captioner failed on the host (exit {code}): {last}",
+            fix="check dataset.captions.model and that compute.setup installs the captioner's packages; "
+            "the dataset and its captions are unchanged",
+        )
+    with tempfile.TemporaryDirectory(dir=lease.local.run) as tmp:
+        host.get(output, Path(tmp, "captions.json"))
+        produced: dict[str, str] = json.loads(Path(tmp, "captions.json").read_text(encoding="utf-8"))
+    return {f.name: produced[f"{remote.dataset}/{f.name}"] for f in todo}
 
 
 def _wait(lease: RemoteLease, host: Any, handle: Any, total: int) -> int | None:
@@ -121,7 +133,7 @@ def _wait(lease: RemoteLease, host: Any, handle: Any, total: int) -> int | None:
                         if data.get("event") == "caption" and data.get("done", -1) > done:
                             done = int(data["done"])
                             lease.emit("caption.progress", {"done": done, "total": total})
-        if status.value != "running":
+        if status is not ProcessStatus.RUNNING:
             return code
         if time.monotonic() - moved > stall_s:
             host.signal(handle, signal.SIGKILL)
