@@ -36,9 +36,11 @@ from loraflow.hosts.base import Handle, ProcessStatus
 from loraflow.hosts.ssh import HostUnreachable, SshEndpoint
 from loraflow.hosts.ssh_async import AsyncSshHost
 from loraflow.jobs.following import (
+    GPU_EVERY_S,
     CostMeter,
     FollowState,
     Pending,
+    Watchdog,
     coalesce,
     event_fields,
     follow_file,
@@ -52,11 +54,9 @@ from loraflow.jobs.states import JobState
 from loraflow.jobs.store import Job, Store
 from loraflow.monitor import events as ev
 from loraflow.monitor.events import EngineEvent
-from loraflow.monitor.stall import StallDetector
 
 log = logging.getLogger(__name__)
 
-GPU_EVERY_S = 30.0
 SYNC_EVERY_S = 15.0
 CONNECTS_AT_ONCE = 16
 
@@ -269,8 +269,8 @@ class Follower:
         follow_path = follow_file(layout)
         state = FollowState.load(follow_path)
         meter = CostMeter(spec, layout)
-        monitor = spec.monitor
-        detector = StallDetector(monitor.stall_minutes, monitor.gpu_idle_minutes, time.monotonic())
+        # GPU questions of hundreds of adopted jobs spread over the window, not all in the first round.
+        watch = Watchdog(spec, layout, time.monotonic(), gpu_offset_s=random.uniform(0, GPU_EVERY_S))
         notifier = None
         if spec.notifications:
             from loraflow.notify.async_notifier import AsyncNotifier
@@ -278,8 +278,6 @@ class Follower:
             notifier = AsyncNotifier(self.store, job_id, spec.notifications, self._http(), self._queue_for(job_id))
         remote = RemoteLease(self.store, job_id, spec, layout, self._emit_for(job_id))
         await self.writes.write(job_id, [("follower.adopted", {"attempt": state.attempt, "offset": state.offset}, {})])
-        stop_sent = False
-        last_gpu = time.monotonic() - random.uniform(0, GPU_EVERY_S)  # spread hundreds of adoptions out
         synced_at, synced_view = time.monotonic() - random.uniform(0, SYNC_EVERY_S), None
         warned = state.budget_warned
         try:
@@ -293,32 +291,23 @@ class Follower:
                 if status is not ProcessStatus.RUNNING:
                     events += parser.flush()
                 now = time.monotonic()
-                for event in events:
-                    if event.type == ev.PHASE:
-                        detector.on_phase(event.data.get("phase", ""), now)
-                    elif event.type == ev.PROGRESS:
-                        detector.on_progress(now)
+                watch.saw(events, now)
                 pending += [(e.type, e.data, event_fields(e)) for e in coalesce(events)]
                 record = self.records.get(job_id)
                 if record is not None:
                     if record.state is not JobState.TRAINING:
                         return f"job is {record.state.value}"
                     pending += meter.check(record, state)
-                if not stop_sent and Path(layout.stop_request).exists() and status is ProcessStatus.RUNNING:
-                    stop_sent = await host.signal(handle, signal.SIGTERM)
+                if watch.stop_due() and status is ProcessStatus.RUNNING:
+                    watch.stop_sent = await host.signal(handle, signal.SIGTERM)
                     pending.append((ev.LOG, {"message": "stop requested: checkpointing"}, {}))
-                if now - last_gpu > GPU_EVERY_S:
-                    last_gpu = now
-                    stats = await host.gpu_stats()
-                    detector.on_gpu([g["util"] for g in stats] if stats else None, now)
-                stall = detector.check(now)
+                if watch.gpu_due(now):
+                    watch.on_gpu(await host.gpu_stats(), now)
+                stall = watch.stall(now)
                 if stall is not None and status is ProcessStatus.RUNNING:
-                    action = monitor.on_stall
-                    pending.append(
-                        ("stall.detected", {"reason": stall.reason, "message": stall.message, "action": action}, {})
-                    )
-                    if action == "notify":
-                        detector.on_progress(now)  # tell once per stall window
+                    pending.append(watch.stall_event(stall))
+                    if watch.on_stall == "notify":
+                        watch.told(now)
                     else:
                         await self.writes.write(job_id, pending)
                         state.offset += len(chunk)

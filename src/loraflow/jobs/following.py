@@ -21,6 +21,7 @@ from loraflow.jobs.remote import job_cost
 from loraflow.jobs.store import Job
 from loraflow.monitor import events as ev
 from loraflow.monitor.events import EngineEvent
+from loraflow.monitor.stall import Stall, StallDetector
 from loraflow.spec import TrainSpec
 
 Pending = tuple[str, dict[str, Any], dict[str, Any]]  # (event type, data, job fields) to append
@@ -95,6 +96,52 @@ def coalesce(events: list[EngineEvent]) -> list[EngineEvent]:
         else:
             out.append(event)
     return out
+
+
+GPU_EVERY_S = 30.0
+
+
+class Watchdog:
+    """The per-round judgement the runner and the follower share: the stall detector fed from the
+    engine's events and from GPU utilisation (asked every GPU_EVERY_S), and the user's stop request,
+    sent to the trainer once."""
+
+    def __init__(self, spec: TrainSpec, layout: JobLayout, now: float, gpu_offset_s: float = GPU_EVERY_S) -> None:
+        monitor = spec.monitor
+        self.detector = StallDetector(monitor.stall_minutes, monitor.gpu_idle_minutes, now)
+        self.on_stall = monitor.on_stall
+        self.layout = layout
+        self.stop_sent = False
+        self._last_gpu = now - gpu_offset_s  # the first question comes after GPU_EVERY_S - offset
+
+    def saw(self, events: list[EngineEvent], now: float) -> None:
+        for event in events:
+            if event.type == ev.PHASE:
+                self.detector.on_phase(event.data.get("phase", ""), now)
+            elif event.type == ev.PROGRESS:
+                self.detector.on_progress(now)
+
+    def stop_due(self) -> bool:
+        return not self.stop_sent and Path(self.layout.stop_request).exists()
+
+    def gpu_due(self, now: float) -> bool:
+        if now - self._last_gpu <= GPU_EVERY_S:
+            return False
+        self._last_gpu = now
+        return True
+
+    def on_gpu(self, stats: list[dict[str, Any]] | None, now: float) -> None:
+        self.detector.on_gpu([g["util"] for g in stats] if stats else None, now)
+
+    def stall(self, now: float) -> Stall | None:
+        return self.detector.check(now)
+
+    def stall_event(self, stall: Stall) -> Pending:
+        return ("stall.detected", {"reason": stall.reason, "message": stall.message, "action": self.on_stall}, {})
+
+    def told(self, now: float) -> None:
+        """A stall only notified: tell again after another full stall window, not every round."""
+        self.detector.on_progress(now)
 
 
 class CostMeter:

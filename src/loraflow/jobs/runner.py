@@ -30,6 +30,7 @@ from loraflow.hosts.ssh import HostUnreachable
 from loraflow.jobs.following import (
     CostMeter,
     FollowState,
+    Watchdog,
     budget_stop_file,
     event_fields,
     follow_file,
@@ -43,7 +44,7 @@ from loraflow.jobs.states import ACTIVE, RESUMABLE, JobState
 from loraflow.jobs.store import Job, Store
 from loraflow.monitor import events as ev
 from loraflow.monitor.events import EngineEvent
-from loraflow.monitor.stall import Stall, StallDetector
+from loraflow.monitor.stall import Stall
 from loraflow.spec import TrainSpec
 
 ORDER = [JobState.PENDING, JobState.PREPARING, JobState.PROVISIONING, JobState.TRAINING, JobState.FINISHING]
@@ -524,11 +525,9 @@ class JobRunner:
 
     def _follow(self, handle: Handle, state: FollowState, follow_path: Path) -> tuple[int | None, Any]:
         parser = self.engine.parser(self.spec)
-        monitor = self.spec.monitor
-        detector = StallDetector(monitor.stall_minutes, monitor.gpu_idle_minutes, time.monotonic())
+        on_stall = self.spec.monitor.on_stall
+        watch = Watchdog(self.spec, self.layout, time.monotonic())
         host = self.xhost
-        stop_sent = False
-        last_gpu = 0.0
         stall_kill = False
         collected = 0.0
         handed_stall = self._handed_back_stall()
@@ -537,19 +536,19 @@ class JobRunner:
             if chunk:
                 state.offset += len(chunk)
                 events = parser.feed(chunk)
-                self._record(events, detector)
+                self._record(events, watch)
                 # New engine outputs: after a save line, and every few seconds (samples print no line).
                 if any(e.type in (ev.CHECKPOINT, ev.SAMPLE) for e in events) or time.monotonic() - collected > 5:
                     collected = time.monotonic()
-                    self._collect(detector)
+                    self._collect(watch)
                 state.save(follow_path)
             status, code = host.status(handle)
             if status is not ProcessStatus.RUNNING:
                 rest = host.read(handle.log_file, state.offset)
                 state.offset += len(rest)
-                self._record([*parser.feed(rest), *parser.flush()], detector, final=True)
+                self._record([*parser.feed(rest), *parser.flush()], watch, final=True)
                 if self.remote is None:
-                    self._record(self.engine.collect(self.spec, self.layout), detector, final=True)
+                    self._record(self.engine.collect(self.spec, self.layout), watch, final=True)
                 state.save(follow_path)
                 if status is ProcessStatus.GONE:
                     self._check_host()
@@ -557,25 +556,20 @@ class JobRunner:
             now = time.monotonic()
             if self.remote is not None:
                 self._account(state, follow_path)
-            if not stop_sent and Path(self.layout.stop_request).exists():
-                stop_sent = host.signal(handle, signal.SIGTERM)
+            if watch.stop_due():
+                watch.stop_sent = host.signal(handle, signal.SIGTERM)
                 self.store.append_event(self.job_id, ev.LOG, {"message": "stop requested: checkpointing"})
-            if now - last_gpu > 30:
-                last_gpu = now
-                stats = host.gpu_stats()
-                detector.on_gpu([g["util"] for g in stats] if stats else None, now)
-            stall = handed_stall or detector.check(now)
+            if watch.gpu_due(now):
+                watch.on_gpu(host.gpu_stats(), now)
+            stall = handed_stall or watch.stall(now)
             if stall and not stall_kill and handed_stall is None:  # (the follower recorded its own)
-                self.store.append_event(
-                    self.job_id,
-                    "stall.detected",
-                    {"reason": stall.reason, "message": stall.message, "action": monitor.on_stall},
-                )
+                type_, data, _ = watch.stall_event(stall)
+                self.store.append_event(self.job_id, type_, data)
             handed_stall = None
             if stall and not stall_kill:
-                if monitor.on_stall == "notify":
-                    detector.on_progress(now)  # tell once per stall window
-                elif monitor.on_stall == "restart" and self.remote is not None:
+                if on_stall == "notify":
+                    watch.told(now)
+                elif on_stall == "restart" and self.remote is not None:
                     # A stalled rented host is not worth more money: move to a new one.
                     host.signal(handle, signal.SIGKILL)
                     raise HostUnreachable(f"stalled: {stall.message}")
@@ -583,7 +577,7 @@ class JobRunner:
                     stall_kill = True
                     self._last_error = (
                         None
-                        if monitor.on_stall == "restart"
+                        if on_stall == "restart"
                         else {
                             "code": "stalled",
                             "message": stall.message,
@@ -598,20 +592,18 @@ class JobRunner:
                 self.store.update(self.job_id, heartbeat_at=datetime.now(UTC))
             time.sleep(self.poll_s)
 
-    def _collect(self, detector: StallDetector | None) -> None:
+    def _collect(self, watch: Watchdog | None) -> None:
         if self.remote is not None:
-            self._record(self.remote.sync(), detector)
+            self._record(self.remote.sync(), watch)
         else:
-            self._record(self.engine.collect(self.spec, self.layout), detector)
+            self._record(self.engine.collect(self.spec, self.layout), watch)
 
-    def _record(self, events: list[EngineEvent], detector: StallDetector | None, final: bool = False) -> None:
+    def _record(self, events: list[EngineEvent], watch: Watchdog | None, final: bool = False) -> None:
         """Store engine events; progress is thrown away only when a newer one follows within 0.5 s."""
         now = time.monotonic()
         for event in events:
-            if event.type == ev.PHASE and detector is not None:
-                detector.on_phase(event.data.get("phase", ""), now)
-            if event.type == ev.PROGRESS and detector is not None:
-                detector.on_progress(now)
+            if watch is not None:
+                watch.saw([event], now)
             if event.type in THROTTLED:
                 if now - self._last_write < 0.5 and event.data.get("step") != event.data.get("total"):
                     self._pending = event
