@@ -23,7 +23,6 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+from common import proc_stats, start_serve
 
 REPO = Path(__file__).resolve().parents[1]
 SECONDS = 20
@@ -51,15 +51,6 @@ def _engine(logs: list[str], stop_at: float) -> None:
             if i % 50 == 49:
                 time.sleep(0.01)
         time.sleep(max(0.0, 1.0 - (time.time() - start)))
-
-
-def _proc(pid: int) -> tuple[float, int, int]:
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-    rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    threads = int(next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("Threads:"))
-                  .split()[1])  # fmt: skip
-    return cpu, rss, threads
 
 
 def _q95(values: list[float]) -> float | None:
@@ -124,20 +115,8 @@ def run(n: int) -> dict[str, object]:
     for path in logs:  # every stand-in trainer's pid is the engine's
         Path(path).with_name("train.pid").write_text(str(engine.pid))
 
-    env = {**os.environ, "LORAFLOW_HOME": str(home)}
-    http_port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "loraflow.cli", "serve", "--port", str(http_port), "--workers", str(n + 10)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{http_port}"
+    server, url = start_serve(str(home), free_port(), workers=n + 10)
     headers = {"Authorization": f"Bearer {token}"}
-    for _ in range(300):
-        try:
-            httpx.get(f"{url}/api/health")
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
     adopted_by = time.time() + 600
     while store.count_jobs(owner="bench") and time.time() < adopted_by:
         got = sum(1 for j in ids if store.events(j, types=["follower.adopted"], latest=True))
@@ -172,7 +151,7 @@ def run(n: int) -> dict[str, object]:
                     return
 
     threading.Thread(target=follow_one, daemon=True).start()
-    cpu0, _, _ = _proc(server.pid)
+    cpu0, _, _ = proc_stats(server.pid)
     latencies: list[float] = []
     peak_rss = peak_threads = 0
     with httpx.Client(base_url=url, headers=headers) as client:
@@ -184,11 +163,11 @@ def run(n: int) -> dict[str, object]:
             else:
                 client.get(f"/api/jobs/{ids[i % n]}").raise_for_status()
             latencies.append((time.perf_counter() - start) * 1000)
-            _, rss, threads = _proc(server.pid)
+            _, rss, threads = proc_stats(server.pid)
             peak_rss, peak_threads = max(peak_rss, rss), max(peak_threads, threads)
             i += 1
             time.sleep(0.05)
-    cpu1, _, _ = _proc(server.pid)
+    cpu1, _, _ = proc_stats(server.pid)
     server.send_signal(signal.SIGKILL)  # not a clean stop: that would hand every job to a runner process
     server.wait()
     engine.kill()

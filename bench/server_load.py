@@ -18,7 +18,6 @@ import json
 import multiprocessing as mp
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 import httpx
+from common import proc_stats, start_serve
 
 REPO = Path(__file__).resolve().parents[1]
 SECONDS = 12
@@ -52,17 +52,8 @@ def _writers(url: str, home: str, ids: list[str], stop_at: float) -> None:
         t.join()
 
 
-def _proc_stats(pid: int) -> tuple[float, int]:
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(stat[11]) + int(stat[12])) / ticks
-    rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    return cpu, rss
-
-
 def run(n: int) -> dict[str, float]:
     home = tempfile.mkdtemp(prefix=f"lf-bench-{n}-")
-    env = {**os.environ, "LORAFLOW_HOME": home}
     sys.path.insert(0, str(REPO / "src"))
     os.environ["LORAFLOW_HOME"] = home
     from loraflow.jobs.store import Store
@@ -75,19 +66,8 @@ def run(n: int) -> dict[str, float]:
     ids = [store.create_job(spec, owner="bench").id for _ in range(n)]
     for job_id in ids:
         store.transition(job_id, "preparing")
-    port = 18000 + n
-    server = subprocess.Popen(
-        [sys.executable, "-m", "loraflow.cli", "serve", "--port", str(port), "--workers", "0"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    server, base = start_serve(home, 18000 + n, workers=0)
     headers = {"Authorization": f"Bearer {token}"}
-    for _ in range(200):
-        try:
-            httpx.get(f"{base}/api/health")
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
     stop_at = time.time() + SECONDS
     writers = mp.get_context("spawn").Process(target=_writers, args=(base, home, ids, stop_at))
     writers.start()
@@ -103,7 +83,7 @@ def run(n: int) -> dict[str, float]:
 
     follower = threading.Thread(target=follow, daemon=True)
     follower.start()
-    cpu0, _ = _proc_stats(server.pid)
+    cpu0, _ = proc_stats(server.pid)[:2]
     t0 = time.time()
     latencies: list[float] = []
     peak = 0
@@ -116,10 +96,10 @@ def run(n: int) -> dict[str, float]:
             else:
                 client.get(f"/api/jobs/{ids[i % n]}").raise_for_status()
             latencies.append(time.perf_counter() - start)
-            peak = max(peak, _proc_stats(server.pid)[1])
+            peak = max(peak, proc_stats(server.pid)[1])
             i += 1
             time.sleep(0.05)
-    cpu1, _ = _proc_stats(server.pid)
+    cpu1, _ = proc_stats(server.pid)[:2]
     wall = time.time() - t0
     writers.join()
     server.terminate()

@@ -11,17 +11,7 @@ from loraflow.dataset import DatasetRun
 from loraflow.dataset.manifest import read_manifest
 from loraflow.spec import CaptionPolicy, DatasetChecks
 from loraflow.testing.tiny_wd14 import build_tiny_wd14
-from tests.conftest import EXAMPLES
 from tests.unit.imagekit import snapshot
-
-
-@pytest.fixture
-def photos(tmp_path: Path) -> Path:
-    folder = tmp_path / "photos"
-    shutil.copytree(EXAMPLES / "sample_dataset", folder)
-    for cap in ("mascot_01.txt", "mascot_02.txt"):
-        (folder / cap).unlink()
-    return folder
 
 
 @pytest.fixture

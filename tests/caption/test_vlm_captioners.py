@@ -3,25 +3,15 @@ random models of the same architectures, each in its own process."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from loraflow.caption.joycaption import build_prompt
+from loraflow.caption.run import captioner_options
 from loraflow.dataset import DatasetRun
 from loraflow.dataset.manifest import read_manifest
 from loraflow.spec import CaptionPolicy, DatasetChecks
-from tests.conftest import EXAMPLES
-
-
-@pytest.fixture
-def photos(tmp_path: Path) -> Path:
-    folder = tmp_path / "photos"
-    shutil.copytree(EXAMPLES / "sample_dataset", folder)
-    for cap in ("mascot_01.txt", "mascot_02.txt"):
-        (folder / cap).unlink()
-    return folder
 
 
 def test_joycaption_captions_missing_images(photos: Path, tmp_path: Path, cli) -> None:
@@ -38,7 +28,8 @@ def test_joycaption_captions_missing_images(photos: Path, tmp_path: Path, cli) -
     assert (photos / "mascot_00.txt").read_text() == kept  # fill-missing: the user's caption stays
     for name in ("mascot_01.txt", "mascot_02.txt"):
         text = (photos / name).read_text()
-        assert text.strip() and "<|" not in text  # generated (nonsense), prompt and special tokens trimmed
+        assert text.strip() and "<|" not in text  # generated (nonsense), special tokens dropped...
+        assert "captioner" not in text and "straightforward" not in text  # ...and the prompt trimmed
 
 
 def test_qwen_vl_captions_in_a_dataset_prepare_with_the_trigger(photos: Path, tmp_path: Path) -> None:
@@ -52,6 +43,7 @@ def test_qwen_vl_captions_in_a_dataset_prepare_with_the_trigger(photos: Path, tm
     made = files["mascot_01.jpg"]
     assert made["caption_source"] == "captioner:qwen-vl"
     assert made["caption"].startswith("photo, lfx, ") and len(made["caption"]) > len("photo, lfx, ")
+    assert "Describe this image" not in made["caption"] and "assistant" not in made["caption"]  # prompt trimmed
     assert files["mascot_00.jpg"]["caption_source"] == "file"
     assert not (photos / "mascot_01.txt").exists()  # the user's folder is never written by prepare
 
@@ -64,6 +56,10 @@ def test_joycaption_prompts_follow_its_own_wording() -> None:
     assert "refer to them as lfx." in named and named.endswith("Do not mention the background.")
     with pytest.raises(ValueError):
         build_prompt("poem", "short")
+    # The spec's refer_by_trigger hands the job's trigger word to the captioner.
+    named_policy = CaptionPolicy(backend="joycaption", refer_by_trigger=True)
+    assert captioner_options(named_policy, "lfx")["name"] == "lfx"
+    assert captioner_options(CaptionPolicy(backend="joycaption"), "lfx")["name"] is None
 
 
 def test_bad_caption_length_is_a_clear_cli_error(photos: Path, cli) -> None:

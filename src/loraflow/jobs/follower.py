@@ -47,6 +47,7 @@ from loraflow.jobs.following import (
     handoff_file,
     self_follow_file,
     stall_file,
+    write_atomic,
 )
 from loraflow.jobs.layout import JobLayout
 from loraflow.jobs.remote import RemoteLease
@@ -312,7 +313,7 @@ class Follower:
                         await self.writes.write(job_id, pending)
                         state.offset += len(chunk)
                         state.save(follow_path)
-                        stall_file(layout).write_text(json.dumps({"reason": stall.reason, "message": stall.message}))
+                        write_atomic(stall_file(layout), json.dumps({"reason": stall.reason, "message": stall.message}))
                         return f"stalled: {stall.message}"
                 # New checkpoints and samples: after a save line, else when the remote listing changed.
                 if status is ProcessStatus.RUNNING and (

@@ -46,9 +46,14 @@ class FollowState:
             return cls()
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(self)))
-        tmp.replace(path)
+        write_atomic(path, json.dumps(asdict(self)))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Readers in another process see the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def follow_file(layout: JobLayout) -> Path:

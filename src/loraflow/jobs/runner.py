@@ -37,6 +37,7 @@ from loraflow.jobs.following import (
     handoff_file,
     self_follow_file,
     stall_file,
+    write_atomic,
 )
 from loraflow.jobs.layout import JobLayout
 from loraflow.jobs.remote import RemoteLease, is_remote
@@ -494,9 +495,7 @@ class JobRunner:
             self._write(self._pending)
             self._pending = None
         state.save(follow_path)
-        tmp = handoff_file(self.layout).with_suffix(".tmp")
-        tmp.write_text(json.dumps({"attempt": state.attempt, "offset": state.offset, "at": time.time()}))
-        tmp.replace(handoff_file(self.layout))
+        write_atomic(handoff_file(self.layout), json.dumps({"attempt": state.attempt, "at": time.time()}))
         self._emit(ev.LOG, {"message": "training runs; the worker's follower follows it"})
         return True
 

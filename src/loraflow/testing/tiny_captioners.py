@@ -60,11 +60,7 @@ def build_tiny_florence2(dest: Path, seed: int = 0) -> Path:
     model = Florence2ForConditionalGeneration(
         Florence2Config(vision_config=vision, text_config=text, image_token_id=tokenizer.image_token_id)
     ).eval()
-    tmp = dest.with_name(dest.name + ".partial")
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    tmp.replace(dest)
-    return dest
+    return _save(dest, model, processor)
 
 
 def _byte_tokenizer(specials: list[str], **tokens: str) -> Any:
