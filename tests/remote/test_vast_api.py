@@ -176,3 +176,31 @@ def test_offers_over_the_api(vast: Vast) -> None:
     assert len(rows) == 3 and all(r["offer"]["gpu_frac"] == 1.0 for r in rows)
     costs = [r["estimate"]["cost_usd"] for r in rows]
     assert costs == sorted(costs)
+
+
+def test_one_emulators_destroy_never_kills_another_emulators_processes(tmp_path: Path) -> None:
+    """Tests run two at a time, each with its own emulator numbering instances from 31000001: destroying
+    instance 31000001 in one must not kill what instance 31000001 of the other started (it did: the
+    other test's trainer vanished without an exit code and was relaunched)."""
+    import subprocess
+    import time
+
+    from loraflow.hosts.local import pid_alive
+    from loraflow.testing.vast_emulator import MARKER, Emulator, Instance
+
+    def instance(root: Path) -> Instance:
+        return Instance(31_000_001, {}, "loraflow:x", "img", 10, {}, "ssh", "", "k", time.time(), 0, root)
+
+    a, b = Emulator("k", tmp_path / "a"), Emulator("k", tmp_path / "b")
+    mine, theirs = instance(tmp_path / "a"), instance(tmp_path / "b")
+    proc = subprocess.Popen(["sleep", "30"], env={MARKER: b.marker(theirs), "PATH": "/usr/bin:/bin"})
+    try:
+        a._kill_processes(mine)
+        time.sleep(0.2)
+        assert pid_alive(proc.pid) and proc.poll() is None
+        b._kill_processes(theirs)
+        assert proc.wait(10) == -9
+    finally:
+        proc.kill()
+        a.close()
+        b.close()

@@ -35,6 +35,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -257,6 +258,7 @@ class Emulator:
             {"id": 1 + i, "public_key": k.strip()} for i, k in enumerate(extra_authorized_keys or [])
         ]
         self.next_id = 31_000_001
+        self.token = uuid.uuid4().hex[:12]
         self.snatch = 0
         self.rate_limit = 0
         self.requests: list[tuple[str, str]] = []
@@ -307,7 +309,7 @@ class Emulator:
                     "MaxSessions 64",
                     "MaxStartups 64",
                     f"SetEnv HOME={home} DATA_DIRECTORY={inst.root / 'workspace'} CONTAINER_ID={inst.id} "
-                    f"{MARKER}={inst.id}",
+                    f"{MARKER}={self.marker(inst)}",
                     "",
                 ]
             )
@@ -325,9 +327,14 @@ class Emulator:
                 time.sleep(0.05)
         inst.relay = Relay(port)
 
+    def marker(self, inst: Instance) -> str:
+        """Unique across emulators: instance ids restart at 31000001 in each, and one emulator's destroy
+        must never kill what another emulator's instance (a test running beside this one) started."""
+        return f"{self.token}-{inst.id}"
+
     def _kill_processes(self, inst: Instance) -> None:
         """Everything started in the instance (found by the marker in its environment) dies with it."""
-        needle = f"{MARKER}={inst.id}".encode()
+        needle = f"{MARKER}={self.marker(inst)}".encode()
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit() or int(proc.name) == os.getpid():
                 continue
