@@ -82,7 +82,8 @@ def test_rented_job_end_to_end(tmp_path: Path, cli, vast: Vast) -> None:
 
 
 def test_instance_destroyed_mid_training_moves_to_a_new_one(tmp_path: Path, cli, vast: Vast) -> None:
-    result = cli("train", "--detach", remote_spec(tmp_path, steps=60, every=10))
+    # Long enough that the instance is still training when it is destroyed (60 steps could all but finish first).
+    result = cli("train", "--detach", remote_spec(tmp_path, steps=150, every=10))
     assert result.code == 0, result.out + result.err
     store = Store()
     job = only_job(store)
@@ -92,7 +93,7 @@ def test_instance_destroyed_mid_training_moves_to_a_new_one(tmp_path: Path, cli,
     wait_for(lambda: store.get(job.id).state not in ACTIVE, timeout=300, what="the job to end")
     job = store.get(job.id)
     assert job.state is JobState.COMPLETED, dump(job.to_dict()) + dump([e.data for e in store.events(job.id)][-20:])
-    assert job.step == 60
+    assert job.step == 150
     lost = events_of(store, job.id, "host.lost")
     assert len(lost) == 1
     leases = job.artifacts["leases"]
