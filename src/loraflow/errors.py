@@ -47,3 +47,11 @@ class IllegalTransition(LoraflowError):
 
 class NotFound(UserInputError):
     """A job, checkpoint or artifact that does not exist."""
+
+
+class Refused(UserInputError):
+    """A submission the service's rules refuse: `status` is its HTTP answer, `title` its short name."""
+
+    def __init__(self, status: int, title: str, message: str, *, fix: str | None = None, **extra: object) -> None:
+        self.status, self.title, self.extra = status, title, extra
+        super().__init__(message, fix=fix)

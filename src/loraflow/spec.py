@@ -221,11 +221,32 @@ class OutputSpec(Strict):
 
 
 class SshTarget(Strict):
-    host: str
+    host: str = Field(description="Host name or IP address.")
     port: int = Field(22, ge=1, le=65535)
     user: str = "root"
     identity_file: str | None = Field(None, description="Private key path (0600); never the key itself.")
     root: str = Field("~/loraflow", description="Folder on the host under which jobs live.")
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        # A name or address only: ssh would read '-oProxyCommand=...' or 'a b' as options or commands.
+        if not (_HOST_NAME.fullmatch(value) or _HOST_V6.fullmatch(value)):
+            raise ValueError("give a host name or IP address (letters, digits, '.', '-', ':'; not starting with '-')")
+        return value
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        if not _USER_NAME.fullmatch(value):
+            raise ValueError("give a login name (letters, digits, '_', '.', '-'; not starting with '-')")
+        return value
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?")
+_HOST_V6 = re.compile(r"[0-9A-Fa-f:]{2,39}")
+_USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+_PROGRAM = re.compile(r"[A-Za-z0-9_./+-]+")
 
 
 class GpuRequirements(Strict):
@@ -243,6 +264,9 @@ class ComputeSpec(Strict):
     provider: Literal["local", "ssh", "vastai", "runpod", "skypilot"] = "local"
     gpu: GpuRequirements = Field(default_factory=GpuRequirements)
     ssh: SshTarget | None = None
+    target: str | None = Field(
+        None, description="Name of an SSH host the operator registered (LORAFLOW_SSH_HOSTS); instead of ssh."
+    )
     max_retries: int = Field(2, ge=0, description="New hosts leased after a dead or stalled one.")
     python: str = Field("python3", description="Python on a remote host (ssh, vastai) that runs the engine.")
     setup: str | None = Field(
@@ -250,10 +274,19 @@ class ComputeSpec(Strict):
     )
     ready_timeout_s: int = Field(900, ge=10, description="A rented host not ready by then is destroyed.")
 
+    @field_validator("python")
+    @classmethod
+    def _python(cls, value: str) -> str:
+        if not _PROGRAM.fullmatch(value) or value.startswith("-"):
+            raise ValueError("give one program name or path, such as python3 or /opt/conda/bin/python")
+        return value
+
     @model_validator(mode="after")
     def _ssh_needs_target(self) -> ComputeSpec:
-        if self.provider == "ssh" and self.ssh is None:
-            raise ValueError("provider 'ssh' needs compute.ssh with at least a host")
+        if self.provider == "ssh" and self.ssh is None and self.target is None:
+            raise ValueError("provider 'ssh' needs compute.ssh with at least a host, or compute.target")
+        if self.ssh is not None and self.target is not None:
+            raise ValueError("give compute.ssh or compute.target, not both")
         return self
 
 
@@ -367,7 +400,18 @@ def _looks_like_path(value: str) -> bool:
 
 _SECRET_PATTERNS = [
     (re.compile(r"\bhf_[A-Za-z0-9]{20,}"), "HF_TOKEN"),
-    (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), "AWS_ACCESS_KEY_ID"),
+    (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), "AWS_ACCESS_KEY_ID"),
+    # An AWS secret access key: 40 base64 characters mixing cases and digits (a word never does).
+    (
+        re.compile(r"(?<![A-Za-z0-9/+=])(?=[A-Za-z0-9/+]*[0-9])(?=[A-Za-z0-9/+]*[a-z])(?=[A-Za-z0-9/+]*[A-Z])"
+                   r"[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"),
+        "AWS_SECRET_ACCESS_KEY",
+    ),
+    (re.compile(r"(?<![0-9A-Fa-f])[0-9a-f]{64}(?![0-9A-Fa-f])"), "VAST_API_KEY"),  # Vast.ai keys are 64 hex
+    (re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{40,})"), "GITHUB_TOKEN"),
+    (re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"), "SLACK_TOKEN"),
+    (re.compile(r"\b[MNO][A-Za-z0-9_-]{23,25}\.[A-Za-z0-9_-]{6}\.[A-Za-z0-9_-]{27,}"), "DISCORD_TOKEN"),
+    (re.compile(r"\b[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@"), "url_env (a URL with a password in it)"),
     (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"), "a key file referenced by path"),
     (re.compile(r"https://discord(?:app)?\.com/api/webhooks/\d+/[\w-]{20,}"), "url_env"),
     (re.compile(r"https://hooks\.slack\.com/services/[\w/]{20,}"), "url_env"),

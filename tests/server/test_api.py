@@ -196,7 +196,7 @@ def test_bad_uploads_are_refused_and_leave_nothing(api: Api) -> None:
     assert r.status_code == 422 and "blocked" in r.json()["detail"]
     api.client.app.state.config.max_images = 3  # the service's own limit, not the environment's
     r = submit(api)
-    assert r.status_code == 422 and "8 images is over max_images 3" in r.json()["detail"], r.text
+    assert r.status_code == 422 and "8 images; at most 3" in r.json()["detail"], r.text
     assert uploads_left() == [] and Store().list_jobs() == []
 
 

@@ -12,9 +12,7 @@ from rich.table import Table
 from loraflow.cli.dataset_cmd import show_report
 from loraflow.cli.follow import follow
 from loraflow.cli.output import console
-from loraflow.dataset import DatasetRun
 from loraflow.errors import UserInputError
-from loraflow.jobs.runner import start_runner
 from loraflow.jobs.states import JobState
 from loraflow.jobs.store import Store
 from loraflow.spec import TrainSpec, load_spec
@@ -40,24 +38,19 @@ def quote_before_renting(spec: TrainSpec, force: bool) -> None:
 
 def submit(spec: TrainSpec, force: bool = False) -> str:
     """Check the dataset (and the budget), record the job and start its runner; returns the job id."""
-    d = spec.dataset
-    report = DatasetRun(d.path, d.checks, d.captions, d.trigger_word, d.caption_extension).check()
-    if not report.ok:
-        show_report(report)
+    from loraflow.jobs import submit as door
+
+    try:
+        door.check_dataset(spec, None)
+    except door.DatasetUnfit as exc:
+        show_report(exc.report)
         raise UserInputError(
             "the dataset is not fit to train; nothing was started",
-            where=d.path,
+            where=spec.dataset.path,
             fix="fix the errors above (or use `loraflow dataset prepare --drop-bad`)",
-        )
+        ) from None
     quote_before_renting(spec, force)
-    store = Store()
-    job = store.create_job(spec)
-    if force:
-        store.add_artifacts(job.id, force_budget=True)
-    job.folder.mkdir(parents=True, exist_ok=True)
-    (job.folder / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
-    start_runner(job.id)
-    return job.id
+    return door.submit(Store(), spec, force=force, dataset_checked=True).id
 
 
 def attach(store: Store, job_id: str) -> int:

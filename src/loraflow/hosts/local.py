@@ -35,11 +35,37 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+# What every trainer may see of this machine's environment besides the names its engine asks for:
+# where things are, how to run, which GPU. Never the orchestrator's keys, database URL or secrets.
+BASE_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM", "SHELL",
+    "PYTHONPATH", "PYTHONUNBUFFERED", "PYTHONHASHSEED", "VIRTUAL_ENV",
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+    "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "HF_ENDPOINT", "TRANSFORMERS_OFFLINE",
+    "TORCH_HOME", "XDG_CACHE_HOME", "LD_LIBRARY_PATH", "LORAFLOW_HOME", "LORAFLOW_MODELS_DIR",
+})
+BASE_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "PYTORCH_", "TORCH_", "NCCL_", "ROCR_", "HIP_", "AITK_STANDIN_",
+                 "KOHYA_STANDIN_")
+
+
+def child_environment(extra: dict[str, str] | None, inherit: bool = False) -> dict[str, str]:
+    """The environment of a started command: the base names plus what the caller passes (`inherit`:
+    everything, for loraflow's own runner, which needs the keys to rent and publish)."""
+    base = dict(os.environ) if inherit else {
+        k: v for k, v in os.environ.items() if k in BASE_NAMES or k.startswith(BASE_PREFIXES)
+    }
+    return {**base, **(extra or {})}
+
+
 class LocalHost:
     name = "local"
 
-    def run(self, argv: list[str], cwd: str, handle: Handle, env: dict[str, str] | None = None) -> Handle:
-        """Start argv detached in its own session: closing the terminal or killing the caller leaves it running."""
+    def run(
+        self, argv: list[str], cwd: str, handle: Handle, env: dict[str, str] | None = None, inherit: bool = False
+    ) -> Handle:
+        """Start argv detached in its own session: closing the terminal or killing the caller leaves it running.
+
+        It sees only `child_environment`: a trainer gets the names its engine lists, not the server's keys."""
         Path(handle.log_file).parent.mkdir(parents=True, exist_ok=True)
         # A previous wrapper still finishing (its command was just killed) would write its exit code
         # over the new run's files: let it finish first.
@@ -49,7 +75,7 @@ class LocalHost:
             time.sleep(0.02)
         for stale in (handle.pid_file, handle.exit_file, handle.wrapper_file):
             Path(stale).unlink(missing_ok=True)
-        child_env = {**os.environ, **(env or {})}
+        child_env = child_environment(env, inherit)
         script = wrapper_script(argv, cwd, handle, sorted((env or {}).keys()))
         subprocess.Popen(
             ["/bin/sh", "-c", script],

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shlex
 import subprocess
 import tempfile
@@ -58,6 +59,18 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+_SAFE_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+_SAFE_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:-]{0,252}")
+
+
+def destination(user: str, host: str) -> str:
+    """`user@host` for ssh, refused unless both are plain names: ssh reads `-o...` as an option and a
+    host such as `a b` as a command, so nothing a spec sends may reach its argv unchecked."""
+    if not _SAFE_USER.fullmatch(user) or not _SAFE_HOST.fullmatch(host):
+        raise LoraflowError(f"refusing the SSH destination {user!r}@{host!r}: not a plain user and host name")
+    return f"{user}@{host}"
 
 
 # --- the shell side of each question, shared with the async follower's command fallback ---------------
@@ -152,7 +165,8 @@ class SshHost:
         ]  # fmt: skip
         if e.identity_file:
             argv += ["-i", e.identity_file, "-o", "IdentitiesOnly=yes"]
-        return [*argv, f"{e.user}@{e.host}", remote]
+        # `--`: nothing after it is an option, whatever a user or host name looks like.
+        return [*argv, "--", destination(e.user, e.host), remote]
 
     def exec(
         self, remote: str, stdin: bytes | None = None, timeout: float = 120, check: bool = True

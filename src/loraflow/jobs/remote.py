@@ -115,10 +115,10 @@ class RemoteLease:
             self._acquire_vast(lease, force_budget)
 
     def _acquire_ssh(self) -> None:
+        from loraflow.jobs.trust import ssh_target
         from loraflow.providers.keys import ensure_key
 
-        target = self.spec.compute.ssh
-        assert target is not None
+        target = ssh_target(self.spec)
         identity = target.identity_file or str(ensure_key()[0])
         endpoint = SshEndpoint(
             target.host, target.port, target.user, identity, str(Path(self.local.run) / "known_hosts")
@@ -203,7 +203,7 @@ class RemoteLease:
 
     def _finish_acquire(self, lease: dict[str, Any], endpoint: SshEndpoint, host: SshHost, root: str) -> None:
         python = self.spec.compute.python
-        proc = host.exec(f"{python} -c 'import sys; print(sys.version.split()[0])'", check=False)
+        proc = host.exec(f"{shlex.quote(python)} -c 'import sys; print(sys.version.split()[0])'", check=False)
         if proc.returncode != 0:
             raise UserInputError(
                 f"`{python}` does not run on {endpoint.host}:{endpoint.port}",

@@ -111,7 +111,7 @@ def start_runner(job_id: str, handoff: bool = False) -> Handle:
             return handle  # a live runner has the job
         time.sleep(0.05)  # a runner just killed still holds its lock for a moment
     env = {"LORAFLOW_HANDOFF": "1" if handoff else "0"}
-    host.run([sys.executable, "-m", "loraflow.jobs.runner", job_id], str(folder), handle, env)
+    host.run([sys.executable, "-m", "loraflow.jobs.runner", job_id], str(folder), handle, env, inherit=True)
     host.wait_started(handle)
     return handle
 

@@ -10,11 +10,9 @@ the `Auth`/`Db` aliases are local to `create_app`.)
 
 import asyncio
 import json
-import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import yaml
@@ -23,45 +21,13 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from loraflow import __version__, paths
 from loraflow.jobs.states import ACTIVE, JobState
-from loraflow.jobs.store import Job, Store
+from loraflow.jobs.store import Store
+from loraflow.jobs.submit import ServiceConfig, check_open, read_spec, submit
 from loraflow.platform.config import PlatformConfig
 from loraflow.server import problems
 from loraflow.server.deps import Auth, Db, bundle_response, job_file_response, own_job
 from loraflow.server.problems import Problem
-from loraflow.server.tokens import User
 from loraflow.server.uploads import save_files
-from loraflow.spec import TrainSpec, parse_spec
-
-
-@dataclass
-class ServiceConfig:
-    """Limits a platform sets for its users (like Civitai's TrainingServiceStatus)."""
-
-    available: bool = True
-    message: str = ""
-    max_upload_mb: int = 2048
-    max_images: int = 1000
-    max_concurrent_jobs: int = 4
-    blocked_base_models: list[str] = field(default_factory=list)
-    allowed_base_models: list[str] = field(default_factory=list)  # empty: every catalog model and local folder
-    max_steps: int | None = None
-    max_budget_usd: float | None = None
-    no_auth: bool = False  # only honoured for 127.0.0.1
-
-    @classmethod
-    def from_env(cls) -> "ServiceConfig":
-        env = os.environ
-        return cls(
-            available=env.get("LORAFLOW_SERVICE_AVAILABLE", "1") != "0",
-            message=env.get("LORAFLOW_SERVICE_MESSAGE", ""),
-            max_upload_mb=int(env.get("LORAFLOW_MAX_UPLOAD_MB", 2048)),
-            max_images=int(env.get("LORAFLOW_MAX_IMAGES", 1000)),
-            max_concurrent_jobs=int(env.get("LORAFLOW_MAX_CONCURRENT_JOBS", 4)),
-            blocked_base_models=[m for m in env.get("LORAFLOW_BLOCKED_BASE_MODELS", "").split(",") if m],
-            allowed_base_models=[m for m in env.get("LORAFLOW_ALLOWED_BASE_MODELS", "").split(",") if m],
-            max_steps=int(env["LORAFLOW_MAX_STEPS"]) if env.get("LORAFLOW_MAX_STEPS") else None,
-            max_budget_usd=float(env["LORAFLOW_MAX_BUDGET_USD"]) if env.get("LORAFLOW_MAX_BUDGET_USD") else None,
-        )
 
 
 def create_app(
@@ -125,8 +91,7 @@ def create_app(
         force: Annotated[bool, Form()] = False,
     ) -> dict[str, Any]:
         """Create a job from a spec and a dataset upload, check both, and start it."""
-        if not cfg.available:
-            raise Problem(503, "service unavailable", cfg.message or "training is paused")
+        state = request.app.state
         limit = cfg.max_upload_mb * 1024 * 1024
         if int(request.headers.get("content-length") or 0) > limit:
             raise Problem(413, "upload too large", f"the upload is over {cfg.max_upload_mb} MB")
@@ -139,20 +104,12 @@ def create_app(
         uploads = ([dataset] if dataset is not None else []) + list(files or [])
         if not uploads:
             raise Problem(422, "no dataset", "send the dataset as `dataset` (a zip or tar) or as `files`")
-        active = store.count_jobs(owner=user.name, states=[s.value for s in ACTIVE])
-        if active >= cfg.max_concurrent_jobs:
-            raise Problem(
-                429, "too many jobs", f"you have {active} active jobs; the limit is {cfg.max_concurrent_jobs}"
-            )
+        check_open(store, user.name, cfg)  # before anything is written
         folder = paths.home() / "uploads" / uuid.uuid4().hex
         try:
             target = await save_files(uploads, folder, limit)
-            raw.setdefault("dataset", {})
-            if not isinstance(raw["dataset"], dict):
-                raise Problem(422, "invalid spec", "dataset must be a mapping")
-            raw["dataset"]["path"] = str(target)
-            parsed = parse_spec(raw, "spec")
-            job = await asyncio.to_thread(submit_job, request.app.state, parsed, user, force)
+            parsed = read_spec(raw, cfg, "spec", dataset_path=str(target))
+            job = await asyncio.to_thread(submit, store, parsed, user.name, cfg, state.platform, force)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)  # nothing half-written stays behind
             raise
@@ -299,25 +256,6 @@ def _event(e: Any) -> dict[str, Any]:
     return {"seq": e.seq, "ts": e.ts.isoformat(), "type": e.type, "stage": e.stage, "data": e.data}
 
 
-def _check_limits(spec: TrainSpec, cfg: ServiceConfig) -> None:
-    """Each refusal names the limit it hit (the names are the ServiceConfig fields)."""
-    if spec.base_model in cfg.blocked_base_models:
-        raise Problem(422, "base model not allowed", f"{spec.base_model} is blocked on this service")
-    if cfg.allowed_base_models and spec.base_model not in cfg.allowed_base_models:
-        raise Problem(
-            422,
-            "base model not allowed",
-            f"{spec.base_model} is not in allowed_base_models ({', '.join(cfg.allowed_base_models)})",
-        )
-    if cfg.max_steps and spec.training.steps > cfg.max_steps:
-        steps = spec.training.steps
-        raise Problem(422, "too many steps", f"training.steps {steps} is over max_steps {cfg.max_steps}")
-    if cfg.max_budget_usd and (spec.budget.max_usd or 0) > cfg.max_budget_usd:
-        raise Problem(
-            422, "budget too high", f"budget.max_usd {spec.budget.max_usd} is over max_budget_usd {cfg.max_budget_usd}"
-        )
-
-
 async def _sweeper(app: FastAPI, every_s: float) -> None:
     from loraflow.platform.sweep import sweep
 
@@ -327,44 +265,3 @@ async def _sweeper(app: FastAPI, every_s: float) -> None:
         except Exception as exc:  # the sweep must never take the server down
             print(f"platform sweep failed: {exc!r}")
         await asyncio.sleep(every_s)
-
-
-def submit_job(state: Any, spec: TrainSpec, user: User, force: bool) -> Job:
-    """Every way in (API, upload, web wizard): service limits, the dataset check, the credit hold, then
-    either the external check or the runner. `state` is the app's state (store, config, platform)."""
-    from loraflow.dataset import DatasetRun
-    from loraflow.jobs.runner import start_runner
-
-    store, config, platform = state.store, state.config, state.platform
-    _check_limits(spec, config)
-    d = spec.dataset
-    report = DatasetRun(d.path, d.checks, d.captions, d.trigger_word, d.caption_extension).check()
-    if not report.ok:
-        raise Problem(
-            422,
-            "dataset not fit to train",
-            "; ".join(f.line() for f in report.errors),
-            findings=[f.to_dict() for f in report.findings],
-        )
-    if report.usable_images > config.max_images:
-        raise Problem(422, "too many images", f"{report.usable_images} images is over max_images {config.max_images}")
-    job_id = uuid.uuid4().hex[:12]
-    if platform.credits:
-        from loraflow.platform.credits import InsufficientCredits, hold, quote
-
-        points = quote(spec, platform).points
-        try:
-            hold(store, user.name, job_id, points)  # before the job exists: refused means nothing was made
-        except InsufficientCredits as exc:
-            raise Problem(402, "not enough credits", exc.message, needed=exc.needed, available=exc.available) from exc
-    job = store.create_job(spec, owner=user.name, job_id=job_id)
-    if force:
-        store.add_artifacts(job.id, force_budget=True)
-    job.folder.mkdir(parents=True, exist_ok=True)
-    (job.folder / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
-    if platform.precheck_url:
-        store.add_artifacts(job.id, check="pending")  # the sweep asks the hook, then starts or cancels it
-        store.append_event(job.id, "check.requested", {"url": platform.precheck_url})
-        return store.get(job.id)
-    start_runner(job.id)
-    return store.get(job.id)

@@ -52,14 +52,12 @@ def job_from_upload(
     force: bool = False,
 ) -> dict[str, Any]:
     """Create a job from an upload (after caption edits) and a spec given as JSON."""
-    from loraflow.server.app import submit_job
-    from loraflow.spec import parse_spec
+    from loraflow.jobs.submit import read_spec, submit
 
+    state = request.app.state
     folder = uploads.folder(user.name, upload_id)
-    raw = dict(spec)
-    raw["dataset"] = {**(raw.get("dataset") or {}), "path": str(folder)}
-    parsed = parse_spec(raw, "spec")
-    return submit_job(request.app.state, parsed, user, force).to_dict()
+    parsed = read_spec(spec, state.config, "spec", dataset_path=str(folder))
+    return submit(store, parsed, user.name, state.config, state.platform, force).to_dict()
 
 
 @router.post("/api/jobs/{job_id}/approve", tags=["jobs"])
@@ -100,17 +98,19 @@ def publish(
 
 @router.post("/api/estimate", tags=["money"])
 def estimate(
-    user: Auth, spec: Annotated[str, Body(embed=True, description="The spec as YAML or JSON")]
+    request: Request, user: Auth, spec: Annotated[str, Body(embed=True, description="The spec as YAML or JSON")]
 ) -> dict[str, Any]:
     """Predicted time and cost per GPU type on offer (Vast.ai), or on this machine."""
     from loraflow.jobs.estimate import estimate as predict
-    from loraflow.spec import parse_spec
+    from loraflow.jobs.submit import read_spec
 
-    raw = yaml.safe_load(spec)
+    try:
+        raw = yaml.safe_load(spec)
+    except yaml.YAMLError as exc:
+        raise Problem(422, "invalid spec", f"the spec is not valid YAML/JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise Problem(422, "invalid spec", "the spec must be a mapping")
-    raw.setdefault("dataset", {}).setdefault("path", ".")
-    parsed = parse_spec(raw, "spec")
+    parsed = read_spec(raw, request.app.state.config, "spec", dataset_path=".")  # the server's paths are not asked
     if parsed.compute.provider == "vastai":
         from loraflow.providers.vastai import VastProvider
 

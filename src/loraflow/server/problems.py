@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from loraflow.errors import IllegalTransition, LoraflowError, NotFound, SpecError, UserInputError
+from loraflow.errors import IllegalTransition, LoraflowError, NotFound, Refused, SpecError, UserInputError
 
 PROBLEM = "application/problem+json"
 
@@ -30,6 +30,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
         return problem(exc.status, exc.title, exc.detail, request.url.path, **exc.extra)
+
+    @app.exception_handler(Refused)
+    async def _refused(request: Request, exc: Refused) -> JSONResponse:
+        return problem(exc.status, exc.title, exc.render(), request.url.path, **exc.extra)
 
     @app.exception_handler(SpecError)
     async def _spec(request: Request, exc: SpecError) -> JSONResponse:

@@ -272,14 +272,14 @@ def install(app: FastAPI) -> None:
 
     @app.post("/ui/uploads/{upload_id}/start", include_in_schema=False)
     async def ui_start(request: Request, upload_id: str) -> Response:
-        from loraflow.server.app import submit_job
-        from loraflow.spec import parse_spec
+        from loraflow.jobs.submit import read_spec, submit
 
         user = need_user(request)
         folder = upload_dir(user, upload_id)
+        state = app.state
         try:
-            spec = parse_spec(settings_spec(folder, dict(await request.form())), "settings")
-            job = submit_job(app.state, spec, user, False)
+            spec = read_spec(settings_spec(folder, dict(await request.form())), state.config, "settings")
+            job = submit(store(), spec, user.name, state.config, state.platform, False)
         except Exception as exc:
             ctx = wizard_context(folder, upload_id)
             return render(request, "wizard.html", user, **ctx, error=str(exc))
