@@ -12,7 +12,7 @@ import yaml
 
 from loraflow.errors import UserInputError
 
-ENGINES = ("builtin", "ai-toolkit", "kohya")
+ENGINES = ("builtin", "ai-toolkit", "kohya", "fal")
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,13 @@ def defaults_for(model: BaseModel, engine: str, vram_preset: int | None) -> dict
             )
         merged = deep_merge(merged, presets[vram_preset].get(engine, {}))
     return merged
+
+
+@cache
+def hosted_engines() -> dict[str, dict[str, Any]]:
+    """Engines that train through a provider's API: their price and the spec keys they honour
+    (catalog/hosted.yaml)."""
+    return _load("hosted.yaml")
 
 
 @cache

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from loraflow.cli.output import console, print_json
-from loraflow.spec import load_spec
+from loraflow.spec import TrainSpec, load_spec
 
 
 def _minutes(seconds: float) -> str:
@@ -24,6 +24,9 @@ def estimate(
     from loraflow.jobs.estimate import estimate as predict
 
     spec = load_spec(spec_path)
+    if spec.engine.name == "fal":
+        _hosted_estimate(spec, as_json)
+        return
     if spec.compute.provider == "vastai":
         from loraflow.providers.vastai import VastProvider
 
@@ -52,6 +55,22 @@ def estimate(
         )
     console.print(table)
     console.print("times in minutes; " + (f"budget ${cap:.2f} (red: over)" if cap else "no budget.max_usd set"))
+
+
+def _hosted_estimate(spec: TrainSpec, as_json: bool) -> None:
+    """A hosted engine is priced per run by its provider: the price, with where it was read."""
+    from loraflow.engines.fal import quote
+
+    q = quote(spec)
+    cap = spec.budget.max_usd
+    if as_json:
+        print_json({"budget_usd": cap, "estimates": [q]})
+        return
+    over = cap is not None and q["cost_usd"] > cap
+    cost = f"[red]${q['cost_usd']:.2f}[/red]" if over else f"${q['cost_usd']:.2f}"
+    console.print(f"fal {escape(q['app'])}: {q['steps']} steps at ${q['usd_per_step']}/step = {cost}")
+    console.print(f"price source: {escape(q['source'])}")
+    console.print(f"budget ${cap:.2f} (red: over)" if cap else "no budget.max_usd set")
 
 
 def offers(

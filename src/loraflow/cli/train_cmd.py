@@ -21,7 +21,15 @@ EXIT = {JobState.COMPLETED: 0, JobState.AWAITING_APPROVAL: 0, JobState.STOPPED: 
 
 
 def quote_before_renting(spec: TrainSpec, force: bool) -> None:
-    """Say what a rented job will cost, and refuse it over budget.max_usd unless forced."""
+    """Say what a rented (or hosted) job will cost, and refuse it over budget.max_usd unless forced."""
+    if spec.engine.name == "fal":
+        from loraflow.engines.fal import quote
+        from loraflow.jobs.remote import check_budget
+
+        q = quote(spec)
+        console.print(f"fal {escape(q['app'])}: {q['steps']} steps at ${q['usd_per_step']}/step = ${q['cost_usd']:.2f}")
+        check_budget(spec, q["cost_usd"], force)
+        return
     if spec.compute.provider != "vastai":
         return
     from loraflow.jobs.remote import check_budget
@@ -38,8 +46,10 @@ def quote_before_renting(spec: TrainSpec, force: bool) -> None:
 
 def submit(spec: TrainSpec, force: bool = False) -> str:
     """Check the dataset (and the budget), record the job and start its runner; returns the job id."""
+    from loraflow.engines import preflight
     from loraflow.jobs import submit as door
 
+    preflight(spec)
     try:
         door.check_dataset(spec, None)
     except door.DatasetUnfit as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from loraflow.engines.base import Engine
+from loraflow.spec import TrainSpec
 
 
 def get_engine(name: str) -> Engine:
@@ -18,9 +19,21 @@ def get_engine(name: str) -> Engine:
         from loraflow.engines.kohya import KohyaEngine
 
         return KohyaEngine()
+    if name == "fal":
+        from loraflow.engines.fal import FalEngine
+
+        return FalEngine()
     from loraflow.errors import UserInputError
 
-    raise UserInputError(f"unknown engine '{name}'", fix="use builtin, ai-toolkit or kohya")
+    raise UserInputError(f"unknown engine '{name}'", fix="use builtin, ai-toolkit, kohya or fal")
 
 
-__all__ = ["Engine", "get_engine"]
+def preflight(spec: TrainSpec) -> None:
+    """Engine checks that must pass before a job is recorded (a hosted engine's key, say)."""
+    if spec.engine.name == "fal":
+        from loraflow.engines.fal import preflight as fal_preflight
+
+        fal_preflight(spec)
+
+
+__all__ = ["Engine", "get_engine", "preflight"]

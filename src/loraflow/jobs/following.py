@@ -88,6 +88,8 @@ def event_fields(event: EngineEvent) -> dict[str, Any]:
         }
     if event.type in (ev.RESUMED, ev.STOPPED, ev.RESULT):
         return {"step": int(event.data["step"])}
+    if event.type == ev.COST and event.data.get("priced_per"):  # a hosted engine's price for the run
+        return {"cost_usd": float(event.data["usd"])}
     return {}
 
 

@@ -189,8 +189,10 @@ def submit(
     """Record the job and start it (or hand it to the external check). Refusals create nothing.
 
     `dataset_checked`: the caller ran `check_dataset` itself (the CLI shows the report, then quotes)."""
+    from loraflow.engines import preflight
     from loraflow.jobs.runner import start_runner
 
+    preflight(spec)  # before anything is recorded: a hosted engine's key, say
     if not dataset_checked:
         check_dataset(spec, config)
     with _SUBMITTING:

@@ -1,0 +1,282 @@
+"""A fal.ai emulator on 127.0.0.1: the queue API and the storage upload, answering as the real service.
+
+What it answers (shapes from fal's queue and storage documentation; see docs/engines.md):
+    POST /storage/upload/initiate?storage_type=...  {file_name, content_type} -> {upload_url, file_url}
+    PUT  <upload_url>                                the bytes (a signed URL: no Authorization)
+    GET  <file_url>                                  the bytes back (a public CDN URL)
+    POST /<app>                                      input -> {request_id, status_url, response_url, cancel_url, ...}
+    GET  /<app>/requests/<id>/status?logs=1          IN_QUEUE {queue_position} / IN_PROGRESS {logs} / COMPLETED
+    GET  /<app>/requests/<id>                        the result {diffusers_lora_file, config_file}
+    PUT  /<app>/requests/<id>/cancel                 202 CANCELLATION_REQUESTED while queued, else 400
+Every queue and storage-initiate call needs `Authorization: Key <FAL_KEY>` (401 otherwise). A request
+moves one state per status poll: through `queue` positions, then `progress_polls` rounds of logs with
+step counters, then COMPLETED. `fail="result"` makes the finished request answer 500, as a failed run does.
+
+Inspection (not fal's API): GET /_emu/state.
+
+    python -m loraflow.testing.fal_emulator --port 8766 --key KEY
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import threading
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def lora_bytes(rank: int = 16, seed: int = 7) -> bytes:
+    """A small diffusers-layout Flux LoRA, as fal's trainers write (transformer.*.lora_A/B)."""
+    from safetensors.torch import save
+
+    from loraflow.testing.fake_lora import diffusers_lora
+
+    return save(diffusers_lora(rank, seed), metadata={"format": "pt"})
+
+
+@dataclass
+class Request:
+    id: str
+    app: str
+    input: dict[str, Any]
+    queue: list[int]
+    polls: int = 0
+    cancelled: bool = False
+    logs: list[dict[str, Any]] = field(default_factory=list)
+
+
+class FalEmulator:
+    def __init__(self, key: str, queue: tuple[int, ...] = (2, 1, 0), progress_polls: int = 3, fail: str = "") -> None:
+        self.key = key
+        self.queue = list(queue)
+        self.progress_polls = progress_polls
+        self.fail = fail
+        self.files: dict[str, tuple[str, bytes]] = {}  # token -> (name, bytes)
+        self.pending_uploads: dict[str, str] = {}  # token -> file name
+        self.requests: dict[str, Request] = {}
+        self.status_polls = 0
+        self.lock = threading.Lock()
+        self.base = ""
+        self._server: ThreadingHTTPServer | None = None
+
+    # --- life -----------------------------------------------------------------------------------
+
+    def start(self, port: int = 0) -> str:
+        emulator = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _answer(self, code: int, body: Any, raw: bytes | None = None, kind: str = "application/json") -> None:
+                data = raw if raw is not None else json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _body(self) -> bytes:
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def do_GET(self) -> None:
+                emulator.handle(self, "GET")
+
+            def do_POST(self) -> None:
+                emulator.handle(self, "POST")
+
+            def do_PUT(self) -> None:
+                emulator.handle(self, "PUT")
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.base = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self.base
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    # --- requests -------------------------------------------------------------------------------
+
+    def _authorized(self, handler: Any) -> bool:
+        header = handler.headers.get("Authorization") or ""
+        if not header:
+            handler._answer(401, {"detail": "Missing authorization header"})
+            return False
+        if header != f"Key {self.key}":
+            handler._answer(401, {"detail": "No user found for Key ID and Secret"})
+            return False
+        return True
+
+    def handle(self, h: Any, method: str) -> None:
+        url = urlparse(h.path)
+        path = url.path.strip("/")
+        query = parse_qs(url.query)
+        with self.lock:
+            if path == "_emu/state":
+                return h._answer(200, self.state())
+            if method == "PUT" and path.startswith("_upload/"):
+                token = path.split("/", 1)[1]
+                if token not in self.pending_uploads:
+                    return h._answer(403, None, b"<Error><Code>AccessDenied</Code></Error>", "application/xml")
+                self.files[token] = (self.pending_uploads.pop(token), h._body())
+                return h._answer(200, None, b"")
+            if method == "GET" and path.startswith("files/"):
+                token = path.split("/")[1]
+                if token not in self.files:
+                    return h._answer(404, None, b"<Error><Code>NoSuchKey</Code></Error>", "application/xml")
+                return h._answer(200, None, self.files[token][1], "application/octet-stream")
+            if not self._authorized(h):
+                return None
+            if method == "POST" and path == "storage/upload/initiate":
+                body = json.loads(h._body() or b"{}")
+                token = uuid.uuid4().hex
+                name = str(body.get("file_name") or "upload.bin")
+                self.pending_uploads[token] = name
+                return h._answer(200, {"upload_url": f"{self.base}/_upload/{token}",
+                                       "file_url": f"{self.base}/files/{token}/{name}"})
+            if "/requests/" in path:
+                app, rest = path.split("/requests/", 1)
+                parts = rest.split("/")
+                request = self.requests.get(parts[0])
+                if request is None or request.app != app:
+                    return h._answer(404, {"detail": f"Request {parts[0]} not found"})
+                if method == "GET" and parts[1:] == ["status"]:
+                    return h._answer(200, self._status(request, bool(query.get("logs"))))
+                if method == "GET" and parts[1:] == []:
+                    return self._result(h, request)
+                if method == "PUT" and parts[1:] == ["cancel"]:
+                    if request.polls < len(request.queue) and not request.cancelled:
+                        request.cancelled = True
+                        return h._answer(202, {"status": "CANCELLATION_REQUESTED"})
+                    return h._answer(400, {"status": "ALREADY_COMPLETED"})
+                return h._answer(405, {"detail": "Method Not Allowed"})
+            if method == "POST":
+                return self._submit(h, path)
+            return h._answer(404, {"detail": "Not Found"})
+
+    def _submit(self, h: Any, app: str) -> None:
+        try:
+            body = json.loads(h._body() or b"{}")
+        except ValueError:
+            return h._answer(422, {"detail": [{"loc": ["body"], "msg": "Invalid JSON", "type": "value_error"}]})
+        problems = self._validate(body)
+        if problems:
+            return h._answer(422, {"detail": problems})
+        rid = str(uuid.uuid4())
+        self.requests[rid] = Request(rid, app, body, list(self.queue))
+        root = f"{self.base}/{app}/requests/{rid}"
+        return h._answer(200, {
+            "status": "IN_QUEUE",
+            "request_id": rid,
+            "response_url": root,
+            "status_url": f"{root}/status",
+            "cancel_url": f"{root}/cancel",
+            "logs": None,
+            "metrics": {},
+            "queue_position": self.queue[0] if self.queue else 0,
+        })
+
+    def _validate(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """The schema's checks: images_data_url required and a zip with images; steps an integer."""
+        out: list[dict[str, Any]] = []
+        url = body.get("images_data_url")
+        if not isinstance(url, str):
+            return [{"loc": ["body", "images_data_url"], "msg": "field required", "type": "value_error.missing"}]
+        token = url.rsplit("/files/", 1)[-1].split("/")[0] if "/files/" in url else ""
+        data = self.files.get(token, ("", b""))[1]
+        try:
+            names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+        except zipfile.BadZipFile:
+            names = None
+        if names is None:
+            out.append({"loc": ["body", "images_data_url"], "msg": "could not download a zip archive from the URL",
+                        "type": "value_error"})
+        elif sum(n.lower().endswith(IMAGE_SUFFIXES) for n in names) < 1:
+            out.append({"loc": ["body", "images_data_url"], "msg": "the archive has no images", "type": "value_error"})
+        steps = body.get("steps", 1000)
+        if not isinstance(steps, int) or steps < 1:
+            out.append({"loc": ["body", "steps"], "msg": "value is not a valid integer", "type": "type_error.integer"})
+        return out
+
+    def _status(self, r: Request, logs: bool) -> dict[str, Any]:
+        self.status_polls += 1
+        r.polls += 1
+        base = {"request_id": r.id, "response_url": f"{self.base}/{r.app}/requests/{r.id}"}
+        if r.cancelled:
+            return {**base, "status": "COMPLETED", "logs": [] if logs else None, "metrics": {}}
+        if r.polls <= len(r.queue):
+            return {**base, "status": "IN_QUEUE", "queue_position": r.queue[r.polls - 1]}
+        round_ = r.polls - len(r.queue)
+        total = int(r.input.get("steps", 1000))
+        if round_ == 1:
+            self._log(r, "Preprocessing images and captions")
+        if round_ <= self.progress_polls:
+            step = total * round_ // (self.progress_polls + 1)
+            self._log(r, f"Training: step {step}/{total}")
+            return {**base, "status": "IN_PROGRESS", "logs": list(r.logs) if logs else None}
+        if not any(f"{total}/{total}" in e["message"] for e in r.logs):
+            self._log(r, f"Training: step {total}/{total}")
+            self._log(r, "Saving LoRA weights")
+        return {**base, "status": "COMPLETED", "logs": list(r.logs) if logs else None,
+                "metrics": {"inference_time": 12.5}}
+
+    def _log(self, r: Request, message: str) -> None:
+        r.logs.append({"message": message, "level": "INFO", "source": "user",
+                       "timestamp": datetime.now(UTC).isoformat()})
+
+    def _result(self, h: Any, r: Request) -> None:
+        done = r.polls > len(r.queue) + self.progress_polls
+        if r.cancelled:
+            return h._answer(400, {"detail": "Request was cancelled"})
+        if not done:
+            return h._answer(400, {"detail": "Request is still in progress"})
+        if self.fail == "result":
+            return h._answer(500, {"detail": "Training failed: CUDA error: an illegal memory access was encountered"})
+        lora_token, config_token = f"lora-{r.id}", f"config-{r.id}"
+        if lora_token not in self.files:
+            self.files[lora_token] = ("pytorch_lora_weights.safetensors", lora_bytes())
+            config = {"trigger_word": r.input.get("trigger_word"), "steps": r.input.get("steps", 1000)}
+            self.files[config_token] = ("config.json", json.dumps(config).encode())
+        lora, config_data = self.files[lora_token], self.files[config_token]
+        return h._answer(200, {
+            "diffusers_lora_file": {"url": f"{self.base}/files/{lora_token}/{lora[0]}", "content_type":
+                                    "application/octet-stream", "file_name": lora[0], "file_size": len(lora[1])},
+            "config_file": {"url": f"{self.base}/files/{config_token}/config.json", "content_type":
+                            "application/octet-stream", "file_name": "config.json", "file_size": len(config_data[1])},
+            "debug_preprocessed_output": None,
+        })
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "requests": {k: {"app": r.app, "input": r.input, "polls": r.polls, "cancelled": r.cancelled}
+                         for k, r in self.requests.items()},
+            "uploads": {k: {"name": n, "size": len(b)} for k, (n, b) in self.files.items()},
+            "status_polls": self.status_polls,
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=8766)
+    parser.add_argument("--key", default="emu-key-id:emu-secret")
+    parser.add_argument("--fail", default="", choices=["", "result"])
+    args = parser.parse_args()
+    emulator = FalEmulator(args.key, fail=args.fail)
+    print(f"fal emulator at {emulator.start(args.port)} (FAL_QUEUE_URL and FAL_STORAGE_URL)", flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""engine: fal driven end to end through the job runner against the fal emulator on loopback: the
+dataset uploaded to storage, the queue followed (positions, logs, step counters), the LoRA downloaded
+and bundled, the price shown before and recorded after; and the refusals before anything starts."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors import safe_open
+
+from loraflow.jobs.states import ACTIVE, JobState
+from loraflow.jobs.store import Store
+from loraflow.publish.bundle import verify_bundle
+from loraflow.testing.fal_emulator import FalEmulator
+from tests.conftest import EXAMPLES
+from tests.engines.test_engine_runs import wait_for
+
+KEY = "emu-key-id:emu-secret"
+
+
+@pytest.fixture
+def fal(monkeypatch: pytest.MonkeyPatch) -> Iterator[FalEmulator]:
+    emulator = FalEmulator(KEY)
+    url = emulator.start()
+    monkeypatch.setenv("FAL_KEY", KEY)
+    monkeypatch.setenv("FAL_QUEUE_URL", url)
+    monkeypatch.setenv("FAL_STORAGE_URL", url)
+    monkeypatch.setenv("LORAFLOW_FAL_POLL_S", "0.05")
+    yield emulator
+    emulator.close()
+
+
+def write_spec(tmp_path: Path, **extra: object) -> Path:
+    spec = {
+        "name": "mascot",
+        "dataset": {"path": str(EXAMPLES / "sample_dataset"), "trigger_word": "lfx"},
+        "base_model": "flux-dev",
+        "engine": "fal",
+        "training": {"steps": 40},
+        **extra,
+    }
+    path = tmp_path / "fal.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_fal_job_end_to_end(tmp_path: Path, fal: FalEmulator, cli) -> None:
+    result = cli("train", write_spec(tmp_path, engine={"name": "fal", "options": {"is_style": True}}))
+    assert result.code == 0, result.out + result.err
+    assert "$0.08" in result.out  # the price, shown before submit
+    store = Store()
+    job = store.list_jobs()[0]
+    assert job.state is JobState.COMPLETED, job.error
+    assert job.step == 40 and job.cost_usd == pytest.approx(0.08)
+    # What fal was sent: the packed dataset in its storage, the trigger word, the steps, the option.
+    (request,) = fal.state()["requests"].values()
+    assert request["app"] == "fal-ai/flux-lora-fast-training"
+    assert request["input"]["trigger_word"] == "lfx" and request["input"]["steps"] == 40
+    assert request["input"]["is_style"] is True
+    token = request["input"]["images_data_url"].split("/files/")[1].split("/")[0]
+    with zipfile.ZipFile(io.BytesIO(fal.files[token][1])) as zf:
+        names = zf.namelist()
+    assert any(n.endswith(".txt") for n in names) and sum(n.endswith((".jpg", ".png")) for n in names) >= 4
+    assert "manifest.json" not in names
+    # The queue as events: positions as they moved, fal's log lines, progress from its counters.
+    queued = [e.data["queue_position"] for e in store.events(job.id, types=["phase"])
+              if e.data.get("phase") == "queued"]
+    assert queued == [2, 1, 0]
+    logs = [e.data["message"] for e in store.events(job.id, types=["log"])]
+    assert any("fal: Preprocessing images" in m for m in logs)
+    steps = [e.data["step"] for e in store.events(job.id, types=["progress"])]
+    assert steps[-1] == 40 and steps == sorted(steps) and len(steps) >= 2
+    (cost,) = store.events(job.id, types=["cost"])
+    assert cost.data["usd"] == pytest.approx(0.08)
+    # The LoRA fal sent, converted to the spec's layout, and bundled like any job's.
+    with safe_open(str(job.folder / "mascot.safetensors"), "pt") as f:
+        assert f.metadata()["loraflow.format"] == "kohya"
+        keys = list(f.keys())
+    assert keys and all(k.startswith("lora_unet_") for k in keys)
+    assert json.loads((job.folder / "engine" / "fal_config.json").read_text())["steps"] == 40
+    bundle = Path(job.artifacts["bundle"])
+    assert verify_bundle(bundle) == []
+    with zipfile.ZipFile(bundle) as zf:
+        meta = json.loads(zf.read("metadata.json"))
+    assert meta["cost_usd"] == pytest.approx(0.08)
+    assert KEY not in (job.folder / "run" / "train.log").read_text()
+
+
+def test_fal_estimate_shows_the_price_with_its_source(tmp_path: Path, cli) -> None:
+    result = cli("estimate", write_spec(tmp_path, training={"steps": 1000}), "--json")
+    assert result.code == 0, result.out + result.err
+    (row,) = json.loads(result.out)["estimates"]
+    assert row["cost_usd"] == pytest.approx(2.0) and row["usd_per_step"] == 0.002
+    assert "fal.ai/models/fal-ai/flux-lora-fast-training" in row["source"]
+
+
+def test_fields_fal_cannot_honour_are_refused_at_validate(tmp_path: Path, cli) -> None:
+    spec = write_spec(
+        tmp_path,
+        network={"alpha": 8},
+        training={"steps": 500, "optimizer": "prodigy"},
+        checkpointing={"every_n_steps": 100},
+        engine={"name": "fal", "options": {"endpoint": "https://example.com"}},
+    )
+    result = cli("spec", "validate", spec)
+    assert result.code == 2
+    out = result.out + result.err
+    for key in ("network.alpha", "training.optimizer", "checkpointing.every_n_steps", "engine.options.endpoint"):
+        assert key in out, out
+    assert "engine fal cannot honour it" in out and "Fix:" in out
+    assert "training.steps" not in out.split("takes only")[0]  # steps is honoured
+    assert cli("spec", "validate", write_spec(tmp_path)).code == 0
+
+
+def test_missing_fal_key_is_refused_before_anything(tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FAL_KEY", raising=False)
+    result = cli("train", write_spec(tmp_path))
+    assert result.code == 2
+    assert "FAL_KEY" in result.out + result.err and "export FAL_KEY" in result.out + result.err
+    assert Store().list_jobs() == []
+
+
+def test_a_refused_key_fails_the_job_once_with_the_fix(tmp_path: Path, fal: FalEmulator, cli,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAL_KEY", "wrong:key")
+    assert cli("train", write_spec(tmp_path)).code == 1
+    store = Store()
+    job = store.list_jobs()[0]
+    assert job.state is JobState.FAILED and "FAL_KEY" in (job.error or "")
+    error = store.events(job.id, types=["error"])[0]  # (the runner then records the failure too)
+    assert error.data["code"] == "fal_auth" and "No user found" in error.data["message"]
+    assert len(store.events(job.id, types=["train.launched"])) == 1  # not retried
+    assert fal.state()["requests"] == {}
+
+
+def test_a_failed_fal_run_fails_the_job_and_is_not_charged(tmp_path: Path, fal: FalEmulator, cli) -> None:
+    fal.fail = "result"
+    assert cli("train", write_spec(tmp_path)).code == 1
+    store = Store()
+    job = store.list_jobs()[0]
+    assert job.state is JobState.FAILED and "illegal memory access" in (job.error or "")
+    assert job.cost_usd == 0 and len(store.events(job.id, types=["train.launched"])) == 1
+    assert not (job.folder / "run" / "fal-request.json").exists()  # resuming submits a new run
+
+
+def test_stopped_while_queued_cancels_and_resume_submits_again(tmp_path: Path, fal: FalEmulator, cli,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    fal.queue = [50 - i for i in range(50)]  # a long queue
+    assert cli("train", write_spec(tmp_path), "--detach").code == 0
+    store = Store()
+    job = store.list_jobs()[0]
+    wait_for(lambda: any(e.data.get("phase") == "queued" for e in store.events(job.id, types=["phase"])))
+    assert cli("jobs", "stop", job.id).code == 0
+    wait_for(lambda: store.get(job.id).state not in ACTIVE)
+    assert store.get(job.id).state is JobState.STOPPED
+    assert [r["cancelled"] for r in fal.state()["requests"].values()] == [True]
+    fal.queue = [0]
+    assert cli("jobs", "resume", job.id).code == 0
+    wait_for(lambda: store.get(job.id).state not in ACTIVE)
+    assert store.get(job.id).state is JobState.COMPLETED
+    assert len(fal.state()["requests"]) == 2
