@@ -317,12 +317,48 @@ class S3Target(Strict):
     public: bool = False
 
 
-PublishTarget = Annotated[Union[HuggingFaceTarget, S3Target], Field(discriminator="type")]  # noqa: UP007
+class ComfyDeployTarget(Strict):
+    """Register the published LoRA with a ComfyUI Deploy workspace's model volume (the workspace is the one
+    COMFY_DEPLOY_API_KEY belongs to). ComfyDeploy downloads the file itself, from the Hugging Face repo or
+    a signed S3 link that an earlier target in publish.targets produced."""
+
+    type: Literal["comfydeploy"]
+    folder_path: str = Field("loras", description="Folder in the workspace's model volume (ComfyUI's loras).")
+    filename: str | None = Field(None, description="File name in the volume; default <name>.safetensors.")
+    wait_s: int = Field(300, ge=0, description="How long to wait for ComfyDeploy to finish downloading it.")
+
+    @field_validator("folder_path")
+    @classmethod
+    def _folder(cls, value: str) -> str:
+        value = value.strip().strip("/")
+        if not value or any(p in ("", ".", "..") for p in value.split("/")) or not re.fullmatch(r"[\w./-]+", value):
+            raise ValueError("give a folder inside the volume such as 'loras' or 'loras/flux' (no '..')")
+        return value
+
+    @field_validator("filename")
+    @classmethod
+    def _filename(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[\w.-]+\.safetensors", value):
+            raise ValueError("give a file name of letters, digits, '_', '-', '.' ending in .safetensors")
+        return value
+
+
+_Targets = Union[HuggingFaceTarget, S3Target, ComfyDeployTarget]  # noqa: UP007
+PublishTarget = Annotated[_Targets, Field(discriminator="type")]
 
 
 class PublishSpec(Strict):
     targets: list[PublishTarget] = Field(default_factory=list)
     approval_required: bool = Field(False, description="Hold the job in awaiting_approval to pick a checkpoint.")
+
+    @model_validator(mode="after")
+    def _comfydeploy_has_a_source(self) -> PublishSpec:
+        kinds = [t.type for t in self.targets]
+        if "comfydeploy" in kinds and not {"huggingface", "s3"} & set(kinds[: kinds.index("comfydeploy")]):
+            raise ValueError(
+                "a comfydeploy target downloads the LoRA from a URL: put a huggingface or s3 target before it"
+            )
+        return self
 
 
 class NotificationTarget(Strict):
@@ -476,7 +512,7 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part in ("huggingface", "s3"):
+        elif part in ("huggingface", "s3", "comfydeploy"):
             continue  # discriminator tags pydantic inserts into the path
         else:
             text += f".{part}" if text else str(part)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import typing
 from typing import Any
 
@@ -14,10 +15,10 @@ from loraflow.spec import TrainSpec, _unwrap_models
 def _type_name(annotation: Any) -> str:
     text = str(annotation).replace("typing.", "").replace("loraflow.spec.", "")
     text = text.replace("<class '", "").replace("'>", "").replace("NoneType", "null")
-    text = text.replace(
-        "Annotated[Union[HuggingFaceTarget, S3Target], FieldInfo(annotation=null, required=True, "
-        "discriminator='type')]",
-        "HuggingFaceTarget | S3Target",
+    text = re.sub(  # a discriminated union (publish targets) reads as its members
+        r"Annotated\[Union\[([^\]]+)\], FieldInfo\([^)]*discriminator='type'\)\]",
+        lambda m: m.group(1).replace(", ", " | "),
+        text,
     )
     return text.replace("|", "\\|")
 

@@ -16,27 +16,46 @@ from loraflow.jobs.store import Store
 notify_app = typer.Typer(help="Notifications.", no_args_is_help=True)
 
 
-def _publish(store: Store, job_id: str, checkpoint: int | None) -> None:
+TARGET_TYPES = ("huggingface", "s3", "comfydeploy")
+
+
+def _publish(store: Store, job_id: str, checkpoint: int | None, to: str | None = None) -> None:
+    from loraflow.platform.registry import record_published
     from loraflow.publish.publisher import publish_job
 
     job = store.find(job_id)
-    if not job.train_spec.publish.targets:
+    if to is not None and to not in TARGET_TYPES:
+        raise UserInputError(f"unknown target type '{to}'", where="--to", fix=f"use one of {', '.join(TARGET_TYPES)}")
+    kinds = {t.type for t in job.train_spec.publish.targets}
+    if to is not None and to != "comfydeploy" and to not in kinds:
+        raise UserInputError(f"job {job.id} has no {to} target", where="publish.targets",
+                             fix=f"add a {to} target to the spec")
+    if not kinds and to is None:
         raise UserInputError(
             f"job {job.id} has no publish targets",
             where="publish.targets",
             fix="add a huggingface or s3 target to the spec",
         )
-    for result in publish_job(store, job, checkpoint):
-        where = result.get("url") or ", ".join(f["url"] for f in result.get("files", {}).values())
-        console.print(f"published to {result['type']}: {escape(str(where))}")
+    results = publish_job(store, job, checkpoint, only=to)
+    record_published(store, job.id, results)
+    for result in results:
+        where = result.get("url") or result.get("path") or ", ".join(
+            f["url"] for f in result.get("files", {}).values()
+        )
+        note = f" ({result['status']})" if result["type"] == "comfydeploy" else ""
+        console.print(f"published to {result['type']}: {escape(str(where))}{note}")
 
 
 def publish(
     job_id: str = typer.Argument(...),
     checkpoint: int | None = typer.Option(None, "--checkpoint", help="Publish this kept checkpoint step."),
+    to: str | None = typer.Option(
+        None, "--to", help="Only this target type: huggingface, s3 or comfydeploy (the last one registers the "
+        "already published LoRA with the ComfyDeploy workspace of COMFY_DEPLOY_API_KEY)."
+    ),
 ) -> None:
-    """Publish a job's LoRA (or any kept checkpoint) to the spec's Hugging Face / S3 targets."""
-    _publish(Store(), job_id, checkpoint)
+    """Publish a job's LoRA (or any kept checkpoint) to the spec's Hugging Face / S3 / ComfyDeploy targets."""
+    _publish(Store(), job_id, checkpoint, to)
 
 
 def approve(

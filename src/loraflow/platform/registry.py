@@ -108,6 +108,26 @@ def register_job(store: Store, job: Job, cfg: PlatformConfig, checkpoint: int | 
     return get_model(store, slug, None)
 
 
+def record_published(store: Store, job_id: str, results: list[dict[str, Any]]) -> int:
+    """Add where a job's LoRA went since it was registered (a later `publish --to comfydeploy`) to its
+    model's published_to; returns the number of records updated (0 when the job has no model yet: its
+    registration reads the job's published list then)."""
+    updated = 0
+    with store.session() as s, s.begin():
+        for row in s.execute(select(ModelRow).where(ModelRow.job_id == job_id)).scalars():
+            entries = list(row.published_to or [])
+            for result in results:
+                if result.get("checkpoint_step") != row.trained_from.get("checkpoint"):
+                    continue
+                entry = {k: v for k, v in result.items() if k != "checkpoint_step"}
+                if entry not in entries:
+                    entries.append(entry)
+            if entries != list(row.published_to or []):
+                row.published_to = entries
+                updated += 1
+    return updated
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat()
 

@@ -10,15 +10,32 @@ from loraflow.jobs.store import Job, Store
 from loraflow.publish.bundle import build_bundle, bundle_files
 
 
-def publish_job(store: Store, job: Job, checkpoint_step: int | None = None) -> list[dict[str, Any]]:
-    """Publish and record the results on the job (artifacts.published) and as a `published` event."""
+def publish_job(
+    store: Store, job: Job, checkpoint_step: int | None = None, only: str | None = None
+) -> list[dict[str, Any]]:
+    """Publish and record the results on the job (artifacts.published) and as a `published` event.
+    `only`: just the spec's targets of that type (`loraflow publish JOB --to comfydeploy`)."""
     spec = job.train_spec
     files = bundle_files(store, job, checkpoint_step)
     bundle = build_bundle(store, job, checkpoint_step, files)
     lora_name = next(n for n in files if n.endswith(".safetensors"))
     results: list[dict[str, Any]] = []
-    for target in spec.publish.targets:
-        if target.type == "huggingface":
+    earlier = [p for p in job.artifacts.get("published") or [] if p.get("checkpoint_step") == checkpoint_step]
+    targets = list(spec.publish.targets)
+    if only == "comfydeploy" and not any(t.type == "comfydeploy" for t in targets):
+        from loraflow.spec import ComfyDeployTarget
+
+        targets.append(ComfyDeployTarget(type="comfydeploy"))  # a push after the fact, with the defaults
+    for target in targets:
+        if only is not None and target.type != only:
+            continue
+        if target.type == "comfydeploy":
+            from loraflow.publish.comfydeploy import register, source_url
+
+            url, source = source_url([*earlier, *results], lora_name)
+            result = register(url, target.filename or lora_name, target.folder_path, target.wait_s)
+            result["source"] = source
+        elif target.type == "huggingface":
             from loraflow.publish.huggingface import publish_files
 
             steps = checkpoint_step or job.total_steps
@@ -42,6 +59,7 @@ def publish_job(store: Store, job: Job, checkpoint_step: int | None = None) -> l
                 target.endpoint_url,
                 target.public,
             )
+            result["endpoint_url"] = target.endpoint_url  # (a later comfydeploy target signs its link there)
         result["checkpoint_step"] = checkpoint_step
         results.append(result)
         store.append_event(job.id, "published", result)

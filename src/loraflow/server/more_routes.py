@@ -1,6 +1,7 @@
 """API routes beyond the job basics: uploads with caption editing, approval, publishing, money."""
 
-from typing import Annotated, Any
+import os
+from typing import Annotated, Any, Literal
 
 import yaml
 from fastapi import APIRouter, Body, File, Query, Request, UploadFile
@@ -82,9 +83,18 @@ def approve_job(
 
 @router.post("/api/jobs/{job_id}/publish", tags=["jobs"])
 def publish(
-    job_id: str, user: Auth, store: Db, checkpoint: Annotated[int | None, Body(embed=True)] = None
+    job_id: str,
+    user: Auth,
+    store: Db,
+    checkpoint: Annotated[int | None, Body(embed=True)] = None,
+    to: Annotated[
+        Literal["huggingface", "s3", "comfydeploy"] | None,
+        Body(embed=True, description="Only this target type; comfydeploy registers the published LoRA with the "
+             "operator's ComfyDeploy workspace"),
+    ] = None,
 ) -> dict[str, Any]:
     """Publish a completed job (again) to its spec's targets, optionally a kept checkpoint."""
+    from loraflow.platform.registry import record_published
     from loraflow.publish.publisher import publish_job
 
     job = own_job(store, user, job_id)
@@ -92,7 +102,11 @@ def publish(
         raise Problem(409, "conflict", f"job {job_id} is {job.state.value}; publish a completed job")
     if not job.train_spec.publish.targets:
         raise Problem(422, "no targets", "the job's spec has no publish.targets")
-    results = publish_job(store, job, checkpoint)
+    if to == "comfydeploy" and os.environ.get("LORAFLOW_SERVICE_COMFYDEPLOY") != "1":
+        raise Problem(403, "not granted", "this service does not push LoRAs to ComfyDeploy (its operator's "
+                      "workspace); the operator grants it with LORAFLOW_SERVICE_COMFYDEPLOY=1")
+    results = publish_job(store, job, checkpoint, only=to)
+    record_published(store, job.id, results)
     return {"published": [getattr(r, "__dict__", r) for r in results]}
 
 

@@ -1,6 +1,6 @@
 """A local stand-in for the Hugging Face Hub endpoints huggingface_hub calls to publish a model: repo
-create, preupload and commit (NDJSON with base64 files). It keeps what arrives in memory for inspection.
-Loopback only; `python -m loraflow.testing.hub_standin` serves it by hand."""
+create, preupload and commit (NDJSON with base64 files), and file downloads (resolve). It keeps what
+arrives in memory for inspection. Loopback only; `python -m loraflow.testing.hub_standin` serves it by hand."""
 
 from __future__ import annotations
 
@@ -37,6 +37,27 @@ def make_handler(state: HubState) -> type[BaseHTTPRequestHandler]:
             data = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            """Downloads: /<repo>/resolve/<revision>/<file>; a private repo needs the token, as on the Hub."""
+            state.requests.append(f"GET {self.path}")
+            parts = self.path.split("?")[0].strip("/").split("/")
+            if len(parts) < 5 or parts[2] != "resolve":
+                self._send(404, {"error": f"no route {self.path}"})
+                return
+            repo = state.repos.get(f"{parts[0]}/{parts[1]}")
+            if repo is None or (repo.private and self.headers.get("Authorization") != f"Bearer {state.token}"):
+                self._send(401, {"error": "Invalid username or password."})  # the Hub hides private repos so
+                return
+            data = repo.files.get("/".join(parts[4:]))
+            if data is None:
+                self._send(404, {"error": "Entry not found"})
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
