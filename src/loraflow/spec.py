@@ -444,6 +444,8 @@ _SECRET_PATTERNS = [
         "AWS_SECRET_ACCESS_KEY",
     ),
     (re.compile(r"(?<![0-9A-Fa-f])[0-9a-f]{64}(?![0-9A-Fa-f])"), "VAST_API_KEY"),  # Vast.ai keys are 64 hex
+    # fal.ai keys are '<key id (a UUID)>:<secret (32 hex)>'
+    (re.compile(r"\b[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}:[0-9a-f]{32}\b"), "FAL_KEY"),
     (re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{40,})"), "GITHUB_TOKEN"),
     (re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"), "SLACK_TOKEN"),
     (re.compile(r"\b[MNO][A-Za-z0-9_-]{23,25}\.[A-Za-z0-9_-]{6}\.[A-Za-z0-9_-]{27,}"), "DISCORD_TOKEN"),

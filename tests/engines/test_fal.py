@@ -165,3 +165,10 @@ def test_stopped_while_queued_cancels_and_resume_submits_again(tmp_path: Path, f
     wait_for(lambda: store.get(job.id).state not in ACTIVE)
     assert store.get(job.id).state is JobState.COMPLETED
     assert len(fal.state()["requests"]) == 2
+
+
+def test_a_fal_key_written_into_a_spec_is_refused(tmp_path: Path, cli) -> None:
+    key = "123e4567-e89b-12d3-a456-426614174000:0123456789abcdef0123456789abcdef"
+    result = cli("spec", "validate", write_spec(tmp_path, dataset={"path": str(EXAMPLES), "trigger_word": key}))
+    out = result.out + result.err
+    assert result.code == 2 and "dataset.trigger_word: looks like a secret" in out and "set FAL_KEY" in out

@@ -17,6 +17,7 @@ from loraflow.testing.hub_standin import HubStandin
 from tests.conftest import EXAMPLES
 from tests.engines.test_fal import fal  # noqa: F401 - the fixture: a fast job without a trainer
 from tests.publish.test_s3 import s3, s3_endpoint  # noqa: F401 - fixtures
+from tests.server.test_api import api  # noqa: F401 - the fixture: the service's API
 
 KEY = "cd_test_key_123"
 
@@ -127,3 +128,20 @@ def test_missing_or_refused_key_and_bad_targets(tmp_path: Path, cli, monkeypatch
         (tmp_path / "bad.yaml").write_text(yaml.safe_dump(spec))
         bad = cli("spec", "validate", tmp_path / "bad.yaml")
         assert bad.code == 2 and problem in bad.out + bad.err, bad.out + bad.err
+
+
+def test_api_publish_route_pushes_only_when_the_operator_grants_it(
+    tmp_path: Path, cli, api, monkeypatch: pytest.MonkeyPatch, fal, hub: HubStandin,  # noqa: F811
+    comfy: ComfyDeployEmulator,
+) -> None:
+    job_id = train(tmp_path, cli, [{"type": "huggingface", "repo_id": "alice/mascot", "private": False}])
+    Store().update(job_id, owner="alice")
+    refused = api("POST", f"/api/jobs/{job_id}/publish", json={"to": "comfydeploy"})
+    assert refused.status_code == 403 and "LORAFLOW_SERVICE_COMFYDEPLOY" in refused.json()["detail"]
+    assert api("POST", f"/api/jobs/{job_id}/publish", json={"to": "civitai"}).status_code == 422
+    monkeypatch.setenv("LORAFLOW_SERVICE_COMFYDEPLOY", "1")
+    pushed = api("POST", f"/api/jobs/{job_id}/publish", json={"to": "comfydeploy"})
+    assert pushed.status_code == 200, pushed.text
+    (result,) = pushed.json()["published"]
+    assert result["type"] == "comfydeploy" and result["status"] == "success"
+    assert "loras/mascot.safetensors" in comfy.volume
