@@ -172,3 +172,21 @@ def test_a_fal_key_written_into_a_spec_is_refused(tmp_path: Path, cli) -> None:
     result = cli("spec", "validate", write_spec(tmp_path, dataset={"path": str(EXAMPLES), "trigger_word": key}))
     out = result.out + result.err
     assert result.code == 2 and "dataset.trigger_word: looks like a secret" in out and "set FAL_KEY" in out
+
+
+def test_the_api_estimate_shows_fals_price() -> None:
+    from fastapi.testclient import TestClient
+
+    from loraflow.server.app import ServiceConfig, create_app
+    from loraflow.server.tokens import create_token
+
+    store = Store()
+    token = create_token(store, "alice")
+    spec = {"name": "m", "dataset": {"path": "x", "trigger_word": "lfx"}, "base_model": "flux-dev", "engine": "fal",
+            "training": {"steps": 500}}
+    with TestClient(create_app(store, ServiceConfig())) as client:
+        answer = client.post("/api/estimate", json={"spec": json.dumps(spec)},
+                             headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 200, answer.text
+    (row,) = answer.json()["estimates"]
+    assert row["cost_usd"] == pytest.approx(1.0) and row["app"] == "fal-ai/flux-lora-fast-training"

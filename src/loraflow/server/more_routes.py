@@ -125,6 +125,10 @@ def estimate(
     if not isinstance(raw, dict):
         raise Problem(422, "invalid spec", "the spec must be a mapping")
     parsed = read_spec(raw, request.app.state.config, "spec", dataset_path=".")  # the server's paths are not asked
+    if parsed.engine.name == "fal":  # priced per run by fal, not by the hour
+        from loraflow.engines.fal import quote
+
+        return {"budget_usd": parsed.budget.max_usd, "estimates": [quote(parsed)]}
     if parsed.compute.provider == "vastai":
         from loraflow.providers.vastai import VastProvider
 
