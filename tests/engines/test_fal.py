@@ -126,6 +126,13 @@ def test_missing_fal_key_is_refused_before_anything(tmp_path: Path, cli, monkeyp
     assert Store().list_jobs() == []
 
 
+def test_a_price_over_the_budget_is_refused_before_anything(tmp_path: Path, cli, fal: FalEmulator) -> None:
+    result = cli("train", write_spec(tmp_path, budget={"max_usd": 0.05}))
+    out = result.out + result.err
+    assert result.code == 2 and "fal charges $0.08 for 40 steps, over budget.max_usd $0.05" in out, out
+    assert Store().list_jobs() == [] and fal.state()["uploads"] == {}
+
+
 def test_a_refused_key_fails_the_job_once_with_the_fix(tmp_path: Path, fal: FalEmulator, cli,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAL_KEY", "wrong:key")

@@ -22,13 +22,11 @@ EXIT = {JobState.COMPLETED: 0, JobState.AWAITING_APPROVAL: 0, JobState.STOPPED: 
 
 def quote_before_renting(spec: TrainSpec, force: bool) -> None:
     """Say what a rented (or hosted) job will cost, and refuse it over budget.max_usd unless forced."""
-    if spec.engine.name == "fal":
+    if spec.engine.name == "fal":  # (its budget is checked by the engine's preflight)
         from loraflow.engines.fal import quote
-        from loraflow.jobs.remote import check_budget
 
         q = quote(spec)
         console.print(f"fal {escape(q['app'])}: {q['steps']} steps at ${q['usd_per_step']}/step = ${q['cost_usd']:.2f}")
-        check_budget(spec, q["cost_usd"], force)
         return
     if spec.compute.provider != "vastai":
         return
@@ -49,7 +47,7 @@ def submit(spec: TrainSpec, force: bool = False) -> str:
     from loraflow.engines import preflight
     from loraflow.jobs import submit as door
 
-    preflight(spec)
+    preflight(spec, force)
     try:
         door.check_dataset(spec, None)
     except door.DatasetUnfit as exc:

@@ -28,12 +28,12 @@ def get_engine(name: str) -> Engine:
     raise UserInputError(f"unknown engine '{name}'", fix="use builtin, ai-toolkit, kohya or fal")
 
 
-def preflight(spec: TrainSpec) -> None:
-    """Engine checks that must pass before a job is recorded (a hosted engine's key, say)."""
+def preflight(spec: TrainSpec, force: bool = False) -> None:
+    """Engine checks that must pass before a job is recorded (a hosted engine's key and price, say)."""
     if spec.engine.name == "fal":
         from loraflow.engines.fal import preflight as fal_preflight
 
-        fal_preflight(spec)
+        fal_preflight(spec, force)
 
 
 __all__ = ["Engine", "get_engine", "preflight"]

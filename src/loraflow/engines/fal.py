@@ -61,14 +61,22 @@ def quote(spec: TrainSpec) -> dict[str, Any]:
     }
 
 
-def preflight(spec: TrainSpec) -> None:
-    """Refused before anything is recorded or uploaded: without FAL_KEY fal answers 401."""
+def preflight(spec: TrainSpec, force: bool = False) -> None:
+    """Refused before anything is recorded or uploaded: without FAL_KEY fal answers 401, and a run priced
+    over budget.max_usd would spend more than the user allowed (fal bills the whole run at once)."""
     if not os.environ.get(KEY_ENV):
         raise UserInputError(
             "engine fal needs FAL_KEY in the environment; nothing was started",
             where="engine.name",
             fix="create a key at https://fal.ai/dashboard/keys and `export FAL_KEY=<key id>:<secret>` "
             "(never put it in the spec)",
+        )
+    cap, price = spec.budget.max_usd, price_usd(spec)
+    if cap is not None and price > cap and not force:
+        raise UserInputError(
+            f"fal charges ${price:.2f} for {spec.training.steps} steps, over budget.max_usd ${cap:.2f}",
+            where="budget.max_usd",
+            fix="lower training.steps, raise budget.max_usd, or pass --force to train anyway",
         )
 
 

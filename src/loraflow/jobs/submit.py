@@ -192,7 +192,7 @@ def submit(
     from loraflow.engines import preflight
     from loraflow.jobs.runner import start_runner
 
-    preflight(spec)  # before anything is recorded: a hosted engine's key, say
+    preflight(spec, force)  # before anything is recorded: a hosted engine's key and price, say
     if not dataset_checked:
         check_dataset(spec, config)
     with _SUBMITTING:
