@@ -197,3 +197,28 @@ def test_the_api_estimate_shows_fals_price() -> None:
     assert answer.status_code == 200, answer.text
     (row,) = answer.json()["estimates"]
     assert row["cost_usd"] == pytest.approx(1.0) and row["app"] == "fal-ai/flux-lora-fast-training"
+
+
+def test_a_killed_client_follows_the_same_request_and_never_submits_twice(tmp_path: Path, fal: FalEmulator,
+                                                                          cli) -> None:
+    import os
+    import signal
+
+    from loraflow.hosts.base import Handle
+    from loraflow.hosts.local import LocalHost
+    from loraflow.jobs.layout import JobLayout
+
+    fal.progress_polls = 400  # fal trains for a while
+    assert cli("train", write_spec(tmp_path), "--detach").code == 0
+    store = Store()
+    job = store.list_jobs()[0]
+    wait_for(lambda: store.get(job.id).step > 0)
+    os.kill(LocalHost().pid(Handle.in_folder(JobLayout(str(job.folder)).run, "train")), signal.SIGKILL)
+    wait_for(lambda: store.get(job.id).state not in ACTIVE, timeout=300)
+    job = store.get(job.id)
+    assert job.state is JobState.COMPLETED, job.error
+    assert len(fal.state()["requests"]) == 1  # one request, one charge
+    assert len(store.events(job.id, types=["train.launched"])) == 2
+    logs = [e.data["message"] for e in store.events(job.id, types=["log"])]
+    assert any(m.startswith("following fal request") for m in logs)
+    assert job.cost_usd == pytest.approx(0.08)

@@ -116,9 +116,10 @@ def _write_state(path: Path, state: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def _download(http: httpx.Client, url: str, dest: Path) -> None:
+def _download(url: str, dest: Path) -> None:
+    """fal's result files are public CDN URLs: fetched without the key, which stays with fal's API."""
     tmp = dest.with_name(dest.name + ".partial")
-    with http.stream("GET", url, timeout=600, follow_redirects=True) as response:
+    with httpx.stream("GET", url, timeout=600, follow_redirects=True) as response:
         _check(response, f"downloading {dest.name}")
         with tmp.open("wb") as f:
             for chunk in response.iter_bytes(1 << 20):
@@ -211,9 +212,9 @@ def run(config: dict[str, Any]) -> int:
         lora = result.get("diffusers_lora_file") or {}
         if not lora.get("url"):
             raise FalError("fal_failed", "fal's result has no diffusers_lora_file", "report it to fal")
-        _download(http, lora["url"], Path(config["lora_path"]))
+        _download(lora["url"], Path(config["lora_path"]))
         if (result.get("config_file") or {}).get("url"):
-            _download(http, result["config_file"]["url"], Path(config["config_path"]))
+            _download(result["config_file"]["url"], Path(config["config_path"]))
     emit("progress", step=total, total=total)
     emit("cost", usd=round(float(config["usd_per_step"]) * total, 4))
     emit("done", step=total, lora=config["lora_path"])
