@@ -222,3 +222,13 @@ def test_a_killed_client_follows_the_same_request_and_never_submits_twice(tmp_pa
     logs = [e.data["message"] for e in store.events(job.id, types=["log"])]
     assert any(m.startswith("following fal request") for m in logs)
     assert job.cost_usd == pytest.approx(0.08)
+
+
+def test_pack_gives_fal_txt_captions_whatever_the_extension(tmp_path: Path) -> None:
+    from loraflow.engines.fal_client import pack
+
+    (tmp_path / "a.jpg").write_bytes(b"jpg")
+    (tmp_path / "a.caption").write_text("lfx waving")
+    (tmp_path / "manifest.json").write_text("{}")
+    with zipfile.ZipFile(io.BytesIO(pack(tmp_path, "caption"))) as zf:
+        assert sorted(zf.namelist()) == ["a.jpg", "a.txt"] and zf.read("a.txt") == b"lfx waving"

@@ -82,13 +82,16 @@ def _retrying(call: Any, what: str, tries: int = 6) -> httpx.Response:
     raise AssertionError("unreachable")
 
 
-def pack(dataset_dir: Path) -> bytes:
+def pack(dataset_dir: Path, caption_extension: str = "txt") -> bytes:
     """The prepared dataset as fal reads it: images with same-named .txt captions, in one zip."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for path in sorted(dataset_dir.rglob("*")):
             if path.is_file() and path.name != "manifest.json":
-                zf.write(path, path.relative_to(dataset_dir).as_posix())
+                name = path.relative_to(dataset_dir).as_posix()
+                if path.suffix == f".{caption_extension}":
+                    name = name[: -len(path.suffix)] + ".txt"  # fal pairs photo.jpg with photo.txt only
+                zf.write(path, name)
     return buf.getvalue()
 
 
@@ -184,7 +187,7 @@ def run(config: dict[str, Any]) -> int:
     with httpx.Client(headers={"Authorization": f"Key {key}"}, timeout=60) as http:
         if state is None:
             emit("phase", phase="uploading")
-            data = pack(Path(config["dataset_dir"]))
+            data = pack(Path(config["dataset_dir"]), config.get("caption_extension", "txt"))
             file_url = upload(http, storage, f"{config.get('job_id', 'dataset')}.zip", data)
             fal_input = {"images_data_url": file_url, **config["input"]}
             submitted = _retrying(lambda: http.post(f"{queue}/{config['app']}", json=fal_input), "submitting").json()
