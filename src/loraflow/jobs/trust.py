@@ -106,6 +106,14 @@ def _looks_like_path(value: str) -> bool:
     return value.startswith((".", "/", "~")) or "/" in value or "\\" in value
 
 
+def _is_hub_id(value: str) -> bool:
+    """`owner/name` on the Hub, and not also a folder the server would load instead (from_pretrained
+    prefers a local folder of the same name)."""
+    parts = value.split("/")
+    plain = len(parts) == 2 and all(p and not p.startswith((".", "~")) and "\\" not in p for p in parts)
+    return plain and not Path(value).exists()
+
+
 def _get(raw: Any, *keys: str) -> Any:
     node = raw
     for key in keys:
@@ -159,7 +167,7 @@ def refusals(raw: dict[str, Any], grants: Grants, allowed_base_models: list[str]
         out.append(f"base_model: '{base}' names a folder on the server. Fix: use a catalog id "
                    f"({', '.join(catalog.base_models())})")
     model = _get(raw, "dataset", "captions", "model")
-    if isinstance(model, str) and _looks_like_path(model) and model not in allowed_base_models:
+    if isinstance(model, str) and not _is_hub_id(model) and model not in allowed_base_models:
         out.append("dataset.captions.model: names a folder on the server. Fix: give a Hub id or remove it")
 
     # Destinations: the operator's buckets and namespaces only.
