@@ -46,6 +46,8 @@ class ServiceConfig:
     allowed_base_models: list[str] = field(default_factory=list)  # empty: every catalog model and local folder
     max_steps: int | None = None
     max_budget_usd: float | None = None
+    max_pixels: int = 80_000_000  # a spec's dataset.checks.max_pixels may be lower, never higher
+    max_archive_bytes: int = 4 << 30  # likewise dataset.checks.max_archive_bytes (also bounded by max_upload_mb)
     no_auth: bool = False  # only honoured for 127.0.0.1
 
     @classmethod
@@ -61,6 +63,8 @@ class ServiceConfig:
             allowed_base_models=[m for m in env.get("LORAFLOW_ALLOWED_BASE_MODELS", "").split(",") if m],
             max_steps=int(env["LORAFLOW_MAX_STEPS"]) if env.get("LORAFLOW_MAX_STEPS") else None,
             max_budget_usd=float(env["LORAFLOW_MAX_BUDGET_USD"]) if env.get("LORAFLOW_MAX_BUDGET_USD") else None,
+            max_pixels=int(float(env.get("LORAFLOW_MAX_PIXELS", 80_000_000))),
+            max_archive_bytes=int(float(env.get("LORAFLOW_MAX_ARCHIVE_BYTES", 4 << 30))),
         )
 
 
@@ -334,8 +338,10 @@ def submit_job(state: Any, spec: TrainSpec, user: User, force: bool) -> Job:
     either the external check or the runner. `state` is the app's state (store, config, platform)."""
     from loraflow.dataset import DatasetRun
     from loraflow.jobs.runner import start_runner
+    from loraflow.server.user_limits import bound_spec
 
     store, config, platform = state.store, state.config, state.platform
+    spec = bound_spec(spec, config, service_user=user.name != "local")
     _check_limits(spec, config)
     d = spec.dataset
     report = DatasetRun(d.path, d.checks, d.captions, d.trigger_word, d.caption_extension).check()
