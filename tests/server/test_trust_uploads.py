@@ -381,3 +381,35 @@ def test_service_users_webhooks_are_signed_with_their_own_secret(
     assert payload["job_id"] == job_id
     assert verify(alice, headers[HEADER], body)
     assert not verify(SHARED, headers[HEADER], body) and not verify(bob, headers[HEADER], body)
+
+
+def test_the_followers_notifier_keeps_the_same_policy_and_secret(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs the worker's event loop follows deliver through AsyncNotifier: same per-user secret and policy."""
+    import asyncio
+
+    import httpx
+
+    from loraflow.notify.async_notifier import AsyncNotifier
+
+    monkeypatch.setenv("LORAFLOW_WEBHOOK_SECRET", SHARED)
+    store = Store()
+    target = [NotificationTarget(type="webhook", url=receiver.url, events=["job.created"])]
+    records: dict[str, list[dict]] = {}
+
+    async def follow(owner: str) -> None:
+        job = store.create_job(parse_spec({**SPEC, "dataset": {"path": "/x"}}), owner=owner)
+        async with httpx.AsyncClient() as client:
+            record = records.setdefault(owner, [])
+            notifier = AsyncNotifier(store, job.id, target, client, lambda _type, data: record.append(data))
+            notifier.feed(store.events(job.id), store.get(job.id))
+            await notifier.close()
+
+    asyncio.run(follow("carol"))
+    assert receiver.received == [] and "loopback" in records["carol"][0]["error"]
+    monkeypatch.setenv("LORAFLOW_WEBHOOK_ALLOW_PRIVATE", "1")
+    asyncio.run(follow("bob"))
+    assert records["bob"][0]["ok"]
+    _payload, body, headers = receiver.received[0]
+    assert verify(user_secret(SHARED, "bob"), headers[HEADER], body) and not verify(SHARED, headers[HEADER], body)
