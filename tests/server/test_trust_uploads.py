@@ -413,3 +413,65 @@ def test_the_followers_notifier_keeps_the_same_policy_and_secret(
     assert records["bob"][0]["ok"]
     _payload, body, headers = receiver.received[0]
     assert verify(user_secret(SHARED, "bob"), headers[HEADER], body) and not verify(SHARED, headers[HEADER], body)
+
+
+def test_https_webhook_goes_to_the_checked_address_with_its_own_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pinning must not break TLS: the request goes to the resolved address, the certificate is checked
+    against the name in the URL (SNI), and the receiver sees that name in the Host header."""
+    import asyncio
+    import datetime
+    import ssl
+
+    import httpx
+
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from loraflow.notify.addresses import AddressPolicy
+    from loraflow.notify.webhooks import deliver_async
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hooks.example.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("hooks.example.test")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    receiver = Receiver()
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    receiver.server.socket = server_ctx.wrap_socket(receiver.server.socket, server_side=True)
+    port = receiver.server.server_address[1]
+    real = addresses.forbidden_reason
+    monkeypatch.setattr(addresses, "forbidden_reason", lambda ip: None if str(ip) == "127.0.0.1" else real(ip))
+    monkeypatch.setattr(
+        addresses, "resolve", lambda host, port: [addresses.ipaddress.ip_address("127.0.0.1")] if host else []
+    )
+
+    async def post() -> object:
+        async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))) as client:
+            url = f"https://hooks.example.test:{port}/hook"
+            return await deliver_async(client, url, b'{"a": 1}', {}, attempts=1, policy=AddressPolicy(False))
+
+    try:
+        result = asyncio.run(post())
+    finally:
+        receiver.close()
+    assert result.ok, result
+    assert receiver.received[0][2]["Host"] == f"hooks.example.test:{port}"
