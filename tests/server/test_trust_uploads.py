@@ -287,6 +287,9 @@ def test_check_webhook_url_refuses_every_non_public_range() -> None:
         "http://localhost/x": "loopback",
         "http://[::1]/x": "loopback",
         "http://[::ffff:127.0.0.1]/x": "loopback",
+        "http://2130706433/x": "loopback",  # spellings the resolver turns into 127.0.0.1
+        "http://0x7f.1/x": "loopback",
+        "http://[::ffff:169.254.169.254]/x": "metadata",
         "http://10.1.2.3/x": "private",
         "http://192.168.0.5/x": "private",
         "http://172.16.0.1/x": "private",
