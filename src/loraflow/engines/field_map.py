@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from loraflow.spec import TrainSpec, _unwrap_models
 
 ENGINES = ("builtin", "ai-toolkit", "kohya")
-Kind = Literal["same", "translated", "loraflow"]
+Kind = Literal["same", "translated", "refused", "loraflow"]
 Refusal = tuple[str, str]  # (why the engine cannot honour the value, the fix)
 Check = Callable[[TrainSpec], Refusal | None]
 PINS = {"ai-toolkit": "27a03a91", "kohya": "48d368fa"}  # kept equal to the engines' PIN by a test
@@ -41,6 +41,11 @@ def same(how: str, refuse: Check | None = None, refused_when: str = "") -> Rule:
 
 def translated(how: str, refuse: Check | None = None, refused_when: str = "") -> Rule:
     return Rule("translated", how, refuse, refused_when)
+
+
+def refused(refused_when: str, refuse: Check) -> Rule:
+    """A field the engine has no equivalent for: only its neutral value is accepted."""
+    return Rule("refused", "", refuse, refused_when)
 
 
 # --- conditions ---------------------------------------------------------------------------------
@@ -148,10 +153,10 @@ def _shuffle_builtin(spec: TrainSpec) -> Refusal | None:
 
 def _pin(engine: str) -> Check:
     def check(spec: TrainSpec) -> Refusal | None:
-        version = spec.engine.version
-        if version and not PINS[engine].startswith(version) and not version.startswith(PINS[engine]):
-            return (f"loraflow renders for and installs {engine} at its tested pin {PINS[engine]} only", "remove "
-                    f"engine.version or set it to {PINS[engine]}")
+        version, pin = spec.engine.version, PINS[engine]
+        if version and not (version.startswith(pin) or (len(version) >= 7 and pin.startswith(version))):
+            why = f"loraflow renders for and installs {engine} at its tested pin {pin} only"
+            return (why, f"remove engine.version or set it to {pin}")
         return None
 
     return check
@@ -207,9 +212,9 @@ FIELDS: dict[str, dict[str, Rule]] = {
         "kohya": same("Trains the schnell weights as they are (no adapter), like builtin."),
     },
     "engine.version": {
-        "builtin": same("Not used.", _no_version, "refused when set"),
-        "ai-toolkit": same("The pin the set-up script installs.", _pin("ai-toolkit"), "refused unless the pin"),
-        "kohya": same("The pin the set-up script installs.", _pin("kohya"), "refused unless the pin"),
+        "builtin": refused("when set", _no_version),
+        "ai-toolkit": same("The pin the set-up script installs.", _pin("ai-toolkit"), "unless the pin"),
+        "kohya": same("The pin the set-up script installs.", _pin("kohya"), "unless the pin"),
     },
     "dataset.trigger_word": {
         "builtin": same("Sample prompts' [trigger]; LoRA metadata."),
@@ -241,7 +246,7 @@ FIELDS: dict[str, dict[str, Rule]] = {
         ),
     },
     "dataset.captions.shuffle_tags": {
-        "builtin": same("Refused when true.", _shuffle_builtin, "refused when true"),
+        "builtin": refused("when true", _shuffle_builtin),
         "ai-toolkit": translated(
             "`shuffle_tokens`; text embeddings are then not cached (they would freeze the order)."
         ),
@@ -260,7 +265,7 @@ FIELDS: dict[str, dict[str, Rule]] = {
     "network.alpha": {
         "builtin": same("LoRA alpha; strength alpha/rank."),
         "ai-toolkit": same(
-            "`network.linear_alpha` (SDXL).", _alpha_forced, "refused for Flux and Qwen-Image unless alpha = rank"
+            "`network.linear_alpha` (SDXL).", _alpha_forced, "for Flux and Qwen-Image unless alpha = rank"
         ),
         "kohya": same("`--network_alpha`."),
     },
@@ -270,13 +275,13 @@ FIELDS: dict[str, dict[str, Rule]] = {
             "all: ai-toolkit's own set (every Linear in the blocks); default and attention: "
             "`network_kwargs.ignore_if_contains` drops the modulation (and MLP) layers.",
             _targets_aitk,
-            "refused for a module list",
+            "for a module list",
         ),
         "kohya": translated(
             "all: lora_flux's own set; default: `--network_args img_mod_dim=0 txt_mod_dim=0 single_mod_dim=0` "
             "(kohya trains the fused qkv and single-block linear1/linear2 as single LoRAs of the same rank).",
             _targets_kohya,
-            "refused for attention and a module list",
+            "for attention and a module list",
         ),
     },
     "network.dropout": {
@@ -305,12 +310,12 @@ FIELDS: dict[str, dict[str, Rule]] = {
         "kohya": same(
             "`--gradient_accumulation_steps`.",
             _kohya_accumulation,
-            "refused above 1 unless checkpointing.every_n_steps is a multiple of it (exact resume)",
+            "above 1 unless checkpointing.every_n_steps is a multiple of it (exact resume)",
         ),
     },
     "training.learning_rate": {
         "builtin": same("Learning rate (Prodigy: its multiplier, 1.0 by default)."),
-        "ai-toolkit": same("`train.lr`.", _prodigy_aitk, "refused below 0.1 with Prodigy"),
+        "ai-toolkit": same("`train.lr`.", _prodigy_aitk, "below 0.1 with Prodigy"),
         "kohya": same("`--learning_rate`."),
     },
     "training.lr_scheduler": {
@@ -330,7 +335,7 @@ FIELDS: dict[str, dict[str, Rule]] = {
         "ai-toolkit": translated(
             "`lr_scheduler_params.num_warmup_steps` of constant_with_warmup.",
             _warmup_aitk,
-            "refused with linear or cosine schedules",
+            "with linear or cosine schedules",
         ),
         "kohya": same("`--lr_warmup_steps`."),
     },
@@ -390,7 +395,7 @@ FIELDS: dict[str, dict[str, Rule]] = {
         "ai-toolkit": translated(
             "uniform: `linear`; sigmoid and logit_normal: `sigmoid` (a sorted grid of the same distribution).",
             _shift_aitk,
-            "refused for shift",
+            "for shift",
         ),
         "kohya": same("uniform, sigmoid (sigmoid_scale 1), shift; logit_normal is `sigmoid`."),
     },
@@ -409,26 +414,22 @@ FIELDS: dict[str, dict[str, Rule]] = {
         "ai-toolkit": translated(
             "fp8 and qfloat8: `quantize` with qtype qfloat8.",
             _nf4("ai-toolkit", "use quantize qfloat8 (or fp8)"),
-            "refused for nf4",
+            "for nf4",
         ),
         "kohya": translated(
             "fp8 and qfloat8: `--fp8_base` (float8 e4m3 weights).",
             _nf4("kohya", "use quantize fp8"),
-            "refused for nf4",
+            "for nf4",
         ),
     },
     "training.low_vram": {
-        "builtin": same("Refused when true.", _low_vram("builtin", "use training.quantize nf4"), "refused when true"),
+        "builtin": refused("when true", _low_vram("builtin", "use training.quantize nf4")),
         "ai-toolkit": same("`model.low_vram`."),
-        "kohya": same(
-            "Refused when true.", _low_vram("kohya", "use training.blocks_to_swap (e.g. 8)"), "refused when true"
-        ),
+        "kohya": refused("when true", _low_vram("kohya", "use training.blocks_to_swap (e.g. 8)")),
     },
     "training.blocks_to_swap": {
-        "builtin": same("Refused above 0.", _swap("builtin", "set training.blocks_to_swap: 0"), "refused above 0"),
-        "ai-toolkit": same(
-            "Refused above 0.", _swap("ai-toolkit", "set training.low_vram: true instead"), "refused above 0"
-        ),
+        "builtin": refused("above 0", _swap("builtin", "set training.blocks_to_swap: 0")),
+        "ai-toolkit": refused("above 0", _swap("ai-toolkit", "set training.low_vram: true instead")),
         "kohya": same("`--blocks_to_swap`."),
     },
     "sampling.prompts": {
@@ -509,15 +510,15 @@ def refusals(spec: TrainSpec) -> list[str]:
 
 def markdown() -> str:
     """The docs table: one row per engine-facing field, one column per engine."""
-    labels = {"same": "same", "translated": "**translated**"}
+    labels = {"same": "same", "translated": "**translated**", "refused": "**refused**"}
     lines = ["| field | " + " | ".join(ENGINES) + " |", "| --- |" + " --- |" * len(ENGINES)]
     for field, rules in FIELDS.items():
         cells = []
         for engine in ENGINES:
             rule = rules[engine]
-            cell = f"{labels[rule.kind]}: {rule.how}"
+            cell = f"{labels[rule.kind]}: {rule.how}" if rule.how else labels[rule.kind]
             if rule.refused_when:
-                cell += f" *Refused:* {rule.refused_when}."
+                cell += f" *Refused* {rule.refused_when}." if rule.how else f" {rule.refused_when}."
             cells.append(cell.replace("|", "\\|"))
         lines.append(f"| `{field}` | " + " | ".join(cells) + " |")
     lines += ["", "Handled by loraflow itself, the same on every engine:", ""]
