@@ -18,14 +18,19 @@ from loraflow.spec import parse_spec
 from loraflow.testing import kohya_standin
 
 
-def setup_job(tmp_path: Path, accumulation: int = 1):
+def setup_job(tmp_path: Path, accumulation: int = 1, length: dict | None = None):
     spec = parse_spec(
         {
             "name": "mascot",
             "dataset": {"path": str(tmp_path), "repeats": 3},
             "base_model": "flux-dev",
             "engine": "kohya",
-            "training": {"steps": 100, "resolution": [512], "batch_size": 1, "gradient_accumulation": accumulation},
+            "training": {
+                **(length or {"steps": 100}),
+                "resolution": [512],
+                "batch_size": 1,
+                "gradient_accumulation": accumulation,
+            },
             "sampling": {"every_n_steps": 0, "at_end": False},
             "checkpointing": {"every_n_steps": 20, "keep_last": 10},
         }
@@ -102,3 +107,26 @@ def test_old_arguments_reproduce_kohyas_run_local_steps(
     saved = [e.data["step"] for e in events if e.type == ev.CHECKPOINT]
     progress = [e.data for e in events if e.type == ev.PROGRESS]
     assert saved == [20, 40, 60, 80] and progress[-1]["step"] == 120 and progress[-1]["total"] == 130
+
+
+def test_resume_by_epochs_keeps_the_runs_own_length(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """training.epochs: 4 epochs of 30 steps; the resumed view is longer, so it gets --max_train_steps 120."""
+    spec, layout = setup_job(tmp_path, length={"steps": None, "epochs": 4})
+    first_run_killed_after_40(spec, layout, capsys, monkeypatch)
+    argv = KohyaEngine().command(spec, layout, "python3").argv
+    assert "--max_train_epochs" not in argv and argv[argv.index("--max_train_steps") + 1] == "120"
+    events = run_standin(argv, capsys)
+    assert [e.data["step"] for e in events if e.type == ev.CHECKPOINT] == [60, 80, 100, 120]
+    assert [e.data for e in events if e.type == ev.PROGRESS][-1]["step"] == 120
+
+
+def test_the_view_is_only_as_long_as_the_run_needs(tmp_path: Path) -> None:
+    import tomllib
+
+    spec, layout = setup_job(tmp_path, accumulation=2)
+    (Path(layout.dataset) / "manifest.json").write_text(json.dumps({"count": 10}))
+    view = tomllib.loads(KohyaEngine().render(spec, layout, "j", "x")["dataset_resume.toml"])
+    # 100 steps x 2 micro-batches x batch 1 over 10 images x 3 repeats: 7 x the repeats (one 210-batch epoch)
+    assert view["datasets"][0]["subsets"][0]["num_repeats"] == 3 * 7

@@ -21,6 +21,7 @@ import yaml
 
 from loraflow.engines.base import Command, EngineRequirements, Outcome
 from loraflow.engines.external import (
+    dataset_count,
     engine_dir,
     engine_python,
     finish_lora,
@@ -56,12 +57,7 @@ SAVE_DTYPE = {"fp16": "float16", "bf16": "bf16", "fp32": "float32"}
 def _total_steps(spec: TrainSpec, layout: JobLayout) -> int:
     if spec.training.steps:
         return spec.training.steps
-    manifest = Path(layout.dataset) / "manifest.json"
-    count = 1
-    if manifest.exists():
-        import json
-
-        count = json.loads(manifest.read_text())["count"]
+    count = dataset_count(layout) or 1
     per_epoch = count * spec.dataset.repeats * len(spec.training.resolution) / spec.training.batch_size
     return max(1, math.ceil(per_epoch * (spec.training.epochs or 1)))
 

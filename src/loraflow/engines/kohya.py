@@ -21,6 +21,7 @@ import tomli_w
 
 from loraflow.engines.base import Command, EngineRequirements, Outcome
 from loraflow.engines.external import (
+    dataset_count,
     engine_dir,
     engine_python,
     finish_lora,
@@ -249,13 +250,18 @@ def network_args(spec: TrainSpec) -> list[str]:
     return args
 
 
-def resume_repeat_factor(spec: TrainSpec) -> int:
+def resume_repeat_factor(spec: TrainSpec, layout: JobLayout) -> int:
     """How many times the resumed view repeats the dataset so one epoch outlasts the whole run.
 
-    A batch holds at most `batch_size` images, so an epoch of the view has at least `factor / batch_size`
-    batches (steps mode; epochs mode: `factor / batch_size` times the original epoch's)."""
+    A batch holds at most `batch_size` images, so the view's epoch has at least images x repeats x factor /
+    batch_size batches: steps x accumulation of them are needed (epochs mode: the original epoch's
+    batches x epochs x accumulation, at most `epochs x accumulation x batch_size` times the original)."""
     t = spec.training
-    return (t.steps or t.epochs or 1) * t.gradient_accumulation * t.batch_size
+    need = (t.steps or t.epochs or 1) * t.gradient_accumulation * t.batch_size
+    images = dataset_count(layout)
+    if t.steps and images:  # the prepared dataset's size keeps the view (and kohya's index lists) small
+        return math.ceil(need / (images * spec.dataset.repeats))
+    return need
 
 
 def resume_args(spec: TrainSpec, layout: JobLayout, argv: list[str], step: int, state: Path) -> list[str]:
@@ -270,14 +276,16 @@ def resume_args(spec: TrainSpec, layout: JobLayout, argv: list[str], step: int, 
     multiples of it); the skipped batches of a freshly shuffled view are a different, equally random draw.
     """
     out = list(argv)
-    out[out.index("--dataset_config") + 1] = str(PurePosixPath(layout.engine, RESUME_DATASET))
+    ga = spec.training.gradient_accumulation
+    resume = ["--resume", str(state), "--skip_until_initial_step", "--initial_step"]
     if "--max_train_epochs" in out:  # the view's epochs are longer: give the run's own step count
         total = _max_train_steps(state.with_name(state.name.removesuffix("-state") + ".safetensors"))
-        if total:
-            at = out.index("--max_train_epochs")
-            out[at : at + 2] = ["--max_train_steps", str(total)]
-    ga = spec.training.gradient_accumulation
-    return [*out, "--resume", str(state), "--skip_until_initial_step", "--initial_step", str(step // ga)]
+        if not total:  # unknown: kohya's own (run-local) arithmetic rather than a run that never ends
+            return [*out, *resume, str(step)]
+        at = out.index("--max_train_epochs")
+        out[at : at + 2] = ["--max_train_steps", str(total)]
+    out[out.index("--dataset_config") + 1] = str(PurePosixPath(layout.engine, RESUME_DATASET))
+    return [*out, *resume, str(step // ga)]
 
 
 def _max_train_steps(lora: Path) -> int | None:
@@ -443,7 +451,7 @@ class KohyaEngine:
         )
         return {
             DATASET: dataset_toml(spec, layout),
-            RESUME_DATASET: dataset_toml(spec, layout, resume_repeat_factor(spec)),
+            RESUME_DATASET: dataset_toml(spec, layout, resume_repeat_factor(spec, layout)),
             PROMPTS: prompts_file(spec),
             ARGS: json.dumps({"script": script_name(spec), "args": args}, indent=2) + "\n",
             SCRIPT: script,
