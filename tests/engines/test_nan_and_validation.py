@@ -47,6 +47,9 @@ def test_aitoolkit_loss_is_nan(chunk: int) -> None:
     events = feed(parser, "aitk_nan.log", chunk)
     errors = [e.data for e in events if e.type == ev.ERROR]
     assert [e["code"] for e in errors] == ["nan_loss"]
+    losses = {e.data["step"]: e.data.get("loss") for e in events if e.type == ev.PROGRESS}
+    # steps 2 and 3 carry the printed line on the same line; step 4 shows the 0.0 that replaced a NaN
+    assert losses == {1: 0.4101, 4: None}
     assert not AitkEngine().outcome(0, True, parser).ok
     other = AitkParser("x")
     other.feed(b"Prior loss is nan\n")  # regularisation images only: not the training loss

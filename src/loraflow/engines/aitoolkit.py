@@ -236,6 +236,7 @@ class AitkParser:
         self._last_step = -1
         self.job_stopped = False
         self.nan_loss = False
+        self._zeroed = False
         self._hinted: set[str] = set()
 
     def feed(self, chunk: bytes) -> list[EngineEvent]:
@@ -253,6 +254,9 @@ class AitkParser:
                 return []  # the bar before its first loss: no measurement yet
             data = parse_tqdm(bar)
             data.update({"lr": float(post.group(1)), "loss": float(post.group(2))})
+            if self._zeroed:  # the step after `loss is nan` shows the 0.0 ai-toolkit put in its place
+                del data["loss"]
+                self._zeroed = False
             if data["step"] in (0, self._last_step):  # nothing done yet, or a redraw of the same step
                 return []
             self._last_step = data["step"]
@@ -290,7 +294,8 @@ class AitkParser:
                 )
             ]
         hint = match_hint(text)
-        self.nan_loss = self.nan_loss or (hint is not None and hint.code == "nan_loss")  # `loss is nan`: zeroed
+        self._zeroed = hint is not None and hint.code == "nan_loss"  # `loss is nan`: ai-toolkit zeroes it
+        self.nan_loss = self.nan_loss or self._zeroed
         if hint and hint.code not in self._hinted and hint.code != "missing_file":
             self._hinted.add(hint.code)
             return [EngineEvent(ev.ERROR, {"code": hint.code, "message": text[:500], "hint": hint.hint})]
