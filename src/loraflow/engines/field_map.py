@@ -109,7 +109,18 @@ def _prodigy_aitk(spec: TrainSpec) -> Refusal | None:
     return None
 
 
+def _ddpm(spec: TrainSpec) -> Refusal | None:
+    if not _flux_like(spec) and spec.training.timestep_sampling != "sigmoid":
+        return (
+            f"{spec.catalog_entry.arch} trains with its own DDPM timesteps; the sampling choices are flow-matching's",
+            "remove training.timestep_sampling",
+        )
+    return None
+
+
 def _shift_aitk(spec: TrainSpec) -> Refusal | None:
+    if found := _ddpm(spec):
+        return found
     if spec.training.timestep_sampling == "shift":
         return (
             "ai-toolkit's `shift` is a resolution-dependent shift of evenly spaced timesteps, not a fixed "
@@ -395,9 +406,13 @@ FIELDS: dict[str, dict[str, Rule]] = {
         "ai-toolkit": translated(
             "uniform: `linear`; sigmoid and logit_normal: `sigmoid` (a sorted grid of the same distribution).",
             _shift_aitk,
-            "for shift",
+            "for shift (and for SDXL unless the default)",
         ),
-        "kohya": same("uniform, sigmoid (sigmoid_scale 1), shift; logit_normal is `sigmoid`."),
+        "kohya": same(
+            "uniform, sigmoid (sigmoid_scale 1), shift; logit_normal is `sigmoid`.",
+            _ddpm,
+            "for SDXL unless the default",
+        ),
     },
     "training.timestep_shift": {
         "builtin": same("s of `shift` sampling."),
