@@ -513,7 +513,8 @@ def parse_spec(raw: Any, source: str = "spec") -> TrainSpec:
 
 
 def load_spec(path: str | Path, engine: str | None = None) -> TrainSpec:
-    """`engine` overrides the spec's engine before the catalog is applied, exactly as writing it there would."""
+    """`engine` replaces the spec's engine before the catalog is applied, exactly as writing `engine: X` there
+    would (another engine's options and version are dropped: they are that engine's)."""
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"no spec file at {path}", fix="run `loraflow spec init` to write a starter spec")
@@ -525,8 +526,8 @@ def load_spec(path: str | Path, engine: str | None = None) -> TrainSpec:
         raise SpecError(where, [f"not valid YAML: {getattr(exc, 'problem', exc)}."]) from None
     except UnicodeDecodeError:
         raise SpecError(str(path), ["the file is not UTF-8 text."]) from None
-    if engine and isinstance(raw, dict):
-        raw = {**raw, "engine": {**raw["engine"], "name": engine} if isinstance(raw.get("engine"), dict) else engine}
+    if engine and isinstance(raw, dict) and engine != _engine_name(raw, ""):
+        raw = {**raw, "engine": engine}
     spec = parse_spec(raw, str(path))
     # A relative dataset path is relative to the spec file, not to wherever the command runs.
     data_path = Path(spec.dataset.path).expanduser()

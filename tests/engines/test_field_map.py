@@ -205,6 +205,24 @@ def test_render_engine_flag_equals_engine_in_the_spec(cli, tmp_path: Path) -> No
     assert value(a, "--learning_rate") == "0.0008" and value(a, "--blocks_to_swap") == "8"  # kohya's own
 
 
+def test_render_engine_flag_drops_the_other_engines_options(cli, tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "name: x\ndataset: {path: .}\nbase_model: flux-dev\n"
+        "engine: {name: ai-toolkit, options: {path: /opt/aitk, args: {bogus: 1}}}\n"
+    )
+    assert cli("render", path, "--engine", "kohya", "--out", tmp_path / "k").code == 0
+    a = json.loads((tmp_path / "k" / "args.json").read_text())["args"]
+    assert "--bogus" not in a and "/opt/aitk" not in (tmp_path / "k" / "train.sh").read_text()
+
+
+def test_small_kohya_presets_keep_the_text_encoder_cache() -> None:
+    a = kohya_args(spec("kohya", training={"vram_preset": 16}))
+    assert "--cache_text_encoder_outputs" in a  # the preset sets no caption dropout: T5 cached, fits 16 GB
+    a = kohya_args(spec("kohya", training={"vram_preset": 16}, dataset={"captions": {"dropout_rate": 0.1}}))
+    assert "--cache_text_encoder_outputs" not in a  # the user's own rate wins
+
+
 def test_refusals_reach_every_door(cli, tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text("name: x\ndataset: {path: .}\nbase_model: flux-dev\nnetwork: {rank: 32, alpha: 8}\n")
