@@ -70,7 +70,6 @@ ISSUE = {
     "network": {"rank": 32, "alpha": 8},
     "training": {"gradient_accumulation": 4, "weight_decay": 0.01},
     "dataset": {"path": "/data/photos", "trigger_word": "m1l4dy", "captions": {"dropout_rate": 0.1}},
-    "checkpointing": {"every_n_steps": 200},
 }
 
 
@@ -104,15 +103,6 @@ def test_issue_spec_on_ai_toolkit_refuses_alpha_by_name_and_honours_the_rest() -
     assert p["train"]["gradient_accumulation"] == 4 and p["train"]["optimizer_params"] == {"weight_decay": 0.01}
     assert p["datasets"][0]["caption_dropout_rate"] == 0.1
     assert p["train"]["cache_text_embeddings"] is False  # cached, a dropped caption would keep the trigger
-
-
-def test_kohya_checkpoints_off_the_accumulation_are_refused() -> None:
-    problems = refused("kohya", training={"gradient_accumulation": 4}, checkpointing={"every_n_steps": 250})
-    assert problems == [
-        "training.gradient_accumulation: engine kohya cannot honour this value: kohya resumes by skipping "
-        "micro-batches, which lands on the saved step only when it is a multiple of gradient_accumulation (4); "
-        "checkpoints every 250 steps are not. Fix: set checkpointing.every_n_steps to a multiple of 4 (e.g. 248)."
-    ]
 
 
 def test_kohya_receives_what_it_used_to_drop() -> None:

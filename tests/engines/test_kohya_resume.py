@@ -130,3 +130,17 @@ def test_the_view_is_only_as_long_as_the_run_needs(tmp_path: Path) -> None:
     view = tomllib.loads(KohyaEngine().render(spec, layout, "j", "x")["dataset_resume.toml"])
     # 100 steps x 2 micro-batches x batch 1 over 10 images x 3 repeats: 7 x the repeats (one 210-batch epoch)
     assert view["datasets"][0]["subsets"][0]["num_repeats"] == 3 * 7
+
+
+def test_resume_off_the_accumulation_never_reuses_a_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Accumulation 3 does not divide 40: kohya is told 14 (x 3 = 42), so 40 is never saved again."""
+    spec, layout = setup_job(tmp_path, accumulation=3)
+    first_run_killed_after_40(spec, layout, capsys, monkeypatch)
+    argv = KohyaEngine().command(spec, layout, "python3").argv
+    assert argv[-2:] == ["--initial_step", "14"]
+    events = run_standin(argv, capsys)
+    assert [e.data["step"] for e in events if e.type == ev.RESUMED] == [42]
+    assert [e.data["step"] for e in events if e.type == ev.CHECKPOINT] == [60, 80, 100]
+    assert [e.data for e in events if e.type == ev.PROGRESS][-1]["step"] == 100

@@ -179,17 +179,6 @@ def _no_version(spec: TrainSpec) -> Refusal | None:
     return None
 
 
-def _kohya_accumulation(spec: TrainSpec) -> Refusal | None:
-    ga, every = spec.training.gradient_accumulation, spec.checkpointing.every_n_steps
-    if ga > 1 and every % ga:
-        return (
-            f"kohya resumes by skipping micro-batches, which lands on the saved step only when it is a multiple of "
-            f"gradient_accumulation ({ga}); checkpoints every {every} steps are not",
-            f"set checkpointing.every_n_steps to a multiple of {ga} (e.g. {every - every % ga or ga})",
-        )
-    return None
-
-
 # --- the map ------------------------------------------------------------------------------------
 
 LORAFLOW = {
@@ -318,10 +307,10 @@ FIELDS: dict[str, dict[str, Rule]] = {
     "training.gradient_accumulation": {
         "builtin": same("Micro-batches per optimizer step."),
         "ai-toolkit": same("`train.gradient_accumulation`."),
-        "kohya": same(
-            "`--gradient_accumulation_steps`.",
-            _kohya_accumulation,
-            "above 1 unless checkpointing.every_n_steps is a multiple of it (exact resume)",
+        "kohya": translated(
+            "`--gradient_accumulation_steps`. kohya resumes at a multiple of it: resumed at a step that is not "
+            "(checkpoints every_n_steps not a multiple of it), up to accumulation - 1 steps are counted done "
+            "without being trained."
         ),
     },
     "training.learning_rate": {

@@ -272,8 +272,9 @@ def resume_args(spec: TrainSpec, layout: JobLayout, argv: list[str], step: int, 
     restart at 10, train to the end of the last epoch and name checkpoints by that count. So a resumed run
     reads the same images repeated into one epoch longer than the run (`dataset_resume.toml`): no epoch is
     skipped, global_step starts at `step` and the run stops at max_train_steps. The initial step is given
-    divided by the accumulation because kohya multiplies it back (the field map keeps checkpoints on
-    multiples of it); the skipped batches of a freshly shuffled view are a different, equally random draw.
+    divided by the accumulation because kohya multiplies it back; when it does not divide, it is rounded up
+    (fewer than `accumulation` steps counted done untrained, rather than a checkpoint name reused). The
+    skipped batches of a freshly shuffled view are a different, equally random draw.
     """
     out = list(argv)
     ga = spec.training.gradient_accumulation
@@ -285,7 +286,7 @@ def resume_args(spec: TrainSpec, layout: JobLayout, argv: list[str], step: int, 
         at = out.index("--max_train_epochs")
         out[at : at + 2] = ["--max_train_steps", str(total)]
     out[out.index("--dataset_config") + 1] = str(PurePosixPath(layout.engine, RESUME_DATASET))
-    return [*out, *resume, str(step // ga)]
+    return [*out, *resume, str(-(-step // ga))]  # rounded up: never a step name from before the resume
 
 
 def _max_train_steps(lora: Path) -> int | None:
