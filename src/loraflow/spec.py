@@ -569,7 +569,9 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
     training = raw.get("training") if isinstance(raw.get("training"), dict) else {}
     preset = training.get("vram_preset")
     defaults = catalog.defaults_for(model, engine, preset if isinstance(preset, int) else None)
-    return catalog.deep_merge(defaults, raw)
+    from loraflow.engines.field_map import prodigy_default  # a default that depends on what the user wrote
+
+    return prodigy_default(raw, catalog.deep_merge(defaults, raw))
 
 
 def parse_spec(raw: Any, source: str = "spec") -> TrainSpec:
@@ -584,7 +586,9 @@ def parse_spec(raw: Any, source: str = "spec") -> TrainSpec:
         spec = TrainSpec.model_validate(resolved)
     except ValidationError as exc:
         raise SpecError(source, [*problems, *explain(exc)]) from None
-    problems += refused_fields(spec)
+    from loraflow.engines.field_map import refusals  # values the chosen engine cannot honour
+
+    problems += refusals(spec)
     if problems:
         raise SpecError(source, problems)
     return spec
@@ -642,7 +646,9 @@ def refused_fields(spec: TrainSpec) -> list[str]:
     return out
 
 
-def load_spec(path: str | Path) -> TrainSpec:
+def load_spec(path: str | Path, engine: str | None = None) -> TrainSpec:
+    """`engine` replaces the spec's engine before the catalog is applied, exactly as writing `engine: X` there
+    would (another engine's options and version are dropped: they are that engine's)."""
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"no spec file at {path}", fix="run `loraflow spec init` to write a starter spec")
@@ -654,6 +660,8 @@ def load_spec(path: str | Path) -> TrainSpec:
         raise SpecError(where, [f"not valid YAML: {getattr(exc, 'problem', exc)}."]) from None
     except UnicodeDecodeError:
         raise SpecError(str(path), ["the file is not UTF-8 text."]) from None
+    if engine and isinstance(raw, dict) and engine != _engine_name(raw, ""):
+        raw = {**raw, "engine": engine}
     spec = parse_spec(raw, str(path))
     # A relative dataset path is relative to the spec file, not to wherever the command runs.
     data_path = Path(spec.dataset.path).expanduser()

@@ -68,7 +68,9 @@ def test_engine_job_end_to_end(engine: str, tmp_path: Path, engines_dir: Path, c
     job = store.list_jobs()[0]
     assert job.state is JobState.COMPLETED and job.step == 30
     synced = sorted(p.name for p in (job.folder / "checkpoints").iterdir())
-    assert synced == ["step-000010", "step-000020"]
+    # kohya also saves a step checkpoint at the last step when it is on the cadence; ai-toolkit never does
+    saved = ["step-000010", "step-000020"] + (["step-000030"] if engine == "kohya" else [])
+    assert synced == saved
     assert sorted(p.name for p in (job.folder / "samples").iterdir()) == ["step-000010", "step-000020", "step-000030"]
     lora = job.folder / "mascot.safetensors"
     with safe_open(str(lora), "pt") as f:
@@ -81,7 +83,7 @@ def test_engine_job_end_to_end(engine: str, tmp_path: Path, engines_dir: Path, c
     rendered = "config/aitk_config.yaml" if engine == "ai-toolkit" else "config/dataset.toml"
     assert (rendered in names and "samples/step-000030/00.jpg" in names) or "samples/step-000030/00.png" in names
     types = [e.type for e in store.events(job.id)]
-    assert types.count("checkpoint.synced") == 2 and "progress" in types
+    assert types.count("checkpoint.synced") == len(saved) and "progress" in types
     losses = [e.data["loss"] for e in store.events(job.id, types=["progress"])]
     assert losses and all(isinstance(v, float) for v in losses)
 

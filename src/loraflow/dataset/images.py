@@ -7,8 +7,10 @@ truncated download is caught here rather than hours into a rented GPU's run.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -16,6 +18,9 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from loraflow.dataset.findings import Finding, Severity
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Our own per-image limit is checked right after opening; PIL's warning between its limit and twice it
+# would only repeat that (its error above twice the limit stays on).
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 try:  # HEIC/AVIF decoders are optional plugins
     import pillow_heif  # type: ignore[import-not-found]
@@ -82,26 +87,21 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def decode(data: bytes, name: str, max_pixels: int) -> DecodedImage | Finding | None:
-    """Decode an image; a Finding for a broken one; None when the file is not an image at all."""
+def _failure(exc: Exception, name: str) -> Finding | None:
+    """What a file PIL could not open or decode is: a Finding, or None when it is no image at all."""
     suffix = ("." + name.rsplit(".", 1)[-1].lower()) if "." in name else ""
-    pil_limit = Image.MAX_IMAGE_PIXELS
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = None  # the spec's own limit is applied below, with the real size
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > max_pixels:
-                return Finding(
-                    "decompression_bomb",
-                    Severity.ERROR,
-                    f"declares {width}x{height} pixels, over the limit of {max_pixels}",
-                    "downscale the image or raise dataset.checks.max_pixels",
-                    name,
-                )
-            img.load()
-    except UnidentifiedImageError:
+    if isinstance(exc, Image.DecompressionBombError):  # over PIL's own ceiling, whatever the spec allows
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        declared = f"declares {pixels.group(1)} pixels" if pixels else "declares too many pixels"
+        ceiling = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        return Finding(
+            "decompression_bomb",
+            Severity.ERROR,
+            f"{declared}, over the hard limit of {ceiling}",
+            "downscale the image",
+            name,
+        )
+    if isinstance(exc, UnidentifiedImageError):
         if suffix in OPTIONAL_FORMATS:
             return Finding(
                 "unsupported_format",
@@ -119,22 +119,45 @@ def decode(data: bytes, name: str, max_pixels: int) -> DecodedImage | Finding | 
                 name,
             )
         return None
-    except Image.DecompressionBombError as exc:
+    code = "truncated_image" if "truncated" in str(exc).lower() else "unreadable_image"
+    truncated = code == "truncated_image"
+    message = "is truncated (incomplete download or copy)" if truncated else f"cannot be decoded ({exc})"
+    return Finding(code, Severity.ERROR, message, "copy the original file again, re-export it, or remove it", name)
+
+
+OPEN_ERRORS = (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError)
+
+
+def open_checked(stream: IO[bytes], name: str, max_pixels: int) -> Image.Image | Finding | None:
+    """Open (header only) and check the declared size against this image's limit before a pixel is decoded.
+
+    PIL's own ceiling (MAX_IMAGE_PIXELS) stays in force for every thread: a spec's limit can only be
+    stricter, never switch the protection off."""
+    try:
+        img = Image.open(stream)
+    except OPEN_ERRORS as exc:
+        return _failure(exc, name)
+    width, height = img.size
+    if width * height > max_pixels:
         return Finding(
             "decompression_bomb",
             Severity.ERROR,
-            str(exc),
+            f"declares {width}x{height} pixels, over the limit of {max_pixels}",
             "downscale the image or raise dataset.checks.max_pixels",
             name,
         )
-    except (OSError, SyntaxError, ValueError) as exc:
-        code = "truncated_image" if "truncated" in str(exc).lower() else "unreadable_image"
-        message = (
-            "is truncated (incomplete download or copy)" if code == "truncated_image" else f"cannot be decoded ({exc})"
-        )
-        return Finding(code, Severity.ERROR, message, "copy the original file again, re-export it, or remove it", name)
-    finally:
-        Image.MAX_IMAGE_PIXELS = pil_limit
+    return img
+
+
+def decode(data: bytes, name: str, max_pixels: int) -> DecodedImage | Finding | None:
+    """Decode an image; a Finding for a broken one; None when the file is not an image at all."""
+    img = open_checked(io.BytesIO(data), name, max_pixels)
+    if not isinstance(img, Image.Image):
+        return img
+    try:
+        img.load()
+    except OPEN_ERRORS as exc:
+        return _failure(exc, name)
 
     notes: list[str] = []
     source_format = img.format or "UNKNOWN"

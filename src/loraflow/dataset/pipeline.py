@@ -15,14 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import imagehash
+from PIL import Image
 
 from loraflow.dataset.captions import decode_caption, finish_caption
 from loraflow.dataset.findings import Finding, Report, Severity
-from loraflow.dataset.images import DecodedImage, decode
+from loraflow.dataset.images import DecodedImage, decode, open_checked
 from loraflow.dataset.manifest import ManifestFile, pack, write_manifest
 from loraflow.dataset.sources import ArchiveLimits, Entry, open_source
 from loraflow.errors import UserInputError
 from loraflow.spec import CaptionPolicy, DatasetChecks
+
+CAPTION_MAX_BYTES = 1 << 20  # captions are read whole: anything bigger is no caption
 
 
 @dataclass
@@ -104,11 +107,13 @@ class DatasetRun:
 
     def _scan_image(self, entry: Entry, captions: dict[str, Entry], paired: set[str]) -> None:
         try:
-            data = entry.read()
+            with entry.open() as stream:  # the header first: a file that is no image, or too big, is never read whole
+                head = open_checked(stream, entry.path, self.checks.max_pixels)
+            data = entry.read() if isinstance(head, Image.Image) else b""
         except UserInputError as exc:
             self.report.add(Finding("unsafe_archive_member", Severity.ERROR, exc.message, exc.fix or "", entry.path))
             return
-        result = decode(data, entry.path, self.checks.max_pixels)
+        result = decode(data, entry.path, self.checks.max_pixels) if isinstance(head, Image.Image) else head
         if result is None:
             self.report.add(
                 Finding("not_an_image", Severity.INFO, "ignored: not an image or a caption", "", entry.path)
@@ -125,7 +130,19 @@ class DatasetRun:
         caption: str | None = None
         if key in captions:
             paired.add(key)
-            caption, note = decode_caption(captions[key].read())
+            raw = captions[key].head(CAPTION_MAX_BYTES)
+            if raw is None:
+                self.report.add(
+                    Finding(
+                        "caption_too_large",
+                        Severity.ERROR,
+                        f"caption file is over {CAPTION_MAX_BYTES} bytes",
+                        "shorten the caption (it is one line of text)",
+                        captions[key].path,
+                    )
+                )
+                raw = b""
+            caption, note = decode_caption(raw)
             if note:
                 self.report.add(
                     Finding("caption_encoding", Severity.WARNING, note, "save the caption as UTF-8", captions[key].path)

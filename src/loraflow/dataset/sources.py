@@ -1,18 +1,23 @@
 """Reading a dataset from a folder, a zip or a tar without extracting anything to disk.
 
-Archives are read member by member in memory, so `dataset check` writes nothing at all, and every
+Archives are read member by member as streams, so `dataset check` writes nothing at all, and every
 member is vetted first: path traversal, absolute paths, links and device files are refused, and the
-member count and uncompressed size are capped before a byte is decompressed.
+member count and uncompressed size are capped before a byte is decompressed. `extract` writes a
+source to a folder in chunks and stops the moment the running total passes the limit, so a header
+that lies about sizes costs at most the limit on disk and one chunk in memory.
 """
 
 from __future__ import annotations
 
+import io
+import shutil
 import stat
 import tarfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from loraflow.dataset.findings import Finding, Severity
 from loraflow.errors import UserInputError
@@ -27,6 +32,13 @@ class Entry:
     path: str  # posix, relative, wrapping folder removed
     size: int
     read: Callable[[], bytes]
+    open: Callable[[], IO[bytes]]  # the same bytes as a stream, for reading a header or copying in chunks
+
+    def head(self, limit: int) -> bytes | None:
+        """At most `limit` bytes; None when the file is longer (a caption is never read whole blindly)."""
+        with self.open() as stream:
+            data = stream.read(limit + 1)
+        return None if len(data) > limit else data
 
 
 def _is_junk(parts: tuple[str, ...]) -> bool:
@@ -52,7 +64,7 @@ def _strip_wrapper(entries: list[Entry]) -> list[Entry]:
     tops = {PurePosixPath(e.path).parts[0] for e in entries}
     if len(tops) == 1 and all(len(PurePosixPath(e.path).parts) > 1 for e in entries):
         top = tops.pop()
-        return [Entry(e.path[len(top) + 1 :], e.size, e.read) for e in entries]
+        return [Entry(e.path[len(top) + 1 :], e.size, e.read, e.open) for e in entries]
     return entries
 
 
@@ -124,7 +136,8 @@ def _zip_entries(path: Path, limits: ArchiveLimits) -> tuple[list[Entry], list[F
         name = info.filename.replace("\\", "/")
         if _is_junk(PurePosixPath(name).parts):
             continue
-        entries.append(Entry(name, info.file_size, _bounded_reader(lambda i=info: zf.read(i), info.file_size, name)))
+        reader = _bounded_reader(lambda i=info: zf.read(i), info.file_size, name)
+        entries.append(Entry(name, info.file_size, reader, lambda i=info: zf.open(i)))
     return entries, findings
 
 
@@ -158,12 +171,15 @@ def _tar_entries(path: Path, limits: ArchiveLimits) -> tuple[list[Entry], list[F
         if _is_junk(PurePosixPath(name).parts):
             continue
 
-        def read(m: tarfile.TarInfo = member) -> bytes:
+        def stream(m: tarfile.TarInfo = member) -> IO[bytes]:
             handle = tf.extractfile(m)
             assert handle is not None
-            return handle.read(m.size + 1)
+            return handle
 
-        entries.append(Entry(name, member.size, _bounded_reader(read, member.size, name)))
+        def read(m: tarfile.TarInfo = member) -> bytes:
+            return stream(m).read(m.size + 1)
+
+        entries.append(Entry(name, member.size, _bounded_reader(read, member.size, name), stream))
     return entries, findings
 
 
@@ -173,7 +189,7 @@ def _folder_entries(root: Path) -> tuple[list[Entry], list[Finding]]:
         rel = file.relative_to(root)
         if not file.is_file() or _is_junk(rel.parts):
             continue
-        entries.append(Entry(rel.as_posix(), file.stat().st_size, file.read_bytes))
+        entries.append(Entry(rel.as_posix(), file.stat().st_size, file.read_bytes, lambda f=file: f.open("rb")))
     return entries, []
 
 
@@ -200,3 +216,40 @@ def open_source(src: str | Path, limits: ArchiveLimits) -> tuple[list[Entry], li
         )
     entries = sorted(_strip_wrapper(entries), key=lambda e: e.path)
     return entries, findings
+
+
+class ArchiveTooLarge(UserInputError):
+    """The expansion passed its limit; everything written so far is already removed."""
+
+
+CHUNK = 1 << 20
+
+
+def _copy_bounded(stream: IO[bytes], out: io.BufferedWriter, written: int, limit: int) -> int:
+    while chunk := stream.read(CHUNK):
+        written += len(chunk)
+        if written > limit:
+            raise ArchiveTooLarge(
+                f"the archive expands to more than the limit of {limit} bytes",
+                fix="use a smaller dataset (the limit is the upload size or dataset.checks.max_archive_bytes)",
+            )
+        out.write(chunk)
+    return written
+
+
+def extract(entries: list[Entry], dest: Path, limit: int, name_of: Callable[[Entry], str | None]) -> int:
+    """Copy entries into `dest` (which must not exist yet) member by member, in chunks; `name_of` gives each
+    file's name there (None skips it). Past `limit` bytes in all, `dest` is removed and ArchiveTooLarge raised."""
+    dest.mkdir(parents=True)
+    written = 0
+    try:
+        for entry in entries:
+            name = name_of(entry)
+            if name is None:
+                continue
+            with entry.open() as stream, open(dest / name, "wb") as out:
+                written = _copy_bounded(stream, out, written, limit)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return written

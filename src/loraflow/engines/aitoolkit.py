@@ -21,6 +21,7 @@ import yaml
 
 from loraflow.engines.base import Command, EngineRequirements, Outcome
 from loraflow.engines.external import (
+    dataset_count,
     engine_dir,
     engine_python,
     finish_lora,
@@ -56,12 +57,7 @@ SAVE_DTYPE = {"fp16": "float16", "bf16": "bf16", "fp32": "float32"}
 def _total_steps(spec: TrainSpec, layout: JobLayout) -> int:
     if spec.training.steps:
         return spec.training.steps
-    manifest = Path(layout.dataset) / "manifest.json"
-    count = 1
-    if manifest.exists():
-        import json
-
-        count = json.loads(manifest.read_text())["count"]
+    count = dataset_count(layout) or 1
     per_epoch = count * spec.dataset.repeats * len(spec.training.resolution) / spec.training.batch_size
     return max(1, math.ceil(per_epoch * (spec.training.epochs or 1)))
 
@@ -78,6 +74,39 @@ def _no_substitution(value: str, where: str) -> str:
 
 def _number(value: float) -> float | int:
     return int(value) if float(value).is_integer() else value
+
+
+# Module-name pieces ai-toolkit's ignore_if_contains matches (diffusers names) to narrow its layer set.
+_NARROWER = {
+    "flux": {
+        "modulation": ["norm1.linear", "norm1_context.linear", "norm.linear"],
+        "mlp": ["ff.net", "ff_context.net", "proj_mlp", "proj_out"],
+    },
+    "qwen_image": {"modulation": ["img_mod", "txt_mod"], "mlp": ["img_mlp", "txt_mlp"]},
+}
+
+
+def network_config(spec: TrainSpec) -> dict[str, Any]:
+    """ai-toolkit trains every Linear of the Flux blocks; the narrower presets drop layers by name."""
+    n = spec.network
+    net: dict[str, Any] = {"type": "lora", "linear": n.rank, "linear_alpha": _number(n.alpha)}
+    if n.dropout:
+        net["dropout"] = n.dropout
+    layers = _NARROWER.get(spec.catalog_entry.arch)
+    if layers and n.targets in ("default", "attention"):
+        ignore = layers["modulation"] + (layers["mlp"] if n.targets == "attention" else [])
+        net["network_kwargs"] = {"ignore_if_contains": ignore}
+    return net
+
+
+def scheduler_config(name: str, warmup: int) -> dict[str, Any]:
+    """ai-toolkit's `linear` is torch's LinearLR (a ramp *up* from lr/3): give it the decay to 0 the spec means.
+    Warmup exists only as `constant_with_warmup`; the field map refuses it with other schedules."""
+    if name == "linear":
+        return {"lr_scheduler": "linear", "lr_scheduler_params": {"start_factor": 1.0, "end_factor": 0.0}}
+    if name == "constant" and warmup:
+        return {"lr_scheduler": "constant_with_warmup", "lr_scheduler_params": {"num_warmup_steps": warmup}}
+    return {"lr_scheduler": name}
 
 
 def render_config(spec: TrainSpec, layout: JobLayout, job_id: str, model_path: str) -> dict[str, Any]:
@@ -111,12 +140,17 @@ def render_config(spec: TrainSpec, layout: JobLayout, job_id: str, model_path: s
     trigger = spec.dataset.trigger_word
     if trigger:
         _no_substitution(trigger, "dataset.trigger_word")
+    if spec.dataset.captions.trigger_placement != "prepend":
+        trigger = None  # ai-toolkit would prepend it to every caption lacking it
+    captions = spec.dataset.captions
+    # Cached embeddings would keep the trigger in a dropped caption and freeze a shuffled order.
+    cache_text = t.cache_text_embeddings and not (captions.dropout_rate > 0 or captions.shuffle_tags)
     process: dict[str, Any] = {
         "type": "sd_trainer",
         "training_folder": str(PurePosixPath(layout.root, OUTPUT)),
         "device": "cuda:0",
         "trigger_word": trigger,
-        "network": {"type": "lora", "linear": spec.network.rank, "linear_alpha": _number(spec.network.alpha)},
+        "network": network_config(spec),
         "save": {
             "dtype": SAVE_DTYPE[spec.output.dtype],
             "save_every": spec.checkpointing.every_n_steps,
@@ -145,14 +179,14 @@ def render_config(spec: TrainSpec, layout: JobLayout, job_id: str, model_path: s
             "noise_scheduler": "flowmatch" if flow else "ddpm",
             "optimizer": t.optimizer,
             "lr": t.learning_rate,
-            "lr_scheduler": t.lr_scheduler,
+            **scheduler_config(t.lr_scheduler, t.lr_warmup_steps),
             "optimizer_params": {"weight_decay": t.weight_decay},
             "dtype": t.precision,
             "max_grad_norm": t.max_grad_norm,
-            "timestep_type": "sigmoid"
-            if t.timestep_sampling in ("sigmoid", "logit_normal")
-            else ("shift" if t.timestep_sampling == "shift" else "linear"),
-            "cache_text_embeddings": t.cache_text_embeddings or arch == "qwen_image",
+            "cfg_scale": t.guidance_scale,
+            # `shift` is refused for ai-toolkit by the field map: its own `shift` means something else
+            "timestep_type": "linear" if t.timestep_sampling == "uniform" else "sigmoid",
+            "cache_text_embeddings": cache_text or arch == "qwen_image",
             "skip_first_sample": True,
             "disable_sampling": not (s.every_n_steps or s.at_end),
         },
@@ -201,6 +235,8 @@ class AitkParser:
         self._name = job_name
         self._last_step = -1
         self.job_stopped = False
+        self.nan_loss = False
+        self._zeroed = False
         self._hinted: set[str] = set()
 
     def feed(self, chunk: bytes) -> list[EngineEvent]:
@@ -218,6 +254,9 @@ class AitkParser:
                 return []  # the bar before its first loss: no measurement yet
             data = parse_tqdm(bar)
             data.update({"lr": float(post.group(1)), "loss": float(post.group(2))})
+            if self._zeroed:  # the step after `loss is nan` shows the 0.0 ai-toolkit put in its place
+                del data["loss"]
+                self._zeroed = False
             if data["step"] in (0, self._last_step):  # nothing done yet, or a redraw of the same step
                 return []
             self._last_step = data["step"]
@@ -255,6 +294,8 @@ class AitkParser:
                 )
             ]
         hint = match_hint(text)
+        self._zeroed = hint is not None and hint.code == "nan_loss"  # `loss is nan`: ai-toolkit zeroes it
+        self.nan_loss = self.nan_loss or self._zeroed
         if hint and hint.code not in self._hinted and hint.code != "missing_file":
             self._hinted.add(hint.code)
             return [EngineEvent(ev.ERROR, {"code": hint.code, "message": text[:500], "hint": hint.hint})]
@@ -381,5 +422,7 @@ class AitkEngine:
         return finish_lora(Path(self.final_lora(spec, layout)), layout.root, spec.name, spec.output.lora_format)
 
     def outcome(self, exit_code: int | None, final_exists: bool, parser: AitkParser | None = None) -> Outcome:
+        if parser is not None and parser.nan_loss:
+            return Outcome(False, False, None, "ai-toolkit trained with a NaN loss (it zeroes it and goes on)")
         stopped = exit_code == 0 and not final_exists and parser is not None and parser.job_stopped
         return outcome_for("ai-toolkit", exit_code, final_exists, stopped)

@@ -47,7 +47,8 @@ def trainer_config(
         batch_size=t.batch_size,
         gradient_accumulation=t.gradient_accumulation,
         learning_rate=t.learning_rate,
-        lr_scheduler=t.lr_scheduler,
+        # diffusers' `constant` ignores warmup: the spec's warmup is `constant_with_warmup` there
+        lr_scheduler="constant_with_warmup" if t.lr_scheduler == "constant" and t.lr_warmup_steps else t.lr_scheduler,
         lr_warmup_steps=t.lr_warmup_steps,
         optimizer=t.optimizer,
         weight_decay=t.weight_decay,

@@ -15,6 +15,7 @@ from typing import Any
 
 from loraflow import paths
 from loraflow.engines.base import Outcome
+from loraflow.jobs.layout import JobLayout
 from loraflow.monitor import events as ev
 from loraflow.monitor.events import EngineEvent
 
@@ -58,6 +59,14 @@ venv/bin/pip install --quiet --upgrade pip
 touch ".loraflow-installed-{pin}"
 echo "installed {repo}@{pin} at $DEST"
 """
+
+
+def dataset_count(layout: JobLayout) -> int | None:
+    """How many images the prepared dataset holds (its manifest), or None before it is prepared."""
+    manifest = Path(layout.dataset) / "manifest.json"
+    if not manifest.exists():
+        return None
+    return int(json.loads(manifest.read_text(encoding="utf-8"))["count"])
 
 
 def safetensors_header(path: Path) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ passes `--skip_until_initial_step --initial_step N` and keeps the cumulative ste
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 import shutil
@@ -20,6 +21,7 @@ import tomli_w
 
 from loraflow.engines.base import Command, EngineRequirements, Outcome
 from loraflow.engines.external import (
+    dataset_count,
     engine_dir,
     engine_python,
     finish_lora,
@@ -33,7 +35,7 @@ from loraflow.engines.external import (
 from loraflow.jobs.layout import JobLayout
 from loraflow.monitor import events as ev
 from loraflow.monitor.events import EngineEvent
-from loraflow.monitor.hints import match_hint
+from loraflow.monitor.hints import hint_for, match_hint
 from loraflow.monitor.lines import LineSplitter
 from loraflow.monitor.tqdm import parse_tqdm
 from loraflow.spec import TrainSpec
@@ -42,6 +44,7 @@ REPO = "kohya-ss/sd-scripts"
 PIN = "48d368fa"  # main, v0.10.1 (2026-02-16): Flux training merged from the sd3 branch
 OUTPUT = "kohya"
 DATASET = "dataset.toml"
+RESUME_DATASET = "dataset_resume.toml"  # the one-epoch view a resumed run reads (see resume_args)
 PROMPTS = "sample_prompts.txt"
 ARGS = "args.json"
 SCRIPT = "train.sh"
@@ -62,13 +65,27 @@ def out_dir(layout: JobLayout) -> str:
     return str(PurePosixPath(layout.root, OUTPUT))
 
 
-def dataset_toml(spec: TrainSpec, layout: JobLayout) -> str:
+def caches_text(spec: TrainSpec) -> bool:
+    """kohya refuses caption dropout and shuffling with cached text-encoder outputs: those win over the cache."""
+    captions = spec.dataset.captions
+    return spec.training.cache_text_embeddings and not (captions.dropout_rate > 0 or captions.shuffle_tags)
+
+
+def dataset_toml(spec: TrainSpec, layout: JobLayout, repeat_factor: int = 1) -> str:
+    """The dataset config; `repeat_factor` > 1 gives the one-epoch view a resumed run reads (see resume_args)."""
     ext = "." + spec.dataset.caption_extension
-    general = {"shuffle_caption": False, "caption_extension": ext, "keep_tokens": spec.dataset.captions.keep_tokens}
+    captions = spec.dataset.captions
+    general: dict[str, Any] = {
+        "shuffle_caption": captions.shuffle_tags,
+        "caption_extension": ext,
+        "keep_tokens": captions.keep_tokens,
+    }
+    if captions.dropout_rate > 0:
+        general["caption_dropout_rate"] = captions.dropout_rate
     datasets = []
     for res in spec.training.resolution:  # one [[datasets]] per resolution, as the kohya docs describe
-        subset: dict[str, Any] = {"image_dir": layout.dataset, "num_repeats": spec.dataset.repeats}
-        if spec.dataset.trigger_word:
+        subset: dict[str, Any] = {"image_dir": layout.dataset, "num_repeats": spec.dataset.repeats * repeat_factor}
+        if spec.dataset.trigger_word and captions.trigger_placement == "prepend":
             subset["class_tokens"] = spec.dataset.trigger_word  # used only for an image without a caption
         datasets.append(
             {
@@ -119,8 +136,9 @@ def train_args(spec: TrainSpec, layout: JobLayout) -> list[str]:
         ]
     else:
         args += ["--pretrained_model_name_or_path", files["checkpoint"], "--no_half_vae"]
+    if t.cache_latents:
+        args.append("--cache_latents_to_disk")
     args += [
-        "--cache_latents_to_disk",
         "--save_model_as",
         "safetensors",
         "--sdpa",
@@ -145,20 +163,25 @@ def train_args(spec: TrainSpec, layout: JobLayout) -> list[str]:
         "--network_alpha",
         str(n.alpha),
         "--network_train_unet_only",
+        *network_args(spec),
         "--optimizer_type",
         OPTIMIZERS[t.optimizer],
         "--learning_rate",
         str(t.learning_rate),
         "--lr_scheduler",
-        SCHEDULERS[t.lr_scheduler],
+        scheduler_name(t.lr_scheduler, t.lr_warmup_steps),
         "--lr_warmup_steps",
         str(t.lr_warmup_steps),
         "--max_grad_norm",
         str(t.max_grad_norm),
+        "--gradient_accumulation_steps",
+        str(t.gradient_accumulation),
+        "--optimizer_args",
+        f"weight_decay={t.weight_decay}",
     ]
     if t.optimizer == "adafactor":
-        args += ["--optimizer_args", "relative_step=False", "scale_parameter=False", "warmup_init=False"]
-    if t.cache_text_embeddings:
+        args += ["relative_step=False", "scale_parameter=False", "warmup_init=False"]
+    if caches_text(spec):
         args += ["--cache_text_encoder_outputs", "--cache_text_encoder_outputs_to_disk"]
     if t.quantize != "none":
         args.append("--fp8_base")
@@ -169,7 +192,7 @@ def train_args(spec: TrainSpec, layout: JobLayout) -> list[str]:
     else:
         args += ["--max_train_epochs", str(t.epochs)]
     every = spec.checkpointing.every_n_steps
-    keep = every * spec.checkpointing.keep_last
+    keep = every * (spec.checkpointing.keep_last - 1)  # kohya keeps the files within this span *and* one more
     args += [
         "--save_every_n_steps",
         str(every),
@@ -189,7 +212,7 @@ def train_args(spec: TrainSpec, layout: JobLayout) -> list[str]:
     if flux:
         shift = ["--timestep_sampling", t.timestep_sampling if t.timestep_sampling != "logit_normal" else "sigmoid"]
         if t.timestep_sampling == "shift":
-            shift += ["--discrete_flow_shift", "3.1582"]
+            shift += ["--discrete_flow_shift", str(t.timestep_shift)]
         args += [
             *shift,
             "--model_prediction_type",
@@ -199,17 +222,78 @@ def train_args(spec: TrainSpec, layout: JobLayout) -> list[str]:
             "--loss_type",
             "l2",
         ]
-    if s.prompts and s.every_n_steps:
-        args += [
-            "--sample_prompts",
-            str(PurePosixPath(layout.engine, PROMPTS)),
-            "--sample_every_n_steps",
-            str(s.every_n_steps),
-        ]
+    if s.prompts and (s.every_n_steps or s.at_end):
+        args += ["--sample_prompts", str(PurePosixPath(layout.engine, PROMPTS))]
+        if s.every_n_steps or t.steps:  # at_end alone: a round at the last step
+            args += ["--sample_every_n_steps", str(s.every_n_steps or t.steps)]
+        else:
+            args += ["--sample_every_n_epochs", str(t.epochs)]
     args.append("--console_log_simple")
     for key, value in (spec.engine.options.get("args") or {}).items():
         args += [f"--{key}"] if value is True else [f"--{key}", str(value)]
     return args
+
+
+def scheduler_name(name: str, warmup: int) -> str:
+    """kohya refuses warmup with `constant` (diffusers ignores it): that is `constant_with_warmup`."""
+    return "constant_with_warmup" if name == "constant" and warmup else SCHEDULERS[name]
+
+
+def network_args(spec: TrainSpec) -> list[str]:
+    """`--network_args` for the spec's targets (field_map refuses what lora_flux cannot express)."""
+    out: list[str] = []
+    if spec.catalog_entry.arch == "flux" and spec.network.targets == "default":  # attention + MLP, no modulation
+        out += ["img_mod_dim=0", "txt_mod_dim=0", "single_mod_dim=0"]
+    args = ["--network_args", *out] if out else []
+    if spec.network.dropout:
+        args += ["--network_dropout", str(spec.network.dropout)]
+    return args
+
+
+def resume_repeat_factor(spec: TrainSpec, layout: JobLayout) -> int:
+    """How many times the resumed view repeats the dataset so one epoch outlasts the whole run.
+
+    A batch holds at most `batch_size` images, so the view's epoch has at least images x repeats x factor /
+    batch_size batches: steps x accumulation of them are needed (epochs mode: the original epoch's
+    batches x epochs x accumulation, at most `epochs x accumulation x batch_size` times the original)."""
+    t = spec.training
+    need = (t.steps or t.epochs or 1) * t.gradient_accumulation * t.batch_size
+    images = dataset_count(layout)
+    if t.steps and images:  # the prepared dataset's size keeps the view (and kohya's index lists) small
+        return math.ceil(need / (images * spec.dataset.repeats))
+    return need
+
+
+def resume_args(spec: TrainSpec, layout: JobLayout, argv: list[str], step: int, state: Path) -> list[str]:
+    """Resume at cumulative `step` so kohya's own step count, checkpoint names and end stay cumulative.
+
+    train_network.py (48d368fa) multiplies the initial step by the gradient accumulation, takes whole
+    epochs of *batches* off it and makes the rest its global_step: at step 40 of 30-batch epochs it would
+    restart at 10, train to the end of the last epoch and name checkpoints by that count. So a resumed run
+    reads the same images repeated into one epoch longer than the run (`dataset_resume.toml`): no epoch is
+    skipped, global_step starts at `step` and the run stops at max_train_steps. The initial step is given
+    divided by the accumulation because kohya multiplies it back; when it does not divide, it is rounded up
+    (fewer than `accumulation` steps counted done untrained, rather than a checkpoint name reused). The
+    skipped batches of a freshly shuffled view are a different, equally random draw.
+    """
+    out = list(argv)
+    ga = spec.training.gradient_accumulation
+    resume = ["--resume", str(state), "--skip_until_initial_step", "--initial_step"]
+    if "--max_train_epochs" in out:  # the view's epochs are longer: give the run's own step count
+        total = _max_train_steps(state.with_name(state.name.removesuffix("-state") + ".safetensors"))
+        if not total:  # unknown: kohya's own (run-local) arithmetic rather than a run that never ends
+            return [*out, *resume, str(step)]
+        at = out.index("--max_train_epochs")
+        out[at : at + 2] = ["--max_train_steps", str(total)]
+    out[out.index("--dataset_config") + 1] = str(PurePosixPath(layout.engine, RESUME_DATASET))
+    return [*out, *resume, str(-(-step // ga))]  # rounded up: never a step name from before the resume
+
+
+def _max_train_steps(lora: Path) -> int | None:
+    header = safetensors_header(lora)
+    meta = (header or {}).get("__metadata__") or {}
+    value = meta.get("ss_max_train_steps")
+    return int(value) if value and str(value).isdigit() else None
 
 
 def script_name(spec: TrainSpec) -> str:
@@ -237,9 +321,9 @@ def launcher(spec: TrainSpec, python: str, root: Path) -> list[str]:
 
 # --- console output ----------------------------------------------------------------------------
 
-_STEPS = re.compile(
-    r"steps:\s+(\d+)%\|[^|]*\|\s*(\d+)/(\d+)\s+\[([\d:]+)<([\d:?]+),\s+([\d.]+|\?)(s/it|it/s)"
-    r"(?:,\s*avr_loss=([\d.eE+-]+))?"
+_STEPS = re.compile(  # anchored: kohya's `validation steps:` and `epoch validation steps:` bars are not training
+    r"^steps:\s+(\d+)%\|[^|]*\|\s*(\d+)/(\d+)\s+\[([\d:]+)<([\d:?]+),\s+([\d.]+|\?)(s/it|it/s)"
+    r"(?:,\s*avr_loss=([\d.eE+-]+|-?nan|-?inf))?"
 )
 _RICH = re.compile(
     r"^(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d )?\s*(INFO|WARNING|ERROR|DEBUG|CRITICAL)\s+(.*?)\s*(\S+\.py:\d+)?\s*$"
@@ -256,6 +340,8 @@ class KohyaParser:
         self.offset = 0  # steps skipped on a resume: kohya's bar restarts at 0
         self._record: list[str] = []  # the lines of a Rich log record being joined
         self._last_step = -1
+        self.accumulation = 1  # from the summary: kohya logs the initial step divided by it
+        self.nan_loss = False
 
     def feed(self, chunk: bytes) -> list[EngineEvent]:
         return [e for line in self._lines.feed(chunk) for e in self._line(line)]
@@ -294,12 +380,20 @@ class KohyaParser:
             data = parse_tqdm(bar)
             data["step"] += self.offset
             data["total"] += self.offset
-            if bar.group(8):
-                data["loss"] = float(bar.group(8))
+            loss = float(bar.group(8)) if bar.group(8) else None
+            out: list[EngineEvent] = []
+            if loss is not None and not math.isfinite(loss):
+                if not self.nan_loss:  # kohya trains on: the run is failed when it ends (see outcome)
+                    message = f"avr_loss={bar.group(8)} at step {data['step']}"
+                    error = {"code": "nan_loss", "message": message, "hint": hint_for("nan_loss")}
+                    out.append(EngineEvent(ev.ERROR, error))
+                self.nan_loss = True
+            elif loss is not None:
+                data["loss"] = loss
             if data["step"] == self._last_step or data["step"] == self.offset:
-                return []
+                return out
             self._last_step = data["step"]
-            return [EngineEvent(ev.PROGRESS, data)]
+            return [*out, EngineEvent(ev.PROGRESS, data)]
         m = re.match(r"saving checkpoint: (.+)$", text)
         if m:
             step = STEP_FILE.search(m.group(1))
@@ -308,8 +402,12 @@ class KohyaParser:
             return [EngineEvent(ev.LOG, {"message": f"LoRA saved: {m.group(1)}"})]
         m = re.match(r"skipping (\d+) steps", text)
         if m:
-            self.offset = int(m.group(1))
+            self.offset = int(m.group(1)) * self.accumulation
             return [EngineEvent(ev.RESUMED, {"step": self.offset})]
+        m = re.match(r"gradient accumulation steps / .*= (\d+)", text)
+        if m:
+            self.accumulation = int(m.group(1))
+            return []
         if text.startswith("resume training from local state:"):
             return [EngineEvent(ev.LOG, {"message": text})]
         if text.startswith("running training") or text.startswith("running training / 学習開始"):
@@ -354,6 +452,7 @@ class KohyaEngine:
         )
         return {
             DATASET: dataset_toml(spec, layout),
+            RESUME_DATASET: dataset_toml(spec, layout, resume_repeat_factor(spec, layout)),
             PROMPTS: prompts_file(spec),
             ARGS: json.dumps({"script": script_name(spec), "args": args}, indent=2) + "\n",
             SCRIPT: script,
@@ -380,7 +479,7 @@ class KohyaEngine:
         ) + train_args(spec, layout)
         point = self.resume_point(spec, layout)
         if point:  # the cumulative step is loraflow's, from the state folder's own name
-            argv += ["--resume", str(point[1]), "--skip_until_initial_step", "--initial_step", str(point[0])]
+            argv = resume_args(spec, layout, argv, *point)
         return Command(argv, env_names=["HF_TOKEN"], env={"PYTHONUNBUFFERED": "1", "COLUMNS": "200"}, cwd=str(root))
 
     def parser(self, spec: TrainSpec) -> KohyaParser:
@@ -428,4 +527,6 @@ class KohyaEngine:
         return finish_lora(Path(self.final_lora(spec, layout)), layout.root, spec.name, spec.output.lora_format)
 
     def outcome(self, exit_code: int | None, final_exists: bool, parser: object = None) -> Outcome:
+        if getattr(parser, "nan_loss", False):
+            return Outcome(False, False, None, "sd-scripts trained with a NaN or infinite loss")
         return outcome_for("sd-scripts", exit_code, final_exists)

@@ -51,8 +51,8 @@ from loraflow.spec import TrainSpec
 ORDER = [JobState.PENDING, JobState.PREPARING, JobState.PROVISIONING, JobState.TRAINING, JobState.FINISHING]
 THROTTLED = {ev.PROGRESS, "caching"}
 # Failures a restart cannot fix (or that the stall policy says to fail on).
-NOT_RETRYABLE = {"oom", "hf_gated", "hf_auth", "bad_input", "missing_file", "disk_full", "stalled", "fal_auth",
-                 "fal_failed"}
+NOT_RETRYABLE = {"oom", "hf_gated", "hf_auth", "bad_input", "missing_file", "disk_full", "stalled", "nan_loss",
+                 "fal_auth", "fal_failed"}
 
 
 @contextlib.contextmanager

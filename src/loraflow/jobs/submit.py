@@ -40,6 +40,7 @@ class ServiceConfig:
     max_steps: int | None = None
     max_budget_usd: float | None = None
     max_pixels: int = 80_000_000  # per image; a spec can lower it, never raise it
+    max_archive_bytes: int = 4 << 30  # an archive's expanded size (never past max_upload_mb either)
     max_archive_files: int = 20_000
     no_auth: bool = False  # only honoured for 127.0.0.1
     grants: Grants = field(default_factory=Grants)
@@ -62,14 +63,14 @@ class ServiceConfig:
             max_steps=int(env["LORAFLOW_MAX_STEPS"]) if env.get("LORAFLOW_MAX_STEPS") else None,
             max_budget_usd=float(env["LORAFLOW_MAX_BUDGET_USD"]) if env.get("LORAFLOW_MAX_BUDGET_USD") else None,
             max_pixels=int(float(env.get("LORAFLOW_MAX_PIXELS", 80_000_000))),
+            max_archive_bytes=int(float(env.get("LORAFLOW_MAX_ARCHIVE_BYTES", 4 << 30))),
             max_archive_files=int(env.get("LORAFLOW_MAX_ARCHIVE_FILES", 20_000)),
             grants=Grants.from_env(),
         )
 
-    @property
-    def max_archive_bytes(self) -> int:
+    def archive_bound(self) -> int:
         """An archive never expands past what the service would accept as a plain upload."""
-        return self.max_upload_mb << 20
+        return min(self.max_archive_bytes, self.max_upload_mb << 20)
 
 
 class DatasetUnfit(Refused):
@@ -117,7 +118,7 @@ def _limits(raw: dict[str, Any], spec: TrainSpec, config: ServiceConfig) -> list
     caps = {
         "max_images": config.max_images,
         "max_pixels": config.max_pixels,
-        "max_archive_bytes": config.max_archive_bytes,
+        "max_archive_bytes": config.archive_bound(),
         "max_archive_files": config.max_archive_files,
     }
     for key, cap in caps.items():

@@ -18,6 +18,7 @@ import yaml
 
 from loraflow import catalog
 from loraflow.errors import UserInputError
+from loraflow.notify.addresses import allow_private_from_env
 from loraflow.spec import SshTarget, TrainSpec
 
 # Engine options that name server paths or executables: never a service user's to set.
@@ -53,7 +54,7 @@ class Grants:
             hf_namespaces=_names(env.get("LORAFLOW_SERVICE_HF_NAMESPACES", "")),
             engine_options=_names(env.get("LORAFLOW_SERVICE_ENGINE_OPTIONS", "")) - NEVER_GRANTED_OPTIONS,
             wandb=env.get("LORAFLOW_SERVICE_WANDB", "0") == "1",
-            private_webhooks=env.get("LORAFLOW_WEBHOOK_ALLOW_PRIVATE", "0") == "1",
+            private_webhooks=allow_private_from_env(),
         )
 
 
@@ -104,6 +105,14 @@ def _has(raw: Any, *keys: str | int) -> bool:
 
 def _looks_like_path(value: str) -> bool:
     return value.startswith((".", "/", "~")) or "/" in value or "\\" in value
+
+
+def _is_hub_id(value: str) -> bool:
+    """`owner/name` on the Hub, and not also a folder the server would load instead (from_pretrained
+    prefers a local folder of the same name)."""
+    parts = value.split("/")
+    plain = len(parts) == 2 and all(p and not p.startswith((".", "~")) and "\\" not in p for p in parts)
+    return plain and not Path(value).exists()
 
 
 def _get(raw: Any, *keys: str) -> Any:
@@ -159,7 +168,7 @@ def refusals(raw: dict[str, Any], grants: Grants, allowed_base_models: list[str]
         out.append(f"base_model: '{base}' names a folder on the server. Fix: use a catalog id "
                    f"({', '.join(catalog.base_models())})")
     model = _get(raw, "dataset", "captions", "model")
-    if isinstance(model, str) and _looks_like_path(model) and model not in allowed_base_models:
+    if isinstance(model, str) and not _is_hub_id(model) and model not in allowed_base_models:
         out.append("dataset.captions.model: names a folder on the server. Fix: give a Hub id or remove it")
 
     # Destinations: the operator's buckets and namespaces only.
@@ -185,9 +194,9 @@ def refusals(raw: dict[str, Any], grants: Grants, allowed_base_models: list[str]
         if note.get("url_env"):
             out.append(f"notifications[{i}].url_env: names a variable of the server's environment. Fix: give url")
         if isinstance(note.get("url"), str):
-            from loraflow.notify.webhooks import check_webhook_url
+            from loraflow.notify.addresses import check_webhook_url
 
-            problem = check_webhook_url(note["url"], allow_private=grants.private_webhooks)
+            problem = check_webhook_url(note["url"], allow_private=grants.private_webhooks or allow_private_from_env())
             if problem:
                 out.append(f"notifications[{i}].url: {problem}")
     if _get(raw, "wandb", "enabled") and not grants.wandb:

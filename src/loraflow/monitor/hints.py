@@ -36,6 +36,15 @@ HINTS = [
         "a file the engine needs is missing: check the dataset and model paths in the rendered config",
     ),
     Hint(
+        "nan_loss",
+        # ai-toolkit prints exactly `loss is nan` (for inf too; often right after a `\r` bar fragment with no
+        # newline between) and trains on with the loss zeroed; kohya's bar shows `avr_loss=nan`; the builtin
+        # trainer stops with this code. Not "Prior loss is nan" (regularisation images only).
+        re.compile(r"(?<!Prior )\bloss is nan$|avr_loss=-?(?:nan|inf)\b|^loss is not finite"),
+        "the loss became NaN or infinite: lower training.learning_rate (halve it), use precision bf16 or fp32 "
+        "rather than fp16 (the VAE in fp32), and check the dataset for broken, blank or all-black images",
+    ),
+    Hint(
         "disk_full",
         re.compile(r"No space left on device", re.I),
         "the disk is full: raise compute.gpu.disk_gb or lower checkpointing.keep_last",
@@ -48,3 +57,8 @@ def match_hint(line: str) -> Hint | None:
         if hint.pattern.search(line):
             return hint
     return None
+
+
+def hint_for(code: str) -> str:
+    """The advice for a failure code, for a trainer that detects the failure itself."""
+    return next(h.hint for h in HINTS if h.code == code)

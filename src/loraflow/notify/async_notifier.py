@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from loraflow.jobs.store import Store
-from loraflow.notify.webhooks import Selector, delivery_record, resume_point, send, wants
+from loraflow.notify.webhooks import Selector, delivery_record, resume_point, send, sender_for, wants
 from loraflow.spec import NotificationTarget
 
 Record = Callable[[str, dict[str, Any]], None]  # (event type, data) -> queued for writing
@@ -28,6 +28,7 @@ class AsyncNotifier:
         self.client = client
         self.record = record
         self.selector = Selector(resume_point(store, job_id))
+        self.sender = sender_for(store.get(job_id))  # the job's address policy and signing secret
         self.queues: list[tuple[NotificationTarget, asyncio.Queue[dict[str, Any] | None]]] = [
             (t, asyncio.Queue()) for t in targets
         ]
@@ -42,7 +43,8 @@ class AsyncNotifier:
 
     async def _deliver(self, target: NotificationTarget, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
         while (p := await queue.get()) is not None:
-            self.record("webhook.delivery", delivery_record(p, target, await send(self.client, target, p)))
+            result = await send(self.client, target, p, sender=self.sender)
+            self.record("webhook.delivery", delivery_record(p, target, result))
 
     async def close(self, flush_timeout_s: float = 30.0) -> None:
         """Deliver what is queued (bounded wait); the runner that takes over resumes after the last record."""

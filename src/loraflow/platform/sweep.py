@@ -1,19 +1,24 @@
-"""The platform's periodic duties: external checks before training, settling credits, registering models.
+"""The platform's periodic duties: external checks before training, settling credits, registering models,
+removing abandoned uploads.
 
 Each duty is idempotent and recorded on the job, so any number of servers and workers may sweep.
 """
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from loraflow.jobs.states import JobState
+from loraflow.jobs.states import TERMINAL, JobState
 from loraflow.jobs.store import Job, Store
 from loraflow.platform.config import PlatformConfig
 
 ENDED = [JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.STOPPED, JobState.STOPPED_BUDGET]
+UPLOADS_EVERY_S = 600.0  # walking every upload folder each sweep (seconds apart) would be wasted work
+_uploads_swept_at: float | None = None
 
 
 def ask_precheck(job: Job, cfg: PlatformConfig) -> tuple[str, str]:
@@ -54,12 +59,35 @@ def run_prechecks(store: Store, cfg: PlatformConfig) -> None:
             store.append_event(job.id, "job.cancelled", {"reason": reason})
 
 
+def expire_uploads(store: Store) -> list[str]:
+    """Remove uploads older than LORAFLOW_UPLOAD_TTL_HOURS, except those a job that may still run (any
+    state but completed and cancelled: a stopped or failed job can be resumed) reads its dataset from."""
+    from loraflow.server.uploads import expire
+
+    alive = [s.value for s in JobState if s not in TERMINAL]
+    in_use: list[Path] = []
+    while batch := store.list_jobs(states=alive, limit=500, offset=len(in_use)):
+        in_use += [Path(job.train_spec.dataset.path) for job in batch]
+    return expire(in_use)
+
+
+def _uploads_due() -> bool:
+    global _uploads_swept_at
+    now = time.monotonic()
+    if _uploads_swept_at is not None and now - _uploads_swept_at < UPLOADS_EVERY_S:
+        return False
+    _uploads_swept_at = now
+    return True
+
+
 def sweep(store: Store, cfg: PlatformConfig | None = None) -> dict[str, Any]:
     from loraflow.platform.credits import settle
     from loraflow.platform.registry import register_job
 
     cfg = cfg or PlatformConfig.from_env()
-    done: dict[str, Any] = {"settled": [], "registered": []}
+    done: dict[str, Any] = {"settled": [], "registered": [], "uploads_removed": []}
+    if _uploads_due():
+        done["uploads_removed"] = expire_uploads(store)
     if cfg.precheck_url:
         run_prechecks(store, cfg)
     for job in store.list_jobs(states=[s.value for s in ENDED], limit=500):

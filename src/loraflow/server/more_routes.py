@@ -24,7 +24,9 @@ async def create_upload(
     from loraflow.dataset import DatasetRun
 
     upload_id, dataset = await uploads.create(user.name, files, request.app.state.config.max_upload_mb << 20)
-    return {"upload_id": upload_id, "report": DatasetRun(str(dataset)).check().to_dict()}
+    report = DatasetRun(str(dataset)).check().to_dict()
+    report["source"] = f"upload {upload_id}"  # never the server's own path
+    return {"upload_id": upload_id, "report": report}
 
 
 @router.get("/api/uploads/{upload_id}/captions", tags=["datasets"])
@@ -59,6 +61,20 @@ def job_from_upload(
     folder = uploads.folder(user.name, upload_id)
     parsed = read_spec(spec, state.config, "spec", dataset_path=str(folder))
     return submit(store, parsed, user.name, state.config, state.platform, force).to_dict()
+
+
+@router.get("/api/webhook-secret", tags=["service"])
+def webhook_secret(user: Auth) -> dict[str, str]:
+    """Your own webhook signing secret, to verify X-Loraflow-Signature on what your jobs send."""
+    import os
+
+    from loraflow.notify.signing import SECRET_ENV, user_secret
+
+    shared = os.environ.get(SECRET_ENV)
+    if not shared:
+        raise Problem(404, "not found", "this service does not sign webhooks (its operator set no secret)")
+    secret = shared if user.name == "local" else user_secret(shared, user.name)  # no-auth: one's own server
+    return {"secret": secret, "header": "X-Loraflow-Signature"}
 
 
 @router.post("/api/jobs/{job_id}/approve", tags=["jobs"])

@@ -1,19 +1,24 @@
 """Dataset uploads kept for editing before a job is made from them (the web wizard and /api/uploads).
 
 An upload lives in `LORAFLOW_HOME/uploads/web-<user>-<id>/dataset/`: the user's name is part of the
-path, so nobody reaches another user's upload by guessing its id.
+path, so nobody reaches another user's upload by guessing its id. An archive is expanded member by
+member in chunks, bounded by the upload limit (and the default dataset.checks.max_archive_bytes), and
+every stored name is sanitized. Abandoned uploads are removed by the periodic sweep (`expire`).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import time
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from fastapi import UploadFile
 
 from loraflow import paths
+from loraflow.errors import UserInputError
 from loraflow.server.problems import Problem
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -41,18 +46,44 @@ async def save_files(uploads: list[UploadFile], folder: Path, limit: int) -> Pat
     return dest_dir / Path(uploads[0].filename or "").name if single_archive else dest_dir
 
 
-def _unpack(saved: Path, dest: Path) -> None:
-    """A zip or tar goes through the dataset reader's safety checks; loose files are moved as they are."""
-    dest.mkdir(parents=True, exist_ok=True)
-    if saved.is_file():
-        from loraflow.dataset.sources import ArchiveLimits, open_source
+def stored_name(path: str, taken: set[str]) -> str | None:
+    """The file name an archive member gets: its folders joined with '__' (an image and its caption stay a
+    pair), every character outside letters, digits, '.', '-', '_' replaced; None for hidden files."""
+    parts = PurePosixPath(path).parts
+    if not parts or parts[-1].startswith("."):
+        return None
+    name = re.sub(r"[^\w.\-]+", "_", "__".join(parts)).lstrip("._-")[-200:] or "file"
+    stem, suffix = os.path.splitext(name)
+    candidate, n = name, 2
+    while candidate.lower() in taken:
+        candidate, n = f"{stem}-{n}{suffix}", n + 1
+    taken.add(candidate.lower())
+    return candidate
 
-        entries, _findings = open_source(str(saved), ArchiveLimits(4 << 30, 20000))
-        for entry in entries:
-            name = Path(entry.path).name
-            if name and not name.startswith("."):
-                (dest / name).write_bytes(entry.read())
+
+def _unpack(saved: Path, dest: Path, limit: int) -> None:
+    """A zip or tar goes through the dataset reader's safety checks, then is written in chunks up to
+    `limit` bytes in all; loose files are moved as they are (their size was counted while receiving)."""
+    if saved.is_file():
+        from loraflow.dataset.sources import ArchiveLimits, ArchiveTooLarge, extract, open_source
+        from loraflow.spec import DatasetChecks
+
+        bound = min(limit, DatasetChecks().max_archive_bytes)
+        try:
+            entries, findings = open_source(str(saved), ArchiveLimits(bound, DatasetChecks().max_archive_files))
+            refusals = [f for f in findings if f.severity == "error"]
+            if any(f.code == "archive_too_large" for f in refusals):
+                raise ArchiveTooLarge(refusals[0].message, fix=refusals[0].fix)
+            if refusals:
+                raise Problem(422, "archive refused", "; ".join(f.line() for f in refusals))
+            taken: set[str] = set()
+            extract(entries, dest, bound, lambda e: stored_name(e.path, taken))
+        except ArchiveTooLarge as exc:
+            raise Problem(413, "upload too large", f"{exc.message} ({bound // (1 << 20)} MB)") from None
+        except UserInputError as exc:
+            raise Problem(422, "archive refused", exc.message) from None
         return
+    dest.mkdir(parents=True, exist_ok=True)
     for path in saved.iterdir():
         shutil.move(str(path), dest / path.name)
 
@@ -62,7 +93,7 @@ async def create(user: str, files: list[UploadFile], limit: int) -> tuple[str, P
     upload_id = uuid.uuid4().hex
     root = paths.home() / "uploads" / f"web-{user}-{upload_id}"
     try:
-        _unpack(await save_files(files, root / "incoming", limit), root / "dataset")
+        _unpack(await save_files(files, root / "incoming", limit), root / "dataset", limit)
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
@@ -99,3 +130,37 @@ def captions(dataset: Path) -> dict[str, str]:
 
 def write_caption(dataset: Path, name: str, text: str) -> None:
     image(dataset, name).with_suffix(".txt").write_text(text.strip() + "\n", encoding="utf-8")
+
+
+def _last_touched(folder: Path) -> float:
+    """The newest modification under the folder: a caption edited an hour ago keeps its upload alive."""
+    stamps = [folder.stat().st_mtime]
+    for base, dirs, files in os.walk(folder):
+        stamps += [os.stat(os.path.join(base, n)).st_mtime for n in dirs + files]
+    return max(stamps)
+
+
+def ttl_hours() -> float:
+    return float(os.environ.get("LORAFLOW_UPLOAD_TTL_HOURS", "24"))
+
+
+def expire(in_use: list[Path], max_age_s: float | None = None, now: float | None = None) -> list[str]:
+    """Remove uploads untouched for `max_age_s` (LORAFLOW_UPLOAD_TTL_HOURS) that no job in `in_use` (the
+    dataset paths of jobs still alive) points into; the names of those removed."""
+    root = paths.home() / "uploads"
+    if not root.is_dir():
+        return []
+    max_age = ttl_hours() * 3600 if max_age_s is None else max_age_s
+    cutoff = (time.time() if now is None else now) - max_age
+    used = [p.resolve() for p in in_use]
+    removed = []
+    for folder in root.iterdir():
+        held = any(p == folder.resolve() or folder.resolve() in p.parents for p in used)
+        try:
+            if held or not folder.is_dir() or _last_touched(folder) > cutoff:
+                continue
+        except FileNotFoundError:  # removed by another sweeper meanwhile
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder.name)
+    return removed

@@ -3,7 +3,11 @@ accepts, the same console output (print() lines on stdout, logger records on std
 --console_log_simple or Rich-formatted and wrapped at 80 columns on stderr without it, the `steps:` tqdm
 bar on stderr), the same files (`<name>-step00000100.safetensors`, `<name>-step00000100-state/` with
 `train_state.json`, `sample/<name>_000100_00_<time>.png`, the final `<name>.safetensors`) and the same
-resume semantics (the bar restarts at 0; --skip_until_initial_step --initial_step N keeps names cumulative).
+resume arithmetic as train_network.py at 48d368fa: with --skip_until_initial_step the initial step is
+multiplied by the gradient accumulation, whole epochs of `ceil(batches / accumulation)` steps are skipped
+by taking whole epochs of *batches* off it, and what is left becomes global_step (so resuming at step N of
+an L-batch epoch restarts the step count at N mod L, trains to the end of the last epoch and names files
+by that run-local step); the bar counts `max_train_steps - initial_step` from 0.
 
 Faults for tests: KOHYA_STANDIN_OOM_AT=N raises CUDA OOM at step N; KOHYA_STANDIN_STEP_S seconds per step.
 """
@@ -80,8 +84,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "save_last_n_steps",
         "save_last_n_steps_state",
         "sample_every_n_steps",
+        "sample_every_n_epochs",
         "initial_step",
         "learning_rate",
+        "gradient_accumulation_steps",
     ):
         p.add_argument(f"--{name}")
     for flag in (
@@ -110,6 +116,53 @@ def save_state(out: Path, name: str, step: int, epoch: int, log: Log, final: boo
     log.info(f"save train state to {state}/train_state.json at epoch {epoch} step {step}")
 
 
+def removals(every: int, step: int, keep: int | None, keep_state: int | None) -> list[tuple[int, bool]]:
+    """train_util.get_remove_step_no: the step `last_n + 1` before, rounded down to the save cadence."""
+    out = []
+    for span, is_state in ((keep, False), (keep_state, True)):
+        if span is None:
+            continue
+        old = step - span - 1
+        old -= old % every
+        if old > 0 or (old == 0 and not is_state):
+            out.append((old, is_state))
+    return out
+
+
+def save_step(
+    args: argparse.Namespace, out: Path, name: str, step: int, epoch: int, rank: int, alpha: float, total: int, log: Log
+) -> None:
+    path = out / f"{name}-step{step:08d}.safetensors"
+    print(f"\nsaving checkpoint: {path}", flush=True)
+    save_file(
+        kohya_lora(rank, alpha, step),
+        path,
+        metadata={
+            "ss_network_dim": str(rank),
+            "ss_network_alpha": str(alpha),
+            "ss_steps": str(step),
+            "ss_max_train_steps": str(total),
+            "ss_base_model_version": "flux1",
+            "modelspec.architecture": "flux-1-dev/lora",
+        },
+    )
+    if args.save_state:
+        log.info(f"saving state at step {step}", "train_network.py:1100")
+        save_state(out, name, step, epoch, log)
+
+
+def sample(out: Path, name: str, step: int, prompts: list[str], log: Log) -> None:
+    log.info(f"generating sample images at step / サンプル画像生成 ステップ: {step}", "flux_train_utils.py:100")
+    (out / "sample").mkdir(exist_ok=True)
+    for idx, prompt in enumerate(prompts):
+        log.info(f"prompt: {prompt.split(' --')[0]}", "flux_train_utils.py:150")
+        for _ in tqdm(range(3), file=sys.stderr):
+            pass
+        stamp = time.strftime("%Y%m%d%H%M%S")
+        image = Image.new("RGB", (32, 32), (step % 255, 30, 200))
+        image.save(out / "sample" / f"{name}_{step:06d}_{idx:02d}_{stamp}.png")
+
+
 def run(argv: list[str]) -> int:
     args = parse(argv)
     log = Log(args.console_log_simple)
@@ -123,8 +176,16 @@ def run(argv: list[str]) -> int:
     log.info("caching latents...", "train_util.py:1111")
     rank, alpha = int(args.network_dim), float(args.network_alpha)
     log.info("create LoRA for FLUX all blocks: 304 modules.", "lora_flux.py:800")
-    total = int(args.max_train_steps)
-    initial = 0
+    accumulation = int(args.gradient_accumulation_steps or 1)
+    batches = sum(  # len(train_dataloader): one bucket per dataset here
+        math.ceil(len(images) * int(sub.get("num_repeats", 1)) / int(ds.get("batch_size", 1)))
+        for ds in config["datasets"]
+        for sub in ds["subsets"]
+    )
+    per_epoch = math.ceil(batches / accumulation)  # optimizer steps an epoch
+    total = int(args.max_train_steps) if args.max_train_steps else int(args.max_train_epochs) * per_epoch
+    epochs = math.ceil(total / per_epoch)
+    from_state = None
     if args.resume:
         log.info(f"resume training from local state: {args.resume}", "train_util.py:4500")
         state = json.loads((Path(args.resume) / "train_state.json").read_text())
@@ -133,89 +194,97 @@ def run(argv: list[str]) -> int:
             f"'current_step': {state['current_step']}}}",
             "train_network.py:1200",
         )
-        if args.skip_until_initial_step:
-            initial = int(args.initial_step) if args.initial_step else int(state["current_step"])
-    per_epoch = max(1, len(images) * len(config["datasets"]))
+        from_state = int(state["current_step"])
     print("running training / 学習開始")
-    print(f"  num train images * repeats / 学習画像の数×繰り返し回数: {per_epoch}")
-    print(f"  num batches per epoch / 1epochのバッチ数: {per_epoch}")
-    print(f"  num epochs / epoch数: {math.ceil(total / per_epoch)}")
+    print(f"  num train images * repeats / 学習画像の数×繰り返し回数: {batches}")
+    print(f"  num batches per epoch / 1epochのバッチ数: {batches}")
+    print(f"  num epochs / epoch数: {epochs}")
     print("  batch size per device / バッチサイズ: 1")
-    print("  gradient accumulation steps / 勾配を合計するステップ数 = 1")
+    print(f"  gradient accumulation steps / 勾配を合計するステップ数 = {accumulation}")
     print(f"  total optimization steps / 学習ステップ数: {total}", flush=True)
-    if initial:
-        log.info(f"skipping {initial} steps / {initial} ステップをスキップします", "train_network.py:1300")
+    initial = int(args.initial_step) if args.initial_step is not None else (from_state or 0)
+    if initial > 0:
+        assert total > initial, f"max_train_steps should be greater than initial step: {total} vs {initial}"
+    epoch_to_start = 0
+    if initial > 0:
+        if args.skip_until_initial_step:
+            log.info(f"skipping {initial} steps / {initial}ステップをスキップします", "train_network.py:1265")
+            initial *= accumulation
+            epoch_to_start = initial // per_epoch
+        else:
+            epoch_to_start = initial // per_epoch
+            initial = 0
+    global_step = 0
+    if initial > 0:
+        for skip_epoch in range(epoch_to_start):
+            log.info(f"skipping epoch {skip_epoch + 1} because initial_step (multiplied) is {initial}")
+            initial -= batches
+        global_step = initial
     step_s = float(os.environ.get("KOHYA_STANDIN_STEP_S", "0.01"))
     oom_at = int(os.environ.get("KOHYA_STANDIN_OOM_AT", "0"))
-    every, keep = int(args.save_every_n_steps or 0), int(args.save_last_n_steps or 0)
+    nan_at = int(os.environ.get("KOHYA_STANDIN_NAN_AT", "0"))
+    every = int(args.save_every_n_steps or 0)
+    keep = int(args.save_last_n_steps) if args.save_last_n_steps is not None else None
+    keep_state = int(args.save_last_n_steps_state) if args.save_last_n_steps_state else keep
     sample_every = int(args.sample_every_n_steps or 0)
+    if args.sample_every_n_epochs:
+        sample_every = int(args.sample_every_n_epochs) * per_epoch
     prompts = (
         [ln for ln in Path(args.sample_prompts).read_text().splitlines() if ln.strip()] if args.sample_prompts else []
     )
     bar = tqdm(range(total - initial), smoothing=0, desc="steps", file=sys.stderr)
     losses: list[float] = []
-    for i in range(total - initial):
-        step = initial + i + 1
-        if step % per_epoch == 1 or per_epoch == 1:
-            print(f"\nepoch {(step - 1) // per_epoch + 1}/{math.ceil(total / per_epoch)}", flush=True)
-        if oom_at and step == oom_at:
-            bar.close()
-            sys.stderr.write(
-                'Traceback (most recent call last):\n  File "flux_train_network.py", line 559\n'
-                "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.50 GiB\n"
-            )
-            return 1
-        time.sleep(step_s)
-        losses.append(0.4 * math.exp(-step / total) + 0.02 * math.cos(step))
-        bar.update(1)
-        bar.set_postfix(avr_loss=sum(losses[-per_epoch:]) / len(losses[-per_epoch:]))
-        if every and step % every == 0 and step != total:
-            path = out / f"{name}-step{step:08d}.safetensors"
-            print(f"\nsaving checkpoint: {path}", flush=True)
-            save_file(
-                kohya_lora(rank, alpha, step),
-                path,
-                metadata={
-                    "ss_network_dim": str(rank),
-                    "ss_network_alpha": str(alpha),
-                    "ss_steps": str(step),
-                    "ss_base_model_version": "flux1",
-                    "modelspec.architecture": "flux-1-dev/lora",
-                },
-            )
-            if args.save_state:
-                log.info(f"saving state at step {step}", "train_network.py:1100")
-                save_state(out, name, step, (step - 1) // per_epoch + 1, log)
-            if keep:
-                for old in out.glob(f"{name}-step*.safetensors"):
-                    if int(old.stem.split("-step")[1]) <= step - keep:
-                        print(f"removing old checkpoint: {old}")
-                        old.unlink()
-                for old in out.glob(f"{name}-step*-state"):
-                    if int(old.name.split("-step")[1][:8]) <= step - keep:
-                        log.info(f"removing old state: {old}", "train_util.py:5000")
-                        shutil.rmtree(old)
-        if sample_every and step % sample_every == 0 and prompts:
-            log.info(f"generating sample images at step / サンプル画像生成 ステップ: {step}", "flux_train_utils.py:100")
-            (out / "sample").mkdir(exist_ok=True)
-            for idx, prompt in enumerate(prompts):
-                log.info(f"prompt: {prompt.split(' --')[0]}", "flux_train_utils.py:150")
-                for _ in tqdm(range(3), file=sys.stderr):
-                    pass
-                stamp = time.strftime("%Y%m%d%H%M%S")
-                Image.new("RGB", (32, 32), (step % 255, 30, 200)).save(
-                    out / "sample" / f"{name}_{step:06d}_{idx:02d}_{stamp}.png"
+    done = False
+    for epoch in range(epoch_to_start, epochs):
+        print(f"\nepoch {epoch + 1}/{epochs}\n", flush=True)
+        skip, initial = max(initial, 0), 0
+        trained = 0
+        for batch in range(skip, batches):
+            trained += 1
+            if trained % accumulation and batch != batches - 1:
+                continue  # gradients accumulate; no optimizer step yet
+            step = global_step + 1
+            if oom_at and step == oom_at:
+                bar.close()
+                sys.stderr.write(
+                    'Traceback (most recent call last):\n  File "flux_train_network.py", line 559\n'
+                    "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.50 GiB\n"
                 )
+                return 1
+            time.sleep(step_s)
+            global_step = step
+            loss = 0.4 * math.exp(-step / total) + 0.02 * math.cos(step)
+            losses.append(math.nan if nan_at and step >= nan_at else loss)
+            bar.update(1)
+            bar.set_postfix(avr_loss=sum(losses[-batches:]) / len(losses[-batches:]))
+            if sample_every and step % sample_every == 0 and prompts:
+                sample(out, name, step, prompts, log)
+            if every and step % every == 0:
+                save_step(args, out, name, step, epoch + 1, rank, alpha, total, log)
+                for old, is_state in removals(every, step, keep, keep_state):
+                    old_path = out / f"{name}-step{old:08d}{'-state' if is_state else '.safetensors'}"
+                    if old_path.exists():
+                        if is_state:
+                            log.info(f"removing old state: {old_path}", "train_util.py:5000")
+                            shutil.rmtree(old_path)
+                        else:
+                            print(f"removing old checkpoint: {old_path}")
+                            old_path.unlink()
+            if global_step >= total:
+                done = True
+                break
+        if done:
+            break
     bar.close()
     if args.save_state_on_train_end:
         log.info("saving last state.", "train_network.py:1500")
-        save_state(out, name, total, math.ceil(total / per_epoch), log, final=True)
+        save_state(out, name, global_step, epochs, log, final=True)
     final = out / f"{name}.safetensors"
     print(f"\nsaving checkpoint: {final}", flush=True)
     save_file(
-        kohya_lora(rank, alpha, total),
+        kohya_lora(rank, alpha, global_step),
         final,
-        metadata={"ss_network_dim": str(rank), "ss_network_alpha": str(alpha), "ss_steps": str(total)},
+        metadata={"ss_network_dim": str(rank), "ss_network_alpha": str(alpha), "ss_steps": str(global_step)},
     )
     log.info("model saved.", "train_network.py:1600")
     return 0

@@ -48,8 +48,9 @@ def sample_latents(params: torch.Tensor, generator: torch.Generator, shift: floa
 
 
 def sample_sigmas(batch: int, mode: str, shift: float, generator: torch.Generator) -> torch.Tensor:
-    """Noise levels in (0, 1): uniform, sigmoid of a normal (logit-normal), or uniform with a shift."""
-    if mode in ("sigmoid", "logit_normal"):
+    """Noise levels in (0, 1): uniform, sigmoid of a normal (logit-normal), or logit-normal shifted by `shift`
+    (kohya's `shift`, FluxGym's recipe: the same meaning on every engine, docs/engines.md)."""
+    if mode in ("sigmoid", "logit_normal", "shift"):
         u = torch.sigmoid(torch.randn(batch, generator=generator))
     else:
         u = torch.rand(batch, generator=generator)

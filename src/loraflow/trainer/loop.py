@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from loraflow.monitor.hints import hint_for
 from loraflow.trainer import checkpoint as ckpt
 from loraflow.trainer.components import DTYPES, FluxParts, load_flux, pick_device
 from loraflow.trainer.config import TrainerConfig
@@ -275,6 +276,10 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
             loss = loss / cfg.gradient_accumulation
             (scaler.scale(loss) if scaler else loss).backward()
             loss_sum += float(loss.detach())
+        if not math.isfinite(loss_sum):  # NaN/inf poisons the weights and every step after: fail before saving
+            emit("error", code="nan_loss", message=f"loss is not finite ({loss_sum}) at step {step + 1}",
+                 hint=hint_for("nan_loss"))
+            return 1
         if scaler:
             scaler.unscale_(optimizer)
         if cfg.max_grad_norm > 0:
