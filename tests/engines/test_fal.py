@@ -232,3 +232,12 @@ def test_pack_gives_fal_txt_captions_whatever_the_extension(tmp_path: Path) -> N
     (tmp_path / "manifest.json").write_text("{}")
     with zipfile.ZipFile(io.BytesIO(pack(tmp_path, "caption"))) as zf:
         assert sorted(zf.namelist()) == ["a.jpg", "a.txt"] and zf.read("a.txt") == b"lfx waving"
+
+
+def test_a_service_user_cannot_spend_the_operators_fal_account_unless_granted() -> None:
+    from loraflow.jobs.trust import Grants, refusals
+
+    for raw in ({"engine": "fal"}, {"engine": {"name": "fal"}}):
+        (line,) = refusals(raw, Grants(), [])
+        assert line.startswith("engine.name: fal") and "LORAFLOW_SERVICE_HOSTED_ENGINES=fal" in line
+        assert refusals(raw, Grants(hosted_engines=frozenset({"fal"})), []) == []

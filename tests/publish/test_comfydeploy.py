@@ -12,6 +12,7 @@ import yaml
 
 from loraflow.jobs.states import JobState
 from loraflow.jobs.store import Store
+from loraflow.jobs.trust import Grants, refusals
 from loraflow.testing.comfydeploy_emulator import ComfyDeployEmulator
 from loraflow.testing.hub_standin import HubStandin
 from tests.conftest import EXAMPLES
@@ -140,8 +141,16 @@ def test_api_publish_route_pushes_only_when_the_operator_grants_it(
     assert refused.status_code == 403 and "LORAFLOW_SERVICE_COMFYDEPLOY" in refused.json()["detail"]
     assert api("POST", f"/api/jobs/{job_id}/publish", json={"to": "civitai"}).status_code == 422
     monkeypatch.setenv("LORAFLOW_SERVICE_COMFYDEPLOY", "1")
+    api.client.app.state.config.grants = Grants.from_env()  # what the server reads at start
     pushed = api("POST", f"/api/jobs/{job_id}/publish", json={"to": "comfydeploy"})
     assert pushed.status_code == 200, pushed.text
     (result,) = pushed.json()["published"]
     assert result["type"] == "comfydeploy" and result["status"] == "success"
     assert "loras/mascot.safetensors" in comfy.volume
+
+
+def test_a_service_spec_cannot_push_to_the_operators_workspace_unless_granted() -> None:
+    raw = {"publish": {"targets": [{"type": "huggingface", "repo_id": "svc/m"}, {"type": "comfydeploy"}]}}
+    (line,) = [p for p in refusals(raw, Grants(hf_namespaces=frozenset({"svc"})), []) if "targets[1]" in p]
+    assert "LORAFLOW_SERVICE_COMFYDEPLOY=1" in line and "Fix:" in line
+    assert refusals(raw, Grants(hf_namespaces=frozenset({"svc"}), comfydeploy=True), []) == []

@@ -42,6 +42,8 @@ class Grants:
     hf_namespaces: frozenset[str] = frozenset()  # Hugging Face owners repos may be created under
     engine_options: frozenset[str] = frozenset()  # engine.options keys users may pass through
     wandb: bool = False  # W&B runs under the operator's WANDB_API_KEY
+    hosted_engines: frozenset[str] = frozenset()  # engines that spend the operator's account (fal: FAL_KEY)
+    comfydeploy: bool = False  # pushes into the operator's ComfyDeploy workspace (COMFY_DEPLOY_API_KEY)
     private_webhooks: bool = False  # webhooks to loopback/private addresses (on-prem, tests)
 
     @classmethod
@@ -54,6 +56,8 @@ class Grants:
             hf_namespaces=_names(env.get("LORAFLOW_SERVICE_HF_NAMESPACES", "")),
             engine_options=_names(env.get("LORAFLOW_SERVICE_ENGINE_OPTIONS", "")) - NEVER_GRANTED_OPTIONS,
             wandb=env.get("LORAFLOW_SERVICE_WANDB", "0") == "1",
+            hosted_engines=_names(env.get("LORAFLOW_SERVICE_HOSTED_ENGINES", "")),
+            comfydeploy=env.get("LORAFLOW_SERVICE_COMFYDEPLOY", "0") == "1",
             private_webhooks=allow_private_from_env(),
         )
 
@@ -135,7 +139,11 @@ def refusals(raw: dict[str, Any], grants: Grants, allowed_base_models: list[str]
     out: list[str] = []
     grant_hint = "ask the operator to grant it"
 
-    # Engines: no executables, checkouts or launchers from a spec.
+    # Engines: a hosted one trains on the operator's account; no executables, checkouts or launchers.
+    engine = _get(raw, "engine", "name") if isinstance(raw.get("engine"), dict) else raw.get("engine")
+    if engine in catalog.hosted_engines() and engine not in grants.hosted_engines:
+        out.append(f"engine.name: {engine} trains on this service's own {engine} account. Fix: use another engine, "
+                   f"or {grant_hint} (LORAFLOW_SERVICE_HOSTED_ENGINES={engine})")
     options = _get(raw, "engine", "options")
     for key in options if isinstance(options, dict) else {}:
         if key in NEVER_GRANTED_OPTIONS:
@@ -182,6 +190,9 @@ def refusals(raw: dict[str, Any], grants: Grants, allowed_base_models: list[str]
                 allowed = ", ".join(sorted(grants.s3_buckets)) or "(none; LORAFLOW_SERVICE_S3_BUCKETS)"
                 out.append(f"{where}.bucket: {t.get('bucket')!r} is not a bucket this service publishes to. "
                            f"Fix: use one of {allowed}")
+        elif t.get("type") == "comfydeploy" and not grants.comfydeploy:
+            out.append(f"{where}: ComfyDeploy pushes go to this service's own workspace. Fix: remove it, or "
+                       f"{grant_hint} (LORAFLOW_SERVICE_COMFYDEPLOY=1)")
         elif t.get("type") == "huggingface":
             owner = str(t.get("repo_id") or "").split("/", 1)[0]
             if owner not in grants.hf_namespaces:

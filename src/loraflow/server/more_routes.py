@@ -1,6 +1,5 @@
 """API routes beyond the job basics: uploads with caption editing, approval, publishing, money."""
 
-import os
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -99,6 +98,7 @@ def approve_job(
 
 @router.post("/api/jobs/{job_id}/publish", tags=["jobs"])
 def publish(
+    request: Request,
     job_id: str,
     user: Auth,
     store: Db,
@@ -118,7 +118,7 @@ def publish(
         raise Problem(409, "conflict", f"job {job_id} is {job.state.value}; publish a completed job")
     if not job.train_spec.publish.targets:
         raise Problem(422, "no targets", "the job's spec has no publish.targets")
-    if to == "comfydeploy" and os.environ.get("LORAFLOW_SERVICE_COMFYDEPLOY") != "1":
+    if to == "comfydeploy" and not request.app.state.config.grants.comfydeploy:
         raise Problem(403, "not granted", "this service does not push LoRAs to ComfyDeploy (its operator's "
                       "workspace); the operator grants it with LORAFLOW_SERVICE_COMFYDEPLOY=1")
     results = publish_job(store, job, checkpoint, only=to)
