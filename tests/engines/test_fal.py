@@ -51,6 +51,7 @@ def write_spec(tmp_path: Path, **extra: object) -> Path:
 
 
 def test_fal_job_end_to_end(tmp_path: Path, fal: FalEmulator, cli) -> None:
+    fal.result_503s = 1  # a busy gateway once: asked again, not taken for a failed run
     result = cli("train", write_spec(tmp_path, engine={"name": "fal", "options": {"is_style": True}}))
     assert result.code == 0, result.out + result.err
     assert "$0.08" in result.out  # the price, shown before submit
@@ -76,6 +77,7 @@ def test_fal_job_end_to_end(tmp_path: Path, fal: FalEmulator, cli) -> None:
     assert any("fal: Preprocessing images" in m for m in logs)
     steps = [e.data["step"] for e in store.events(job.id, types=["progress"])]
     assert steps[-1] == 40 and steps == sorted(steps) and len(steps) >= 2
+    assert any("HTTP 503 reading the result" in e.data["message"] for e in store.events(job.id, types=["warning"]))
     (cost,) = store.events(job.id, types=["cost"])
     assert cost.data["usd"] == pytest.approx(0.08)
     # The LoRA fal sent, converted to the spec's layout, and bundled like any job's.
@@ -124,6 +126,20 @@ def test_missing_fal_key_is_refused_before_anything(tmp_path: Path, cli, monkeyp
     assert result.code == 2
     assert "FAL_KEY" in result.out + result.err and "export FAL_KEY" in result.out + result.err
     assert Store().list_jobs() == []
+
+
+def test_platform_credits_quote_and_charge_fals_price(tmp_path: Path, fal: FalEmulator, cli) -> None:
+    from loraflow.platform.config import PlatformConfig
+    from loraflow.platform.credits import quote, real_cost_usd
+    from loraflow.spec import load_spec
+
+    cfg = PlatformConfig(local_usd_per_hour=3.0)  # the platform's own GPUs are not what fal runs on
+    spec_path = write_spec(tmp_path)
+    assert quote(load_spec(spec_path), cfg).estimate_usd == pytest.approx(0.08)
+    assert cli("train", spec_path).code == 0
+    store = Store()
+    usd, detail = real_cost_usd(store, store.list_jobs()[0], cfg)
+    assert usd == pytest.approx(0.08) and detail["hosted"]["engine"] == "fal"
 
 
 def test_a_price_over_the_budget_is_refused_before_anything(tmp_path: Path, cli, fal: FalEmulator) -> None:
@@ -184,6 +200,7 @@ def test_a_fal_key_written_into_a_spec_is_refused(tmp_path: Path, cli) -> None:
 def test_the_api_estimate_shows_fals_price() -> None:
     from fastapi.testclient import TestClient
 
+    from loraflow.jobs.trust import Grants
     from loraflow.server.app import ServiceConfig, create_app
     from loraflow.server.tokens import create_token
 
@@ -191,9 +208,13 @@ def test_the_api_estimate_shows_fals_price() -> None:
     token = create_token(store, "alice")
     spec = {"name": "m", "dataset": {"path": "x", "trigger_word": "lfx"}, "base_model": "flux-dev", "engine": "fal",
             "training": {"steps": 500}}
+    body, headers = {"spec": json.dumps(spec)}, {"Authorization": f"Bearer {token}"}
     with TestClient(create_app(store, ServiceConfig())) as client:
-        answer = client.post("/api/estimate", json={"spec": json.dumps(spec)},
-                             headers={"Authorization": f"Bearer {token}"})
+        refused = client.post("/api/estimate", json=body, headers=headers)  # the operator's fal account
+    assert refused.status_code == 422 and "LORAFLOW_SERVICE_HOSTED_ENGINES=fal" in refused.text
+    granted = ServiceConfig(grants=Grants(hosted_engines=frozenset({"fal"})))
+    with TestClient(create_app(store, granted)) as client:
+        answer = client.post("/api/estimate", json=body, headers=headers)
     assert answer.status_code == 200, answer.text
     (row,) = answer.json()["estimates"]
     assert row["cost_usd"] == pytest.approx(1.0) and row["app"] == "fal-ai/flux-lora-fast-training"

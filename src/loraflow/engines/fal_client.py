@@ -206,7 +206,7 @@ def run(config: dict[str, Any]) -> int:
             if follower.feed(status.json()):
                 break
             STOP.wait(poll_s)
-        answer = http.get(state["response_url"])
+        answer = _result(http, state["response_url"])
         if answer.status_code >= 400 and answer.status_code not in (401, 403):
             state_path.unlink(missing_ok=True)  # a failed run is not billed; resuming submits it again
             raise FalError("fal_failed", f"fal's training request failed: {_detail(answer)}",
@@ -222,6 +222,25 @@ def run(config: dict[str, Any]) -> int:
     emit("cost", usd=round(float(config["usd_per_step"]) * total, 4))
     emit("done", step=total, lora=config["lora_path"])
     return 0
+
+
+def _result(http: httpx.Client, url: str, tries: int = 6) -> httpx.Response:
+    """The finished request's answer. A gateway's 429/502/503/504 or a dropped connection is asked again;
+    any other error status is the run's own failure, which fal reports there."""
+    delay = 1.0
+    for attempt in range(tries):
+        try:
+            answer = http.get(url)
+            if answer.status_code not in (429, 502, 503, 504) or attempt == tries - 1:
+                return answer
+            emit("warning", message=f"fal: HTTP {answer.status_code} reading the result; trying again")
+        except httpx.TransportError as exc:
+            if attempt == tries - 1:
+                raise FalError("fal_unreachable", f"fal did not answer while reading the result: {exc}",
+                               "try again later (`loraflow jobs resume`); the request id is kept") from exc
+        STOP.wait(delay)
+        delay = min(delay * 2, 30)
+    raise AssertionError("unreachable")
 
 
 def _stop(http: httpx.Client, state: dict[str, Any], state_path: Path, follower: Follower) -> int:

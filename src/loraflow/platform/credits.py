@@ -72,7 +72,11 @@ def quote(spec: TrainSpec, cfg: PlatformConfig) -> Quote:
     """The estimate for the job's provider, or its budget cap when that is higher (the most it may cost)."""
     from loraflow.jobs.estimate import estimate
 
-    if spec.compute.provider == "vastai":
+    if spec.engine.name == "fal":  # a hosted trainer's price per run
+        from loraflow.engines.fal import price_usd
+
+        est = price_usd(spec)
+    elif spec.compute.provider == "vastai":
         from loraflow.providers.vastai import VastProvider
 
         est = VastProvider().offers(spec)[0].estimate.cost_usd
@@ -161,7 +165,10 @@ def hold(store: Store, user: str, job_id: str, points: int) -> Balance:
 
 
 def real_cost_usd(store: Store, job: Job, cfg: PlatformConfig) -> tuple[float, dict[str, Any]]:
-    """Leases at their real prices; local work at the platform's own hourly rate."""
+    """Leases at their real prices; local work at the platform's own hourly rate; a hosted run at the price
+    its engine recorded (no GPU of the platform's was used)."""
+    if job.train_spec.engine.name == "fal":
+        return job.cost_usd, {"leases": [], "local_seconds": 0.0, "hosted": {"engine": "fal", "usd": job.cost_usd}}
     usd = job_cost(job.artifacts, None)
     leases = [
         {k: lease.get(k) for k in ("provider", "instance_id", "gpu", "price_usd_h", "started_at", "ended_at")}

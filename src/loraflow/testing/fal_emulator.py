@@ -10,7 +10,8 @@ What it answers (shapes from fal's queue and storage documentation; see docs/eng
     PUT  /<app>/requests/<id>/cancel                 202 CANCELLATION_REQUESTED while queued, else 400
 Every queue and storage-initiate call needs `Authorization: Key <FAL_KEY>` (401 otherwise). A request
 moves one state per status poll: through `queue` positions, then `progress_polls` rounds of logs with
-step counters, then COMPLETED. `fail="result"` makes the finished request answer 500, as a failed run does.
+step counters, then COMPLETED. `fail="result"` makes the finished request answer 500, as a failed run does;
+`result_503s = N` makes the next N reads of a result answer 503, as a busy gateway does.
 
 Inspection (not fal's API): GET /_emu/state.
 
@@ -60,6 +61,7 @@ class FalEmulator:
         self.queue = list(queue)
         self.progress_polls = progress_polls
         self.fail = fail
+        self.result_503s = 0  # the next result reads answered 503 by the gateway (a transient failure)
         self.files: dict[str, tuple[str, bytes]] = {}  # token -> (name, bytes)
         self.pending_uploads: dict[str, str] = {}  # token -> file name
         self.requests: dict[str, Request] = {}
@@ -242,6 +244,9 @@ class FalEmulator:
             return h._answer(400, {"detail": "Request was cancelled"})
         if not done:
             return h._answer(400, {"detail": "Request is still in progress"})
+        if self.result_503s > 0:
+            self.result_503s -= 1
+            return h._answer(503, {"detail": "Service Unavailable"})
         if self.fail == "result":
             return h._answer(500, {"detail": "Training failed: CUDA error: an illegal memory access was encountered"})
         lora_token, config_token = f"lora-{r.id}", f"config-{r.id}"
