@@ -262,3 +262,22 @@ def test_a_service_user_cannot_spend_the_operators_fal_account_unless_granted() 
         (line,) = refusals(raw, Grants(), [])
         assert line.startswith("engine.name: fal") and "LORAFLOW_SERVICE_HOSTED_ENGINES=fal" in line
         assert refusals(raw, Grants(hosted_engines=frozenset({"fal"})), []) == []
+
+
+def test_stopped_while_fal_trains_resumes_by_following_the_same_request(tmp_path: Path, fal: FalEmulator,
+                                                                       cli) -> None:
+    fal.progress_polls = 400  # fal cannot cancel a run it has started: the stop keeps its request id
+    assert cli("train", write_spec(tmp_path), "--detach").code == 0
+    store = Store()
+    job = store.list_jobs()[0]
+    wait_for(lambda: store.get(job.id).step > 0)
+    assert cli("jobs", "stop", job.id).code == 0
+    wait_for(lambda: store.get(job.id).state not in ACTIVE)
+    assert store.get(job.id).state is JobState.STOPPED
+    assert (job.folder / "run" / "fal-request.json").exists()
+    fal.progress_polls = 1
+    assert cli("jobs", "resume", job.id).code == 0
+    wait_for(lambda: store.get(job.id).state not in ACTIVE)
+    job = store.get(job.id)
+    assert job.state is JobState.COMPLETED, job.error
+    assert len(fal.state()["requests"]) == 1 and job.cost_usd == pytest.approx(0.08)
