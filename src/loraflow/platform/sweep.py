@@ -1,4 +1,5 @@
-"""The platform's periodic duties: external checks before training, settling credits, registering models.
+"""The platform's periodic duties: external checks before training, settling credits, registering models,
+retention (platform/gc.py).
 
 Each duty is idempotent and recorded on the job, so any number of servers and workers may sweep.
 """
@@ -75,4 +76,18 @@ def sweep(store: Store, cfg: PlatformConfig | None = None) -> dict[str, Any]:
             except Exception as exc:  # noted on the job; the sweep goes on
                 store.append_event(job.id, "warning", {"message": f"could not register the model: {exc}"})
         store.add_artifacts(job.id, swept=True)
+    _collect_garbage(store, done)
     return done
+
+
+def _collect_garbage(store: Store, done: dict[str, Any]) -> None:
+    """Retention (platform/gc.py), once per LORAFLOW_GC_EVERY_S: the sweep runs every few seconds."""
+    from loraflow.platform.gc import periodic
+
+    try:
+        collected = periodic(store)
+    except Exception as exc:  # a disk problem must not stop checks, credits and the registry
+        print(f"retention failed: {exc!r}")
+        return
+    if collected is not None:
+        done["gc"] = collected
