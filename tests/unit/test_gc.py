@@ -62,6 +62,7 @@ def set_age(path: Path, days: float) -> None:
 def job(store: Store, state: str, days: float, files: dict[str, int] | None = None, **artifacts) -> Path:
     spec = parse_spec({"name": "g", "dataset": {"path": "/tmp/x"}, "base_model": "tiny-flux"})
     j = store.create_job(spec)
+    store.update(j.id, stages_done=["prepare", "render"])
     for s in STEPS_TO[state]:
         store.transition(j.id, s)
     if artifacts:
@@ -144,6 +145,7 @@ def test_failed_and_cancelled_folders_after_their_own_days(store: Store) -> None
     plans = {p.job_id: p for p in collect(store, GcPolicy(older_than_days=14, failed_days=30))}
     assert set(plans) == {old_failed.name, cancelled_with_bundle.name, cancelled_plain.name}
     assert not old_failed.exists() and not cancelled_plain.exists()
+    assert store.get(old_failed.name).stages_done == []  # a resume prepares again instead of missing files
     assert plans[cancelled_plain.name].bytes == 40
     assert present(recent_failed) == set(PATHS)
     assert present(cancelled_with_bundle) == {"bundle/loraflow-g-x.zip"}

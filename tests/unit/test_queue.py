@@ -154,6 +154,11 @@ def test_worker_tick_announces(store: Store, monkeypatch: pytest.MonkeyPatch) ->
     assert [d["position"] for d in queued(store, ids[2])] == [2]
     w.tick()
     assert len(queued(store, ids[2])) == 1  # still second: no second event
+    assert set(w._queue_seen) == {ids[1], ids[2]}
+    store.transition(ids[1], "cancelled")  # leaves the queue: the last one moves up
+    w.tick()
+    assert [d["position"] for d in queued(store, ids[2])] == [2, 1]
+    assert set(w._queue_seen) == {ids[2]}
 
 
 def test_human_line() -> None:

@@ -186,15 +186,24 @@ def entry(store: Store, job: Job, slots: int | None = None) -> QueueEntry | None
     return snapshot(store, slots).get(job.id)
 
 
-def announce(store: Store, slots: int | None = None) -> list[str]:
+def announce(store: Store, slots: int | None = None, seen: dict[str, tuple[Any, ...]] | None = None) -> list[str]:
     """Append `job.queued` to each waiting job whose place changed since its last one; returns their ids.
 
     The comparison and the append are one transaction on the job's row, so several workers announcing
-    at once never record the same change twice."""
+    at once never record the same change twice. `seen` (kept by the caller between rounds) skips that
+    write transaction for jobs whose place this caller already knows is unchanged."""
     changed: list[str] = []
-    for job_id, e in snapshot(store, slots).items():
+    places = snapshot(store, slots)
+    if seen is not None:
+        for gone in set(seen) - set(places):
+            del seen[gone]
+    for job_id, e in places.items():
         data = e.to_dict()
         key = (e.position, e.position_for_user, e.waiting_for)
+        if seen is not None:
+            if seen.get(job_id) == key:
+                continue
+            seen[job_id] = key
         with store.session() as s, s.begin():
             row = s.execute(select(JobRow).where(JobRow.id == job_id).with_for_update()).scalar_one_or_none()
             if row is None or _waiting(row.state, row.artifacts, row.lease, row.worker is not None) is None:

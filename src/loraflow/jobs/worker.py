@@ -49,6 +49,7 @@ class Worker:
         self.follow = follow
         self.follower: Follower | None = None
         self._thread: threading.Thread | None = None
+        self._queue_seen: dict[str, tuple[object, ...]] = {}  # waiting jobs' last announced places
 
     def claim(self, limit: int) -> list[str]:
         """Take up to `limit` jobs nobody is working on; returns their ids."""
@@ -112,7 +113,7 @@ class Worker:
         from loraflow.jobs.queue import announce
 
         try:
-            announce(self.store, self.slots)
+            announce(self.store, self.slots, self._queue_seen)
         except Exception as exc:  # the queue's news must never stop the worker from working
             print(f"queue announce failed: {exc!r}")
 

@@ -258,7 +258,12 @@ def collect(store: Store, policy: GcPolicy, dry_run: bool = False, now: float | 
             _remove(removal.path)
         if plan.job_id is not None:
             data = plan.to_dict(paths.job_dir(plan.job_id))
-            store.append_event(plan.job_id, "gc.removed", {k: data[k] for k in ("paths", "bytes", "kinds")})
+            fields: dict[str, Any] = {}
+            if "folder" in data["kinds"] and plan.state == JobState.FAILED.value:
+                fields["stages_done"] = []  # its dataset and checkpoints are gone: a resume starts over
+            store.append_event(
+                plan.job_id, "gc.removed", {k: data[k] for k in ("paths", "bytes", "kinds")}, **fields
+            )
         done.append(plan)
     return done
 
