@@ -193,13 +193,17 @@ def test_uploads_no_job_uses(store: Store) -> None:
     assert used.exists() and fresh.exists() and not abandoned.exists()
 
 
-def test_cli_dry_run_and_bad_flags(store: Store, cli) -> None:
+def test_cli_dry_run_and_bad_input(store: Store, cli, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = job(store, "failed", 40, NO_BUNDLE)
     out = cli("gc", "--dry-run")
     assert out.code == 0 and "would free" in out.out and folder.name in out.out
     assert folder.exists()
     bad = cli("gc", "--failed-days", "-1")
     assert bad.code == 2 and "--failed-days" in bad.err and "Traceback" not in bad.err
+    monkeypatch.setenv("LORAFLOW_GC_OLDER_THAN_DAYS", "two weeks")
+    env = cli("gc")
+    monkeypatch.delenv("LORAFLOW_GC_OLDER_THAN_DAYS")
+    assert env.code == 2 and "LORAFLOW_GC_OLDER_THAN_DAYS" in env.err and folder.exists()
     done = cli("gc")
     assert done.code == 0 and "freed" in done.out and not folder.exists()
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from loraflow import paths
+from loraflow.errors import UserInputError
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Job, Store
 
@@ -57,15 +58,27 @@ class GcPolicy:
 
     @classmethod
     def from_env(cls) -> GcPolicy:
-        env = os.environ
         d = cls()
         return cls(
-            older_than_days=float(env.get("LORAFLOW_GC_OLDER_THAN_DAYS", d.older_than_days)),
-            failed_days=float(env.get("LORAFLOW_GC_FAILED_DAYS", d.failed_days)),
-            uploads_days=float(env.get("LORAFLOW_GC_UPLOADS_DAYS", d.uploads_days)),
-            include_bundles=env.get("LORAFLOW_GC_INCLUDE_BUNDLES", "0") == "1",
-            every_s=float(env.get("LORAFLOW_GC_EVERY_S", d.every_s)),
+            older_than_days=_number("LORAFLOW_GC_OLDER_THAN_DAYS", d.older_than_days),
+            failed_days=_number("LORAFLOW_GC_FAILED_DAYS", d.failed_days),
+            uploads_days=_number("LORAFLOW_GC_UPLOADS_DAYS", d.uploads_days),
+            include_bundles=os.environ.get("LORAFLOW_GC_INCLUDE_BUNDLES", "0") == "1",
+            every_s=_number("LORAFLOW_GC_EVERY_S", d.every_s),
         )
+
+
+def _number(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise UserInputError(f"{name}={raw!r} is not a number of days or seconds", fix=f"set {name} to 0 or more")
+    return value
 
 
 @dataclass(frozen=True)
