@@ -16,6 +16,7 @@ from loraflow.jobs.worker import Worker
 from loraflow.spec import parse_spec
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+STEPS_TO_APPROVAL = ["preparing", "provisioning", "training", "finishing", "awaiting_approval"]
 
 
 def spec(name: str = "q", steps: int = 100):
@@ -97,6 +98,25 @@ def test_what_a_job_waits_for(store: Store) -> None:
         slot: (3, "slot"),
     }
     assert places[gpu].eta_s is not None and places[gpu].eta_s >= 0
+
+
+def test_approvals_queue_on_their_own(store: Store) -> None:
+    slot = pending(store, "alice", 5)
+    held = []
+    for n, owner in enumerate(["bob", "alice"]):
+        job_id = pending(store, owner, n)
+        for state in STEPS_TO_APPROVAL:
+            store.transition(job_id, state)
+        held.append(job_id)
+    places = queue.snapshot(store, slots=1)
+    assert places[slot].position == 1 and places[slot].waiting == 1  # approvals do not wait for slots
+    assert [(places[j].position, places[j].position_for_user, places[j].waiting_for) for j in held] == [
+        (1, 1, "approval"),
+        (2, 1, "approval"),
+    ]
+    assert places[held[0]].eta_s is None
+    queue.announce(store, slots=1)
+    assert [d["waiting_for"] for d in queued(store, held[1])] == ["approval"]
 
 
 def test_job_queued_events_follow_the_queue(store: Store) -> None:

@@ -2,7 +2,8 @@
 
 A job waits for a worker slot (pending), for the operator's external check (pending, `check`), or
 for a GPU offer (provisioning without a lease yet). The queue is the order the workers claim jobs
-in (jobs/worker.py: oldest `created_at` first, ties by id), so position 1 is taken next.
+in (jobs/worker.py: oldest `created_at` first, ties by id), so position 1 is taken next. Jobs
+awaiting a person's approval after training form a queue of their own (oldest first, no ETA).
 
 The ETA is when the job is expected to get a slot, from the jobs ahead of it: every slot-holding job
 frees its slot after its remaining steps at its measured rate (its latest `progress` event), or
@@ -38,17 +39,23 @@ class QueueEntry:
     position: int  # 1 = taken next, among every waiting job
     position_for_user: int  # among the same owner's waiting jobs
     waiting: int  # how many jobs wait in all
-    waiting_for: str  # slot | check | gpu
+    waiting_for: str  # slot | check | gpu | approval
     eta_s: float | None  # seconds until it is expected to be taken up (None: unknown)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def what(self) -> str:
+        """What it waits for, in words (the web page)."""
+        words = {"slot": "a worker slot", "check": "the external check", "gpu": "a GPU offer"}
+        return words.get(self.waiting_for, self.waiting_for)
+
     def line(self) -> str:
         """A short human form: `#2 (yours #1) ~4m`."""
         eta = "" if self.eta_s is None else f" ~{human_seconds(self.eta_s)}"
         mine = f" (yours #{self.position_for_user})" if self.position_for_user != self.position else ""
-        what = {"check": " check", "gpu": " gpu"}.get(self.waiting_for, "")
+        what = "" if self.waiting_for == "slot" else f" {self.waiting_for}"
         return f"#{self.position}{mine}{what}{eta}"
 
 
@@ -82,6 +89,8 @@ def _waiting(state: str, artifacts: dict[str, Any] | None, lease: Any, claimed: 
         return None if claimed else "slot"
     if state == JobState.PROVISIONING.value and not lease:
         return "gpu"
+    if state == JobState.AWAITING_APPROVAL.value:
+        return "approval"
     return None
 
 
@@ -157,7 +166,7 @@ def snapshot(store: Store, slots: int | None = None, now: datetime | None = None
     kinds = {j.id: waiting_for(j, j.id in claimed) for j in active}
     queue = sorted((j for j in active if kinds[j.id]), key=lambda j: (j.created_at, j.id))
     if not queue:
-        return {}
+        return _approvals(store)
     holders = [j for j in active if kinds[j.id] in (None, "gpu") and _holds_slot(j)]
     busy = sorted(remaining_s(store, j, now) for j in holders)
     # When slot i frees: with n holders and `slots` slots, the last `slots` of [0]*slots + busy (sorted).
@@ -176,6 +185,18 @@ def snapshot(store: Store, slots: int | None = None, now: datetime | None = None
             est = _estimate(job)
             heapq.heappush(free, eta + (est.total_s if est is not None else 0.0))
         out[job.id] = QueueEntry(n, per_user[job.owner], len(queue), kind, None if eta is None else round(eta, 1))
+    return out | _approvals(store)
+
+
+def _approvals(store: Store) -> dict[str, QueueEntry]:
+    """Jobs awaiting a person's approval, oldest first: a queue of its own, with no ETA (a person decides)."""
+    jobs = store.list_jobs(states=[JobState.AWAITING_APPROVAL.value], limit=100_000)
+    jobs.sort(key=lambda j: (j.created_at, j.id))
+    per_user: dict[str, int] = {}
+    out: dict[str, QueueEntry] = {}
+    for n, job in enumerate(jobs, start=1):
+        per_user[job.owner] = per_user.get(job.owner, 0) + 1
+        out[job.id] = QueueEntry(n, per_user[job.owner], len(jobs), "approval", None)
     return out
 
 
