@@ -97,7 +97,11 @@ def test_what_a_job_waits_for(store: Store) -> None:
         gpu: (2, "gpu"),
         slot: (3, "slot"),
     }
-    assert places[gpu].eta_s is not None and places[gpu].eta_s >= 0
+    est = queue._estimate(store.get(gpu))
+    assert est is not None and places[gpu].eta_s is not None
+    assert est.setup_s - 60 < places[gpu].eta_s <= est.setup_s  # what is left of its set-up
+    store.append_event(gpu, "log", {"message": "offer snatched, trying the next"})  # news does not reset it
+    assert queue.snapshot(store, slots=4)[gpu].eta_s <= places[gpu].eta_s
 
 
 def test_approvals_queue_on_their_own(store: Store) -> None:

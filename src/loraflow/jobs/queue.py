@@ -142,8 +142,14 @@ def remaining_s(store: Store, job: Job, now: datetime) -> float:
             return (est.steps_s + est.samples_s) * (1 - done) + est.transfer_s
         return total
     if job.state is JobState.PROVISIONING and est is not None:
-        return max(0.0, total - _since(job.updated_at, now))
+        return max(0.0, total - _since(_entered(store, job), now))
     return total
+
+
+def _entered(store: Store, job: Job) -> datetime:
+    """When the job entered its state (its row's updated_at moves with every event)."""
+    last = store.events(job.id, types=["job.state"], latest=True)
+    return last[0].ts if last else job.created_at
 
 
 def _holds_slot(job: Job) -> bool:
@@ -179,7 +185,7 @@ def snapshot(store: Store, slots: int | None = None, now: datetime | None = None
         kind = kinds[job.id] or "slot"
         if kind == "gpu":  # it has its slot already (counted among the holders): its set-up is what is left
             est = _estimate(job)
-            eta: float | None = None if est is None else max(0.0, est.setup_s - _since(job.updated_at, now))
+            eta: float | None = None if est is None else max(0.0, est.setup_s - _since(_entered(store, job), now))
         else:
             eta = heapq.heappop(free)
             est = _estimate(job)
