@@ -12,6 +12,7 @@ from loraflow.cli import (
     cloud_cmd,
     dataset_cmd,
     engine_cmd,
+    gc_cmd,
     jobs_cmd,
     platform_cmd,
     publish_cmd,
@@ -46,6 +47,7 @@ app.command("instances")(cloud_cmd.instances)
 app.command("reap")(cloud_cmd.reap)
 app.command("serve")(serve_cmd.serve)
 app.command("worker")(serve_cmd.worker)
+app.command("gc")(gc_cmd.gc)
 app.add_typer(serve_cmd.tokens_app, name="tokens")
 app.add_typer(platform_cmd.credits_app, name="credits")
 app.add_typer(platform_cmd.models_app, name="models")

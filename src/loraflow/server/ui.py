@@ -38,6 +38,10 @@ def install(app: FastAPI) -> None:
     def store() -> Store:
         return app.state.store
 
+    from loraflow.jobs.queue import entry as queue_entry
+
+    templates.env.globals["queue_of"] = lambda job: queue_entry(store(), job)  # _job_live.html's queue line
+
     def session_user(request: Request) -> User | None:
         if app.state.config.no_auth:
             return User("local", admin=True)
