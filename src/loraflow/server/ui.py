@@ -19,6 +19,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.datastructures import UploadFile as StarletteUpload
 
 from loraflow import paths
+from loraflow.errors import SpecError, UserInputError
 from loraflow.jobs.states import ACTIVE, RESUMABLE, JobState
 from loraflow.jobs.store import Job, Store
 from loraflow.server import uploads
@@ -277,12 +278,16 @@ def install(app: FastAPI) -> None:
 
         user = need_user(request)
         folder = upload_dir(user, upload_id)
+        form = dict(await request.form())
         try:
-            spec = parse_spec(settings_spec(folder, dict(await request.form())), "settings")
+            spec = parse_spec(settings_spec(folder, form), "settings")
             job = submit_job(app.state, spec, user, False)
-        except Exception as exc:
-            ctx = wizard_context(folder, upload_id)
-            return render(request, "wizard.html", user, **ctx, error=str(exc))
+        except (Problem, UserInputError) as exc:
+            # Shown where the user pressed Start, with everything they typed still in the form.
+            ctx = {**wizard_context(folder, upload_id), **kept_input(form)}
+            response = render(request, "wizard.html", user, **ctx, error=start_error(exc))
+            response.status_code = 422 if isinstance(exc, UserInputError) else exc.status
+            return response
         return RedirectResponse(f"/jobs/{job.id}", status_code=303)
 
     def wizard_context(folder: Path, upload_id: str) -> dict[str, Any]:
@@ -293,10 +298,12 @@ def install(app: FastAPI) -> None:
 
         report = DatasetRun(str(folder)).check()
         items = [{"name": name, "caption": text} for name, text in uploads.captions(folder).items()]
+        models = list(base_models().values())
+        defaults = model_defaults()
         advanced = [
-            {"key": k, "default": "" if f.default is None else f.default, "help": f.description or ""}
+            {"key": k, "default": defaults[models[0].id][k], "help": f.description or ""}
             for k, f in TrainingSpec.model_fields.items()
-            if k in ("steps", "learning_rate", "batch_size", "resolution", "optimizer", "seed", "lr_scheduler")
+            if k in ADVANCED
         ]
         return {
             "upload_id": upload_id,
@@ -305,10 +312,53 @@ def install(app: FastAPI) -> None:
             "captioners": sorted(b for b in AVAILABLE if b != "existing"),
             "trigger": "",
             "name": "lora",
-            "models": list(base_models().values()),
+            "models": models,
+            "model_defaults": defaults,
+            "chosen_model": models[0].id,
+            "chosen_preset": "",
+            "values": {},
             "presets": sorted(vram_presets()),
             "advanced": advanced,
         }
+
+
+ADVANCED = ("steps", "learning_rate", "batch_size", "resolution", "optimizer", "seed", "lr_scheduler")
+
+
+def model_defaults() -> dict[str, dict[str, str]]:
+    """The advanced fields' placeholders per base model: what the job gets when a field is left empty
+    (the catalog's values over the schema's), so the page never shows a default that will not apply."""
+    from loraflow.catalog import base_models, defaults_for
+    from loraflow.spec import TrainingSpec
+
+    schema = TrainingSpec().model_dump(mode="json")
+    out: dict[str, dict[str, str]] = {}
+    for model in base_models().values():
+        merged = {**schema, **defaults_for(model, model.default_engine, None).get("training", {})}
+        out[model.id] = {k: json.dumps(merged[k]) if isinstance(merged[k], list) else str(merged[k]) for k in ADVANCED}
+    return out
+
+
+def kept_input(form: dict[str, Any]) -> dict[str, Any]:
+    """What the user typed in the Start form, to fill it in again when the page comes back with an error."""
+    values = {k.split(".", 1)[1]: str(v) for k, v in form.items() if k.startswith("training.") and str(v).strip()}
+    return {
+        "name": str(form.get("name") or ""),
+        "trigger": str(form.get("trigger_word") or ""),
+        "chosen_model": str(form.get("base_model") or ""),
+        "chosen_preset": str(form.get("vram_preset") or ""),
+        "values": values,
+    }
+
+
+def start_error(exc: Problem | UserInputError) -> dict[str, Any]:
+    """A refusal as a heading and one line per problem (every spec problem, every dataset error)."""
+    if isinstance(exc, SpecError):
+        return {"title": f"The settings have {len(exc.problems)} problem(s):", "lines": exc.problems}
+    if isinstance(exc, UserInputError):
+        return {"title": exc.render(), "lines": []}
+    lines = exc.detail.split("; ") if exc.extra.get("findings") else [exc.detail] if exc.detail else []
+    return {"title": f"{exc.title[:1].upper()}{exc.title[1:]}:" if lines else exc.title, "lines": lines}
 
 
 def _escape(text: str) -> str:
