@@ -59,16 +59,18 @@ def test_notebook_cpu_run_interrupted_then_resumed(tmp_path: Path, monkeypatch: 
     first, error = run(tmp_path, overrides + "STOP_AFTER_STEP = 15\n")
     assert error is not None and "training is stopped" in str(error)  # the run was interrupted at the train cell
     text = outputs(first)
-    assert "job.state" in text and "stopped at step" in text
+    assert "job.state" in text and "stopped at step 15/40" in text  # exactly where STOP_AFTER_STEP said
+    assert "started a new job" in text and "on CPU" in text and "'hours'" not in text  # a sentence, not a dict
     assert "HF_TOKEN" in text and CANARY not in text  # secrets show as set / not set, never their value
 
     second, error = run(tmp_path, overrides + "STOP_AFTER_STEP = None\n")
     assert error is None, error
     text = outputs(second)
+    assert "resuming job" in text and "same settings" in text
     import re
 
     resumed_at = int(re.search(r"resumed: \{'step': (\d+)", text).group(1))
-    assert resumed_at >= 15  # continued from the interruption's checkpoint, not from step 0
+    assert resumed_at == 15  # continued from the interruption's checkpoint, not from step 0
     assert "completed at step 40/40" in text
     assert "lora_header_readable': True" in text and "bundle:" in text
     assert CANARY not in text

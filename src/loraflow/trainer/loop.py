@@ -41,6 +41,18 @@ class StopFlag:
         signal.signal(signal.SIGINT, handler)
 
 
+PAUSE_FILE = "run/pause-at-step"
+
+
+def pause_step(out: Path) -> float:
+    """The step to pause at that someone asked for while training runs (the notebook's STOP_AFTER_STEP): a
+    signal arrives steps late on a fast model, a step number read before each checkpoint decision does not."""
+    try:
+        return int((out / PAUSE_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return math.inf
+
+
 def _optimizer(params: list[torch.nn.Parameter], cfg: TrainerConfig) -> torch.optim.Optimizer:
     name = cfg.optimizer
     if name == "adamw8bit":
@@ -300,6 +312,7 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
             eta_s=round((total - step) / rate, 1) if rate else None,
         )
         pause = stop.requested or (cfg.stop_after_step is not None and step >= cfg.stop_after_step)
+        pause = pause or step >= pause_step(out)
         if step % cfg.checkpoint_every == 0 or step == total or pause:
             checkpoint_now(step)
         if cfg.sample_every and step % cfg.sample_every == 0 and step != total:
@@ -307,6 +320,7 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
             sample_now(step)
             parts.transformer.train()
         if pause and step < total:
+            (out / PAUSE_FILE).unlink(missing_ok=True)  # a pause request is honoured once; a resume goes on
             emit("stopped", step=step, total=total)
             return STOPPED_EXIT
 
