@@ -3,6 +3,7 @@ errors appear where the user pressed the button, with what they typed still in t
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -26,11 +27,12 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., str]]:
 
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(*args: str) -> str:
+    def start(*args: str, env: dict[str, str] | None = None) -> str:
         port = free_port()
         log = open(tmp_path / f"server-{port}.log", "wb")  # noqa: SIM115
         argv = [sys.executable, "-m", "loraflow.cli", "serve", "--port", str(port), *args]
-        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log))
+        environ = {**os.environ, "HF_HOME": str(tmp_path / "hf"), **(env or {})}  # no model cached, hub offline
+        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, env=environ))
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -99,3 +101,47 @@ def test_wizard_placeholders_are_the_chosen_models_defaults(serve, page) -> None
     assert page.get_attribute("#adv-steps", "placeholder") == "2000"
     assert page.get_attribute("#adv-resolution", "placeholder") == "[512, 768, 1024]"
     assert "PydanticUndefined" not in page.content()
+
+
+def test_captioners_offered_only_where_they_run_with_progress_and_errors(serve, page, tmp_path: Path) -> None:  # noqa: F811
+    from loraflow.testing.tiny_wd14 import build_tiny_wd14
+
+    tagger = build_tiny_wd14(tmp_path / "wd14")
+    server = serve("--no-auth", "--workers", "0", env={"LORAFLOW_CAPTIONER_MODELS": f"wd14={tagger}"})
+    images = [p for p in sorted(EXAMPLES.joinpath("sample_dataset").iterdir()) if p.name != "mascot_01.txt"]
+    upload(page, server, images)
+    offered = page.locator("#captioner option").all_inner_texts()
+    assert offered == ["template", "wd14"]  # florence2 has no model here and the hub is offline
+    not_here = page.inner_text("#captioners-not-here")
+    assert "florence2 (its model florence-community/Florence-2-large is not downloaded" in not_here
+    # A captioner the server cannot run, posted anyway (an old page): the reason shows, nothing runs.
+    page.evaluate("document.querySelector('#captioner').add(new Option('florence2'))")
+    page.select_option("#captioner", "florence2")
+    with page.expect_response(lambda r: r.url.endswith("/autocaption")) as answer:
+        page.click("#autocaption")
+    assert answer.value.status == 422
+    assert "florence2 cannot caption on this server" in page.inner_text("#caption-status .error")
+    # The tagger runs in the background; the page follows it and ends with the new caption in the grid.
+    page.select_option("#captioner", "wd14")
+    page.click("#autocaption")
+    page.wait_for_selector("#caption-done", timeout=120_000)
+    assert page.inner_text("#caption-done") == "wd14 captioned 1 image(s); 7 kept their own captions."
+    assert "mascot" in page.input_value('textarea[data-image="mascot_01.jpg"]')
+    shot(page, "wizard-captioned")
+
+
+def test_a_captioner_that_fails_says_so_on_the_page(serve, page, tmp_path: Path) -> None:  # noqa: F811
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.onnx").write_bytes(b"not an onnx model")
+    (broken / "selected_tags.csv").write_text("tag_id,name,category,count\n")
+    server = serve("--no-auth", "--workers", "0", env={"LORAFLOW_CAPTIONER_MODELS": f"wd14={broken}"})
+    images = [p for p in sorted(EXAMPLES.joinpath("sample_dataset").iterdir()) if p.name != "mascot_01.txt"]
+    upload(page, server, images)
+    page.select_option("#captioner", "wd14")
+    page.click("#autocaption")
+    page.wait_for_selector("#caption-status .error", timeout=120_000)
+    text = page.inner_text("#caption-status .error")
+    assert "the wd14 captioner failed" in text and "no caption file was written" in text
+    assert page.input_value('textarea[data-image="mascot_01.jpg"]') == ""
+    shot(page, "wizard-caption-failed")

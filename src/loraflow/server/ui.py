@@ -8,6 +8,9 @@ SameSite=Strict cookie (logging out revokes it).
 from __future__ import annotations
 
 import json
+import threading
+import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.datastructures import UploadFile as StarletteUpload
 
 from loraflow import paths
-from loraflow.errors import SpecError, UserInputError
+from loraflow.errors import LoraflowError, SpecError, UserInputError
 from loraflow.jobs.states import ACTIVE, RESUMABLE, JobState
 from loraflow.jobs.store import Job, Store
 from loraflow.server import uploads
@@ -223,16 +226,36 @@ def install(app: FastAPI) -> None:
     def upload_image(request: Request, upload_id: str, name: str) -> FileResponse:
         return FileResponse(uploads.image(upload_dir(need_user(request), upload_id), name))
 
+    caption_runs: dict[str, CaptionRun] = {}
+
+    def caption_status(request: Request, upload_id: str, folder: Path, error: str | None = None) -> HTMLResponse:
+        run = caption_runs.get(str(folder))
+        ctx: dict[str, Any] = {"upload_id": upload_id, "run": run, "error": error or (run and run.error)}
+        if run and run.finished and not run.error:
+            ctx |= {"items": wizard_context(folder, upload_id)["items"], "oob": True}
+        response = templates.TemplateResponse(request, "_caption_status.html", ctx)
+        response.status_code = 422 if error else 200
+        return response
+
     @app.post("/ui/uploads/{upload_id}/autocaption", response_class=HTMLResponse, include_in_schema=False)
     def autocaption(request: Request, upload_id: str, backend: str = Form("template")) -> HTMLResponse:
-        from loraflow.caption.run import caption_folder
+        """Start captioning in the background; the answer polls its progress and ends with the captions."""
+        from loraflow.caption.available import operator_model, why_not
         from loraflow.spec import CaptionPolicy
 
         folder = upload_dir(need_user(request), upload_id)
-        if backend not in ("template", "wd14", "florence2"):
-            raise Problem(422, "unknown captioner", f"{backend!r} is not available here")
-        caption_folder(folder, CaptionPolicy(backend=backend, mode="fill_missing"))
-        return templates.TemplateResponse(request, "_captions.html", wizard_context(folder, upload_id))
+        reason = why_not(backend)
+        if reason:
+            return caption_status(request, upload_id, folder, f"{backend} cannot caption on this server: {reason}")
+        running = caption_runs.get(str(folder))
+        if running is None or running.finished:
+            policy = CaptionPolicy(backend=backend, mode="fill_missing", model=operator_model(backend))
+            caption_runs[str(folder)] = CaptionRun(backend).start(folder, policy)
+        return caption_status(request, upload_id, folder)
+
+    @app.get("/ui/uploads/{upload_id}/autocaption", response_class=HTMLResponse, include_in_schema=False)
+    def autocaption_progress(request: Request, upload_id: str) -> HTMLResponse:
+        return caption_status(request, upload_id, upload_dir(need_user(request), upload_id))
 
     def settings_spec(folder: Path, form: dict[str, Any]) -> dict[str, Any]:
         training: dict[str, Any] = {}
@@ -291,7 +314,7 @@ def install(app: FastAPI) -> None:
         return RedirectResponse(f"/jobs/{job.id}", status_code=303)
 
     def wizard_context(folder: Path, upload_id: str) -> dict[str, Any]:
-        from loraflow.caption.run import AVAILABLE
+        from loraflow.caption.available import captioner_status
         from loraflow.catalog import base_models, vram_presets
         from loraflow.dataset import DatasetRun
         from loraflow.spec import TrainingSpec
@@ -305,11 +328,13 @@ def install(app: FastAPI) -> None:
             for k, f in TrainingSpec.model_fields.items()
             if k in ADVANCED
         ]
+        status = captioner_status()
         return {
             "upload_id": upload_id,
             "report": report,
             "items": items,
-            "captioners": sorted(b for b in AVAILABLE if b != "existing"),
+            "captioners": [name for name, reason in status.items() if reason is None],
+            "not_here": {name: reason for name, reason in status.items() if reason is not None},
             "trigger": "",
             "name": "lora",
             "models": models,
@@ -320,6 +345,42 @@ def install(app: FastAPI) -> None:
             "presets": sorted(vram_presets()),
             "advanced": advanced,
         }
+
+
+@dataclass
+class CaptionRun:
+    """One auto-caption run over an upload, in a thread of this server: what the page polls."""
+
+    backend: str
+    started: float = field(default_factory=time.monotonic)
+    done: int = 0
+    total: int = 0
+    finished: bool = False
+    error: str | None = None
+    result: dict[str, int] | None = None
+
+    @property
+    def elapsed_s(self) -> int:
+        return int(time.monotonic() - self.started)
+
+    def start(self, folder: Path, policy: Any) -> CaptionRun:
+        threading.Thread(target=self._work, args=(folder, policy), daemon=True).start()
+        return self
+
+    def _progress(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+
+    def _work(self, folder: Path, policy: Any) -> None:
+        from loraflow.caption.run import caption_folder
+
+        try:
+            self.result = caption_folder(folder, policy, on_progress=self._progress)
+        except LoraflowError as exc:
+            self.error = exc.render()
+        except Exception as exc:  # shown on the page; the upload's captions are untouched
+            self.error = f"the {self.backend} captioner failed: {exc}"
+        finally:
+            self.finished = True
 
 
 ADVANCED = ("steps", "learning_rate", "batch_size", "resolution", "optimizer", "seed", "lr_scheduler")
