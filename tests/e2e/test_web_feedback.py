@@ -145,3 +145,50 @@ def test_a_captioner_that_fails_says_so_on_the_page(serve, page, tmp_path: Path)
     assert "the wd14 captioner failed" in text and "no caption file was written" in text
     assert page.input_value('textarea[data-image="mascot_01.jpg"]') == ""
     shot(page, "wizard-caption-failed")
+
+
+def cli_job() -> str:
+    """A job as `loraflow train` records it (owner `local`), without running it."""
+    from loraflow.jobs.store import Store
+    from loraflow.spec import parse_spec
+
+    raw = {"name": "from-cli", "dataset": {"path": str(EXAMPLES / "sample_dataset")}, "base_model": "tiny-flux"}
+    return Store().create_job(parse_spec(raw)).id
+
+
+def test_single_user_mode_shows_the_cli_jobs_and_errors_as_pages(serve, page) -> None:  # noqa: F811
+    import httpx
+
+    job_id = cli_job()
+    server = serve("--no-auth", "--workers", "0")
+    page.goto(f"{server}/")
+    assert page.inner_text(f'[data-testid="state-{job_id}"]') == "pending"
+    assert page.locator("text=Log out").count() == 0  # nobody to log out in single-user mode
+    page.goto(f"{server}/jobs/{job_id}")
+    assert page.inner_text("h2").startswith("from-cli")
+    api = httpx.get(f"{server}/api/jobs").json()
+    assert [j["id"] for j in api["jobs"]] == [job_id]
+    assert httpx.get(f"{server}/api/jobs/{job_id}").json()["owner"] == "local"
+    # A job that does not exist: a page that says so for the browser, problem JSON for programs.
+    answer = page.goto(f"{server}/jobs/nope123")
+    assert answer.status == 404 and "no job with id nope123" in page.inner_text("#error-page")
+    assert '"title"' not in page.content()
+    assert httpx.get(f"{server}/jobs/nope123").headers["content-type"] == "application/problem+json"
+    shot(page, "error-page")
+
+
+def test_another_users_job_is_an_html_page_in_the_browser(serve, page) -> None:  # noqa: F811
+    from loraflow.jobs.store import Store
+    from loraflow.server.tokens import create_token
+
+    job_id = cli_job()
+    token = create_token(Store(), "alice")
+    server = serve("--workers", "0")
+    page.goto(f"{server}/login")
+    page.fill("#token", token)
+    page.click("button:has-text('Log in')")
+    page.wait_for_url(f"{server}/")
+    answer = page.goto(f"{server}/jobs/{job_id}")
+    assert answer.status == 403
+    assert f"job {job_id} belongs to another user" in page.inner_text("#error-page")
+    assert "{" not in page.inner_text("#error-page")

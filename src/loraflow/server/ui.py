@@ -20,9 +20,10 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import UploadFile as StarletteUpload
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loraflow import paths
-from loraflow.errors import LoraflowError, SpecError, UserInputError
+from loraflow.errors import IllegalTransition, LoraflowError, NotFound, SpecError, UserInputError
 from loraflow.jobs.states import ACTIVE, RESUMABLE, JobState
 from loraflow.jobs.store import Job, Store
 from loraflow.server import uploads
@@ -49,7 +50,36 @@ def install(app: FastAPI) -> None:
         return lookup(store(), token) if token else None
 
     def render(request: Request, template: str, user: User | None, **ctx: Any) -> HTMLResponse:
-        return templates.TemplateResponse(request, template, {"user": user, **ctx})
+        single = app.state.config.no_auth
+        return templates.TemplateResponse(request, template, {"user": user, "single_user": single, **ctx})
+
+    def browser_errors(error_type: type[Exception]) -> None:
+        """A person who opens a page gets an HTML page with the problem, never raw problem JSON; the API,
+        htmx requests and programs keep the RFC 9457 answer."""
+        api_handler = app.exception_handlers[error_type]
+
+        async def handler(request: Request, exc: Exception) -> Response:
+            answer = await api_handler(request, exc)
+            wants_page = "text/html" in request.headers.get("accept", "") and "hx-request" not in request.headers
+            if request.url.path.startswith("/api/") or not wants_page:
+                return answer
+            body = json.loads(bytes(answer.body))
+            ctx = {"title": str(body.get("title") or "error").capitalize(), "detail": body.get("detail")}
+            page = render(request, "error.html", session_user_or_none(request), **ctx, status_code=answer.status_code)
+            page.status_code = answer.status_code
+            return page
+
+        app.add_exception_handler(error_type, handler)
+
+    def session_user_or_none(request: Request) -> User | None:
+        try:
+            return session_user(request)
+        except Exception:  # the error page must render even when the store does not answer
+            return None
+
+    for error_type in (Problem, SpecError, NotFound, IllegalTransition, UserInputError, LoraflowError):
+        browser_errors(error_type)
+    browser_errors(StarletteHTTPException)
 
     def need_user(request: Request) -> User:
         user = session_user(request)
