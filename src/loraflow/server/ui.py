@@ -26,7 +26,7 @@ from loraflow import paths
 from loraflow.errors import IllegalTransition, LoraflowError, NotFound, SpecError, UserInputError
 from loraflow.jobs.states import ACTIVE, RESUMABLE, JobState
 from loraflow.jobs.store import Job, Store
-from loraflow.server import uploads
+from loraflow.server import docs, uploads
 from loraflow.server.deps import bundle_response, job_file_response, own_job
 from loraflow.server.problems import Problem
 from loraflow.server.tokens import User, create_token, lookup, revoke_by_token
@@ -38,6 +38,7 @@ PER_PAGE = 50
 
 def install(app: FastAPI) -> None:
     templates = Jinja2Templates(directory=str(HERE / "templates"))
+    docs.install(app)  # before /static: its assets live under /static/swagger-ui
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
     def store() -> Store:
