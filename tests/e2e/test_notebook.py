@@ -58,6 +58,7 @@ def test_notebook_cpu_run_interrupted_then_resumed(tmp_path: Path, monkeypatch: 
     )
     first, error = run(tmp_path, overrides + "STOP_AFTER_STEP = 15\n")
     assert error is not None and "training is stopped" in str(error)  # the run was interrupted at the train cell
+    assert "Traceback" not in str(error) and "Fix: re-run the Train cell" in str(error)  # message and fix only
     text = outputs(first)
     assert "job.state" in text and "stopped at step 15/40" in text  # exactly where STOP_AFTER_STEP said
     assert "started a new job" in text and "on CPU" in text and "'hours'" not in text  # a sentence, not a dict

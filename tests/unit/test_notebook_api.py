@@ -95,3 +95,13 @@ def test_cost_line_reads_as_a_sentence() -> None:
     assert line == "about 1.5 h on RTX 4090, about $0.53 at $0.350/h"
     assert "{" not in nb.cost_line({"gpu": "CPU", "hours": 0.27, "usd_per_hour": None, "usd": None})
     assert nb.cost_line({"gpu": "CPU", "hours": 0.27, "usd_per_hour": None, "usd": None}).startswith("about 16 min")
+
+
+def test_a_loraflow_error_shows_as_its_message_and_fix_in_a_notebook() -> None:
+    from loraflow.errors import UserInputError
+
+    exc = UserInputError("ai-toolkit is not installed", fix="run `loraflow engines install ai-toolkit`")
+    lines = nb.show_error(None, type(exc), exc, None)
+    assert lines == [
+        "\x1b[31mUserInputError:\x1b[0m ai-toolkit is not installed Fix: run `loraflow engines install ai-toolkit`"
+    ]

@@ -1,0 +1,23 @@
+"""What a new user meets in the first hour on the command line: every refusal names the fix, and success
+is reported as success."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.unit.imagekit import write_dataset
+
+
+def test_dataset_prepare_names_drop_bad_and_reports_the_written_dataset_as_fit(tmp_path: Path, cli) -> None:
+    folder = write_dataset(tmp_path / "d", 5)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    refused = cli("dataset", "prepare", folder, "--out", tmp_path / "out", "--min-resolution", "64")
+    assert refused.code == 2 and not (tmp_path / "out").exists()
+    assert "run again with --drop-bad to leave out the 1 file(s)" in refused.err
+    dropped = cli("dataset", "prepare", folder, "--out", tmp_path / "out", "--min-resolution", "64", "--drop-bad")
+    assert dropped.code == 0, dropped.err
+    assert "wrote a dataset fit to train: 5 images; left out 1 file(s)" in dropped.out
+    assert "not fit to train" not in dropped.out
+    few = cli("dataset", "prepare", folder, "-o", tmp_path / "o2", "--min-images", "50", "--min-resolution", "64",
+              "--drop-bad")  # fmt: skip
+    assert few.code == 2 and "they concern the whole dataset, which --drop-bad cannot mend" in few.err
