@@ -21,3 +21,23 @@ def test_dataset_prepare_names_drop_bad_and_reports_the_written_dataset_as_fit(t
     few = cli("dataset", "prepare", folder, "-o", tmp_path / "o2", "--min-images", "50", "--min-resolution", "64",
               "--drop-bad")  # fmt: skip
     assert few.code == 2 and "they concern the whole dataset, which --drop-bad cannot mend" in few.err
+
+
+def test_the_demo_is_shipped_in_the_package_and_runs_from_any_folder(tmp_path: Path, monkeypatch) -> None:
+    import tomllib
+    from importlib import resources
+
+    from loraflow.dataset import DatasetRun
+    from loraflow.spec import load_spec
+    from tests.conftest import REPO
+
+    monkeypatch.chdir(tmp_path)  # not the repository root
+    shipped = resources.files("loraflow.demo")
+    spec = load_spec(Path(str(shipped.joinpath("demo.yaml"))))
+    assert Path(spec.dataset.path).is_dir() and spec.base_model == "tiny-flux"
+    d = spec.dataset
+    assert DatasetRun(d.path, d.checks, d.captions, d.trigger_word).check().ok
+    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["loraflow"]
+    package = REPO / "src" / "loraflow"
+    shipped_files = {p for g in globs for p in package.glob(g)}
+    assert all(p in shipped_files for p in (package / "demo").rglob("*") if p.is_file() and p.suffix != ".py")
