@@ -41,3 +41,42 @@ def test_the_demo_is_shipped_in_the_package_and_runs_from_any_folder(tmp_path: P
     package = REPO / "src" / "loraflow"
     shipped_files = {p for g in globs for p in package.glob(g)}
     assert all(p in shipped_files for p in (package / "demo").rglob("*") if p.is_file() and p.suffix != ".py")
+
+
+def spec_file(tmp_path: Path, extra: str = "") -> Path:
+    from tests.conftest import EXAMPLES
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"name: e\ndataset: {{path: {EXAMPLES / 'sample_dataset'}}}\nbase_model: flux-dev\n{extra}")
+    return spec
+
+
+def test_estimate_on_this_machine_names_its_device(tmp_path: Path, cli, monkeypatch) -> None:
+    from loraflow.hosts.local import LocalHost
+
+    monkeypatch.setattr(LocalHost, "gpu_stats", lambda self: None)
+    out = cli("estimate", spec_file(tmp_path))
+    assert out.code == 0, out.err
+    assert "on this machine (CPU (" in out.out and "RTX 4090" not in out.out
+    card = [{"index": 0, "name": "NVIDIA GeForce RTX 3090", "util": 0, "mem_used_mb": 1, "mem_total_mb": 24576}]
+    monkeypatch.setattr(LocalHost, "gpu_stats", lambda self: card)
+    data = cli("estimate", spec_file(tmp_path), "--json")
+    import json
+
+    [row] = json.loads(data.out)["estimates"]
+    assert row["gpu"] == "NVIDIA GeForce RTX 3090" and row["usd_per_hour"] == 0.0
+    from loraflow.jobs.estimate import this_machine
+
+    assert this_machine() == ("NVIDIA GeForce RTX 3090", "RTX 3090")  # timed by its own row of the table
+
+
+def test_estimate_with_an_unreachable_api_names_the_host_and_gives_up(tmp_path: Path, cli, monkeypatch) -> None:
+    from loraflow.testing.vast_emulator import free_port
+
+    port = free_port()  # nothing listens there
+    monkeypatch.setenv("VAST_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("VAST_API_KEY", "test-key")
+    monkeypatch.setenv("LORAFLOW_VAST_BACKOFF_S", "0")
+    out = cli("estimate", spec_file(tmp_path, "compute: {provider: vastai}\n"))
+    assert out.code == 1 and "Traceback" not in out.err
+    assert f"Vast.ai at http://127.0.0.1:{port}" in out.err and "did not answer after 2 tries" in out.err

@@ -21,18 +21,20 @@ def estimate(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Predicted time and cost per GPU type on offer, with its parts, before anything is rented."""
-    from loraflow.jobs.estimate import estimate as predict
+    from loraflow.jobs.estimate import local_estimate
 
     spec = load_spec(spec_path)
     if spec.compute.provider == "vastai":
+        from loraflow.providers.vast_client import VastClient
         from loraflow.providers.vastai import VastProvider
 
         best: dict[str, object] = {}
-        for ranked in VastProvider().offers(spec):  # cheapest job first: keep the best offer per GPU type
+        quick = VastClient(tries=2, timeout_s=10)  # a person is waiting: seconds, not minutes of retries
+        for ranked in VastProvider(quick).offers(spec):  # cheapest job first: keep the best offer per GPU type
             best.setdefault(str(ranked.offer.get("gpu_name")), ranked.estimate)
         rows = list(best.values())
     else:
-        rows = [predict(spec, "CPU" if spec.base_model == "tiny-flux" else "RTX 4090", 0.0, remote=False)]
+        rows = [local_estimate(spec)]
     data = [r.to_dict() for r in rows]  # type: ignore[attr-defined]
     cap = spec.budget.max_usd
     if as_json:
@@ -51,7 +53,8 @@ def estimate(
             f"[red]{r['cost_usd']:.3f}[/red]" if over else f"{r['cost_usd']:.3f}",
         )
     console.print(table)
-    console.print("times in minutes; " + (f"budget ${cap:.2f} (red: over)" if cap else "no budget.max_usd set"))
+    where = "" if spec.compute.provider == "vastai" else f"on this machine ({escape(rows[0].gpu)}), no rental cost; "  # type: ignore[attr-defined]
+    console.print(where + "times in minutes; " + (f"budget ${cap:.2f} (red: over)" if cap else "no budget.max_usd set"))
 
 
 def offers(

@@ -310,7 +310,7 @@ def install(app: FastAPI) -> None:
 
     @app.post("/ui/uploads/{upload_id}/estimate", response_class=HTMLResponse, include_in_schema=False)
     async def ui_estimate(request: Request, upload_id: str) -> HTMLResponse:
-        from loraflow.jobs.estimate import estimate
+        from loraflow.jobs.estimate import local_estimate
         from loraflow.spec import parse_spec
 
         folder = upload_dir(need_user(request), upload_id)
@@ -318,11 +318,9 @@ def install(app: FastAPI) -> None:
             spec = parse_spec(settings_spec(folder, dict(await request.form())), "settings")
         except Exception as exc:  # shown next to the button
             return HTMLResponse(f'<span class="error">{_escape(str(exc))}</span>')
-        gpu = "CPU" if spec.base_model == "tiny-flux" else "RTX 4090"
-        est = estimate(spec, gpu, 0.0 if gpu == "CPU" else 0.35, remote=gpu != "CPU")
+        est = local_estimate(spec)  # the wizard's jobs run on this server
         return HTMLResponse(
-            f'<span id="estimate-text">about {est.total_s / 60:.1f} min on {gpu}'
-            f"{'' if gpu == 'CPU' else f', about ${est.cost_usd:.2f} on a rented one'}</span>"
+            f'<span id="estimate-text">about {est.total_s / 60:.1f} min on this server\'s {_escape(est.gpu)}</span>'
         )
 
     @app.post("/ui/uploads/{upload_id}/start", include_in_schema=False)
