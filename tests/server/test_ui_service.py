@@ -55,3 +55,36 @@ def test_an_engine_that_is_not_installed_is_a_message_on_the_wizard(
     assert page.status_code == 422 and "Traceback" not in page.text
     assert "ai-toolkit is not installed here Fix: run `loraflow engines install ai-toolkit`" in page.text
     assert 'value="ohwx"' in page.text and 'value="three-lines"' in page.text
+
+
+def test_the_loss_chart_has_labelled_axes() -> None:
+    svg = ui.loss_chart([(10, 0.9), (20, 0.5), (30, 0.4), (40, 0.35)])
+    assert svg.count('class="axis"') == 2
+    assert ">step</text>" in svg and ">loss</text>" in svg
+    assert ">10</text>" in svg and ">40</text>" in svg  # x ticks: the first and last step
+    assert ">0.35</text>" in svg and ">0.9</text>" in svg  # y ticks: the lowest and highest loss
+
+
+def test_samples_are_labelled_with_step_and_prompt(tmp_path) -> None:
+    import json
+
+    from PIL import Image
+
+    from loraflow.publish.bundle import GRID_CELL, GRID_LEFT, GRID_TOP, collect_samples, sample_grid
+
+    items = []
+    for step in (10, 20):
+        folder = tmp_path / f"step-{step:06d}"
+        folder.mkdir()
+        for n, prompt in enumerate(["a photo of lfx on the moon", "lfx in a garden"]):
+            Image.new("RGB", (64, 64), "red").save(folder / f"{n:02d}.png")
+            items.append({"file": f"{folder.name}/{n:02d}.png", "prompt": prompt, "step": step})
+        (folder / "index.json").write_text(json.dumps([i for i in items if i["step"] == step]))
+    assert {i["prompt"] for i in ui._sample_index(tmp_path)} == {"a photo of lfx on the moon", "lfx in a garden"}
+    import io
+
+    grid = Image.open(io.BytesIO(sample_grid(tmp_path, collect_samples(tmp_path)) or b""))
+    assert grid.size == (GRID_LEFT + 2 * GRID_CELL, GRID_TOP + 2 * GRID_CELL)
+    header = grid.crop((GRID_LEFT, 0, grid.width, GRID_TOP)).convert("L")
+    labels = grid.crop((0, GRID_TOP, GRID_LEFT, grid.height)).convert("L")
+    assert header.getextrema()[0] < 100 and labels.getextrema()[0] < 100  # text is drawn in both bands
