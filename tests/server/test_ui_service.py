@@ -88,3 +88,54 @@ def test_samples_are_labelled_with_step_and_prompt(tmp_path) -> None:
     header = grid.crop((GRID_LEFT, 0, grid.width, GRID_TOP)).convert("L")
     labels = grid.crop((0, GRID_TOP, GRID_LEFT, grid.height)).convert("L")
     assert header.getextrema()[0] < 100 and labels.getextrema()[0] < 100  # text is drawn in both bands
+
+
+def test_the_documented_curl_example_creates_a_job(tmp_path) -> None:
+    """docs/service.md's worked example, run as written (token, spec heredoc, curl) against `loraflow serve`."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import time
+    import zipfile
+
+    import httpx
+
+    from loraflow.jobs.store import Store
+    from loraflow.server.tokens import create_token
+    from loraflow.testing.vast_emulator import free_port
+    from tests.conftest import EXAMPLES, REPO
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    block = (REPO / "docs" / "service.md").read_text().split("## Worked example: the API from a program")[1]
+    lines = block.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("cat > spec.yaml"))
+    end = next(i for i, line in enumerate(lines) if "/api/jobs " in line)
+    script = "\n".join(lines[start : end + 1])
+    assert '-F "spec=<spec.yaml"' in script
+    with zipfile.ZipFile(tmp_path / "photos.zip", "w") as zf:
+        for p in (EXAMPLES / "sample_dataset").iterdir():
+            zf.write(p, p.name)
+    port = free_port()
+    env = {**os.environ, "TOKEN": create_token(Store(), "bot")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "loraflow.cli", "serve", "--port", str(port), "--workers", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        script = script.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+        done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        server.terminate()
+        server.wait(10)
+    job = json.loads(done.stdout)
+    assert job["name"] == "mascot" and job["state"] == "pending" and job["owner"] == "bot", done.stdout
