@@ -80,3 +80,25 @@ def test_estimate_with_an_unreachable_api_names_the_host_and_gives_up(tmp_path: 
     out = cli("estimate", spec_file(tmp_path, "compute: {provider: vastai}\n"))
     assert out.code == 1 and "Traceback" not in out.err
     assert f"Vast.ai at http://127.0.0.1:{port}" in out.err and "did not answer after 2 tries" in out.err
+
+
+def test_help_imports_no_heavy_library_and_lists_every_command(cli) -> None:
+    import json
+    import subprocess
+    import sys
+
+    probe = (
+        "import json, sys, loraflow.cli; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'fastapi', 'sqlalchemy', 'pydantic', 'numpy', 'PIL', 'httpx', 'yaml', 'diffusers'))))"
+    )
+    heavy = json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout)
+    assert heavy == []
+    out = cli("--help")
+    from loraflow.cli import LAZY, load_command
+
+    assert out.code == 0 and all(name in out.out for name in LAZY)
+    for name, (_, line) in LAZY.items():  # the stand-in help lines say what each command's own help says
+        real = " ".join((load_command(name).help or "").split())
+        assert real.startswith(line), (name, real)
+    assert "approve" in cli("jobs", "--help").out
