@@ -130,8 +130,9 @@ def fetch_dataset(settings: Settings) -> str:
                     for chunk in response.iter_bytes(1 << 20):
                         f.write(chunk)
         except httpx.HTTPError as exc:
+            host = httpx.URL(settings.dataset).host
             raise NotebookStop(
-                f"could not download the dataset: {exc}",
+                f"could not download the dataset from {host}: {exc}",
                 fix="check the URL, or upload the zip to /workspace and give its path",
             ) from exc
         tmp.replace(dest)
