@@ -109,7 +109,7 @@ def test_dataset_from_a_url_is_downloaded_once(tmp_path: Path) -> None:
         again = nb.Settings(dataset=url, output_root=str(tmp_path / "out"))
         assert nb.fetch_dataset(again) == path
         missing = nb.Settings(dataset=url.replace("photos", "nope"), output_root=str(tmp_path / "out"))
-        with pytest.raises(nb.NotebookStop, match="could not download the dataset from 127.0.0.1"):
+        with pytest.raises(nb.NotebookStop, match=r"could not download the dataset from 127\.0\.0\.1"):
             nb.fetch_dataset(missing)
     finally:
         server.shutdown()

@@ -175,6 +175,12 @@ def test_single_user_mode_shows_the_cli_jobs_and_errors_as_pages(serve, page) ->
     assert '"title"' not in page.content()
     assert httpx.get(f"{server}/jobs/nope123").headers["content-type"] == "application/problem+json"
     shot(page, "error-page")
+    # A button whose request is refused (here: stopping a job that is gone) says so in the banner.
+    page.goto(f"{server}/jobs/{job_id}")
+    assert page.locator("#flash").is_hidden()
+    page.evaluate("htmx.ajax('POST', '/ui/jobs/gone0000/stop', {target: '#live'})")
+    page.wait_for_selector("#flash:not([hidden])")
+    assert page.inner_text("#flash") == "Not found: no job with id gone0000"
 
 
 def test_another_users_job_is_an_html_page_in_the_browser(serve, page) -> None:  # noqa: F811

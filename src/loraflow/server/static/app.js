@@ -19,7 +19,8 @@ document.addEventListener("htmx:responseError", function (e) {
   var xhr = e.detail.xhr, text = xhr.status + " " + xhr.statusText;
   try {
     var problem = JSON.parse(xhr.responseText);
-    text = (problem.title || text) + (problem.detail ? ": " + problem.detail : "");
+    var title = problem.title ? problem.title.charAt(0).toUpperCase() + problem.title.slice(1) : text;
+    text = title + (problem.detail ? ": " + problem.detail : "");
   } catch (err) { /* not a problem document: keep the status line */ }
   loraflowFlash(text);
 });
