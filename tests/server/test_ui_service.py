@@ -139,3 +139,16 @@ def test_the_documented_curl_example_creates_a_job(tmp_path) -> None:
         server.wait(10)
     job = json.loads(done.stdout)
     assert job["name"] == "mascot" and job["state"] == "pending" and job["owner"] == "bot", done.stdout
+
+
+def test_the_api_names_every_spec_problem_past_an_unknown_base_model(client: TestClient) -> None:
+    from tests.conftest import EXAMPLES
+
+    spec = "name: x\nbase_model: flux-dve\ntraining: {steps: -7}\nnetwork: {rnak: 4}\n"
+    files = [("files", (p.name, p.read_bytes())) for p in sorted((EXAMPLES / "sample_dataset").iterdir())]
+    answer = client.post("/api/jobs", data={"spec": spec}, files=files)
+    assert answer.status_code == 422
+    errors = answer.json()["errors"]
+    assert errors[0] == "base_model: unknown base model 'flux-dve' Fix: did you mean 'flux-dev'?"
+    assert any(e.startswith("training.steps:") for e in errors)
+    assert "network.rnak: unknown key. Did you mean 'rank'?" in errors
