@@ -43,11 +43,11 @@ def test_the_demo_is_shipped_in_the_package_and_runs_from_any_folder(tmp_path: P
     assert all(p in shipped_files for p in (package / "demo").rglob("*") if p.is_file() and p.suffix != ".py")
 
 
-def spec_file(tmp_path: Path, extra: str = "") -> Path:
+def spec_file(tmp_path: Path, extra: str = "", base_model: str = "flux-dev") -> Path:
     from tests.conftest import EXAMPLES
 
     spec = tmp_path / "s.yaml"
-    spec.write_text(f"name: e\ndataset: {{path: {EXAMPLES / 'sample_dataset'}}}\nbase_model: flux-dev\n{extra}")
+    spec.write_text(f"name: e\ndataset: {{path: {EXAMPLES / 'sample_dataset'}}}\nbase_model: {base_model}\n{extra}")
     return spec
 
 
@@ -55,9 +55,12 @@ def test_estimate_on_this_machine_names_its_device(tmp_path: Path, cli, monkeypa
     from loraflow.hosts.local import LocalHost
 
     monkeypatch.setattr(LocalHost, "gpu_stats", lambda self: None)
-    out = cli("estimate", spec_file(tmp_path))
+    out = cli("estimate", spec_file(tmp_path, base_model="tiny-flux"))
     assert out.code == 0, out.err
     assert "on this machine (CPU (" in out.out and "RTX 4090" not in out.out
+    real = cli("estimate", spec_file(tmp_path))  # flux-dev is not timed on a CPU: refused with the way out
+    assert real.code == 2 and "has no NVIDIA GPU; flux-dev needs one" in real.err
+    assert "compute.provider: vastai" in real.err and "tiny-flux" in real.err
     card = [{"index": 0, "name": "NVIDIA GeForce RTX 3090", "util": 0, "mem_used_mb": 1, "mem_total_mb": 24576}]
     monkeypatch.setattr(LocalHost, "gpu_stats", lambda self: card)
     data = cli("estimate", spec_file(tmp_path), "--json")

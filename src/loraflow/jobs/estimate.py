@@ -122,8 +122,17 @@ def _cpu_model() -> str:
 
 
 def local_estimate(spec: TrainSpec) -> Estimate:
-    """A run on this machine: its own device, no rental cost, nothing to transfer."""
+    """A run on this machine: its own device, no rental cost, nothing to transfer. A real model on a
+    machine without a GPU is refused rather than timed: the throughput table's CPU row is the tiny model's."""
     from dataclasses import replace
 
+    from loraflow.errors import UserInputError
+
     name, row = this_machine()
+    if row == "CPU" and model_kind(spec) != "tiny":
+        raise UserInputError(
+            f"{name} has no NVIDIA GPU; {spec.base_model} needs one with about {spec.catalog_entry.min_vram_gb} GB",
+            fix="set compute.provider: vastai to rent one (estimate then prices the offers), "
+            "or use base_model: tiny-flux to try the pipeline on the CPU",
+        )
     return replace(estimate(spec, row, 0.0, remote=False), gpu=name)

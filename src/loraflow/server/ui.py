@@ -320,7 +320,10 @@ def install(app: FastAPI) -> None:
             spec = parse_spec(settings_spec(folder, dict(await request.form())), "settings")
         except Exception as exc:  # shown next to the button
             return HTMLResponse(f'<span class="error">{_escape(str(exc))}</span>')
-        est = local_estimate(spec)  # the wizard's jobs run on this server
+        try:
+            est = local_estimate(spec)  # the wizard's jobs run on this server
+        except UserInputError as exc:
+            return HTMLResponse(f'<span class="error">{_escape(exc.render())}</span>')
         return HTMLResponse(
             f'<span id="estimate-text">about {est.total_s / 60:.1f} min on this server\'s {_escape(est.gpu)}</span>'
         )
