@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from loraflow.server import ui
 from loraflow.server.app import ServiceConfig, create_app
+from loraflow.server.charts import loss_chart
 
 
 @pytest.fixture
@@ -58,7 +59,7 @@ def test_an_engine_that_is_not_installed_is_a_message_on_the_wizard(
 
 
 def test_the_loss_chart_has_labelled_axes() -> None:
-    svg = ui.loss_chart([(10, 0.9), (20, 0.5), (30, 0.4), (40, 0.35)])
+    svg = loss_chart([(10, 0.9), (20, 0.5), (30, 0.4), (40, 0.35)])
     assert svg.count('class="axis"') == 2
     assert ">step</text>" in svg and ">loss</text>" in svg
     assert ">10</text>" in svg and ">40</text>" in svg  # x ticks: the first and last step

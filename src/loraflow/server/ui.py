@@ -8,9 +8,6 @@ SameSite=Strict cookie (logging out revokes it).
 from __future__ import annotations
 
 import json
-import threading
-import time
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,9 +24,11 @@ from loraflow.errors import IllegalTransition, LoraflowError, NotFound, SpecErro
 from loraflow.jobs.states import ACTIVE, RESUMABLE, JobState
 from loraflow.jobs.store import Job, Store
 from loraflow.server import docs, uploads
+from loraflow.server.charts import loss_chart
 from loraflow.server.deps import bundle_response, job_file_response, own_job
 from loraflow.server.problems import Problem
 from loraflow.server.tokens import User, create_token, lookup, revoke_by_token
+from loraflow.server.wizard import ADVANCED, CaptionRun, kept_input, model_defaults, start_error
 
 HERE = Path(__file__).parent
 COOKIE = "loraflow_session"
@@ -381,81 +380,6 @@ def install(app: FastAPI) -> None:
         }
 
 
-@dataclass
-class CaptionRun:
-    """One auto-caption run over an upload, in a thread of this server: what the page polls."""
-
-    backend: str
-    started: float = field(default_factory=time.monotonic)
-    done: int = 0
-    total: int = 0
-    finished: bool = False
-    error: str | None = None
-    result: dict[str, int] | None = None
-
-    @property
-    def elapsed_s(self) -> int:
-        return int(time.monotonic() - self.started)
-
-    def start(self, folder: Path, policy: Any) -> CaptionRun:
-        threading.Thread(target=self._work, args=(folder, policy), daemon=True).start()
-        return self
-
-    def _progress(self, done: int, total: int) -> None:
-        self.done, self.total = done, total
-
-    def _work(self, folder: Path, policy: Any) -> None:
-        from loraflow.caption.run import caption_folder
-
-        try:
-            self.result = caption_folder(folder, policy, on_progress=self._progress)
-        except LoraflowError as exc:
-            self.error = exc.render()
-        except Exception as exc:  # shown on the page; the upload's captions are untouched
-            self.error = f"the {self.backend} captioner failed: {exc}"
-        finally:
-            self.finished = True
-
-
-ADVANCED = ("steps", "learning_rate", "batch_size", "resolution", "optimizer", "seed", "lr_scheduler")
-
-
-def model_defaults() -> dict[str, dict[str, str]]:
-    """The advanced fields' placeholders per base model: what the job gets when a field is left empty
-    (the catalog's values over the schema's), so the page never shows a default that will not apply."""
-    from loraflow.catalog import base_models, defaults_for
-    from loraflow.spec import TrainingSpec
-
-    schema = TrainingSpec().model_dump(mode="json")
-    out: dict[str, dict[str, str]] = {}
-    for model in base_models().values():
-        merged = {**schema, **defaults_for(model, model.default_engine, None).get("training", {})}
-        out[model.id] = {k: json.dumps(merged[k]) if isinstance(merged[k], list) else str(merged[k]) for k in ADVANCED}
-    return out
-
-
-def kept_input(form: dict[str, Any]) -> dict[str, Any]:
-    """What the user typed in the Start form, to fill it in again when the page comes back with an error."""
-    values = {k.split(".", 1)[1]: str(v) for k, v in form.items() if k.startswith("training.") and str(v).strip()}
-    return {
-        "name": str(form.get("name") or ""),
-        "trigger": str(form.get("trigger_word") or ""),
-        "chosen_model": str(form.get("base_model") or ""),
-        "chosen_preset": str(form.get("vram_preset") or ""),
-        "values": values,
-    }
-
-
-def start_error(exc: Problem | UserInputError) -> dict[str, Any]:
-    """A refusal as a heading and one line per problem (every spec problem, every dataset error)."""
-    if isinstance(exc, SpecError):
-        return {"title": f"The settings have {len(exc.problems)} problem(s):", "lines": exc.problems}
-    if isinstance(exc, UserInputError):
-        return {"title": exc.render(), "lines": []}
-    lines = exc.detail.split("; ") if exc.extra.get("findings") else [exc.detail] if exc.detail else []
-    return {"title": f"{exc.title[:1].upper()}{exc.title[1:]}:" if lines else exc.title, "lines": lines}
-
-
 def _sample_index(samples: Path) -> list[dict[str, Any]]:
     """What each sample image was prompted with (step-*/index.json, written by every engine's sampling)."""
     items: list[dict[str, Any]] = []
@@ -477,48 +401,3 @@ def _log_line(e: Any) -> str:
     ts = e.ts.strftime("%H:%M:%S") if isinstance(e.ts, datetime) else ""
     detail = e.data.get("message") or e.data.get("stage") or e.data.get("to") or ""
     return f"{ts} {e.type} {detail}"
-
-
-def loss_chart(points: list[tuple[Any, Any]], width: int = 600, height: int = 180) -> str:
-    """An inline SVG line of loss by step with labelled axes: no JavaScript chart library to ship."""
-    pts = [(int(s), float(v)) for s, v in points if s is not None and v is not None]
-    if len(pts) < 2:
-        return ""
-    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-    span_x, span_y = max(x1 - x0, 1), max(y1 - y0, 1e-9)
-    left, right, top, bottom = 58, 10, 8, 34  # room for the tick labels and axis titles
-    plot_w, plot_h = width - left - right, height - top - bottom
-
-    def px(x: float) -> float:
-        return left + (x - x0) / span_x * plot_w
-
-    def py(y: float) -> float:
-        return top + plot_h - (y - y0) / span_y * plot_h
-
-    coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
-    ticks = []
-    for i in range(5):
-        y = y0 + span_y * i / 4
-        ticks.append(
-            f'<line x1="{left - 4}" y1="{py(y):.1f}" x2="{left + plot_w}" y2="{py(y):.1f}" stroke="#e9ecef"/>'
-            f'<text x="{left - 6}" y="{py(y) + 4:.1f}" text-anchor="end">{y:.3g}</text>'
-        )
-    for i in range(5):
-        x = x0 + span_x * i / 4
-        ticks.append(
-            f'<line x1="{px(x):.1f}" y1="{top + plot_h}" x2="{px(x):.1f}" y2="{top + plot_h + 4}" stroke="#5f6b7a"/>'
-            f'<text x="{px(x):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{round(x)}</text>'
-        )
-    return (
-        f'<svg id="loss-chart" viewBox="0 0 {width} {height}" width="100%" height="{height}" role="img" '
-        f'aria-label="loss from {ys[0]:.3f} to {ys[-1]:.3f}" font-size="11" fill="#5f6b7a">{"".join(ticks)}'
-        f'<line class="axis" x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#5f6b7a"/>'
-        f'<line class="axis" x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" '
-        'stroke="#5f6b7a"/>'
-        f'<text class="axis-title" x="{left + plot_w / 2}" y="{height - 2}" text-anchor="middle">step</text>'
-        f'<text class="axis-title" x="12" y="{top + plot_h / 2}" text-anchor="middle" '
-        f'transform="rotate(-90 12 {top + plot_h / 2})">loss</text>'
-        f'<polyline fill="none" stroke="#3b5bdb" stroke-width="1.5" points="{coords}"/></svg>'
-        f'<p class="muted">step {x0}–{x1}, loss {y0:.4f}–{y1:.4f}</p>'
-    )
