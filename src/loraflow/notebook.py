@@ -437,7 +437,7 @@ def _trains_differently(changes: list[str]) -> list[str]:
 def set_pause(job_id: str, stop_at_step: int | None) -> None:
     """Ask the builtin trainer to pause with a checkpoint at exactly this step (None: no pause)."""
     from loraflow import paths
-    from loraflow.trainer.loop import PAUSE_FILE
+    from loraflow.trainer.events import PAUSE_FILE
 
     path = paths.job_dir(job_id) / PAUSE_FILE
     if stop_at_step is None:

@@ -82,7 +82,8 @@ def test_a_running_job_with_other_settings_is_named_not_duplicated(settings, sta
 
 def test_a_pause_request_is_written_for_the_trainer_and_cleared(settings, started) -> None:
     from loraflow import paths
-    from loraflow.trainer.loop import PAUSE_FILE, pause_step
+    from loraflow.trainer.events import PAUSE_FILE
+    from loraflow.trainer.loop import pause_step
 
     job_id = nb.start_or_resume(settings, stop_at_step=15)
     assert pause_step(paths.job_dir(job_id)) == 15

@@ -21,7 +21,7 @@ from loraflow.trainer import checkpoint as ckpt
 from loraflow.trainer.components import DTYPES, FluxParts, load_flux, pick_device
 from loraflow.trainer.config import TrainerConfig
 from loraflow.trainer.data import Cache, Sample, epoch_batches, load_pixels, load_samples
-from loraflow.trainer.events import STOPPED_EXIT, emit
+from loraflow.trainer.events import PAUSE_FILE, STOPPED_EXIT, emit
 from loraflow.trainer.export import adapter_state, lora_metadata, lora_tensors, write_lora
 from loraflow.trainer.flow import encode_images, encode_prompts, flow_loss, sample_latents
 from loraflow.trainer.lora_format import target_regex
@@ -39,9 +39,6 @@ class StopFlag:
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
-
-
-PAUSE_FILE = "run/pause-at-step"
 
 
 def pause_step(out: Path) -> float:
