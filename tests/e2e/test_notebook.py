@@ -81,6 +81,16 @@ def test_notebook_cpu_run_interrupted_then_resumed(tmp_path: Path, monkeypatch: 
     jobs = Store().list_jobs()
     assert len(jobs) == 1 and jobs[0].step == 40  # the same job continued; nothing started over
     assert len(Store().events(jobs[0].id, types=["train.launched"])) == 2
+    first_job = jobs[0].id
+
+    # Run All again with more steps: not the finished 40-step job, a new one, and the cell says so.
+    third, error = run(tmp_path, overrides.replace("steps = 40", "steps = 20") + "STOP_AFTER_STEP = None\n")
+    assert error is None, error
+    text = outputs(third)
+    assert f"settings changed since job {first_job} (training.steps: 40 -> 20)" in text
+    assert "completed at step 20/20" in text
+    newest = Store().list_jobs()[0]
+    assert newest.id != first_job and newest.step == 20 and newest.id in text
 
 
 def test_dataset_from_a_url_is_downloaded_once(tmp_path: Path) -> None:
