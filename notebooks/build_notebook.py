@@ -28,7 +28,7 @@ CELLS = [
         '    sample_prompts=["a photo of [trigger] in a cafe", "[trigger] as an oil painting"],\n'
         "    nsfw=False,                                # labels only; nothing is filtered\n"
         '    caption_backend="existing",               # existing | template\n'
-        "    resume=True,                               # continue an interrupted job with the same name\n"
+        "    resume=True,                               # continue an interrupted job with the same name and settings\n"
         "    max_usd=5.0, max_hours=4.0, price_usd_per_hour=None,\n"
         "    hf_repo=None, s3_bucket=None, wandb=False,\n"
         "    output_root=None,                          # None: /workspace/loraflow on Vast.ai\n"
@@ -60,10 +60,10 @@ CELLS = [
         '        print(f"--- {name} ---\\n{text}")'
     ),
     md("## 7. Cost and time guard"),
-    code("estimate = nb.cost_guard(settings)\nprint(estimate)"),
+    code("estimate = nb.cost_guard(settings)\nprint(nb.cost_line(estimate))"),
     md("## 8. Train (re-run this cell to re-attach or to resume)"),
     code(
-        'job_id = nb.start_or_resume(settings)\nprint("job", job_id)\n'
+        "job_id = nb.start_or_resume(settings, stop_at_step=STOP_AFTER_STEP)  # says which job and why\n"
         "state = nb.follow(job_id, stop_at_step=STOP_AFTER_STEP)"
     ),
     md("## 9. Samples"),

@@ -58,17 +58,20 @@ def test_notebook_cpu_run_interrupted_then_resumed(tmp_path: Path, monkeypatch: 
     )
     first, error = run(tmp_path, overrides + "STOP_AFTER_STEP = 15\n")
     assert error is not None and "training is stopped" in str(error)  # the run was interrupted at the train cell
+    assert "Traceback" not in str(error) and "Fix: re-run the Train cell" in str(error)  # message and fix only
     text = outputs(first)
-    assert "job.state" in text and "stopped at step" in text
+    assert "job.state" in text and "stopped at step 15/40" in text  # exactly where STOP_AFTER_STEP said
+    assert "started a new job" in text and "on CPU" in text and "'hours'" not in text  # a sentence, not a dict
     assert "HF_TOKEN" in text and CANARY not in text  # secrets show as set / not set, never their value
 
     second, error = run(tmp_path, overrides + "STOP_AFTER_STEP = None\n")
     assert error is None, error
     text = outputs(second)
+    assert "resuming job" in text and "same settings" in text
     import re
 
     resumed_at = int(re.search(r"resumed: \{'step': (\d+)", text).group(1))
-    assert resumed_at >= 15  # continued from the interruption's checkpoint, not from step 0
+    assert resumed_at == 15  # continued from the interruption's checkpoint, not from step 0
     assert "completed at step 40/40" in text
     assert "lora_header_readable': True" in text and "bundle:" in text
     assert CANARY not in text
@@ -78,6 +81,16 @@ def test_notebook_cpu_run_interrupted_then_resumed(tmp_path: Path, monkeypatch: 
     jobs = Store().list_jobs()
     assert len(jobs) == 1 and jobs[0].step == 40  # the same job continued; nothing started over
     assert len(Store().events(jobs[0].id, types=["train.launched"])) == 2
+    first_job = jobs[0].id
+
+    # Run All again with more steps: not the finished 40-step job, a new one, and the cell says so.
+    third, error = run(tmp_path, overrides.replace("steps = 40", "steps = 20") + "STOP_AFTER_STEP = None\n")
+    assert error is None, error
+    text = outputs(third)
+    assert f"settings changed since job {first_job} (training.steps: 40 -> 20)" in text
+    assert "completed at step 20/20" in text
+    newest = Store().list_jobs()[0]
+    assert newest.id != first_job and newest.step == 20 and newest.id in text
 
 
 def test_dataset_from_a_url_is_downloaded_once(tmp_path: Path) -> None:
@@ -106,7 +119,7 @@ def test_dataset_from_a_url_is_downloaded_once(tmp_path: Path) -> None:
         again = nb.Settings(dataset=url, output_root=str(tmp_path / "out"))
         assert nb.fetch_dataset(again) == path
         missing = nb.Settings(dataset=url.replace("photos", "nope"), output_root=str(tmp_path / "out"))
-        with pytest.raises(nb.NotebookStop, match="could not download"):
+        with pytest.raises(nb.NotebookStop, match=r"could not download the dataset from 127\.0\.0\.1"):
             nb.fetch_dataset(missing)
     finally:
         server.shutdown()

@@ -100,6 +100,33 @@ def test_unknown_base_model_suggests() -> None:
     assert "engine 'kohya' does not support base model 'qwen-image'" in engine[0]
 
 
+def test_an_unknown_base_model_does_not_hide_the_other_problems() -> None:
+    found = problems({**MINIMAL, "base_model": "flux-dve", "training": {"steps": -7, "lerning_rate": 1}})
+    assert found[0] == "base_model: unknown base model 'flux-dve' Fix: did you mean 'flux-dev'?"
+    assert any(p.startswith("training.steps: Input should be greater than or equal to 1") for p in found)
+    assert "training.lerning_rate: unknown key. Did you mean 'learning_rate'?" in found
+
+
+def test_validate_names_every_problem_at_once(tmp_path: Path, cli) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "name: x\ndataset: {path: ./nowhere, trigger_word: ohwx}\nbase_model: flux-dve\n"
+        "training:\n  steps: 10\n  steps: 20\n  rnak: 2\n"
+    )
+    out = cli("spec", "validate", spec)
+    assert out.code == 2 and "Traceback" not in out.err
+    assert "line 6: key 'steps' is given twice (first on line 5)" in out.err
+    assert "dataset.path: './nowhere' does not exist" in out.err and str(tmp_path / "nowhere") in out.err
+    assert "unknown base model 'flux-dve'" in out.err
+    assert "training.rnak: unknown key" in out.err
+    assert "4 problem(s)" in out.err
+    # The same file with the mistakes mended is fine, and train-time loading never requires the dataset here.
+    (tmp_path / "nowhere").mkdir()
+    spec.write_text("name: x\ndataset: {path: ./nowhere}\nbase_model: flux-dev\ntraining: {steps: 20}\n")
+    assert cli("spec", "validate", spec).code == 0
+    assert load_spec(tmp_path / "s.yaml").training.steps == 20
+
+
 def test_secrets_refused() -> None:
     found = problems(
         {
@@ -130,6 +157,7 @@ def test_paths_resolved_relative_to_spec_file(tmp_path: Path) -> None:
 
 def test_spec_init_and_validate_cli(tmp_path: Path, cli) -> None:
     target = tmp_path / "new.yaml"
+    (tmp_path / "photos").mkdir()  # the starter's dataset.path, which validate requires to exist
     assert cli("spec", "init", target).code == 0
     assert target.read_text() == STARTER_SPEC
     again = cli("spec", "init", target)

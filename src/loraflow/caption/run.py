@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,12 +80,38 @@ def worker_job(backend: str, options: dict[str, Any], images: list[str], output:
     return {"backend": backend, "options": options, "output": output, "images": images}
 
 
+Progress = Callable[[int, int], None]
+
+
+def _run_worker(argv: list[str], timeout_s: float, on_progress: Progress | None) -> tuple[int, str]:
+    """Run the worker, passing its `caption` events (done, total) on as they come; (exit code, stderr)."""
+    from loraflow.trainer.events import PREFIX
+
+    with tempfile.TemporaryFile("w+") as errors:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, text=True)
+        timer = threading.Timer(timeout_s, proc.kill)
+        timer.start()
+        try:
+            for line in proc.stdout or []:
+                if on_progress and line.startswith(PREFIX):
+                    event = json.loads(line[len(PREFIX) :])
+                    if event.get("event") == "caption":
+                        on_progress(int(event["done"]), int(event["total"]))
+            code = proc.wait()
+            timed_out = timer.finished.is_set()
+        finally:
+            timer.cancel()
+        errors.seek(0)
+        return code, f"stopped after {timeout_s:.0f} s without finishing" if timed_out else errors.read()
+
+
 def run_captioner(
     images: list[Path],
     policy: CaptionPolicy,
     cache_root: Path | None = None,
     timeout_s: float = 3600,
     trigger: str | None = None,
+    on_progress: Progress | None = None,
 ) -> dict[Path, str]:
     """Captions for `images` (cached ones instantly); the model runs in a separate process."""
     cache = CaptionCache(policy, trigger, cache_root)
@@ -100,17 +128,11 @@ def run_captioner(
         job = Path(tmp) / "job.json"
         result = Path(tmp) / "result.json"
         job.write_text(json.dumps(worker_job(policy.backend, cache.options, [str(p) for p in todo], str(result))))
-        proc = subprocess.run(
-            [sys.executable, "-m", "loraflow.caption.worker", str(job)],
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-        if proc.returncode != 0 or not result.exists():
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        code, stderr = _run_worker([sys.executable, "-m", "loraflow.caption.worker", str(job)], timeout_s, on_progress)
+        if code != 0 or not result.exists():
+            last = (stderr.strip().splitlines() or ["no output"])[-1]
             raise LoraflowError(
-                f"the {policy.backend} captioner failed (exit {proc.returncode}): {last}",
+                f"the {policy.backend} captioner failed (exit {code}): {last}",
                 fix="check dataset.captions.model, or caption the images yourself; no caption file was written",
             )
         produced = json.loads(result.read_text(encoding="utf-8"))
@@ -120,7 +142,9 @@ def run_captioner(
     return out
 
 
-def caption_folder(folder: Path, policy: CaptionPolicy, caption_ext: str = "txt") -> dict[str, int]:
+def caption_folder(
+    folder: Path, policy: CaptionPolicy, caption_ext: str = "txt", on_progress: Progress | None = None
+) -> dict[str, int]:
     """Write caption files next to the images of a folder: only missing ones unless policy.mode is overwrite,
     in which case the previous files are kept in .loraflow-captions-backup/."""
     from loraflow.dataset.images import decode
@@ -143,7 +167,7 @@ def caption_folder(folder: Path, policy: CaptionPolicy, caption_ext: str = "txt"
     if policy.backend == "template":
         texts = {image: policy.template for image in need}
     else:
-        texts = run_captioner(need, policy) if need else {}
+        texts = run_captioner(need, policy, on_progress=on_progress) if need else {}
     backup = folder / ".loraflow-captions-backup"
     for image, text in texts.items():
         cap = image.with_suffix(f".{caption_ext}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -10,6 +11,18 @@ from rich.table import Table
 
 from loraflow.cli.output import console, print_json
 from loraflow.spec import TrainSpec, load_spec
+
+if TYPE_CHECKING:
+    from loraflow.providers.vastai import VastProvider
+
+
+def _quick_vast() -> VastProvider:
+    """For read-only questions a person waits on: two tries of 10 s, then a message naming the host
+    (renting and destroying keep the client's patient retries)."""
+    from loraflow.providers.vast_client import VastClient
+    from loraflow.providers.vastai import VastProvider
+
+    return VastProvider(VastClient(tries=2, timeout_s=10))
 
 
 def _minutes(seconds: float) -> str:
@@ -21,21 +34,19 @@ def estimate(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Predicted time and cost per GPU type on offer, with its parts, before anything is rented."""
-    from loraflow.jobs.estimate import estimate as predict
+    from loraflow.jobs.estimate import local_estimate
 
     spec = load_spec(spec_path)
     if spec.engine.name == "fal":
         _hosted_estimate(spec, as_json)
         return
     if spec.compute.provider == "vastai":
-        from loraflow.providers.vastai import VastProvider
-
         best: dict[str, object] = {}
-        for ranked in VastProvider().offers(spec):  # cheapest job first: keep the best offer per GPU type
+        for ranked in _quick_vast().offers(spec):  # cheapest job first: keep the best offer per GPU type
             best.setdefault(str(ranked.offer.get("gpu_name")), ranked.estimate)
         rows = list(best.values())
     else:
-        rows = [predict(spec, "CPU" if spec.base_model == "tiny-flux" else "RTX 4090", 0.0, remote=False)]
+        rows = [local_estimate(spec)]
     data = [r.to_dict() for r in rows]  # type: ignore[attr-defined]
     cap = spec.budget.max_usd
     if as_json:
@@ -54,7 +65,8 @@ def estimate(
             f"[red]{r['cost_usd']:.3f}[/red]" if over else f"{r['cost_usd']:.3f}",
         )
     console.print(table)
-    console.print("times in minutes; " + (f"budget ${cap:.2f} (red: over)" if cap else "no budget.max_usd set"))
+    where = "" if spec.compute.provider == "vastai" else f"on this machine ({escape(rows[0].gpu)}), no rental cost; "  # type: ignore[attr-defined]
+    console.print(where + "times in minutes; " + (f"budget ${cap:.2f} (red: over)" if cap else "no budget.max_usd set"))
 
 
 def _hosted_estimate(spec: TrainSpec, as_json: bool) -> None:
@@ -79,10 +91,9 @@ def offers(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Vast.ai offers that fit a job, cheapest job first (not cheapest hour)."""
-    from loraflow.providers.vastai import VastProvider
 
     spec = load_spec(spec_path) if spec_path else _starter()
-    ranked = VastProvider().offers(spec)[:limit]
+    ranked = _quick_vast().offers(spec)[:limit]
     if as_json:
         print_json([{"offer": r.offer, "estimate": r.estimate.to_dict()} for r in ranked])
         return
@@ -127,9 +138,9 @@ def _owners() -> dict[str, str]:
 
 def instances(as_json: bool = typer.Option(False, "--json")) -> None:
     """Vast.ai instances labelled by loraflow, with the job that owns each."""
-    from loraflow.providers.vastai import LABEL_PREFIX, VastProvider
+    from loraflow.providers.vastai import LABEL_PREFIX
 
-    rows = VastProvider().owned()
+    rows = _quick_vast().owned()
     owners = _owners()
     data = [
         {

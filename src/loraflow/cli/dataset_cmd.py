@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from loraflow.cli.output import console, print_json
+from loraflow.cli.output import console, err, print_json
 from loraflow.dataset import DatasetRun, Report, Severity
 from loraflow.dataset.manifest import pack as pack_folder
 from loraflow.errors import UserInputError
@@ -63,6 +63,13 @@ def show_report(report: Report, verbose: bool = False) -> None:
             continue
         console.print(f"[{colors[finding.severity]}]{escape(finding.line())}[/]")
     n_err, n_warn = len(report.errors), len(report.warnings)
+    if report.output and report.errors:  # --drop-bad left the bad files out: what was written is fit
+        left_out = len({f.file for f in report.errors if f.file})
+        console.print(
+            f"[green]wrote a dataset fit to train[/green]: {report.usable_images} images; left out {left_out} "
+            f"file(s) with the {n_err} error(s) above; {n_warn} warning(s)"
+        )
+        return
     verdict = "[green]fit to train[/green]" if report.ok else "[red]not fit to train[/red]"
     console.print(f"{verdict}: {n_err} error(s), {n_warn} warning(s)")
 
@@ -116,6 +123,12 @@ def prepare(
     )
     print_json(report.to_dict()) if as_json else show_report(report, verbose)
     if report.output is None:
+        per_file = len({f.file for f in report.errors if f.file})
+        if per_file and not drop_bad:
+            hint = f"Fix the errors above, or run again with --drop-bad to leave out the {per_file} file(s) with them."
+        else:
+            hint = "Fix the errors above: they concern the whole dataset, which --drop-bad cannot mend."
+        err(f"nothing was written. {hint}")
         raise typer.Exit(2)
 
 

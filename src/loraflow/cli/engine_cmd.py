@@ -25,7 +25,7 @@ def render(
     out: Path | None = typer.Option(None, "--out", help="Write the files into this folder instead of printing."),
 ) -> None:
     """Show the files the engine will be given (job folder shown as /JOB). No secret is ever in them."""
-    spec = load_spec(spec_path, engine)  # the engine's own catalog overrides and VRAM preset apply
+    spec = load_spec(spec_path, engine=engine)  # the engine's own catalog overrides and VRAM preset apply
     eng = get_engine(spec.engine.name)
     entry = spec.catalog_entry
     model = entry.hub_id if spec.base_model == entry.id and entry.hub_id else spec.base_model

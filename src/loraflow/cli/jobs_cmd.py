@@ -28,11 +28,15 @@ def list_jobs(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """List jobs, newest first."""
-    jobs = Store().list_jobs(states=state or None, limit=limit)
+    from loraflow.jobs.queue import snapshot
+
+    store = Store()
+    jobs = store.list_jobs(states=state or None, limit=limit)
+    places = snapshot(store)
     if as_json:
-        print_json([j.to_dict() for j in jobs])
+        print_json([{**j.to_dict(), "queue": p.to_dict() if (p := places.get(j.id)) else None} for j in jobs])
         return
-    table = Table("name", "state", "stage", "engine", "progress", "loss", "cost", "created")
+    table = Table("name", "state", "stage", "engine", "progress", "queue", "loss", "cost", "created")
     table.add_column("id", no_wrap=True, min_width=12)
     for j in jobs:
         progress = f"{j.step}/{j.total_steps}" if j.total_steps else "-"
@@ -43,6 +47,7 @@ def list_jobs(
             j.stage or "-",
             j.engine,
             progress,
+            places[j.id].line() if j.id in places else "-",
             loss,
             f"${j.cost_usd:.2f}",
             j.created_at.strftime("%m-%d %H:%M"),

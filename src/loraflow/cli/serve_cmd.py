@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 
@@ -40,6 +41,8 @@ def serve(
     store = Store()
     app = create_app(store, config)
     install(app)
+    if workers > 0:  # queue ETAs in the API and the web UI count this process's slots
+        os.environ.setdefault("LORAFLOW_QUEUE_SLOTS", str(workers))
     worker = Worker(store, slots=workers).start() if workers > 0 else None
     console.print(f"loraflow on http://{host}:{port}  (API docs: /docs, workers: {workers})")
     try:

@@ -32,8 +32,8 @@ def validate(
     show: bool = typer.Option(False, "--show", help="Print the resolved spec with every default filled in."),
     as_json: bool = typer.Option(False, "--json", help="Print the resolved spec as JSON."),
 ) -> None:
-    """Check a spec; every problem is named by its key path with the fix."""
-    spec = load_spec(path)
+    """Check a spec; every problem is named by its key path with the fix, all at once."""
+    spec = load_spec(path, check_dataset=True)
     if as_json:
         print_json(spec.to_dict())
         return

@@ -95,10 +95,16 @@ def train(
     raise typer.Exit(attach(Store(), job_id))
 
 
-def demo(spec_path: Path = typer.Option(Path("examples/demo.yaml"), "--spec", help="The demo spec.")) -> None:
-    """Train the built-in tiny model on the bundled sample dataset (CPU, about a minute)."""
+def demo(
+    spec_path: Path | None = typer.Option(None, "--spec", help="Another demo spec (default: the one shipped)."),
+) -> None:
+    """Train the built-in tiny model on the bundled sample dataset (CPU, about a minute), from any folder."""
+    from importlib import resources
+
+    if spec_path is None:
+        spec_path = Path(str(resources.files("loraflow.demo").joinpath("demo.yaml")))
     if not spec_path.is_file():
-        raise UserInputError(f"no demo spec at {spec_path}", fix="run `make demo` from the repository root")
+        raise UserInputError(f"no demo spec at {spec_path}", fix="leave out --spec to run the shipped demo")
     spec = load_spec(spec_path)
     store = Store()
     job_id = submit(spec)

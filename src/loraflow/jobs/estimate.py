@@ -92,3 +92,47 @@ def estimate(
     dataset_mb = images * 1.5
     transfer = (dataset_mb + checkpoints * lora_mb) * 8 / max(inet_up_mbps, 1) if remote else 0.0
     return Estimate(gpu, usd_per_hour, setup, caching, steps * per_step, samples, transfer, offer_id)
+
+
+def this_machine() -> tuple[str, str]:
+    """This machine's device as a person knows it, and the throughput-table row that times it: the first
+    NVIDIA GPU (matched by name, e.g. 'NVIDIA GeForce RTX 4090' -> 'RTX 4090'), else the CPU."""
+    from loraflow.hosts.local import LocalHost
+
+    gpus = LocalHost().gpu_stats()
+    if gpus:
+        name = str(gpus[0]["name"])
+        squashed = name.lower().replace(" ", "")
+        rows = sorted((k for k in gpu_table() if k not in ("models", "CPU")), key=len, reverse=True)
+        row = next((k for k in rows if k.lower().replace(" ", "") in squashed), "RTX 4090")
+        return name, row
+    return f"CPU ({_cpu_model()})", "CPU"
+
+
+def _cpu_model() -> str:
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def local_estimate(spec: TrainSpec) -> Estimate:
+    """A run on this machine: its own device, no rental cost, nothing to transfer. A real model on a
+    machine without a GPU is refused rather than timed: the throughput table's CPU row is the tiny model's."""
+    from dataclasses import replace
+
+    from loraflow.errors import UserInputError
+
+    name, row = this_machine()
+    if row == "CPU" and model_kind(spec) != "tiny":
+        raise UserInputError(
+            f"{name} has no NVIDIA GPU; {spec.base_model} needs one with about {spec.catalog_entry.min_vram_gb} GB",
+            fix="set compute.provider: vastai to rent one (estimate then prices the offers), "
+            "or use base_model: tiny-flux to try the pipeline on the CPU",
+        )
+    return replace(estimate(spec, row, 0.0, remote=False), gpu=name)

@@ -49,6 +49,7 @@ class Worker:
         self.follow = follow
         self.follower: Follower | None = None
         self._thread: threading.Thread | None = None
+        self._queue_seen: dict[str, tuple[object, ...]] = {}  # waiting jobs' last announced places
 
     def claim(self, limit: int) -> list[str]:
         """Take up to `limit` jobs nobody is working on; returns their ids."""
@@ -104,7 +105,17 @@ class Worker:
         for job in self.store.jobs_by_id(claimed).values():
             self.store.append_event(job.id, "worker.claimed", {"worker": self.id})
             self._keep(job)
+        self._announce()
         return claimed
+
+    def _announce(self) -> None:
+        """Tell waiting jobs their new place in the queue (`job.queued`, only when it changed)."""
+        from loraflow.jobs.queue import announce
+
+        try:
+            announce(self.store, self.slots, self._queue_seen)
+        except Exception as exc:  # the queue's news must never stop the worker from working
+            print(f"queue announce failed: {exc!r}")
 
     def _keep(self, job: Job) -> bool:
         """Make sure the job is being worked on: by the follower (True), or by its runner, started again

@@ -1,5 +1,5 @@
 """The platform's periodic duties: external checks before training, settling credits, registering models,
-removing abandoned uploads.
+removing abandoned uploads, retention (platform/gc.py).
 
 Each duty is idempotent and recorded on the job, so any number of servers and workers may sweep.
 """
@@ -7,12 +7,11 @@ Each duty is idempotent and recorded on the job, so any number of servers and wo
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from loraflow.jobs.states import TERMINAL, JobState
+from loraflow.jobs.states import JobState
 from loraflow.jobs.store import Job, Store
 from loraflow.platform.config import PlatformConfig
 
@@ -60,15 +59,14 @@ def run_prechecks(store: Store, cfg: PlatformConfig) -> None:
 
 
 def expire_uploads(store: Store) -> list[str]:
-    """Remove uploads older than LORAFLOW_UPLOAD_TTL_HOURS, except those a job that may still run (any
-    state but completed and cancelled: a stopped or failed job can be resumed) reads its dataset from."""
-    from loraflow.server.uploads import expire
+    """Remove abandoned uploads (platform/gc.py's rule: untouched for the upload TTL and read by no job that
+    may still run); the names of those removed. Checked every few minutes, not only at gc's period."""
+    from loraflow.platform.gc import GcPolicy, plan_uploads, remove
 
-    alive = [s.value for s in JobState if s not in TERMINAL]
-    in_use: list[Path] = []
-    while batch := store.list_jobs(states=alive, limit=500, offset=len(in_use)):
-        in_use += [Path(job.train_spec.dataset.path) for job in batch]
-    return expire(in_use)
+    plan = plan_uploads(store, GcPolicy.from_env())
+    for removal in plan.removals:
+        remove(removal.path)
+    return [r.path.name for r in plan.removals]
 
 
 def _uploads_due() -> bool:
@@ -103,4 +101,18 @@ def sweep(store: Store, cfg: PlatformConfig | None = None) -> dict[str, Any]:
             except Exception as exc:  # noted on the job; the sweep goes on
                 store.append_event(job.id, "warning", {"message": f"could not register the model: {exc}"})
         store.add_artifacts(job.id, swept=True)
+    _collect_garbage(store, done)
     return done
+
+
+def _collect_garbage(store: Store, done: dict[str, Any]) -> None:
+    """Retention (platform/gc.py), once per LORAFLOW_GC_EVERY_S: the sweep runs every few seconds."""
+    from loraflow.platform.gc import periodic
+
+    try:
+        collected = periodic(store)
+    except Exception as exc:  # a disk problem must not stop checks, credits and the registry
+        print(f"retention failed: {exc!r}")
+        return
+    if collected is not None:
+        done["gc"] = collected

@@ -100,7 +100,10 @@ class VastClient:
                 time.sleep(min(self.backoff_s * 2**attempt, 30))
         if isinstance(last, VastError):
             raise last
-        raise LoraflowError(f"Vast.ai did not answer: {last}", fix="check the network or VAST_URL")
+        raise LoraflowError(
+            f"Vast.ai at {self.http.base_url} did not answer after {self.tries} tries ({type(last).__name__}: {last})",
+            fix="check the network, or VAST_URL if you set it",
+        )
 
     def _decode(self, resp: httpx.Response) -> Any:
         try:

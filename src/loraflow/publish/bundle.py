@@ -43,21 +43,36 @@ def collect_samples(samples_dir: Path) -> list[dict[str, Any]]:
     return items
 
 
+GRID_CELL, GRID_LEFT, GRID_TOP = 256, 96, 44  # image cell, step label column, prompt header (px)
+
+
 def sample_grid(samples_dir: Path, items: list[dict[str, Any]], max_rows: int = 4) -> bytes | None:
-    """One row per sample step (the last few), one column per prompt."""
+    """One row per sample step (the last few), one column per prompt, labelled with the step on the left
+    and the prompt on top, so the grid reads on its own in a model card or a notebook."""
+    import textwrap
+
+    from PIL import ImageDraw, ImageFont
+
     if not items:
         return None
     steps = sorted({i["step"] for i in items})[-max_rows:]
     prompts = sorted({i["file"].split("/")[-1] for i in items})
-    cell = 256
-    grid = Image.new("RGB", (cell * len(prompts), cell * len(steps)), "white")
+    text_of = {i["file"].split("/")[-1]: str(i.get("prompt") or "") for i in items}
+    cell, left, top = GRID_CELL, GRID_LEFT, GRID_TOP
+    grid = Image.new("RGB", (left + cell * len(prompts), top + cell * len(steps)), "white")
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default(size=13)
+    for c, name in enumerate(prompts):
+        lines = textwrap.wrap(text_of[name], 36, max_lines=2, placeholder=" …") or [name]
+        draw.multiline_text((left + c * cell + 6, 6), "\n".join(lines), fill="black", font=font, spacing=3)
     for r, step in enumerate(steps):
+        draw.text((8, top + r * cell + cell // 2 - 8), f"step {step}", fill="black", font=font)
         for item in (i for i in items if i["step"] == step):
             c = prompts.index(item["file"].split("/")[-1])
             img = Image.open(samples_dir / item["file"]).convert("RGB")
             scale = cell / max(img.size)  # small samples (the tiny model's 64 px) are scaled up too
             img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.NEAREST)
-            grid.paste(img, (c * cell + (cell - img.width) // 2, r * cell + (cell - img.height) // 2))
+            grid.paste(img, (left + c * cell + (cell - img.width) // 2, top + r * cell + (cell - img.height) // 2))
     buf = io.BytesIO()
     grid.save(buf, format="PNG")
     return buf.getvalue()

@@ -20,6 +20,7 @@ from fastapi import FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
 
 from loraflow import __version__, paths
+from loraflow.jobs import queue
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Store
 from loraflow.jobs.submit import ServiceConfig, check_open, read_spec, submit
@@ -129,11 +130,15 @@ def create_app(
                 raise Problem(422, "invalid state", f"{s!r} is not a job state; use one of {sorted(valid)}")
         jobs = store.list_jobs(owner=user.name, states=state, limit=limit, offset=offset)
         total = store.count_jobs(owner=user.name, states=state)
-        return {"total": total, "limit": limit, "offset": offset, "jobs": [j.to_dict() for j in jobs]}
+        places = queue.snapshot(store)
+        rows = [{**j.to_dict(), "queue": _place(places.get(j.id))} for j in jobs]
+        return {"total": total, "limit": limit, "offset": offset, "jobs": rows}
 
     @app.get("/api/jobs/{job_id}", tags=["jobs"])
     def get_job(job_id: str, user: Auth, store: Db) -> dict[str, Any]:
-        return own_job(store, user, job_id).to_dict()
+        """The job; `queue` is its place while it waits (position, position_for_user, eta_s), else null."""
+        job = own_job(store, user, job_id)
+        return {**job.to_dict(), "queue": _place(queue.entry(store, job))}
 
     @app.get("/api/jobs/{job_id}/events", tags=["jobs"])
     def job_events(
@@ -250,6 +255,10 @@ def _mark_cancel(store: Store, job_id: str) -> None:
             time.sleep(0.25)
 
     threading.Thread(target=wait, daemon=True).start()
+
+
+def _place(entry: queue.QueueEntry | None) -> dict[str, Any] | None:
+    return entry.to_dict() if entry is not None else None
 
 
 def _event(e: Any) -> dict[str, Any]:

@@ -17,14 +17,18 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import UploadFile as StarletteUpload
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loraflow import paths
+from loraflow.errors import IllegalTransition, LoraflowError, NotFound, SpecError, UserInputError
 from loraflow.jobs.states import ACTIVE, RESUMABLE, JobState
 from loraflow.jobs.store import Job, Store
-from loraflow.server import uploads
+from loraflow.server import docs, uploads
+from loraflow.server.charts import loss_chart
 from loraflow.server.deps import bundle_response, job_file_response, own_job
 from loraflow.server.problems import Problem
 from loraflow.server.tokens import User, create_token, lookup, revoke_by_token
+from loraflow.server.wizard import ADVANCED, CaptionRun, kept_input, model_defaults, start_error
 
 HERE = Path(__file__).parent
 COOKIE = "loraflow_session"
@@ -33,10 +37,15 @@ PER_PAGE = 50
 
 def install(app: FastAPI) -> None:
     templates = Jinja2Templates(directory=str(HERE / "templates"))
+    docs.install(app)  # before /static: its assets live under /static/swagger-ui
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
     def store() -> Store:
         return app.state.store
+
+    from loraflow.jobs.queue import entry as queue_entry
+
+    templates.env.globals["queue_of"] = lambda job: queue_entry(store(), job)  # _job_live.html's queue line
 
     def session_user(request: Request) -> User | None:
         if app.state.config.no_auth:
@@ -45,7 +54,36 @@ def install(app: FastAPI) -> None:
         return lookup(store(), token) if token else None
 
     def render(request: Request, template: str, user: User | None, **ctx: Any) -> HTMLResponse:
-        return templates.TemplateResponse(request, template, {"user": user, **ctx})
+        single = app.state.config.no_auth
+        return templates.TemplateResponse(request, template, {"user": user, "single_user": single, **ctx})
+
+    def browser_errors(error_type: type[Exception]) -> None:
+        """A person who opens a page gets an HTML page with the problem, never raw problem JSON; the API,
+        htmx requests and programs keep the RFC 9457 answer."""
+        api_handler = app.exception_handlers[error_type]
+
+        async def handler(request: Request, exc: Exception) -> Response:
+            answer = await api_handler(request, exc)
+            wants_page = "text/html" in request.headers.get("accept", "") and "hx-request" not in request.headers
+            if request.url.path.startswith("/api/") or not wants_page:
+                return answer
+            body = json.loads(bytes(answer.body))
+            ctx = {"title": str(body.get("title") or "error").capitalize(), "detail": body.get("detail")}
+            page = render(request, "error.html", session_user_or_none(request), **ctx, status_code=answer.status_code)
+            page.status_code = answer.status_code
+            return page
+
+        app.add_exception_handler(error_type, handler)
+
+    def session_user_or_none(request: Request) -> User | None:
+        try:
+            return session_user(request)
+        except Exception:  # the error page must render even when the store does not answer
+            return None
+
+    for error_type in (Problem, SpecError, NotFound, IllegalTransition, UserInputError, LoraflowError):
+        browser_errors(error_type)
+    browser_errors(StarletteHTTPException)
 
     def need_user(request: Request) -> User:
         user = session_user(request)
@@ -106,10 +144,12 @@ def install(app: FastAPI) -> None:
     def live_context(job: Job) -> dict[str, Any]:
         folder = paths.job_dir(job.id)
         progress = store().events(job.id, types=["progress"], limit=5000)
-        samples: dict[int, list[str]] = {}
+        samples: dict[int, list[dict[str, str]]] = {}
+        prompts = {i["file"]: str(i.get("prompt") or "") for i in _sample_index(folder / "samples")}
         for path in sorted((folder / "samples").glob("step-*/*.png")):
+            key = f"{path.parent.name}/{path.name}"
             samples.setdefault(int(path.parent.name.split("-")[1]), []).append(
-                f"samples/{path.parent.name}/{path.name}"
+                {"file": f"samples/{key}", "prompt": prompts.get(key, "")}
             )
         checkpoints = sorted(
             int(p.name.split("-")[1]) for p in (folder / "checkpoints").glob("step-*") if (p / "meta.json").exists()
@@ -222,16 +262,36 @@ def install(app: FastAPI) -> None:
     def upload_image(request: Request, upload_id: str, name: str) -> FileResponse:
         return FileResponse(uploads.image(upload_dir(need_user(request), upload_id), name))
 
+    caption_runs: dict[str, CaptionRun] = {}
+
+    def caption_status(request: Request, upload_id: str, folder: Path, error: str | None = None) -> HTMLResponse:
+        run = caption_runs.get(str(folder))
+        ctx: dict[str, Any] = {"upload_id": upload_id, "run": run, "error": error or (run and run.error)}
+        if run and run.finished and not run.error:
+            ctx |= {"items": wizard_context(folder, upload_id)["items"], "oob": True}
+        response = templates.TemplateResponse(request, "_caption_status.html", ctx)
+        response.status_code = 422 if error else 200
+        return response
+
     @app.post("/ui/uploads/{upload_id}/autocaption", response_class=HTMLResponse, include_in_schema=False)
     def autocaption(request: Request, upload_id: str, backend: str = Form("template")) -> HTMLResponse:
-        from loraflow.caption.run import caption_folder
+        """Start captioning in the background; the answer polls its progress and ends with the captions."""
+        from loraflow.caption.available import operator_model, why_not
         from loraflow.spec import CaptionPolicy
 
         folder = upload_dir(need_user(request), upload_id)
-        if backend not in ("template", "wd14", "florence2"):
-            raise Problem(422, "unknown captioner", f"{backend!r} is not available here")
-        caption_folder(folder, CaptionPolicy(backend=backend, mode="fill_missing"))
-        return templates.TemplateResponse(request, "_captions.html", wizard_context(folder, upload_id))
+        reason = why_not(backend)
+        if reason:
+            return caption_status(request, upload_id, folder, f"{backend} cannot caption on this server: {reason}")
+        running = caption_runs.get(str(folder))
+        if running is None or running.finished:
+            policy = CaptionPolicy(backend=backend, mode="fill_missing", model=operator_model(backend))
+            caption_runs[str(folder)] = CaptionRun(backend).start(folder, policy)
+        return caption_status(request, upload_id, folder)
+
+    @app.get("/ui/uploads/{upload_id}/autocaption", response_class=HTMLResponse, include_in_schema=False)
+    def autocaption_progress(request: Request, upload_id: str) -> HTMLResponse:
+        return caption_status(request, upload_id, upload_dir(need_user(request), upload_id))
 
     def settings_spec(folder: Path, form: dict[str, Any]) -> dict[str, Any]:
         training: dict[str, Any] = {}
@@ -255,7 +315,7 @@ def install(app: FastAPI) -> None:
 
     @app.post("/ui/uploads/{upload_id}/estimate", response_class=HTMLResponse, include_in_schema=False)
     async def ui_estimate(request: Request, upload_id: str) -> HTMLResponse:
-        from loraflow.jobs.estimate import estimate
+        from loraflow.jobs.estimate import local_estimate
         from loraflow.spec import parse_spec
 
         folder = upload_dir(need_user(request), upload_id)
@@ -263,11 +323,12 @@ def install(app: FastAPI) -> None:
             spec = parse_spec(settings_spec(folder, dict(await request.form())), "settings")
         except Exception as exc:  # shown next to the button
             return HTMLResponse(f'<span class="error">{_escape(str(exc))}</span>')
-        gpu = "CPU" if spec.base_model == "tiny-flux" else "RTX 4090"
-        est = estimate(spec, gpu, 0.0 if gpu == "CPU" else 0.35, remote=gpu != "CPU")
+        try:
+            est = local_estimate(spec)  # the wizard's jobs run on this server
+        except UserInputError as exc:
+            return HTMLResponse(f'<span class="error">{_escape(exc.render())}</span>')
         return HTMLResponse(
-            f'<span id="estimate-text">about {est.total_s / 60:.1f} min on {gpu}'
-            f"{'' if gpu == 'CPU' else f', about ${est.cost_usd:.2f} on a rented one'}</span>"
+            f'<span id="estimate-text">about {est.total_s / 60:.1f} min on this server\'s {_escape(est.gpu)}</span>'
         )
 
     @app.post("/ui/uploads/{upload_id}/start", include_in_schema=False)
@@ -277,38 +338,61 @@ def install(app: FastAPI) -> None:
         user = need_user(request)
         folder = upload_dir(user, upload_id)
         state = app.state
+        form = dict(await request.form())
         try:
-            spec = read_spec(settings_spec(folder, dict(await request.form())), state.config, "settings")
+            spec = read_spec(settings_spec(folder, form), state.config, "settings")
             job = submit(store(), spec, user.name, state.config, state.platform, False)
-        except Exception as exc:
-            ctx = wizard_context(folder, upload_id)
-            return render(request, "wizard.html", user, **ctx, error=str(exc))
+        except (Problem, UserInputError) as exc:
+            # Shown where the user pressed Start, with everything they typed still in the form.
+            ctx = {**wizard_context(folder, upload_id), **kept_input(form)}
+            response = render(request, "wizard.html", user, **ctx, error=start_error(exc))
+            response.status_code = getattr(exc, "status", 422)
+            return response
         return RedirectResponse(f"/jobs/{job.id}", status_code=303)
 
     def wizard_context(folder: Path, upload_id: str) -> dict[str, Any]:
-        from loraflow.caption.run import AVAILABLE
+        from loraflow.caption.available import captioner_status
         from loraflow.catalog import base_models, vram_presets
         from loraflow.dataset import DatasetRun
         from loraflow.spec import TrainingSpec
 
         report = DatasetRun(str(folder)).check()
         items = [{"name": name, "caption": text} for name, text in uploads.captions(folder).items()]
+        models = list(base_models().values())
+        defaults = model_defaults()
         advanced = [
-            {"key": k, "default": "" if f.default is None else f.default, "help": f.description or ""}
+            {"key": k, "default": defaults[models[0].id][k], "help": f.description or ""}
             for k, f in TrainingSpec.model_fields.items()
-            if k in ("steps", "learning_rate", "batch_size", "resolution", "optimizer", "seed", "lr_scheduler")
+            if k in ADVANCED
         ]
+        status = captioner_status()
         return {
             "upload_id": upload_id,
             "report": report,
             "items": items,
-            "captioners": sorted(b for b in AVAILABLE if b != "existing"),
+            "captioners": [name for name, reason in status.items() if reason is None],
+            "not_here": {name: reason for name, reason in status.items() if reason is not None},
             "trigger": "",
             "name": "lora",
-            "models": list(base_models().values()),
+            "models": models,
+            "model_defaults": defaults,
+            "chosen_model": models[0].id,
+            "chosen_preset": "",
+            "values": {},
             "presets": sorted(vram_presets()),
             "advanced": advanced,
         }
+
+
+def _sample_index(samples: Path) -> list[dict[str, Any]]:
+    """What each sample image was prompted with (step-*/index.json, written by every engine's sampling)."""
+    items: list[dict[str, Any]] = []
+    for index in sorted(samples.glob("step-*/index.json")):
+        try:
+            items += json.loads(index.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # being written right now: the next refresh has it
+    return items
 
 
 def _escape(text: str) -> str:
@@ -321,23 +405,3 @@ def _log_line(e: Any) -> str:
     ts = e.ts.strftime("%H:%M:%S") if isinstance(e.ts, datetime) else ""
     detail = e.data.get("message") or e.data.get("stage") or e.data.get("to") or ""
     return f"{ts} {e.type} {detail}"
-
-
-def loss_chart(points: list[tuple[Any, Any]], width: int = 600, height: int = 160) -> str:
-    """An inline SVG polyline of loss by step: no JavaScript chart library to ship."""
-    pts = [(int(s), float(v)) for s, v in points if s is not None and v is not None]
-    if len(pts) < 2:
-        return ""
-    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-    span_x, span_y = max(x1 - x0, 1), max(y1 - y0, 1e-9)
-    coords = " ".join(
-        f"{(x - x0) / span_x * (width - 10) + 5:.1f},{height - 5 - (y - y0) / span_y * (height - 10):.1f}"
-        for x, y in pts
-    )
-    return (
-        f'<svg id="loss-chart" viewBox="0 0 {width} {height}" width="100%" height="{height}" role="img" '
-        f'aria-label="loss from {ys[0]:.3f} to {ys[-1]:.3f}"><polyline fill="none" stroke="#3b5bdb" '
-        f'stroke-width="1.5" points="{coords}"/></svg>'
-        f'<p class="muted">step {x0}–{x1}, loss {y0:.4f}–{y1:.4f}</p>'
-    )

@@ -3,7 +3,7 @@
 An upload lives in `LORAFLOW_HOME/uploads/web-<user>-<id>/dataset/`: the user's name is part of the
 path, so nobody reaches another user's upload by guessing its id. An archive is expanded member by
 member in chunks, bounded by the upload limit (and the default dataset.checks.max_archive_bytes), and
-every stored name is sanitized. Abandoned uploads are removed by the periodic sweep (`expire`).
+every stored name is sanitized. Abandoned uploads are removed by the periodic sweep (platform/gc.py `plan_uploads`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import time
 import uuid
 from pathlib import Path, PurePosixPath
 
@@ -130,37 +129,3 @@ def captions(dataset: Path) -> dict[str, str]:
 
 def write_caption(dataset: Path, name: str, text: str) -> None:
     image(dataset, name).with_suffix(".txt").write_text(text.strip() + "\n", encoding="utf-8")
-
-
-def _last_touched(folder: Path) -> float:
-    """The newest modification under the folder: a caption edited an hour ago keeps its upload alive."""
-    stamps = [folder.stat().st_mtime]
-    for base, dirs, files in os.walk(folder):
-        stamps += [os.stat(os.path.join(base, n)).st_mtime for n in dirs + files]
-    return max(stamps)
-
-
-def ttl_hours() -> float:
-    return float(os.environ.get("LORAFLOW_UPLOAD_TTL_HOURS", "24"))
-
-
-def expire(in_use: list[Path], max_age_s: float | None = None, now: float | None = None) -> list[str]:
-    """Remove uploads untouched for `max_age_s` (LORAFLOW_UPLOAD_TTL_HOURS) that no job in `in_use` (the
-    dataset paths of jobs still alive) points into; the names of those removed."""
-    root = paths.home() / "uploads"
-    if not root.is_dir():
-        return []
-    max_age = ttl_hours() * 3600 if max_age_s is None else max_age_s
-    cutoff = (time.time() if now is None else now) - max_age
-    used = [p.resolve() for p in in_use]
-    removed = []
-    for folder in root.iterdir():
-        held = any(p == folder.resolve() or folder.resolve() in p.parents for p in used)
-        try:
-            if held or not folder.is_dir() or _last_touched(folder) > cutoff:
-                continue
-        except FileNotFoundError:  # removed by another sweeper meanwhile
-            continue
-        shutil.rmtree(folder, ignore_errors=True)
-        removed.append(folder.name)
-    return removed

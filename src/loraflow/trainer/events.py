@@ -13,6 +13,7 @@ from typing import Any
 
 PREFIX = "LORAFLOW "
 STOPPED_EXIT = 75  # EX_TEMPFAIL: stopped on request after saving a checkpoint; resumable
+PAUSE_FILE = "run/pause-at-step"  # under the output folder: a step number to pause at (checkpoint, STOPPED_EXIT)
 
 
 def emit(event: str, **data: Any) -> None:

@@ -22,7 +22,7 @@ from loraflow.trainer import checkpoint as ckpt
 from loraflow.trainer.components import DTYPES, FluxParts, load_flux, pick_device
 from loraflow.trainer.config import TrainerConfig
 from loraflow.trainer.data import Cache, Sample, epoch_batches, load_pixels, load_samples
-from loraflow.trainer.events import STOPPED_EXIT, emit
+from loraflow.trainer.events import PAUSE_FILE, STOPPED_EXIT, emit
 from loraflow.trainer.export import adapter_state, lora_metadata, lora_tensors, write_lora
 from loraflow.trainer.flow import encode_images, encode_prompts, flow_loss, sample_latents
 from loraflow.trainer.lora_format import target_regex
@@ -40,6 +40,15 @@ class StopFlag:
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+
+
+def pause_step(out: Path) -> float:
+    """The step to pause at that someone asked for while training runs (the notebook's STOP_AFTER_STEP): a
+    signal arrives steps late on a fast model, a step number read before each checkpoint decision does not."""
+    try:
+        return int((out / PAUSE_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return math.inf
 
 
 def _optimizer(params: list[torch.nn.Parameter], cfg: TrainerConfig) -> torch.optim.Optimizer:
@@ -305,6 +314,7 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
             eta_s=round((total - step) / rate, 1) if rate else None,
         )
         pause = stop.requested or (cfg.stop_after_step is not None and step >= cfg.stop_after_step)
+        pause = pause or step >= pause_step(out)
         if step % cfg.checkpoint_every == 0 or step == total or pause:
             checkpoint_now(step)
         if cfg.sample_every and step % cfg.sample_every == 0 and step != total:
@@ -312,6 +322,7 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
             sample_now(step)
             parts.transformer.train()
         if pause and step < total:
+            (out / PAUSE_FILE).unlink(missing_ok=True)  # a pause request is honoured once; a resume goes on
             emit("stopped", step=step, total=total)
             return STOPPED_EXIT
 

@@ -1,0 +1,1 @@
+"""The demo job shipped inside the package (spec and sample dataset), so `loraflow demo` runs from any folder."""
