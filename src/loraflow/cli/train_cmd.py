@@ -39,7 +39,10 @@ def quote_before_renting(spec: TrainSpec, force: bool) -> None:
 
 
 def submit(spec: TrainSpec, force: bool = False) -> str:
-    """Check the dataset (and the budget), record the job and start its runner; returns the job id."""
+    """Check the engine, the dataset (and the budget), record the job and start its runner; returns the job id."""
+    from loraflow.engines.installed import require_engine
+
+    require_engine(spec)  # before anything is made: a missing engine names its install command
     d = spec.dataset
     report = DatasetRun(d.path, d.checks, d.captions, d.trigger_word, d.caption_extension).check()
     if not report.ok:
