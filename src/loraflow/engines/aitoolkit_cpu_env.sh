@@ -7,8 +7,9 @@
 #
 # DIFFUSERS: a local diffusers checkout or wheel at the commit ai-toolkit pins (c943837, no PyPI release has
 # it); without one the newest diffusers release is installed instead, and a note says so.
-# Environment: PYTHON (default python3, 3.11+), TORCH_INDEX (default the PyTorch CPU index); pip's own
-# variables (PIP_INDEX_URL, PIP_FIND_LINKS, ...) work as usual, e.g. for an offline wheelhouse.
+# Environment: PYTHON (default python3, 3.11+), TORCH_INDEX (default the PyTorch CPU index; set it empty to
+# take torch and torchvision from pip's configured sources only); pip's own variables and config
+# (PIP_INDEX_URL, PIP_FIND_LINKS, ...) work as usual, e.g. for a wheelhouse holding torch-2.13.0+cpu.
 set -euo pipefail
 
 if [ $# -lt 1 ]; then
@@ -18,7 +19,7 @@ fi
 SRC="$(cd "$1" && pwd)"
 DIFFUSERS="${2:-}"
 PYTHON="${PYTHON:-python3}"
-TORCH_INDEX="${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
+TORCH_INDEX="${TORCH_INDEX-https://download.pytorch.org/whl/cpu}"
 VENV="$SRC/venv"
 DONE="$VENV/.loraflow-cpu-env"
 step() { echo "==> $*"; }
@@ -41,11 +42,14 @@ CONSTRAINTS="$VENV/loraflow-constraints.txt"
 printf 'torch==2.13.0\ntorchvision==0.28.0\n' >"$CONSTRAINTS"
 
 step "torch 2.13.0 (CPU)"
-"$PY" -m pip install --progress-bar on torch==2.13.0 --index-url "$TORCH_INDEX"
+INDEX=()
+[ -z "$TORCH_INDEX" ] || INDEX=(--extra-index-url "$TORCH_INDEX")
+"$PY" -m pip install --progress-bar on torch==2.13.0 "${INDEX[@]}"
+"$PY" -c "import torch; assert not torch.version.cuda, 'a CUDA torch was installed: give TORCH_INDEX a CPU index'"
 
 # torchvision's wheel expects torch's CUDA libraries: installed without its dependencies (torch is there)
 step "torchvision 0.28.0 (--no-deps)"
-"$PY" -m pip install --no-deps torchvision==0.28.0 --extra-index-url "$TORCH_INDEX"
+"$PY" -m pip install --no-deps torchvision==0.28.0 "${INDEX[@]}"
 SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 if ! "$PY" -c "import torchvision" 2>/dev/null; then
     # Its meta-kernel registrations fail on ops a CPU torch lacks; image LoRA training never calls them.
