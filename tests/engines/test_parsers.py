@@ -187,6 +187,12 @@ def test_logs_parse_cli(cli, tmp_path: Path) -> None:
     assert "CUDA out of memory" in kohya.out
     as_json = cli("logs", "parse", "--engine", "kohya", FIX / "kohya_resume.log", "--json")
     assert '"type": "resumed", "step": 800' in as_json.out
+    db = tmp_path / "loss_log.db"
+    write_loss_log(db, range(1, 20), 20)
+    exact = cli("logs", "parse", "--engine", "ai-toolkit", FIX / "aitk_fast.log", "--loss-db", db, "--json")
+    from loraflow.testing.aitoolkit_standin import loss_at
+
+    assert '"step": 20, ' in exact.out and f'"loss": {loss_at(19, 20)}' in exact.out  # loss_log.db's value
     summary = summarize([])
     assert summary["steps"] == 0
     assert parse_log("builtin", b"", "") == []

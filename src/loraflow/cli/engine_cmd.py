@@ -46,7 +46,7 @@ def render(
         console.print(text, markup=False, highlight=False)
 
 
-def parse_log(engine: str, data: bytes, job_name: str) -> list[EngineEvent]:
+def parse_log(engine: str, data: bytes, job_name: str, loss_db: Path | None = None) -> list[EngineEvent]:
     if engine == "builtin":
         from loraflow.monitor.builtin_parser import BuiltinParser
 
@@ -54,7 +54,7 @@ def parse_log(engine: str, data: bytes, job_name: str) -> list[EngineEvent]:
     elif engine == "ai-toolkit":
         from loraflow.engines.aitoolkit import AitkParser
 
-        parser = AitkParser(job_name)
+        parser = AitkParser(job_name, loss_db)
     elif engine == "kohya":
         from loraflow.engines.kohya import KohyaParser
 
@@ -118,7 +118,7 @@ def parse_cmd(
         from loraflow.engines.aitoolkit import guess_job_name
 
         name = guess_job_name(data.decode("utf-8", errors="replace"))
-    events = parse_log(engine, data, name)
+    events = parse_log(engine, data, name, loss_db)
     if as_json:
         for e in events:
             print(json.dumps({"type": e.type, **e.data}))
