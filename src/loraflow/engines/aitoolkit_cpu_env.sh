@@ -49,6 +49,7 @@ INDEX=()
 
 # torchvision's wheel expects torch's CUDA libraries: installed without its dependencies (torch is there)
 step "torchvision 0.28.0 (--no-deps)"
+"$PY" -m pip install --progress-bar on numpy pillow
 "$PY" -m pip install --no-deps torchvision==0.28.0 "${INDEX[@]}"
 SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 if ! "$PY" -c "import torchvision" 2>/dev/null; then
