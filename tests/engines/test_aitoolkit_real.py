@@ -45,13 +45,24 @@ def test_real_aitoolkit_trains_resumes_after_sigkill_and_agrees_with_its_own_fil
     from safetensors import safe_open
 
     from loraflow.engines.aitoolkit import read_loss_log
+    from loraflow.trainer.tiny import build_tiny_flux
 
+    tiny = build_tiny_flux(tmp_path / "tiny-flux")  # a local folder: ai-toolkit takes flux-dev's road
     spec = {
         "name": "mascot",
-        "dataset": {"path": str(EXAMPLES / "sample_dataset"), "trigger_word": "lfx"},
-        "base_model": "tiny-flux",
+        "dataset": {"path": str(EXAMPLES / "sample_dataset"), "trigger_word": "lfx", "checks": {"min_resolution": 64}},
+        "base_model": str(tiny),
         "engine": "ai-toolkit",
-        "training": {"steps": STEPS},
+        "network": {"rank": 4, "alpha": 4},
+        "training": {
+            "steps": STEPS,
+            "resolution": [64],
+            "batch_size": 1,
+            "precision": "fp32",
+            "quantize": "none",
+            "gradient_checkpointing": False,
+            "learning_rate": 1e-3,
+        },
         "sampling": {"every_n_steps": 0, "at_end": False},
         "checkpointing": {"every_n_steps": 10, "keep_last": 10},
         "monitor": {"max_restarts": 2},
@@ -118,9 +129,7 @@ def test_real_aitoolkit_trains_resumes_after_sigkill_and_agrees_with_its_own_fil
 
     from diffusers import FluxPipeline
 
-    from loraflow import paths
-
-    pipe = FluxPipeline.from_pretrained(str(paths.models_root() / "tiny-flux"))
+    pipe = FluxPipeline.from_pretrained(str(tiny))
     pipe.load_lora_weights(str(final), adapter_name="aitk")
     pipe.load_lora_weights(job.artifacts["lora"], adapter_name="loraflow")
     assert set(pipe.get_list_adapters()["transformer"]) == {"aitk", "loraflow"}
