@@ -127,7 +127,8 @@ def test_real_aitoolkit_trains_resumes_after_sigkill_and_agrees_with_its_own_fil
         assert '"step": 40' in f.metadata()["training_info"]
     assert Path(job.artifacts["lora"]).is_file()
     log = Path(Handle.in_folder(JobLayout(str(job.folder)).run, "train").log_file).read_text(errors="replace")
-    assert "were not initialized from the model checkpoint" not in log  # every CLIP and T5 tensor loaded
+    # every CLIP and T5 tensor loaded: transformers 5.x prints a LOAD REPORT of MISSING/UNEXPECTED keys otherwise
+    assert "LOAD REPORT" not in log and "| MISSING" not in log
 
     from diffusers import FluxPipeline
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-# CLIPTextModel's keys as transformers 4.x and 5.5.3 (ai-toolkit's) expect them: under `text_model.`.
+# CLIPTextModel's keys as transformers 4.x and 5.5.3 (ai-toolkit's) expect them: under `text_model.`
+# (5.5.3 given the flat layout reports all 36 as MISSING and the flat ones as UNEXPECTED: checked by hand).
 OLDER_LAYOUT = {
     "text_model.embeddings.token_embedding.weight",
     "text_model.embeddings.position_embedding.weight",
