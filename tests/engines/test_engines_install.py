@@ -89,3 +89,28 @@ def test_install_from_a_checkout_then_list(tmp_path: Path, cli, loraflow_home: P
 
     kohya = describe("kohya")
     assert kohya.found and kohya.python == str(link / "venv" / "bin" / "python") and kohya.via == "install location"
+
+
+def test_install_runs_the_pinned_setup_or_the_cpu_env_script(
+    tmp_path: Path, loraflow_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What each install runs (the commands themselves download gigabytes: not run here)."""
+    from loraflow.engines import installed
+
+    ran: list[tuple[list[str], str]] = []
+
+    def record(argv: list[str], say, cwd=None) -> None:
+        ran.append((argv, Path(argv[1]).read_text() if argv[0] == "bash" else ""))
+
+    monkeypatch.setattr(installed, "_run", record)
+    dest = installed.install("ai-toolkit", None, lambda _: None)
+    assert dest == loraflow_home / "engines" / "ai-toolkit" and ran[0][0][2] == str(dest)
+    assert "git checkout --quiet 27a03a91" in ran[0][1] and "venv/bin/pip install" in ran[0][1]
+    checkout = tmp_path / "ai-toolkit"
+    checkout.mkdir()
+    (checkout / "run.py").write_text("")
+    ran.clear()
+    assert installed.install("ai-toolkit", checkout, lambda _: None).resolve() == checkout.resolve()
+    assert ran[0][0][1] == str(installed.CPU_ENV_SCRIPT) and "torch==2.13.0" in ran[0][1]
+    script = Path(__file__).parents[2] / "scripts" / "aitoolkit_cpu_env.sh"
+    assert installed.CPU_ENV_SCRIPT.resolve() == script.resolve()  # scripts/ links the packaged one
