@@ -190,8 +190,10 @@ def submit(
     """Record the job and start it (or hand it to the external check). Refusals create nothing.
 
     `dataset_checked`: the caller ran `check_dataset` itself (the CLI shows the report, then quotes)."""
+    from loraflow.engines.installed import require_engine
     from loraflow.jobs.runner import start_runner
 
+    require_engine(spec)  # a missing engine is refused with its install command, in every door
     if not dataset_checked:
         check_dataset(spec, config)
     with _SUBMITTING:
