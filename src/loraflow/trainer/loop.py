@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from loraflow.trainer import checkpoint as ckpt
+from loraflow.trainer.attention import configure_for_model
 from loraflow.trainer.components import DTYPES, FluxParts, load_flux, pick_device
 from loraflow.trainer.config import TrainerConfig
 from loraflow.trainer.data import Cache, Sample, epoch_batches, load_pixels, load_samples
@@ -155,6 +156,9 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
 
     emit("phase", phase="loading_model", device=str(device))
     parts = load_flux(cfg.model_path, device, cfg.precision, cfg.quantize)
+    tokens = max((r // 16) ** 2 for r in cfg.resolutions) + cfg.max_sequence_length
+    attention = configure_for_model(parts.transformer, device, tokens, dtype)
+    emit("log", message=attention.message(), attention=attention.backend)
     torch.manual_seed(cfg.seed)
     parts.transformer.add_adapter(
         LoraConfig(
