@@ -1,0 +1,35 @@
+"""What makes the step GPU-bound, checked on the CPU: no cache file is read per step, and the device's
+noise generator is saved and restored with each checkpoint (on a GPU it is apart from the host's)."""
+
+from __future__ import annotations
+
+import torch
+
+from loraflow.trainer import data as data_module
+from loraflow.trainer.loop import _restore_rng, _rng_state, train
+
+
+def test_cache_files_are_read_once_per_run_not_per_step(make_config, monkeypatch) -> None:
+    reads: list[str] = []
+    real = data_module.load_file
+
+    def counting(path, *args, **kwargs):
+        reads.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(data_module, "load_file", counting)
+    assert train(make_config("short", steps=2, checkpoint_every=100, sample_at_end=False)) == 0
+    short = len(reads)
+    reads.clear()
+    assert train(make_config("long", steps=12, checkpoint_every=100, sample_at_end=False)) == 0
+    assert short > 0 and len(reads) == short
+
+
+def test_device_noise_generator_state_travels_with_the_checkpoint() -> None:
+    host, device = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    state = _rng_state(host, device)
+    expected = (torch.rand(3, generator=host), torch.rand(3, generator=device))
+    _restore_rng(host, device, state)
+    assert torch.equal(torch.rand(3, generator=host), expected[0])
+    assert torch.equal(torch.rand(3, generator=device), expected[1])
+    assert "noise_gen" not in _rng_state(host, host)  # on a CPU one generator serves both
