@@ -33,3 +33,16 @@ def test_device_noise_generator_state_travels_with_the_checkpoint() -> None:
     assert torch.equal(torch.rand(3, generator=host), expected[0])
     assert torch.equal(torch.rand(3, generator=device), expected[1])
     assert "noise_gen" not in _rng_state(host, host)  # on a CPU one generator serves both
+
+
+def test_text_encoder_stays_on_the_cpu_when_the_gpu_is_too_full(monkeypatch) -> None:
+    """Next to a quantized base on a 12-24 GB card T5-XXL (~9.5 GB) does not fit: it encodes on the CPU."""
+    from loraflow.trainer.components import fits_beside
+
+    module = torch.nn.Linear(1024, 1024)  # 4 MiB of fp32 weights
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (3 << 20, 80 << 30))
+    assert not fits_beside(module, cuda)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (64 << 20, 80 << 30))
+    assert fits_beside(module, cuda)
+    assert fits_beside(module, torch.device("cpu"))
