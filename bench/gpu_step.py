@@ -352,7 +352,7 @@ def child(run: Run) -> dict:
     import torch
 
     device = _device(run)
-    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    dtype = torch.float32 if run.tiny else torch.bfloat16
     if device.type == "cpu":
         torch.set_num_threads(1)  # tiny shapes: more threads only spin against each other on a busy machine
     fraction = _cap_memory(run)

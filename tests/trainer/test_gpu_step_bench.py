@@ -82,3 +82,22 @@ def test_every_builtin_vram_preset_fits_its_card_by_the_measured_memory_model(be
         )
         assert peak <= 0.9 * card, (card, t, peak)
     assert bench.estimate_peak_gib(1024, 1, True, "fp8") <= 21.6  # the 24 GB preset's acceptance bound
+
+
+def test_full_geometry_path_at_reduced_depth(bench, tiny_model: Path, monkeypatch) -> None:
+    """What only the GPU run takes: the stand-in encoders at FLUX.1's widths (T5 4096 x 512 tokens, CLIP
+    768), a transformer of FLUX.1's head size built in bf16 on the device, through train() and the bare
+    loop. One block of each kind and 2 heads keep it to seconds on the CPU."""
+    import torch
+
+    shallow = dict(bench.FLUX_DEV, num_layers=1, num_single_layers=1, num_attention_heads=2)
+    monkeypatch.setattr(bench, "FLUX_DEV", shallow)
+    threads = torch.get_num_threads()
+    run = bench.Run(64, 1, True, steps=3, warmup=1, model_dir=str(tiny_model))
+    try:
+        result = bench.derive(bench.child(run), run, 1e12)
+    finally:
+        torch.set_num_threads(threads)
+    assert result["builtin"]["exit_code"] == 0 and result["builtin"]["s_per_step"] > 0
+    assert result["bare"]["s_per_step"] > 0 and result["flops_per_step"]["tokens"] == 16 + 512
+    assert result["estimated_peak_gib"] > 0

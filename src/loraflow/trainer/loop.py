@@ -275,7 +275,7 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
     report_every_s = REPORT_EVERY_S if device.type == "cuda" else 0.0
     last_report, unreported = started, []
     while step < total:
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        loss_sum = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
         for micro_i in range(cfg.gradient_accumulation):
             micro = step * cfg.gradient_accumulation + micro_i
             epoch, pos = divmod(micro, n_batches)
