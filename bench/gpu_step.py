@@ -161,7 +161,8 @@ def matmul_rate(tiny: bool) -> dict:
         a @ b
     sync()
     seconds = (time.perf_counter() - start) / iters
-    return {"device": str(device), "dtype": str(dtype), "n": n, "flops_per_s": 2 * n**3 / seconds}
+    rate = {"device": str(device), "dtype": str(dtype), "n": n, "flops_per_s": 2 * n**3 / seconds}
+    return {"matmul": rate, "machine": machine()}
 
 
 def _cap_memory(run: Run) -> float | None:
@@ -194,7 +195,9 @@ def _quantize(transformer: Any, base: str, dtype: Any) -> None:
                     continue
                 q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
                                       compute_dtype=dtype, quant_type="nf4", device="meta")  # fmt: skip
-                q.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, quant_type="nf4").to("cuda")
+                q.weight = bnb.nn.Params4bit(
+                    child.weight.data, requires_grad=False, quant_type="nf4", compress_statistics=False
+                ).to("cuda")  # as diffusers' BitsAndBytesConfig(bnb_4bit_quant_type="nf4") quantizes at load
                 if child.bias is not None:
                     q.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
                 setattr(module, name, q)
@@ -202,7 +205,10 @@ def _quantize(transformer: Any, base: str, dtype: Any) -> None:
 
 
 def _parts(run: Run, device: Any, dtype: Any) -> Any:
-    """The tiny pipeline's VAE, tokenizers and scheduler around a transformer of the run's geometry."""
+    """The tiny pipeline's VAE, tokenizers and scheduler around a transformer of the run's geometry.
+
+    The base is built in bf16 and quantized in place, so the card's cap (`--card-gb`) is applied only
+    afterwards and the peak counted from there: load_flux reads a quantized base without a bf16 copy."""
     import torch
     from diffusers import FluxTransformer2DModel
     from transformers import CLIPTextModel, T5EncoderModel
@@ -228,6 +234,8 @@ def _parts(run: Run, device: Any, dtype: Any) -> Any:
     if run.base != "none":
         _quantize(transformer, run.base, dtype)
     parts.transformer, parts.clip, parts.t5 = transformer, clip, t5
+    _reset(device)
+    _cap_memory(run)
     return parts
 
 
@@ -309,12 +317,14 @@ def run_bare(run: Run, tmp: Path, device: Any, dtype: Any) -> dict:
     import torch
     from peft import LoraConfig
 
+    from loraflow.trainer.attention import configure_for_model
     from loraflow.trainer.flow import flow_loss
     from loraflow.trainer.lora_format import target_regex
 
     _reset(device)
     parts = _parts(run, device, dtype)
     model = parts.transformer
+    configure_for_model(model, device, (run.resolution // 16) ** 2 + (32 if run.tiny else 512), dtype)
     model.add_adapter(LoraConfig(r=RANK, lora_alpha=RANK, init_lora_weights="gaussian",
                                  target_modules=target_regex("default")))  # fmt: skip
     params = [p for p in model.parameters() if p.requires_grad]
@@ -355,8 +365,7 @@ def child(run: Run) -> dict:
     dtype = torch.float32 if run.tiny else torch.bfloat16
     if device.type == "cpu":
         torch.set_num_threads(1)  # tiny shapes: more threads only spin against each other on a busy machine
-    fraction = _cap_memory(run)
-    result: dict[str, Any] = {"run": asdict(run), "name": run.name, "memory_fraction": fraction}
+    result: dict[str, Any] = {"run": asdict(run), "name": run.name}
     with tempfile.TemporaryDirectory(prefix="gpu-step-") as tmp:
         result["builtin"] = run_builtin(run, Path(tmp), device, dtype)
         if run.bare:
@@ -484,11 +493,13 @@ def parent(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="gpu-step-model-") as tmp:
         model_dir = str(build_tiny_flux(Path(tmp) / "tiny-flux"))
-        rate, error = _spawn(["--matmul"] + (["--tiny"] if args.tiny else []), args.timeout)
-        if rate is None:
+        # on a GPU in a child, so this process never holds a CUDA context; on the CPU (--tiny) right here
+        found, error = (matmul_rate(True), "") if args.tiny else _spawn(["--matmul"], args.timeout)
+        if found is None:
             print(f"matmul rate: {error}", file=sys.stderr)
             return 1
-        results: dict[str, Any] = {"machine": machine(), "matmul": rate, "runs": []}
+        rate = found["matmul"]
+        results: dict[str, Any] = {"machine": found["machine"], "matmul": rate, "runs": []}
         for run in matrix(args):
             run.model_dir = model_dir
             if args.budget_s and time.monotonic() - started > args.budget_s:
@@ -545,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or str(RESULTS.with_name("gpu_step_tiny.json") if args.tiny else RESULTS)
     if args.tiny:
         args.resolutions, args.batches, args.bases = [64], [2], ["none"]
-        args.steps, args.warmup = min(args.steps, 4), 1
+        args.steps, args.warmup = min(args.steps, 3), 1
         args.full = True
     return parent(args)
 

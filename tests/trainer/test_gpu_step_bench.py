@@ -27,6 +27,7 @@ def bench():
     sys.modules.pop("gpu_step", None)
 
 
+@pytest.mark.slow
 def test_tiny_run_measures_builtin_and_bare_loop(tmp_path: Path) -> None:
     out = tmp_path / "gpu_step.json"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
@@ -84,6 +85,7 @@ def test_every_builtin_vram_preset_fits_its_card_by_the_measured_memory_model(be
     assert bench.estimate_peak_gib(1024, 1, True, "fp8") <= 21.6  # the 24 GB preset's acceptance bound
 
 
+@pytest.mark.slow
 def test_full_geometry_path_at_reduced_depth(bench, tiny_model: Path, monkeypatch) -> None:
     """What only the GPU run takes: the stand-in encoders at FLUX.1's widths (T5 4096 x 512 tokens, CLIP
     768), a transformer of FLUX.1's head size built in bf16 on the device, through train() and the bare
