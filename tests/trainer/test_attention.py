@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -182,5 +181,4 @@ def test_cuda_fault_in_training_ends_with_its_code_and_hint(make_config, tmp_pat
     assert errors and all(e["code"] == "cuda_fault" for e in errors)
     final = errors[-1]  # the trainer's own error event: what the runner records as the failure
     assert "illegal memory access" in final["message"] and "LORAFLOW_ATTENTION=math" in final["hint"]
-    assert "checkpoint" in final["hint"]
-    assert json.loads(path.read_text())["steps"] == 10
+    assert "last checkpoint" in final["hint"]

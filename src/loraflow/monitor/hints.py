@@ -31,9 +31,10 @@ HINTS = [
         "cuda_fault",
         CUDA_FAULT,
         "the GPU faulted inside a kernel (illegal memory access / cuDNN or cuBLAS error): a GPU kernel or "
-        "driver bug, not a problem with your data. The job resumes from its last checkpoint; if it faults "
-        "again, use another GPU type or image (torch/CUDA version), or force the portable attention kernel "
-        "with LORAFLOW_ATTENTION=math (slower) in the trainer's environment",
+        "driver bug, not a problem with your data. The trainer is restarted from its last checkpoint up to "
+        "monitor.max_restarts times; if it keeps faulting, use another GPU type or image (torch/CUDA "
+        "version), or force the portable attention kernel with LORAFLOW_ATTENTION=math (slower) in the "
+        "trainer's environment",
     ),
     Hint(
         "hf_gated",
