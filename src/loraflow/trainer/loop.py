@@ -296,7 +296,7 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
                 )
             loss = loss / cfg.gradient_accumulation
             (scaler.scale(loss) if scaler else loss).backward()
-            loss_sum += loss.detach().double()
+            loss_sum += loss.detach().to(loss_sum.dtype)
         if scaler:
             scaler.unscale_(optimizer)
         if cfg.max_grad_norm > 0:
