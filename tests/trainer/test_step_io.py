@@ -46,3 +46,26 @@ def test_text_encoder_stays_on_the_cpu_when_the_gpu_is_too_full(monkeypatch) -> 
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (64 << 20, 80 << 30))
     assert fits_beside(module, cuda)
     assert fits_beside(module, torch.device("cpu"))
+
+
+def test_loss_is_read_only_when_a_report_is_due() -> None:
+    """On a GPU each read waits for the GPU: losses pile up as tensors and are read at most once per
+    interval, or when a checkpoint or sample forces it, as the mean of the steps since the last read."""
+    from loraflow.trainer.report import LossReport
+
+    now = [100.0]
+    report = LossReport(1.0, clock=lambda: now[0])
+    assert not report.due(forced=True)  # nothing to report yet
+    for t, loss in ((100.2, 1.0), (100.6, 2.0)):
+        now[0] = t
+        report.add(torch.tensor(loss, dtype=torch.float64))
+        assert not report.due()
+    assert report.due(forced=True)
+    now[0] = 101.1
+    report.add(torch.tensor(3.0, dtype=torch.float64))
+    assert report.due() and report.read() == 2.0 and report.pending == []
+    report.add(torch.tensor(5.0, dtype=torch.float64))
+    assert not report.due() and report.due(forced=True) and report.read() == 5.0
+    every_step = LossReport(0.0)
+    every_step.add(torch.tensor(0.5))
+    assert every_step.due()

@@ -26,6 +26,7 @@ from loraflow.trainer.events import STOPPED_EXIT, emit
 from loraflow.trainer.export import adapter_state, lora_metadata, lora_tensors, write_lora
 from loraflow.trainer.flow import encode_images, encode_prompts, flow_loss, sample_latents
 from loraflow.trainer.lora_format import target_regex
+from loraflow.trainer.report import LossReport
 from loraflow.trainer.sampling import render_samples
 
 REPORT_EVERY_S = 1.0  # on a GPU: how often a progress event (and its loss read) is due at most
@@ -270,10 +271,7 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and device.type == "cuda" else None
     autocast = torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda" and dtype != torch.float32)
     batches_cache: dict[int, list[list[int]]] = {}
-    # On a GPU the host reads the loss (a sync) only when it reports: at most every REPORT_EVERY_S, and at
-    # checkpoints, samples and the end; the event then carries the mean loss of the steps since the last.
-    report_every_s = REPORT_EVERY_S if device.type == "cuda" else 0.0
-    last_report, unreported = started, []
+    report = LossReport(REPORT_EVERY_S if device.type == "cuda" else 0.0)  # on a GPU: no sync per step
     while step < total:
         loss_sum = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
         for micro_i in range(cfg.gradient_accumulation):
@@ -309,15 +307,13 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        unreported.append(loss_sum)
+        report.add(loss_sum)
         pause = stop.requested or (cfg.stop_after_step is not None and step >= cfg.stop_after_step)
         save = step % cfg.checkpoint_every == 0 or step == total or pause
         sample = bool(cfg.sample_every) and step % cfg.sample_every == 0 and step != total
-        if save or sample or time.monotonic() - last_report >= report_every_s:
-            mean_loss = float(torch.stack(unreported).mean())  # waits for the GPU to finish the step
-            unreported.clear()
-            last_report = time.monotonic()
-            elapsed = last_report - started
+        if report.due(forced=save or sample):
+            mean_loss = report.read()
+            elapsed = time.monotonic() - started
             rate = (step - start_step) / elapsed if elapsed > 0 else 0.0
             emit(
                 "progress",
