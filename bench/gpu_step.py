@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ class Run:
     bare: bool = True
     tiny: bool = False
     preset: int | None = None
+    compile: bool = False  # torch.compile of the repeated blocks (regional): measured, not yet a default
     model_dir: str = ""
 
     @property
@@ -81,7 +82,8 @@ class Run:
         ckpt = "ckpt" if self.checkpointing else "no-ckpt"
         card = f" @{self.card_gb:g}GB" if self.card_gb else ""
         label = f"preset {self.preset}: " if self.preset else ""
-        return f"{label}{self.resolution}px b{self.batch} {ckpt} base={self.base} {self.optimizer}{card}"
+        compiled = " compiled" if self.compile else ""
+        return f"{label}{self.resolution}px b{self.batch} {ckpt} base={self.base} {self.optimizer}{compiled}{card}"
 
 
 # ---------------------------------------------------------------------------------------------- FLOPs
@@ -217,6 +219,8 @@ def _parts(run: Run, device: Any, dtype: Any) -> Any:
 
     parts = load_flux(run.model_dir, device, "fp32" if run.tiny else "bf16")
     if run.tiny:
+        if run.compile:
+            parts.transformer.compile_repeated_blocks()
         return parts
     clip_cfg, t5_cfg = copy.deepcopy(parts.clip.config), copy.deepcopy(parts.t5.config)
     clip_cfg.update(dict(hidden_size=768, projection_dim=768, num_attention_heads=12, intermediate_size=256))
@@ -233,6 +237,8 @@ def _parts(run: Run, device: Any, dtype: Any) -> Any:
         module.requires_grad_(False).eval()
     if run.base != "none":
         _quantize(transformer, run.base, dtype)
+    if run.compile:  # compiled lazily at the first step, after the LoRA layers are in place
+        transformer.compile_repeated_blocks()
     parts.transformer, parts.clip, parts.t5 = transformer, clip, t5
     _reset(device)
     _cap_memory(run)
@@ -440,7 +446,7 @@ def matrix(args: argparse.Namespace) -> list[Run]:
         presets = yaml.safe_load((REPO / "src/loraflow/catalog/vram_presets.yaml").read_text())
         for gb in args.presets:
             t = presets[gb]["builtin"]["training"]
-            res = max(t.get("resolution", [512, 768, 1024]))  # the largest resolution sets the peak
+            res = 64 if args.tiny else max(t.get("resolution", [512, 768, 1024]))  # the largest sets the peak
             settings = dict(batch=t.get("batch_size", 1), checkpointing=t.get("gradient_checkpointing", True),
                             base=t.get("quantize", "none"), optimizer=t.get("optimizer", "adamw"))  # fmt: skip
             runs.append(Run(res, **settings, **{**base, "card_gb": float(gb)}, bare=False, preset=gb))
@@ -452,6 +458,8 @@ def matrix(args: argparse.Namespace) -> list[Run]:
                         run = Run(res, batch, ckpt == "on", base_q, **base)
                         if run.name not in {r.name for r in runs}:
                             runs.append(run)
+    if args.compile:  # the compiled twin right after each configuration, so a cut-short run has pairs
+        runs = [twin for run in runs for twin in (run, replace(run, compile=True))]
     return runs
 
 
@@ -532,6 +540,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--checkpointing", nargs="+", choices=["off", "on"], default=["off", "on"])
     ap.add_argument("--bases", nargs="+", choices=["none", "fp8", "nf4"], default=["none", "fp8", "nf4"])
+    ap.add_argument("--compile", action="store_true", help="also measure each configuration compiled (regional)")
     ap.add_argument("--card-gb", type=float, help="emulate a card of this many GB (allocator cap)")
     ap.add_argument("--memory-fraction", type=float, help="cap the allocator at this fraction of the card")
     ap.add_argument("--steps", type=int, default=12)

@@ -67,6 +67,8 @@ def test_matrix_orders_acceptance_runs_first_and_presets_emulate_their_card(benc
     assert presets[80].card_gb == 80.0 and presets[80].resolution == 1024
     full = bench.matrix(bench.parser().parse_args(["--full"]))
     assert len(full) == 3 * 2 * 3 * 3 and len({r.name for r in full}) == len(full)
+    paired = bench.matrix(bench.parser().parse_args(["--quick", "--compile"]))
+    assert [r.compile for r in paired] == [False, True] * 3 and paired[1].name.endswith("adamw compiled")
 
 
 def test_every_builtin_vram_preset_fits_its_card_by_the_measured_memory_model(bench) -> None:
