@@ -11,13 +11,21 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$(mktemp -d)}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || exit 1
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
+# A quantization library that does not load against this torch would break every run (peft imports it when
+# present): drop it, and only its fp8/nf4 runs fail, each with the import error in the results.
+for mod in torchao bitsandbytes; do
+  if ! python3 -c "import $mod" >>"$OUT/gpu.txt" 2>&1; then
+    echo "$mod does not import here: removed" | tee -a "$OUT/gpu.txt"
+    rm -rf "/tmp/site/$mod" /tmp/site/"$mod"-*.dist-info
+  fi
+done
 python3 -c "import torch, diffusers, peft, pydantic; print('torch', torch.__version__, 'diffusers', diffusers.__version__,
 'peft', peft.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tee -a "$OUT/gpu.txt"
 # The acceptance numbers first (1024/512 px, batch 1, builtin and bare loop), then each VRAM preset on its
