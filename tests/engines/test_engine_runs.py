@@ -68,10 +68,13 @@ def test_engine_job_end_to_end(engine: str, tmp_path: Path, engines_dir: Path, c
     job = store.list_jobs()[0]
     assert job.state is JobState.COMPLETED and job.step == 30
     synced = sorted(p.name for p in (job.folder / "checkpoints").iterdir())
-    # kohya also saves a step checkpoint at the last step when it is on the cadence; ai-toolkit never does
-    saved = ["step-000010", "step-000020"] + (["step-000030"] if engine == "kohya" else [])
-    assert synced == saved
-    assert sorted(p.name for p in (job.folder / "samples").iterdir()) == ["step-000010", "step-000020", "step-000030"]
+    # ai-toolkit saves and samples after loop index 10 and 20: the 11th and 21st steps; kohya also saves a
+    # step checkpoint at the last step when it is on the cadence
+    held = [11, 21] if engine == "ai-toolkit" else [10, 20, 30]
+    assert synced == [f"step-{s:06d}" for s in held]
+    assert sorted(p.name for p in (job.folder / "samples").iterdir()) == [
+        f"step-{s:06d}" for s in sorted({*held, 30})
+    ]
     lora = job.folder / "mascot.safetensors"
     with safe_open(str(lora), "pt") as f:
         keys = list(f.keys())
@@ -83,7 +86,7 @@ def test_engine_job_end_to_end(engine: str, tmp_path: Path, engines_dir: Path, c
     rendered = "config/aitk_config.yaml" if engine == "ai-toolkit" else "config/dataset.toml"
     assert (rendered in names and "samples/step-000030/00.jpg" in names) or "samples/step-000030/00.png" in names
     types = [e.type for e in store.events(job.id)]
-    assert types.count("checkpoint.synced") == len(saved) and "progress" in types
+    assert types.count("checkpoint.synced") == len(held) and "progress" in types
     losses = [e.data["loss"] for e in store.events(job.id, types=["progress"])]
     assert losses and all(isinstance(v, float) for v in losses)
 
@@ -108,11 +111,16 @@ def test_killed_engine_resumes_with_cumulative_steps(
     # From the newest checkpoint (every 10 steps) before the kill; how far the engine got before the
     # kill landed depends on the machine's load.
     at = resumed[0].data["step"] if len(resumed) == 1 else None
-    assert at is not None and 20 <= at < 60 and at % 10 == 0, resumed
+    held = 1 if engine == "ai-toolkit" else 0  # ai-toolkit's `_000000020` holds 21 steps
+    assert at is not None and 20 <= at < 60 and at % 10 == held, resumed
     steps = [e.data["step"] for e in store.events(job.id, types=["progress"])]
     after = steps[steps.index(max(s for s in steps if s <= at)) :]
     assert min(after) > 10  # the engine's own counter restarted; loraflow's did not
     assert steps[-1] == 60
+    if engine == "ai-toolkit":  # its first bar line after the resume shows the resume step again
+        ordered = store.events(job.id, types=["resumed", "progress"])
+        first = next(i for i, e in enumerate(ordered) if e.type == "resumed")
+        assert all(e.data["step"] > at for e in ordered[first + 1 :])
 
 
 def aitk_checkpoints(root: Path, steps: list[int]) -> None:
@@ -156,10 +164,14 @@ def test_aitoolkit_ctime_trap_and_truncated_checkpoint(tmp_path: Path, capsys: p
 
     actions = AitkEngine().prepare_resume(spec, layout)
     assert "deleted damaged checkpoint mascot_000000030.safetensors" in actions
-    assert "moved mascot_000000010.safetensors to checkpoints/step-000010" in actions
+    assert "moved mascot_000000010.safetensors to checkpoints/step-000011" in actions
     assert sorted(p.name for p in root.glob("*.safetensors")) == ["mascot_000000020.safetensors"]
+    assert "mascot_000000020.safetensors holds 21 steps: resuming after step 21" in actions
+    assert AitkEngine().prepare_resume(spec, layout) == ["resuming from mascot_000000020.safetensors"]  # once
     assert run(str(cfg)) == 0
-    assert "Found step 20 in metadata" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert "Found step 21 in metadata" in out.out  # loop index 20 (the 21st step) is not trained again
+    assert "| 21/40 [" in out.err and "| 22/40 [" in out.err
 
     # the trap itself, without loraflow's preparation:
     shutil_root = tmp_path / "trap"

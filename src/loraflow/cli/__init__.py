@@ -50,6 +50,7 @@ LAZY: dict[str, tuple[Callable[[str], click.Command], str]] = {
     "jobs": (_group("jobs_cmd", "app", _with_approve), "Inspect and control jobs."),
     "caption": (_group("caption_cmd", "app"), "Caption images: automatically, or by hand in a spreadsheet."),
     "logs": (_group("engine_cmd", "logs_app"), "Read engine logs."),
+    "engines": (_group("engine_cmd", "engines_app"), "The external trainers (ai-toolkit, kohya) on this machine."),
     "render": (
         _command("engine_cmd", "render"),
         "Show the files the engine will be given (job folder shown as /JOB).",

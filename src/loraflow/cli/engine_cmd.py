@@ -16,6 +16,7 @@ from loraflow.monitor.events import EngineEvent
 from loraflow.spec import load_spec
 
 logs_app = typer.Typer(help="Read engine logs.", no_args_is_help=True)
+engines_app = typer.Typer(help="The external trainers (ai-toolkit, kohya) on this machine.", no_args_is_help=True)
 PREVIEW_ROOT = "/JOB"  # stands for the job folder in previews
 
 
@@ -41,7 +42,7 @@ def render(
         console.print(text, markup=False, highlight=False)
 
 
-def parse_log(engine: str, data: bytes, job_name: str) -> list[EngineEvent]:
+def parse_log(engine: str, data: bytes, job_name: str, loss_db: Path | None = None) -> list[EngineEvent]:
     if engine == "builtin":
         from loraflow.monitor.builtin_parser import BuiltinParser
 
@@ -49,7 +50,7 @@ def parse_log(engine: str, data: bytes, job_name: str) -> list[EngineEvent]:
     elif engine == "ai-toolkit":
         from loraflow.engines.aitoolkit import AitkParser
 
-        parser = AitkParser(job_name)
+        parser = AitkParser(job_name, loss_db)
     elif engine == "kohya":
         from loraflow.engines.kohya import KohyaParser
 
@@ -113,7 +114,7 @@ def parse_cmd(
         from loraflow.engines.aitoolkit import guess_job_name
 
         name = guess_job_name(data.decode("utf-8", errors="replace"))
-    events = parse_log(engine, data, name)
+    events = parse_log(engine, data, name, loss_db)
     if as_json:
         for e in events:
             print(json.dumps({"type": e.type, **e.data}))
@@ -134,3 +135,34 @@ def parse_cmd(
             points = [(r["step"], r["loss"]) for r in read_loss_log(loss_db)]
         plot_loss(points, plot)
         console.print(f"loss curve: {escape(str(plot))}")
+
+
+@engines_app.command("install")
+def install_cmd(
+    name: str = typer.Argument(..., help="ai-toolkit or kohya."),
+    source: Path | None = typer.Option(
+        None, "--from", help="A local checkout to use (its venv is built in place; ai-toolkit: CPU)."
+    ),
+) -> None:
+    """Install an engine at its pinned commit with its own venv (under LORAFLOW_HOME/engines)."""
+    from loraflow.engines.installed import install
+
+    dest = install(name, source, lambda line: console.print(line, markup=False, highlight=False))
+    console.print(f"[green]installed[/green] {escape(name)} at {escape(str(dest))}")
+
+
+@engines_app.command("list")
+def list_cmd() -> None:
+    """Which engines are installed, where, with which Python, at which commit (one line each)."""
+    from loraflow.engines.installed import ENTRY, describe
+
+    console.print("builtin     installed  (part of loraflow)", markup=False, highlight=False)
+    for name in ENTRY:
+        e = describe(name)
+        if not e.found:
+            line = f"{name:<11} missing    {e.root} ({e.via}); install: loraflow engines install {name}"
+        else:
+            pin = "" if not e.commit or e.commit.startswith(e.pin) else f" (loraflow's pin: {e.pin})"
+            commit = f"commit {e.commit[:8]}{pin}" if e.commit else "not a git checkout"
+            line = f"{name:<11} installed  {e.root} ({e.via}); python {e.python or 'this Python'}; {commit}"
+        console.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from loraflow.cli.output import console, print_json
 from loraflow.errors import UserInputError
@@ -45,6 +46,12 @@ def validate(
         f"[green]ok[/green] {path}: {spec.name} on {spec.base_model} with {spec.engine.name}, {length}, "
         f"rank {spec.network.rank}, resolution {t.resolution}, provider {spec.compute.provider}"
     )
+    from loraflow.engines.installed import EngineNotInstalled, require_engine
+
+    try:
+        require_engine(spec)
+    except EngineNotInstalled as exc:  # the spec is valid; training it here needs the engine first
+        console.print(f"[yellow]warning[/yellow] {escape(exc.render())}")
 
 
 @app.command("keys")

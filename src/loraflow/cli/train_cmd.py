@@ -43,11 +43,13 @@ def quote_before_renting(spec: TrainSpec, force: bool) -> None:
 
 
 def submit(spec: TrainSpec, force: bool = False) -> str:
-    """Check the dataset (and the budget), record the job and start its runner; returns the job id."""
+    """Check the engine, the dataset (and the budget), record the job and start its runner; returns the job id."""
     from loraflow.engines import preflight
+    from loraflow.engines.installed import require_engine
     from loraflow.jobs import submit as door
 
-    preflight(spec, force)
+    require_engine(spec)  # before anything is made: a missing engine names its install command
+    preflight(spec, force)  # a hosted engine's key and price
     try:
         door.check_dataset(spec, None)
     except door.DatasetUnfit as exc:

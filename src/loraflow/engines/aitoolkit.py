@@ -11,9 +11,13 @@ Facts from shared/reference/ai-toolkit.md. Traps handled here:
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import shutil
 import sqlite3
+import struct
+import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -220,23 +224,79 @@ def save_root(spec: TrainSpec, layout: JobLayout) -> Path:
     return Path(layout.root) / OUTPUT / spec.name
 
 
+# --- steps: ai-toolkit names saves by its loop index, the step being trained (from 0) ----------------
+
+
+def held_steps(index: int) -> int:
+    """Steps done in a numbered save: `_000000010` is written after training loop index 10, the 11th step."""
+    return index + 1
+
+
+def sample_steps(index: int, total: int) -> int:
+    """Steps done when a sample round was drawn: in the loop after index N (N + 1 steps), or at the end
+    (named `total`, after `total` steps); a baseline round (index 0) comes before any step."""
+    return index + 1 if 0 < index < total else index
+
+
+def set_training_step(path: Path, step: int) -> bool:
+    """Make a save's `training_info.step` (where ai-toolkit resumes) the number of steps it holds.
+
+    ai-toolkit writes the loop index there, so on resume it trains that index again: one step done twice.
+    The file is rewritten with only its header changed; returns whether it needed it.
+    """
+    header = safetensors_header(path)
+    if header is None:
+        return False
+    meta = dict(header.get("__metadata__") or {})
+    info = json.loads(meta.get("training_info", "{}"))
+    if info.get("step") == step:
+        return False
+    meta["training_info"] = json.dumps({**info, "step": step})
+    header["__metadata__"] = meta
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # safetensors pads its header to 8 bytes
+    with path.open("rb") as f:
+        size = struct.unpack("<Q", f.read(8))[0]
+        f.seek(8 + size)
+        tmp = path.with_name(path.name + ".partial")
+        with tmp.open("wb") as out:
+            out.write(struct.pack("<Q", len(raw)) + raw)
+            shutil.copyfileobj(f, out)
+    tmp.replace(path)
+    return True
+
+
 # --- console output -------------------------------------------------------------------------------
 
 _BAR = r"\s*(\d+)%\|[^|]*\|\s*(\d+)/(\d+)\s+\[([\d:]+)<([\d:?]+),\s+([\d.]+|\?)(s/it|it/s)(.*)\]\s*$"
 _POSTFIX = re.compile(r"lr:\s*([\d.eE+-]+)\s+loss:\s*([\d.eE+-]+)")
+_TRAINING_FOLDER = re.compile(r'^"training_folder":\s*("(?:[^"\\]|\\.)*"),?$')  # from the config it prints
 
 
 class AitkParser:
-    """ai-toolkit's console: the job's own tqdm bar (filtered by its name) and its save/resume/error lines."""
+    """ai-toolkit's console: the job's own tqdm bar (filtered by its name) and its save/resume/error lines.
 
-    def __init__(self, job_name: str) -> None:
+    Steps are counted as steps done, as the bar counts them since 27a03a91. Each loop step first sets the
+    loss (tqdm redraws at once, still at the old count: that loss is the *next* step's) and then moves the
+    count (redrawn only if 0.1 s passed since the last redraw). So a redraw whose count did not move with
+    its loss is never taken as a step's loss; where `loss_log.db` is readable its exact values are used
+    (its rows are named by the loop index, one less than the step done, and none is written for the first
+    step of a run).
+    """
+
+    def __init__(self, job_name: str, loss_db: Path | None = None) -> None:
         self._lines = LineSplitter()
         self._bar = re.compile(rf"^{re.escape(job_name)}:{_BAR}")
         self._name = job_name
         self._last_step = -1
+        self._run_start = 0  # the step this run of the engine started from
+        self._prev: tuple[int, str | None] | None = None  # the last bar line: count, postfix
+        self._loss: dict[int, tuple[float, float]] = {}  # step -> (lr, loss) read from the bar
+        self._db = LossLog(loss_db) if loss_db else None
+        self._db_fixed = loss_db is not None
         self.job_stopped = False
         self.nan_loss = False
-        self._zeroed = False
+        self._zeroed = 0  # `loss is nan` lines whose zeroed step has not been shown yet
         self._hinted: set[str] = set()
 
     def feed(self, chunk: bytes) -> list[EngineEvent]:
@@ -245,32 +305,76 @@ class AitkParser:
     def flush(self) -> list[EngineEvent]:
         return [e for line in self._lines.flush() for e in self.parse_line(line)]
 
+    def _progress(self, bar: re.Match[str]) -> list[EngineEvent]:
+        post = _POSTFIX.search(bar.group(8))
+        count = int(bar.group(2))
+        shown = bar.group(8).strip(", ") or None
+        prev, self._prev = self._prev, (count, shown)
+        if not post:
+            return []  # the bar before its first loss: no measurement yet
+        value = (float(post.group(1)), float(post.group(2)))
+        if prev == (count - 1, shown):
+            # the count moved on under the same loss: that step's; and, tentatively, the next one's (a
+            # redraw at this count with an equal loss would look the same and carries the next step's)
+            self._loss.setdefault(count, value)
+            self._loss[count + 1] = value
+        elif prev != (count, shown):
+            self._loss[count + 1] = value  # loss set before the count moved: the step being done
+        if count <= max(self._last_step, self._run_start):
+            return []  # nothing done yet, a redraw of the same step, or the resume step shown again
+        shown_loss = self._loss.get(count)
+        if shown_loss is None:
+            return []  # a log with lines missing: the next line tells this step's loss
+        exact = self._db.at(count - 1) if self._db is not None and count - 1 != self._run_start else None
+        if exact and f"{exact[1]:.3e}" != f"{shown_loss[1]:.3e}":
+            exact = None  # a row left from before a resume, not yet rewritten
+        lr, loss = exact or shown_loss
+        self._last_step = count
+        for old in [k for k in self._loss if k <= count]:
+            del self._loss[old]
+        data = {**parse_tqdm(bar), "lr": lr, "loss": loss}
+        if self._zeroed and loss == 0.0:  # after `loss is nan` ai-toolkit shows the 0.0 it put in its place
+            del data["loss"]
+            self._zeroed -= 1
+        return [EngineEvent(ev.PROGRESS, data)]
+
+    def _nan(self, text: str) -> list[EngineEvent]:
+        """`loss is nan` (printed right after a bar fragment, before that step's own redraw): ai-toolkit
+        zeroes the step's loss and trains on; the 0.0 it then shows is no loss, and the run fails at its end."""
+        hint = match_hint(text)
+        assert hint is not None
+        self._zeroed += 1
+        self.nan_loss = True
+        if hint.code in self._hinted:
+            return []
+        self._hinted.add(hint.code)
+        return [EngineEvent(ev.ERROR, {"code": hint.code, "message": text[:500], "hint": hint.hint})]
+
     def parse_line(self, line: str) -> list[EngineEvent]:
         text = line.strip()
         bar = self._bar.match(line)
         if bar:
-            post = _POSTFIX.search(bar.group(8))
-            if not post:
-                return []  # the bar before its first loss: no measurement yet
-            data = parse_tqdm(bar)
-            data.update({"lr": float(post.group(1)), "loss": float(post.group(2))})
-            if self._zeroed:  # the step after `loss is nan` shows the 0.0 ai-toolkit put in its place
-                del data["loss"]
-                self._zeroed = False
-            if data["step"] in (0, self._last_step):  # nothing done yet, or a redraw of the same step
-                return []
-            self._last_step = data["step"]
-            return [EngineEvent(ev.PROGRESS, data)]
+            return self._progress(bar)
+        m = _TRAINING_FOLDER.match(text)
+        if m and not self._db_fixed:
+            folder = Path(json.loads(m.group(1)))
+            self._db = LossLog(folder / self._name / "loss_log.db") if folder.is_absolute() else None
+            return []
         if text.startswith("Saved checkpoint to "):
             path = text.removeprefix("Saved checkpoint to ")
             m = CKPT.search(path)
             if m:
-                return [EngineEvent(ev.CHECKPOINT, {"step": int(m.group(1)), "path": path})]
+                return [EngineEvent(ev.CHECKPOINT, {"step": held_steps(int(m.group(1))), "path": path})]
             return [EngineEvent(ev.LOG, {"message": f"final LoRA saved: {path}", "final": path})]
         if text.startswith("#### IMPORTANT RESUMING FROM"):
             return [EngineEvent(ev.LOG, {"message": text.strip("# ")})]
         m = re.match(r"Found step (\d+) in metadata, starting from there", text)
         if m:
+            self._run_start = self._last_step = int(m.group(1))
+            self._prev = None
+            self._loss.clear()
+            if self._db is not None:
+                self._db.reset()
             return [EngineEvent(ev.RESUMED, {"step": int(m.group(1))})]
         if text.startswith("Loading Flux model") or text.startswith("Loading transformer") or text == "Making pipe":
             return [EngineEvent(ev.PHASE, {"phase": "loading_model"})]
@@ -294,8 +398,8 @@ class AitkParser:
                 )
             ]
         hint = match_hint(text)
-        self._zeroed = hint is not None and hint.code == "nan_loss"  # `loss is nan`: ai-toolkit zeroes it
-        self.nan_loss = self.nan_loss or self._zeroed
+        if hint is not None and hint.code == "nan_loss":
+            return self._nan(text)
         if hint and hint.code not in self._hinted and hint.code != "missing_file":
             self._hinted.add(hint.code)
             return [EngineEvent(ev.ERROR, {"code": hint.code, "message": text[:500], "hint": hint.hint})]
@@ -308,20 +412,51 @@ def guess_job_name(text: str) -> str:
     return m.group(1).strip() if m else ""
 
 
-def read_loss_log(path: Path) -> list[dict[str, float]]:
-    """Exact per-step loss and learning rate from ai-toolkit's loss_log.db (read-only)."""
+def read_loss_log(path: Path, after: int = -1) -> list[dict[str, float]]:
+    """Exact per-step loss and learning rate from ai-toolkit's loss_log.db (read-only), rows after `after`.
+
+    Its `step` is ai-toolkit's loop index (from 0): the row for step N is the loss of the (N+1)th step done.
+    Rows are written every 0.25 s, so the newest may be missing while it runs or after a SIGKILL.
+    """
     if not path.exists():
         return []
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        rows = conn.execute(
-            "SELECT s.step, s.wall_time, l.value_real, r.value_real FROM steps s "
-            "LEFT JOIN metrics l ON l.step = s.step AND l.key = 'loss/loss' "
-            "LEFT JOIN metrics r ON r.step = s.step AND r.key = 'learning_rate' ORDER BY s.step"
-        ).fetchall()
-    finally:
-        conn.close()
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = conn.execute(
+                "SELECT s.step, s.wall_time, l.value_real, r.value_real FROM steps s "
+                "LEFT JOIN metrics l ON l.step = s.step AND l.key = 'loss/loss' "
+                "LEFT JOIN metrics r ON r.step = s.step AND r.key = 'learning_rate' "
+                "WHERE s.step > ? ORDER BY s.step",
+                (after,),
+            ).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return []  # being created, or locked past the timeout: the bar's values serve meanwhile
     return [{"step": int(s), "wall_time": w, "loss": loss, "lr": lr} for s, w, loss, lr in rows if loss is not None]
+
+
+class LossLog:
+    """loss_log.db read as the engine writes it: new rows are read at most every 0.2 s, on a miss."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._rows: dict[int, tuple[float, float]] = {}
+        self._read_at = -1.0
+
+    def reset(self) -> None:
+        """After a resume the engine rewrites the rows after its resume step."""
+        self._rows.clear()
+        self._read_at = -1.0
+
+    def at(self, index: int) -> tuple[float, float] | None:
+        """(lr, loss) of loop index `index`, or None when it is not (yet) written."""
+        if index not in self._rows and time.monotonic() - self._read_at > 0.2:
+            self._read_at = time.monotonic()
+            for row in read_loss_log(self.path, max(self._rows, default=-1)):
+                self._rows[int(row["step"])] = (row["lr"], row["loss"])
+        return self._rows.get(index)
 
 
 # --- the engine --------------------------------------------------------------------------------
@@ -381,7 +516,7 @@ class AitkEngine:
         for path in root.glob(f"{spec.name}_*.safetensors"):
             m = CKPT.search(path.name)
             if m:
-                out.append((int(m.group(1)), path, safetensors_header(path) is not None))
+                out.append((held_steps(int(m.group(1))), path, safetensors_header(path) is not None))
         return sorted(out)
 
     def prepare_resume(self, spec: TrainSpec, layout: JobLayout) -> list[str]:
@@ -397,17 +532,20 @@ class AitkEngine:
             if not ok:
                 path.unlink()
                 actions.append(f"deleted damaged checkpoint {path.name}")
+        final = Path(self.final_lora(spec, layout))
+        if final.exists() and safetensors_header(final) is None:
+            final.unlink()
+            actions.append("deleted damaged final LoRA")
         if good:
             chosen = good[-1]
             for step, path, _ in good[:-1]:
                 store_checkpoint(layout.checkpoints, step, path)  # keep it in loraflow's own collection
                 path.unlink()
                 actions.append(f"moved {path.name} to checkpoints/step-{step:06d}")
+            # (a good final LoRA is newer and resumed from: rewriting the save would make it the newest)
+            if not final.exists() and set_training_step(chosen[1], chosen[0]):
+                actions.append(f"{chosen[1].name} holds {chosen[0]} steps: resuming after step {chosen[0]}")
             actions.append(f"resuming from {chosen[1].name}")
-        final = Path(self.final_lora(spec, layout))
-        if final.exists() and safetensors_header(final) is None:
-            final.unlink()
-            actions.append("deleted damaged final LoRA")
         return actions
 
     def collect(self, spec: TrainSpec, layout: JobLayout) -> list[EngineEvent]:
@@ -416,7 +554,10 @@ class AitkEngine:
         found = [(step, path, {"optimizer.pt": optimizer}) for step, path, ok in self.checkpoints(spec, layout) if ok]
         samples = save_root(spec, layout) / "samples"
         files = list(samples.glob("*")) if samples.is_dir() else []
-        return sync_checkpoints(layout.checkpoints, found) + sync_samples(layout.samples, files, SAMPLE, spec)
+        total = _total_steps(spec, layout)
+        return sync_checkpoints(layout.checkpoints, found) + sync_samples(
+            layout.samples, files, SAMPLE, spec, step_of=lambda index: sample_steps(index, total)
+        )
 
     def finish(self, spec: TrainSpec, layout: JobLayout) -> str:
         return finish_lora(Path(self.final_lora(spec, layout)), layout.root, spec.name, spec.output.lora_format)

@@ -10,6 +10,7 @@ import re
 import shutil
 import struct
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -159,19 +160,27 @@ def sync_checkpoints(checkpoints_dir: str, found: list[tuple[int, Path, dict[str
     return events
 
 
-def sync_samples(samples_dir: str, files: list[Path], pattern: re.Pattern[str], spec: Any) -> list[EngineEvent]:
-    """Group an engine's sample images by step (pattern groups: step, prompt index) into samples/step-N/."""
-    rounds: dict[int, list[tuple[int, Path]]] = {}
-    for path in files:
+def sync_samples(
+    samples_dir: str,
+    files: list[Path],
+    pattern: re.Pattern[str],
+    spec: Any,
+    step_of: Callable[[int], int] | None = None,
+) -> list[EngineEvent]:
+    """Group an engine's sample images by step (pattern groups: step, prompt index) into samples/step-N/;
+    `step_of` turns the number in a file name into the steps done when the engine names them otherwise."""
+    rounds: dict[int, dict[int, Path]] = {}
+    for path in sorted(files, key=lambda p: p.name):  # two rounds of one step (ai-toolkit's last): the later
         m = pattern.search(path.name)
         if m:
-            rounds.setdefault(int(m.group(1)), []).append((int(m.group(2)), path))
+            step = int(m.group(1))
+            rounds.setdefault(step_of(step) if step_of else step, {})[int(m.group(2))] = path
     prompts = [spec.substitute_trigger(p) for p in spec.sampling.prompts]
     events = []
     for step, images in sorted(rounds.items()):
         if (Path(samples_dir) / f"step-{step:06d}" / "index.json").exists():
             continue
-        for item in store_samples(samples_dir, step, images, prompts, spec.sampling):
+        for item in store_samples(samples_dir, step, sorted(images.items()), prompts, spec.sampling):
             events.append(
                 EngineEvent(ev.SAMPLE, {"step": step, "path": f"samples/{item['file']}", "prompt": item["prompt"]})
             )

@@ -23,6 +23,7 @@ from typing import Any
 
 from loraflow import paths
 from loraflow.engines import get_engine
+from loraflow.engines.installed import require_engine
 from loraflow.errors import IllegalTransition, LoraflowError, UserInputError
 from loraflow.hosts.base import Handle, ProcessStatus
 from loraflow.hosts.local import LocalHost, pid_alive
@@ -198,7 +199,7 @@ class JobRunner:
             try:
                 return self._run()
             except UserInputError as exc:
-                return self._fail(exc.message, exc.fix or "", code="bad_input")
+                return self._fail(exc.message, exc.fix or "", code=getattr(exc, "code", "bad_input"))
             except LoraflowError as exc:
                 return self._fail(exc.render())
             except Exception as exc:  # never leave a job "active" with nobody working on it
@@ -231,6 +232,8 @@ class JobRunner:
         state = self._refresh().state
         if state not in ORDER:
             return state
+        if "train" not in self.job.stages_done:
+            require_engine(self.spec)  # before any stage: fails the job with engine_missing and the fix
         self._advance(JobState.PREPARING)
         self._prepare()
         self._render()

@@ -191,8 +191,10 @@ def submit(
 
     `dataset_checked`: the caller ran `check_dataset` itself (the CLI shows the report, then quotes)."""
     from loraflow.engines import preflight
+    from loraflow.engines.installed import require_engine
     from loraflow.jobs.runner import start_runner
 
+    require_engine(spec)  # a missing engine is refused with its install command, in every door
     preflight(spec, force)  # before anything is recorded: a hosted engine's key and price, say
     if not dataset_checked:
         check_dataset(spec, config)

@@ -13,12 +13,28 @@ class Hint:
     hint: str
 
 
+# A fault inside a GPU kernel or the driver (not out of memory): the process's CUDA context is gone.
+CUDA_FAULT = re.compile(
+    r"CUDA error|illegal memory access|cudaErrorIllegalAddress|unspecified launch failure|"
+    r"CUDNN_STATUS_|cuDNN error|CUBLAS_STATUS_(?!ALLOC)|device-side assert",
+    re.I,
+)
+
 HINTS = [
     Hint(
         "oom",
-        re.compile(r"CUDA out of memory|OutOfMemoryError|OOM during training", re.I),
+        re.compile(r"CUDA out of memory|CUDA error: out of memory|OutOfMemoryError|OOM during training", re.I),
         "the GPU ran out of memory: set training.vram_preset to a smaller card (24 -> 16 -> 12), use "
         "batch_size 1, gradient_checkpointing true, or a lower resolution",
+    ),
+    Hint(
+        "cuda_fault",
+        CUDA_FAULT,
+        "the GPU faulted inside a kernel (illegal memory access / cuDNN or cuBLAS error): a GPU kernel or "
+        "driver bug, not a problem with your data. The trainer is restarted from its last checkpoint up to "
+        "monitor.max_restarts times; if it keeps faulting, use another GPU type or image (torch/CUDA "
+        "version), or force the portable attention kernel with LORAFLOW_ATTENTION=math (slower) in the "
+        "trainer's environment",
     ),
     Hint(
         "hf_gated",

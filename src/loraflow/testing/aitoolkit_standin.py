@@ -2,6 +2,9 @@
 stderr, save/resume/error lines on stdout), same files (`<name>_000000250.safetensors` with
 `training_info` in the header, `optimizer.pt`, `samples/<ms>__<step>_<i>.jpg`, `loss_log.db`), same
 resume rule (newest file by ctime, trusting its header) and same exit codes (0 on success and Ctrl-C).
+The training loop makes the same calls in the same order as ai-toolkit 27a03a91, so the bar redraws the
+same way: the loss is set (a redraw at the old count) before the count moves on (a redraw only when
+0.1 s passed), and a save named `_000000010` is written after the 11th step.
 
 Faults for tests, from the environment: AITK_STANDIN_OOM_AT=N raises CUDA OOM at step N;
 AITK_STANDIN_STEP_S sets seconds per step (default 0.01).
@@ -40,18 +43,94 @@ def _banner(lines: list[str]) -> None:
     print("========================================")
 
 
-def _loss_db(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("CREATE TABLE IF NOT EXISTS steps (step INTEGER PRIMARY KEY, wall_time REAL)")
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS metric_keys (key TEXT PRIMARY KEY, first_seen_step INTEGER, last_seen_step INTEGER)"
-    )
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS metrics (step INTEGER, key TEXT, value_real REAL, value_text TEXT, "
-        "PRIMARY KEY (step, key))"
-    )
-    return conn
+def loss_at(step: int, total: int) -> float:
+    """The stand-in's loss at loop index `step` (deterministic, so tests know every value)."""
+    return 0.5 * math.exp(-step / max(total, 1)) + 0.05 * math.sin(step)
+
+
+class _Bar(tqdm):
+    """tqdm with the pause ai-toolkit's bar has: updates while paused are dropped, paused time is not counted."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.paused = False
+        self.paused_at = self._time()
+
+    def pause(self) -> None:
+        if not self.paused:
+            self.paused, self.paused_at = True, self._time()
+
+    def unpause(self) -> None:
+        if self.paused:
+            self.paused = False
+            now = self._time()
+            self.start_t += now - self.paused_at
+            self.last_print_t = now
+
+    def update(self, n: float | None = 1) -> bool | None:
+        return None if self.paused else super().update(n)
+
+
+class _LossLog:
+    """ai-toolkit's loss_log.db (WAL): rows buffered and written every 0.25 s, so a SIGKILL loses the last
+    ones; the first row of a run deletes rows after it (left from before a resume)."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("CREATE TABLE IF NOT EXISTS steps (step INTEGER PRIMARY KEY, wall_time REAL NOT NULL)")
+        self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS metric_keys (key TEXT PRIMARY KEY, first_seen_step INTEGER, "
+            "last_seen_step INTEGER)"
+        )
+        self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS metrics (step INTEGER NOT NULL, key TEXT NOT NULL, value_real REAL, "
+            "value_text TEXT, PRIMARY KEY (step, key))"
+        )
+        self.row: tuple[int, float, float] | None = None
+        self.pending: list[tuple[int, float, float, float]] = []
+        self.first = True
+        self.flushed = time.time()
+
+    def log(self, step: int, loss: float, lr: float) -> None:
+        self.row = (step, loss, lr)
+
+    def commit(self) -> None:
+        if self.row is None:
+            return
+        step, loss, lr = self.row
+        self.row = None
+        if self.first:
+            self.first = False
+            self.conn.execute("DELETE FROM metrics WHERE step > ?", (step,))
+            self.conn.execute("DELETE FROM steps WHERE step > ?", (step,))
+        self.pending.append((step, time.time(), loss, lr))
+        if time.time() - self.flushed >= 0.25:
+            self.flush()
+
+    def flush(self) -> None:
+        self.flushed = time.time()
+        if not self.pending:
+            return
+        self.conn.execute("BEGIN")
+        for step, wall, loss, lr in self.pending:
+            self.conn.execute("INSERT OR REPLACE INTO steps VALUES (?, ?)", (step, wall))
+            self.conn.execute("INSERT OR REPLACE INTO metrics VALUES (?, 'loss/loss', ?, NULL)", (step, loss))
+            self.conn.execute("INSERT OR REPLACE INTO metrics VALUES (?, 'learning_rate', ?, NULL)", (step, lr))
+        self.conn.execute("COMMIT")
+        self.pending = []
+
+    def close(self) -> None:
+        self.flush()
+        self.conn.close()
+
+
+def _sample(root: Path, step: int, prompts: list[str]) -> None:
+    (root / "samples").mkdir(exist_ok=True)
+    for i, _prompt in enumerate(prompts):
+        stamp = int(time.time() * 1000)
+        image = Image.new("RGB", (32, 32), (step % 255, 40 * i % 255, 90))
+        image.save(root / "samples" / f"{stamp}__{step:09d}_{i}.jpg")
 
 
 def _save(root: Path, name: str, step: int, rank: int, meta: dict[str, Any], final: bool = False) -> Path:
@@ -135,10 +214,7 @@ def run(config_path: str) -> int:
     lr = float(train["lr"])
     step_s = float(os.environ.get("AITK_STANDIN_STEP_S", "0.01"))
     oom_at = int(os.environ.get("AITK_STANDIN_OOM_AT", "0"))
-    db = _loss_db(root / "loss_log.db")
-    db.execute("DELETE FROM steps WHERE step > ?", (start,))
-    db.execute("DELETE FROM metrics WHERE step > ?", (start,))
-    db.commit()
+    logger = _LossLog(root / "loss_log.db")
     stop = {"now": False}
 
     def on_sigint(*_: Any) -> None:
@@ -146,43 +222,47 @@ def run(config_path: str) -> int:
 
     signal.signal(signal.SIGINT, on_sigint)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # ai-toolkit does not handle SIGTERM
-    bar = tqdm(total=total, initial=start, desc=name, smoothing=0.7, file=sys.stderr)
+    sampling = not train.get("disable_sampling")
+    every = int(sample["sample_every"] or 0)
+    bar = _Bar(total=total, desc=name, leave=True, initial=start, smoothing=0.7, file=sys.stderr)
+    bar.pause()
     try:
+        # `step` is ai-toolkit's loop index: the step being trained, counted from 0. Its save, sample and
+        # loss_log.db row are named by it (none on the first step of a run), then the bar shows step + 1.
         for step in range(start, total):
+            bar.unpause()
             if stop["now"]:
                 raise Stopped
             if oom_at and step + 1 == oom_at:
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 23.65 GiB total)")
             time.sleep(step_s)
-            loss = 0.5 * math.exp(-step / max(total, 1)) + 0.05 * math.sin(step)
-            bar.set_postfix_str(f"lr: {lr:.1e} loss: {loss:.3e}")
-            bar.update(1)
-            done = step + 1
-            db.execute("INSERT OR REPLACE INTO steps VALUES (?, ?)", (done, time.time()))
-            db.execute("INSERT OR REPLACE INTO metrics VALUES (?, 'loss/loss', ?, NULL)", (done, loss))
-            db.execute("INSERT OR REPLACE INTO metrics VALUES (?, 'learning_rate', ?, NULL)", (done, lr))
-            db.commit()
-            if done % int(save["save_every"]) == 0 and done != total:
-                print(f"\nSaving at step {done}")
-                _save(root, name, done, int(net["linear"]), meta)
-                saves = sorted(root.glob(f"{name}_*.safetensors"), key=lambda p: p.stat().st_ctime)
-                for old in saves[: max(0, len(saves) - int(save["max_step_saves_to_keep"]))]:
-                    print(f"Removing old save: {old}")
-                    old.unlink()
-            every = int(sample["sample_every"])
-            if every and done % every == 0 and not train.get("disable_sampling"):
-                (root / "samples").mkdir(exist_ok=True)
-                for i, _prompt in enumerate(sample["prompts"]):
-                    stamp = int(time.time() * 1000)
-                    Image.new("RGB", (32, 32), (done % 255, 40 * i % 255, 90)).save(
-                        root / "samples" / f"{stamp}__{done:09d}_{i}.jpg"
-                    )
+            loss = loss_at(step, total)
+            bar.set_postfix_str(f"lr: {lr:.1e} loss: {loss:.3e}")  # a redraw at the old count
+            if step != start:
+                if step % int(save["save_every"]) == 0:
+                    bar.pause()
+                    print(f"\nSaving at step {step}")
+                    _save(root, name, step, int(net["linear"]), meta)
+                    saves = sorted(root.glob(f"{name}_*.safetensors"), key=lambda p: p.stat().st_ctime)
+                    for old in saves[: max(0, len(saves) - int(save["max_step_saves_to_keep"]))]:
+                        print(f"Removing old save: {old}")
+                        old.unlink()
+                    bar.unpause()
+                if sampling and every and step % every == 0:
+                    bar.pause()
+                    _sample(root, step, sample["prompts"])
+                    bar.unpause()
+                logger.log(step, loss, lr)
+            logger.commit()
+            bar.update(step + 1 - bar.n)  # redrawn only when 0.1 s passed since the last redraw
     except Stopped:
         bar.close()
+        logger.close()
         _banner(["Job stopped"])
         return 0
     except Exception as exc:
         bar.close()
+        logger.close()
         print(f"Error running job: {exc}")
         _banner(["Result:", " - 0 completed jobs", " - 1 failure"])
         import traceback
@@ -191,6 +271,9 @@ def run(config_path: str) -> int:
         return 1
     bar.close()
     _save(root, name, total, int(net["linear"]), meta, final=True)
+    if sampling:
+        _sample(root, total, sample["prompts"])
+    logger.close()
     return 0
 
 

@@ -18,6 +18,18 @@ def oom_hint(message: str) -> str:
     )
 
 
+def failure(text: str) -> tuple[str, str]:
+    """The error code and hint for what ended the run: the runner shows these, not the traceback."""
+    from loraflow.monitor.hints import HINTS
+
+    if "OutOfMemoryError" in text or "out of memory" in text.lower():
+        return "oom", oom_hint(text)
+    fault = next(h for h in HINTS if h.code == "cuda_fault")
+    if fault.pattern.search(text):
+        return fault.code, fault.hint
+    return "crash", ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
@@ -33,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the runner gets a typed error event; the traceback stays in the log
         traceback.print_exc()
         text = f"{type(exc).__name__}: {exc}"
-        is_oom = "OutOfMemoryError" in text or "out of memory" in text.lower()
-        emit("error", code="oom" if is_oom else "crash", message=text[:2000], hint=oom_hint(text) if is_oom else "")
+        code, hint = failure(text)
+        emit("error", code=code, message=text[:2000], hint=hint)
         return 1
 
 

@@ -78,6 +78,21 @@ def load_flux(path: str | Path, device: torch.device, precision: str, quantize: 
     for module in (transformer, vae, clip, t5):
         module.requires_grad_(False)
         module.eval()
-        if qconfig is None or module is not transformer:
+    for module in (transformer, vae, clip):
+        # bitsandbytes places its base on the GPU while loading (and refuses .to); torchao leaves it on the CPU
+        if next(module.parameters()).device.type != device.type:
             module.to(device)
+    if fits_beside(t5, device):
+        t5.to(device)
+    # else T5-XXL (~9.5 GB in bf16) stays on the CPU next to a quantized base on a 12-24 GB card: it only
+    # encodes each caption once, before training
     return FluxParts(transformer, vae, clip, t5, tok1, tok2, scheduler, path)
+
+
+def fits_beside(module: torch.nn.Module, device: torch.device, spare: float = 1.25) -> bool:
+    """Whether `module` fits in what is free on `device` now, with room for running it."""
+    if device.type != "cuda":
+        return True
+    free, _total = torch.cuda.mem_get_info(device)
+    need = sum(p.numel() * p.element_size() for p in module.parameters())
+    return need * spare < free

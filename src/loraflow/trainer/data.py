@@ -96,3 +96,52 @@ class Cache:
         tmp = path.with_name(path.name + ".partial")
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
         tmp.replace(path)
+
+
+class Resident:
+    """The run's cached latents and text embeddings, read from the disk cache once and kept in memory.
+
+    A step then reads no file and, on a GPU, copies nothing from the host: the tensors sit on the
+    training device (up to `device_limit` bytes; beyond that in pinned host memory, copied without a
+    wait). Text embeddings are stored in the training dtype, which every step cast them to anyway.
+    """
+
+    def __init__(
+        self,
+        cache: Cache,
+        samples: list[Sample],
+        max_sequence_length: int,
+        device: torch.device,
+        text_dtype: torch.dtype,
+        device_limit: int = 2 << 30,
+    ) -> None:
+        self.device = device
+        latents: dict[tuple[str, tuple[int, int]], torch.Tensor] = {}
+        for s in samples:
+            if (s.sha256, s.size) not in latents:
+                found = cache.get("latents", s.sha256, s.size)
+                assert found is not None, "latents are cached before training"
+                latents[(s.sha256, s.size)] = found["params"]
+        texts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for caption in sorted({s.caption for s in samples} | {""}):
+            found = cache.get("text", caption, max_sequence_length)
+            assert found is not None, "text embeddings are cached before training"
+            texts[caption] = (found["t5"].to(text_dtype), found["pooled"].to(text_dtype))
+        size = sum(t.nbytes for t in latents.values()) + sum(a.nbytes + b.nbytes for a, b in texts.values())
+        home = device if size <= device_limit or device.type != "cuda" else torch.device("cpu")
+        pin = device.type == "cuda" and home.type == "cpu"
+
+        def place(t: torch.Tensor) -> torch.Tensor:
+            return t.pin_memory() if pin else t.to(home)
+
+        self._latents = {k: place(v) for k, v in latents.items()}
+        self._texts = {k: (place(a), place(b)) for k, (a, b) in texts.items()}
+
+    def latents(self, sample: Sample) -> torch.Tensor:
+        """(mean, logvar) of the sample's latent distribution, [2C, H, W] on the training device."""
+        return self._latents[(sample.sha256, sample.size)].to(self.device, non_blocking=True)
+
+    def text(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T5 sequence embeddings, pooled CLIP) of a caption on the training device."""
+        t5, pooled = self._texts[caption]
+        return t5.to(self.device, non_blocking=True), pooled.to(self.device, non_blocking=True)

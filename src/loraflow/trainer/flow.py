@@ -40,20 +40,24 @@ def encode_images(parts: FluxParts, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def sample_latents(params: torch.Tensor, generator: torch.Generator, shift: float, scale: float) -> torch.Tensor:
-    """Draw a latent from cached (mean, logvar) and apply the VAE's shift and scale."""
+    """Draw a latent from cached (mean, logvar) and apply the VAE's shift and scale.
+
+    The noise is drawn where `params` lives (the generator must live there too): no host round trip."""
     mean, logvar = params.chunk(2, dim=1)
     std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-    noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+    noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
     return ((mean + std * noise) - shift) * scale
 
 
 def sample_sigmas(batch: int, mode: str, shift: float, generator: torch.Generator) -> torch.Tensor:
     """Noise levels in (0, 1): uniform, sigmoid of a normal (logit-normal), or logit-normal shifted by `shift`
-    (kohya's `shift`, FluxGym's recipe: the same meaning on every engine, docs/engines.md)."""
+    (kohya's `shift`, FluxGym's recipe: the same meaning on every engine, docs/engines.md).
+
+    Drawn on the generator's device."""
     if mode in ("sigmoid", "logit_normal", "shift"):
-        u = torch.sigmoid(torch.randn(batch, generator=generator))
+        u = torch.sigmoid(torch.randn(batch, generator=generator, device=generator.device))
     else:
-        u = torch.rand(batch, generator=generator)
+        u = torch.rand(batch, generator=generator, device=generator.device)
     if mode == "shift":
         u = shift * u / (1 + (shift - 1) * u)
     return u.clamp(1e-4, 1.0)
@@ -72,11 +76,11 @@ def unpack(packed: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return x.reshape(b, c4 // 4, h, w)
 
 
-def image_ids(h: int, w: int) -> torch.Tensor:
-    """Position ids of the packed latent grid: (0, row, column) per patch."""
-    ids = torch.zeros(h // 2, w // 2, 3)
-    ids[..., 1] = torch.arange(h // 2)[:, None]
-    ids[..., 2] = torch.arange(w // 2)[None, :]
+def image_ids(h: int, w: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Position ids of the packed latent grid: (0, row, column) per patch, built on `device`."""
+    ids = torch.zeros(h // 2, w // 2, 3, device=device)
+    ids[..., 1] = torch.arange(h // 2, device=device)[:, None]
+    ids[..., 2] = torch.arange(w // 2, device=device)[None, :]
     return ids.reshape(-1, 3)
 
 
@@ -92,11 +96,14 @@ def flow_loss(
     guidance: float,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """One flow-matching loss: predict (noise - x0) at a random noise level."""
+    """One flow-matching loss: predict (noise - x0) at a random noise level.
+
+    With `latents` and `generator` on the training device nothing here waits for the host: every
+    tensor is made where it is used (a host-to-GPU copy of pageable memory synchronizes)."""
     device = next(parts.transformer.parameters()).device
     b, _, h, w = latents.shape
-    noise = torch.randn(latents.shape, generator=generator)
-    sigmas = sample_sigmas(b, sampling, shift, generator)
+    noise = torch.randn(latents.shape, generator=generator, device=latents.device)
+    sigmas = sample_sigmas(b, sampling, shift, generator).to(latents.device)
     s = sigmas.view(b, 1, 1, 1)
     noisy = (1.0 - s) * latents + s * noise
     guidance_t = torch.full((b,), guidance, device=device, dtype=dtype) if parts.guidance_embeds else None
@@ -107,7 +114,7 @@ def flow_loss(
         pooled_projections=pooled.to(device, dtype),
         encoder_hidden_states=embeds.to(device, dtype),
         txt_ids=torch.zeros(embeds.shape[1], 3, device=device, dtype=dtype),
-        img_ids=image_ids(h, w).to(device, dtype),
+        img_ids=image_ids(h, w, device).to(dtype),
         return_dict=False,
     )[0]
     target = (noise - latents).to(device)

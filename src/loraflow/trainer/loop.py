@@ -19,14 +19,18 @@ import torch
 
 from loraflow.monitor.hints import hint_for
 from loraflow.trainer import checkpoint as ckpt
+from loraflow.trainer.attention import configure_for_model
 from loraflow.trainer.components import DTYPES, FluxParts, load_flux, pick_device
 from loraflow.trainer.config import TrainerConfig
-from loraflow.trainer.data import Cache, Sample, epoch_batches, load_pixels, load_samples
+from loraflow.trainer.data import Cache, Resident, Sample, epoch_batches, load_pixels, load_samples
 from loraflow.trainer.events import PAUSE_FILE, STOPPED_EXIT, emit
 from loraflow.trainer.export import adapter_state, lora_metadata, lora_tensors, write_lora
 from loraflow.trainer.flow import encode_images, encode_prompts, flow_loss, sample_latents
 from loraflow.trainer.lora_format import target_regex
+from loraflow.trainer.report import LossReport
 from loraflow.trainer.sampling import render_samples
+
+REPORT_EVERY_S = 1.0  # on a GPU: how often a progress event (and its loss read) is due at most
 
 
 class StopFlag:
@@ -80,23 +84,28 @@ def _optimizer(params: list[torch.nn.Parameter], cfg: TrainerConfig) -> torch.op
             warmup_init=False,
             weight_decay=cfg.weight_decay,
         )
-    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    fused = True if params and all(p.is_cuda for p in params) else None  # one kernel for the whole update
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused)
 
 
-def _rng_state(gen: torch.Generator) -> dict[str, Any]:
+def _rng_state(gen: torch.Generator, noise_gen: torch.Generator) -> dict[str, Any]:
     state = {
         "gen": gen.get_state(),
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
         "numpy": np.random.get_state(),
     }
+    if noise_gen is not gen:
+        state["noise_gen"] = noise_gen.get_state()
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _restore_rng(gen: torch.Generator, state: dict[str, Any]) -> None:
+def _restore_rng(gen: torch.Generator, noise_gen: torch.Generator, state: dict[str, Any]) -> None:
     gen.set_state(state["gen"])
+    if noise_gen is not gen and "noise_gen" in state:
+        noise_gen.set_state(state["noise_gen"])
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
@@ -126,20 +135,25 @@ def _cache_everything(
 
 
 def _batch(
-    cache: Cache, cfg: TrainerConfig, samples: list[Sample], idx: list[int], gen: torch.Generator, parts: FluxParts
+    data: Resident,
+    cfg: TrainerConfig,
+    samples: list[Sample],
+    idx: list[int],
+    gen: torch.Generator,
+    noise_gen: torch.Generator,
+    parts: FluxParts,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch on the training device. `gen` (host) makes the caption-dropout decisions, `noise_gen`
+    (the device's; the same generator on a CPU) draws the latents, so no step waits on the GPU."""
     latents, t5s, pooled = [], [], []
     shift, scale = parts.vae.config.shift_factor or 0.0, parts.vae.config.scaling_factor
     for i in idx:
         s = samples[i]
-        params = cache.get("latents", s.sha256, s.size)
-        assert params is not None
-        latents.append(sample_latents(params["params"].unsqueeze(0), gen, shift, scale)[0])
+        latents.append(sample_latents(data.latents(s).unsqueeze(0), noise_gen, shift, scale)[0])
         drop = cfg.caption_dropout > 0 and float(torch.rand(1, generator=gen)) < cfg.caption_dropout
-        text = cache.get("text", "" if drop else s.caption, cfg.max_sequence_length)
-        assert text is not None
-        t5s.append(text["t5"])
-        pooled.append(text["pooled"])
+        t5, pool = data.text("" if drop else s.caption)
+        t5s.append(t5)
+        pooled.append(pool)
     return torch.stack(latents), torch.stack(t5s), torch.stack(pooled)
 
 
@@ -165,6 +179,9 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
 
     emit("phase", phase="loading_model", device=str(device))
     parts = load_flux(cfg.model_path, device, cfg.precision, cfg.quantize)
+    tokens = max((r // 16) ** 2 for r in cfg.resolutions) + cfg.max_sequence_length
+    attention = configure_for_model(parts.transformer, device, tokens, dtype)
+    emit("log", message=attention.message(), attention=attention.backend)
     torch.manual_seed(cfg.seed)
     parts.transformer.add_adapter(
         LoraConfig(
@@ -187,6 +204,7 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
     samples = load_samples(dataset_dir, cfg.resolutions, cfg.repeats)
     cache = Cache(out / "cache", model_key=f"{Path(cfg.model_path).resolve()}")
     _cache_everything(parts, cfg, samples, cache, dataset_dir)
+    data = Resident(cache, samples, cfg.max_sequence_length, device, dtype)
     # No prompts in the spec: sample with the dataset's own captions (the first two, in a fixed order).
     sample_prompts = cfg.sample_prompts or sorted({s.caption for s in samples if s.caption})[:2]
     sample_embeds = [encode_prompts(parts, [p], cfg.max_sequence_length) for p in sample_prompts]
@@ -201,6 +219,7 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
         cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=total
     )
     gen = torch.Generator().manual_seed(cfg.seed)
+    noise_gen = gen if device.type == "cpu" else torch.Generator(device).manual_seed(cfg.seed)
     step = 0
     latest, skipped = ckpt.latest_valid(ckpt_root)
     for bad in skipped:
@@ -212,7 +231,7 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
             named[name].data.copy_(tensor.to(named[name].device))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _restore_rng(gen, state["rng"])
+        _restore_rng(gen, noise_gen, state["rng"])
         step = int(state["step"])
         emit("resumed", step=step, total=total, checkpoint=str(latest.path.relative_to(out)))
 
@@ -221,7 +240,7 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
         state = {
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "rng": _rng_state(gen),
+            "rng": _rng_state(gen, noise_gen),
             "step": at,
             "total": total,
             "epoch": micro // n_batches,
@@ -262,21 +281,22 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and device.type == "cuda" else None
     autocast = torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda" and dtype != torch.float32)
     batches_cache: dict[int, list[list[int]]] = {}
+    report = LossReport(REPORT_EVERY_S if device.type == "cuda" else 0.0)  # on a GPU: no sync per step
     while step < total:
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
         for micro_i in range(cfg.gradient_accumulation):
             micro = step * cfg.gradient_accumulation + micro_i
             epoch, pos = divmod(micro, n_batches)
             if epoch not in batches_cache:
                 batches_cache = {epoch: epoch_batches(samples, cfg.batch_size, cfg.seed, epoch)}
-            latents, t5, pooled = _batch(cache, cfg, samples, batches_cache[epoch][pos], gen, parts)
+            latents, t5, pooled = _batch(data, cfg, samples, batches_cache[epoch][pos], gen, noise_gen, parts)
             with autocast:
                 loss = flow_loss(
                     parts,
                     latents,
                     t5,
                     pooled,
-                    gen,
+                    noise_gen,
                     sampling=cfg.timestep_sampling,
                     shift=cfg.timestep_shift,
                     guidance=cfg.guidance_scale,
@@ -284,11 +304,7 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
                 )
             loss = loss / cfg.gradient_accumulation
             (scaler.scale(loss) if scaler else loss).backward()
-            loss_sum += float(loss.detach())
-        if not math.isfinite(loss_sum):  # NaN/inf poisons the weights and every step after: fail before saving
-            emit("error", code="nan_loss", message=f"loss is not finite ({loss_sum}) at step {step + 1}",
-                 hint=hint_for("nan_loss"))
-            return 1
+            loss_sum += loss.detach().to(loss_sum.dtype)
         if scaler:
             scaler.unscale_(optimizer)
         if cfg.max_grad_norm > 0:
@@ -301,23 +317,32 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        elapsed = time.monotonic() - started
-        rate = (step - start_step) / elapsed if elapsed > 0 else 0.0
-        emit(
-            "progress",
-            step=step,
-            total=total,
-            loss=round(loss_sum, 6),
-            lr=scheduler.get_last_lr()[0],
-            rate=round(rate, 4),
-            elapsed_s=round(elapsed, 2),
-            eta_s=round((total - step) / rate, 1) if rate else None,
-        )
+        report.add(loss_sum)
         pause = stop.requested or (cfg.stop_after_step is not None and step >= cfg.stop_after_step)
         pause = pause or step >= pause_step(out)
-        if step % cfg.checkpoint_every == 0 or step == total or pause:
+        save = step % cfg.checkpoint_every == 0 or step == total or pause
+        sample = bool(cfg.sample_every) and step % cfg.sample_every == 0 and step != total
+        if report.due(forced=save or sample):
+            mean_loss = report.read()
+            if not math.isfinite(mean_loss):  # NaN/inf poisons the weights and every step after: fail unsaved
+                emit("error", code="nan_loss", message=f"loss is not finite ({mean_loss}) at step {step}",
+                     hint=hint_for("nan_loss"))
+                return 1
+            elapsed = time.monotonic() - started
+            rate = (step - start_step) / elapsed if elapsed > 0 else 0.0
+            emit(
+                "progress",
+                step=step,
+                total=total,
+                loss=round(mean_loss, 6),
+                lr=scheduler.get_last_lr()[0],
+                rate=round(rate, 4),
+                elapsed_s=round(elapsed, 2),
+                eta_s=round((total - step) / rate, 1) if rate else None,
+            )
+        if save:
             checkpoint_now(step)
-        if cfg.sample_every and step % cfg.sample_every == 0 and step != total:
+        if sample:
             parts.transformer.eval()
             sample_now(step)
             parts.transformer.train()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from loraflow.trainer.attention import configure_for_model
 from loraflow.trainer.components import FluxParts
 
 
@@ -29,6 +30,8 @@ def render_samples(
 
     device = next(parts.transformer.parameters()).device
     dtype = parts.vae.dtype
+    if embeds:  # the kernel training chose (sampling on its own chooses here, at its own token count)
+        configure_for_model(parts.transformer, device, (width // 16) * (height // 16) + embeds[0][0].shape[1], dtype)
     pipe = FluxPipeline(
         scheduler=parts.scheduler,
         vae=parts.vae,

@@ -16,6 +16,7 @@ from pathlib import Path
 MARKER = "loraflow_tiny.json"
 T5_PIECES = "abcdefghijklmnopqrstuvwxyz0123456789"
 PUNCT = ",.;:!?'\"()[]-_/"
+CLIP_PREFIX = "text_model."
 
 
 def _clip_tokenizer():
@@ -43,6 +44,31 @@ def _t5_tokenizer():
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
 
 
+def clip_in_prefixed_layout(folder: Path) -> bool:
+    """Store the CLIP text encoder with its `text_model.` key prefix, as real CLIP checkpoints are.
+
+    transformers 5.23 saves CLIPTextModel without it, and older versions (every 4.x, ai-toolkit's 5.5.3)
+    load none of such a file's tensors: a silently random encoder. Current versions load both layouts.
+    Returns whether the file had to be rewritten (also done for a tiny model built before this fix).
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = folder / "text_encoder" / "model.safetensors"
+    if not path.exists():
+        return False
+    with safe_open(str(path), "pt") as f:
+        keys = list(f.keys())
+        if all(k.startswith(CLIP_PREFIX) for k in keys):
+            return False
+        tensors = {(k if k.startswith(CLIP_PREFIX) else CLIP_PREFIX + k): f.get_tensor(k) for k in keys}
+        metadata = f.metadata() or {"format": "pt"}
+    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)
+    return True
+
+
 def build_tiny_flux(dest: str | Path, *, variant: str = "dev", seed: int = 0) -> Path:
     """Write a tiny random FLUX pipeline folder at `dest` (idempotent: an existing one is kept)."""
     import torch
@@ -51,6 +77,7 @@ def build_tiny_flux(dest: str | Path, *, variant: str = "dev", seed: int = 0) ->
 
     dest = Path(dest)
     if (dest / MARKER).exists():
+        clip_in_prefixed_layout(dest)
         return dest
     torch.manual_seed(seed)
     tok1, tok2 = _clip_tokenizer(), _t5_tokenizer()
@@ -127,6 +154,7 @@ def build_tiny_flux(dest: str | Path, *, variant: str = "dev", seed: int = 0) ->
     # Jobs started together may build it at once: each writes its own folder, the first rename wins.
     tmp = dest.with_name(f"{dest.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     pipe.save_pretrained(tmp)
+    clip_in_prefixed_layout(tmp)
     (tmp / MARKER).write_text(json.dumps({"variant": variant, "seed": seed}) + "\n")
     try:
         tmp.replace(dest)

@@ -1,0 +1,1 @@
+../src/loraflow/engines/aitoolkit_cpu_env.sh
