@@ -126,6 +126,8 @@ def test_missing_fal_key_is_refused_before_anything(tmp_path: Path, cli, monkeyp
     assert result.code == 2
     assert "FAL_KEY" in result.out + result.err and "export FAL_KEY" in result.out + result.err
     assert Store().list_jobs() == []
+    listed = cli("engines", "list").out
+    assert "fal         hosted" in listed and "FAL_KEY not set" in listed
 
 
 def test_platform_credits_quote_and_charge_fals_price(tmp_path: Path, fal: FalEmulator, cli) -> None:

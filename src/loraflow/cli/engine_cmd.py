@@ -166,3 +166,7 @@ def list_cmd() -> None:
             commit = f"commit {e.commit[:8]}{pin}" if e.commit else "not a git checkout"
             line = f"{name:<11} installed  {e.root} ({e.via}); python {e.python or 'this Python'}; {commit}"
         console.print(line, markup=False, highlight=False, soft_wrap=True)
+    import os
+
+    key = "FAL_KEY set" if os.environ.get("FAL_KEY") else "FAL_KEY not set: export FAL_KEY=<key id>:<secret>"
+    console.print(f"{'fal':<11} hosted     (fal.ai's API; nothing to install); {key}", markup=False, highlight=False)
