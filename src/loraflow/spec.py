@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from loraflow import catalog
 from loraflow.errors import SpecError, UserInputError
 
-EngineName = Literal["builtin", "ai-toolkit", "kohya"]
+EngineName = Literal["builtin", "ai-toolkit", "kohya", "musubi"]
 TRIGGER_PLACEHOLDER = "[trigger]"
 
 
@@ -134,7 +134,7 @@ class DatasetSpec(Strict):
 
 
 class EngineSpec(Strict):
-    name: EngineName = Field(description="builtin, ai-toolkit or kohya.")
+    name: EngineName = Field(description="builtin, ai-toolkit, kohya or musubi (Wan video LoRAs).")
     version: str | None = Field(None, description="Engine pin (git commit or image tag); the tested pin if unset.")
     options: dict[str, Any] = Field(default_factory=dict, description="Engine-specific keys passed through.")
 
@@ -349,7 +349,8 @@ class TrainSpec(Strict):
     name: str = Field(description="Job and output name: letters, digits, dash, underscore, dot.")
     dataset: DatasetSpec
     base_model: str = Field(
-        description="Catalog id (tiny-flux, flux-dev, flux-schnell, sdxl, qwen-image) or a local folder."
+        description="Catalog id (tiny-flux, flux-dev, flux-schnell, sdxl, qwen-image, wan2.1-t2v-1.3b, "
+        "wan2.1-t2v-14b, wan2.2-t2v-a14b) or a local folder."
     )
     model_family: str | None = Field(
         None, description="For a local base-model folder: the catalog id whose defaults apply (default flux-dev)."

@@ -18,9 +18,13 @@ def get_engine(name: str) -> Engine:
         from loraflow.engines.kohya import KohyaEngine
 
         return KohyaEngine()
+    if name == "musubi":
+        from loraflow.engines.musubi import MusubiEngine
+
+        return MusubiEngine()
     from loraflow.errors import UserInputError
 
-    raise UserInputError(f"unknown engine '{name}'", fix="use builtin, ai-toolkit or kohya")
+    raise UserInputError(f"unknown engine '{name}'", fix="use builtin, ai-toolkit, kohya or musubi")
 
 
 __all__ = ["Engine", "get_engine"]
