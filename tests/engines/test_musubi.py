@@ -114,6 +114,7 @@ def test_bad_video_options_are_refused_by_name(options: dict, message: str) -> N
         ({"training": {"quantize": "nf4"}}, "training.quantize"),
         ({"training": {"blocks_to_swap": 30}}, "training.blocks_to_swap"),
         ({"network": {"targets": ["q", "k"]}}, "network.targets"),
+        ({"output": {"lora_format": "diffusers"}}, "output.lora_format"),
     ],
 )
 def test_values_musubi_cannot_honour_are_refused(sections: dict, field: str) -> None:

@@ -193,7 +193,6 @@ LORAFLOW = {
     "dataset.checks": "Run by loraflow before anything starts.",
     "dataset.captions": "Captions are written by loraflow before training (backend, mode, template, trigger "
     "placement, prefix/suffix...); the engines read the finished caption files.",
-    "output.lora_format": "loraflow converts the engine's LoRA to this layout with the exact converter.",
     "compute": "Where the engine runs; the same for every engine.",
     "monitor": "Stall detection on the engine's progress.",
     "budget": "Cost and time limits kept by loraflow.",
@@ -468,6 +467,10 @@ FIELDS: dict[str, dict[str, Rule]] = {
         "kohya": translated("`--save_last_n_steps` = every_n_steps x (keep_last - 1): kohya keeps one more than "
                             "that span holds."),
     },
+    "output.lora_format": {
+        e: same("loraflow converts the engine's LoRA to this layout with the exact converter.")
+        for e in ("builtin", "ai-toolkit", "kohya")
+    },
     "output.dtype": {
         "builtin": same("Saved dtype."),
         "ai-toolkit": same("`save.dtype`."),
@@ -526,6 +529,12 @@ def _musubi_swap(spec: TrainSpec) -> Refusal | None:
     if spec.training.blocks_to_swap > most:
         return (f"{spec.catalog_entry.name} has {most + 1} blocks and musubi keeps at least one on the GPU",
                 f"set training.blocks_to_swap to at most {most}")
+    return None
+
+
+def _musubi_format(spec: TrainSpec) -> Refusal | None:
+    if spec.output.lora_format != "kohya":
+        return ("loraflow's layout converter knows Flux's modules, not Wan's", "set output.lora_format: kohya")
     return None
 
 
@@ -598,6 +607,9 @@ MUSUBI: dict[str, Rule] = {
         "`--save_last_n_steps` = every_n_steps x (keep_last - 1): musubi keeps one more than that span holds."
     ),
     "output.dtype": same("`--save_precision`."),
+    "output.lora_format": same(
+        "kohya: musubi's own file (`lora_unet_blocks_N_...`, the layout ComfyUI loads).", _musubi_format, "diffusers"
+    ),
 }
 for _field, _rule in MUSUBI.items():
     FIELDS[_field].setdefault("musubi", _rule)

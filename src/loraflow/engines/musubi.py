@@ -29,12 +29,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import tomli_w
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from loraflow.engines.base import Command, EngineRequirements, Outcome
 from loraflow.engines.external import (
     engine_dir,
     engine_python,
-    finish_lora,
     min_vram_gb,
     outcome_for,
     safetensors_header,
@@ -550,7 +551,16 @@ class MusubiEngine:
         return events
 
     def finish(self, spec: TrainSpec, layout: JobLayout) -> str:
-        return finish_lora(Path(self.final_lora(spec, layout)), layout.root, spec.name, spec.output.lora_format)
+        """musubi saves `lora_unet_blocks_N_...` keys with alpha keys: already the kohya/ComfyUI layout, which
+        is the only one field_map accepts for musubi; the file is copied with loraflow's format label."""
+        dest = Path(layout.root) / f"{spec.name}.safetensors"
+        with safe_open(self.final_lora(spec, layout), "pt") as f:
+            metadata = {**(f.metadata() or {}), "loraflow.format": "kohya"}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
+        tmp = dest.with_name(dest.name + ".partial")
+        save_file(state, str(tmp), metadata=metadata)
+        tmp.replace(dest)
+        return str(dest)
 
     def outcome(self, exit_code: int | None, final_exists: bool, parser: object = None) -> Outcome:
         if getattr(parser, "nan_loss", False):
