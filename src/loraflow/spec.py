@@ -48,6 +48,9 @@ class DatasetChecks(Strict):
     )
     max_archive_files: int = Field(20_000, ge=1, description="Most members accepted from a zip or tar.")
     require_captions: bool = Field(False, description="Make an image without a caption an error instead of a warning.")
+    max_video_seconds: float = Field(
+        60.0, gt=0, description="Video clips (engine musubi) longer than this are an error: trim them to the motion."
+    )
 
 
 class CaptionPolicy(Strict):

@@ -102,3 +102,32 @@ def test_killed_musubi_resumes_from_its_state_with_cumulative_steps(
     assert synced == [f"step-{s:06d}" for s in range(10, 70, 10)]  # cumulative, none overwritten
     steps = [e.data["step"] for e in store.events(job.id, types=["progress"])]
     assert steps[-1] == 60 and min(steps[steps.index(max(s for s in steps if s <= at)):]) > 10
+
+
+def test_musubi_trains_on_images_and_clips(tmp_path: Path, musubi_dir: Path, cli) -> None:
+    import shutil
+
+    data = tmp_path / "mixed"
+    shutil.copytree(EXAMPLES / "sample_dataset", data)
+    clips = Path(__file__).parent / "fixtures" / "videos"
+    for name in ("walk_37f_16fps.mp4", "jump_45f_30fps.mov"):
+        shutil.copyfile(clips / name, data / name)
+        (data / name).with_suffix(".txt").write_text("dnc walking")
+    spec = yaml.safe_load(write_spec(tmp_path, musubi_dir, 12).read_text())
+    spec["dataset"]["path"] = str(data)
+    spec["engine"]["options"]["target_frames"] = [1, 33]
+    path = tmp_path / "mixed.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = cli("train", path)
+    assert result.code == 0, result.out + result.err
+    job = Store().list_jobs()[0]
+    assert job.state is JobState.COMPLETED and job.step == 12
+    prepared = sorted(p.name for p in (job.folder / "dataset").iterdir() if p.suffix in (".mp4", ".mov"))
+    assert prepared == ["jump_45f_30fps.mov", "walk_37f_16fps.mp4"]
+    config = (job.folder / "engine" / "dataset.toml").read_text()
+    assert "video_directory" in config and "image_directory" in config
+    videos = job.folder / "engine" / "cache" / "videos-256"
+    assert sorted(p.name for p in videos.iterdir()) == ["jump_45f_30fps_latents.safetensors",
+                                                        "jump_45f_30fps_te.safetensors",
+                                                        "walk_37f_16fps_latents.safetensors",
+                                                        "walk_37f_16fps_te.safetensors"]

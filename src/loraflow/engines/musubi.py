@@ -32,6 +32,7 @@ import tomli_w
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from loraflow.dataset.video import VIDEO_EXTENSIONS, VideoNeeds
 from loraflow.engines.base import Command, EngineRequirements, Outcome
 from loraflow.engines.external import (
     engine_dir,
@@ -127,17 +128,18 @@ def video_settings(spec: TrainSpec) -> dict[str, Any]:
     return out
 
 
-def frames_needed(settings: dict[str, Any]) -> int:
-    """The fewest frames a clip must have to give at least one sample."""
-    if settings["frame_extraction"] == "full":
-        return 1
-    return max(settings["target_frames"])
+def video_needs(spec: TrainSpec) -> VideoNeeds | None:
+    """What each clip must give musubi, for the dataset checks before anything is rented; None for the engines
+    that train on images only (they ignore clips)."""
+    if spec.engine.name != "musubi":
+        return None
+    s = video_settings(spec)
+    if s["frame_extraction"] == "full":  # the whole clip, trimmed to N*4+1 frames
+        return VideoNeeds(1, 1, s.get("source_fps"))
+    return VideoNeeds(min(s["target_frames"]), max(s["target_frames"]), s.get("source_fps"))
 
 
 # --- rendering ------------------------------------------------------------------------------------
-
-
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v")
 
 
 def media_kinds(layout: JobLayout) -> set[str]:
@@ -147,7 +149,7 @@ def media_kinds(layout: JobLayout) -> set[str]:
     if not manifest.exists():
         return {"images", "videos"}
     names = [f["name"] for f in json.loads(manifest.read_text(encoding="utf-8"))["files"]]
-    videos = sum(1 for n in names if n.lower().endswith(VIDEO_EXTENSIONS))
+    videos = sum(1 for n in names if PurePosixPath(n).suffix.lower() in VIDEO_EXTENSIONS)
     return {k for k, n in (("images", len(names) - videos), ("videos", videos)) if n}
 
 
