@@ -62,7 +62,7 @@ def findings(report) -> dict[str, tuple[str, str]]:
 def test_clips_are_judged_against_target_frames_size_and_length(tmp_path: Path) -> None:
     folder = clips(tmp_path, ["walk_37f_16fps.mp4", "blink_9f_16fps.mp4", "tiny_37f_16fps.mp4",
                               "wave_81f_16fps.webm", "jump_45f_30fps.mov"])
-    needs = VideoNeeds(min_frames=17, max_frames=45)
+    needs = VideoNeeds(min_frames=17, max_frames=45, targets=(17, 45))
     checks = DatasetChecks(min_images=1, max_video_seconds=2.5)
     report = DatasetRun(folder, checks, video=needs).check()
     found = findings(report)
@@ -72,6 +72,8 @@ def test_clips_are_judged_against_target_frames_size_and_length(tmp_path: Path) 
     assert found["video_too_long:wave_81f_16fps.webm"][0] == "error"  # 5.1 s
     assert "max_video_seconds" in found["video_too_long:wave_81f_16fps.webm"][1]
     assert found["video_short:walk_37f_16fps.mp4"][0] == "warning"  # 37 < 45: trains the 17-frame length only
+    short = next(f for f in report.findings if f.code == "video_short")
+    assert short.message == "has 37 frames: only target_frames 17 fit, not 45"
     assert not any(k.endswith("jump_45f_30fps.mov") for k in found)
     assert (report.videos, report.usable_videos) == (5, 2)
     # at 30 fps resampled to Wan's 16, the 45-frame clip has 24 frames: too few for 45, enough for 17
@@ -112,7 +114,7 @@ def wan_spec(folder: Path, **options: object) -> object:
 def test_a_musubi_spec_is_checked_at_the_submit_door_before_renting(tmp_path: Path) -> None:
     folder = clips(tmp_path, ["walk_37f_16fps.mp4", "blink_9f_16fps.mp4"])
     spec = wan_spec(folder, target_frames=[17, 33])
-    assert video_needs(spec) == VideoNeeds(17, 33, None)
+    assert video_needs(spec) == VideoNeeds(17, 33, None, (17, 33))
     with pytest.raises(Exception) as err:  # DatasetUnfit: the service answers 422, the CLI exits 2
         check_dataset(spec, None)
     report = err.value.report

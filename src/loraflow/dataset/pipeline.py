@@ -147,7 +147,7 @@ class DatasetRun:
         result.image = None  # pixels are decoded again when writing: memory stays flat for big datasets
         self.images.append(_Image(entry, result, hashlib.sha256(data).hexdigest(), phash, caption))
 
-    def _caption(self, entry: Entry, captions: dict[str, Entry], paired: set[str]) -> str | None:
+    def _caption(self, entry: Entry, captions: dict[str, Entry], paired: set[str], clip: bool = False) -> str | None:
         """The caption file paired with an image or clip by stem, with findings about it."""
         key = _stem_key(entry.path)
         caption: str | None = None
@@ -188,7 +188,8 @@ class DatasetRun:
                     severity,
                     "has no caption file",
                     f"add {PurePosixPath(key).name}.{self.caption_ext} or set "
-                    "dataset.captions.backend to caption automatically",
+                    + ("dataset.captions.backend: template (captioners read images, not clips)" if clip
+                       else "dataset.captions.backend to caption automatically"),
                     entry.path,
                 )
             )
@@ -216,7 +217,7 @@ class DatasetRun:
         with entry.open() as stream:
             for chunk in iter(lambda: stream.read(1 << 20), b""):
                 digest.update(chunk)
-        self.videos.append(_Video(entry, info, digest.hexdigest(), self._caption(entry, captions, paired)))
+        self.videos.append(_Video(entry, info, digest.hexdigest(), self._caption(entry, captions, paired, clip=True)))
 
     def _video_gates(self) -> None:
         """Too small, too short for the engine's target_frames, too long: named per clip before any rental."""
@@ -246,9 +247,10 @@ class DatasetRun:
                                         "engine.options.target_frames", path))
                 continue
             if needs and frames < needs.max_frames:
+                fit = ", ".join(map(str, needs.fitting(frames))) or "the shorter ones"
                 self.report.add(Finding("video_short", Severity.WARNING,
-                                        f"has {info.frames} frames{rate}: it trains only the target_frames up to "
-                                        f"{frames}, not {needs.max_frames}",
+                                        f"has {info.frames} frames{rate}: only target_frames {fit} fit, not "
+                                        f"{needs.max_frames}",
                                         f"use clips of at least {needs.max_frames} frames, or lower "
                                         "engine.options.target_frames", path))
             if clip.sha256 in seen:

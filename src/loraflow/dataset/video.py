@@ -39,6 +39,10 @@ class VideoNeeds:
     min_frames: int  # the shortest target: a clip with fewer frames gives no sample at all
     max_frames: int  # the longest target: a clip with fewer frames skips that length
     source_fps: float | None = None  # clips are resampled from this rate to Wan's 16 fps
+    targets: tuple[int, ...] = ()  # every length cut from a clip (empty: the whole clip)
+
+    def fitting(self, frames: int) -> list[int]:
+        return [t for t in self.targets if t <= frames]
 
     def usable_frames(self, info: VideoInfo) -> int:
         if self.source_fps:

@@ -136,7 +136,8 @@ def video_needs(spec: TrainSpec) -> VideoNeeds | None:
     s = video_settings(spec)
     if s["frame_extraction"] == "full":  # the whole clip, trimmed to N*4+1 frames
         return VideoNeeds(1, 1, s.get("source_fps"))
-    return VideoNeeds(min(s["target_frames"]), max(s["target_frames"]), s.get("source_fps"))
+    targets = tuple(s["target_frames"])
+    return VideoNeeds(min(targets), max(targets), s.get("source_fps"), targets)
 
 
 # --- rendering ------------------------------------------------------------------------------------
