@@ -79,8 +79,11 @@ def test_cache_steps_run_before_training_in_the_launched_process() -> None:
     assert latents.endswith("--skip_existing") and "--vae models/wan_2.1_vae.safetensors" in latents
     assert "wan_cache_text_encoder_outputs.py" in text and "--fp8_t5" in text and "--skip_existing" in text
     assert train.startswith("exec python3 -m accelerate.commands.launch") and "--num_processes 1" in train
-    script = rendered(s)["train.sh"]
-    assert "set -euo pipefail" in script and "wan_train_network.py --task t2v-14B" in script
+    files = rendered(s)
+    assert "set -euo pipefail" in files["train.sh"] and "wan_train_network.py --task t2v-14B" in files["train.sh"]
+    setup = files["setup_musubi.sh"]  # musubi is a package (pyproject), not a requirements file
+    assert "git checkout --quiet 30c658c4" in setup and "pip install --quiet -e . prodigyopt" in setup
+    assert " -r " not in setup
 
 
 def test_prompts_are_one_frame_samples() -> None:

@@ -465,7 +465,7 @@ class MusubiEngine:
             SETUP: setup_script(
                 REPO,
                 PIN,
-                "/dev/null",
+                None,
                 "venv/bin/pip install --quiet torch torchvision --index-url https://download.pytorch.org/whl/cu124\n"
                 "venv/bin/pip install --quiet -e . prodigyopt\n",
             ),
