@@ -101,10 +101,12 @@ def test_prompts_are_one_frame_samples() -> None:
     ],
 )
 def test_bad_video_options_are_refused_by_name(options: dict, message: str) -> None:
-    s = wan(engine={"name": "musubi", "options": options})
-    with pytest.raises(UserInputError) as err:
-        video_settings(s)
-    assert message in err.value.render() and "engine.options" in err.value.render()
+    with pytest.raises(SpecError) as err:  # at validation: spec validate, render, train, the API's 422
+        wan(engine={"name": "musubi", "options": options})
+    [line] = err.value.problems
+    assert line.startswith("engine.options: engine musubi cannot honour") and message in line and "Fix:" in line
+    with pytest.raises(UserInputError):
+        video_settings(wan().model_copy(update={"engine": wan().engine.model_copy(update={"options": options})}))
 
 
 @pytest.mark.parametrize(

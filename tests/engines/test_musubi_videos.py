@@ -122,3 +122,16 @@ def test_a_musubi_spec_is_checked_at_the_submit_door_before_renting(tmp_path: Pa
     assert video_needs(wan_spec(folder, frame_extraction="full")) == VideoNeeds(1, 1, None)
     with pytest.raises(SpecError):
         parse_spec({"name": "x", "dataset": {"path": "/d"}, "base_model": "flux-dev", "engine": "musubi"})
+
+
+def test_clips_inside_a_zip_are_read_the_same(tmp_path: Path) -> None:
+    import zipfile
+
+    folder = clips(tmp_path, ["walk_37f_16fps.mp4", "blink_9f_16fps.mp4"])
+    archive = tmp_path / "clips.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in folder.iterdir():
+            zf.write(path, f"set/{path.name}")
+    report = DatasetRun(archive, DatasetChecks(min_images=1), video=VideoNeeds(17, 33, None, (17, 33))).check()
+    assert [(f.code, f.file) for f in report.errors] == [("video_too_short", "blink_9f_16fps.mp4")]
+    assert report.usable_videos == 1

@@ -187,7 +187,6 @@ LORAFLOW = {
     "base_model": "Resolved through the catalog; see the schnell row below for what differs.",
     "model_family": "Chooses the catalog defaults for a local model folder.",
     "engine.name": "Chooses the engine.",
-    "engine.options": "Engine-specific keys passed through as written (their meaning is the engine's).",
     "dataset.path": "Prepared by loraflow (checked, captioned, copied); every engine reads the same files.",
     "dataset.nsfw": "A label on the job and model.",
     "dataset.checks": "Run by loraflow before anything starts.",
@@ -215,6 +214,10 @@ FIELDS: dict[str, dict[str, Rule]] = {
         "builtin": refused("when set", _no_version),
         "ai-toolkit": same("The pin the set-up script installs.", _pin("ai-toolkit"), "unless the pin"),
         "kohya": same("The pin the set-up script installs.", _pin("kohya"), "unless the pin"),
+    },
+    "engine.options": {
+        e: same("Engine-specific keys passed through as written (their meaning is the engine's).")
+        for e in ("builtin", "ai-toolkit", "kohya")
     },
     "dataset.trigger_word": {
         "builtin": same("Sample prompts' [trigger]; LoRA metadata."),
@@ -532,6 +535,17 @@ def _musubi_swap(spec: TrainSpec) -> Refusal | None:
     return None
 
 
+def _musubi_video(spec: TrainSpec) -> Refusal | None:
+    from loraflow.engines.musubi import video_settings  # the engine's own check, so both say the same
+    from loraflow.errors import UserInputError
+
+    try:
+        video_settings(spec)
+    except UserInputError as exc:
+        return (exc.message.removeprefix("engine.options."), exc.fix or "see docs/engines.md (musubi-tuner)")
+    return None
+
+
 def _musubi_format(spec: TrainSpec) -> Refusal | None:
     if spec.output.lora_format != "kohya":
         return ("loraflow's layout converter knows Flux's modules, not Wan's", "set output.lora_format: kohya")
@@ -541,6 +555,12 @@ def _musubi_format(spec: TrainSpec) -> Refusal | None:
 MUSUBI: dict[str, Rule] = {
     "base_model (flux-schnell)": same("Not a musubi model: the catalog offers musubi for the Wan models only."),
     "engine.version": same("The pin the set-up script installs.", _pin("musubi"), "unless the pin"),
+    "engine.options": translated(
+        "The video keys (target_frames, frame_extraction, frame_stride, frame_sample, max_frames, source_fps) go "
+        "to each video dataset; path, python, launcher, models_dir and args as for kohya.",
+        _musubi_video,
+        "for target_frames not of the form N*4+1 and unknown frame_extraction",
+    ),
     "dataset.trigger_word": translated(
         "musubi reads captions as written: loraflow puts the trigger in the finished caption files (prepend); "
         "sample prompts' [trigger]."

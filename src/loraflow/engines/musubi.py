@@ -101,7 +101,7 @@ def video_settings(spec: TrainSpec) -> dict[str, Any]:
     frames = out.setdefault("target_frames", [1])
     where = "engine.options.target_frames"
     if not isinstance(frames, list) or not frames or not all(isinstance(f, int) and f >= 1 for f in frames):
-        raise UserInputError(f"{where} must be a list of frame counts such as [1, 33]", where=where)
+        raise UserInputError(f"{where} must be a list of frame counts", fix="write e.g. [1, 33]", where=where)
     bad = [f for f in frames if (f - 1) % 4]
     if bad:
         near = ", ".join(str((f - 1) // 4 * 4 + 1) for f in bad)
@@ -112,7 +112,8 @@ def video_settings(spec: TrainSpec) -> dict[str, Any]:
     extraction = out.setdefault("frame_extraction", "head")
     if extraction not in FRAME_EXTRACTIONS:
         where = "engine.options.frame_extraction"
-        raise UserInputError(f"{where}: unknown '{extraction}'", fix=f"use one of {', '.join(FRAME_EXTRACTIONS)}")
+        fix = f"use one of {', '.join(FRAME_EXTRACTIONS)}"
+        raise UserInputError(f"{where}: unknown '{extraction}'", fix=fix, where=where)
     if extraction == "chunk" and 1 in out["target_frames"]:
         raise UserInputError(
             "engine.options.target_frames: 1 with frame_extraction chunk makes every frame a sample",
@@ -120,10 +121,12 @@ def video_settings(spec: TrainSpec) -> dict[str, Any]:
         )
     for key in ("frame_stride", "frame_sample", "max_frames"):
         if key in out and not (isinstance(out[key], int) and out[key] >= 1):
-            raise UserInputError(f"engine.options.{key} must be a whole number of at least 1")
+            fix = f"set {key}: 1 or more"
+            raise UserInputError(f"engine.options.{key} must be a whole number of at least 1", fix=fix)
     if "source_fps" in out:
         if not isinstance(out["source_fps"], (int, float)) or out["source_fps"] <= 0:
-            raise UserInputError("engine.options.source_fps must be a frame rate such as 30.0")
+            fix = "write the clips' rate, e.g. 30.0"
+            raise UserInputError("engine.options.source_fps must be a frame rate", fix=fix)
         out["source_fps"] = float(out["source_fps"])  # musubi needs a decimal number (30.0, not 30)
     return out
 
