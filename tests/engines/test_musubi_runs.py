@@ -127,7 +127,11 @@ def test_musubi_trains_on_images_and_clips(tmp_path: Path, musubi_dir: Path, cli
     config = (job.folder / "engine" / "dataset.toml").read_text()
     assert "video_directory" in config and "image_directory" in config
     videos = job.folder / "engine" / "cache" / "videos-256"
-    assert sorted(p.name for p in videos.iterdir()) == ["jump_45f_30fps_latents.safetensors",
-                                                        "jump_45f_30fps_te.safetensors",
-                                                        "walk_37f_16fps_latents.safetensors",
-                                                        "walk_37f_16fps_te.safetensors"]
+    assert sorted(p.name for p in videos.iterdir()) == [  # one latent cache per target length that fits
+        "jump_45f_30fps_00000-001_0256x0256_wan.safetensors",
+        "jump_45f_30fps_00000-033_0256x0256_wan.safetensors",
+        "jump_45f_30fps_wan_te.safetensors",
+        "walk_37f_16fps_00000-001_0256x0256_wan.safetensors",
+        "walk_37f_16fps_00000-033_0256x0256_wan.safetensors",
+        "walk_37f_16fps_wan_te.safetensors",
+    ]

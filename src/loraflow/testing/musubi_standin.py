@@ -27,6 +27,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from loraflow.dataset.video import probe
+
 IMAGES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VIDEOS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v")
 
@@ -47,6 +49,18 @@ def _items(ds: dict) -> list[Path]:
     return sorted(p for p in Path(ds["video_directory"]).iterdir() if p.suffix.lower() in VIDEOS)
 
 
+def _latent_names(ds: dict, item: Path) -> list[str]:
+    """image_video_dataset's cache names: `<stem>_<W>x<H>_wan` for an image; for a clip one per target length
+    that fits (head extraction), `<stem>_<start:05d>-<frames:03d>_<W>x<H>_wan`. W x H is the item's bucket in
+    musubi; here simply the dataset's resolution (loraflow never reads cache names)."""
+    w, h = ds.get("resolution", [960, 544])
+    if "image_directory" in ds:
+        return [f"{item.stem}_{w:04d}x{h:04d}_wan.safetensors"]
+    with item.open("rb") as f:
+        frames = probe(f, item.name).frames
+    return [f"{item.stem}_00000-{t:03d}_{w:04d}x{h:04d}_wan.safetensors" for t in ds["target_frames"] if t <= frames]
+
+
 def _cache(argv: list[str], kind: str, model_flag: str) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--dataset_config", required=True)
@@ -64,10 +78,10 @@ def _cache(argv: list[str], kind: str, model_flag: str) -> int:
         cache = Path(ds["cache_directory"])
         cache.mkdir(parents=True, exist_ok=True)
         for item in tqdm(items, file=sys.stderr):
-            target = cache / f"{item.stem}_{kind}.safetensors"
-            if args.skip_existing and target.exists():
-                continue
-            save_file({"x": torch.zeros(2)}, target)
+            names = _latent_names(ds, item) if kind == "latents" else [f"{item.stem}_wan_te.safetensors"]
+            for name in names:
+                if not (args.skip_existing and (cache / name).exists()):
+                    save_file({"x": torch.zeros(2)}, cache / name)
     return 0
 
 
@@ -162,13 +176,12 @@ def train(argv: list[str] | None = None) -> int:
     log.info(f"Load dataset config from {args.dataset_config}")
     datasets = _datasets(args.dataset_config)
     items = 0
-    for ds in datasets:
-        cached = list(Path(ds["cache_directory"]).glob("*_latents.safetensors"))
-        te = list(Path(ds["cache_directory"]).glob("*_te.safetensors"))
-        if not cached or len(te) < len(cached):
+    for ds in datasets:  # musubi trains from the caches alone: one item per latent cache file
+        cached = list(Path(ds["cache_directory"]).glob("*_wan.safetensors"))
+        if not cached or not list(Path(ds["cache_directory"]).glob("*_wan_te.safetensors")):
             log.error(f"no latent or text encoder cache in {ds['cache_directory']}: run the cache scripts first")
             return 1
-        items += len(cached) * len(ds.get("target_frames", [1])) * int(ds.get("num_repeats", 1))
+        items += len(cached) * int(ds.get("num_repeats", 1))
     log.info(f"Loading DiT model from {args.dit}")
     print(f"import network module: {args.network_module}", flush=True)
     print("prepare optimizer, data loader etc.", flush=True)
