@@ -135,3 +135,20 @@ def test_clips_inside_a_zip_are_read_the_same(tmp_path: Path) -> None:
     report = DatasetRun(archive, DatasetChecks(min_images=1), video=VideoNeeds(17, 33, None, (17, 33))).check()
     assert [(f.code, f.file) for f in report.errors] == [("video_too_short", "blink_9f_16fps.mp4")]
     assert report.usable_videos == 1
+
+
+def test_hostile_headers_are_unreadable_findings_not_crashes(tmp_path: Path) -> None:
+    import os
+    import struct
+
+    inner = b""
+    for _ in range(5000):  # boxes nested far deeper than any real file
+        inner = struct.pack(">I4s", 8 + len(inner), b"trak") + inner
+    (tmp_path / "deep.mp4").write_bytes(struct.pack(">I4s", 8 + len(inner), b"moov") + inner)
+    (tmp_path / "noise.webm").write_bytes(os.urandom(4096))
+    (tmp_path / "zeros.mov").write_bytes(bytes(100))
+    report = DatasetRun(tmp_path, DatasetChecks(min_images=1), video=VideoNeeds(1, 33, None, (1, 33))).check()
+    assert sorted((f.code, f.file) for f in report.errors if f.file) == [
+        ("video_unreadable", "deep.mp4"), ("video_unreadable", "noise.webm"), ("video_unreadable", "zeros.mov")
+    ]
+    assert all("re-encode it as MP4" in f.fix for f in report.errors if f.file)

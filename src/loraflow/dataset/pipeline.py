@@ -208,7 +208,7 @@ class DatasetRun:
         try:
             with entry.open() as stream:
                 info = probe(stream, entry.path)
-        except (VideoError, OSError, struct.error, EOFError) as exc:
+        except (VideoError, ValueError, OSError, struct.error, EOFError, RecursionError) as exc:  # hostile headers too
             fix = "re-encode it as MP4 (H.264), e.g. `ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4`"
             self.report.add(Finding("video_unreadable", Severity.ERROR, f"cannot read its frames: {exc}", fix,
                                     entry.path))

@@ -18,6 +18,7 @@ VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".webm", ".mkv"}
 WAN_FPS = 16.0  # the rate musubi trains Wan at when source_fps is set (docs/dataset_config.md)
 _CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts"}
 _MAX_BOX = 64 << 20  # a header box larger than this is not a header
+_MAX_DEPTH = 12  # real files nest moov/trak/mdia/minf/stbl: a deeper file is not a video
 
 
 @dataclass(frozen=True)
@@ -115,11 +116,13 @@ def _tracks(stream: IO[bytes], start: int, end: int) -> list[dict[str, Any]]:
     return out
 
 
-def _walk(stream: IO[bytes], start: int, end: int, track: dict[str, Any]) -> None:
+def _walk(stream: IO[bytes], start: int, end: int, track: dict[str, Any], depth: int = 0) -> None:
+    if depth > _MAX_DEPTH:
+        raise VideoError("its header boxes are nested implausibly deep")
     stream.seek(start)
     for kind, at, size in list(_boxes(stream, end)):
         if kind in _CONTAINERS:
-            _walk(stream, at, at + size, track)
+            _walk(stream, at, at + size, track, depth + 1)
         elif kind == b"tkhd":
             data = _read(stream, at, size)
             track["width"], track["height"] = (v >> 16 for v in struct.unpack(">II", data[-8:]))
@@ -209,23 +212,25 @@ def _matroska(stream: IO[bytes]) -> VideoInfo:
     return VideoInfo(int(found["width"]), int(found["height"]), frames, round(fps, 3))
 
 
-def _count_blocks(stream: IO[bytes], start: int, end: int | None, track: int) -> int:
+def _count_blocks(stream: IO[bytes], start: int, end: int | None, track: int, depth: int = 0) -> int:
     """The video track's frames: one SimpleBlock (or Block in a BlockGroup) each; only their first bytes
     (the track number) are read."""
+    if depth > _MAX_DEPTH:
+        raise VideoError("its clusters are nested implausibly deep")
     count = 0
     stream.seek(start)
     for eid, at, size in _elements(stream, end):
         if size is None and eid != _CLUSTER:
             return count
         if eid == _CLUSTER:  # the next cluster after an unknown-size one
-            count += _count_blocks(stream, at, None if size is None else at + size, track)
+            count += _count_blocks(stream, at, None if size is None else at + size, track, depth + 1)
             if size is None:
                 return count
         elif eid in (0xA3, 0xA1):  # SimpleBlock, Block: the track number comes first
             number, _ = _vint(stream, False)
             count += number == track
         elif eid == 0xA0:  # BlockGroup
-            count += _count_blocks(stream, at, at + (size or 0), track)
+            count += _count_blocks(stream, at, at + (size or 0), track, depth + 1)
         stream.seek(at + (size or 0))
     return count
 
