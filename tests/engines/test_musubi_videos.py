@@ -152,3 +152,35 @@ def test_hostile_headers_are_unreadable_findings_not_crashes(tmp_path: Path) -> 
         ("video_unreadable", "deep.mp4"), ("video_unreadable", "noise.webm"), ("video_unreadable", "zeros.mov")
     ]
     assert all("re-encode it as MP4" in f.fix for f in report.errors if f.file)
+
+
+def test_the_api_refuses_a_wan_job_whose_clip_is_too_short_before_anything_starts(tmp_path: Path) -> None:
+    import io
+    import zipfile
+
+    import yaml
+    from fastapi.testclient import TestClient
+
+    from loraflow.jobs.store import Store
+    from loraflow.jobs.trust import Grants
+    from loraflow.server.app import ServiceConfig, create_app
+    from loraflow.server.tokens import create_token
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name in ("walk_37f_16fps.mp4", "blink_9f_16fps.mp4", "jump_45f_30fps.mov"):
+            zf.write(CLIPS / name, f"clips/{name}")
+            zf.writestr(f"clips/{Path(name).stem}.txt", "dnc walking")
+    spec = {"name": "dancer", "dataset": {"trigger_word": "dnc", "checks": {"min_images": 2}},
+            "base_model": "wan2.1-t2v-1.3b", "engine": {"name": "musubi", "options": {"target_frames": [17, 33]}}}
+    store = Store()
+    token = create_token(store, "alice")
+    grants = Grants(engine_options=frozenset({"target_frames"}))  # the operator's LORAFLOW_SERVICE_ENGINE_OPTIONS
+    with TestClient(create_app(store, ServiceConfig(grants=grants))) as client:
+        r = client.post("/api/jobs", headers={"Authorization": f"Bearer {token}"},
+                        data={"spec": yaml.safe_dump(spec)}, files={"dataset": ("clips.zip", buf.getvalue())})
+    assert r.status_code == 422 and r.json()["title"] == "dataset not fit to train", r.text
+    errors = [f for f in r.json()["findings"] if f["severity"] == "error"]
+    assert [(f["code"], f["file"]) for f in errors] == [("video_too_short", "blink_9f_16fps.mp4")]
+    assert "engine.options.target_frames" in errors[0]["fix"]
+    assert store.list_jobs() == []  # nothing started, nothing rented
