@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from loraflow import catalog
 from loraflow.errors import SpecError, UserInputError
 
-EngineName = Literal["builtin", "ai-toolkit", "kohya", "fal"]
+EngineName = Literal["builtin", "ai-toolkit", "kohya", "musubi", "fal"]
 TRIGGER_PLACEHOLDER = "[trigger]"
 
 
@@ -48,6 +48,9 @@ class DatasetChecks(Strict):
     )
     max_archive_files: int = Field(20_000, ge=1, description="Most members accepted from a zip or tar.")
     require_captions: bool = Field(False, description="Make an image without a caption an error instead of a warning.")
+    max_video_seconds: float = Field(
+        60.0, gt=0, description="Video clips (engine musubi) longer than this are an error: trim them to the motion."
+    )
 
 
 class CaptionPolicy(Strict):
@@ -134,7 +137,9 @@ class DatasetSpec(Strict):
 
 
 class EngineSpec(Strict):
-    name: EngineName = Field(description="builtin, ai-toolkit, kohya, or fal (hosted: fal.ai's Flux LoRA trainer).")
+    name: EngineName = Field(
+        description="builtin, ai-toolkit, kohya, musubi (Wan video LoRAs) or fal (hosted: fal.ai's Flux LoRA trainer)."
+    )
     version: str | None = Field(None, description="Engine pin (git commit or image tag); the tested pin if unset.")
     options: dict[str, Any] = Field(default_factory=dict, description="Engine-specific keys passed through.")
 
@@ -385,7 +390,8 @@ class TrainSpec(Strict):
     name: str = Field(description="Job and output name: letters, digits, dash, underscore, dot.")
     dataset: DatasetSpec
     base_model: str = Field(
-        description="Catalog id (tiny-flux, flux-dev, flux-schnell, sdxl, qwen-image) or a local folder."
+        description="Catalog id (tiny-flux, flux-dev, flux-schnell, sdxl, qwen-image, wan2.1-t2v-1.3b, "
+        "wan2.1-t2v-14b, wan2.2-t2v-a14b) or a local folder."
     )
     model_family: str | None = Field(
         None, description="For a local base-model folder: the catalog id whose defaults apply (default flux-dev)."
@@ -584,7 +590,10 @@ def parse_spec(raw: Any, source: str = "spec") -> TrainSpec:
         # An unknown base model must not hide the other mistakes: check the rest under flux-dev's defaults.
         problems.append(f"base_model: {exc.render()}" if exc.where is None else exc.render())
         rest = {k: v for k, v in raw.items() if k not in ("base_model", "model_family")}
-        resolved = resolve({**rest, "base_model": "flux-dev"})
+        try:
+            resolved = resolve({**rest, "base_model": "flux-dev"})
+        except UserInputError:  # the engine does not train flux-dev either: that one problem is the answer
+            raise SpecError(source, problems) from None
     try:
         spec = TrainSpec.model_validate(resolved)
     except ValidationError as exc:

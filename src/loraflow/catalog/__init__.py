@@ -12,7 +12,7 @@ import yaml
 
 from loraflow.errors import UserInputError
 
-ENGINES = ("builtin", "ai-toolkit", "kohya", "fal")
+ENGINES = ("builtin", "ai-toolkit", "kohya", "musubi", "fal")
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,8 @@ class BaseModel:
     license_url: str | None = None
     assistant_lora: str | None = None
     kohya_files: dict[str, str] = field(default_factory=dict)
+    musubi_task: str | None = None  # wan_train_network.py --task
+    musubi_files: dict[str, str] = field(default_factory=dict)
 
     @property
     def hub_id(self) -> str | None:

@@ -28,9 +28,12 @@ def _run(
     min_resolution: int | None,
     max_images: int | None,
 ) -> DatasetRun:
-    checks, policy, trig, ext = DatasetChecks(), CaptionPolicy(), None, "txt"
+    checks, policy, trig, ext, clips = DatasetChecks(), CaptionPolicy(), None, "txt", None
     if spec is not None:
+        from loraflow.engines.musubi import video_needs
+
         loaded = load_spec(spec)
+        clips = video_needs(loaded)  # a musubi spec's clips are checked against its target_frames
         checks, policy = loaded.dataset.checks, loaded.dataset.captions
         trig, ext = loaded.dataset.trigger_word, loaded.dataset.caption_extension
     overrides = {
@@ -39,13 +42,15 @@ def _run(
         if v is not None
     }
     checks = checks.model_copy(update=overrides)
-    return DatasetRun(src, checks, policy, trigger or trig, caption_ext or ext)
+    return DatasetRun(src, checks, policy, trigger or trig, caption_ext or ext, clips)
 
 
 def show_report(report: Report, verbose: bool = False) -> None:
     table = Table(title=f"dataset {escape(report.source)}", show_header=False)
     table.add_row("images found", str(report.images))
     table.add_row("usable", str(report.usable_images))
+    if report.videos:
+        table.add_row("video clips", f"{report.usable_videos} usable of {report.videos}")
     table.add_row("with captions", str(report.captioned))
     table.add_row("size", f"{report.total_bytes / 1e6:.1f} MB")
     top = ", ".join(f"{k} x{v}" for k, v in list(report.resolutions.items())[:4])

@@ -22,7 +22,9 @@ PREVIEW_ROOT = "/JOB"  # stands for the job folder in previews
 
 def render(
     spec_path: Path = typer.Argument(..., help="The training spec."),
-    engine: str | None = typer.Option(None, "--engine", help="builtin, ai-toolkit or kohya (default: the spec's)."),
+    engine: str | None = typer.Option(
+        None, "--engine", help="builtin, ai-toolkit, kohya or musubi (default: the spec's)."
+    ),
     out: Path | None = typer.Option(None, "--out", help="Write the files into this folder instead of printing."),
 ) -> None:
     """Show the files the engine will be given (job folder shown as /JOB). No secret is ever in them."""
@@ -55,8 +57,13 @@ def parse_log(engine: str, data: bytes, job_name: str, loss_db: Path | None = No
         from loraflow.engines.kohya import KohyaParser
 
         parser = KohyaParser()
+    elif engine == "musubi":
+        from loraflow.engines.musubi import MusubiParser
+
+        parser = MusubiParser()
     else:
-        raise UserInputError(f"unknown engine '{engine}'", fix="use builtin, ai-toolkit or kohya", where="--engine")
+        fix = "use builtin, ai-toolkit, kohya or musubi"
+        raise UserInputError(f"unknown engine '{engine}'", fix=fix, where="--engine")
     return [*parser.feed(data), *parser.flush()]
 
 
@@ -100,7 +107,7 @@ def plot_loss(points: list[tuple[int, float]], dest: Path, size: tuple[int, int]
 @logs_app.command("parse")
 def parse_cmd(
     file: Path = typer.Argument(..., help="A log file written by the engine."),
-    engine: str = typer.Option(..., "--engine", help="builtin, ai-toolkit or kohya."),
+    engine: str = typer.Option(..., "--engine", help="builtin, ai-toolkit, kohya or musubi."),
     name: str = typer.Option("", "--name", help="ai-toolkit job name (its progress bar's label)."),
     as_json: bool = typer.Option(False, "--json", help="Print the events as JSON lines."),
     plot: Path | None = typer.Option(None, "--plot", help="Draw the loss curve into this PNG."),

@@ -40,6 +40,8 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     images: int = 0
     usable_images: int = 0
+    videos: int = 0  # clips found (only scanned for an engine that trains on video)
+    usable_videos: int = 0
     captioned: int = 0
     total_bytes: int = 0
     resolutions: dict[str, int] = field(default_factory=dict)

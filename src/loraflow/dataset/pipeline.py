@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+import struct
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -22,6 +23,7 @@ from loraflow.dataset.findings import Finding, Report, Severity
 from loraflow.dataset.images import DecodedImage, decode, open_checked
 from loraflow.dataset.manifest import ManifestFile, pack, write_manifest
 from loraflow.dataset.sources import ArchiveLimits, Entry, open_source
+from loraflow.dataset.video import VIDEO_EXTENSIONS, VideoError, VideoInfo, VideoNeeds, probe
 from loraflow.errors import UserInputError
 from loraflow.spec import CaptionPolicy, DatasetChecks
 
@@ -36,6 +38,14 @@ class _Image:
     phash: int
     caption: str | None
     out_name: str = ""
+
+
+@dataclass
+class _Video:
+    entry: Entry
+    info: VideoInfo
+    sha256: str
+    caption: str | None
 
 
 def _stem_key(path: str) -> str:
@@ -67,6 +77,7 @@ class DatasetRun:
         policy: CaptionPolicy | None = None,
         trigger: str | None = None,
         caption_ext: str = "txt",
+        video: VideoNeeds | None = None,
     ) -> None:
         self.src = Path(src).expanduser()
         self.checks = checks or DatasetChecks()
@@ -75,6 +86,8 @@ class DatasetRun:
         self.caption_ext = caption_ext.lstrip(".")
         self.report = Report(source=str(self.src))
         self.images: list[_Image] = []
+        self.video = video  # what the engine takes from a clip; None: the engine trains on images only
+        self.videos: list[_Video] = []
 
     def _scan(self) -> None:
         limits = ArchiveLimits(self.checks.max_archive_bytes, self.checks.max_archive_files)
@@ -91,7 +104,10 @@ class DatasetRun:
                 others.append(entry)
         paired: set[str] = set()
         for entry in others:
-            self._scan_image(entry, captions, paired)
+            if PurePosixPath(entry.path).suffix.lower() in VIDEO_EXTENSIONS:
+                self._scan_video(entry, captions, paired)
+            else:
+                self._scan_image(entry, captions, paired)
         for key, entry in captions.items():
             if key not in paired:
                 self.report.add(
@@ -126,6 +142,13 @@ class DatasetRun:
             return
         for note in result.notes:
             self.report.add(Finding("converted", Severity.INFO, note, "", entry.path))
+        caption = self._caption(entry, captions, paired)
+        phash = int(str(imagehash.phash(result.image)), 16)
+        result.image = None  # pixels are decoded again when writing: memory stays flat for big datasets
+        self.images.append(_Image(entry, result, hashlib.sha256(data).hexdigest(), phash, caption))
+
+    def _caption(self, entry: Entry, captions: dict[str, Entry], paired: set[str], clip: bool = False) -> str | None:
+        """The caption file paired with an image or clip by stem, with findings about it."""
         key = _stem_key(entry.path)
         caption: str | None = None
         if key in captions:
@@ -165,16 +188,84 @@ class DatasetRun:
                     severity,
                     "has no caption file",
                     f"add {PurePosixPath(key).name}.{self.caption_ext} or set "
-                    "dataset.captions.backend to caption automatically",
+                    + ("dataset.captions.backend: template (captioners read images, not clips)" if clip
+                       else "dataset.captions.backend to caption automatically"),
                     entry.path,
                 )
             )
-        phash = int(str(imagehash.phash(result.image)), 16)
-        result.image = None  # pixels are decoded again when writing: memory stays flat for big datasets
-        self.images.append(_Image(entry, result, hashlib.sha256(data).hexdigest(), phash, caption))
+        return caption
+
+    def _scan_video(self, entry: Entry, captions: dict[str, Entry], paired: set[str]) -> None:
+        """A clip's size, frame count and rate from its header (no decoder); the gates judge them."""
+        if self.video is None:
+            self.report.add(
+                Finding("not_an_image", Severity.INFO, "ignored: video clips train with engine musubi only", "",
+                        entry.path)
+            )
+            return
+        self.report.videos += 1
+        self.report.total_bytes += entry.size
+        try:
+            with entry.open() as stream:
+                info = probe(stream, entry.path)
+        except (VideoError, ValueError, OSError, struct.error, EOFError, RecursionError) as exc:  # hostile headers too
+            fix = "re-encode it as MP4 (H.264), e.g. `ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4`"
+            self.report.add(Finding("video_unreadable", Severity.ERROR, f"cannot read its frames: {exc}", fix,
+                                    entry.path))
+            return
+        digest = hashlib.sha256()
+        with entry.open() as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(chunk)
+        self.videos.append(_Video(entry, info, digest.hexdigest(), self._caption(entry, captions, paired, clip=True)))
+
+    def _video_gates(self) -> None:
+        """Too small, too short for the engine's target_frames, too long: named per clip before any rental."""
+        c, needs = self.checks, self.video
+        usable: list[_Video] = []
+        seen: dict[str, _Video] = {}
+        for clip in self.videos:
+            info, path = clip.info, clip.entry.path
+            if min(info.width, info.height) < c.min_resolution:
+                size = f"is {info.width}x{info.height}; its shorter side is under {c.min_resolution} px"
+                self.report.add(Finding("too_small", Severity.ERROR, size,
+                                        "use a larger original, or lower dataset.checks.min_resolution", path))
+                continue
+            if info.seconds > c.max_video_seconds:
+                self.report.add(Finding("video_too_long", Severity.ERROR,
+                                        f"is {info.seconds:.1f} s long, over {c.max_video_seconds:g} s",
+                                        "trim it to the motion to learn (Wan clips are a few seconds), or raise "
+                                        "dataset.checks.max_video_seconds", path))
+                continue
+            frames = needs.usable_frames(info) if needs else info.frames
+            rate = f" ({frames} at 16 fps from {needs.source_fps:g})" if needs and needs.source_fps else ""
+            if needs and frames < needs.min_frames:
+                self.report.add(Finding("video_too_short", Severity.ERROR,
+                                        f"has {info.frames} frames{rate}; the shortest of engine.options.target_frames "
+                                        f"is {needs.min_frames}, so it gives no sample",
+                                        "use a longer clip, or add a shorter length (N*4+1) to "
+                                        "engine.options.target_frames", path))
+                continue
+            if needs and frames < needs.max_frames:
+                fit = ", ".join(map(str, needs.fitting(frames))) or "the shorter ones"
+                self.report.add(Finding("video_short", Severity.WARNING,
+                                        f"has {info.frames} frames{rate}: only target_frames {fit} fit, not "
+                                        f"{needs.max_frames}",
+                                        f"use clips of at least {needs.max_frames} frames, or lower "
+                                        "engine.options.target_frames", path))
+            if clip.sha256 in seen:
+                self.report.add(Finding("duplicate", Severity.WARNING,
+                                        f"is an exact duplicate of {seen[clip.sha256].entry.path}", "delete one copy",
+                                        path))
+                continue
+            seen[clip.sha256] = clip
+            usable.append(clip)
+        self.videos = usable
+        self.report.usable_videos = len(usable)
 
     def _gates(self) -> None:
         c = self.checks
+        self._video_gates()
         usable: list[_Image] = []
         for img in self.images:
             w, h = img.decoded.width, img.decoded.height
@@ -235,21 +326,22 @@ class DatasetRun:
         self.report.captioned = sum(1 for i in usable if i.caption)
         res = Counter(f"{i.decoded.width}x{i.decoded.height}" for i in usable)
         self.report.resolutions = dict(res.most_common())
-        if len(usable) < c.min_images:
+        clips = f" and {len(self.videos)} clip(s)" if self.video is not None else ""
+        if len(usable) + len(self.videos) < c.min_images:
             self.report.add(
                 Finding(
                     "too_few_images",
                     Severity.ERROR,
-                    f"{len(usable)} usable image(s); at least {c.min_images} are needed",
+                    f"{len(usable)} usable image(s){clips}; at least {c.min_images} are needed",
                     "add more images (10-30 is typical for a character or style)",
                 )
             )
-        if len(usable) > c.max_images:
+        if len(usable) + len(self.videos) > c.max_images:
             self.report.add(
                 Finding(
                     "too_many_images",
                     Severity.ERROR,
-                    f"{len(usable)} images; at most {c.max_images} are allowed",
+                    f"{len(usable)} images{clips}; at most {c.max_images} are allowed",
                     "remove images or raise dataset.checks.max_images",
                 )
             )
@@ -298,6 +390,13 @@ class DatasetRun:
             data = again.encoded(source)
             (tmp / name).write_bytes(data)
             written.append((img, stem, name, data))
+        clips: list[tuple[_Video, str, str, str]] = []
+        for clip in self.videos:  # copied as they are: musubi decodes them itself
+            stem = _safe_stem(clip.entry.path, taken)
+            name = f"{stem}{PurePosixPath(clip.entry.path).suffix.lower()}"
+            with clip.entry.open() as src, (tmp / name).open("wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            clips.append((clip, stem, name, clip.sha256))
         backend = self.policy.backend
         wanted = [(img, name) for img, _, name, _ in written if not img.caption or self.policy.mode == "overwrite"]
         generated: dict[str, str] = {}
@@ -331,6 +430,14 @@ class DatasetRun:
                     img.decoded.reencode,
                 )
             )
+        for clip, stem, name, digest in clips:  # captioners read images: a clip without a caption gets the template
+            raw = clip.caption or (self.policy.template if backend == "template" else "")
+            caption = finish_caption(raw, self.trigger, self.policy)
+            origin = "file" if clip.caption else ("captioner:template" if raw else ("trigger" if caption else "none"))
+            (tmp / f"{stem}.{self.caption_ext}").write_text(caption + "\n", encoding="utf-8")
+            info = clip.info
+            files.append(ManifestFile(name, digest, clip.entry.size, info.width, info.height, caption, origin,
+                                      clip.entry.path, False))
         if out.exists():
             out.rmdir()
         tmp.replace(out)

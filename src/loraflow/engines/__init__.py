@@ -19,13 +19,17 @@ def get_engine(name: str) -> Engine:
         from loraflow.engines.kohya import KohyaEngine
 
         return KohyaEngine()
+    if name == "musubi":
+        from loraflow.engines.musubi import MusubiEngine
+
+        return MusubiEngine()
     if name == "fal":
         from loraflow.engines.fal import FalEngine
 
         return FalEngine()
     from loraflow.errors import UserInputError
 
-    raise UserInputError(f"unknown engine '{name}'", fix="use builtin, ai-toolkit, kohya or fal")
+    raise UserInputError(f"unknown engine '{name}'", fix="use builtin, ai-toolkit, kohya, musubi or fal")
 
 
 def preflight(spec: TrainSpec, force: bool = False) -> None:

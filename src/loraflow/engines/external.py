@@ -43,8 +43,10 @@ def engine_python(root: Path, options: dict[str, Any]) -> str:
     return str(venv) if venv.exists() else sys.executable
 
 
-def setup_script(repo: str, pin: str, requirements: str, extra: str = "") -> str:
-    """An idempotent bash script that installs the engine at its pin into its own venv."""
+def setup_script(repo: str, pin: str, requirements: str | None, extra: str = "") -> str:
+    """An idempotent bash script that installs the engine at its pin into its own venv (`requirements`: its
+    requirements file; None for an engine installed as a package by `extra`)."""
+    install = f"venv/bin/pip install --quiet -r {requirements}\n" if requirements else ""
     return f"""#!/usr/bin/env bash
 # Installs {repo} at {pin} into DEST (default: $LORAFLOW_HOME/engines) with its own venv. Safe to re-run.
 set -euo pipefail
@@ -56,8 +58,7 @@ git fetch --quiet origin && git checkout --quiet {pin}
 git submodule update --init --recursive --quiet
 [ -x venv/bin/python ] || python3 -m venv venv
 venv/bin/pip install --quiet --upgrade pip
-{extra}venv/bin/pip install --quiet -r {requirements}
-touch ".loraflow-installed-{pin}"
+{extra}{install}touch ".loraflow-installed-{pin}"
 echo "installed {repo}@{pin} at $DEST"
 """
 

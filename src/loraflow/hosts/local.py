@@ -45,7 +45,7 @@ BASE_NAMES = frozenset({
     "TORCH_HOME", "XDG_CACHE_HOME", "LD_LIBRARY_PATH", "LORAFLOW_HOME", "LORAFLOW_MODELS_DIR",
 })
 BASE_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "PYTORCH_", "TORCH_", "NCCL_", "ROCR_", "HIP_", "AITK_STANDIN_",
-                 "KOHYA_STANDIN_")
+                 "KOHYA_STANDIN_", "MUSUBI_STANDIN_")
 
 
 def child_environment(extra: dict[str, str] | None, inherit: bool = False) -> dict[str, str]:

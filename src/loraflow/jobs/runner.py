@@ -271,7 +271,10 @@ class JobRunner:
             policy = d.captions
             if self.remote is not None and self.remote.captions_here():  # captioned on the GPU host
                 policy = policy.model_copy(update={"backend": "existing"})
-            report = DatasetRun(d.path, d.checks, policy, d.trigger_word, d.caption_extension).prepare(dataset)
+            from loraflow.engines.musubi import video_needs
+
+            clips = video_needs(self.spec)  # musubi's clips are prepared with the images
+            report = DatasetRun(d.path, d.checks, policy, d.trigger_word, d.caption_extension, clips).prepare(dataset)
             for finding in report.findings:
                 if finding.severity.value != "info":
                     self.store.append_event(self.job_id, "dataset.finding", finding.to_dict())

@@ -164,8 +164,10 @@ def check_open(store: Store, owner: str, config: ServiceConfig | None) -> None:
 
 
 def check_dataset(spec: TrainSpec, config: ServiceConfig | None) -> DatasetReport:
+    from loraflow.engines.musubi import video_needs  # clips are checked for the engine that trains on them
+
     d = spec.dataset
-    report = DatasetRun(d.path, d.checks, d.captions, d.trigger_word, d.caption_extension).check()
+    report = DatasetRun(d.path, d.checks, d.captions, d.trigger_word, d.caption_extension, video_needs(spec)).check()
     if not report.ok:
         raise DatasetUnfit(report)
     if config is not None and report.usable_images > config.max_images:

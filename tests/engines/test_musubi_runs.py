@@ -1,0 +1,137 @@
+"""musubi-tuner driven end to end through `loraflow train` with its stand-in (same console, same files, same
+resume arithmetic): progress, checkpoints and samples in loraflow's layout, and a kill mid-run resumed from
+musubi's own state with the step count kept cumulative."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors import safe_open
+
+from loraflow.hosts.base import Handle
+from loraflow.hosts.local import LocalHost
+from loraflow.jobs.layout import JobLayout
+from loraflow.jobs.states import ACTIVE, JobState
+from loraflow.jobs.store import Store
+from loraflow.publish.bundle import verify_bundle
+from tests.conftest import EXAMPLES
+
+ENTRIES = {"wan_cache_latents.py": "cache_latents", "wan_cache_text_encoder_outputs.py": "cache_te",
+           "wan_train_network.py": "train"}
+
+
+@pytest.fixture
+def musubi_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "engines" / "musubi"
+    scripts = root / "src" / "musubi_tuner"
+    scripts.mkdir(parents=True)
+    for script, entry in ENTRIES.items():
+        (scripts / script).write_text(f"from loraflow.testing.musubi_standin import main\nmain({entry!r})\n")
+    return root
+
+
+def write_spec(tmp_path: Path, root: Path, steps: int) -> Path:
+    spec = {
+        "name": "dancer",
+        "dataset": {"path": str(EXAMPLES / "sample_dataset"), "trigger_word": "dnc"},
+        "base_model": "wan2.1-t2v-1.3b",
+        "engine": {"name": "musubi", "options": {"path": str(root)}},
+        "training": {"steps": steps, "resolution": [256]},
+        "sampling": {"prompts": ["[trigger] dancing"], "every_n_steps": 10, "width": 64, "height": 64},
+        "checkpointing": {"every_n_steps": 10, "keep_last": 10},
+    }
+    path = tmp_path / "wan.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def wait_for(check, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def test_musubi_job_end_to_end(tmp_path: Path, musubi_dir: Path, cli) -> None:
+    result = cli("train", write_spec(tmp_path, musubi_dir, 30))
+    assert result.code == 0, result.out + result.err
+    store = Store()
+    job = store.list_jobs()[0]
+    assert job.state is JobState.COMPLETED and job.step == 30
+    assert sorted(p.name for p in (job.folder / "checkpoints").iterdir()) == ["step-000010", "step-000020",
+                                                                             "step-000030"]
+    assert (job.folder / "checkpoints" / "step-000010" / "state" / "random_states_0.pkl").is_file()
+    assert sorted(p.name for p in (job.folder / "samples").iterdir()) == ["step-000010", "step-000020", "step-000030"]
+    with safe_open(str(job.folder / "dancer.safetensors"), "pt") as f:
+        assert f.metadata()["loraflow.format"] == "kohya"
+        assert all(k.startswith("lora_unet_blocks_") for k in f.keys())  # noqa: SIM118
+    assert verify_bundle(Path(job.artifacts["bundle"])) == []
+    phases = [e.data["phase"] for e in store.events(job.id, types=["phase"])]
+    assert "caching" in phases and phases.index("caching") < phases.index("training")
+    losses = [e.data["loss"] for e in store.events(job.id, types=["progress"])]
+    assert len(losses) >= 3 and all(isinstance(v, float) for v in losses)
+
+
+def test_killed_musubi_resumes_from_its_state_with_cumulative_steps(
+    tmp_path: Path, musubi_dir: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MUSUBI_STANDIN_STEP_S", "0.05")
+    assert cli("train", write_spec(tmp_path, musubi_dir, 60), "--detach").code == 0
+    store = Store()
+    job = store.list_jobs()[0]
+    wait_for(lambda: store.get(job.id).step >= 25)
+    pid = LocalHost().pid(Handle.in_folder(JobLayout(str(job.folder)).run, "train"))
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: store.get(job.id).state not in ACTIVE, timeout=300)
+    job = store.get(job.id)
+    assert job.state is JobState.COMPLETED, job.error
+    assert job.step == 60
+    resumed = store.events(job.id, types=["resumed"])
+    at = resumed[0].data["step"] if len(resumed) == 1 else None
+    assert at is not None and 20 <= at < 60 and at % 10 == 0, resumed
+    runs = sorted(p.name for p in (job.folder / "musubi").iterdir())
+    assert runs == ["from-00000000", f"from-{at:08d}"]  # musubi's names restart: each run has its own folder
+    synced = sorted(p.name for p in (job.folder / "checkpoints").iterdir())
+    assert synced == [f"step-{s:06d}" for s in range(10, 70, 10)]  # cumulative, none overwritten
+    steps = [e.data["step"] for e in store.events(job.id, types=["progress"])]
+    assert steps[-1] == 60 and min(steps[steps.index(max(s for s in steps if s <= at)):]) > 10
+
+
+def test_musubi_trains_on_images_and_clips(tmp_path: Path, musubi_dir: Path, cli) -> None:
+    import shutil
+
+    data = tmp_path / "mixed"
+    shutil.copytree(EXAMPLES / "sample_dataset", data)
+    clips = Path(__file__).parent / "fixtures" / "videos"
+    for name in ("walk_37f_16fps.mp4", "jump_45f_30fps.mov"):
+        shutil.copyfile(clips / name, data / name)
+        (data / name).with_suffix(".txt").write_text("dnc walking")
+    spec = yaml.safe_load(write_spec(tmp_path, musubi_dir, 12).read_text())
+    spec["dataset"]["path"] = str(data)
+    spec["engine"]["options"]["target_frames"] = [1, 33]
+    path = tmp_path / "mixed.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = cli("train", path)
+    assert result.code == 0, result.out + result.err
+    job = Store().list_jobs()[0]
+    assert job.state is JobState.COMPLETED and job.step == 12
+    prepared = sorted(p.name for p in (job.folder / "dataset").iterdir() if p.suffix in (".mp4", ".mov"))
+    assert prepared == ["jump_45f_30fps.mov", "walk_37f_16fps.mp4"]
+    config = (job.folder / "engine" / "dataset.toml").read_text()
+    assert "video_directory" in config and "image_directory" in config
+    videos = job.folder / "engine" / "cache" / "videos-256"
+    assert sorted(p.name for p in videos.iterdir()) == [  # one latent cache per target length that fits
+        "jump_45f_30fps_00000-001_0256x0256_wan.safetensors",
+        "jump_45f_30fps_00000-033_0256x0256_wan.safetensors",
+        "jump_45f_30fps_wan_te.safetensors",
+        "walk_37f_16fps_00000-001_0256x0256_wan.safetensors",
+        "walk_37f_16fps_00000-033_0256x0256_wan.safetensors",
+        "walk_37f_16fps_wan_te.safetensors",
+    ]
