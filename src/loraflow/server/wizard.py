@@ -85,7 +85,7 @@ def start_error(exc: Problem | UserInputError) -> dict[str, Any]:
     if isinstance(exc, SpecError):
         return {"title": f"The settings have {len(exc.problems)} problem(s):", "lines": exc.problems}
     if isinstance(exc, DatasetUnfit):
-        return {"title": "The dataset is not fit to train:", "lines": [f.line() for f in exc.report.errors]}
+        return {"title": "Dataset not fit to train:", "lines": [f.line() for f in exc.report.errors]}
     if isinstance(exc, UserInputError):
         return {"title": exc.render(), "lines": []}
     lines = exc.detail.split("; ") if exc.extra.get("findings") else [exc.detail] if exc.detail else []
