@@ -58,7 +58,7 @@ LAZY: dict[str, tuple[Callable[[str], click.Command], str]] = {
     "notify": (_group("publish_cmd", "notify_app"), "Notifications."),
     "publish": (
         _command("publish_cmd", "publish"),
-        "Publish a job's LoRA (or any kept checkpoint) to the spec's Hugging Face / S3 targets.",
+        "Publish a job's LoRA (or any kept checkpoint) to the spec's Hugging Face / S3 / ComfyDeploy targets.",
     ),
     "train": (
         _command("train_cmd", "train"),
