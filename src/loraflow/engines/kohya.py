@@ -102,24 +102,47 @@ def dataset_toml(spec: TrainSpec, layout: JobLayout, repeat_factor: int = 1) -> 
     return tomli_w.dumps({"general": general, "datasets": datasets})
 
 
-def prompts_file(spec: TrainSpec) -> str:
+def prompts_file(spec: TrainSpec, extra: str = "") -> str:
+    """The kohya family's prompt file: one line per prompt with its size, seed, steps and guidance
+    (`extra` adds flags, e.g. musubi's `--f 1` for one-frame samples)."""
     s = spec.sampling
     lines = []
     for i, prompt in enumerate(s.prompts):
         text = spec.substitute_trigger(prompt).replace("\n", " ")
-        lines.append(f"{text} --w {s.width} --h {s.height} --d {s.seed + i} --s {s.steps} --g {s.guidance_scale}")
+        lines.append(
+            f"{text} --w {s.width} --h {s.height}{extra} --d {s.seed + i} --s {s.steps} --g {s.guidance_scale}"
+        )
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def _model_files(spec: TrainSpec) -> dict[str, str]:
-    entry = spec.catalog_entry
+def model_paths(spec: TrainSpec, files: dict[str, str]) -> dict[str, str]:
+    """Model files by role, under `engine.options.models_dir` (the operator's; `models` by default)."""
     models = Path(str(spec.engine.options.get("models_dir", "models")))
-    return {role: str(models / name) for role, name in entry.kohya_files.items()}
+    return {role: str(models / name) for role, name in files.items()}
+
+
+def _model_files(spec: TrainSpec) -> dict[str, str]:
+    return model_paths(spec, spec.catalog_entry.kohya_files)
+
+
+def sample_and_extra_args(spec: TrainSpec, layout: JobLayout) -> list[str]:
+    """Sampling cadence and the passed-through `engine.options.args`, the same for kohya and musubi."""
+    s, t = spec.sampling, spec.training
+    args: list[str] = []
+    if s.prompts and (s.every_n_steps or s.at_end):
+        args += ["--sample_prompts", str(PurePosixPath(layout.engine, PROMPTS))]
+        if s.every_n_steps or t.steps:  # at_end alone: a round at the last step
+            args += ["--sample_every_n_steps", str(s.every_n_steps or t.steps)]
+        else:
+            args += ["--sample_every_n_epochs", str(t.epochs)]
+    for key, value in (spec.engine.options.get("args") or {}).items():
+        args += [f"--{key}"] if value is True else [f"--{key}", str(value)]
+    return args
 
 
 def train_args(spec: TrainSpec, layout: JobLayout) -> list[str]:
     """The arguments of flux_train_network.py (or sdxl_train_network.py), in FluxGym's order plus the fixes."""
-    t, s, n = spec.training, spec.sampling, spec.network
+    t, n = spec.training, spec.network
     entry, files = spec.catalog_entry, _model_files(spec)
     flux = entry.arch == "flux"
     args: list[str] = []
@@ -222,16 +245,8 @@ def train_args(spec: TrainSpec, layout: JobLayout) -> list[str]:
             "--loss_type",
             "l2",
         ]
-    if s.prompts and (s.every_n_steps or s.at_end):
-        args += ["--sample_prompts", str(PurePosixPath(layout.engine, PROMPTS))]
-        if s.every_n_steps or t.steps:  # at_end alone: a round at the last step
-            args += ["--sample_every_n_steps", str(s.every_n_steps or t.steps)]
-        else:
-            args += ["--sample_every_n_epochs", str(t.epochs)]
     args.append("--console_log_simple")
-    for key, value in (spec.engine.options.get("args") or {}).items():
-        args += [f"--{key}"] if value is True else [f"--{key}", str(value)]
-    return args
+    return args + sample_and_extra_args(spec, layout)
 
 
 def scheduler_name(name: str, warmup: int) -> str:

@@ -33,6 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from loraflow.dataset.video import VIDEO_EXTENSIONS, VideoNeeds
+from loraflow.engines import kohya  # the kohya family: prompt file, model paths, sampling arguments
 from loraflow.engines.base import Command, EngineRequirements, Outcome
 from loraflow.engines.external import (
     engine_dir,
@@ -57,7 +58,7 @@ REPO = "kohya-ss/musubi-tuner"
 PIN = "30c658c4"  # main, v0.3.4 (2026-06-24): Wan 2.1 and Wan 2.2 (A14B) training
 OUTPUT = "musubi"
 DATASET = "dataset.toml"
-PROMPTS = "sample_prompts.txt"
+PROMPTS = kohya.PROMPTS
 ARGS = "args.json"
 SCRIPT = "train.sh"
 SETUP = "setup_musubi.sh"
@@ -182,19 +183,12 @@ def dataset_toml(spec: TrainSpec, layout: JobLayout) -> str:
 
 
 def prompts_file(spec: TrainSpec) -> str:
-    """One line per prompt; `--f 1` gives one-frame samples (images), which the bundle's sample pages show."""
-    s = spec.sampling
-    lines = []
-    for i, prompt in enumerate(s.prompts):
-        text = spec.substitute_trigger(prompt).replace("\n", " ")
-        lines.append(f"{text} --w {s.width} --h {s.height} --f 1 --d {s.seed + i} --s {s.steps} --g {s.guidance_scale}")
-    return "\n".join(lines) + ("\n" if lines else "")
+    """kohya's prompt file; `--f 1` gives one-frame samples (images), which the bundle's sample pages show."""
+    return kohya.prompts_file(spec, " --f 1")
 
 
 def model_files(spec: TrainSpec) -> dict[str, str]:
-    entry = spec.catalog_entry
-    models = Path(str(spec.engine.options.get("models_dir", "models")))
-    return {role: str(models / name) for role, name in entry.musubi_files.items()}
+    return kohya.model_paths(spec, spec.catalog_entry.musubi_files)
 
 
 def scheduler_name(name: str, warmup: int) -> str:
@@ -203,7 +197,7 @@ def scheduler_name(name: str, warmup: int) -> str:
 
 def train_args(spec: TrainSpec, layout: JobLayout, offset: int = 0) -> list[str]:
     """wan_train_network.py's arguments, in the order of musubi's docs/wan.md example plus loraflow's fixes."""
-    t, s, n = spec.training, spec.sampling, spec.network
+    t, n = spec.training, spec.network
     entry, files = spec.catalog_entry, model_files(spec)
     args = ["--task", str(entry.musubi_task), "--dit", files["dit"]]
     if "dit_high_noise" in files:  # Wan 2.2 A14B: one LoRA trained over both experts, switched at the boundary
@@ -284,15 +278,7 @@ def train_args(spec: TrainSpec, layout: JobLayout, offset: int = 0) -> list[str]
         "--output_name",
         spec.name,
     ]
-    if s.prompts and (s.every_n_steps or s.at_end):
-        args += ["--sample_prompts", str(PurePosixPath(layout.engine, PROMPTS))]
-        if s.every_n_steps or t.steps:  # at_end alone: a round at the last step
-            args += ["--sample_every_n_steps", str(s.every_n_steps or t.steps)]
-        else:
-            args += ["--sample_every_n_epochs", str(t.epochs)]
-    for key, value in (spec.engine.options.get("args") or {}).items():
-        args += [f"--{key}"] if value is True else [f"--{key}", str(value)]
-    return args
+    return args + kohya.sample_and_extra_args(spec, layout)
 
 
 def cache_steps(spec: TrainSpec, layout: JobLayout, python: str, root: Path) -> list[list[str]]:
