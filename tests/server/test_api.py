@@ -48,14 +48,18 @@ class Api:
         return self.client.request(method, url, headers=headers, **kw)
 
 
-@pytest.fixture
-def api() -> Iterator[Api]:
+def make_api(config: ServiceConfig, sweep_every_s: float | None = 2.0) -> Iterator[Api]:
+    """A client of the real app with tokens for alice, bob and an admin."""
     store = Store()
     tokens = {u: create_token(store, u) for u in ("alice", "bob")}
     tokens["admin"] = create_token(store, "root", admin=True)
-    config = ServiceConfig(max_upload_mb=5, max_concurrent_jobs=3, blocked_base_models=["flux-dev"])
-    with TestClient(create_app(store, config)) as client:
+    with TestClient(create_app(store, config, sweep_every_s=sweep_every_s)) as client:
         yield Api(client, tokens)
+
+
+@pytest.fixture
+def api() -> Iterator[Api]:
+    yield from make_api(ServiceConfig(max_upload_mb=5, max_concurrent_jobs=3, blocked_base_models=["flux-dev"]))
 
 
 def dataset_zip() -> bytes:

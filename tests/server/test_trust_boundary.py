@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fastapi.testclient import TestClient
 
 from loraflow.errors import SpecError
 from loraflow.hosts.base import Handle
@@ -21,16 +20,12 @@ from loraflow.hosts.ssh import SshEndpoint, SshHost
 from loraflow.jobs.store import Store
 from loraflow.jobs.submit import ServiceConfig, read_spec
 from loraflow.jobs.trust import Grants, ssh_target
-from loraflow.server.app import create_app
-from loraflow.server.tokens import create_token
 from tests.server.test_api import SPEC, Api, dataset_zip, uploads_left
+from tests.server.test_api import make_api as api_with
 
 
 def make_api(config: ServiceConfig) -> Iterator[Api]:
-    store = Store()
-    tokens = {u: create_token(store, u) for u in ("alice", "bob")}
-    with TestClient(create_app(store, config, sweep_every_s=None)) as client:
-        yield Api(client, tokens)
+    yield from api_with(config, sweep_every_s=None)
 
 
 @pytest.fixture
