@@ -153,7 +153,9 @@ class Selector:
     def __init__(self, after_seq: int = 0, progress_every_s: float = 30.0) -> None:
         self.seq = after_seq
         self.progress_every_s = progress_every_s
-        self._last_progress = 0.0
+        # Not 0.0: time.monotonic() counts from boot, so on a machine up for less than progress_every_s
+        # every progress notification would be dropped, the first one included.
+        self._last_progress = float("-inf")
 
     def pick(self, events: list[Any], job: Any) -> list[dict[str, Any]]:
         out = []
