@@ -241,6 +241,8 @@ def test_budget_cap_reached_while_followed_stops_with_a_checkpoint(tmp_path: Pat
     assert any(m.startswith("budget reached") for m in log) and "stop requested: checkpointing" in log
     assert done.cost_usd >= 0.004 and done.lease is None and vast.instances() == {}
     assert list((done.folder / "checkpoints").glob("step-*/meta.json")) and 0 < done.step < 400
+    (end,) = events_of(store, job.id, "job.stopped_budget")
+    assert end["step"] == done.step and (done.folder / end["checkpoint"] / "meta.json").exists()
 
 
 def test_a_host_the_follower_cannot_follow_is_followed_by_its_runner(
