@@ -41,7 +41,7 @@ from loraflow.jobs.following import (
     write_atomic,
 )
 from loraflow.jobs.layout import JobLayout
-from loraflow.jobs.remote import RemoteLease, is_remote
+from loraflow.jobs.remote import HeartbeatPump, RemoteLease, is_remote
 from loraflow.jobs.states import ACTIVE, RESUMABLE, JobState
 from loraflow.jobs.store import Job, Store
 from loraflow.monitor import events as ev
@@ -261,6 +261,7 @@ class JobRunner:
             if not got:
                 return self._refresh().state
             notifier = self._start_notifier()
+            pump = HeartbeatPump(self.remote).start() if self.spec.compute.provider == "vastai" else None
             try:
                 return self._run()
             except Terminated as exc:
@@ -279,6 +280,8 @@ class JobRunner:
                     return self._fail_disk_full(exc)
                 return self._fail(f"{type(exc).__name__}: {exc}", code="internal")
             finally:
+                if pump is not None:
+                    pump.stop()
                 self._release_if_idle()
                 if notifier is not None:
                     notifier.stop()
