@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from loraflow.hosts.base import Handle
-from loraflow.hosts.local import LocalHost
+from loraflow.hosts.local import LocalHost, pid_alive
 from loraflow.jobs.layout import JobLayout
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Store
@@ -170,7 +170,7 @@ def test_killed_runner_reattaches_without_second_trainer(tmp_path: Path, cli) ->
     trainer_pid = LocalHost().pid(Handle.in_folder(layout.run, "train"))
     assert runner_pid and trainer_pid
     os.kill(runner_pid, signal.SIGKILL)
-    time.sleep(1)
+    wait_for(lambda: not pid_alive(runner_pid), what="the runner to die")
     assert store.get(job.id).state is JobState.TRAINING
     result = cli("jobs", "attach", job.id)
     assert result.code == 0, result.out + result.err
