@@ -105,3 +105,26 @@ def test_disk_full_in_the_runner_fails_as_disk_full(tmp_path: Path, monkeypatch:
     (error,) = [e.data for e in store.events(job.id, types=["error"])]
     assert error["code"] == "disk_full" and "follow.json" in error["message"]
     assert "disk is full" in error["hint"]
+
+
+def test_what_counts_as_an_orphan(tmp_path: Path) -> None:
+    """Only an unclaimed, started job with no live runner and a stale heartbeat is adopted."""
+    from datetime import UTC, datetime, timedelta
+
+    from loraflow.jobs.runner import runner_lock
+
+    store = Store()
+    job = store.create_job(load_spec(write_spec(tmp_path)))
+    (job.folder / "run").mkdir(parents=True, exist_ok=True)
+    assert orphans(store) == []  # pending: a worker's queue or a runner about to start
+    for state in ("preparing", "provisioning", "training"):
+        store.transition(job.id, state)
+    assert orphans(store) == [job.id]
+    store.update(job.id, heartbeat_at=datetime.now(UTC))
+    assert orphans(store) == []  # a runner elsewhere stamped it just now
+    store.update(job.id, heartbeat_at=datetime.now(UTC) - timedelta(minutes=5))
+    assert orphans(store) == [job.id]
+    with runner_lock(job.folder) as got:
+        assert got and orphans(store) == []  # a runner holds the job
+    store.update(job.id, worker="elsewhere:1:abc")
+    assert orphans(store) == []  # a worker's job: that worker restarts its runner

@@ -104,6 +104,10 @@ class Worker:
         for job in self.store.jobs_by_id(claimed).values():
             self.store.append_event(job.id, "worker.claimed", {"worker": self.id})
             self._keep(job)
+        # A job started from the CLI on this machine whose runner died: start it again (jobs/orphans.py).
+        from loraflow.jobs.orphans import adopt_orphans
+
+        adopt_orphans(self.store)
         return claimed
 
     def _keep(self, job: Job) -> bool:
