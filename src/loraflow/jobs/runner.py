@@ -261,7 +261,8 @@ class JobRunner:
             if not got:
                 return self._refresh().state
             notifier = self._start_notifier()
-            pump = HeartbeatPump(self.remote).start() if self.spec.compute.provider == "vastai" else None
+            vast = self.remote is not None and self.spec.compute.provider == "vastai"
+            pump = HeartbeatPump(self.remote).start() if vast and self.remote else None  # feeds the host's watcher
             try:
                 return self._run()
             except Terminated as exc:
@@ -269,7 +270,7 @@ class JobRunner:
             except UserInputError as exc:
                 return self._fail(exc.message, exc.fix or "", code="bad_input")
             except LoraflowError as exc:
-                if disk_full(exc.__cause__ or exc) or disk_full(exc):
+                if disk_full(exc) or (exc.__cause__ is not None and disk_full(exc.__cause__)):
                     return self._fail_disk_full(exc)
                 return self._fail(exc.render())
             except Exception as exc:  # never leave a job "active" with nobody working on it
@@ -290,6 +291,9 @@ class JobRunner:
     def _left(self, signum: int) -> JobState:
         """The runner was asked to go: the trainer (detached) keeps training, the state stays as it is,
         and the heartbeat is cleared so the worker or `loraflow jobs list` starts a runner again at once."""
+        if self._pending is not None:  # a throttled progress line: its offset is already consumed
+            self._write(self._pending)
+            self._pending = None
         job = self._refresh()
         self._emit(
             "runner.stopped",
