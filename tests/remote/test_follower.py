@@ -138,6 +138,12 @@ def test_worker_follows_remote_trainers_without_a_process_per_job(sshd: Sshd, tm
         request_stop(stopped.id)
         wait_for(lambda: store.get(stopped.id).state is JobState.STOPPED, timeout=120, what="job b stopped")
         wait_for(lambda: store.get(done.id).state is JobState.COMPLETED, timeout=180, what="job a completed")
+        # Delivery follows the event (the runner flushes its notifier before it exits), not the state.
+        wait_for(
+            lambda: "job.completed" in [p["event"] for p, _, _ in receiver.received],
+            timeout=120,
+            what="the job.completed webhook",
+        )
     finally:
         worker.stop()
         receiver.close()
