@@ -123,16 +123,22 @@ def start_runner(job_id: str, handoff: bool = False) -> Handle:
     folder = paths.job_dir(job_id)
     handle = Handle.in_folder(str(folder / "run"), "runner")
     host = LocalHost()
-    if runner_starting(job_id):
-        return handle  # a runner is alive (still starting, or holding the lock)
-    deadline = time.monotonic() + 5
-    while runner_alive(job_id):
-        if handoff_file(JobLayout(str(folder))).exists():
-            return handle  # a follower holds the lock and follows the job
-        pid = host.pid(handle)
-        if (pid is not None and pid_alive(pid)) or time.monotonic() > deadline:
-            return handle  # a live runner has the job
-        time.sleep(0.05)  # a runner just killed still holds its lock for a moment
+    now = time.monotonic()
+    lock_deadline, start_deadline = now + 5, now + 60
+    while True:
+        with runner_lock(folder) as got:
+            held = not got
+        if held:
+            if handoff_file(JobLayout(str(folder))).exists():
+                return handle  # a follower holds the lock and follows the job
+            pid = host.pid(handle)
+            if (pid is not None and pid_alive(pid)) or time.monotonic() > lock_deadline:
+                return handle  # a live runner has the job
+            # else: a runner just killed still holds its lock for a moment
+        elif not runner_starting(job_id) or time.monotonic() > start_deadline:
+            break
+        # (alive without the lock: still starting, so it takes the lock next, or ending, so it exits)
+        time.sleep(0.05)
     env = {"LORAFLOW_HANDOFF": "1" if handoff else "0"}
     host.run([sys.executable, "-m", "loraflow.jobs.runner", job_id], str(folder), handle, env)
     host.wait_started(handle)
