@@ -278,6 +278,12 @@ class ComputeSpec(Strict):
         None, description="Shell run once per remote lease before training; default: the engine's set-up."
     )
     ready_timeout_s: int = Field(900, ge=10, description="A rented host not ready by then is destroyed.")
+    heartbeat_minutes: float = Field(
+        10,
+        gt=0,
+        description="A rented host that hears nothing from the orchestrator for this long saves a checkpoint, "
+        "pushes it to storage when it can, and destroys itself.",
+    )
 
     @field_validator("python")
     @classmethod

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from loraflow.hosts.base import Handle
-from loraflow.hosts.local import LocalHost
+from loraflow.hosts.local import LocalHost, pid_alive
 from loraflow.jobs.layout import JobLayout
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Store
@@ -132,6 +132,8 @@ def test_killed_trainer_resumes_from_last_checkpoint(tmp_path: Path, cli) -> Non
     assert len(restarts) == 1 and "137" in restarts[0].data["reason"]
     resumed = store.events(job.id, types=["resumed"])
     assert len(resumed) == 1 and resumed[0].data["step"] >= 20 and resumed[0].data["step"] % 10 == 0
+    logs = [e.data["message"] for e in store.events(job.id, types=["log"])]
+    assert "re-attached to the running trainer" not in logs  # it was restarted, not re-attached to
 
 
 def test_stop_then_resume_continues_where_it_stopped(tmp_path: Path, cli) -> None:
@@ -146,6 +148,8 @@ def test_stop_then_resume_continues_where_it_stopped(tmp_path: Path, cli) -> Non
     ckpts = sorted(p.name for p in (job.folder / "checkpoints").iterdir())
     assert ckpts[-1] == f"step-{job.step:06d}"  # the stop saved a checkpoint at the step it stopped on
     stop_step = job.step
+    (state,) = [e.data for e in store.events(job.id, types=["job.state"]) if e.data["to"] == "stopped"]
+    assert state["step"] == stop_step > 0 and state["checkpoint"] == f"checkpoints/{ckpts[-1]}"
     again = cli("jobs", "resume", job.id)
     assert again.code == 0, again.out + again.err
     job = store.get(job.id)
@@ -166,7 +170,7 @@ def test_killed_runner_reattaches_without_second_trainer(tmp_path: Path, cli) ->
     trainer_pid = LocalHost().pid(Handle.in_folder(layout.run, "train"))
     assert runner_pid and trainer_pid
     os.kill(runner_pid, signal.SIGKILL)
-    time.sleep(1)
+    wait_for(lambda: not pid_alive(runner_pid), what="the runner to die")
     assert store.get(job.id).state is JobState.TRAINING
     result = cli("jobs", "attach", job.id)
     assert result.code == 0, result.out + result.err

@@ -13,7 +13,7 @@ import pytest
 from loraflow.jobs.store import Store
 from loraflow.notify.formats import chat_body, human_text
 from loraflow.notify.signing import HEADER, sign, verify
-from loraflow.notify.webhooks import Notifier, deliver
+from loraflow.notify.webhooks import Notifier, Selector, deliver
 from loraflow.spec import NotificationTarget, parse_spec
 
 SECRET = "whsec_test_secret_value"
@@ -113,6 +113,18 @@ def test_notifier_sends_signed_events_in_order(receiver: Receiver, monkeypatch: 
     deliveries = store.events(job.id, types=["webhook.delivery"])
     assert len(deliveries) == 5 and all(d.data["ok"] for d in deliveries)
     assert SECRET not in json.dumps([e.to_dict() for e in store.events(job.id)])
+
+
+def test_first_progress_is_sent_on_a_machine_booted_minutes_ago(monkeypatch: pytest.MonkeyPatch) -> None:
+    """time.monotonic() counts from boot: a CI machine up for 4 minutes dropped every progress notice
+    (the throttle started from 0.0), so `job.progress` never arrived."""
+    monkeypatch.setattr("loraflow.notify.webhooks.time.monotonic", lambda: 240.0)
+    store = Store()
+    job = store.create_job(SPEC)
+    for step in (1, 2):
+        store.append_event(job.id, "progress", {"step": step, "total": 2, "loss": 0.5}, step=step)
+    picked = Selector(progress_every_s=3600).pick(store.events(job.id), store.get(job.id))
+    assert [p["event"] for p in picked] == ["job.created", "job.progress"] and picked[1]["step"] == 1
 
 
 def test_hanging_receiver_delays_nobody(receiver: Receiver) -> None:

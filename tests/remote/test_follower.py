@@ -138,6 +138,12 @@ def test_worker_follows_remote_trainers_without_a_process_per_job(sshd: Sshd, tm
         request_stop(stopped.id)
         wait_for(lambda: store.get(stopped.id).state is JobState.STOPPED, timeout=120, what="job b stopped")
         wait_for(lambda: store.get(done.id).state is JobState.COMPLETED, timeout=180, what="job a completed")
+        # Delivery follows the event (the runner flushes its notifier before it exits), not the state.
+        wait_for(
+            lambda: "job.completed" in [p["event"] for p, _, _ in receiver.received],
+            timeout=120,
+            what="the job.completed webhook",
+        )
     finally:
         worker.stop()
         receiver.close()
@@ -241,6 +247,8 @@ def test_budget_cap_reached_while_followed_stops_with_a_checkpoint(tmp_path: Pat
     assert any(m.startswith("budget reached") for m in log) and "stop requested: checkpointing" in log
     assert done.cost_usd >= 0.004 and done.lease is None and vast.instances() == {}
     assert list((done.folder / "checkpoints").glob("step-*/meta.json")) and 0 < done.step < 400
+    (end,) = events_of(store, job.id, "job.stopped_budget")
+    assert end["step"] == done.step and (done.folder / end["checkpoint"] / "meta.json").exists()
 
 
 def test_a_host_the_follower_cannot_follow_is_followed_by_its_runner(

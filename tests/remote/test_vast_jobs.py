@@ -158,6 +158,8 @@ def test_budget_cap_stops_with_checkpoint_and_resumes_with_more(tmp_path: Path, 
     assert list((job.folder / "checkpoints").glob("step-*/meta.json"))
     stopped_at = job.step
     assert 0 < stopped_at < 150
+    (end,) = events_of(store, job.id, "job.stopped_budget")
+    assert end["step"] == stopped_at and (job.folder / end["checkpoint"] / "meta.json").exists()
     resumed = cli("jobs", "resume", job.id, "--budget", "5")
     assert resumed.code == 0, resumed.out + resumed.err
     job = store.get(job.id)

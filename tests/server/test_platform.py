@@ -102,7 +102,7 @@ def test_quote_hold_charge_release_add_up_for_completed_and_cancelled_jobs(api: 
         job = store.get(job_id)
         usd, detail = credits.real_cost_usd(store, job, PLATFORM)
         expected = credits.to_points(usd * 1.2 + 0.05, PLATFORM)  # real cost + fee, in cents
-        assert detail["local_seconds"] > 0
+        assert detail["local_seconds"] > 0 or job_id == cancelled["id"]  # cancelled before it ran: nothing used
         assert sums["charge"] == min(expected, sums["hold"]), (job.state, sums, usd)
         assert sums["charge"] + sums.get("release", 0) == sums["hold"]
     final = ledger(api)

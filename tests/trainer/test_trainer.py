@@ -142,7 +142,8 @@ def test_oom_reported_with_hint(tmp_path: Path) -> None:
     bad.write_text("{}")
     out = subprocess.run([sys.executable, "-m", "loraflow.trainer", str(bad)], capture_output=True, text=True)
     assert out.returncode == 1
-    err = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith(PREFIX))[len(PREFIX) :])
+    lines = [json.loads(ln[len(PREFIX) :]) for ln in out.stdout.splitlines() if ln.startswith(PREFIX)]
+    err = next(e for e in lines if e["event"] != "phase")  # after the "starting" line
     assert err["event"] == "error" and err["code"] == "crash" and "validation error" in err["message"]
 
 

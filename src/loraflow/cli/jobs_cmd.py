@@ -27,10 +27,14 @@ def list_jobs(
     limit: int = typer.Option(50, "--limit"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """List jobs, newest first."""
+    """List jobs, newest first (and start a runner again for a job whose runner died)."""
+    from loraflow.jobs.orphans import adopt_orphans
     from loraflow.jobs.queue import snapshot
 
     store = Store()
+    for job_id in adopt_orphans(store):
+        if not as_json:
+            console.print(f"job {job_id} had lost its runner: started it again (it re-attaches to training)")
     jobs = store.list_jobs(states=state or None, limit=limit)
     places = snapshot(store)
     if as_json:

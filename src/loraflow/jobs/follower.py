@@ -55,6 +55,7 @@ from loraflow.jobs.states import JobState
 from loraflow.jobs.store import Job, Store
 from loraflow.monitor import events as ev
 from loraflow.monitor.events import EngineEvent
+from loraflow.providers.vast_watch import TOUCH, pump_interval_s
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +281,9 @@ class Follower:
         remote = RemoteLease(self.store, job_id, spec, layout, self._emit_for(job_id))
         await self.writes.write(job_id, [("follower.adopted", {"attempt": state.attempt, "offset": state.offset}, {})])
         synced_at, synced_view = time.monotonic() - random.uniform(0, SYNC_EVERY_S), None
+        # A rented host destroys itself when nobody touches its heartbeat (providers/vast_watch.py).
+        beat_every = pump_interval_s(spec.compute.heartbeat_minutes * 60) if lease.get("provider") == "vastai" else None
+        beat_at = 0.0
         warned = state.budget_warned
         try:
             while True:
@@ -302,6 +306,10 @@ class Follower:
                 if watch.stop_due() and status is ProcessStatus.RUNNING:
                     watch.stop_sent = await host.signal(handle, signal.SIGTERM)
                     pending.append((ev.LOG, {"message": "stop requested: checkpointing"}, {}))
+                if beat_every is not None and now - beat_at > beat_every:
+                    beat_at = now
+                    with contextlib.suppress(Exception):  # an unreachable host shows in the status next
+                        await host.exec(TOUCH)
                 if watch.gpu_due(now):
                     watch.on_gpu(await host.gpu_stats(), now)
                 stall = watch.stall(now)

@@ -106,6 +106,9 @@ def coalesce(events: list[EngineEvent]) -> list[EngineEvent]:
 
 
 GPU_EVERY_S = 30.0
+# A stop is signalled once the trainer has printed something (the builtin trainer prints its first line
+# after it listens for SIGTERM) or after this long: a SIGTERM before then would kill it with no checkpoint.
+STOP_GRACE_S = 20.0
 
 
 class Watchdog:
@@ -113,23 +116,35 @@ class Watchdog:
     engine's events and from GPU utilisation (asked every GPU_EVERY_S), and the user's stop request,
     sent to the trainer once."""
 
-    def __init__(self, spec: TrainSpec, layout: JobLayout, now: float, gpu_offset_s: float = GPU_EVERY_S) -> None:
+    def __init__(
+        self,
+        spec: TrainSpec,
+        layout: JobLayout,
+        now: float,
+        gpu_offset_s: float = GPU_EVERY_S,
+        heard: bool = False,
+    ) -> None:
         monitor = spec.monitor
         self.detector = StallDetector(monitor.stall_minutes, monitor.gpu_idle_minutes, now)
         self.on_stall = monitor.on_stall
         self.layout = layout
         self.stop_sent = False
+        self.heard = heard  # the trainer has printed: it is past its start-up and listens for SIGTERM
+        self._began = now
         self._last_gpu = now - gpu_offset_s  # the first question comes after GPU_EVERY_S - offset
 
     def saw(self, events: list[EngineEvent], now: float) -> None:
+        self.heard = self.heard or bool(events)
         for event in events:
             if event.type == ev.PHASE:
                 self.detector.on_phase(event.data.get("phase", ""), now)
             elif event.type == ev.PROGRESS:
                 self.detector.on_progress(now)
 
-    def stop_due(self) -> bool:
-        return not self.stop_sent and Path(self.layout.stop_request).exists()
+    def stop_due(self, now: float | None = None) -> bool:
+        if self.stop_sent or not Path(self.layout.stop_request).exists():
+            return False
+        return self.heard or (now if now is not None else time.monotonic()) - self._began > STOP_GRACE_S
 
     def gpu_due(self, now: float) -> bool:
         if now - self._last_gpu <= GPU_EVERY_S:

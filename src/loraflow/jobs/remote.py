@@ -8,10 +8,12 @@ its seconds and price, which is where the job's cost comes from.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import shutil
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -211,6 +213,8 @@ class RemoteLease:
             )
         lease.update(ssh=endpoint.to_dict(), root=f"{host.expand(root).rstrip('/')}/{self.job_id}", ready=True)
         lease["uploaded"] = False
+        if lease.get("provider") == "vastai":
+            self.arm_watch(host, lease["root"])
         self._save(lease)
         self._host = host
         self.emit(
@@ -218,6 +222,46 @@ class RemoteLease:
             {k: lease.get(k) for k in ("provider", "instance_id", "gpu", "price_usd_h", "root")}
             | {"host": f"{endpoint.host}:{endpoint.port}"},
         )
+
+    # --- the host's dead-man switch (providers/vast_watch.py) ------------------------------------
+
+    def arm_watch(self, host: SshHost, root: str) -> None:
+        """Tell the instance's watcher where the job lives, so that when the heartbeat stops it can ask
+        this trainer for a checkpoint, and where to push that checkpoint when there is storage for it."""
+        from loraflow.providers.vast_watch import TOUCH
+
+        host.exec(f"{TOUCH} && printf %s {shlex.quote(root)} > ~/.loraflow-watch/root")
+        url = self.rescue_url()
+        if url is not None:  # on stdin, never on a command line that an error message could repeat
+            host.exec("umask 077 && cat > ~/.loraflow-watch/upload_url", stdin=url.encode())
+            self.emit(ev.LOG, {"message": "the host pushes its last checkpoint to the S3 target if it loses us"})
+
+    def rescue_url(self) -> str | None:
+        """A presigned PUT URL (7 days, the longest S3 allows) for `<prefix>/<job>/rescue/checkpoint.tar` in
+        the job's first S3 target: the host needs no credentials to use it. None without such a target."""
+        from loraflow.spec import S3Target
+
+        target = next((t for t in self.spec.publish.targets if isinstance(t, S3Target)), None)
+        if target is None:
+            return None
+        try:
+            from loraflow.publish.s3 import client, presigned_put
+
+            key = "/".join(p for p in (target.prefix.strip("/"), self.job_id, "rescue/checkpoint.tar") if p)
+            return presigned_put(client(target.endpoint_url), target.bucket, key, expires=7 * 24 * 3600)
+        except Exception as exc:  # no boto3 or no credentials: the watcher still saves and destroys
+            self.emit(ev.WARNING, {"message": f"no rescue upload URL for the host ({type(exc).__name__})"})
+            return None
+
+    def beat(self) -> None:
+        """Touch the host's heartbeat (one command over the existing SSH connection); never raises."""
+        from loraflow.providers.vast_watch import TOUCH
+
+        lease = self.lease
+        if not lease or lease.get("provider") != "vastai" or not lease.get("ssh"):
+            return
+        with contextlib.suppress(Exception):
+            SshHost(SshEndpoint.from_dict(lease["ssh"]), retries=0).exec(TOUCH, timeout=30, check=False)
 
     # --- upload ----------------------------------------------------------------------------------
 
@@ -442,3 +486,28 @@ def check_budget(spec: TrainSpec, estimate_usd: float, force: bool, spent: float
             f"the job is estimated at ${spent + estimate_usd:.2f}, over budget.max_usd ${cap:.2f}",
             fix="raise budget.max_usd, pick cheaper GPUs (compute.gpu), or pass --force to train anyway",
         )
+
+
+class HeartbeatPump:
+    """Keeps a rented host's dead-man switch fed from a thread while this process works on the job (the
+    worker's follower feeds it for the jobs it follows)."""
+
+    def __init__(self, remote: RemoteLease) -> None:
+        from loraflow.providers.vast_watch import pump_interval_s
+
+        self.remote = remote
+        self.interval_s = pump_interval_s(remote.spec.compute.heartbeat_minutes * 60)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"heartbeat-{remote.job_id}")
+
+    def start(self) -> HeartbeatPump:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            with contextlib.suppress(Exception):  # the store or the host busy: the next beat comes soon
+                self.remote.beat()
+
+    def stop(self) -> None:
+        self._stop.set()

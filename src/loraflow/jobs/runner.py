@@ -10,6 +10,7 @@ running (from its pid, log offset and exit-code files) instead of starting a sec
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -41,7 +42,7 @@ from loraflow.jobs.following import (
     write_atomic,
 )
 from loraflow.jobs.layout import JobLayout
-from loraflow.jobs.remote import RemoteLease, is_remote
+from loraflow.jobs.remote import HeartbeatPump, RemoteLease, is_remote
 from loraflow.jobs.states import ACTIVE, RESUMABLE, JobState
 from loraflow.jobs.store import Job, Store
 from loraflow.monitor import events as ev
@@ -87,6 +88,9 @@ def resume(store: Store, job_id: str) -> None:
     The CLI, the API and the web UI all resume through here."""
     job = store.get(job_id)
     if job.state in RESUMABLE:
+        layout = JobLayout(str(paths.job_dir(job_id)))
+        Path(layout.stop_request).unlink(missing_ok=True)  # an old stop must not end the resumed run
+        budget_stop_file(layout).unlink(missing_ok=True)
         store.transition(job_id, JobState.PENDING, data={"resume": True})
     elif job.state not in ACTIVE:
         raise IllegalTransition(f"job {job_id} is {job.state.value} and cannot be resumed")
@@ -94,8 +98,25 @@ def resume(store: Store, job_id: str) -> None:
 
 
 def runner_alive(job_id: str) -> bool:
+    """A runner holds the job's lock, or its process is still starting (importing, before it locks)."""
     with runner_lock(paths.job_dir(job_id)) as got:
-        return not got
+        if not got:
+            return True
+    return runner_starting(job_id)
+
+
+def runner_starting(job_id: str) -> bool:
+    """The job's last started runner process is alive. Without this, a worker tick or `jobs list` that
+    came while a runner was still importing saw the lock free and started a second one, whose pid
+    replaced the first's in run/runner.pid (the second found the lock taken and exited)."""
+    pid = LocalHost().pid(Handle.in_folder(str(paths.job_dir(job_id) / "run"), "runner"))
+    if pid is None or not pid_alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc to tell a reused pid from ours: trust the pid file
+    return b"loraflow.jobs.runner" in cmdline and job_id.encode() in cmdline
 
 
 def start_runner(job_id: str, handoff: bool = False) -> Handle:
@@ -104,18 +125,46 @@ def start_runner(job_id: str, handoff: bool = False) -> Handle:
     folder = paths.job_dir(job_id)
     handle = Handle.in_folder(str(folder / "run"), "runner")
     host = LocalHost()
-    deadline = time.monotonic() + 5
-    while runner_alive(job_id):
-        if handoff_file(JobLayout(str(folder))).exists():
-            return handle  # a follower holds the lock and follows the job
-        pid = host.pid(handle)
-        if (pid is not None and pid_alive(pid)) or time.monotonic() > deadline:
-            return handle  # a live runner has the job
-        time.sleep(0.05)  # a runner just killed still holds its lock for a moment
+    now = time.monotonic()
+    lock_deadline, start_deadline = now + 5, now + 60
+    while True:
+        with runner_lock(folder) as got:
+            held = not got
+        if held:
+            if handoff_file(JobLayout(str(folder))).exists():
+                return handle  # a follower holds the lock and follows the job
+            pid = host.pid(handle)
+            if (pid is not None and pid_alive(pid)) or time.monotonic() > lock_deadline:
+                return handle  # a live runner has the job
+            # else: a runner just killed still holds its lock for a moment
+        elif not runner_starting(job_id) or time.monotonic() > start_deadline:
+            break
+        # (alive without the lock: still starting, so it takes the lock next, or ending, so it exits)
+        time.sleep(0.05)
     env = {"LORAFLOW_HANDOFF": "1" if handoff else "0"}
     host.run([sys.executable, "-m", "loraflow.jobs.runner", job_id], str(folder), handle, env, inherit=True)
     host.wait_started(handle)
     return handle
+
+
+class StopAsked(Exception):
+    """A stop, cancel or budget stop found at a point between stages: the job ends there."""
+
+
+class Terminated(BaseException):
+    """SIGTERM to the runner (a shutdown, `kill`): it leaves the job as it is, resumable, and exits.
+    A BaseException so that no `except Exception` turns it into a job failure."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def disk_full(exc: BaseException) -> bool:
+    """ENOSPC from a file write, or SQLite saying the same about the job store."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    return "database or disk is full" in str(exc) or "No space left on device" in str(exc)
 
 
 class JobRunner:
@@ -143,6 +192,30 @@ class JobRunner:
         # (W&B's SDK keeps one run per process, so a job logging to it is followed by its own runner.)
         self.handoff = os.environ.get("LORAFLOW_HANDOFF") == "1" and self.remote is not None
         self.handoff = self.handoff and not self.spec.wandb.enabled
+        self._terminated: int | None = None  # the signal that asked this runner to leave
+        self._interruptible = False  # inside an idempotent stage or the follow loop's wait
+
+    def on_terminate(self, signum: int, _frame: Any) -> None:
+        """SIGTERM handler (installed by main): leave at once where that is safe, else at the next check."""
+        self._terminated = signum
+        if self._interruptible:
+            self._interruptible = False
+            raise Terminated(signum)
+
+    def _leave_if_asked(self) -> None:
+        if self._terminated is not None:
+            raise Terminated(self._terminated)
+
+    @contextlib.contextmanager
+    def _interruptible_part(self) -> Iterator[None]:
+        """A part that may stop anywhere (each stage checks what is done); elsewhere, for instance between
+        launching the trainer and recording it, a SIGTERM waits for the next check."""
+        self._leave_if_asked()
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
 
     def _emit(self, type_: str, data: dict[str, Any]) -> None:
         self.store.append_event(self.job_id, type_, data)
@@ -196,22 +269,63 @@ class JobRunner:
             if not got:
                 return self._refresh().state
             notifier = self._start_notifier()
+            vast = self.remote is not None and self.spec.compute.provider == "vastai"
+            pump = HeartbeatPump(self.remote).start() if vast and self.remote else None  # feeds the host's watcher
             try:
                 return self._run()
+            except Terminated as exc:
+                return self._left(exc.signum)
             except UserInputError as exc:
                 return self._fail(exc.message, exc.fix or "", code=getattr(exc, "code", "bad_input"))
             except LoraflowError as exc:
+                if disk_full(exc) or (exc.__cause__ is not None and disk_full(exc.__cause__)):
+                    return self._fail_disk_full(exc)
                 return self._fail(exc.render())
             except Exception as exc:  # never leave a job "active" with nobody working on it
                 import traceback
 
                 traceback.print_exc()
+                if disk_full(exc):
+                    return self._fail_disk_full(exc)
                 return self._fail(f"{type(exc).__name__}: {exc}", code="internal")
             finally:
+                if pump is not None:
+                    pump.stop()
                 self._release_if_idle()
                 if notifier is not None:
                     notifier.stop()
                 self.wandb.close()
+
+    def _left(self, signum: int) -> JobState:
+        """The runner was asked to go: the trainer (detached) keeps training, the state stays as it is,
+        and the heartbeat is cleared so the worker or `loraflow jobs list` starts a runner again at once."""
+        if self._pending is not None:  # a throttled progress line: its offset is already consumed
+            self._write(self._pending)
+            self._pending = None
+        job = self._refresh()
+        self._emit(
+            "runner.stopped",
+            {
+                "signal": signum,
+                "state": job.state.value,
+                "step": job.step,
+                "message": f"the job's runner got signal {signum} and left; the job stays {job.state.value} "
+                "and continues where it is when a runner starts again (a worker does it by itself; "
+                f"else `loraflow jobs list` or `loraflow jobs resume {self.job_id}`)",
+            },
+        )
+        from loraflow.jobs.orphans import runner_left
+
+        runner_left(self.store, self.job_id)
+        return job.state
+
+    def _fail_disk_full(self, exc: BaseException) -> JobState:
+        from loraflow.monitor.hints import match_hint
+
+        hint = match_hint("No space left on device")
+        assert hint is not None
+        where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+        return self._fail(f"the disk is full{where}: {exc}", hint.hint, code="disk_full")
 
     def _release_if_idle(self) -> None:
         """A rented host is let go as soon as the job stops needing it, whatever the reason."""
@@ -234,12 +348,22 @@ class JobRunner:
             return state
         if "train" not in self.job.stages_done:
             require_engine(self.spec)  # before any stage: fails the job with engine_missing and the fix
-        self._advance(JobState.PREPARING)
-        self._prepare()
-        self._render()
-        self._advance(JobState.PROVISIONING)
-        self._acquire()
-        self._advance(JobState.TRAINING)
+        try:
+            self._stop_point()
+            self._advance(JobState.PREPARING)
+            with self._interruptible_part():
+                self._prepare()
+            self._stop_point()
+            with self._interruptible_part():
+                self._render()
+            self._stop_point()
+            self._advance(JobState.PROVISIONING)
+            with self._interruptible_part():
+                self._acquire()
+            self._stop_point()
+            self._advance(JobState.TRAINING)
+        except StopAsked:
+            return self._end_stop()
         result = self._train()
         if result is not None:
             return result
@@ -253,6 +377,47 @@ class JobRunner:
         self.store.transition(self.job_id, JobState.COMPLETED, stage=None)
         self.store.append_event(self.job_id, "job.completed", {"bundle": self._refresh().artifacts.get("bundle")})
         return JobState.COMPLETED
+
+    # --- stop, cancel and budget stop: one end -----------------------------------------------------
+
+    def _stop_asked(self) -> bool:
+        return Path(self.layout.stop_request).exists()
+
+    def _stop_point(self) -> None:
+        """Checked between stages: after a stop or cancel nothing more is rendered, rented or launched."""
+        if self._stop_asked():
+            raise StopAsked
+
+    def _end_stop(self) -> JobState:
+        """The one end of a user's stop, a cancel and the budget cap. The trainer has exited (it saves a
+        checkpoint on SIGTERM) and its checkpoints were copied here before this runs, so the newest one
+        is on the user's side before the host is let go; when there is none the event says why."""
+        budget = self.budget_stop_file.exists() and self._refresh().state in (JobState.PROVISIONING, JobState.TRAINING)
+        Path(self.layout.stop_request).unlink(missing_ok=True)
+        self.budget_stop_file.unlink(missing_ok=True)
+        step = self._refresh().step
+        data: dict[str, Any] = {"step": step, **self._checkpoint_note(step)}
+        self._release_now("budget reached" if budget else "stopped")
+        target = JobState.STOPPED_BUDGET if budget else JobState.STOPPED
+        if budget:
+            data["usd"] = round(self._refresh().cost_usd, 4)
+        self.store.transition(self.job_id, target, stage=None, data=data)
+        self._emit("job.stopped_budget" if budget else "job.stopped", data)
+        return target
+
+    def _checkpoint_note(self, step: int) -> dict[str, Any]:
+        folder = Path(self.layout.checkpoints)
+        saved = sorted(
+            p.name
+            for p in (folder.glob("step-*") if folder.is_dir() else [])
+            if not p.name.endswith(".partial") and (p / "meta.json").exists()
+        )
+        if saved:
+            return {"checkpoint": f"checkpoints/{saved[-1]}"}
+        every = self.spec.checkpointing.every_n_steps
+        first = (step // every + 1) * every
+        reason = f"no checkpoint existed yet (stopped at step {step} before the first save at step {first})"
+        return {"checkpoint": None, "reason": reason}
 
     # --- stages ----------------------------------------------------------------------------------
 
@@ -369,6 +534,11 @@ class JobRunner:
             try:
                 return self._train_on_host(state, follow_path)
             except HostUnreachable as exc:  # dead, outbid, unreachable or stalled: carry on elsewhere
+                if self._stop_asked():  # stopping anyway: keep what can be copied, rent nothing new
+                    assert self.remote is not None
+                    with contextlib.suppress(LoraflowError):
+                        self._record(self.remote.sync(patient=False), None)
+                    return self._end_stop()
                 lost = self._move_host(state, follow_path, exc.message)
                 if lost is not None:
                     return lost
@@ -396,6 +566,8 @@ class JobRunner:
                 "raise compute.max_retries or choose more reliable hosts (compute.gpu.min_reliability)",
                 code="host_lost",
             )
+        if self._stop_asked():
+            return self._end_stop()
         self.store.transition(self.job_id, JobState.PROVISIONING, stage="acquire")
         self.remote.acquire(force_budget=bool(self._refresh().artifacts.get("force_budget")))
         self.remote.upload(self._refresh().artifacts.get("dataset_hash"))
@@ -405,21 +577,25 @@ class JobRunner:
     def _train_on_host(self, state: FollowState, follow_path: Path) -> JobState | None:
         host, xlayout = self.xhost, self.xlayout
         handle = Handle.in_folder(xlayout.run, "train")
+        relaunched = False  # by the restart below: nothing to re-attach to
         while True:
             status, _ = host.status(handle)
             launched = state.processed
             if launched:
+                if self._stop_asked():
+                    return self._end_stop()
                 self._launch(handle, state)
                 state.save(follow_path)
-            else:
+            elif not relaunched:
                 self._last_error = self._recorded_error()
                 if status is ProcessStatus.RUNNING:
                     self.store.append_event(self.job_id, ev.LOG, {"message": "re-attached to the running trainer"})
                 elif status is ProcessStatus.GONE:
                     self._check_host()
-            if (launched or status is ProcessStatus.RUNNING) and self._hand_off(state, follow_path):
+            fresh, relaunched = launched or relaunched, False
+            if (fresh or status is ProcessStatus.RUNNING) and self._hand_off(state, follow_path):
                 return JobState.TRAINING
-            code, parser = self._follow(handle, state, follow_path)
+            code, parser = self._follow(handle, state, follow_path, fresh)
             final_path = self.engine.final_lora(self.spec, xlayout)
             final = (host.size(final_path) is not None) if self.remote else Path(final_path).exists()
             outcome = self.engine.outcome(code, final, parser)
@@ -429,26 +605,14 @@ class JobRunner:
                 self._record(self.remote.sync(), None, final=True)
             state.processed = True
             state.save(follow_path)
-            stop_file = Path(self.layout.stop_request)
             if outcome.ok:
-                stop_file.unlink(missing_ok=True)
+                Path(self.layout.stop_request).unlink(missing_ok=True)
+                self.budget_stop_file.unlink(missing_ok=True)
                 self.store.add_artifacts(self.job_id, lora=self.engine.finish(self.spec, self.layout))
                 self.store.mark_stage_done(self.job_id, "train")
                 return None
-            if self.budget_stop_file.exists():
-                stop_file.unlink(missing_ok=True)
-                self.budget_stop_file.unlink()
-                self._release_now("budget reached")
-                step = self._refresh().step
-                self.store.transition(self.job_id, JobState.STOPPED_BUDGET, stage=None, data={"step": step})
-                self._emit("job.stopped_budget", {"step": step, "usd": round(self._refresh().cost_usd, 4)})
-                return JobState.STOPPED_BUDGET
-            if outcome.stopped or stop_file.exists():
-                stop_file.unlink(missing_ok=True)
-                self._release_now("stopped")
-                self.store.transition(self.job_id, JobState.STOPPED, stage=None, data={"step": self.job.step})
-                self.store.append_event(self.job_id, "job.stopped", {"step": self._refresh().step})
-                return JobState.STOPPED
+            if outcome.stopped or self._stop_asked() or self.budget_stop_file.exists():
+                return self._end_stop()
             if code is None:
                 self._check_host()
             retryable = (self._last_error or {}).get("code") not in NOT_RETRYABLE
@@ -462,6 +626,7 @@ class JobRunner:
                 )
                 self._launch(handle, state)
                 state.save(follow_path)
+                relaunched = True
                 continue
             err = self._last_error or {}
             return self._fail(err.get("message") or outcome.message, err.get("hint", ""), err.get("code", "failed"))
@@ -529,10 +694,13 @@ class JobRunner:
         if state.budget_warned != before:
             state.save(follow_path)
 
-    def _follow(self, handle: Handle, state: FollowState, follow_path: Path) -> tuple[int | None, Any]:
+    def _follow(
+        self, handle: Handle, state: FollowState, follow_path: Path, fresh: bool = False
+    ) -> tuple[int | None, Any]:
         parser = self.engine.parser(self.spec)
         on_stall = self.spec.monitor.on_stall
-        watch = Watchdog(self.spec, self.layout, time.monotonic())
+        # A trainer found running has printed already; a fresh one is not signalled before it listens.
+        watch = Watchdog(self.spec, self.layout, time.monotonic(), heard=not fresh)
         host = self.xhost
         stall_kill = False
         collected = 0.0
@@ -562,7 +730,7 @@ class JobRunner:
             now = time.monotonic()
             if self.remote is not None:
                 self._account(state, follow_path)
-            if watch.stop_due():
+            if watch.stop_due(now):
                 watch.stop_sent = host.signal(handle, signal.SIGTERM)
                 self.store.append_event(self.job_id, ev.LOG, {"message": "stop requested: checkpointing"})
             if watch.gpu_due(now):
@@ -596,7 +764,8 @@ class JobRunner:
                 from datetime import datetime
 
                 self.store.update(self.job_id, heartbeat_at=datetime.now(UTC))
-            time.sleep(self.poll_s)
+            with self._interruptible_part():  # every round's state is saved: a safe place to leave
+                time.sleep(self.poll_s)
 
     def _collect(self, watch: Watchdog | None) -> None:
         if self.remote is not None:
@@ -641,7 +810,9 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m loraflow.jobs.runner JOB_ID", file=sys.stderr)
         return 2
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    state = JobRunner(Store(), args[0]).run()
+    runner = JobRunner(Store(), args[0])
+    signal.signal(signal.SIGTERM, runner.on_terminate)
+    state = runner.run()
     return 0 if state in (JobState.COMPLETED, JobState.AWAITING_APPROVAL, JobState.STOPPED, JobState.TRAINING) else 1
 
 

@@ -106,6 +106,10 @@ class Worker:
             self.store.append_event(job.id, "worker.claimed", {"worker": self.id})
             self._keep(job)
         self._announce()
+        # A job started from the CLI on this machine whose runner died: start it again (jobs/orphans.py).
+        from loraflow.jobs.orphans import adopt_orphans
+
+        adopt_orphans(self.store)
         return claimed
 
     def _announce(self) -> None:

@@ -19,6 +19,7 @@ from loraflow.engines import get_engine
 from loraflow.errors import LoraflowError, UserInputError
 from loraflow.jobs.estimate import Estimate, estimate
 from loraflow.providers.vast_client import VastClient, VastError
+from loraflow.providers.vast_watch import watch_script
 from loraflow.spec import TrainSpec
 
 LABEL_PREFIX = "loraflow:"
@@ -148,8 +149,9 @@ class VastProvider:
             "label": label_for(job_id),
             "runtype": "ssh_direc ssh_proxy",
             "cancel_unavail": True,
-            "env": {"LORAFLOW_JOB": job_id},
-            "onstart": watchdog_script(max_hours),
+            # The API base the instance's own dead-man switch calls to destroy itself (see vast_watch.py).
+            "env": {"LORAFLOW_JOB": job_id, "LORAFLOW_VAST_API": str(self.client.http.base_url).rstrip("/")},
+            "onstart": watch_script(spec.compute.heartbeat_minutes * 60, max_hours),
         }
         for candidate in ranked[:10]:
             try:
@@ -237,13 +239,3 @@ def _once(previous: str, stage: str, on_stage: Callable[[str], None]) -> str:
     if stage != previous:
         on_stage(stage)
     return stage
-
-
-def watchdog_script(max_hours: float | None) -> str:
-    """Runs on the instance: past the job's hours it destroys itself with its instance-scoped key,
-    so a laptop that went to sleep cannot leave a GPU billing."""
-    hours = max_hours or 24
-    return (
-        f'(sleep {int(hours * 3600) + 1800}; curl -s -X DELETE -H "Authorization: Bearer $CONTAINER_API_KEY" '
-        "https://console.vast.ai/api/v0/instances/$CONTAINER_ID/) > /dev/null 2>&1 &"
-    )

@@ -254,6 +254,7 @@ class Emulator:
         self.offers = make_offers()
         self.instances: dict[int, Instance] = {}
         self.destroyed: set[int] = set()
+        self.destroyed_by_instance: set[int] = set()  # destroyed with their own CONTAINER_API_KEY
         self.ssh_keys: list[dict[str, Any]] = [
             {"id": 1 + i, "public_key": k.strip()} for i, k in enumerate(extra_authorized_keys or [])
         ]
@@ -326,6 +327,26 @@ class Emulator:
             except OSError:
                 time.sleep(0.05)
         inst.relay = Relay(port)
+        self._onstart(inst, home)
+
+    def _onstart(self, inst: Instance, home: Path) -> None:
+        """Run the create call's `onstart` once the instance runs, with the environment Vast.ai gives a
+        container (CONTAINER_ID, CONTAINER_API_KEY, the create call's env); it dies with the instance."""
+        if not inst.onstart.strip():
+            return
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(home),
+            "DATA_DIRECTORY": str(inst.root / "workspace"),
+            "CONTAINER_ID": str(inst.id),
+            "CONTAINER_API_KEY": inst.api_key,
+            **inst.env,
+            MARKER: self.marker(inst),
+        }
+        with open(inst.root / "onstart.log", "ab") as log:
+            subprocess.Popen(
+                ["/bin/sh", "-c", inst.onstart], env=env, cwd=home, stdout=log, stderr=log, start_new_session=True
+            )
 
     def marker(self, inst: Instance) -> str:
         """Unique across emulators: instance ids restart at 31000001 in each, and one emulator's destroy
@@ -456,9 +477,17 @@ class Emulator:
             return self._search(data.get("q", data))
         auth = headers.get("authorization", "")
         key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else query.get("api_key", "")
-        if key != self.api_key:
-            return 401, {"success": False, "error": "auth_error", "msg": "Invalid user key"}
         parts = [p for p in path.split("/") if p]
+        if key != self.api_key:
+            # An instance's own key (CONTAINER_API_KEY inside it) acts on that instance only.
+            own = next((i for i in self.instances.values() if key and i.api_key == key), None)
+            target = parts[3] if parts[:3] == ["api", "v0", "instances"] and len(parts) == 4 else None
+            if own is None:
+                return 401, {"success": False, "error": "auth_error", "msg": "Invalid user key"}
+            if target != str(own.id) or method not in ("GET", "DELETE"):
+                return 403, {"success": False, "error": "forbidden", "msg": "instance key: not this instance"}
+            if method == "DELETE":
+                self.destroyed_by_instance.add(own.id)
         if path == "/api/v0/ssh/" and method == "GET":
             return 200, [{"id": k["id"], "user_id": 1, "key": k["public_key"]} for k in self.ssh_keys]
         if path == "/api/v0/ssh/" and method == "POST":
@@ -680,11 +709,14 @@ def make_server(emulator: Emulator, port: int = 0) -> ThreadingHTTPServer:
                 status, payload = 500, {"success": False, "error": "server_error", "msg": repr(exc)}
             text = payload if isinstance(payload, str) else json.dumps(payload)
             raw = text.encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "text/plain" if isinstance(payload, str) else "application/json")
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain" if isinstance(payload, str) else "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+            except (BrokenPipeError, ConnectionResetError):  # an instance's own DELETE dies with the instance
+                self.close_connection = True
 
         do_GET = do_POST = do_PUT = do_DELETE = _serve
 

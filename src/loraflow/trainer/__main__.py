@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -35,11 +36,21 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m loraflow.trainer CONFIG.json", file=sys.stderr)
         return 2
+    # Listen for a stop before the heavy imports (torch takes seconds on a busy machine): a SIGTERM that
+    # arrived while they ran used to kill the process with its default action, so a budget stop right
+    # after launch ended with no checkpoint. The first line tells the runner a stop is now safe to send.
+    early: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: early.append(signum))
+    emit("phase", phase="starting")
     from loraflow.trainer.config import TrainerConfig
     from loraflow.trainer.loop import StopFlag, train
 
     stop = StopFlag()
     stop.install()
+    if early:  # read after install: a signal from here on reaches the StopFlag itself
+        stop.requested = True
+        emit("log", message=f"signal {early[0]} while starting: stopping after the first step with a checkpoint")
     try:
         return train(TrainerConfig.read(Path(args[0])), stop)
     except Exception as exc:  # the runner gets a typed error event; the traceback stays in the log

@@ -1,0 +1,73 @@
+"""The dead-man switch a rented Vast.ai instance runs from its start (the `onstart` script).
+
+The orchestrator touches `~/.loraflow-watch/heartbeat` over the SSH connection it already has (the
+runner's pump, the worker's follower) every quarter of `compute.heartbeat_minutes`. When the file goes
+stale, or the job's hours (plus half an hour) pass, the host itself:
+
+1. asks the trainer to checkpoint (SIGTERM; the builtin trainer finishes its step and saves) and waits
+   for it to exit,
+2. pushes the newest finished checkpoint as a tar to the presigned PUT URL in `upload_url` when the
+   orchestrator left one (no credentials on the host: the URL is the permission),
+3. destroys its own instance with the instance-scoped key Vast.ai puts in the container
+   (`CONTAINER_API_KEY`, which can act on `CONTAINER_ID` only).
+
+So an orchestrator that dies (a laptop asleep, a killed process) costs at most the heartbeat window plus
+the checkpoint interval, instead of the GPU billing until the job's hours run out. POSIX sh and curl only:
+it runs before anything is installed. `onstart` is limited to 4096 characters with the image's args.
+"""
+
+from __future__ import annotations
+
+WATCH_DIR = "~/.loraflow-watch"
+# What the orchestrator runs over SSH to say it is alive.
+TOUCH = "mkdir -p ~/.loraflow-watch && touch ~/.loraflow-watch/heartbeat"
+SAVE_GRACE_S = 600  # the longest the host waits for the trainer to save and exit
+
+_WATCH = r"""W="$HOME/.loraflow-watch"; API="${LORAFLOW_VAST_API:-https://console.vast.ai}"
+mkdir -p "$W"; touch "$W/heartbeat"; start=$(date +%s)
+while sleep POLL; do
+  now=$(date +%s)
+  if [ $((now - start)) -ge MAX_S ]; then why="the job's hours passed"
+  else
+    hb=$(stat -c %Y "$W/heartbeat" 2>/dev/null || echo "$now")
+    [ $((now - hb)) -lt STALE_S ] && continue
+    why="no heartbeat for $((now - hb)) s"
+  fi
+  echo "$(date -u) $why: saving a checkpoint and destroying this instance" >> "$W/watch.log"
+  root=$(cat "$W/root" 2>/dev/null); pid=$(cat "$root/run/train.pid" 2>/dev/null)
+  if [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; then
+    i=0; while kill -0 "$pid" 2>/dev/null && [ $i -lt GRACE_S ]; do sleep 1; i=$((i + 1)); done
+  fi
+  last=$(ls -d "$root"/checkpoints/step-* 2>/dev/null | grep -v '\.partial$' | sort | tail -n 1)
+  if [ -n "$root" ] && [ -n "$last" ] && [ -s "$W/upload_url" ]; then
+    tar -C "$root/checkpoints" -cf "$W/rescue.tar" "${last##*/}" &&
+      curl -sS -f -X PUT -T "$W/rescue.tar" "$(cat "$W/upload_url")" >> "$W/watch.log" 2>&1 &&
+      echo "pushed ${last##*/}" >> "$W/watch.log"
+  fi
+  curl -sS -X DELETE -H "Authorization: Bearer $CONTAINER_API_KEY" "$API/api/v0/instances/$CONTAINER_ID/" \
+    >> "$W/watch.log" 2>&1
+  break
+done
+"""
+
+
+def watch_script(heartbeat_s: float, max_hours: float | None) -> str:
+    """The `onstart` text: writes the watcher next to its heartbeat and starts it in the background."""
+    stale = max(1, int(heartbeat_s))
+    body = (
+        _WATCH.replace("POLL", str(max(1, min(30, stale // 6))))
+        .replace("MAX_S", str(int((max_hours or 24) * 3600) + 1800))
+        .replace("STALE_S", str(stale))
+        .replace("GRACE_S", str(SAVE_GRACE_S))
+    )
+    return (
+        'mkdir -p "$HOME/.loraflow-watch"\n'
+        "cat > \"$HOME/.loraflow-watch/watch.sh\" <<'LORAFLOW_WATCH'\n"
+        f"{body}LORAFLOW_WATCH\n"
+        'nohup sh "$HOME/.loraflow-watch/watch.sh" >> "$HOME/.loraflow-watch/watch.log" 2>&1 &\n'
+    )
+
+
+def pump_interval_s(heartbeat_s: float) -> float:
+    """How often the orchestrator touches the heartbeat: four times per window."""
+    return max(0.5, heartbeat_s / 4)
