@@ -222,3 +222,24 @@ def test_the_sweep_collects_once_per_period(store: Store, monkeypatch: pytest.Mo
     monkeypatch.setenv("LORAFLOW_GC_EVERY_S", "0")  # off
     os.utime(paths.home() / "gc.last", (0, 0))
     assert "gc" not in sweep(store, PlatformConfig()) and again.exists()
+
+
+def test_admin_api_dry_run_then_collect(store: Store) -> None:
+    from fastapi.testclient import TestClient
+
+    from loraflow.server.app import create_app
+    from loraflow.server.tokens import create_token
+
+    folder = job(store, "failed", 40, NO_BUNDLE)
+    admin, user = create_token(store, "root", admin=True), create_token(store, "alice")
+    with TestClient(create_app(store, sweep_every_s=None)) as client:
+        def post(token: str, **params: object):
+            return client.post("/api/admin/gc", params=params, headers={"Authorization": f"Bearer {token}"})
+
+        assert post(user).status_code == 403
+        dry = post(admin).json()
+        assert dry["dry_run"] is True and dry["bytes"] == sum(NO_BUNDLE.values()) and folder.exists()
+        assert [p["job_id"] for p in dry["plans"]] == [folder.name]
+        done = post(admin, dry_run=False).json()
+        assert done["dry_run"] is False and done["bytes"] == dry["bytes"] and not folder.exists()
+        assert [e.type for e in store.events(folder.name)][-1] == "gc.removed"

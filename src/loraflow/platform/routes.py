@@ -121,6 +121,30 @@ def use_model(slug: str, user: Auth, store: Db) -> dict[str, Any]:
     return registry.get_model(store, slug, user.name, user.admin)
 
 
+@router.post("/api/admin/gc", tags=["service"])
+def collect_garbage(
+    admin: Admin,
+    store: Db,
+    dry_run: Annotated[bool, Query(description="Say what would be freed; remove nothing.")] = True,
+    include_bundles: bool = False,
+) -> dict[str, Any]:
+    """Retention now, by the operator's policy (LORAFLOW_GC_*): per job what goes and how many bytes.
+    A dry run unless asked otherwise; active jobs and jobs awaiting approval are never touched."""
+    from dataclasses import replace
+
+    from loraflow import paths
+    from loraflow.errors import UserInputError
+    from loraflow.platform.gc import GcPolicy, collect
+
+    try:
+        policy = replace(GcPolicy.from_env(), include_bundles=include_bundles)
+    except UserInputError as exc:
+        raise Problem(500, "bad retention settings", exc.render()) from exc
+    plans = collect(store, policy, dry_run=dry_run)
+    jobs = [p.to_dict(paths.job_dir(p.job_id) if p.job_id else paths.home() / "uploads") for p in plans]
+    return {"dry_run": dry_run, "bytes": sum(p.bytes for p in plans), "plans": jobs}
+
+
 @router.post("/api/admin/sweep", tags=["service"])
 def sweep_now(request: Request, admin: Admin, store: Db) -> dict[str, Any]:
     """Run the platform's duties now: external checks, credit settlement, model registration."""
