@@ -384,7 +384,11 @@ class JobRunner:
         return Path(self.layout.stop_request).exists()
 
     def _stop_point(self) -> None:
-        """Checked between stages: after a stop or cancel nothing more is rendered, rented or launched."""
+        """Checked between stages: after a stop or cancel nothing more is rendered, rented or launched.
+        Once the job is training, the train stage ends the stop (after the trainer saved and its
+        checkpoints were copied off the host), so a runner taking a stopped job back goes there."""
+        if self._refresh().state is JobState.TRAINING:
+            return
         if self._stop_asked():
             raise StopAsked
 
@@ -395,6 +399,11 @@ class JobRunner:
         budget = self.budget_stop_file.exists() and self._refresh().state in (JobState.PROVISIONING, JobState.TRAINING)
         Path(self.layout.stop_request).unlink(missing_ok=True)
         self.budget_stop_file.unlink(missing_ok=True)
+        if self.remote is not None and self._refresh().lease and self._refresh().lease.get("ready"):
+            try:  # whatever the trainer saved last is copied before the host is let go
+                self._record(self.remote.sync(), None, final=True)
+            except Exception as exc:  # a host already gone: what was copied before is what the user has
+                self._emit(ev.WARNING, {"message": f"could not copy the last checkpoints off the host: {exc}"})
         step = self._refresh().step
         data: dict[str, Any] = {"step": step, **self._checkpoint_note(step)}
         self._release_now("budget reached" if budget else "stopped")
