@@ -399,7 +399,8 @@ class JobRunner:
         budget = self.budget_stop_file.exists() and self._refresh().state in (JobState.PROVISIONING, JobState.TRAINING)
         Path(self.layout.stop_request).unlink(missing_ok=True)
         self.budget_stop_file.unlink(missing_ok=True)
-        if self.remote is not None and self._refresh().lease and self._refresh().lease.get("ready"):
+        lease = self._refresh().lease if self.remote is not None else None
+        if lease and lease.get("ready"):
             try:  # whatever the trainer saved last is copied before the host is let go
                 self._record(self.remote.sync(), None, final=True)
             except Exception as exc:  # a host already gone: what was copied before is what the user has
