@@ -74,7 +74,7 @@ class Run:
     bare: bool = True
     tiny: bool = False
     preset: int | None = None
-    compile: bool = False  # torch.compile of the repeated blocks (regional): measured, not yet a default
+    compile: bool = False  # torch.compile of the repeated blocks (regional); the trainer's training.compile
     model_dir: str = ""
 
     @property
@@ -206,7 +206,7 @@ def _quantize(transformer: Any, base: str, dtype: Any) -> None:
         torch.cuda.empty_cache()
 
 
-def _parts(run: Run, device: Any, dtype: Any) -> Any:
+def _parts(run: Run, device: Any, dtype: Any, compile_here: bool = True) -> Any:
     """The tiny pipeline's VAE, tokenizers and scheduler around a transformer of the run's geometry.
 
     The base is built in bf16 and quantized in place, so the card's cap (`--card-gb`) is applied only
@@ -219,7 +219,7 @@ def _parts(run: Run, device: Any, dtype: Any) -> Any:
 
     parts = load_flux(run.model_dir, device, "fp32" if run.tiny else "bf16")
     if run.tiny:
-        if run.compile:
+        if run.compile and compile_here:
             parts.transformer.compile_repeated_blocks()
         return parts
     clip_cfg, t5_cfg = copy.deepcopy(parts.clip.config), copy.deepcopy(parts.t5.config)
@@ -237,7 +237,7 @@ def _parts(run: Run, device: Any, dtype: Any) -> Any:
         module.requires_grad_(False).eval()
     if run.base != "none":
         _quantize(transformer, run.base, dtype)
-    if run.compile:  # compiled lazily at the first step, after the LoRA layers are in place
+    if run.compile and compile_here:  # compiled lazily at the first step, after the LoRA layers are in place
         transformer.compile_repeated_blocks()
     parts.transformer, parts.clip, parts.t5 = transformer, clip, t5
     _reset(device)
@@ -293,10 +293,11 @@ def run_builtin(run: Run, tmp: Path, device: Any, dtype: Any) -> dict:
         optimizer=run.optimizer, resolutions=[run.resolution], precision="fp32" if run.tiny else "bf16",
         gradient_checkpointing=run.checkpointing, quantize=run.base, caption_dropout=0.0,
         max_sequence_length=text_tokens, checkpoint_every=10**6, sample_at_end=False, device=str(device),
+        compile="on" if run.compile else "off",  # the trainer compiles (training.compile), as for a user
     )  # fmt: skip
     _reset(device)
     real, out = loop.load_flux, io.StringIO()
-    loop.load_flux = lambda *a, **k: _parts(run, device, dtype)
+    loop.load_flux = lambda *a, **k: _parts(run, device, dtype, compile_here=False)
     try:
         with contextlib.redirect_stdout(out):
             code = loop.train(cfg)

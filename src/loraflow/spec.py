@@ -169,6 +169,10 @@ class TrainingSpec(Strict):
     seed: int = 42
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     gradient_checkpointing: bool = True
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="torch.compile of the transformer's repeated blocks (builtin engine); auto: where measured faster.",
+    )
     cache_latents: bool = True
     cache_text_embeddings: bool = True
     timestep_sampling: Literal["uniform", "sigmoid", "logit_normal", "shift"] = "sigmoid"

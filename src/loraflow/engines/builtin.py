@@ -58,6 +58,7 @@ def trainer_config(
         seed=t.seed,
         precision=t.precision,
         gradient_checkpointing=t.gradient_checkpointing,
+        compile=t.compile,
         cache_latents=t.cache_latents,
         cache_text_embeddings=t.cache_text_embeddings,
         timestep_sampling=t.timestep_sampling,

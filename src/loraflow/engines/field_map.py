@@ -154,6 +154,15 @@ def _swap(engine: str, fix: str) -> Check:
     return check
 
 
+def _compile(engine: str) -> Check:
+    def check(spec: TrainSpec) -> Refusal | None:
+        if spec.training.compile == "on":
+            return (f"{engine} is not compiled by loraflow", "set training.compile: auto, or use engine builtin")
+        return None
+
+    return check
+
+
 def _shuffle_builtin(spec: TrainSpec) -> Refusal | None:
     if spec.dataset.captions.shuffle_tags:
         return (
@@ -429,6 +438,14 @@ FIELDS: dict[str, dict[str, Rule]] = {
             "for nf4",
         ),
     },
+    "training.compile": {
+        "builtin": same(
+            "Regional torch.compile of the transformer blocks; auto: on CUDA without gradient checkpointing on an "
+            "unquantized base (measured faster there, bench/README.md)."
+        ),
+        "ai-toolkit": refused("when on", _compile("ai-toolkit")),
+        "kohya": refused("when on", _compile("kohya")),
+    },
     "training.low_vram": {
         "builtin": refused("when true", _low_vram("builtin", "use training.quantize nf4")),
         "ai-toolkit": same("`model.low_vram`."),
@@ -612,6 +629,7 @@ MUSUBI: dict[str, Rule] = {
         _nf4("musubi", "use quantize fp8"),
         "for nf4",
     ),
+    "training.compile": refused("when on", _compile("musubi")),
     "training.low_vram": refused("when true", _low_vram("musubi", "use training.blocks_to_swap (e.g. 16)")),
     "training.blocks_to_swap": same("`--blocks_to_swap`.", _musubi_swap, "above the model's blocks - 1"),
     "sampling.prompts": translated(

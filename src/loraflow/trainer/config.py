@@ -42,6 +42,7 @@ class TrainerConfig(BaseModel):
     seed: int = 42
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     gradient_checkpointing: bool = True
+    compile: Literal["auto", "on", "off"] = "auto"
     cache_latents: bool = True
     cache_text_embeddings: bool = True
     timestep_sampling: str = "sigmoid"

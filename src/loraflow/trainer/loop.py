@@ -20,6 +20,8 @@ import torch
 from loraflow.monitor.hints import hint_for
 from loraflow.trainer import checkpoint as ckpt
 from loraflow.trainer.attention import configure_for_model
+from loraflow.trainer.compiling import compile_blocks
+from loraflow.trainer.compiling import decide as decide_compile
 from loraflow.trainer.components import DTYPES, FluxParts, load_flux, pick_device
 from loraflow.trainer.config import TrainerConfig
 from loraflow.trainer.data import Cache, Resident, Sample, epoch_batches, load_pixels, load_samples
@@ -197,6 +199,10 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
         p.data = p.data.float()  # LoRA weights train in fp32 whatever the base precision
     if cfg.gradient_checkpointing:
         parts.transformer.enable_gradient_checkpointing()
+    compiled, why = decide_compile(cfg.compile, device.type, cfg.gradient_checkpointing, cfg.quantize)
+    emit("log", message=why, compiled=compiled)
+    if compiled:
+        compile_blocks(parts.transformer)
     optimizer = _optimizer(params, cfg)
 
     emit("phase", phase="caching")
