@@ -50,7 +50,9 @@ def _assert_ended_before_render(store: Store, job_id: str) -> None:
     assert started == ["prepare"]  # not render, acquire or train
     (stopped,) = [e.data for e in store.events(job_id, types=["job.state"]) if e.data["to"] == "stopped"]
     assert stopped["step"] == 0 and stopped["checkpoint"] is None
-    assert stopped["reason"] == "no checkpoint existed yet (stopped at step 0 before the first save at step 10)"
+    assert stopped["reason"] == (
+        "no checkpoint existed (stopped at step 0; the trainer saves every 10 steps and on a stop)"
+    )
 
 
 def test_cancel_while_preparing_never_launches_the_trainer(tmp_path: Path, cli, monkeypatch) -> None:

@@ -273,3 +273,36 @@ def test_a_host_the_follower_cannot_follow_is_followed_by_its_runner(
     assert events_of(store, job.id, "follower.released")[0]["reason"].startswith("host unreachable")
     assert (job.folder / "run" / "self-follow").exists()
     assert store.get(job.id).step == 60 and len(events_of(store, job.id, "train.launched")) == 1
+
+
+def test_a_runner_taking_back_a_stopped_training_job_copies_the_last_save_first(sshd: Sshd, tmp_path: Path) -> None:
+    """The race seen with CPU burners, made deterministic: the trainer on the host saved at its stop and exited
+    while no runner was there (as when the follower hands the job back). The runner that takes the job back
+    copies that save before it ends the stop and lets the host go; it never ends the stop at a stop point
+    with an older checkpoint or none."""
+    from loraflow.jobs.runner import JobRunner, start_runner
+
+    (tmp_path / "u").mkdir()
+    store = Store()
+    job = store.create_job(load_spec(ssh_spec(tmp_path, sshd, "u", steps=400)))
+    start_runner(job.id)
+    local = job.folder / "checkpoints"
+    wait_for(lambda: any(local.glob("step-*/meta.json")), timeout=180, what="a checkpoint copied here")
+    runner = Handle.in_folder(str(job.folder / "run"), "runner")
+    os.kill(int(Path(runner.pid_file).read_text()), signal.SIGTERM)  # the runner leaves; the trainer trains on
+    wait_for(lambda: bool(store.events(job.id, types=["runner.stopped"])), what="the runner to leave")
+    root = Path(store.get(job.id).lease["root"])  # the host is this machine: its paths are ours
+    trainer = Handle.in_folder(str(root / "run"), "train")
+    copied = max(int(p.parent.name.split("-")[1]) for p in local.glob("step-*/meta.json"))
+    wait_for(lambda: store.get(job.id).step > copied or not pid_alive(int(Path(trainer.pid_file).read_text())),
+             what="training past the copied checkpoint")  # fmt: skip
+    (job.folder / "run" / "stop-request").touch()  # what a stop leaves for the runner
+    os.kill(int(Path(trainer.pid_file).read_text()), signal.SIGTERM)
+    wait_for(lambda: Path(trainer.exit_file).exists(), what="the trainer to save and exit")
+    saved = max(int(p.parent.name.split("-")[1]) for p in root.rglob("checkpoints/step-*/meta.json"))
+    assert saved > copied  # the host holds a save this machine has not seen yet
+
+    assert JobRunner(store, job.id).run() is JobState.STOPPED
+    (end,) = events_of(store, job.id, "job.stopped")
+    assert end["step"] == saved and end["checkpoint"] == f"checkpoints/step-{saved:06d}", end
+    assert (job.folder / end["checkpoint"] / "meta.json").exists() and store.get(job.id).lease is None

@@ -425,8 +425,7 @@ class JobRunner:
         if saved:
             return {"checkpoint": f"checkpoints/{saved[-1]}"}
         every = self.spec.checkpointing.every_n_steps
-        first = (step // every + 1) * every
-        reason = f"no checkpoint existed yet (stopped at step {step} before the first save at step {first})"
+        reason = f"no checkpoint existed (stopped at step {step}; the trainer saves every {every} steps and on a stop)"
         return {"checkpoint": None, "reason": reason}
 
     # --- stages ----------------------------------------------------------------------------------
