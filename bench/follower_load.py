@@ -65,8 +65,8 @@ def run(n: int) -> dict[str, object]:
     from loraflow.hosts.ssh import SshEndpoint, SshHost
     from loraflow.jobs.follower import handoff_file
     from loraflow.jobs.following import FollowState, follow_file
-    from loraflow.jobs.layout import JobLayout
     from loraflow.jobs.store import Store
+    from loraflow.layout import JobLayout
     from loraflow.server.tokens import create_token
     from loraflow.spec import parse_spec
     from loraflow.testing.sshd import start_sshd

@@ -256,7 +256,7 @@ def bootstrap(settings: Settings) -> str:
         return "builtin engine: nothing to install"
     from loraflow.engines import get_engine
     from loraflow.engines.external import engine_dir
-    from loraflow.jobs.layout import JobLayout
+    from loraflow.layout import JobLayout
 
     files = get_engine(spec.engine.name).render(spec, JobLayout("/JOB"), "bootstrap", spec.base_model)
     script_name = next(n for n in files if n.startswith("setup_"))
@@ -320,7 +320,7 @@ def caption_preview(settings: Settings, limit: int = 12) -> str:
 def config_preview(settings: Settings) -> dict[str, str]:
     from loraflow.cli.engine_cmd import PREVIEW_ROOT
     from loraflow.engines import get_engine
-    from loraflow.jobs.layout import JobLayout
+    from loraflow.layout import JobLayout
 
     spec = build_spec(settings)
     entry = spec.catalog_entry

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import difflib
 import re
-import types
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -19,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from loraflow import catalog
 from loraflow.errors import SpecError, UserInputError
+from loraflow.field_map import ENGINES, prodigy_default, refusals, unwrap_models
 
 EngineName = Literal["builtin", "ai-toolkit", "kohya", "musubi", "fal"]
 TRIGGER_PLACEHOLDER = "[trigger]"
@@ -491,21 +490,6 @@ def _find_secrets(value: Any, path: str = "") -> list[str]:
     return found
 
 
-def _unwrap_models(annotation: Any) -> list[type[BaseModel]]:
-    """The pydantic models a field annotation can hold (through Optional, list, dict, unions)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    origin = typing.get_origin(annotation)
-    if origin is Annotated:
-        return _unwrap_models(typing.get_args(annotation)[0])
-    if origin in (Union, types.UnionType, list, dict, tuple):
-        out: list[type[BaseModel]] = []
-        for arg in typing.get_args(annotation):
-            out += _unwrap_models(arg)
-        return out
-    return []
-
-
 def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     """Field names valid at the parent of `loc`, for close-match suggestions."""
     models: list[type[BaseModel]] = [TrainSpec]
@@ -516,7 +500,7 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
         for model in models:
             field = model.model_fields.get(str(part))
             if field is not None:
-                nxt += _unwrap_models(field.annotation)
+                nxt += unwrap_models(field.annotation)
         if nxt:
             models = nxt
     names: list[str] = []
@@ -585,8 +569,6 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
     training = raw.get("training") if isinstance(raw.get("training"), dict) else {}
     preset = training.get("vram_preset")
     defaults = catalog.defaults_for(model, engine, preset if isinstance(preset, int) else None)
-    from loraflow.engines.field_map import prodigy_default  # a default that depends on what the user wrote
-
     return prodigy_default(raw, catalog.deep_merge(defaults, raw))
 
 
@@ -608,9 +590,8 @@ def parse_spec(raw: Any, source: str = "spec") -> TrainSpec:
         spec = TrainSpec.model_validate(resolved)
     except ValidationError as exc:
         raise SpecError(source, [*problems, *explain(exc)]) from None
-    from loraflow.engines.field_map import refusals  # values the chosen engine cannot honour
-
-    problems += refusals(spec)
+    # values the chosen engine cannot honour: a hosted one by its API's keys, the others by the field map
+    problems += refusals(spec) if spec.engine.name in ENGINES else refused_fields(spec)
     if problems:
         raise SpecError(source, problems)
     return spec

@@ -9,7 +9,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from loraflow.spec import TrainSpec, _unwrap_models
+from loraflow.field_map import unwrap_models
+from loraflow.spec import TrainSpec
 
 
 def _type_name(annotation: Any) -> str:
@@ -45,7 +46,7 @@ def rows(model: type[BaseModel] = TrainSpec, prefix: str = "") -> list[tuple[str
     out: list[tuple[str, str, str, str]] = []
     for name, field in model.model_fields.items():
         path = f"{prefix}{name}"
-        nested = _unwrap_models(field.annotation)
+        nested = unwrap_models(field.annotation)
         is_list = typing.get_origin(field.annotation) is list
         out.append((path, _type_name(field.annotation), _default(field), (field.description or "").replace("|", "\\|")))
         for sub in nested:

@@ -18,9 +18,9 @@ import yaml
 
 from loraflow.hosts.base import Handle
 from loraflow.hosts.local import LocalHost
-from loraflow.jobs.layout import JobLayout
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Store
+from loraflow.layout import JobLayout
 from tests.conftest import EXAMPLES
 
 AITK = Path(os.environ.get("LORAFLOW_AITOOLKIT_DIR", "/nonexistent"))

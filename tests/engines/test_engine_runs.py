@@ -17,9 +17,9 @@ from loraflow.engines.aitoolkit import AitkEngine
 from loraflow.engines.kohya import KohyaEngine
 from loraflow.hosts.base import Handle
 from loraflow.hosts.local import LocalHost
-from loraflow.jobs.layout import JobLayout
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Store
+from loraflow.layout import JobLayout
 from loraflow.publish.bundle import verify_bundle
 from loraflow.spec import parse_spec
 from tests.conftest import EXAMPLES

@@ -229,7 +229,7 @@ def test_a_killed_client_follows_the_same_request_and_never_submits_twice(tmp_pa
 
     from loraflow.hosts.base import Handle
     from loraflow.hosts.local import LocalHost
-    from loraflow.jobs.layout import JobLayout
+    from loraflow.layout import JobLayout
 
     fal.progress_polls = 400  # fal trains for a while
     assert cli("train", write_spec(tmp_path), "--detach").code == 0

@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from loraflow.engines.kohya import PROMPTS, SCRIPT, KohyaEngine, KohyaParser
-from loraflow.jobs.layout import JobLayout
+from loraflow.layout import JobLayout
 from loraflow.monitor import events as ev
 from loraflow.spec import parse_spec
 from loraflow.testing import kohya_standin

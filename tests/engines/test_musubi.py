@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from safetensors.torch import save_file
 
-from loraflow.engines.field_map import refusals
 from loraflow.engines.musubi import MusubiEngine, MusubiParser, segment_dir, video_settings
 from loraflow.errors import SpecError, UserInputError
-from loraflow.jobs.layout import JobLayout
+from loraflow.field_map import refusals
+from loraflow.layout import JobLayout
 from loraflow.spec import parse_spec
 
 FIX = Path(__file__).parent / "fixtures"

@@ -11,7 +11,7 @@ import yaml
 from loraflow.engines.aitoolkit import AitkEngine
 from loraflow.engines.kohya import KohyaEngine, train_args
 from loraflow.errors import UserInputError
-from loraflow.jobs.layout import JobLayout
+from loraflow.layout import JobLayout
 from loraflow.spec import parse_spec
 
 LAYOUT = JobLayout("/work/jobs/abc")

@@ -15,9 +15,9 @@ import yaml
 
 from loraflow.hosts.base import Handle
 from loraflow.hosts.local import LocalHost, pid_alive
-from loraflow.jobs.layout import JobLayout
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Store
+from loraflow.layout import JobLayout
 from loraflow.publish.bundle import verify_bundle
 from tests.conftest import EXAMPLES
 

@@ -16,12 +16,12 @@ import pytest
 
 from loraflow.hosts.base import Handle
 from loraflow.hosts.local import LocalHost, pid_alive
-from loraflow.jobs.layout import JobLayout
 from loraflow.jobs.orphans import orphans
 from loraflow.jobs.runner import JobRunner
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Store
 from loraflow.jobs.worker import Worker
+from loraflow.layout import JobLayout
 from loraflow.spec import load_spec
 from tests.integration.test_local_jobs import only_job, wait_for, write_spec
 

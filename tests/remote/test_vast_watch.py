@@ -15,9 +15,9 @@ import yaml
 
 from loraflow.hosts.base import Handle
 from loraflow.hosts.local import LocalHost, pid_alive
-from loraflow.jobs.layout import JobLayout
 from loraflow.jobs.states import JobState
 from loraflow.jobs.store import Store
+from loraflow.layout import JobLayout
 from tests.integration.test_local_jobs import only_job, wait_for
 from tests.remote.conftest import Vast, events_of
 from tests.remote.test_vast_jobs import remote_spec

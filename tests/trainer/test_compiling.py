@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from loraflow.engines.builtin import trainer_config
-from loraflow.jobs.layout import JobLayout
+from loraflow.layout import JobLayout
 from loraflow.trainer import compiling
 from loraflow.trainer.compiling import decide
 from loraflow.trainer.loop import train

@@ -11,7 +11,7 @@ from rich.markup import escape
 from loraflow.cli.output import console
 from loraflow.engines import get_engine
 from loraflow.errors import UserInputError
-from loraflow.jobs.layout import JobLayout
+from loraflow.layout import JobLayout
 from loraflow.monitor.events import EngineEvent
 from loraflow.spec import load_spec
 

@@ -13,10 +13,10 @@ from loraflow.cli.output import console, print_json
 from loraflow.errors import IllegalTransition, UserInputError
 from loraflow.hosts.base import Handle
 from loraflow.hosts.local import LocalHost
-from loraflow.jobs.layout import JobLayout
 from loraflow.jobs.runner import request_stop, resume, start_runner
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Job, Store
+from loraflow.layout import JobLayout
 
 app = typer.Typer(help="Inspect and control jobs.", no_args_is_help=True)
 

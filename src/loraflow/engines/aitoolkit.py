@@ -38,10 +38,10 @@ from loraflow.engines.external import (
     sync_samples,
 )
 from loraflow.errors import UserInputError
-from loraflow.jobs.layout import JobLayout
+from loraflow.hints import match_hint
+from loraflow.layout import JobLayout
 from loraflow.monitor import events as ev
 from loraflow.monitor.events import EngineEvent
-from loraflow.monitor.hints import match_hint
 from loraflow.monitor.lines import LineSplitter
 from loraflow.monitor.tqdm import parse_tqdm
 from loraflow.spec import TrainSpec

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from loraflow.jobs.layout import JobLayout
+from loraflow.layout import JobLayout
 from loraflow.monitor.events import EngineEvent
 from loraflow.spec import TrainSpec
 

@@ -7,7 +7,7 @@ from pathlib import PurePosixPath
 from loraflow import __version__
 from loraflow.engines.base import Command, EngineRequirements, Outcome
 from loraflow.engines.external import min_vram_gb
-from loraflow.jobs.layout import JobLayout
+from loraflow.layout import JobLayout
 from loraflow.monitor.builtin_parser import BuiltinParser
 from loraflow.monitor.events import EngineEvent
 from loraflow.spec import TrainSpec

@@ -3,7 +3,6 @@ script, safetensors header checks, and copying outputs into loraflow's standard 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -16,7 +15,8 @@ from typing import Any
 
 from loraflow import paths
 from loraflow.engines.base import Outcome
-from loraflow.jobs.layout import JobLayout
+from loraflow.files import file_meta
+from loraflow.layout import JobLayout
 from loraflow.monitor import events as ev
 from loraflow.monitor.events import EngineEvent
 
@@ -89,14 +89,6 @@ def safetensors_header(path: Path) -> dict[str, Any] | None:
     if 8 + n + end > size:
         return None  # the tensors the header promises are not all there
     return header
-
-
-def file_meta(path: Path) -> dict[str, Any]:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return {"size": path.stat().st_size, "sha256": h.hexdigest()}
 
 
 def store_checkpoint(layout_checkpoints: str, step: int, lora: Path, extra: dict[str, Path] | None = None) -> Path:

@@ -19,7 +19,7 @@ from loraflow import catalog
 from loraflow.engines.base import Command, EngineRequirements, Outcome
 from loraflow.engines.external import finish_lora, outcome_for
 from loraflow.errors import UserInputError
-from loraflow.jobs.layout import JobLayout
+from loraflow.layout import JobLayout
 from loraflow.monitor import events as ev
 from loraflow.monitor.builtin_parser import BuiltinParser
 from loraflow.monitor.events import EngineEvent

@@ -142,7 +142,7 @@ def install(name: str, source: Path | None, say: Callable[[str], None]) -> Path:
     repo, pin = pin_of(name)
     if source is None:
         from loraflow.engines import get_engine
-        from loraflow.jobs.layout import JobLayout
+        from loraflow.layout import JobLayout
         from loraflow.spec import parse_spec
 
         spec = parse_spec({"name": "install", "dataset": {"path": "."}, "base_model": "flux-dev", "engine": name})

@@ -32,10 +32,10 @@ from loraflow.engines.external import (
     sync_checkpoints,
     sync_samples,
 )
-from loraflow.jobs.layout import JobLayout
+from loraflow.hints import hint_for, match_hint
+from loraflow.layout import JobLayout
 from loraflow.monitor import events as ev
 from loraflow.monitor.events import EngineEvent
-from loraflow.monitor.hints import hint_for, match_hint
 from loraflow.monitor.lines import LineSplitter
 from loraflow.monitor.tqdm import parse_tqdm
 from loraflow.spec import TrainSpec

@@ -49,10 +49,10 @@ from loraflow.jobs.following import (
     stall_file,
     write_atomic,
 )
-from loraflow.jobs.layout import JobLayout
 from loraflow.jobs.remote import RemoteLease
 from loraflow.jobs.states import JobState
 from loraflow.jobs.store import Job, Store
+from loraflow.layout import JobLayout
 from loraflow.monitor import events as ev
 from loraflow.monitor.events import EngineEvent
 from loraflow.providers.vast_watch import TOUCH, pump_interval_s

@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from loraflow.jobs.layout import JobLayout
-from loraflow.jobs.remote import job_cost
+from loraflow.jobs.costs import job_cost
 from loraflow.jobs.store import Job
+from loraflow.layout import JobLayout
 from loraflow.monitor import events as ev
 from loraflow.monitor.events import EngineEvent
 from loraflow.monitor.stall import Stall, StallDetector

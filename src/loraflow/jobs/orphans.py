@@ -16,10 +16,10 @@ from sqlalchemy import select, update
 
 from loraflow import paths
 from loraflow.jobs.following import handoff_file
-from loraflow.jobs.layout import JobLayout
 from loraflow.jobs.models import JobRow
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Store
+from loraflow.layout import JobLayout
 
 STALE_S = 30.0  # the runner stamps its heartbeat every 5 s while it follows training
 # A pending job has no runner yet by design (a worker's queue, or `train` about to start one).

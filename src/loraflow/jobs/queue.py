@@ -25,10 +25,10 @@ from typing import Any
 from sqlalchemy import select
 
 from loraflow.jobs.estimate import Estimate, estimate
-from loraflow.jobs.layout import JobLayout
 from loraflow.jobs.models import EventRow, JobRow
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Job, Store
+from loraflow.layout import JobLayout
 
 QUEUED = "job.queued"
 DEFAULT_SLOTS = 2  # `loraflow serve`'s default --workers

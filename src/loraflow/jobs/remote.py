@@ -22,8 +22,9 @@ from typing import Any
 from loraflow.engines import get_engine
 from loraflow.errors import LoraflowError, UserInputError
 from loraflow.hosts.ssh import HostUnreachable, SshEndpoint, SshHost
-from loraflow.jobs.layout import JobLayout
+from loraflow.jobs.costs import job_cost, lease_cost, lease_seconds
 from loraflow.jobs.store import Store
+from loraflow.layout import JobLayout
 from loraflow.monitor import events as ev
 from loraflow.monitor.events import EngineEvent
 from loraflow.spec import TrainSpec
@@ -34,22 +35,6 @@ Emit = Callable[[str, dict[str, Any]], None]
 
 def is_remote(spec: TrainSpec) -> bool:
     return spec.compute.provider in REMOTE_PROVIDERS
-
-
-def lease_seconds(lease: dict[str, Any], now: float | None = None) -> float:
-    start = float(lease.get("started_at") or 0)
-    end = lease.get("ended_at") or now or time.time()
-    return max(0.0, float(end) - start) if start else 0.0
-
-
-def lease_cost(lease: dict[str, Any], now: float | None = None) -> float:
-    return float(lease.get("price_usd_h") or 0) * lease_seconds(lease, now) / 3600
-
-
-def job_cost(artifacts: dict[str, Any], lease: dict[str, Any] | None, now: float | None = None) -> float:
-    """Closed leases plus the running one, from their real hourly prices."""
-    past = sum(lease_cost(item) for item in artifacts.get("leases", []))
-    return past + (lease_cost(lease, now) if lease and lease.get("started_at") else 0.0)
 
 
 def tar_folder(source: Path, target: Path, arcname: str = ".") -> Path:

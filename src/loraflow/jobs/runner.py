@@ -41,10 +41,10 @@ from loraflow.jobs.following import (
     stall_file,
     write_atomic,
 )
-from loraflow.jobs.layout import JobLayout
 from loraflow.jobs.remote import HeartbeatPump, RemoteLease, is_remote
 from loraflow.jobs.states import ACTIVE, RESUMABLE, JobState
 from loraflow.jobs.store import Job, Store
+from loraflow.layout import JobLayout
 from loraflow.monitor import events as ev
 from loraflow.monitor.events import EngineEvent
 from loraflow.monitor.stall import Stall
@@ -320,7 +320,7 @@ class JobRunner:
         return job.state
 
     def _fail_disk_full(self, exc: BaseException) -> JobState:
-        from loraflow.monitor.hints import match_hint
+        from loraflow.hints import match_hint
 
         hint = match_hint("No space left on device")
         assert hint is not None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
+from loraflow.hints import match_hint
 from loraflow.monitor import events as ev
 from loraflow.monitor.events import EngineEvent
-from loraflow.monitor.hints import match_hint
 from loraflow.monitor.lines import LineSplitter
 from loraflow.trainer.events import PREFIX
 

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from loraflow.errors import UserInputError
-from loraflow.jobs.remote import job_cost, lease_seconds
+from loraflow.jobs.costs import job_cost, lease_seconds
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Job, Store
 from loraflow.platform.config import PlatformConfig

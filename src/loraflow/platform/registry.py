@@ -50,7 +50,7 @@ def to_dict(row: ModelRow) -> dict[str, Any]:
 def register_job(store: Store, job: Job, cfg: PlatformConfig, checkpoint: int | None = None) -> dict[str, Any]:
     """Record a completed job's model; idempotent per job and checkpoint."""
     from loraflow import __version__
-    from loraflow.engines.external import file_meta
+    from loraflow.files import file_meta
 
     spec = job.train_spec
     lora = Path(job.artifacts.get("lora") or "")

@@ -19,8 +19,8 @@ from PIL import Image
 
 from loraflow import __version__
 from loraflow.errors import NotFound
-from loraflow.jobs.layout import JobLayout
 from loraflow.jobs.store import Job, Store
+from loraflow.layout import JobLayout
 from loraflow.publish.model_card import render_card
 
 LIBRARIES = ("torch", "diffusers", "transformers", "peft", "safetensors", "accelerate")

@@ -62,7 +62,7 @@ def presigned_get(s3: Any, bucket: str, key: str, expires: int = 3600) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    from loraflow.engines.external import file_meta
+    from loraflow.files import file_meta
 
     return file_meta(path)["sha256"]
 

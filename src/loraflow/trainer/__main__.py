@@ -21,7 +21,7 @@ def oom_hint(message: str) -> str:
 
 def failure(text: str) -> tuple[str, str]:
     """The error code and hint for what ended the run: the runner shows these, not the traceback."""
-    from loraflow.monitor.hints import HINTS
+    from loraflow.hints import HINTS
 
     if "OutOfMemoryError" in text or "out of memory" in text.lower():
         return "oom", oom_hint(text)

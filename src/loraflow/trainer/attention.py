@@ -84,7 +84,7 @@ def choose(
 
 
 def is_cuda_fault(text: str) -> bool:
-    from loraflow.monitor.hints import CUDA_FAULT
+    from loraflow.hints import CUDA_FAULT
 
     return bool(CUDA_FAULT.search(text))
 

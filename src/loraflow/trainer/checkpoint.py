@@ -36,7 +36,7 @@ class CheckpointInfo:
 
 
 def _sha256(path: Path) -> str:
-    from loraflow.engines.external import file_meta
+    from loraflow.files import file_meta
 
     return file_meta(path)["sha256"]
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from loraflow.monitor.hints import hint_for
+from loraflow.hints import hint_for
 from loraflow.trainer import checkpoint as ckpt
 from loraflow.trainer.attention import configure_for_model
 from loraflow.trainer.compiling import compile_blocks

@@ -13,18 +13,22 @@ docs/engines.md.
 
 from __future__ import annotations
 
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel
 
-from loraflow.spec import TrainSpec, _unwrap_models
+if TYPE_CHECKING:
+    from loraflow.spec import TrainSpec
+
 
 ENGINES = ("builtin", "ai-toolkit", "kohya", "musubi")
 Kind = Literal["same", "translated", "refused", "loraflow"]
 Refusal = tuple[str, str]  # (why the engine cannot honour the value, the fix)
-Check = Callable[[TrainSpec], Refusal | None]
+Check = Callable[["TrainSpec"], Refusal | None]
 PINS = {"ai-toolkit": "27a03a91", "kohya": "48d368fa", "musubi": "30c658c4"}  # kept equal to the engines' PIN by a test
 
 
@@ -553,8 +557,8 @@ def _musubi_swap(spec: TrainSpec) -> Refusal | None:
 
 
 def _musubi_video(spec: TrainSpec) -> Refusal | None:
-    from loraflow.engines.musubi import video_settings  # the engine's own check, so both say the same
     from loraflow.errors import UserInputError
+    from loraflow.video_options import video_settings  # musubi's own check, so both say the same
 
     try:
         video_settings(spec)
@@ -653,11 +657,27 @@ for _field, _rule in MUSUBI.items():
     FIELDS[_field].setdefault("musubi", _rule)
 
 
-def leaf_fields(model: type[BaseModel] = TrainSpec, prefix: str = "") -> list[str]:
+
+def unwrap_models(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models a field annotation can hold (through Optional, list, dict, unions)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return unwrap_models(typing.get_args(annotation)[0])
+    if origin in (Union, types.UnionType, list, dict, tuple):
+        out: list[type[BaseModel]] = []
+        for arg in typing.get_args(annotation):
+            out += unwrap_models(arg)
+        return out
+    return []
+
+
+def leaf_fields(model: type[BaseModel], prefix: str = "") -> list[str]:
     """Every leaf key of the spec, by dotted path (list items as one path)."""
     out: list[str] = []
     for name, field in model.model_fields.items():
-        nested = _unwrap_models(field.annotation)
+        nested = unwrap_models(field.annotation)
         path = f"{prefix}{name}"
         if nested:
             for sub in nested:
@@ -679,11 +699,7 @@ def rule_for(field: str, engine: str) -> Rule:
 
 def refusals(spec: TrainSpec) -> list[str]:
     """One line per value the spec's engine cannot honour: the field, the engine, why, and the fix."""
-    engine = spec.engine.name
-    if engine not in ENGINES:  # a hosted engine (fal): its API's few parameters, in catalog/hosted.yaml
-        from loraflow.spec import refused_fields
-
-        return refused_fields(spec)
+    engine = spec.engine.name  # one of ENGINES: a hosted engine's keys are checked by spec.refused_fields
     lines = []
     for field, rules in FIELDS.items():
         check = rules[engine].refuse
@@ -722,7 +738,7 @@ def prodigy_default(raw: dict[str, Any], merged: dict[str, Any]) -> dict[str, An
     return merged
 
 
-START = "<!-- field-map:start (generated: python -m loraflow.engines.field_map docs/engines.md) -->"
+START = "<!-- field-map:start (generated: python -m loraflow.field_map docs/engines.md) -->"
 END = "<!-- field-map:end -->"
 
 
