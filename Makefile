@@ -21,6 +21,8 @@ demo: $(STAMP)
 	LORAFLOW_HOME=$${LORAFLOW_HOME:-$(CURDIR)/.loraflow-demo} $(VENV)/bin/loraflow demo
 
 test: $(STAMP) system-deps
+	# Layers only point down and no module imports in a circle (the contracts in pyproject.toml).
+	$(VENV)/bin/lint-imports --no-cache
 	# Most tests wait on real processes (trainers, sshd, a browser): two at a time use both cores.
 	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist worksteal
 
@@ -40,6 +42,7 @@ system-deps:
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench examples notebooks
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

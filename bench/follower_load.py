@@ -63,10 +63,10 @@ def run(n: int) -> dict[str, object]:
     os.environ["LORAFLOW_HOME"] = str(home)
     sys.path.insert(0, str(REPO / "src"))
     from loraflow.hosts.ssh import SshEndpoint, SshHost
-    from loraflow.jobs.follower import handoff_file
-    from loraflow.jobs.following import FollowState, follow_file
     from loraflow.jobs.store import Store
     from loraflow.layout import JobLayout
+    from loraflow.running.follower import handoff_file
+    from loraflow.running.following import FollowState, follow_file
     from loraflow.server.tokens import create_token
     from loraflow.spec import parse_spec
     from loraflow.testing.sshd import start_sshd

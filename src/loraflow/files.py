@@ -1,9 +1,10 @@
-"""Size and SHA-256 of a file, read in 1 MB chunks: the one digest that checkpoints, bundles, uploads and
-the model registry compare, so a file copied anywhere in loraflow can be checked against any record."""
+"""Files as loraflow moves them: size and SHA-256 read in 1 MB chunks (the one digest that checkpoints,
+bundles, uploads and the model registry compare) and folders packed as tar for a host."""
 
 from __future__ import annotations
 
 import hashlib
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -14,3 +15,10 @@ def file_meta(path: Path) -> dict[str, Any]:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return {"size": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def tar_folder(source: Path, target: Path, arcname: str = ".") -> Path:
+    """An uncompressed tar of a folder without Python caches (safetensors and images do not compress)."""
+    with tarfile.open(target, "w") as tar:
+        tar.add(source, arcname=arcname, filter=lambda t: None if t.name.endswith((".pyc", "__pycache__")) else t)
+    return target

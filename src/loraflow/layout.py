@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 
 @dataclass(frozen=True)
@@ -49,3 +49,8 @@ class JobLayout:
     @property
     def stop_request(self) -> str:
         return self._p("run", "stop-request")
+
+
+def handoff_file(layout: JobLayout) -> Path:
+    """Present while the worker's follower follows the job's remote trainer (the runner has handed it off)."""
+    return Path(layout.run) / "handoff.json"

@@ -454,9 +454,9 @@ def start_or_resume(settings: Settings, stop_at_step: int | None = None) -> str:
     learning rate or any other key that decides what is trained, a new job starts and the cell says why
     (an old finished job is never passed off as the new settings' result)."""
     from loraflow.cli.train_cmd import submit
-    from loraflow.jobs.runner import start_runner
     from loraflow.jobs.states import ACTIVE, RESUMABLE, JobState
     from loraflow.jobs.store import Store
+    from loraflow.running.control import start_runner
 
     output_root(settings)
     spec = build_spec(settings)
@@ -524,7 +524,7 @@ def follow(job_id: str, stop_at_step: int | None = None, poll_s: float = 0.5) ->
                     last_print = time.monotonic()
                     print(f"step {step}/{e.data['total']}  loss {e.data.get('loss')}  {e.data.get('rate')} it/s")
                 if stop_at_step is not None and step >= stop_at_step and not exact:
-                    from loraflow.jobs.runner import request_stop
+                    from loraflow.running.control import request_stop
 
                     request_stop(job_id)
                     stop_at_step = None

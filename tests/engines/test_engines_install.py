@@ -44,7 +44,7 @@ def test_train_without_the_engine_stops_before_anything_with_the_install_command
 
 def test_a_job_submitted_without_cli_fails_at_once_with_engine_missing(tmp_path: Path) -> None:
     """What the API and web UI do: record the job and start its runner."""
-    from loraflow.jobs.runner import JobRunner
+    from loraflow.running.runner import JobRunner
     from loraflow.spec import load_spec
 
     spec = load_spec(readme_spec(tmp_path))

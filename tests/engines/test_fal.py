@@ -202,7 +202,7 @@ def test_a_fal_key_written_into_a_spec_is_refused(tmp_path: Path, cli) -> None:
 def test_the_api_estimate_shows_fals_price() -> None:
     from fastapi.testclient import TestClient
 
-    from loraflow.jobs.trust import Grants
+    from loraflow.running.trust import Grants
     from loraflow.server.app import ServiceConfig, create_app
     from loraflow.server.tokens import create_token
 
@@ -258,7 +258,7 @@ def test_pack_gives_fal_txt_captions_whatever_the_extension(tmp_path: Path) -> N
 
 
 def test_a_service_user_cannot_spend_the_operators_fal_account_unless_granted() -> None:
-    from loraflow.jobs.trust import Grants, refusals
+    from loraflow.running.trust import Grants, refusals
 
     for raw in ({"engine": "fal"}, {"engine": {"name": "fal"}}):
         (line,) = refusals(raw, Grants(), [])

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from loraflow.dataset.pipeline import DatasetRun
-from loraflow.dataset.video import VideoError, VideoNeeds, probe
 from loraflow.engines.musubi import video_needs
 from loraflow.errors import SpecError
-from loraflow.jobs.submit import check_dataset
+from loraflow.media.video import VideoError, VideoNeeds, probe
+from loraflow.running.submit import check_dataset
 from loraflow.spec import DatasetChecks, parse_spec
 
 CLIPS = Path(__file__).parent / "fixtures" / "videos"
@@ -162,7 +162,7 @@ def test_the_api_refuses_a_wan_job_whose_clip_is_too_short_before_anything_start
     from fastapi.testclient import TestClient
 
     from loraflow.jobs.store import Store
-    from loraflow.jobs.trust import Grants
+    from loraflow.running.trust import Grants
     from loraflow.server.app import ServiceConfig, create_app
     from loraflow.server.tokens import create_token
 

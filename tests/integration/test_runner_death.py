@@ -16,12 +16,12 @@ import pytest
 
 from loraflow.hosts.base import Handle
 from loraflow.hosts.local import LocalHost, pid_alive
-from loraflow.jobs.orphans import orphans
-from loraflow.jobs.runner import JobRunner
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Store
-from loraflow.jobs.worker import Worker
 from loraflow.layout import JobLayout
+from loraflow.running.orphans import orphans
+from loraflow.running.runner import JobRunner
+from loraflow.running.worker import Worker
 from loraflow.spec import load_spec
 from tests.integration.test_local_jobs import only_job, wait_for, write_spec
 
@@ -84,7 +84,7 @@ def test_sigterm_runner_of_a_worker_job_is_restarted_by_the_worker(tmp_path: Pat
 def test_disk_full_in_the_runner_fails_as_disk_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ENOSPC where the runner records what it follows (run/follow.json) ends the job as `disk_full` with
     its hint, not `internal`."""
-    from loraflow.jobs import following
+    from loraflow.running import following
 
     original = following.write_atomic
 
@@ -111,7 +111,7 @@ def test_what_counts_as_an_orphan(tmp_path: Path) -> None:
     """Only an unclaimed, started job with no live runner and a stale heartbeat is adopted."""
     from datetime import UTC, datetime, timedelta
 
-    from loraflow.jobs.runner import runner_lock
+    from loraflow.running.control import runner_lock
 
     store = Store()
     job = store.create_job(load_spec(write_spec(tmp_path)))

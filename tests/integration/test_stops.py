@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from loraflow.dataset import DatasetRun
-from loraflow.jobs.runner import JobRunner
 from loraflow.jobs.states import JobState
 from loraflow.jobs.store import Store
 from loraflow.layout import JobLayout
+from loraflow.running.runner import JobRunner
 from loraflow.spec import load_spec
 from tests.integration.test_local_jobs import wait_for, write_spec
 

@@ -12,7 +12,7 @@ import yaml
 
 from loraflow.jobs.states import JobState
 from loraflow.jobs.store import Store
-from loraflow.jobs.trust import Grants, refusals
+from loraflow.running.trust import Grants, refusals
 from loraflow.testing.comfydeploy_emulator import ComfyDeployEmulator
 from loraflow.testing.hub_standin import HubStandin
 from tests.conftest import EXAMPLES

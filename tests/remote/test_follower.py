@@ -17,10 +17,10 @@ from loraflow.hosts.base import Handle, ProcessStatus
 from loraflow.hosts.local import pid_alive
 from loraflow.hosts.ssh import HostUnreachable, SshEndpoint, SshHost
 from loraflow.hosts.ssh_async import AsyncSshHost
-from loraflow.jobs.runner import request_stop
 from loraflow.jobs.states import JobState
 from loraflow.jobs.store import Store
-from loraflow.jobs.worker import Worker
+from loraflow.running.control import request_stop
+from loraflow.running.worker import Worker
 from loraflow.spec import load_spec
 from tests.integration.test_local_jobs import wait_for
 from tests.publish.test_webhooks import Receiver
@@ -280,7 +280,8 @@ def test_a_runner_taking_back_a_stopped_training_job_copies_the_last_save_first(
     while no runner was there (as when the follower hands the job back). The runner that takes the job back
     copies that save before it ends the stop and lets the host go; it never ends the stop at a stop point
     with an older checkpoint or none."""
-    from loraflow.jobs.runner import JobRunner, start_runner
+    from loraflow.running.control import start_runner
+    from loraflow.running.runner import JobRunner
 
     (tmp_path / "u").mkdir()
     store = Store()

@@ -116,7 +116,7 @@ def test_killed_orchestrator_reattaches_without_second_rental(tmp_path: Path, cl
     trainer_pid = int(Path(store.get(job.id).lease["root"], "run", "train.pid").read_text())
     os.kill(trainer_pid, signal.SIGSTOP)
     launched_before = len(events_of(store, job.id, "train.launched"))
-    from loraflow.jobs.runner import start_runner
+    from loraflow.running.control import start_runner
 
     try:
         start_runner(job.id)

@@ -18,8 +18,8 @@ from loraflow.hosts.base import Handle
 from loraflow.hosts.local import LocalHost
 from loraflow.hosts.ssh import SshEndpoint, SshHost
 from loraflow.jobs.store import Store
-from loraflow.jobs.submit import ServiceConfig, read_spec
-from loraflow.jobs.trust import Grants, ssh_target
+from loraflow.running.submit import ServiceConfig, read_spec
+from loraflow.running.trust import Grants, ssh_target
 from tests.server.test_api import SPEC, Api, dataset_zip, uploads_left
 from tests.server.test_api import make_api as api_with
 

@@ -44,7 +44,7 @@ def test_an_engine_that_is_not_installed_is_a_message_on_the_wizard(
     def missing_engine(*args: object, **kw: object) -> None:
         raise UserInputError("ai-toolkit is not installed here", fix="run `loraflow engines install ai-toolkit`")
 
-    monkeypatch.setattr("loraflow.jobs.submit.submit", missing_engine)  # the one submit door
+    monkeypatch.setattr("loraflow.running.submit.submit", missing_engine)  # the one submit door
     files = [("files", (p.name, p.read_bytes())) for p in sorted((EXAMPLES / "sample_dataset").iterdir())]
     upload = client.post("/ui/uploads", files=files, follow_redirects=False).headers["location"]
     form = {"name": "three-lines", "trigger_word": "ohwx", "base_model": "flux-dev"}

@@ -9,7 +9,7 @@ from sqlalchemy import update
 
 from loraflow.jobs.models import JobRow
 from loraflow.jobs.store import Store
-from loraflow.jobs.worker import Worker
+from loraflow.running.worker import Worker
 from loraflow.spec import parse_spec
 
 SPEC = parse_spec({"name": "w", "dataset": {"path": "/tmp/x"}, "base_model": "tiny-flux"})

@@ -68,7 +68,7 @@ def test_estimate_on_this_machine_names_its_device(tmp_path: Path, cli, monkeypa
 
     [row] = json.loads(data.out)["estimates"]
     assert row["gpu"] == "NVIDIA GeForce RTX 3090" and row["usd_per_hour"] == 0.0
-    from loraflow.jobs.estimate import this_machine
+    from loraflow.providers.estimate import this_machine
 
     assert this_machine() == ("NVIDIA GeForce RTX 3090", "RTX 3090")  # timed by its own row of the table
 

@@ -210,7 +210,7 @@ def test_cli_dry_run_and_bad_input(store: Store, cli, monkeypatch: pytest.Monkey
 
 def test_the_sweep_collects_once_per_period(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     from loraflow.platform.config import PlatformConfig
-    from loraflow.platform.sweep import sweep
+    from loraflow.running.duties import sweep
 
     monkeypatch.setenv("LORAFLOW_GC_EVERY_S", "3600")
     folder = job(store, "failed", 40, NO_BUNDLE)

@@ -32,7 +32,7 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return ids[-1]
 
     monkeypatch.setattr("loraflow.cli.train_cmd.submit", fake_submit)
-    monkeypatch.setattr("loraflow.jobs.runner.start_runner", lambda job_id, handoff=False: None)
+    monkeypatch.setattr("loraflow.running.control.start_runner", lambda job_id, handoff=False: None)
     return ids
 
 

@@ -12,7 +12,7 @@ import pytest
 from loraflow.jobs import queue
 from loraflow.jobs.states import JobState
 from loraflow.jobs.store import Store
-from loraflow.jobs.worker import Worker
+from loraflow.running.worker import Worker
 from loraflow.spec import parse_spec
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -147,14 +147,14 @@ def caption_folder(
 ) -> dict[str, int]:
     """Write caption files next to the images of a folder: only missing ones unless policy.mode is overwrite,
     in which case the previous files are kept in .loraflow-captions-backup/."""
-    from loraflow.dataset.images import decode
+    from loraflow.media.images import decode
 
     def is_image(path: Path) -> bool:
         if not path.is_file() or path.name.startswith(".") or ".loraflow-captions-backup" in path.parts:
             return False
         if path.suffix.lower() == f".{caption_ext}":
             return False
-        from loraflow.dataset.images import DecodedImage
+        from loraflow.media.images import DecodedImage
 
         return isinstance(decode(path.read_bytes(), path.name, 10**9), DecodedImage)
 

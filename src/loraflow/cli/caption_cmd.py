@@ -70,7 +70,7 @@ def export(
     caption_ext: str = typer.Option("txt", "--caption-ext"),
 ) -> None:
     """Write file,caption rows for editing in a spreadsheet."""
-    from loraflow.dataset.images import IMAGE_EXTENSIONS
+    from loraflow.media.images import IMAGE_EXTENSIONS
 
     rows = []
     for image in sorted(_folder(folder).rglob("*")):

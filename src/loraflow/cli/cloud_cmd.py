@@ -34,7 +34,7 @@ def estimate(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Predicted time and cost per GPU type on offer, with its parts, before anything is rented."""
-    from loraflow.jobs.estimate import local_estimate
+    from loraflow.providers.estimate import local_estimate
 
     spec = load_spec(spec_path)
     if spec.engine.name == "fal":

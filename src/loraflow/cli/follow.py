@@ -11,9 +11,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from loraflow.cli.output import console
-from loraflow.jobs.runner import runner_alive, start_runner
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Event, Store
+from loraflow.running.control import runner_alive, start_runner
 
 QUIET = {"progress", "caching", "stage.completed", "host.acquired", "checkpoint.synced"}
 

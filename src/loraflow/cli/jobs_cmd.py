@@ -13,10 +13,10 @@ from loraflow.cli.output import console, print_json
 from loraflow.errors import IllegalTransition, UserInputError
 from loraflow.hosts.base import Handle
 from loraflow.hosts.local import LocalHost
-from loraflow.jobs.runner import request_stop, resume, start_runner
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Job, Store
 from loraflow.layout import JobLayout
+from loraflow.running.control import request_stop, resume, start_runner
 
 app = typer.Typer(help="Inspect and control jobs.", no_args_is_help=True)
 
@@ -28,8 +28,8 @@ def list_jobs(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """List jobs, newest first (and start a runner again for a job whose runner died)."""
-    from loraflow.jobs.orphans import adopt_orphans
     from loraflow.jobs.queue import snapshot
+    from loraflow.running.orphans import adopt_orphans
 
     store = Store()
     for job_id in adopt_orphans(store):

@@ -86,7 +86,7 @@ def quote(spec_path: Path, as_json: bool = typer.Option(False, "--json")) -> Non
 @credits_app.command("settle")
 def settle() -> None:
     """Run the platform sweep now: external checks, settling ended jobs, registering completed ones."""
-    from loraflow.platform.sweep import sweep
+    from loraflow.running.duties import sweep
 
     done = sweep(_store(), _cfg())
     console.print(f"settled {len(done['settled'])} job(s), registered {len(done['registered'])} model(s)")

@@ -30,7 +30,7 @@ def serve(
     import uvicorn
 
     from loraflow.jobs.store import Store
-    from loraflow.jobs.worker import Worker
+    from loraflow.running.worker import Worker
     from loraflow.server.app import ServiceConfig, create_app
     from loraflow.server.ui import install
 
@@ -60,7 +60,7 @@ def worker(
 ) -> None:
     """Claim and run jobs from the shared database (PostgreSQL for several machines)."""
     from loraflow.jobs.store import Store
-    from loraflow.jobs.worker import Worker
+    from loraflow.running.worker import Worker
 
     w = Worker(Store(), slots=slots, lease_s=lease_s)
     done = threading.Event()

@@ -30,8 +30,8 @@ def quote_before_renting(spec: TrainSpec, force: bool) -> None:
         return
     if spec.compute.provider != "vastai":
         return
-    from loraflow.jobs.remote import check_budget
     from loraflow.providers.vastai import VastProvider
+    from loraflow.running.remote import check_budget
 
     best = VastProvider().offers(spec)[0]
     est = best.estimate
@@ -46,7 +46,7 @@ def submit(spec: TrainSpec, force: bool = False) -> str:
     """Check the engine, the dataset (and the budget), record the job and start its runner; returns the job id."""
     from loraflow.engines import preflight
     from loraflow.engines.installed import require_engine
-    from loraflow.jobs import submit as door
+    from loraflow.running import submit as door
 
     require_engine(spec)  # before anything is made: a missing engine names its install command
     preflight(spec, force)  # a hosted engine's key and price

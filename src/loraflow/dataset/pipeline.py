@@ -19,12 +19,12 @@ import imagehash
 from PIL import Image
 
 from loraflow.dataset.captions import decode_caption, finish_caption
-from loraflow.dataset.findings import Finding, Report, Severity
-from loraflow.dataset.images import DecodedImage, decode, open_checked
 from loraflow.dataset.manifest import ManifestFile, pack, write_manifest
 from loraflow.dataset.sources import ArchiveLimits, Entry, open_source
-from loraflow.dataset.video import VIDEO_EXTENSIONS, VideoError, VideoInfo, VideoNeeds, probe
 from loraflow.errors import UserInputError
+from loraflow.media.findings import Finding, Report, Severity
+from loraflow.media.images import DecodedImage, decode, open_checked
+from loraflow.media.video import VIDEO_EXTENSIONS, VideoError, VideoInfo, VideoNeeds, probe
 from loraflow.spec import CaptionPolicy, DatasetChecks
 
 CAPTION_MAX_BYTES = 1 << 20  # captions are read whole: anything bigger is no caption

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from loraflow.dataset.findings import Finding, Severity
 from loraflow.errors import UserInputError
+from loraflow.media.findings import Finding, Severity
 
 JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini", ".gitkeep"}
 

@@ -32,7 +32,6 @@ import tomli_w
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from loraflow.dataset.video import VIDEO_EXTENSIONS, VideoNeeds
 from loraflow.engines import kohya  # the kohya family: prompt file, model paths, sampling arguments
 from loraflow.engines.base import Command, EngineRequirements, Outcome
 from loraflow.engines.external import (
@@ -47,6 +46,7 @@ from loraflow.engines.external import (
 )
 from loraflow.hints import hint_for, match_hint
 from loraflow.layout import JobLayout
+from loraflow.media.video import VIDEO_EXTENSIONS, VideoNeeds
 from loraflow.monitor import events as ev
 from loraflow.monitor.events import EngineEvent
 from loraflow.monitor.lines import LineSplitter

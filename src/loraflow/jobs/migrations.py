@@ -14,7 +14,7 @@ from loraflow.jobs.models import Base, JobRow, SchemaVersion, TokenRow
 
 
 def _v1_initial(conn: Connection) -> None:
-    from loraflow.platform import tables  # noqa: F401  (registered on Base: created with everything else)
+    from loraflow.jobs import platform_tables  # noqa: F401  (registered on Base: created with everything else)
 
     Base.metadata.create_all(conn)
 
@@ -28,7 +28,7 @@ def _v2_tokens_and_worker_index(conn: Connection) -> None:
 
 def _v3_platform(conn: Connection) -> None:
     """Credits ledger and accounts, and the model registry."""
-    from loraflow.platform.tables import AccountRow, LedgerRow, ModelRow
+    from loraflow.jobs.platform_tables import AccountRow, LedgerRow, ModelRow
 
     for table in (AccountRow, LedgerRow, ModelRow):
         table.__table__.create(conn, checkfirst=True)

@@ -2,7 +2,7 @@
 
 A job waits for a worker slot (pending), for the operator's external check (pending, `check`), or
 for a GPU offer (provisioning without a lease yet). The queue is the order the workers claim jobs
-in (jobs/worker.py: oldest `created_at` first, ties by id), so position 1 is taken next. Jobs
+in (running/worker.py: oldest `created_at` first, ties by id), so position 1 is taken next. Jobs
 awaiting a person's approval after training form a queue of their own (oldest first, no ETA).
 
 The ETA is when the job is expected to get a slot, from the jobs ahead of it: every slot-holding job
@@ -24,11 +24,11 @@ from typing import Any
 
 from sqlalchemy import select
 
-from loraflow.jobs.estimate import Estimate, estimate
 from loraflow.jobs.models import EventRow, JobRow
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Job, Store
 from loraflow.layout import JobLayout
+from loraflow.providers.estimate import Estimate, estimate
 
 QUEUED = "job.queued"
 DEFAULT_SLOTS = 2  # `loraflow serve`'s default --workers
@@ -153,9 +153,9 @@ def _entered(store: Store, job: Job) -> datetime:
 
 
 def _holds_slot(job: Job) -> bool:
-    """A worker's slot: every active job but a remote trainer its follower follows (jobs/worker.py)."""
+    """A worker's slot: every active job but a remote trainer its follower follows (running/worker.py)."""
     if job.state is JobState.TRAINING:
-        from loraflow.jobs.following import handoff_file
+        from loraflow.layout import handoff_file
 
         return not handoff_file(JobLayout(str(job.folder))).exists()
     return True

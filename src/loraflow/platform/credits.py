@@ -20,10 +20,10 @@ from sqlalchemy import func, select
 
 from loraflow.errors import UserInputError
 from loraflow.jobs.costs import job_cost, lease_seconds
+from loraflow.jobs.platform_tables import AccountRow, LedgerRow
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Job, Store
 from loraflow.platform.config import PlatformConfig
-from loraflow.platform.tables import AccountRow, LedgerRow
 from loraflow.spec import TrainSpec
 
 KINDS = ("deposit", "hold", "charge", "release", "refund", "adjustment")
@@ -70,7 +70,7 @@ def with_fee(usd: float, cfg: PlatformConfig) -> float:
 
 def quote(spec: TrainSpec, cfg: PlatformConfig) -> Quote:
     """The estimate for the job's provider, or its budget cap when that is higher (the most it may cost)."""
-    from loraflow.jobs.estimate import estimate
+    from loraflow.providers.estimate import estimate
 
     if spec.engine.name == "fal":  # a hosted trainer's price per run
         from loraflow.engines.fal import price_usd

@@ -14,9 +14,9 @@ from typing import Any
 from sqlalchemy import or_, select
 
 from loraflow.errors import NotFound, UserInputError
+from loraflow.jobs.platform_tables import ModelRow
 from loraflow.jobs.store import Job, Store
 from loraflow.platform.config import PlatformConfig
-from loraflow.platform.tables import ModelRow
 
 VISIBILITY = ("private", "unlisted", "public")
 LISTED = ("approved", "published")

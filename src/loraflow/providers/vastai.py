@@ -17,7 +17,7 @@ from typing import Any
 
 from loraflow.engines import get_engine
 from loraflow.errors import LoraflowError, UserInputError
-from loraflow.jobs.estimate import Estimate, estimate
+from loraflow.providers.estimate import Estimate, estimate
 from loraflow.providers.vast_client import VastClient, VastError
 from loraflow.providers.vast_watch import watch_script
 from loraflow.spec import TrainSpec

@@ -23,8 +23,8 @@ from loraflow import __version__, paths
 from loraflow.jobs import queue
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Store
-from loraflow.jobs.submit import ServiceConfig, check_open, read_spec, submit
 from loraflow.platform.config import PlatformConfig
+from loraflow.running.submit import ServiceConfig, check_open, read_spec, submit
 from loraflow.server import problems
 from loraflow.server.deps import Auth, Db, bundle_response, job_file_response, own_job
 from loraflow.server.problems import Problem
@@ -58,8 +58,8 @@ def create_app(
     app.state.store = store or Store()
     app.state.config = cfg
     app.state.platform = platform or PlatformConfig.from_env()
-    from loraflow.platform.routes import router as platform_router
     from loraflow.server.more_routes import router
+    from loraflow.server.platform_routes import router as platform_router
 
     app.include_router(router)
     app.include_router(platform_router)
@@ -192,7 +192,7 @@ def create_app(
 
     @app.post("/api/jobs/{job_id}/stop", tags=["jobs"])
     def stop_job(job_id: str, user: Auth, store: Db) -> dict[str, Any]:
-        from loraflow.jobs.runner import request_stop
+        from loraflow.running.control import request_stop
 
         job = own_job(store, user, job_id)
         if job.state not in ACTIVE:
@@ -202,7 +202,7 @@ def create_app(
 
     @app.post("/api/jobs/{job_id}/resume", tags=["jobs"])
     def resume_job(job_id: str, user: Auth, store: Db) -> dict[str, Any]:
-        from loraflow.jobs.runner import resume
+        from loraflow.running.control import resume
 
         own_job(store, user, job_id)
         resume(store, job_id)  # IllegalTransition answers 409
@@ -210,7 +210,7 @@ def create_app(
 
     @app.post("/api/jobs/{job_id}/cancel", tags=["jobs"])
     def cancel_job(job_id: str, user: Auth, store: Db) -> dict[str, Any]:
-        from loraflow.jobs.runner import request_stop
+        from loraflow.running.control import request_stop
 
         job = own_job(store, user, job_id)
         if job.state is JobState.CANCELLED:
@@ -266,7 +266,7 @@ def _event(e: Any) -> dict[str, Any]:
 
 
 async def _sweeper(app: FastAPI, every_s: float) -> None:
-    from loraflow.platform.sweep import sweep
+    from loraflow.running.duties import sweep
 
     while True:
         try:

@@ -54,7 +54,7 @@ def job_from_upload(
     force: bool = False,
 ) -> dict[str, Any]:
     """Create a job from an upload (after caption edits) and a spec given as JSON."""
-    from loraflow.jobs.submit import read_spec, submit
+    from loraflow.running.submit import read_spec, submit
 
     state = request.app.state
     folder = uploads.folder(user.name, upload_id)
@@ -131,8 +131,8 @@ def estimate(
     request: Request, user: Auth, spec: Annotated[str, Body(embed=True, description="The spec as YAML or JSON")]
 ) -> dict[str, Any]:
     """Predicted time and cost per GPU type on offer (Vast.ai), or on this machine."""
-    from loraflow.jobs.estimate import estimate as predict
-    from loraflow.jobs.submit import read_spec
+    from loraflow.providers.estimate import estimate as predict
+    from loraflow.running.submit import read_spec
 
     try:
         raw = yaml.safe_load(spec)

@@ -186,7 +186,7 @@ def install(app: FastAPI) -> None:
 
     @app.post("/ui/jobs/{job_id}/stop", response_class=HTMLResponse, include_in_schema=False)
     def ui_stop(request: Request, job_id: str) -> HTMLResponse:
-        from loraflow.jobs.runner import request_stop
+        from loraflow.running.control import request_stop
 
         job = own(need_user(request), job_id)
         if job.state in ACTIVE:
@@ -195,7 +195,7 @@ def install(app: FastAPI) -> None:
 
     @app.post("/ui/jobs/{job_id}/resume", response_class=HTMLResponse, include_in_schema=False)
     def ui_resume(request: Request, job_id: str) -> HTMLResponse:
-        from loraflow.jobs.runner import resume
+        from loraflow.running.control import resume
 
         if own(need_user(request), job_id).state in RESUMABLE:
             resume(store(), job_id)
@@ -315,7 +315,7 @@ def install(app: FastAPI) -> None:
 
     @app.post("/ui/uploads/{upload_id}/estimate", response_class=HTMLResponse, include_in_schema=False)
     async def ui_estimate(request: Request, upload_id: str) -> HTMLResponse:
-        from loraflow.jobs.estimate import local_estimate
+        from loraflow.providers.estimate import local_estimate
         from loraflow.spec import parse_spec
 
         folder = upload_dir(need_user(request), upload_id)
@@ -333,7 +333,7 @@ def install(app: FastAPI) -> None:
 
     @app.post("/ui/uploads/{upload_id}/start", include_in_schema=False)
     async def ui_start(request: Request, upload_id: str) -> Response:
-        from loraflow.jobs.submit import read_spec, submit
+        from loraflow.running.submit import read_spec, submit
 
         user = need_user(request)
         folder = upload_dir(user, upload_id)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from loraflow.errors import LoraflowError, SpecError, UserInputError
-from loraflow.jobs.submit import DatasetUnfit
+from loraflow.running.submit import DatasetUnfit
 from loraflow.server.problems import Problem
 
 

@@ -27,7 +27,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from loraflow.dataset.video import probe
+from loraflow.media.video import probe
 
 IMAGES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VIDEOS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v")

@@ -15,7 +15,7 @@ from typing import IO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from loraflow.dataset.findings import Finding, Severity
+from loraflow.media.findings import Finding, Severity
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 # Our own per-image limit is checked right after opening; PIL's warning between its limit and twice it

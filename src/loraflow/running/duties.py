@@ -41,7 +41,7 @@ def ask_precheck(job: Job, cfg: PlatformConfig) -> tuple[str, str]:
 
 
 def run_prechecks(store: Store, cfg: PlatformConfig) -> None:
-    from loraflow.jobs.runner import start_runner
+    from loraflow.running.control import start_runner
 
     for job in store.list_jobs(states=[JobState.PENDING.value], limit=500):
         if job.artifacts.get("check") != "pending":

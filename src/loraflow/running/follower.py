@@ -9,7 +9,7 @@ jobs are written in one transaction per round; a job's log offset is saved only 
 
 Anything that needs a decision (the trainer ended, the host stopped answering, a stall to act on, the
 follower shutting down) hands the job back to its runner process, which re-attaches and decides as it
-always does. The hand-off protocol is in jobs/following.py.
+always does. The hand-off protocol is in running/following.py.
 """
 
 from __future__ import annotations
@@ -35,7 +35,13 @@ from loraflow.errors import LoraflowError
 from loraflow.hosts.base import Handle, ProcessStatus
 from loraflow.hosts.ssh import HostUnreachable, SshEndpoint
 from loraflow.hosts.ssh_async import AsyncSshHost
-from loraflow.jobs.following import (
+from loraflow.jobs.states import JobState
+from loraflow.jobs.store import Job, Store
+from loraflow.layout import JobLayout, handoff_file
+from loraflow.monitor import events as ev
+from loraflow.monitor.events import EngineEvent
+from loraflow.providers.vast_watch import TOUCH, pump_interval_s
+from loraflow.running.following import (
     GPU_EVERY_S,
     CostMeter,
     FollowState,
@@ -44,18 +50,11 @@ from loraflow.jobs.following import (
     coalesce,
     event_fields,
     follow_file,
-    handoff_file,
     self_follow_file,
     stall_file,
     write_atomic,
 )
-from loraflow.jobs.remote import RemoteLease
-from loraflow.jobs.states import JobState
-from loraflow.jobs.store import Job, Store
-from loraflow.layout import JobLayout
-from loraflow.monitor import events as ev
-from loraflow.monitor.events import EngineEvent
-from loraflow.providers.vast_watch import TOUCH, pump_interval_s
+from loraflow.running.remote import RemoteLease
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +217,7 @@ class Follower:
 
     def _release(self, job_id: str, start: bool) -> None:
         """Give the job back: the hand-off file goes, the lock is let go, and its runner starts again."""
-        from loraflow.jobs.runner import start_runner
+        from loraflow.running.control import start_runner
 
         lock = self.jobs.pop(job_id, None)
         self.tasks.pop(job_id, None)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import shlex
 import shutil
-import tarfile
 import tempfile
 import threading
 import time
@@ -21,6 +20,7 @@ from typing import Any
 
 from loraflow.engines import get_engine
 from loraflow.errors import LoraflowError, UserInputError
+from loraflow.files import tar_folder
 from loraflow.hosts.ssh import HostUnreachable, SshEndpoint, SshHost
 from loraflow.jobs.costs import job_cost, lease_cost, lease_seconds
 from loraflow.jobs.store import Store
@@ -35,12 +35,6 @@ Emit = Callable[[str, dict[str, Any]], None]
 
 def is_remote(spec: TrainSpec) -> bool:
     return spec.compute.provider in REMOTE_PROVIDERS
-
-
-def tar_folder(source: Path, target: Path, arcname: str = ".") -> Path:
-    with tarfile.open(target, "w") as tar:
-        tar.add(source, arcname=arcname, filter=lambda t: None if t.name.endswith((".pyc", "__pycache__")) else t)
-    return target
 
 
 class RemoteLease:
@@ -102,8 +96,8 @@ class RemoteLease:
             self._acquire_vast(lease, force_budget)
 
     def _acquire_ssh(self) -> None:
-        from loraflow.jobs.trust import ssh_target
         from loraflow.providers.keys import ensure_key
+        from loraflow.running.trust import ssh_target
 
         target = ssh_target(self.spec)
         identity = target.identity_file or str(ensure_key()[0])
@@ -324,7 +318,7 @@ class RemoteLease:
         return self.spec.dataset.captions.backend in MODEL_BACKENDS
 
     def caption_on_host(self) -> str:
-        from loraflow.jobs.remote_caption import caption_on_host
+        from loraflow.running.remote_caption import caption_on_host
 
         return caption_on_host(self)
 

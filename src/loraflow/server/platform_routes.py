@@ -148,6 +148,6 @@ def collect_garbage(
 @router.post("/api/admin/sweep", tags=["service"])
 def sweep_now(request: Request, admin: Admin, store: Db) -> dict[str, Any]:
     """Run the platform's duties now: external checks, credit settlement, model registration."""
-    from loraflow.platform.sweep import sweep
+    from loraflow.running.duties import sweep
 
     return sweep(store, _cfg(request))

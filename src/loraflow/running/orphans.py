@@ -15,11 +15,10 @@ from datetime import UTC, datetime
 from sqlalchemy import select, update
 
 from loraflow import paths
-from loraflow.jobs.following import handoff_file
 from loraflow.jobs.models import JobRow
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Store
-from loraflow.layout import JobLayout
+from loraflow.layout import JobLayout, handoff_file
 
 STALE_S = 30.0  # the runner stamps its heartbeat every 5 s while it follows training
 # A pending job has no runner yet by design (a worker's queue, or `train` about to start one).
@@ -27,7 +26,7 @@ RUNNING = [s.value for s in ACTIVE if s is not JobState.PENDING]
 
 
 def orphans(store: Store, stale_s: float = STALE_S) -> list[str]:
-    from loraflow.jobs.runner import runner_alive
+    from loraflow.running.control import runner_alive
 
     now = datetime.now(UTC)
     with store.reader() as s:
@@ -51,7 +50,7 @@ def orphans(store: Store, stale_s: float = STALE_S) -> list[str]:
 
 def adopt_orphans(store: Store, stale_s: float = STALE_S) -> list[str]:
     """Start a runner for every orphan; returns their ids."""
-    from loraflow.jobs.runner import start_runner
+    from loraflow.running.control import start_runner
 
     adopted = orphans(store, stale_s)
     for job_id in adopted:

@@ -7,7 +7,7 @@ whose stamp goes stale belongs to a dead worker and the next claim takes it over
 runs in its runner process, which re-attaches to a training process that is still running, so a
 takeover never trains twice.
 
-Remote trainers, once launched, are followed by the worker's one Follower (jobs/follower.py: one event
+Remote trainers, once launched, are followed by the worker's one Follower (running/follower.py: one event
 loop for all of them) instead of a process each; a job handed off by a worker that died is adopted by
 whichever worker takes it over.
 
@@ -30,7 +30,7 @@ from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Job, Store
 
 if TYPE_CHECKING:
-    from loraflow.jobs.follower import Follower
+    from loraflow.running.follower import Follower
 
 
 def worker_id() -> str:
@@ -106,8 +106,8 @@ class Worker:
             self.store.append_event(job.id, "worker.claimed", {"worker": self.id})
             self._keep(job)
         self._announce()
-        # A job started from the CLI on this machine whose runner died: start it again (jobs/orphans.py).
-        from loraflow.jobs.orphans import adopt_orphans
+        # A job started from the CLI on this machine whose runner died: start it again (running/orphans.py).
+        from loraflow.running.orphans import adopt_orphans
 
         adopt_orphans(self.store)
         return claimed
@@ -124,7 +124,7 @@ class Worker:
     def _keep(self, job: Job) -> bool:
         """Make sure the job is being worked on: by the follower (True), or by its runner, started again
         when it died or this worker took the job over. A job held for the external check waits."""
-        from loraflow.jobs.runner import runner_alive, start_runner
+        from loraflow.running.control import runner_alive, start_runner
 
         follower = self.follower
         if job.artifacts.get("check") == "pending":
@@ -146,7 +146,7 @@ class Worker:
     def start(self, poll_s: float = 1.0) -> Worker:
         if self.follow:
             try:
-                from loraflow.jobs.follower import Follower
+                from loraflow.running.follower import Follower
 
                 self.follower = Follower(self.store).start()
             except ImportError:  # asyncssh is in the `cloud` extra: without it each runner follows its job

@@ -60,10 +60,6 @@ def follow_file(layout: JobLayout) -> Path:
     return Path(layout.run) / "follow.json"
 
 
-def handoff_file(layout: JobLayout) -> Path:
-    return Path(layout.run) / "handoff.json"
-
-
 def stall_file(layout: JobLayout) -> Path:
     return Path(layout.run) / "stall.json"
 

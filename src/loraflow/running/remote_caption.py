@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loraflow.errors import LoraflowError
+from loraflow.files import tar_folder
 from loraflow.hosts.base import ProcessStatus
-from loraflow.jobs.remote import tar_folder
 
 if TYPE_CHECKING:
-    from loraflow.jobs.remote import RemoteLease
+    from loraflow.running.remote import RemoteLease
 
 
 def caption_on_host(lease: RemoteLease) -> str:

@@ -4,14 +4,13 @@ Every stage checks what is already done and records its outcome before the next 
 killed at any point is simply started again: it re-attaches to a training process that is still
 running (from its pid, log offset and exit-code files) instead of starting a second one.
 
-    python -m loraflow.jobs.runner JOB_ID
+    python -m loraflow.running.runner JOB_ID
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import signal
@@ -25,29 +24,29 @@ from typing import Any
 from loraflow import paths
 from loraflow.engines import get_engine
 from loraflow.engines.installed import require_engine
-from loraflow.errors import IllegalTransition, LoraflowError, UserInputError
+from loraflow.errors import LoraflowError, UserInputError
 from loraflow.hosts.base import Handle, ProcessStatus
-from loraflow.hosts.local import LocalHost, pid_alive
+from loraflow.hosts.local import LocalHost
 from loraflow.hosts.ssh import HostUnreachable
-from loraflow.jobs.following import (
+from loraflow.jobs.states import JobState
+from loraflow.jobs.store import Job, Store
+from loraflow.layout import JobLayout, handoff_file
+from loraflow.monitor import events as ev
+from loraflow.monitor.events import EngineEvent
+from loraflow.monitor.stall import Stall
+from loraflow.running.control import runner_lock
+from loraflow.running.following import (
     CostMeter,
     FollowState,
     Watchdog,
     budget_stop_file,
     event_fields,
     follow_file,
-    handoff_file,
     self_follow_file,
     stall_file,
     write_atomic,
 )
-from loraflow.jobs.remote import HeartbeatPump, RemoteLease, is_remote
-from loraflow.jobs.states import ACTIVE, RESUMABLE, JobState
-from loraflow.jobs.store import Job, Store
-from loraflow.layout import JobLayout
-from loraflow.monitor import events as ev
-from loraflow.monitor.events import EngineEvent
-from loraflow.monitor.stall import Stall
+from loraflow.running.remote import HeartbeatPump, RemoteLease, is_remote
 from loraflow.spec import TrainSpec
 
 ORDER = [JobState.PENDING, JobState.PREPARING, JobState.PROVISIONING, JobState.TRAINING, JobState.FINISHING]
@@ -55,96 +54,6 @@ THROTTLED = {ev.PROGRESS, "caching"}
 # Failures a restart cannot fix (or that the stall policy says to fail on).
 NOT_RETRYABLE = {"oom", "hf_gated", "hf_auth", "bad_input", "missing_file", "disk_full", "stalled", "nan_loss",
                  "fal_auth", "fal_failed"}
-
-
-@contextlib.contextmanager
-def runner_lock(job_dir: Path, blocking: bool = False) -> Iterator[bool]:
-    """Held by the one runner of a job; yields False when another runner holds it."""
-    (job_dir / "run").mkdir(parents=True, exist_ok=True)
-    with open(job_dir / "run" / "runner.lock", "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def request_stop(job_id: str) -> None:
-    """Ask a job to stop: a request file the runner honours, and SIGTERM to the trainer so it checkpoints now.
-    A runner is started when none is alive, so the outcome is always recorded."""
-    layout = JobLayout(str(paths.job_dir(job_id)))
-    Path(layout.run).mkdir(parents=True, exist_ok=True)
-    Path(layout.stop_request).touch()
-    LocalHost().signal(Handle.in_folder(layout.run, "train"), signal.SIGTERM)
-    start_runner(job_id)
-
-
-def resume(store: Store, job_id: str) -> None:
-    """Continue a stopped, failed or budget-stopped job (or make sure an active one has its runner).
-    The CLI, the API and the web UI all resume through here."""
-    job = store.get(job_id)
-    if job.state in RESUMABLE:
-        layout = JobLayout(str(paths.job_dir(job_id)))
-        Path(layout.stop_request).unlink(missing_ok=True)  # an old stop must not end the resumed run
-        budget_stop_file(layout).unlink(missing_ok=True)
-        store.transition(job_id, JobState.PENDING, data={"resume": True})
-    elif job.state not in ACTIVE:
-        raise IllegalTransition(f"job {job_id} is {job.state.value} and cannot be resumed")
-    start_runner(job_id)
-
-
-def runner_alive(job_id: str) -> bool:
-    """A runner holds the job's lock, or its process is still starting (importing, before it locks)."""
-    with runner_lock(paths.job_dir(job_id)) as got:
-        if not got:
-            return True
-    return runner_starting(job_id)
-
-
-def runner_starting(job_id: str) -> bool:
-    """The job's last started runner process is alive. Without this, a worker tick or `jobs list` that
-    came while a runner was still importing saw the lock free and started a second one, whose pid
-    replaced the first's in run/runner.pid (the second found the lock taken and exited)."""
-    pid = LocalHost().pid(Handle.in_folder(str(paths.job_dir(job_id) / "run"), "runner"))
-    if pid is None or not pid_alive(pid):
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True  # no /proc to tell a reused pid from ours: trust the pid file
-    return b"loraflow.jobs.runner" in cmdline and job_id.encode() in cmdline
-
-
-def start_runner(job_id: str, handoff: bool = False) -> Handle:
-    """Start the job's runner detached (it survives this terminal); a no-op when one is running or a
-    follower has the job. With `handoff`, the runner gives a launched remote trainer to the follower."""
-    folder = paths.job_dir(job_id)
-    handle = Handle.in_folder(str(folder / "run"), "runner")
-    host = LocalHost()
-    now = time.monotonic()
-    lock_deadline, start_deadline = now + 5, now + 60
-    while True:
-        with runner_lock(folder) as got:
-            held = not got
-        if held:
-            if handoff_file(JobLayout(str(folder))).exists():
-                return handle  # a follower holds the lock and follows the job
-            pid = host.pid(handle)
-            if (pid is not None and pid_alive(pid)) or time.monotonic() > lock_deadline:
-                return handle  # a live runner has the job
-            # else: a runner just killed still holds its lock for a moment
-        elif not runner_starting(job_id) or time.monotonic() > start_deadline:
-            break
-        # (alive without the lock: still starting, so it takes the lock next, or ending, so it exits)
-        time.sleep(0.05)
-    env = {"LORAFLOW_HANDOFF": "1" if handoff else "0"}
-    host.run([sys.executable, "-m", "loraflow.jobs.runner", job_id], str(folder), handle, env, inherit=True)
-    host.wait_started(handle)
-    return handle
 
 
 class StopAsked(Exception):
@@ -314,7 +223,7 @@ class JobRunner:
                 f"else `loraflow jobs list` or `loraflow jobs resume {self.job_id}`)",
             },
         )
-        from loraflow.jobs.orphans import runner_left
+        from loraflow.running.orphans import runner_left
 
         runner_left(self.store, self.job_id)
         return job.state
@@ -667,7 +576,7 @@ class JobRunner:
         return last[0].data if last and last[0].type == ev.ERROR else None
 
     def _hand_off(self, state: FollowState, follow_path: Path) -> bool:
-        """Give a running remote trainer to the worker's follower (see jobs/following.py)."""
+        """Give a running remote trainer to the worker's follower (see running/following.py)."""
         if not self.handoff or Path(self.layout.stop_request).exists() or stall_file(self.layout).exists():
             return False
         if self_follow_file(self.layout).exists():  # the follower could not follow this host
@@ -816,7 +725,7 @@ class JobRunner:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m loraflow.jobs.runner JOB_ID", file=sys.stderr)
+        print("usage: python -m loraflow.running.runner JOB_ID", file=sys.stderr)
         return 2
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     runner = JobRunner(Store(), args[0])

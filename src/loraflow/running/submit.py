@@ -1,6 +1,6 @@
 """The one door every job comes in by: the CLI, the API, the web wizard and the notebook all call it.
 
-Reading a submitted spec applies the trust policy (a service user's spec is data, see jobs/trust.py)
+Reading a submitted spec applies the trust policy (a service user's spec is data, see running/trust.py)
 and the operator's limits; submitting applies availability, per-user concurrency, the dataset check,
 the credit hold and the external check, then starts the runner. No route can skip a rule because no
 route holds one.
@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loraflow.dataset import DatasetRun
-from loraflow.dataset.findings import Report as DatasetReport
 from loraflow.errors import Refused, SpecError
 from loraflow.jobs.states import ACTIVE
 from loraflow.jobs.store import Job, Store
-from loraflow.jobs.trust import Grants, refusals
+from loraflow.media.findings import Report as DatasetReport
+from loraflow.running.trust import Grants, refusals
 from loraflow.spec import TrainSpec, parse_spec
 
 _SUBMITTING = threading.Lock()  # the concurrency count and the new job are one step
@@ -28,7 +28,7 @@ _SUBMITTING = threading.Lock()  # the concurrency count and the new job are one 
 @dataclass
 class ServiceConfig:
     """What the operator of `loraflow serve` allows its users (limits like Civitai's TrainingServiceStatus,
-    and the grants of jobs/trust.py). The CLI on one's own machine has none: it passes `None`."""
+    and the grants of running/trust.py). The CLI on one's own machine has none: it passes `None`."""
 
     available: bool = True
     message: str = ""
@@ -194,7 +194,7 @@ def submit(
     `dataset_checked`: the caller ran `check_dataset` itself (the CLI shows the report, then quotes)."""
     from loraflow.engines import preflight
     from loraflow.engines.installed import require_engine
-    from loraflow.jobs.runner import start_runner
+    from loraflow.running.control import start_runner
 
     require_engine(spec)  # a missing engine is refused with its install command, in every door
     preflight(spec, force)  # before anything is recorded: a hosted engine's key and price, say
