@@ -34,7 +34,7 @@ from loraflow.notify import addresses
 from loraflow.notify.addresses import check_webhook_url
 from loraflow.notify.signing import HEADER, user_secret, verify
 from loraflow.notify.webhooks import Notifier
-from loraflow.platform import sweep as sweep_module
+from loraflow.running import duties as sweep_module
 from loraflow.server import uploads
 from loraflow.server.app import ServiceConfig, create_app
 from loraflow.server.tokens import create_token
