@@ -1,4 +1,5 @@
-"""The base-model catalog and VRAM presets: the defaults behind a three-line spec."""
+"""The base-model catalog, GPU table, hosted engines and VRAM presets: the data behind a three-line spec
+(read by the spec, the engines and the estimator; imports nothing of loraflow's but errors)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The `loraflow` command. Exit codes: 0 success, 1 the job failed, 2 bad input or usage."""
+"""The `loraflow` command: typer commands that parse arguments, call the doors below and print.
+Exit codes: 0 success, 1 the job failed, 2 bad input or usage."""
 
 from __future__ import annotations
 

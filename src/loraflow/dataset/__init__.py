@@ -1,4 +1,5 @@
-"""Dataset ingestion, quality gates, normalization, manifest and packing."""
+"""The dataset pipeline: ingest a folder or archive, run the quality gates, caption what is missing,
+normalize and write the manifest a trainer reads; the user's originals are never modified."""
 
 from loraflow.dataset.pipeline import DatasetRun, check_dataset
 from loraflow.media.findings import Finding, Report, Severity

@@ -1,4 +1,5 @@
-"""Engines: adapters that render a trainer's config from the spec, launch it and read its output."""
+"""Engines: adapters that render a trainer's config from the spec (builtin, ai-toolkit, kohya, musubi,
+fal), launch it and turn its output into events; the field map says what each honours."""
 
 from __future__ import annotations
 

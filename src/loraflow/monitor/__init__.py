@@ -1,1 +1,2 @@
-"""Monitoring: engine output turned into one typed event stream, and the stall detector."""
+"""Monitoring: engine output lines turned into one typed event stream (tqdm, the builtin's JSON lines,
+log patterns) and the stall detector."""

@@ -1,1 +1,2 @@
-"""Notifications: signed webhooks, chat messages and W&B, all fed from the job's event stream."""
+"""Notifications: signed webhooks (public addresses only for service users), chat formats and W&B,
+all fed from a job's event stream."""

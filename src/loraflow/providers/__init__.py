@@ -1,3 +1,4 @@
-"""Providers lease hosts (a machine you have, a rented Vast.ai instance); nothing about training."""
+"""Providers lease and price machines: the Vast.ai client, offer ranking and the dead-man switch, and the
+estimator that prices a spec on any machine before anything is rented."""
 
 from __future__ import annotations

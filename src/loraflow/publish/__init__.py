@@ -1,1 +1,2 @@
-"""Bundles, model cards, and (with the publishing extras) Hugging Face and S3 uploads."""
+"""Publishing: the bundle (LoRA, samples, card, checksums), the model card, and uploads to Hugging Face,
+S3/R2 and ComfyUI Deploy."""

@@ -1,3 +1,4 @@
-"""The service: a REST API (FastAPI) over the same store and runners as the CLI."""
+"""The service: the REST API and the web UI (FastAPI), over the same submit door, runners and store
+as the CLI; authentication, problem details, uploads."""
 
 from __future__ import annotations
