@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -275,6 +277,16 @@ def test_a_host_the_follower_cannot_follow_is_followed_by_its_runner(
     assert store.get(job.id).step == 60 and len(events_of(store, job.id, "train.launched")) == 1
 
 
+def host_step(log: Path) -> int:
+    """The newest step a builtin trainer reported in its log."""
+    steps = [0]
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        if line.startswith("LORAFLOW "):
+            with contextlib.suppress(ValueError):
+                steps.append(int(json.loads(line[9:]).get("step") or 0))
+    return max(steps)
+
+
 def test_a_runner_taking_back_a_stopped_training_job_copies_the_last_save_first(sshd: Sshd, tmp_path: Path) -> None:
     """The race seen with CPU burners, made deterministic: the trainer on the host saved at its stop and exited
     while no runner was there (as when the follower hands the job back). The runner that takes the job back
@@ -295,11 +307,15 @@ def test_a_runner_taking_back_a_stopped_training_job_copies_the_last_save_first(
     root = Path(store.get(job.id).lease["root"])  # the host is this machine: its paths are ours
     trainer = Handle.in_folder(str(root / "run"), "train")
     copied = max(int(p.parent.name.split("-")[1]) for p in local.glob("step-*/meta.json"))
-    wait_for(lambda: store.get(job.id).step > copied or not pid_alive(int(Path(trainer.pid_file).read_text())),
-             what="training past the copied checkpoint")  # fmt: skip
-    (job.folder / "run" / "stop-request").touch()  # what a stop leaves for the runner
-    os.kill(int(Path(trainer.pid_file).read_text()), signal.SIGTERM)
-    wait_for(lambda: Path(trainer.exit_file).exists(), what="the trainer to save and exit")
+    pid = int(Path(trainer.pid_file).read_text())
+    try:  # nobody records the host's steps now: read them from the trainer's own log there
+        wait_for(lambda: host_step(Path(trainer.log_file)) > copied, timeout=180, what="training past the copy")
+        (job.folder / "run" / "stop-request").touch()  # what a stop leaves for the runner
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: Path(trainer.exit_file).exists(), what="the trainer to save and exit")
+    finally:
+        if pid_alive(pid):  # a failed wait must not leave a 400-step trainer behind
+            os.kill(pid, signal.SIGKILL)
     saved = max(int(p.parent.name.split("-")[1]) for p in root.rglob("checkpoints/step-*/meta.json"))
     assert saved > copied  # the host holds a save this machine has not seen yet
 
