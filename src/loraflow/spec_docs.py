@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from loraflow.field_map import unwrap_models
+from loraflow.field_map.schema import unwrap_models
 from loraflow.spec import TrainSpec
 
 

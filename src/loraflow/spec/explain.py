@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from loraflow.field_map import unwrap_models
+from loraflow.field_map.schema import unwrap_models
 from loraflow.spec.models import TrainSpec
 
 

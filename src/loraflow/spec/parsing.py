@@ -7,7 +7,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from loraflow.errors import SpecError, UserInputError
-from loraflow.field_map import ENGINES, refusals
+from loraflow.field_map.checks import refusals
+from loraflow.field_map.rules import ENGINES
 from loraflow.spec.explain import explain
 from loraflow.spec.hosted import refused_fields
 from loraflow.spec.models import TrainSpec

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from loraflow import catalog
-from loraflow.field_map import prodigy_default
+from loraflow.field_map.defaults import prodigy_default
 from loraflow.spec.models import catalog_id, looks_like_path
 
 
