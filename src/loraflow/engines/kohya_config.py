@@ -158,16 +158,8 @@ def train_args(spec: TrainSpec, layout: JobLayout) -> list[str]:
         args += ["--max_train_steps", str(t.steps)]
     else:
         args += ["--max_train_epochs", str(t.epochs)]
-    every = spec.checkpointing.every_n_steps
-    keep = every * (spec.checkpointing.keep_last - 1)  # kohya keeps the files within this span *and* one more
     args += [
-        "--save_every_n_steps",
-        str(every),
-        "--save_last_n_steps",
-        str(keep),
-        "--save_state",
-        "--save_last_n_steps_state",
-        str(keep),
+        *save_args(spec),
         "--save_state_on_train_end",
         "--dataset_config",
         str(PurePosixPath(layout.engine, DATASET)),
@@ -196,6 +188,22 @@ def train_args(spec: TrainSpec, layout: JobLayout) -> list[str]:
 def scheduler_name(name: str, warmup: int) -> str:
     """kohya refuses warmup with `constant` (diffusers ignores it): that is `constant_with_warmup`."""
     return "constant_with_warmup" if name == "constant" and warmup else SCHEDULERS[name]
+
+
+def save_args(spec: TrainSpec) -> list[str]:
+    """Checkpoints with their state folders (for an exact resume) every N steps, the last keep_last of each
+    kept: the kohya family keeps the files within `--save_last_n_steps` *and* one more."""
+    every = spec.checkpointing.every_n_steps
+    keep = every * (spec.checkpointing.keep_last - 1)
+    return [
+        "--save_every_n_steps",
+        str(every),
+        "--save_last_n_steps",
+        str(keep),
+        "--save_state",
+        "--save_last_n_steps_state",
+        str(keep),
+    ]
 
 
 def optimizer_args(training: TrainingSpec, names: Mapping[str, str] = OPTIMIZERS) -> list[str]:
@@ -237,10 +245,15 @@ def script_name(spec: TrainSpec) -> str:
 
 
 def launcher(spec: TrainSpec, python: str, root: Path) -> list[str]:
-    """`accelerate launch` pinned to one process (on a multi-GPU rental it would otherwise start DDP)."""
-    precision = "no" if spec.training.precision == "fp32" else spec.training.precision
+    return launch(spec, python, str(root / script_name(spec)))
+
+
+def launch(spec: TrainSpec, python: str, script: str) -> list[str]:
+    """`accelerate launch` pinned to one process (on a multi-GPU rental it would otherwise start DDP); plain
+    python with `engine.options.launcher: python`. The same for kohya and musubi."""
     if spec.engine.options.get("launcher") == "python":
-        return [python, str(root / script_name(spec))]
+        return [python, script]
+    precision = "no" if spec.training.precision == "fp32" else spec.training.precision
     return [
         python,
         "-m",
@@ -251,5 +264,5 @@ def launcher(spec: TrainSpec, python: str, root: Path) -> list[str]:
         "1",
         "--num_processes",
         "1",
-        str(root / script_name(spec)),
+        script,
     ]

@@ -110,9 +110,15 @@ class KohyaParser:
         m = re.match(r"total optimization steps / 学習ステップ数: (\d+)", text)
         if m:
             return [EngineEvent(ev.LOG, {"message": text, "total": int(m.group(1))})]
-        hint = match_hint(text)
-        if hint and (hint.code != "missing_file" or "Error" in text):
-            return [EngineEvent(ev.ERROR, {"code": hint.code, "message": text[:500], "hint": hint.hint})]
-        if "CalledProcessError" in text:
-            return [EngineEvent(ev.ERROR, {"code": "crash", "message": text[:500], "hint": ""})]
-        return []
+        return error_events(text)
+
+
+def error_events(text: str) -> list[EngineEvent]:
+    """A known failure (with its hint) or a crashed subprocess in a kohya-family console line, the same for
+    sd-scripts and musubi; a missing-file match counts only on a line that reports an error."""
+    hint = match_hint(text)
+    if hint and (hint.code != "missing_file" or "Error" in text):
+        return [EngineEvent(ev.ERROR, {"code": hint.code, "message": text[:500], "hint": hint.hint})]
+    if "CalledProcessError" in text:
+        return [EngineEvent(ev.ERROR, {"code": "crash", "message": text[:500], "hint": ""})]
+    return []

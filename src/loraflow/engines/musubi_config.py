@@ -115,16 +115,8 @@ def train_args(spec: TrainSpec, layout: JobLayout, offset: int = 0) -> list[str]
         args += ["--max_train_steps", str(t.steps - offset)]
     else:
         args += ["--max_train_epochs", str(t.epochs)]
-    every = spec.checkpointing.every_n_steps
-    keep = every * (spec.checkpointing.keep_last - 1)  # musubi keeps the files within this span and one more
     args += [
-        "--save_every_n_steps",
-        str(every),
-        "--save_last_n_steps",
-        str(keep),
-        "--save_state",
-        "--save_last_n_steps_state",
-        str(keep),
+        *kohya_config.save_args(spec),
         "--save_precision",
         {"fp32": "float", "fp16": "fp16", "bf16": "bf16"}[spec.output.dtype],
         "--output_dir",
@@ -149,23 +141,7 @@ def cache_steps(spec: TrainSpec, layout: JobLayout, python: str, root: Path) -> 
 
 
 def launcher(spec: TrainSpec, python: str, root: Path) -> list[str]:
-    """`accelerate launch` pinned to one process (on a multi-GPU rental it would otherwise start DDP)."""
-    script = str(root / SCRIPTS / "wan_train_network.py")
-    if spec.engine.options.get("launcher") == "python":
-        return [python, script]
-    precision = "no" if spec.training.precision == "fp32" else spec.training.precision
-    return [
-        python,
-        "-m",
-        "accelerate.commands.launch",
-        "--mixed_precision",
-        precision,
-        "--num_cpu_threads_per_process",
-        "1",
-        "--num_processes",
-        "1",
-        script,
-    ]
+    return kohya_config.launch(spec, python, str(root / SCRIPTS / "wan_train_network.py"))
 
 
 def shell(steps: list[list[str]], train: list[str]) -> str:

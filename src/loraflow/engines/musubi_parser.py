@@ -7,8 +7,9 @@ import math
 import re
 from typing import Any
 
+from loraflow.engines.kohya_parser import error_events
 from loraflow.engines.musubi_files import STATE_DIR, STEP_FILE, offset_of
-from loraflow.hints import hint_for, match_hint
+from loraflow.hints import hint_for
 from loraflow.monitor import events as ev
 from loraflow.monitor.events import EngineEvent
 from loraflow.monitor.lines import LineSplitter
@@ -99,9 +100,4 @@ class MusubiParser:
         m = re.match(r"total optimization steps / 学習ステップ数: (\d+)", text)
         if m:
             return [EngineEvent(ev.LOG, {"message": text, "total": int(m.group(1)) + self.offset})]
-        hint = match_hint(text)
-        if hint and (hint.code != "missing_file" or "Error" in text):
-            return [EngineEvent(ev.ERROR, {"code": hint.code, "message": text[:500], "hint": hint.hint})]
-        if "CalledProcessError" in text:
-            return [EngineEvent(ev.ERROR, {"code": "crash", "message": text[:500], "hint": ""})]
-        return []
+        return error_events(text)
