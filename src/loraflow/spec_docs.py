@@ -9,12 +9,12 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from loraflow.field_map import unwrap_models
+from loraflow.field_map.schema import unwrap_models
 from loraflow.spec import TrainSpec
 
 
 def _type_name(annotation: Any) -> str:
-    text = str(annotation).replace("typing.", "").replace("loraflow.spec.", "")
+    text = re.sub(r"loraflow\.spec\.(?:\w+\.)*", "", str(annotation).replace("typing.", ""))
     text = text.replace("<class '", "").replace("'>", "").replace("NoneType", "null")
     text = re.sub(  # a discriminated union (publish targets) reads as its members
         r"Annotated\[Union\[([^\]]+)\], FieldInfo\([^)]*discriminator='type'\)\]",

@@ -44,7 +44,7 @@ def wait_for(check, timeout: float) -> None:
 def test_real_aitoolkit_trains_resumes_after_sigkill_and_agrees_with_its_own_files(tmp_path: Path, cli) -> None:
     from safetensors import safe_open
 
-    from loraflow.engines.aitoolkit import read_loss_log
+    from loraflow.engines.aitoolkit_loss_log import read_loss_log
     from loraflow.trainer.tiny import build_tiny_flux
 
     tiny = build_tiny_flux(tmp_path / "tiny-flux")  # a local folder: ai-toolkit takes flux-dev's road

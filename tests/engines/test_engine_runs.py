@@ -139,7 +139,8 @@ def aitk_checkpoints(root: Path, steps: list[int]) -> None:
 
 def test_aitoolkit_ctime_trap_and_truncated_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Files restored in the wrong order: ai-toolkit alone would resume from the oldest step."""
-    from loraflow.engines.aitoolkit import render_config, save_root
+    from loraflow.engines.aitoolkit_config import render_config
+    from loraflow.engines.aitoolkit_files import save_root
     from loraflow.testing.aitoolkit_standin import run
 
     spec = parse_spec(
@@ -187,7 +188,7 @@ def test_aitoolkit_ctime_trap_and_truncated_checkpoint(tmp_path: Path, capsys: p
 
 
 def test_kohya_prepare_resume_drops_incomplete_state(tmp_path: Path) -> None:
-    from loraflow.engines.kohya import out_dir
+    from loraflow.engines.kohya_files import out_dir
 
     spec = parse_spec(
         {"name": "mascot", "dataset": {"path": str(tmp_path)}, "base_model": "flux-dev", "engine": "kohya"}

@@ -10,10 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loraflow.engines import aitoolkit, kohya, musubi
+from loraflow.engines import aitoolkit, aitoolkit_files, kohya, kohya_files, musubi_files
 from loraflow.engines.builtin import trainer_config
 from loraflow.errors import SpecError
-from loraflow.field_map import ENGINES, FIELDS, PINS, leaf_fields, markdown, rule_for, with_table
+from loraflow.field_map.checks import rule_for
+from loraflow.field_map.docs import markdown, with_table
+from loraflow.field_map.fields import FIELDS
+from loraflow.field_map.rules import ENGINES, PINS
+from loraflow.field_map.schema import leaf_fields
 from loraflow.layout import JobLayout
 from loraflow.spec import TrainSpec, parse_spec
 
@@ -57,7 +61,7 @@ def test_every_spec_field_has_a_rule_on_every_engine() -> None:
         for engine in ENGINES:
             rule_for(field, engine)  # raises KeyError for a field nobody decided about
     assert set(FIELDS) - set(leaf_fields(TrainSpec)) == {"base_model (flux-schnell)"}
-    assert PINS == {"ai-toolkit": aitoolkit.PIN, "kohya": kohya.PIN, "musubi": musubi.PIN}
+    assert PINS == {"ai-toolkit": aitoolkit_files.PIN, "kohya": kohya_files.PIN, "musubi": musubi_files.PIN}
 
 
 def test_docs_table_is_the_generated_one() -> None:

@@ -11,7 +11,9 @@ import pytest
 from PIL import Image
 from safetensors import safe_open
 
-from loraflow.engines.kohya import PROMPTS, SCRIPT, KohyaEngine, KohyaParser
+from loraflow.engines.kohya import KohyaEngine
+from loraflow.engines.kohya_files import PROMPTS, SCRIPT
+from loraflow.engines.kohya_parser import KohyaParser
 from loraflow.layout import JobLayout
 from loraflow.monitor import events as ev
 from loraflow.spec import parse_spec

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 from safetensors.torch import save_file
 
-from loraflow.engines.musubi import MusubiEngine, MusubiParser, segment_dir, video_settings
+from loraflow.engines.musubi import MusubiEngine, video_settings
+from loraflow.engines.musubi_files import segment_dir
+from loraflow.engines.musubi_parser import MusubiParser
 from loraflow.errors import SpecError, UserInputError
-from loraflow.field_map import refusals
+from loraflow.field_map.checks import refusals
 from loraflow.layout import JobLayout
 from loraflow.spec import parse_spec
 

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loraflow.engines.aitoolkit import AitkEngine, AitkParser
-from loraflow.engines.kohya import KohyaEngine, KohyaParser
+from loraflow.engines.aitoolkit import AitkEngine
+from loraflow.engines.aitoolkit_parser import AitkParser
+from loraflow.engines.kohya import KohyaEngine
+from loraflow.engines.kohya_parser import KohyaParser
 from loraflow.jobs.states import JobState
 from loraflow.jobs.store import Store
 from loraflow.monitor import events as ev

@@ -13,8 +13,8 @@ NAME = "my_first_flux_lora_v1"
 
 
 def events(engine: str, name: str, chunk: int = 10_000) -> list[tuple[str, dict]]:
-    from loraflow.engines.aitoolkit import AitkParser
-    from loraflow.engines.kohya import KohyaParser
+    from loraflow.engines.aitoolkit_parser import AitkParser
+    from loraflow.engines.kohya_parser import KohyaParser
 
     data = (FIX / name).read_bytes()
     parser = AitkParser(NAME) if engine == "ai-toolkit" else KohyaParser()
@@ -98,7 +98,7 @@ def test_aitoolkit_loss_belongs_to_its_step_when_steps_are_fast(chunk: int, tmp_
     # with loss_log.db (indexed by loop index, no row for a run's first step), the exact values
     db = tmp_path / "loss_log.db"
     write_loss_log(db, range(1, 20), 20)
-    from loraflow.engines.aitoolkit import AitkParser
+    from loraflow.engines.aitoolkit_parser import AitkParser
 
     parser = AitkParser(NAME, loss_db=db)
     data = (FIX / "aitk_fast.log").read_bytes()
@@ -109,7 +109,7 @@ def test_aitoolkit_loss_belongs_to_its_step_when_steps_are_fast(chunk: int, tmp_
 
 
 def test_aitoolkit_loss_log_row_left_from_before_a_resume_is_not_used(tmp_path: Path) -> None:
-    from loraflow.engines.aitoolkit import AitkParser
+    from loraflow.engines.aitoolkit_parser import AitkParser
 
     db = tmp_path / "loss_log.db"
     write_loss_log(db, range(1, 20), 40)  # other values: rows of an earlier run not yet rewritten

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from loraflow.engines.aitoolkit import AitkEngine
-from loraflow.engines.kohya import KohyaEngine, train_args
+from loraflow.engines.kohya import KohyaEngine
+from loraflow.engines.kohya_config import train_args
 from loraflow.errors import UserInputError
 from loraflow.layout import JobLayout
 from loraflow.spec import parse_spec

@@ -186,7 +186,8 @@ def test_one_emulators_destroy_never_kills_another_emulators_processes(tmp_path:
     import time
 
     from loraflow.hosts.local import pid_alive
-    from loraflow.testing.vast_emulator import MARKER, Emulator, Instance
+    from loraflow.testing.vast_emulator import MARKER, Emulator
+    from loraflow.testing.vast_instances import Instance
 
     def instance(root: Path) -> Instance:
         return Instance(31_000_001, {}, "loraflow:x", "img", 10, {}, "ssh", "", "k", time.time(), 0, root)

@@ -50,15 +50,15 @@ def parse_log(engine: str, data: bytes, job_name: str, loss_db: Path | None = No
 
         parser = BuiltinParser()
     elif engine == "ai-toolkit":
-        from loraflow.engines.aitoolkit import AitkParser
+        from loraflow.engines.aitoolkit_parser import AitkParser
 
         parser = AitkParser(job_name, loss_db)
     elif engine == "kohya":
-        from loraflow.engines.kohya import KohyaParser
+        from loraflow.engines.kohya_parser import KohyaParser
 
         parser = KohyaParser()
     elif engine == "musubi":
-        from loraflow.engines.musubi import MusubiParser
+        from loraflow.engines.musubi_parser import MusubiParser
 
         parser = MusubiParser()
     else:
@@ -118,7 +118,7 @@ def parse_cmd(
         raise UserInputError(f"no log file at {file}")
     data = file.read_bytes()
     if engine == "ai-toolkit" and not name:
-        from loraflow.engines.aitoolkit import guess_job_name
+        from loraflow.engines.aitoolkit_parser import guess_job_name
 
         name = guess_job_name(data.decode("utf-8", errors="replace"))
     events = parse_log(engine, data, name, loss_db)
@@ -137,7 +137,7 @@ def parse_cmd(
     if plot:
         points = [(e.data["step"], e.data["loss"]) for e in events if e.type == "progress" and "loss" in e.data]
         if loss_db:
-            from loraflow.engines.aitoolkit import read_loss_log
+            from loraflow.engines.aitoolkit_loss_log import read_loss_log
 
             points = [(r["step"], r["loss"]) for r in read_loss_log(loss_db)]
         plot_loss(points, plot)

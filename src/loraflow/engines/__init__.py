@@ -1,6 +1,11 @@
 """Engines: adapters that render a trainer's config from the spec (builtin, ai-toolkit, kohya, musubi,
 fal), launch it and turn its output into events; the field map says what each honours."""
 
+# An external engine <name> has its engine class in <name>.py and, beside it, where its files live
+# (<name>_files), how its config is rendered (<name>_config), how its console is read (<name>_parser)
+# and, where it needs its own, how it resumes (kohya_resume, aitoolkit_resume); musubi shares the kohya
+# family's argument blocks, launcher and error lines with kohya.
+
 from __future__ import annotations
 
 from loraflow.engines.base import Engine

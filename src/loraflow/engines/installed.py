@@ -57,9 +57,9 @@ def env_var(name: str) -> str:
 def pin_of(name: str) -> tuple[str, str]:
     """(repository, pinned commit) of an external engine."""
     if name == "ai-toolkit":
-        from loraflow.engines import aitoolkit as module
+        from loraflow.engines import aitoolkit_files as module
     elif name == "kohya":
-        from loraflow.engines import kohya as module  # type: ignore[no-redef]
+        from loraflow.engines import kohya_files as module  # type: ignore[no-redef]
     else:
         raise UserInputError(f"unknown external engine '{name}'", fix="use ai-toolkit or kohya")
     return module.REPO, module.PIN

@@ -21,18 +21,13 @@ linear and cosine schedules for musubi.
 from __future__ import annotations
 
 import json
-import math
-import re
 import shlex
 import shutil
 from pathlib import Path, PurePosixPath
-from typing import Any
 
-import tomli_w
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from loraflow.engines import kohya  # the kohya family: prompt file, model paths, sampling arguments
 from loraflow.engines.base import Command, EngineRequirements, Outcome
 from loraflow.engines.external import (
     engine_dir,
@@ -44,50 +39,28 @@ from loraflow.engines.external import (
     store_samples,
     sync_checkpoints,
 )
-from loraflow.hints import hint_for, match_hint
+from loraflow.engines.kohya_files import PROMPTS  # the kohya family's prompt file
+from loraflow.engines.musubi_config import cache_steps, dataset_toml, launcher, prompts_file, shell, train_args
+from loraflow.engines.musubi_files import (
+    ARGS,
+    DATASET,
+    PIN,
+    REPO,
+    SAMPLE,
+    SCRIPT,
+    SETUP,
+    STATE_DIR,
+    STEP_FILE,
+    segment_dir,
+    segments,
+)
+from loraflow.engines.musubi_parser import MusubiParser
 from loraflow.layout import JobLayout
-from loraflow.media.video import VIDEO_EXTENSIONS, VideoNeeds
+from loraflow.media.video import VideoNeeds
 from loraflow.monitor import events as ev
 from loraflow.monitor.events import EngineEvent
-from loraflow.monitor.lines import LineSplitter
-from loraflow.monitor.tqdm import parse_tqdm
 from loraflow.spec import TrainSpec
 from loraflow.video_options import VIDEO_OPTIONS, video_settings  # noqa: F401  (checked with the spec)
-
-REPO = "kohya-ss/musubi-tuner"
-PIN = "30c658c4"  # main, v0.3.4 (2026-06-24): Wan 2.1 and Wan 2.2 (A14B) training
-OUTPUT = "musubi"
-DATASET = "dataset.toml"
-PROMPTS = kohya.PROMPTS
-ARGS = "args.json"
-SCRIPT = "train.sh"
-SETUP = "setup_musubi.sh"
-SCRIPTS = "src/musubi_tuner"  # where the entry points live in the checkout
-STEP_FILE = re.compile(r"-step(\d{8})\.safetensors$")
-STATE_DIR = re.compile(r"-step(\d{8})-state$")
-SEGMENT = re.compile(r"^from-(\d{8})$")
-# trainer_base.sample_images: <name>_<step:06d>_<prompt:02d>_<YYYYmmddHHMMSS>_<seed>, one-frame samples as
-# save_images_grid's `<that>_000.png`
-SAMPLE = re.compile(r"_(\d{6})_(\d{2})_\d{14}(?:_\d+)?(?:_\d{3})?\.(png|jpg|webp)$")
-OPTIMIZERS = {"adamw": "AdamW", "adamw8bit": "AdamW8bit", "prodigy": "prodigyopt.Prodigy", "adafactor": "Adafactor"}
-
-
-def out_dir(layout: JobLayout) -> str:
-    return str(PurePosixPath(layout.root, OUTPUT))
-
-
-def segment_dir(layout: JobLayout, offset: int) -> str:
-    return str(PurePosixPath(out_dir(layout), f"from-{offset:08d}"))
-
-
-def segments(layout: JobLayout) -> list[tuple[int, Path]]:
-    """Each run's own output folder with the cumulative step it started at, oldest first."""
-    root = Path(out_dir(layout))
-    found = [(int(m.group(1)), p) for p in root.glob("from-*") if p.is_dir() and (m := SEGMENT.match(p.name))]
-    return sorted(found)
-
-
-# --- video settings -------------------------------------------------------------------------------
 
 
 def video_needs(spec: TrainSpec) -> VideoNeeds | None:
@@ -100,286 +73,6 @@ def video_needs(spec: TrainSpec) -> VideoNeeds | None:
         return VideoNeeds(1, 1, s.get("source_fps"))
     targets = tuple(s["target_frames"])
     return VideoNeeds(min(targets), max(targets), s.get("source_fps"), targets)
-
-
-# --- rendering ------------------------------------------------------------------------------------
-
-
-def media_kinds(layout: JobLayout) -> set[str]:
-    """Which datasets to give musubi: those the prepared dataset has files for (both before it is prepared).
-    A video dataset with no video in it is not rendered, so musubi never builds an empty one."""
-    manifest = Path(layout.dataset) / "manifest.json"
-    if not manifest.exists():
-        return {"images", "videos"}
-    names = [f["name"] for f in json.loads(manifest.read_text(encoding="utf-8"))["files"]]
-    videos = sum(1 for n in names if PurePosixPath(n).suffix.lower() in VIDEO_EXTENSIONS)
-    return {k for k, n in (("images", len(names) - videos), ("videos", videos)) if n}
-
-
-def dataset_toml(spec: TrainSpec, layout: JobLayout) -> str:
-    """One image and one video dataset per resolution, each with its own cache folder (musubi requires it)."""
-    video, kinds = video_settings(spec), media_kinds(layout)
-    general = {
-        "caption_extension": "." + spec.dataset.caption_extension,
-        "batch_size": spec.training.batch_size,
-        "enable_bucket": True,
-        "bucket_no_upscale": False,
-    }
-    datasets: list[dict[str, Any]] = []
-    cache = PurePosixPath(layout.engine, "cache")
-    for res in spec.training.resolution:
-        common = {"resolution": [res, res], "num_repeats": spec.dataset.repeats}
-        if "images" in kinds:
-            datasets.append(
-                {"image_directory": layout.dataset, "cache_directory": str(cache / f"images-{res}"), **common}
-            )
-        if "videos" in kinds:
-            datasets.append(
-                {"video_directory": layout.dataset, "cache_directory": str(cache / f"videos-{res}"), **common, **video}
-            )
-    return tomli_w.dumps({"general": general, "datasets": datasets})
-
-
-def prompts_file(spec: TrainSpec) -> str:
-    """kohya's prompt file; `--f 1` gives one-frame samples (images), which the bundle's sample pages show."""
-    return kohya.prompts_file(spec, " --f 1")
-
-
-def model_files(spec: TrainSpec) -> dict[str, str]:
-    return kohya.model_paths(spec, spec.catalog_entry.musubi_files)
-
-
-def scheduler_name(name: str, warmup: int) -> str:
-    return "constant_with_warmup" if name == "constant" and warmup else name
-
-
-def train_args(spec: TrainSpec, layout: JobLayout, offset: int = 0) -> list[str]:
-    """wan_train_network.py's arguments, in the order of musubi's docs/wan.md example plus loraflow's fixes."""
-    t, n = spec.training, spec.network
-    entry, files = spec.catalog_entry, model_files(spec)
-    args = ["--task", str(entry.musubi_task), "--dit", files["dit"]]
-    if "dit_high_noise" in files:  # Wan 2.2 A14B: one LoRA trained over both experts, switched at the boundary
-        args += ["--dit_high_noise", files["dit_high_noise"]]
-    args += ["--vae", files["vae"], "--t5", files["t5"]]
-    if "clip" in files:
-        args += ["--clip", files["clip"]]
-    precision = "no" if t.precision == "fp32" else t.precision
-    args += [
-        "--dataset_config",
-        str(PurePosixPath(layout.engine, DATASET)),
-        "--sdpa",
-        "--mixed_precision",
-        precision,
-    ]
-    if t.quantize != "none":
-        args += ["--fp8_base", "--fp8_scaled"]  # scaled fp8 of bf16 weights: musubi's better-quality fp8
-    if t.blocks_to_swap:
-        args += ["--blocks_to_swap", str(t.blocks_to_swap)]
-    args += [
-        "--optimizer_type",
-        OPTIMIZERS[t.optimizer],
-        "--learning_rate",
-        str(t.learning_rate),
-        "--lr_scheduler",
-        scheduler_name(t.lr_scheduler, t.lr_warmup_steps),
-        "--lr_warmup_steps",
-        str(t.lr_warmup_steps),
-        "--max_grad_norm",
-        str(t.max_grad_norm),
-        "--optimizer_args",
-        f"weight_decay={t.weight_decay}",
-    ]
-    if t.optimizer == "adafactor":
-        args += ["relative_step=False", "scale_parameter=False", "warmup_init=False"]
-    if t.gradient_checkpointing:
-        args.append("--gradient_checkpointing")
-    args += [
-        "--gradient_accumulation_steps",
-        str(t.gradient_accumulation),
-        "--max_data_loader_n_workers",
-        "2",
-        "--persistent_data_loader_workers",
-        "--network_module",
-        "networks.lora_wan",
-        "--network_dim",
-        str(n.rank),
-        "--network_alpha",
-        str(n.alpha),
-    ]
-    if n.targets == "attention":  # lora_wan matches each module's name in full; the MLP is `ffn`
-        args += ["--network_args", "exclude_patterns=['.*ffn.*']"]
-    if n.dropout:
-        args += ["--network_dropout", str(n.dropout)]
-    sampling = "sigmoid" if t.timestep_sampling == "logit_normal" else t.timestep_sampling
-    args += ["--timestep_sampling", sampling]
-    if sampling == "shift":
-        args += ["--discrete_flow_shift", str(t.timestep_shift)]
-    args += ["--seed", str(t.seed)]
-    if t.steps:
-        args += ["--max_train_steps", str(t.steps - offset)]
-    else:
-        args += ["--max_train_epochs", str(t.epochs)]
-    every = spec.checkpointing.every_n_steps
-    keep = every * (spec.checkpointing.keep_last - 1)  # musubi keeps the files within this span and one more
-    args += [
-        "--save_every_n_steps",
-        str(every),
-        "--save_last_n_steps",
-        str(keep),
-        "--save_state",
-        "--save_last_n_steps_state",
-        str(keep),
-        "--save_precision",
-        {"fp32": "float", "fp16": "fp16", "bf16": "bf16"}[spec.output.dtype],
-        "--output_dir",
-        segment_dir(layout, offset),
-        "--output_name",
-        spec.name,
-    ]
-    return args + kohya.sample_and_extra_args(spec, layout)
-
-
-def cache_steps(spec: TrainSpec, layout: JobLayout, python: str, root: Path) -> list[list[str]]:
-    """The two caching scripts musubi needs before training; `--skip_existing` keeps a resume from redoing them."""
-    files, config = model_files(spec), str(PurePosixPath(layout.engine, DATASET))
-    latents = [python, str(root / SCRIPTS / "wan_cache_latents.py"), "--dataset_config", config, "--vae", files["vae"]]
-    if "clip" in files:
-        latents += ["--clip", files["clip"]]
-    text = [python, str(root / SCRIPTS / "wan_cache_text_encoder_outputs.py"), "--dataset_config", config]
-    text += ["--t5", files["t5"], "--batch_size", "16"]
-    if spec.training.quantize != "none":
-        text.append("--fp8_t5")
-    return [[*latents, "--skip_existing"], [*text, "--skip_existing"]]
-
-
-def launcher(spec: TrainSpec, python: str, root: Path) -> list[str]:
-    """`accelerate launch` pinned to one process (on a multi-GPU rental it would otherwise start DDP)."""
-    script = str(root / SCRIPTS / "wan_train_network.py")
-    if spec.engine.options.get("launcher") == "python":
-        return [python, script]
-    precision = "no" if spec.training.precision == "fp32" else spec.training.precision
-    return [
-        python,
-        "-m",
-        "accelerate.commands.launch",
-        "--mixed_precision",
-        precision,
-        "--num_cpu_threads_per_process",
-        "1",
-        "--num_processes",
-        "1",
-        script,
-    ]
-
-
-def shell(steps: list[list[str]], train: list[str]) -> str:
-    """Caching then training in one shell; `exec` makes the trainer the launched process itself, so stopping
-    or killing the job's process stops training, not only a wrapper."""
-    return " && ".join([*(shlex.join(s) for s in steps), "exec " + shlex.join(train)])
-
-
-# --- console output ----------------------------------------------------------------------------
-
-_STEPS = re.compile(  # anchored: the caching bars and the sampling bars have other labels or none
-    r"^steps:\s+(\d+)%\|[^|]*\|\s*(\d+)/(\d+)\s+\[([\d:]+)<([\d:?]+),\s+([\d.]+|\?)(s/it|it/s)"
-    r"(?:,\s*avr_loss=([\d.eE+-]+|-?nan|-?inf))?"
-)
-_LOG = re.compile(r"^(INFO|WARNING|ERROR|DEBUG|CRITICAL):[\w.]+:(.*)$")  # logging.basicConfig's format
-_GLUED = re.compile(r"(?<=\S)(?=(?:INFO|WARNING|ERROR|CRITICAL|DEBUG):[\w.]+:)")
-_RESUME = re.compile(r"resume training from local state: (.+)$")
-
-
-def offset_of(path: str) -> int:
-    """The cumulative step a file of a run folder counts from: its `from-NNNNNNNN` folder's number."""
-    m = re.search(r"from-(\d{8})/", path.replace("\\", "/"))
-    return int(m.group(1)) if m else 0
-
-
-class MusubiParser:
-    """musubi's console: the `steps:` bar (run-local count, made cumulative), save/state/resume lines, the
-    caching scripts' log lines and errors."""
-
-    def __init__(self) -> None:
-        self._lines = LineSplitter()
-        self.offset = 0  # the step this run resumed at: musubi's bar and file names restart at 0
-        self._pending: dict[str, Any] | None = None  # the newest step's bar, reported when it is complete
-        self.nan_loss = False
-
-    def feed(self, chunk: bytes) -> list[EngineEvent]:
-        return [e for line in self._lines.feed(chunk) for e in self.parse_line(line)]
-
-    def flush(self) -> list[EngineEvent]:
-        return [e for line in self._lines.flush() for e in self.parse_line(line)] + self._release()
-
-    def parse_line(self, line: str) -> list[EngineEvent]:
-        """A log record written while the bar is drawn (no newline after a bar) shares its line: split it off."""
-        out: list[EngineEvent] = []
-        for part in _GLUED.split(line):
-            log = _LOG.match(part.strip())
-            out += self.parse_message((log.group(2) if log else part).strip())
-        return out
-
-    def _progress(self, bar: re.Match[str]) -> list[EngineEvent]:
-        """A step's last bar line carries its loss: tqdm redraws on update() with the previous step's
-        avr_loss, then set_postfix() redraws with this step's. So a step is reported when the next one starts
-        (or the output ends), with the loss of its last line."""
-        data = parse_tqdm(bar)
-        data["step"] += self.offset
-        data["total"] += self.offset
-        out: list[EngineEvent] = []
-        loss = float(bar.group(8)) if bar.group(8) else None
-        if loss is not None and not math.isfinite(loss):
-            if not self.nan_loss:  # musubi trains on: the run is failed when it ends (see outcome)
-                error = {"code": "nan_loss", "message": f"avr_loss={bar.group(8)} at step {data['step']}"}
-                out.append(EngineEvent(ev.ERROR, {**error, "hint": hint_for("nan_loss")}))
-            self.nan_loss = True
-        elif loss is not None:
-            data["loss"] = loss
-        if self._pending and self._pending["step"] != data["step"]:
-            out += self._release()
-        if data["step"] > self.offset:
-            self._pending = data
-        return out
-
-    def _release(self) -> list[EngineEvent]:
-        pending, self._pending = self._pending, None
-        return [EngineEvent(ev.PROGRESS, pending)] if pending else []
-
-    def parse_message(self, text: str) -> list[EngineEvent]:
-        bar = _STEPS.search(text)
-        if bar:
-            return self._progress(bar)
-        m = re.match(r"saving checkpoint: (.+)$", text)
-        if m:
-            path = m.group(1)
-            step = STEP_FILE.search(path)
-            if step:
-                cumulative = offset_of(path) + int(step.group(1))
-                return [EngineEvent(ev.CHECKPOINT, {"step": cumulative, "path": path})]
-            return [EngineEvent(ev.LOG, {"message": f"LoRA saved: {path}"})]
-        m = _RESUME.match(text)
-        if m:
-            state = STATE_DIR.search(m.group(1).rstrip("/"))
-            self.offset = offset_of(m.group(1)) + (int(state.group(1)) if state else 0)
-            return [EngineEvent(ev.RESUMED, {"step": self.offset})]
-        if text.startswith("running training"):
-            return [EngineEvent(ev.PHASE, {"phase": "training"})]
-        if text.startswith("Encoding dataset [") or text.startswith("Encoding with T5"):
-            return [EngineEvent(ev.PHASE, {"phase": "caching"})]
-        if text.startswith("Load dataset config from") or text.startswith("Loading DiT model from"):
-            return [EngineEvent(ev.PHASE, {"phase": "preparing"})]
-        m = re.match(r"total optimization steps / 学習ステップ数: (\d+)", text)
-        if m:
-            return [EngineEvent(ev.LOG, {"message": text, "total": int(m.group(1)) + self.offset})]
-        hint = match_hint(text)
-        if hint and (hint.code != "missing_file" or "Error" in text):
-            return [EngineEvent(ev.ERROR, {"code": hint.code, "message": text[:500], "hint": hint.hint})]
-        if "CalledProcessError" in text:
-            return [EngineEvent(ev.ERROR, {"code": "crash", "message": text[:500], "hint": ""})]
-        return []
-
-
-# --- the engine --------------------------------------------------------------------------------
 
 
 class MusubiEngine:

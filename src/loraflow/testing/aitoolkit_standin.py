@@ -154,6 +154,32 @@ def _save(root: Path, name: str, step: int, rank: int, meta: dict[str, Any], fin
     return path
 
 
+def _resume(root: Path, name: str) -> int:
+    """ai-toolkit resumes from its newest save by itself: the step it read, 0 on a fresh run."""
+    candidates = [p for p in root.glob(f"{name}*.safetensors")]
+    if not candidates:
+        return 0
+    latest = max(candidates, key=lambda p: p.stat().st_ctime)
+    print(f"#### IMPORTANT RESUMING FROM {latest} ####")
+    print(f"Loading from {latest}")
+    with safe_open(str(latest), "pt") as f:  # a truncated file raises here, as the real loader does
+        info = json.loads((f.metadata() or {}).get("training_info", "{}"))
+    start = int(info.get("step", 0))
+    print(f"Found step {start} in metadata, starting from there")
+    if (root / "optimizer.pt").exists():
+        print(f"Loading optimizer state from {root / 'optimizer.pt'}")
+        print("Updating optimizer LR from params")
+    return start
+
+
+def _prune(root: Path, name: str, keep: int) -> None:
+    """max_step_saves_to_keep: the oldest step saves go, as ai-toolkit removes them."""
+    saves = sorted(root.glob(f"{name}_*.safetensors"), key=lambda p: p.stat().st_ctime)
+    for old in saves[: max(0, len(saves) - keep)]:
+        print(f"Removing old save: {old}")
+        old.unlink()
+
+
 def run(config_path: str) -> int:
     raw = Path(config_path).read_text()
     if "${" in raw:
@@ -185,19 +211,7 @@ def run(config_path: str) -> int:
     print("create LoRA for U-Net: 34 modules.")
     root = Path(proc["training_folder"]) / name
     root.mkdir(parents=True, exist_ok=True)
-    start = 0
-    candidates = [p for p in root.glob(f"{name}*.safetensors")]
-    if candidates:
-        latest = max(candidates, key=lambda p: p.stat().st_ctime)
-        print(f"#### IMPORTANT RESUMING FROM {latest} ####")
-        print(f"Loading from {latest}")
-        with safe_open(str(latest), "pt") as f:  # a truncated file raises here, as the real loader does
-            info = json.loads((f.metadata() or {}).get("training_info", "{}"))
-        start = int(info.get("step", 0))
-        print(f"Found step {start} in metadata, starting from there")
-        if (root / "optimizer.pt").exists():
-            print(f"Loading optimizer state from {root / 'optimizer.pt'}")
-            print("Updating optimizer LR from params")
+    start = _resume(root, name)
     dataset = proc["datasets"][0]
     images = [
         p for p in Path(dataset["folder_path"]).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp")
@@ -243,10 +257,7 @@ def run(config_path: str) -> int:
                     bar.pause()
                     print(f"\nSaving at step {step}")
                     _save(root, name, step, int(net["linear"]), meta)
-                    saves = sorted(root.glob(f"{name}_*.safetensors"), key=lambda p: p.stat().st_ctime)
-                    for old in saves[: max(0, len(saves) - int(save["max_step_saves_to_keep"]))]:
-                        print(f"Removing old save: {old}")
-                        old.unlink()
+                    _prune(root, name, int(save["max_step_saves_to_keep"]))
                     bar.unpause()
                 if sampling and every and step % every == 0:
                     bar.pause()

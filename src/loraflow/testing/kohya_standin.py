@@ -22,6 +22,7 @@ import shutil
 import sys
 import time
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -163,6 +164,42 @@ def sample(out: Path, name: str, step: int, prompts: list[str], log: Log) -> Non
         image.save(out / "sample" / f"{name}_{step:06d}_{idx:02d}_{stamp}.png")
 
 
+def resumed_step(resume: str, log: Log) -> int:
+    """The step a `--resume` state folder was saved at, logged the way sd-scripts logs it."""
+    log.info(f"resume training from local state: {resume}", "train_util.py:4500")
+    state = json.loads((Path(resume) / "train_state.json").read_text())
+    log.info(
+        f"load train state from {resume}/train_state.json: {{'current_epoch': {state['current_epoch']}, "
+        f"'current_step': {state['current_step']}}}",
+        "train_network.py:1200",
+    )
+    return int(state["current_step"])
+
+
+def print_plan(batches: int, epochs: int, accumulation: int, total: int) -> None:
+    """sd-scripts' banner before the first step; the parser reads the total steps from it."""
+    print("running training / 学習開始")
+    print(f"  num train images * repeats / 学習画像の数×繰り返し回数: {batches}")
+    print(f"  num batches per epoch / 1epochのバッチ数: {batches}")
+    print(f"  num epochs / epoch数: {epochs}")
+    print("  batch size per device / バッチサイズ: 1")
+    print(f"  gradient accumulation steps / 勾配を合計するステップ数 = {accumulation}")
+    print(f"  total optimization steps / 学習ステップ数: {total}", flush=True)
+
+
+def prune(out: Path, name: str, old: Iterable[tuple[int, bool]], log: Log) -> None:
+    """Delete the checkpoints and states past save_last_n_steps, with sd-scripts' own log lines."""
+    for step, is_state in old:
+        old_path = out / f"{name}-step{step:08d}{'-state' if is_state else '.safetensors'}"
+        if old_path.exists():
+            if is_state:
+                log.info(f"removing old state: {old_path}", "train_util.py:5000")
+                shutil.rmtree(old_path)
+            else:
+                print(f"removing old checkpoint: {old_path}")
+                old_path.unlink()
+
+
 def run(argv: list[str]) -> int:
     args = parse(argv)
     log = Log(args.console_log_simple)
@@ -185,23 +222,8 @@ def run(argv: list[str]) -> int:
     per_epoch = math.ceil(batches / accumulation)  # optimizer steps an epoch
     total = int(args.max_train_steps) if args.max_train_steps else int(args.max_train_epochs) * per_epoch
     epochs = math.ceil(total / per_epoch)
-    from_state = None
-    if args.resume:
-        log.info(f"resume training from local state: {args.resume}", "train_util.py:4500")
-        state = json.loads((Path(args.resume) / "train_state.json").read_text())
-        log.info(
-            f"load train state from {args.resume}/train_state.json: {{'current_epoch': {state['current_epoch']}, "
-            f"'current_step': {state['current_step']}}}",
-            "train_network.py:1200",
-        )
-        from_state = int(state["current_step"])
-    print("running training / 学習開始")
-    print(f"  num train images * repeats / 学習画像の数×繰り返し回数: {batches}")
-    print(f"  num batches per epoch / 1epochのバッチ数: {batches}")
-    print(f"  num epochs / epoch数: {epochs}")
-    print("  batch size per device / バッチサイズ: 1")
-    print(f"  gradient accumulation steps / 勾配を合計するステップ数 = {accumulation}")
-    print(f"  total optimization steps / 学習ステップ数: {total}", flush=True)
+    from_state = resumed_step(args.resume, log) if args.resume else None
+    print_plan(batches, epochs, accumulation, total)
     initial = int(args.initial_step) if args.initial_step is not None else (from_state or 0)
     if initial > 0:
         assert total > initial, f"max_train_steps should be greater than initial step: {total} vs {initial}"
@@ -261,15 +283,7 @@ def run(argv: list[str]) -> int:
                 sample(out, name, step, prompts, log)
             if every and step % every == 0:
                 save_step(args, out, name, step, epoch + 1, rank, alpha, total, log)
-                for old, is_state in removals(every, step, keep, keep_state):
-                    old_path = out / f"{name}-step{old:08d}{'-state' if is_state else '.safetensors'}"
-                    if old_path.exists():
-                        if is_state:
-                            log.info(f"removing old state: {old_path}", "train_util.py:5000")
-                            shutil.rmtree(old_path)
-                        else:
-                            print(f"removing old checkpoint: {old_path}")
-                            old_path.unlink()
+                prune(out, name, removals(every, step, keep, keep_state), log)
             if global_step >= total:
                 done = True
                 break

@@ -24,8 +24,6 @@ Faults and inspection live under `/_emu/` (not part of Vast's API):
 from __future__ import annotations
 
 import argparse
-import base64
-import contextlib
 import json
 import os
 import shutil
@@ -36,206 +34,23 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-MARKER = "LORAFLOW_EMU_INSTANCE"
-ALIASES = {"cuda_vers": "cuda_max_good", "dph": "dph_total", "reliability2": "reliability"}
+from loraflow.testing.vast_admin import admin
+from loraflow.testing.vast_instances import Instance, create_instance, instance_row, list_instances
+from loraflow.testing.vast_offers import make_offers, search_offers
+from loraflow.testing.vast_relay import Relay
 
-# (gpu_name, gpu_ram MB, dph_base, reliability, inet_down, cuda, geolocation, verified, num_gpus, gpu_frac)
-CATALOG: list[tuple[str, int, float, float, float, float, str, bool, int, float]] = [
-    ("RTX 3090", 24576, 0.16, 0.991, 800.0, 12.4, "Texas, US", True, 1, 1.0),
-    ("RTX 4090", 24564, 0.29, 0.995, 900.0, 12.8, "Oregon, US", True, 1, 1.0),
-    ("RTX 4090", 24564, 0.27, 0.982, 600.0, 12.8, "Quebec, CA", True, 1, 1.0),
-    ("RTX 4090", 24564, 0.31, 0.999, 1500.0, 13.0, "Bavaria, DE", True, 1, 1.0),
-    ("RTX 4090", 24564, 0.19, 0.62, 300.0, 12.4, ", US", False, 1, 1.0),  # new, unverified machine
-    ("RTX 4090", 24564, 0.14, 0.997, 900.0, 12.8, "Oregon, US", True, 1, 0.25),  # a quarter of a machine
-    ("RTX 5090", 32607, 0.55, 0.993, 2000.0, 13.0, "California, US", True, 1, 1.0),
-    ("RTX A6000", 49140, 0.45, 0.996, 1000.0, 12.6, "Ohio, US", True, 1, 1.0),
-    ("L40S", 46068, 0.62, 0.998, 2500.0, 12.8, "Virginia, US", True, 1, 1.0),
-    ("A100 SXM4", 81920, 0.95, 0.999, 5000.0, 12.8, "Utah, US", True, 1, 1.0),
-    ("H100 SXM", 81559, 1.85, 0.999, 8000.0, 13.0, "Texas, US", True, 1, 1.0),
-    ("RTX 3090", 24576, 0.30, 0.99, 700.0, 12.4, "Texas, US", True, 2, 1.0),
-]
+MARKER = "LORAFLOW_EMU_INSTANCE"
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def make_offers(start_id: int = 4_100_000) -> list[dict[str, Any]]:
-    offers = []
-    for i, (name, ram, dph, rel, down, cuda, geo, verified, n, frac) in enumerate(CATALOG):
-        offers.append(
-            {
-                "id": start_id + i,
-                "ask_contract_id": start_id + i,
-                "machine_id": 20_000 + i,
-                "host_id": 300 + i,
-                "num_gpus": n,
-                "gpu_name": name,
-                "gpu_ram": ram,
-                "gpu_total_ram": ram * n,
-                "gpu_frac": frac,
-                "gpu_arch": "nvidia",
-                "cuda_max_good": cuda,
-                "compute_cap": 890 if "40" in name else 860,
-                "driver_version": "570.86.10",
-                "cpu_cores": 32,
-                "cpu_cores_effective": 8.0 * n,
-                "cpu_ram": 64000,
-                "disk_space": 500.0,
-                "inet_up": down / 2,
-                "inet_down": down,
-                "inet_up_cost": 0.005,
-                "inet_down_cost": 0.005,
-                "direct_port_count": 20,
-                "dph_base": round(dph * n, 4),
-                "min_bid": round(dph * n * 0.5, 4),
-                "storage_cost": 0.15,
-                "reliability": rel,
-                "reliability2": rel,
-                "verified": verified,
-                "verification": "verified" if verified else "unverified",
-                "rentable": True,
-                "rented": False,
-                "external": False,
-                "geolocation": geo,
-                "dlperf": 40.0 * n,
-                "score": 100.0 * rel / dph,
-                "hosting_type": 0,
-                "is_bid": False,
-            }
-        )
-    return offers
-
-
-def _coerce(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value.replace("_", " ") if value not in ("true", "false") else value == "true"
-    return value
-
-
-def _matches(row: dict[str, Any], key: str, ops: dict[str, Any]) -> bool:
-    field_name = ALIASES.get(key, key)
-    actual = row.get(field_name)
-    for op, raw in ops.items():
-        want = [_coerce(v) for v in raw] if isinstance(raw, list) else _coerce(raw)
-        if field_name == "geolocation" and isinstance(actual, str):
-            actual = actual.strip().split(",")[-1].strip() if actual else ""
-        if op == "eq" and actual != want:
-            return False
-        if op == "neq" and actual == want:
-            return False
-        if op in ("gt", "gte", "lt", "lte"):
-            if actual is None:
-                return False
-            if op == "gt" and not actual > want:
-                return False
-            if op == "gte" and not actual >= want:
-                return False
-            if op == "lt" and not actual < want:
-                return False
-            if op == "lte" and not actual <= want:
-                return False
-        if op == "in" and actual not in want:
-            return False
-        if op in ("notin", "nin") and actual in want:
-            return False
-        if op not in ("eq", "neq", "gt", "gte", "lt", "lte", "in", "notin", "nin"):
-            raise ValueError(f"{op} is not a valid search op")
-    return True
-
-
-class Relay:
-    """TCP relay (Vast's proxy/direct port) that can cut a connection after some bytes, once."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.drop_after: int | None = None
-        self.closed = False
-        self._conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.closed:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            self._conns += [client, upstream]
-            budget = {"left": self.drop_after}
-            self.drop_after = None
-            threading.Thread(target=self._pump, args=(client, upstream, budget), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, {"left": None}), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, budget: dict[str, int | None]) -> None:
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                if budget["left"] is not None:
-                    budget["left"] -= len(data)
-                    if budget["left"] <= 0:  # the connection drops mid-stream, as a flaky proxy does
-                        break
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-
-    def close(self) -> None:
-        self.closed = True
-        self.sock.close()
-        for s in self._conns:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-                s.close()
-            except OSError:
-                pass
-
-
-@dataclass
-class Instance:
-    id: int
-    offer: dict[str, Any]
-    label: str
-    image: str
-    disk: float
-    env: dict[str, str]
-    runtype: str
-    onstart: str
-    api_key: str
-    created: float
-    boot_s: float
-    root: Path
-    status: str | None = None  # set by a fault: exited / stopped / offline
-    intended: str = "running"
-    sshd: subprocess.Popen[bytes] | None = None
-    relay: Relay | None = None
-    authorized_keys: list[str] = field(default_factory=list)
 
 
 class Emulator:
@@ -398,58 +213,7 @@ class Emulator:
             self.destroy(inst_id)
 
     def row(self, inst: Instance) -> dict[str, Any]:
-        o = inst.offer
-        status = self.actual_status(inst)
-        running = status == "running"
-        storage = round(o["storage_cost"] * inst.disk / 720, 7)
-        cur = "stopped" if inst.intended == "stopped" else "running"
-        row = {
-            "id": inst.id,
-            "machine_id": o["machine_id"],
-            "host_id": o["host_id"],
-            "bundle_id": o["id"],
-            "actual_status": status,
-            "intended_status": inst.intended,
-            "cur_state": cur,
-            "next_state": cur,
-            "status_msg": f"success, running {inst.image}/ssh" if running else "Pulling image\n",
-            "label": inst.label,
-            "image_uuid": inst.image,
-            "image_runtype": inst.runtype,
-            "image_args": [],
-            "extra_env": [[k, v] for k, v in inst.env.items()],
-            "onstart": inst.onstart,
-            "public_ipaddr": "127.0.0.1\n",
-            "local_ipaddrs": "10.2.0.4 172.17.0.1 \n",
-            "ssh_host": "127.0.0.1",
-            "ssh_port": inst.relay.port if inst.relay else None,
-            "ssh_idx": "4",
-            "ports": {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(inst.relay.port)}]}
-            if running and inst.relay
-            else None,
-            "start_date": inst.created,
-            "num_gpus": o["num_gpus"],
-            "gpu_name": o["gpu_name"],
-            "gpu_ram": o["gpu_ram"],
-            "gpu_totalram": o["gpu_total_ram"],
-            "gpu_util": 0.0,
-            "cuda_max_good": o["cuda_max_good"],
-            "disk_space": inst.disk,
-            "inet_down": o["inet_down"],
-            "inet_up": o["inet_up"],
-            "geolocation": o["geolocation"],
-            "reliability2": o["reliability"],
-            "dph_base": o["dph_base"],
-            "storage_total_cost": storage,
-            "dph_total": round(o["dph_base"] + storage, 7),
-            "search": {"gpuCostPerHour": o["dph_base"], "diskHour": storage, "totalHour": o["dph_base"] + storage},
-            "instance": {
-                "gpuCostPerHour": o["dph_base"] if running else 0,
-                "diskHour": storage,
-                "totalHour": (o["dph_base"] if running else 0) + storage,
-            },
-        }
-        return row
+        return instance_row(inst, self.actual_status(inst))
 
     # --- request handling ------------------------------------------------------------------------
 
@@ -460,7 +224,7 @@ class Emulator:
         with self.lock:
             self.requests.append((method, path))
         if path.startswith("/_emu/"):
-            return self._admin(method, path, body)
+            return admin(self, method, path, body)
         with self.lock:
             if self.rate_limit > 0:
                 self.rate_limit -= 1
@@ -474,7 +238,7 @@ class Emulator:
         if path in ("/api/v0/bundles/", "/api/v0/search/asks/"):
             if method == "GET" and "q" in query:
                 data = json.loads(query["q"])
-            return self._search(data.get("q", data))
+            return search_offers(self, data.get("q", data))
         auth = headers.get("authorization", "")
         key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else query.get("api_key", "")
         parts = [p for p in path.split("/") if p]
@@ -495,7 +259,7 @@ class Emulator:
             self.ssh_keys.append(entry)
             return 200, {"success": True, "key": {**entry, "user_id": 1}}
         if parts[:3] == ["api", "v0", "asks"] and method == "PUT" and len(parts) == 4:
-            return self._create(int(parts[3]), data)
+            return create_instance(self, int(parts[3]), data)
         if path == "/api/v0/instances/" and method == "GET":
             return 410, {
                 "success": False,
@@ -503,7 +267,7 @@ class Emulator:
                 "msg": "/api/v0/instances/ is deprecated. Use /api/v1/instances/ instead.",
             }
         if path == "/api/v1/instances/" and method == "GET":
-            return self._list(query)
+            return list_instances(self, query)
         if parts[:3] == ["api", "v0", "instances"] and len(parts) == 4 and parts[3].isdigit():
             inst_id = int(parts[3])
             if method == "GET":
@@ -529,170 +293,6 @@ class Emulator:
                     inst.label = str(data["label"])
                 return 200, {"success": True}
         return 404, {"success": False, "error": "not_found", "msg": f"no route {method} {path}"}
-
-    def _search(self, q: dict[str, Any]) -> tuple[int, Any]:
-        q = dict(q)
-        order = q.pop("order", [["score", "desc"]])
-        limit = int(q.pop("limit", 64) or 64)
-        kind = q.pop("type", "on-demand")
-        if kind not in ("on-demand", "ondemand", "bid", "reserved", "interruptible"):
-            return 400, {"error": "invalid_request", "msg": f"invalid type {kind}"}
-        storage = float(q.pop("allocated_storage", 5.0))
-        for ignored in ("disable_bundling", "target_reliability", "extra_ids", "show_incompatible"):
-            q.pop(ignored, None)
-        q.setdefault("rented", {"eq": False})
-        rows = []
-        with self.lock:
-            rented = {i.offer["id"] for i in self.instances.values()}
-            for offer in self.offers:
-                row = dict(offer)
-                row["rented"] = offer["id"] in rented
-                row["storage_total_cost"] = round(row["storage_cost"] * storage / 720, 7)
-                row["dph_total"] = round(row["dph_base"] + row["storage_total_cost"], 7)
-                if kind in ("bid", "interruptible"):
-                    row["dph_base"] = row["min_bid"]
-                    row["is_bid"] = True
-                try:
-                    if all(_matches(row, k, ops) for k, ops in q.items() if isinstance(ops, dict)):
-                        rows.append(row)
-                except ValueError as exc:
-                    return 400, {"error": "invalid_request", "msg": str(exc)}
-        for key, direction in reversed(order):
-            rows.sort(key=lambda r, k=key: (r.get(ALIASES.get(k, k)) is None, r.get(ALIASES.get(k, k)) or 0),
-                      reverse=direction == "desc")  # fmt: skip
-        return 200, {"offers": rows[:limit]}
-
-    def _create(self, ask_id: int, data: dict[str, Any]) -> tuple[int, Any]:
-        with self.lock:
-            offer = next((o for o in self.offers if o["id"] == ask_id), None)
-            rented = {i.offer["id"] for i in self.instances.values()}
-            if offer is not None and self.snatch > 0:
-                self.snatch -= 1
-                self.offers.remove(offer)  # somebody else rented it a moment ago
-                offer = None
-            if offer is None or ask_id in rented:
-                if data.get("cancel_unavail"):
-                    return 410, {
-                        "success": False,
-                        "error": "no_such_ask",
-                        "msg": f"error 410/3907: no_such_ask Instance type {ask_id} is no longer available.",
-                        "ask_id": ask_id,
-                    }
-                return 404, {
-                    "success": False,
-                    "error": "invalid_args",
-                    "msg": f"error 404/3603: no_such_ask Instance type by id {ask_id} is not available.",
-                    "ask_id": ask_id,
-                }
-            if not data.get("image") and not data.get("template_hash_id"):
-                return 400, {"success": False, "error": "invalid_args", "msg": "error 400/3467: Invalid args: image"}
-            if float(data.get("disk", 10)) < 8:
-                return 400, {"success": False, "error": "invalid_args", "msg": "error 400/3467: disk must be >= 8"}
-            if len(str(data.get("label", ""))) > 256:
-                return 400, {"success": False, "error": "label_too_long", "msg": "label too long"}
-            env = data.get("env") or {}
-            if isinstance(env, str):  # the docker-flag string form some clients send
-                tokens, env = env.split(), {}
-                for i, tok in enumerate(tokens):
-                    if tok == "-e" and i + 1 < len(tokens) and "=" in tokens[i + 1]:
-                        k, v = tokens[i + 1].split("=", 1)
-                        env[k] = v
-            inst_id = self.next_id
-            self.next_id += 1
-            root = self.work / f"instance-{inst_id}"
-            root.mkdir(parents=True, exist_ok=True)
-            inst = Instance(
-                id=inst_id,
-                offer=offer,
-                label=str(data.get("label", "")),
-                image=str(data.get("image", "")),
-                disk=float(data.get("disk", 10)),
-                env={str(k): str(v) for k, v in env.items()},
-                runtype=str(data.get("runtype") or "ssh ssh_direc ssh_proxy"),
-                onstart=str(data.get("onstart", "")),
-                api_key=base64.b16encode(os.urandom(16)).decode().lower(),
-                created=time.time(),
-                boot_s=self.boot_s,
-                root=root,
-                authorized_keys=[k["public_key"] for k in self.ssh_keys],
-            )
-            bid = data.get("price")
-            if bid is not None and float(bid) < offer["min_bid"]:
-                inst.status, inst.intended = "stopped", "stopped"
-                self.instances[inst_id] = inst
-                return 400, {
-                    "success": False,
-                    "error": "invalid_price",
-                    "msg": "bid below the minimum; instance created stopped",
-                    "new_contract": inst_id,
-                }
-            self.instances[inst_id] = inst
-            return 200, {"success": True, "new_contract": inst_id, "instance_api_key": inst.api_key}
-
-    def _list(self, query: dict[str, str]) -> tuple[int, Any]:
-        limit = int(query.get("limit", 25))
-        limit = 5 if limit <= 0 else min(limit, 25)
-        after = 0
-        if query.get("after_token"):
-            try:
-                after = int(json.loads(base64.urlsafe_b64decode(query["after_token"]))["id"])
-            except (ValueError, KeyError, TypeError):
-                return 400, {"success": False, "error": "invalid_token", "msg": "invalid after_token"}
-        filters = json.loads(query.get("select_filters", "{}"))
-        for key in filters:
-            if key in ("dph_total", "num_gpus"):
-                return 400, {
-                    "error": "invalid_request",
-                    "msg": f"Error in query parameters: {key} is not a valid search key",
-                }
-        with self.lock:
-            rows = [self.row(i) for i in sorted(self.instances.values(), key=lambda i: i.id)]
-        rows = [r for r in rows if all(_matches(r, k, ops) for k, ops in filters.items())]
-        page = [r for r in rows if r["id"] > after][:limit]
-        more = len([r for r in rows if r["id"] > after]) > limit
-        token = base64.urlsafe_b64encode(json.dumps({"v": 2, "id": page[-1]["id"]}).encode()).decode() if more else None
-        labels: dict[str, int] = {}
-        for r in rows:
-            labels[r["label"] or ""] = labels.get(r["label"] or "", 0) + 1
-        return 200, {
-            "success": True,
-            "instances_found": len(page),
-            "total_instances": len(rows),
-            "label_counts": labels,
-            "next_token": token,
-            "instances": page,
-        }
-
-    def _admin(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
-        data = json.loads(body) if body.strip() else {}
-        parts = [p for p in path.split("/") if p]
-        if path == "/_emu/state/":
-            with self.lock:
-                return 200, {
-                    "instances": {str(i): self.row(inst) for i, inst in self.instances.items()},
-                    "destroyed": sorted(self.destroyed),
-                    "offers": len(self.offers),
-                    "requests": len(self.requests),
-                }
-        if path == "/_emu/faults/" and method == "POST":
-            with self.lock:
-                self.snatch = int(data.get("snatch", self.snatch))
-                self.rate_limit = int(data.get("rate_limit", self.rate_limit))
-                self.boot_s = float(data.get("boot_s", self.boot_s))
-            return 200, {"success": True}
-        if len(parts) == 4 and parts[1] == "instances" and parts[2].isdigit():
-            inst = self.instances.get(int(parts[2]))
-            if inst is None:
-                return 404, {"error": "no_such_instance"}
-            if parts[3] == "fail":
-                self.fail(inst.id, str(data.get("kind", "gone")))
-                return 200, {"success": True}
-            if parts[3] == "drop":
-                self._start_sshd(inst)
-                assert inst.relay is not None
-                inst.relay.drop_after = int(data.get("after_bytes", 0))
-                return 200, {"success": True}
-        return 404, {"error": "not_found"}
 
 
 def make_server(emulator: Emulator, port: int = 0) -> ThreadingHTTPServer:

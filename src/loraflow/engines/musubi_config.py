@@ -1,0 +1,150 @@
+"""musubi-tuner's inputs rendered from a spec: the dataset TOML, the prompt file, the caching steps and the
+training argv (musubi's docs/wan.md order plus loraflow's fixes)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import tomli_w
+
+from loraflow.engines import kohya_config
+from loraflow.engines.musubi_files import DATASET, SCRIPTS, segment_dir
+from loraflow.layout import JobLayout
+from loraflow.media.video import VIDEO_EXTENSIONS
+from loraflow.spec import TrainSpec
+from loraflow.video_options import video_settings
+
+OPTIMIZERS = {"adamw": "AdamW", "adamw8bit": "AdamW8bit", "prodigy": "prodigyopt.Prodigy", "adafactor": "Adafactor"}
+
+
+def media_kinds(layout: JobLayout) -> set[str]:
+    """Which datasets to give musubi: those the prepared dataset has files for (both before it is prepared).
+    A video dataset with no video in it is not rendered, so musubi never builds an empty one."""
+    manifest = Path(layout.dataset) / "manifest.json"
+    if not manifest.exists():
+        return {"images", "videos"}
+    names = [f["name"] for f in json.loads(manifest.read_text(encoding="utf-8"))["files"]]
+    videos = sum(1 for n in names if PurePosixPath(n).suffix.lower() in VIDEO_EXTENSIONS)
+    return {k for k, n in (("images", len(names) - videos), ("videos", videos)) if n}
+
+
+def dataset_toml(spec: TrainSpec, layout: JobLayout) -> str:
+    """One image and one video dataset per resolution, each with its own cache folder (musubi requires it)."""
+    video, kinds = video_settings(spec), media_kinds(layout)
+    general = {
+        "caption_extension": "." + spec.dataset.caption_extension,
+        "batch_size": spec.training.batch_size,
+        "enable_bucket": True,
+        "bucket_no_upscale": False,
+    }
+    datasets: list[dict[str, Any]] = []
+    cache = PurePosixPath(layout.engine, "cache")
+    for res in spec.training.resolution:
+        common = {"resolution": [res, res], "num_repeats": spec.dataset.repeats}
+        if "images" in kinds:
+            datasets.append(
+                {"image_directory": layout.dataset, "cache_directory": str(cache / f"images-{res}"), **common}
+            )
+        if "videos" in kinds:
+            datasets.append(
+                {"video_directory": layout.dataset, "cache_directory": str(cache / f"videos-{res}"), **common, **video}
+            )
+    return tomli_w.dumps({"general": general, "datasets": datasets})
+
+
+def prompts_file(spec: TrainSpec) -> str:
+    """kohya's prompt file; `--f 1` gives one-frame samples (images), which the bundle's sample pages show."""
+    return kohya_config.prompts_file(spec, " --f 1")
+
+
+def model_files(spec: TrainSpec) -> dict[str, str]:
+    return kohya_config.model_paths(spec, spec.catalog_entry.musubi_files)
+
+
+def train_args(spec: TrainSpec, layout: JobLayout, offset: int = 0) -> list[str]:
+    """wan_train_network.py's arguments, in the order of musubi's docs/wan.md example plus loraflow's fixes."""
+    t, n = spec.training, spec.network
+    entry, files = spec.catalog_entry, model_files(spec)
+    args = ["--task", str(entry.musubi_task), "--dit", files["dit"]]
+    if "dit_high_noise" in files:  # Wan 2.2 A14B: one LoRA trained over both experts, switched at the boundary
+        args += ["--dit_high_noise", files["dit_high_noise"]]
+    args += ["--vae", files["vae"], "--t5", files["t5"]]
+    if "clip" in files:
+        args += ["--clip", files["clip"]]
+    precision = "no" if t.precision == "fp32" else t.precision
+    args += [
+        "--dataset_config",
+        str(PurePosixPath(layout.engine, DATASET)),
+        "--sdpa",
+        "--mixed_precision",
+        precision,
+    ]
+    if t.quantize != "none":
+        args += ["--fp8_base", "--fp8_scaled"]  # scaled fp8 of bf16 weights: musubi's better-quality fp8
+    if t.blocks_to_swap:
+        args += ["--blocks_to_swap", str(t.blocks_to_swap)]
+    args += kohya_config.optimizer_args(t, OPTIMIZERS)
+    if t.gradient_checkpointing:
+        args.append("--gradient_checkpointing")
+    args += [
+        "--gradient_accumulation_steps",
+        str(t.gradient_accumulation),
+        "--max_data_loader_n_workers",
+        "2",
+        "--persistent_data_loader_workers",
+        "--network_module",
+        "networks.lora_wan",
+        "--network_dim",
+        str(n.rank),
+        "--network_alpha",
+        str(n.alpha),
+    ]
+    if n.targets == "attention":  # lora_wan matches each module's name in full; the MLP is `ffn`
+        args += ["--network_args", "exclude_patterns=['.*ffn.*']"]
+    if n.dropout:
+        args += ["--network_dropout", str(n.dropout)]
+    sampling = "sigmoid" if t.timestep_sampling == "logit_normal" else t.timestep_sampling
+    args += ["--timestep_sampling", sampling]
+    if sampling == "shift":
+        args += ["--discrete_flow_shift", str(t.timestep_shift)]
+    args += ["--seed", str(t.seed)]
+    if t.steps:
+        args += ["--max_train_steps", str(t.steps - offset)]
+    else:
+        args += ["--max_train_epochs", str(t.epochs)]
+    args += [
+        *kohya_config.save_args(spec),
+        "--save_precision",
+        {"fp32": "float", "fp16": "fp16", "bf16": "bf16"}[spec.output.dtype],
+        "--output_dir",
+        segment_dir(layout, offset),
+        "--output_name",
+        spec.name,
+    ]
+    return args + kohya_config.sample_and_extra_args(spec, layout)
+
+
+def cache_steps(spec: TrainSpec, layout: JobLayout, python: str, root: Path) -> list[list[str]]:
+    """The two caching scripts musubi needs before training; `--skip_existing` keeps a resume from redoing them."""
+    files, config = model_files(spec), str(PurePosixPath(layout.engine, DATASET))
+    latents = [python, str(root / SCRIPTS / "wan_cache_latents.py"), "--dataset_config", config, "--vae", files["vae"]]
+    if "clip" in files:
+        latents += ["--clip", files["clip"]]
+    text = [python, str(root / SCRIPTS / "wan_cache_text_encoder_outputs.py"), "--dataset_config", config]
+    text += ["--t5", files["t5"], "--batch_size", "16"]
+    if spec.training.quantize != "none":
+        text.append("--fp8_t5")
+    return [[*latents, "--skip_existing"], [*text, "--skip_existing"]]
+
+
+def launcher(spec: TrainSpec, python: str, root: Path) -> list[str]:
+    return kohya_config.launch(spec, python, str(root / SCRIPTS / "wan_train_network.py"))
+
+
+def shell(steps: list[list[str]], train: list[str]) -> str:
+    """Caching then training in one shell; `exec` makes the trainer the launched process itself, so stopping
+    or killing the job's process stops training, not only a wrapper."""
+    return " && ".join([*(shlex.join(s) for s in steps), "exec " + shlex.join(train)])

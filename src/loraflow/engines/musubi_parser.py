@@ -1,0 +1,103 @@
+"""musubi-tuner's console read into engine events: the run-local `steps:` bar made cumulative, saves,
+resumes, the caching scripts' log lines and errors."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from loraflow.engines.kohya_parser import error_events
+from loraflow.engines.musubi_files import STATE_DIR, STEP_FILE, offset_of
+from loraflow.hints import hint_for
+from loraflow.monitor import events as ev
+from loraflow.monitor.events import EngineEvent
+from loraflow.monitor.lines import LineSplitter
+from loraflow.monitor.tqdm import parse_tqdm
+
+_STEPS = re.compile(  # anchored: the caching bars and the sampling bars have other labels or none
+    r"^steps:\s+(\d+)%\|[^|]*\|\s*(\d+)/(\d+)\s+\[([\d:]+)<([\d:?]+),\s+([\d.]+|\?)(s/it|it/s)"
+    r"(?:,\s*avr_loss=([\d.eE+-]+|-?nan|-?inf))?"
+)
+_LOG = re.compile(r"^(INFO|WARNING|ERROR|DEBUG|CRITICAL):[\w.]+:(.*)$")  # logging.basicConfig's format
+_GLUED = re.compile(r"(?<=\S)(?=(?:INFO|WARNING|ERROR|CRITICAL|DEBUG):[\w.]+:)")
+_RESUME = re.compile(r"resume training from local state: (.+)$")
+
+
+class MusubiParser:
+    """musubi's console: the `steps:` bar (run-local count, made cumulative), save/state/resume lines, the
+    caching scripts' log lines and errors."""
+
+    def __init__(self) -> None:
+        self._lines = LineSplitter()
+        self.offset = 0  # the step this run resumed at: musubi's bar and file names restart at 0
+        self._pending: dict[str, Any] | None = None  # the newest step's bar, reported when it is complete
+        self.nan_loss = False
+
+    def feed(self, chunk: bytes) -> list[EngineEvent]:
+        return [e for line in self._lines.feed(chunk) for e in self.parse_line(line)]
+
+    def flush(self) -> list[EngineEvent]:
+        return [e for line in self._lines.flush() for e in self.parse_line(line)] + self._release()
+
+    def parse_line(self, line: str) -> list[EngineEvent]:
+        """A log record written while the bar is drawn (no newline after a bar) shares its line: split it off."""
+        out: list[EngineEvent] = []
+        for part in _GLUED.split(line):
+            log = _LOG.match(part.strip())
+            out += self.parse_message((log.group(2) if log else part).strip())
+        return out
+
+    def _progress(self, bar: re.Match[str]) -> list[EngineEvent]:
+        """A step's last bar line carries its loss: tqdm redraws on update() with the previous step's
+        avr_loss, then set_postfix() redraws with this step's. So a step is reported when the next one starts
+        (or the output ends), with the loss of its last line."""
+        data = parse_tqdm(bar)
+        data["step"] += self.offset
+        data["total"] += self.offset
+        out: list[EngineEvent] = []
+        loss = float(bar.group(8)) if bar.group(8) else None
+        if loss is not None and not math.isfinite(loss):
+            if not self.nan_loss:  # musubi trains on: the run is failed when it ends (see outcome)
+                error = {"code": "nan_loss", "message": f"avr_loss={bar.group(8)} at step {data['step']}"}
+                out.append(EngineEvent(ev.ERROR, {**error, "hint": hint_for("nan_loss")}))
+            self.nan_loss = True
+        elif loss is not None:
+            data["loss"] = loss
+        if self._pending and self._pending["step"] != data["step"]:
+            out += self._release()
+        if data["step"] > self.offset:
+            self._pending = data
+        return out
+
+    def _release(self) -> list[EngineEvent]:
+        pending, self._pending = self._pending, None
+        return [EngineEvent(ev.PROGRESS, pending)] if pending else []
+
+    def parse_message(self, text: str) -> list[EngineEvent]:
+        bar = _STEPS.search(text)
+        if bar:
+            return self._progress(bar)
+        m = re.match(r"saving checkpoint: (.+)$", text)
+        if m:
+            path = m.group(1)
+            step = STEP_FILE.search(path)
+            if step:
+                cumulative = offset_of(path) + int(step.group(1))
+                return [EngineEvent(ev.CHECKPOINT, {"step": cumulative, "path": path})]
+            return [EngineEvent(ev.LOG, {"message": f"LoRA saved: {path}"})]
+        m = _RESUME.match(text)
+        if m:
+            state = STATE_DIR.search(m.group(1).rstrip("/"))
+            self.offset = offset_of(m.group(1)) + (int(state.group(1)) if state else 0)
+            return [EngineEvent(ev.RESUMED, {"step": self.offset})]
+        if text.startswith("running training"):
+            return [EngineEvent(ev.PHASE, {"phase": "training"})]
+        if text.startswith("Encoding dataset [") or text.startswith("Encoding with T5"):
+            return [EngineEvent(ev.PHASE, {"phase": "caching"})]
+        if text.startswith("Load dataset config from") or text.startswith("Loading DiT model from"):
+            return [EngineEvent(ev.PHASE, {"phase": "preparing"})]
+        m = re.match(r"total optimization steps / 学習ステップ数: (\d+)", text)
+        if m:
+            return [EngineEvent(ev.LOG, {"message": text, "total": int(m.group(1)) + self.offset})]
+        return error_events(text)

@@ -1,0 +1,147 @@
+"""When ai-toolkit, kohya or builtin cannot honour a value: each check returns why and the fix, or None."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from loraflow.field_map.rules import PINS, Check, Refusal
+
+if TYPE_CHECKING:
+    from loraflow.spec import TrainSpec
+
+
+def flux_like(spec: TrainSpec) -> bool:
+    return spec.catalog_entry.arch in ("flux", "qwen_image")
+
+
+def alpha_forced(spec: TrainSpec) -> Refusal | None:
+    n = spec.network
+    if flux_like(spec) and n.alpha != n.rank:
+        return (
+            f"ai-toolkit saves {spec.catalog_entry.arch} LoRAs in PEFT layout and forces alpha = rank, so alpha "
+            f"{n.alpha:g} with rank {n.rank} would train at strength 1.0 instead of {n.alpha / n.rank:g}",
+            f"set network.alpha to {n.rank}, or use engine kohya or builtin, which honour alpha",
+        )
+    return None
+
+
+def targets_aitk(spec: TrainSpec) -> Refusal | None:
+    if isinstance(spec.network.targets, list):
+        return ("ai-toolkit picks layers by preset only", "use targets all, default or attention, or engine builtin")
+    if not flux_like(spec) and spec.network.targets != "default":
+        return ("the presets name Flux layers", "use targets default (the engine's own layers)")
+    return None
+
+
+def targets_kohya(spec: TrainSpec) -> Refusal | None:
+    t = spec.network.targets
+    if isinstance(t, list):
+        return ("kohya's lora_flux picks layers by type only", "use targets all or default, or engine builtin")
+    if spec.catalog_entry.arch != "flux":
+        return None if t == "default" else ("the presets name Flux layers", "use targets default")
+    if t == "attention":
+        return (
+            "Flux single blocks fuse attention and MLP into linear1/linear2, so kohya cannot train attention alone",
+            "use targets default or all, or engine builtin or ai-toolkit",
+        )
+    return None
+
+
+def warmup_aitk(spec: TrainSpec) -> Refusal | None:
+    t = spec.training
+    if t.lr_warmup_steps and t.lr_scheduler != "constant":
+        return (
+            f"ai-toolkit has warmup only for the constant schedule, not for {t.lr_scheduler}",
+            "set training.lr_warmup_steps: 0, use lr_scheduler: constant, or use engine kohya or builtin",
+        )
+    return None
+
+
+def prodigy_aitk(spec: TrainSpec) -> Refusal | None:
+    t = spec.training
+    if t.optimizer == "prodigy" and t.learning_rate < 0.1:
+        return (
+            f"ai-toolkit replaces a Prodigy learning rate below 0.1 with 1.0, so {t.learning_rate:g} would not be used",
+            "set training.learning_rate: 1.0 (Prodigy's own estimate; the default with prodigy), or use engine "
+            "kohya or builtin",
+        )
+    return None
+
+
+def ddpm(spec: TrainSpec) -> Refusal | None:
+    if not flux_like(spec) and spec.training.timestep_sampling != "sigmoid":
+        return (
+            f"{spec.catalog_entry.arch} trains with its own DDPM timesteps; the sampling choices are flow-matching's",
+            "remove training.timestep_sampling",
+        )
+    return None
+
+
+def shift_aitk(spec: TrainSpec) -> Refusal | None:
+    if found := ddpm(spec):
+        return found
+    if spec.training.timestep_sampling == "shift":
+        return (
+            "ai-toolkit's `shift` is a resolution-dependent shift of evenly spaced timesteps, not a fixed "
+            "timestep_shift of logit-normal ones",
+            "use timestep_sampling sigmoid (or uniform), or engine kohya or builtin for shift",
+        )
+    return None
+
+
+def nf4(engine: str, fix: str) -> Check:
+    def check(spec: TrainSpec) -> Refusal | None:
+        if spec.training.quantize == "nf4":
+            return (f"{engine} has no 4-bit NF4 base", fix)
+        return None
+
+    return check
+
+
+def low_vram(engine: str, fix: str) -> Check:
+    def check(spec: TrainSpec) -> Refusal | None:
+        return (f"{engine} has no low_vram mode", fix) if spec.training.low_vram else None
+
+    return check
+
+
+def swap(engine: str, fix: str) -> Check:
+    def check(spec: TrainSpec) -> Refusal | None:
+        return (f"{engine} cannot swap blocks to the CPU", fix) if spec.training.blocks_to_swap else None
+
+    return check
+
+
+def compiling(engine: str) -> Check:
+    def check(spec: TrainSpec) -> Refusal | None:
+        if spec.training.compile == "on":
+            return (f"{engine} is not compiled by loraflow", "set training.compile: auto, or use engine builtin")
+        return None
+
+    return check
+
+
+def shuffle_builtin(spec: TrainSpec) -> Refusal | None:
+    if spec.dataset.captions.shuffle_tags:
+        return (
+            "the builtin trainer encodes each caption once and reuses it, so tags cannot be reshuffled each step",
+            "set dataset.captions.shuffle_tags: false, or use engine kohya or ai-toolkit",
+        )
+    return None
+
+
+def pin(engine: str) -> Check:
+    def check(spec: TrainSpec) -> Refusal | None:
+        version, pin = spec.engine.version, PINS[engine]
+        if version and not (version.startswith(pin) or (len(version) >= 7 and pin.startswith(version))):
+            why = f"loraflow renders for and installs {engine} at its tested pin {pin} only"
+            return (why, f"remove engine.version or set it to {pin}")
+        return None
+
+    return check
+
+
+def no_version(spec: TrainSpec) -> Refusal | None:
+    if spec.engine.version:
+        return ("the builtin engine is the installed loraflow itself", "remove engine.version")
+    return None

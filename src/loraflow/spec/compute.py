@@ -1,0 +1,86 @@
+"""The compute section: where training runs (local, an SSH host, a rented GPU) and what it may cost per hour."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from loraflow.spec.strict import Strict
+
+
+class SshTarget(Strict):
+    host: str = Field(description="Host name or IP address.")
+    port: int = Field(22, ge=1, le=65535)
+    user: str = "root"
+    identity_file: str | None = Field(None, description="Private key path (0600); never the key itself.")
+    root: str = Field("~/loraflow", description="Folder on the host under which jobs live.")
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        # A name or address only: ssh would read '-oProxyCommand=...' or 'a b' as options or commands.
+        if not (_HOST_NAME.fullmatch(value) or _HOST_V6.fullmatch(value)):
+            raise ValueError("give a host name or IP address (letters, digits, '.', '-', ':'; not starting with '-')")
+        return value
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        if not _USER_NAME.fullmatch(value):
+            raise ValueError("give a login name (letters, digits, '_', '.', '-'; not starting with '-')")
+        return value
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?")
+_HOST_V6 = re.compile(r"[0-9A-Fa-f:]{2,39}")
+_USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+_PROGRAM = re.compile(r"[A-Za-z0-9_./+-]+")
+
+
+class GpuRequirements(Strict):
+    min_vram_gb: int | None = Field(None, ge=1, description="Defaults to the VRAM preset or the model's need.")
+    names: list[str] = Field(default_factory=list, description="Allowed GPU names, e.g. ['RTX 4090', 'A6000'].")
+    count: int = Field(1, ge=1)
+    max_usd_per_hour: float | None = Field(None, gt=0)
+    region: str | None = None
+    disk_gb: int = Field(80, ge=10)
+    min_reliability: float = Field(0.98, ge=0, le=1)
+    verified_only: bool = True
+
+
+class ComputeSpec(Strict):
+    provider: Literal["local", "ssh", "vastai", "runpod", "skypilot"] = "local"
+    gpu: GpuRequirements = Field(default_factory=GpuRequirements)
+    ssh: SshTarget | None = None
+    target: str | None = Field(
+        None, description="Name of an SSH host the operator registered (LORAFLOW_SSH_HOSTS); instead of ssh."
+    )
+    max_retries: int = Field(2, ge=0, description="New hosts leased after a dead or stalled one.")
+    python: str = Field("python3", description="Python on a remote host (ssh, vastai) that runs the engine.")
+    setup: str | None = Field(
+        None, description="Shell run once per remote lease before training; default: the engine's set-up."
+    )
+    ready_timeout_s: int = Field(900, ge=10, description="A rented host not ready by then is destroyed.")
+    heartbeat_minutes: float = Field(
+        10,
+        gt=0,
+        description="A rented host that hears nothing from the orchestrator for this long saves a checkpoint, "
+        "pushes it to storage when it can, and destroys itself.",
+    )
+
+    @field_validator("python")
+    @classmethod
+    def _python(cls, value: str) -> str:
+        if not _PROGRAM.fullmatch(value) or value.startswith("-"):
+            raise ValueError("give one program name or path, such as python3 or /opt/conda/bin/python")
+        return value
+
+    @model_validator(mode="after")
+    def _ssh_needs_target(self) -> ComputeSpec:
+        if self.provider == "ssh" and self.ssh is None and self.target is None:
+            raise ValueError("provider 'ssh' needs compute.ssh with at least a host, or compute.target")
+        if self.ssh is not None and self.target is not None:
+            raise ValueError("give compute.ssh or compute.target, not both")
+        return self

@@ -1,0 +1,103 @@
+"""A spec file read from disk: strict YAML (no repeated keys), paths checked here and made relative to the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from loraflow import catalog
+from loraflow.errors import SpecError, UserInputError
+from loraflow.spec.models import TrainSpec, looks_like_path
+from loraflow.spec.parsing import parse_spec
+from loraflow.spec.resolving import engine_name
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys without a word; a spec with `steps:` twice is a mistake to
+    name, not a guess to make. Every repeat is recorded so all of them are reported at once."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[str] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[str, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":
+                continue
+            line = key_node.start_mark.line + 1
+            if key_node.value in first:
+                self.duplicates.append(
+                    f"line {line}: key '{key_node.value}' is given twice (first on line {first[key_node.value]});"
+                    " only one would count. Fix: keep one of them."
+                )
+            first.setdefault(key_node.value, line)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str) -> tuple[Any, list[str]]:
+    """The YAML document and one problem line per duplicated key (raises yaml.YAMLError when not YAML)."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data(), loader.duplicates
+    finally:
+        loader.dispose()
+
+
+def _local_problems(raw: dict[str, Any], folder: Path, check_dataset: bool) -> list[str]:
+    """Paths in a spec file that must exist on this machine: a base-model folder, and (for validate) the dataset."""
+    problems: list[str] = []
+    base = raw.get("base_model")
+    local_model = isinstance(base, str) and base not in catalog.base_models() and looks_like_path(base)
+    if local_model and not (folder / Path(str(base)).expanduser()).is_dir():
+        problems.append(
+            f"base_model: '{base}' is neither a catalog id ({', '.join(catalog.base_models())})"
+            " nor an existing model folder."
+        )
+    data = raw.get("dataset")
+    path = data.get("path") if isinstance(data, dict) else None
+    if check_dataset and isinstance(path, str) and path.strip():
+        target = (folder / Path(path).expanduser()).resolve()
+        if not target.exists():
+            problems.append(
+                f"dataset.path: '{path}' does not exist (looked for {target}). Fix: give the folder, .zip or .tar"
+                " of your images, relative to the spec file or absolute."
+            )
+    return problems
+
+
+def load_spec(path: str | Path, check_dataset: bool = False, engine: str | None = None) -> TrainSpec:
+    """A spec file, every problem named at once; check_dataset also requires dataset.path to exist here.
+
+    `engine` replaces the spec's engine before the catalog is applied, exactly as writing `engine: X` there
+    would (another engine's options and version are dropped: they are that engine's)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"no spec file at {path}", fix="run `loraflow spec init` to write a starter spec")
+    try:
+        raw, problems = read_yaml(path.read_text(encoding="utf-8-sig"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise SpecError(where, [f"not valid YAML: {getattr(exc, 'problem', exc)}."]) from None
+    except UnicodeDecodeError:
+        raise SpecError(str(path), ["the file is not UTF-8 text."]) from None
+    if engine and isinstance(raw, dict) and engine != engine_name(raw, ""):
+        raw = {**raw, "engine": engine}
+    if isinstance(raw, dict):
+        problems += _local_problems(raw, path.parent, check_dataset)
+    try:
+        spec = parse_spec(raw, str(path))
+    except SpecError as exc:
+        raise SpecError(str(path), [*problems, *exc.problems]) from None
+    if problems:
+        raise SpecError(str(path), problems)
+    # A relative dataset path is relative to the spec file, not to wherever the command runs.
+    data_path = Path(spec.dataset.path).expanduser()
+    if not data_path.is_absolute():
+        spec.dataset.path = str((path.parent / data_path).resolve())
+    if spec.base_model not in catalog.base_models():
+        spec.base_model = str((path.parent / Path(spec.base_model).expanduser()).resolve())
+    return spec
