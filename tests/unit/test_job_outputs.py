@@ -87,3 +87,14 @@ def test_a_misspelt_or_mistyped_field_is_refused_before_anything_is_written() ->
     with pytest.raises(ValidationError):
         store.update_outputs(job.id, check="perhaps")
     assert read_column(store, job.id) == {"lora": "/l.safetensors"}
+
+
+def test_the_trust_the_submit_door_records_decides_the_webhook_policy() -> None:
+    from loraflow.notify.addresses import is_service_job
+
+    store = Store()
+    alice, local = store.create_job(SPEC, owner="alice"), store.create_job(SPEC)
+    assert is_service_job(store.get(alice.id)) and not is_service_job(store.get(local.id))  # by owner
+    store.update_outputs(alice.id, trust="operator")
+    store.update_outputs(local.id, trust="service")
+    assert not is_service_job(store.get(alice.id)) and is_service_job(store.get(local.id))
