@@ -100,7 +100,8 @@ def flow_loss(
     guidance: float,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """One flow-matching loss: predict (noise - x0) at a random noise level.
+    """One flow-matching loss: predict (noise - x0) at a random noise level, unweighted (diffusers'
+    `compute_loss_weighting_for_sd3` with no scheme is all ones: nothing to call until a weighting is offered).
 
     With `latents` and `generator` on the training device nothing here waits for the host: every
     tensor is made where it is used (a host-to-GPU copy of pageable memory synchronizes)."""
