@@ -4,6 +4,7 @@ W&B that fails without failing the job."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,9 @@ def broken_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     pkg = tmp_path / "fakes" / "wandb"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("def init(**kw):\n    raise ConnectionError('api.wandb.ai unreachable')\n")
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "fakes"))
+    # ahead of the PYTHONPATH the tests run under (a worktree's src/), which the runner must still import
+    paths = [str(tmp_path / "fakes"), os.environ.get("PYTHONPATH")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
     return pkg
 
 
