@@ -125,7 +125,7 @@ def test_real_aitoolkit_trains_resumes_after_sigkill_and_agrees_with_its_own_fil
     final = root / "mascot.safetensors"
     with safe_open(str(final), "pt") as f:
         assert '"step": 40' in f.metadata()["training_info"]
-    assert Path(job.artifacts["lora"]).is_file()
+    assert Path(job.outputs.lora).is_file()
     log = Path(Handle.in_folder(JobLayout(str(job.folder)).run, "train").log_file).read_text(errors="replace")
     # every CLIP and T5 tensor loaded: transformers 5.x prints a LOAD REPORT of MISSING/UNEXPECTED keys otherwise
     assert "LOAD REPORT" not in log and "| MISSING" not in log
@@ -134,6 +134,6 @@ def test_real_aitoolkit_trains_resumes_after_sigkill_and_agrees_with_its_own_fil
 
     pipe = FluxPipeline.from_pretrained(str(tiny))
     pipe.load_lora_weights(str(final), adapter_name="aitk")
-    pipe.load_lora_weights(job.artifacts["lora"], adapter_name="loraflow")
+    pipe.load_lora_weights(job.outputs.lora, adapter_name="loraflow")
     assert set(pipe.get_list_adapters()["transformer"]) == {"aitk", "loraflow"}
     print(f"real ai-toolkit job with a SIGKILL: {elapsed:.0f} s, {compared} losses equal to loss_log.db's")

@@ -80,8 +80,8 @@ def test_engine_job_end_to_end(engine: str, tmp_path: Path, engines_dir: Path, c
         keys = list(f.keys())
         assert f.metadata()["loraflow.format"] == "kohya"
     assert keys and all(k.startswith("lora_unet_") for k in keys)  # ai-toolkit's diffusers output converted
-    assert verify_bundle(Path(job.artifacts["bundle"])) == []
-    with zipfile.ZipFile(job.artifacts["bundle"]) as zf:
+    assert verify_bundle(Path(job.outputs.bundle)) == []
+    with zipfile.ZipFile(job.outputs.bundle) as zf:
         names = zf.namelist()
     rendered = "config/aitk_config.yaml" if engine == "ai-toolkit" else "config/dataset.toml"
     assert (rendered in names and "samples/step-000030/00.jpg" in names) or "samples/step-000030/00.png" in names

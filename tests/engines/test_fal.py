@@ -86,7 +86,7 @@ def test_fal_job_end_to_end(tmp_path: Path, fal: FalEmulator, cli) -> None:
         keys = list(f.keys())
     assert keys and all(k.startswith("lora_unet_") for k in keys)
     assert json.loads((job.folder / "engine" / "fal_config.json").read_text())["steps"] == 40
-    bundle = Path(job.artifacts["bundle"])
+    bundle = Path(job.outputs.bundle)
     assert verify_bundle(bundle) == []
     with zipfile.ZipFile(bundle) as zf:
         meta = json.loads(zf.read("metadata.json"))

@@ -72,7 +72,7 @@ def test_musubi_job_end_to_end(tmp_path: Path, musubi_dir: Path, cli) -> None:
     with safe_open(str(job.folder / "dancer.safetensors"), "pt") as f:
         assert f.metadata()["loraflow.format"] == "kohya"
         assert all(k.startswith("lora_unet_blocks_") for k in f.keys())  # noqa: SIM118
-    assert verify_bundle(Path(job.artifacts["bundle"])) == []
+    assert verify_bundle(Path(job.outputs.bundle)) == []
     phases = [e.data["phase"] for e in store.events(job.id, types=["phase"])]
     assert "caching" in phases and phases.index("caching") < phases.index("training")
     losses = [e.data["loss"] for e in store.events(job.id, types=["progress"])]

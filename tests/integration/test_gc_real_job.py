@@ -51,7 +51,7 @@ def test_gc_after_a_real_tiny_job(tmp_path: Path, cli) -> None:
     assert done.code == 0 and "freed" in done.out
     assert not (folder / "cache").exists() and not (folder / "checkpoints" / "step-000010").exists()
     assert (folder / "kept.safetensors").is_file() and list((folder / "run").glob("*.log"))
-    bundle = Path(store.get(job.id).artifacts["bundle"])
+    bundle = Path(store.get(job.id).outputs.bundle)
     assert bundle.is_file() and verify_bundle(bundle) == []
     rebuilt = cli("bundle", job.id)  # everything a bundle needs is still there
     assert rebuilt.code == 0, rebuilt.err

@@ -82,7 +82,7 @@ def test_train_follows_to_a_verified_bundle(tmp_path: Path, cli) -> None:
         assert expected in types
     states = [e.data["to"] for e in store.events(job.id, types=["job.state"])]
     assert states == ["preparing", "provisioning", "training", "finishing", "completed"]
-    bundle = Path(job.artifacts["bundle"])
+    bundle = Path(job.outputs.bundle)
     assert bundle.name == f"loraflow-mascot-{job.id}.zip"
     assert verify_bundle(bundle) == []
     with zipfile.ZipFile(bundle) as zf:
@@ -99,7 +99,7 @@ def test_train_follows_to_a_verified_bundle(tmp_path: Path, cli) -> None:
         "README.md",
         "SHA256SUMS",
     } <= names
-    assert meta["steps"] == 30 and meta["dataset_hash"] == job.artifacts["dataset_hash"]
+    assert meta["steps"] == 30 and meta["dataset_hash"] == job.outputs.dataset_hash
     assert "torch" in meta["versions"] and meta["spec"]["name"] == "mascot"
     assert "instance_prompt: lfx" in card and "load_lora_weights" in card and "LoraLoaderModelOnly" in card
     assert "bundle:" in result.out and "30/30" in result.out

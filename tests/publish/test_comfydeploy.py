@@ -69,11 +69,11 @@ def test_spec_target_registers_the_lora_from_the_hub_repo(
     assert job.state is JobState.COMPLETED, job.error
     lora = (job.folder / "mascot.safetensors").read_bytes()
     assert comfy.volume["loras/flux/mascot.safetensors"] == lora  # what ComfyDeploy fetched is the LoRA
-    hf, pushed = job.artifacts["published"]
+    hf, pushed = job.outputs.published
     assert pushed["type"] == "comfydeploy" and pushed["status"] == "success"
     assert pushed["path"] == "loras/flux/mascot.safetensors"
     assert pushed["source"] == f"{hub.url}/alice/mascot/resolve/{hf['commit']}/mascot.safetensors"
-    assert KEY not in str(job.artifacts)
+    assert KEY not in str(job.outputs)
 
 
 def test_push_later_from_a_private_bucket_and_the_registry_records_it(
@@ -94,7 +94,7 @@ def test_push_later_from_a_private_bucket_and_the_registry_records_it(
     model = get_model(store, slug, None)
     pushed = [p for p in model["published_to"] if p["type"] == "comfydeploy"]
     assert pushed and pushed[0]["source"] == f"s3://loras/{job_id}/mascot.safetensors"
-    assert "Signature" not in str(store.get(job_id).artifacts) + str(model)  # ... which is never stored
+    assert "Signature" not in str(store.get(job_id).outputs) + str(model)  # ... which is never stored
     again = cli("publish", job_id, "--to", "comfydeploy")  # the volume has it: refused with the fix
     assert again.code == 2 and "already has loras/mascot.safetensors" in again.out + again.err
 

@@ -4,6 +4,7 @@ W&B that fails without failing the job."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,9 @@ def broken_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     pkg = tmp_path / "fakes" / "wandb"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("def init(**kw):\n    raise ConnectionError('api.wandb.ai unreachable')\n")
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "fakes"))
+    # ahead of the PYTHONPATH the tests run under (a worktree's src/), which the runner must still import
+    paths = [str(tmp_path / "fakes"), os.environ.get("PYTHONPATH")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
     return pkg
 
 
@@ -74,7 +77,7 @@ def test_approval_gate_publishes_the_chosen_checkpoint(
         keys = {o["Key"] for o in s3.list_objects_v2(Bucket="loras")["Contents"]}
         assert f"users/alice/{job.id}/mascot-step000010.safetensors" in keys
         assert f"users/alice/{job.id}/loraflow-mascot-{job.id}-step000010.zip" in keys
-        published = job.artifacts["published"]
+        published = job.outputs.published
         assert published[0]["checkpoint_step"] == 10
         assert cli("publish", job.id).code == 0  # later, the final LoRA too
         keys = {o["Key"] for o in s3.list_objects_v2(Bucket="loras")["Contents"]}

@@ -53,7 +53,7 @@ def test_remote_job_captions_on_the_host_before_training(tmp_path: Path, cli, ss
         assert files[source]["caption_source"] == "captioner:wd14"
         assert files[source]["caption"].startswith("lfx, ")
     assert files["mascot_00.jpg"]["caption_source"] == "file"
-    assert job.artifacts["dataset_hash"] == manifest["dataset_hash"]
+    assert job.outputs.dataset_hash == manifest["dataset_hash"]
     # ...the host's copy trained on the same captions, and the user's folder was never written.
     name = Path(files["mascot_01.jpg"]["name"]).with_suffix(".txt").name
     assert (remote / "dataset" / name).read_text() == (job.folder / "dataset" / name).read_text()

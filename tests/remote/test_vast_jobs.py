@@ -60,8 +60,8 @@ def test_rented_job_end_to_end(tmp_path: Path, cli, vast: Vast) -> None:
     synced = [d["step"] for d in events_of(store, job.id, "checkpoint.synced")]
     assert synced == [10, 20, 30]
     assert all((job.folder / f"checkpoints/step-{s:06d}/meta.json").exists() for s in synced)
-    assert verify_bundle(Path(job.artifacts["bundle"])) == []
-    (lease,) = job.artifacts["leases"]
+    assert verify_bundle(Path(job.outputs.bundle)) == []
+    (lease,) = job.outputs.leases
     assert (
         lease["gpu"] == "RTX 4090" and lease["price_usd_h"] > 0
     )  # third in line after two snatched and lease["ended_at"] > lease["started_at"]
@@ -96,7 +96,7 @@ def test_instance_destroyed_mid_training_moves_to_a_new_one(tmp_path: Path, cli,
     assert job.step == 150
     lost = events_of(store, job.id, "host.lost")
     assert len(lost) == 1
-    leases = job.artifacts["leases"]
+    leases = job.outputs.leases
     assert leases[0]["instance_id"] == first and len(leases) == 2
     resumed = events_of(store, job.id, "resumed")
     assert resumed and resumed[-1]["step"] >= 20  # from the copied checkpoint, not step 0

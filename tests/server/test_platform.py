@@ -137,7 +137,7 @@ def test_failed_and_budget_stopped_jobs_are_charged_from_their_leases(api: Api) 
             "started_at": 1_000_000.0,
             "ended_at": 1_000_000.0 + 1234.5,
         }
-        store.add_artifacts(job.id, leases=[lease])
+        store.update_outputs(job.id, leases=[lease])
         for state in ("preparing", "provisioning", "training"):
             store.transition(job.id, state)
         if code is None:

@@ -149,3 +149,21 @@ def test_the_api_names_every_spec_problem_past_an_unknown_base_model(client: Tes
     assert errors[0] == "base_model: unknown base model 'flux-dve' Fix: did you mean 'flux-dev'?"
     assert any(e.startswith("training.steps:") for e in errors)
     assert "network.rnak: unknown key. Did you mean 'rank'?" in errors
+
+
+def test_a_completed_jobs_page_offers_the_bundle_its_outputs_name(client: TestClient, tmp_path) -> None:
+    from loraflow.jobs.store import Store
+    from loraflow.spec import parse_spec
+
+    store = Store()
+    job = store.create_job(parse_spec({"name": "j", "dataset": {"path": "/tmp/x"}, "base_model": "tiny-flux"}))
+    for state in ("preparing", "provisioning", "training", "finishing"):
+        store.transition(job.id, state)
+    page = client.get(f"/jobs/{job.id}")
+    assert page.status_code == 200 and 'id="download"' not in page.text
+    bundle = tmp_path / "loraflow-j.zip"
+    bundle.write_bytes(b"PK\x05\x06" + bytes(18))
+    store.update_outputs(job.id, bundle=str(bundle))
+    store.transition(job.id, "completed")
+    assert f'href="/ui/jobs/{job.id}/bundle"' in client.get(f"/jobs/{job.id}").text
+    assert client.get(f"/ui/jobs/{job.id}/bundle").content == bundle.read_bytes()

@@ -66,7 +66,7 @@ def job(store: Store, state: str, days: float, files: dict[str, int] | None = No
     for s in STEPS_TO[state]:
         store.transition(j.id, s)
     if artifacts:
-        store.add_artifacts(j.id, **artifacts)
+        store.update_outputs(j.id, **artifacts)
     folder = paths.job_dir(j.id)
     for rel, size in (PATHS if files is None else files).items():
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -82,7 +82,7 @@ def test_eta_from_catalog_when_nothing_measured(store: Store) -> None:
 
 def test_what_a_job_waits_for(store: Store) -> None:
     check = pending(store, "alice", 1)
-    store.add_artifacts(check, check="pending")
+    store.update_outputs(check, check="pending")
     claimed = pending(store, "alice", 2)
     Worker(store, slots=1, name="w").claim(1)  # the oldest: the check-pending one, which keeps waiting
     Worker(store, slots=1, name="w2").claim(1)  # `claimed` is starting: it holds a slot, it does not wait

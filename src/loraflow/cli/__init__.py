@@ -155,7 +155,7 @@ def bundle(
     job = store.find(job_id)
     path = build_bundle(store, job, checkpoint)
     if checkpoint is None:
-        store.add_artifacts(job.id, bundle=str(path))
+        store.update_outputs(job.id, bundle=str(path))
     console.print(str(path))
 
 

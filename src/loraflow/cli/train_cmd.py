@@ -77,8 +77,8 @@ def attach(store: Store, job_id: str) -> int:
         console.print(f"job {job_id} stopped at step {job.step}. Resume: loraflow jobs resume {job_id}")
     else:
         console.print(f"job {job_id} {state.value}")
-        if job.artifacts.get("bundle"):
-            console.print(f"bundle: {escape(job.artifacts['bundle'])}")
+        if job.outputs.bundle:
+            console.print(f"bundle: {escape(job.outputs.bundle)}")
     return EXIT.get(state, 1)
 
 
@@ -118,12 +118,12 @@ def demo(
         ("state", job.state.value),
         ("steps", f"{job.step}/{job.total_steps}"),
         ("final loss", f"{job.loss:.4f}" if job.loss is not None else "-"),
-        ("LoRA", job.artifacts.get("lora", "-")),
-        ("bundle", job.artifacts.get("bundle", "-")),
+        ("LoRA", job.outputs.lora or "-"),
+        ("bundle", job.outputs.bundle or "-"),
         ("home", os.environ.get("LORAFLOW_HOME", "~/.loraflow")),
     ]:
         table.add_row(key, escape(str(value)))
     console.print(table)
-    if job.artifacts.get("bundle"):
-        console.print(f"bundle: {escape(job.artifacts['bundle'])}")
+    if job.outputs.bundle:
+        console.print(f"bundle: {escape(job.outputs.bundle)}")
     raise typer.Exit(code)

@@ -22,6 +22,7 @@ def trainer_config(
 ) -> TrainerConfig:
     t, s = spec.training, spec.sampling
     entry = spec.catalog_entry
+    # modelspec.* (here and trainer/export.py) by hand: no dependency writes it; sd-scripts' sai_model_spec isn't one
     metadata = {
         "modelspec.architecture": f"flux-1-{entry.variant or 'dev'}/lora",
         "ss_base_model_version": "flux1",

@@ -19,7 +19,7 @@ def lease_cost(lease: dict[str, Any], now: float | None = None) -> float:
     return float(lease.get("price_usd_h") or 0) * lease_seconds(lease, now) / 3600
 
 
-def job_cost(artifacts: dict[str, Any], lease: dict[str, Any] | None, now: float | None = None) -> float:
-    """Closed leases plus the running one, from their real hourly prices."""
-    past = sum(lease_cost(item) for item in artifacts.get("leases", []))
+def job_cost(leases: list[dict[str, Any]], lease: dict[str, Any] | None, now: float | None = None) -> float:
+    """Closed leases (`JobOutputs.leases`) plus the running one, from their real hourly prices."""
+    past = sum(lease_cost(item) for item in leases)
     return past + (lease_cost(lease, now) if lease and lease.get("started_at") else 0.0)

@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import select
 
 from loraflow.jobs.models import EventRow, JobRow
+from loraflow.jobs.outputs import JobOutputs
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Job, Store
 from loraflow.layout import JobLayout
@@ -79,12 +80,12 @@ def slots_default() -> int:
 def waiting_for(job: Job, claimed: bool = False) -> str | None:
     """What the job waits for, or None when it is not waiting. `claimed`: a worker took it (it is
     starting and holds that worker's slot)."""
-    return _waiting(job.state.value, job.artifacts, job.lease, claimed)
+    return _waiting(job.state.value, job.outputs, job.lease, claimed)
 
 
-def _waiting(state: str, artifacts: dict[str, Any] | None, lease: Any, claimed: bool) -> str | None:
+def _waiting(state: str, outputs: JobOutputs, lease: Any, claimed: bool) -> str | None:
     if state == JobState.PENDING.value:
-        if (artifacts or {}).get("check") == "pending":
+        if outputs.check == "pending":
             return "check"
         return None if claimed else "slot"
     if state == JobState.PROVISIONING.value and not lease:
@@ -103,7 +104,7 @@ def _estimate(job: Job) -> Estimate | None:
     gpu = (job.lease or {}).get("gpu") or next(iter(spec.compute.gpu.names), None)
     if gpu is None:
         gpu = "CPU" if spec.base_model == "tiny-flux" else "RTX 4090"
-    images = int(job.artifacts.get("images") or 20)  # no dataset walk per request: a typical set
+    images = job.outputs.images or 20  # no dataset walk per request: a typical set
     return estimate(spec, gpu, 0.0, remote=spec.compute.provider != "local", images=images)
 
 
@@ -233,7 +234,9 @@ def announce(store: Store, slots: int | None = None, seen: dict[str, tuple[Any, 
             seen[job_id] = key
         with store.session() as s, s.begin():
             row = s.execute(select(JobRow).where(JobRow.id == job_id).with_for_update()).scalar_one_or_none()
-            if row is None or _waiting(row.state, row.artifacts, row.lease, row.worker is not None) is None:
+            if row is None:
+                continue
+            if _waiting(row.state, JobOutputs.load(row.artifacts), row.lease, row.worker is not None) is None:
                 continue
             last = s.execute(
                 select(EventRow.data)

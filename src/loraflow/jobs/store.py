@@ -20,6 +20,7 @@ from loraflow import paths
 from loraflow.errors import NotFound
 from loraflow.jobs.migrations import migrate
 from loraflow.jobs.models import EventRow, JobRow
+from loraflow.jobs.outputs import JobOutputs
 from loraflow.jobs.states import JobState, check_transition
 from loraflow.spec import TrainSpec
 
@@ -60,7 +61,7 @@ class Job:
     cost_usd: float
     error: str | None
     lease: dict[str, Any] | None
-    artifacts: dict[str, Any]
+    outputs: JobOutputs  # stored in the `artifacts` column
     stages_done: list[str]
     created_at: datetime
     updated_at: datetime
@@ -89,7 +90,7 @@ class Job:
             "cost_usd": round(self.cost_usd, 4),
             "error": self.error,
             "lease": self.lease,
-            "artifacts": self.artifacts,
+            "artifacts": self.outputs.to_json(),
             "stages_done": self.stages_done,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
@@ -118,7 +119,7 @@ def _job(row: JobRow) -> Job:
         row.cost_usd,
         row.error,
         row.lease,
-        dict(row.artifacts or {}),
+        JobOutputs.load(row.artifacts),
         list(row.stages_done or []),
         _aware(row.created_at),
         _aware(row.updated_at),
@@ -276,10 +277,12 @@ class Store:
                 row.stages_done = [*(row.stages_done or []), stage]
             self._append(s, row, "stage.completed", {"stage": stage}, stage)
 
-    def add_artifacts(self, job_id: str, **artifacts: Any) -> None:
+    def update_outputs(self, job_id: str, **fields: Any) -> None:
+        """Set named `JobOutputs` fields (checked before the write lock is taken); the others are kept."""
+        stored = JobOutputs.checked(fields)
         with self.session() as s, s.begin():
             row = self._locked(s, job_id)
-            row.artifacts = {**(row.artifacts or {}), **artifacts}
+            row.artifacts = {**(row.artifacts or {}), **stored}
 
     # --- events ------------------------------------------------------------------------------------
 

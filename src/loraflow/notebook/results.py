@@ -55,7 +55,7 @@ def verify(job_id: str) -> dict[str, Any]:
     lora = job.folder / f"{job.name}.safetensors"
     header = safetensors_header(lora) if lora.exists() else None
     samples = list((job.folder / "samples").glob("step-*/*.png")) + list((job.folder / "samples").glob("step-*/*.jpg"))
-    bundle = job.artifacts.get("bundle")
+    bundle = job.outputs.bundle
     checks = {
         "lora_exists": lora.exists(),
         "lora_header_readable": header is not None,

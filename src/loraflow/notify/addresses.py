@@ -39,8 +39,9 @@ def allow_private_from_env() -> bool:
 
 def is_service_job(job: Any) -> bool:
     """A job a service user submitted. For now: its owner is not "local" (the CLI's owner), unless the job
-    says otherwise in artifacts["trust"] ("service" or "local"), which the submit door may set."""
-    trust = (getattr(job, "artifacts", None) or {}).get("trust")
+    says otherwise in its outputs' `trust` ("service" or "operator"), which the submit door sets."""
+    outputs = getattr(job, "outputs", None)
+    trust = outputs.trust if outputs is not None else None
     return trust == "service" if trust else getattr(job, "owner", "local") != "local"
 
 

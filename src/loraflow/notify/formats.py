@@ -47,7 +47,7 @@ def payload(name: str, event: Event, job: Job) -> dict[str, Any]:
         "loss": event.data.get("loss", job.loss),
         "cost_usd": round(job.cost_usd, 4),
         "error": job.error if name == "job.failed" else None,
-        "artifacts": {k: v for k, v in job.artifacts.items() if k in ("bundle", "lora", "published")},
+        "artifacts": {k: v for k, v in job.outputs.to_json().items() if k in ("bundle", "lora", "published")},
         "data": event.data,
     }
 

@@ -169,11 +169,11 @@ def real_cost_usd(store: Store, job: Job, cfg: PlatformConfig) -> tuple[float, d
     its engine recorded (no GPU of the platform's was used)."""
     if job.train_spec.engine.name == "fal":
         return job.cost_usd, {"leases": [], "local_seconds": 0.0, "hosted": {"engine": "fal", "usd": job.cost_usd}}
-    usd = job_cost(job.artifacts, None)
+    usd = job_cost(job.outputs.leases, None)
     leases = [
         {k: lease.get(k) for k in ("provider", "instance_id", "gpu", "price_usd_h", "started_at", "ended_at")}
         | {"seconds": round(lease_seconds(lease), 3)}
-        for lease in job.artifacts.get("leases", [])
+        for lease in job.outputs.leases
     ]
     local_s = 0.0
     if job.train_spec.compute.provider == "local":

@@ -152,8 +152,8 @@ def size_and_age(path: Path, now: float) -> tuple[int, float]:
 
 def _kept_steps(job: Job) -> set[int]:
     """Checkpoints an approval or a publish chose."""
-    steps = {job.artifacts.get("approved_checkpoint")}
-    steps |= {p.get("checkpoint_step") for p in job.artifacts.get("published") or [] if isinstance(p, dict)}
+    steps = {job.outputs.approved_checkpoint}
+    steps |= {p.get("checkpoint_step") for p in job.outputs.published if isinstance(p, dict)}
     return {int(s) for s in steps if isinstance(s, int)}
 
 

@@ -53,19 +53,19 @@ def register_job(store: Store, job: Job, cfg: PlatformConfig, checkpoint: int | 
     from loraflow.files import file_meta
 
     spec = job.train_spec
-    lora = Path(job.artifacts.get("lora") or "")
+    lora = Path(job.outputs.lora or "")
     if checkpoint is not None:
         lora = job.folder / "checkpoints" / f"step-{checkpoint:06d}" / "lora.safetensors"
     if not lora.is_file():
         raise UserInputError(f"job {job.id} has no LoRA file to register", fix="register a completed job")
     meta = file_meta(lora)
-    published = [p for p in job.artifacts.get("published", []) if p.get("checkpoint_step") == checkpoint]
+    published = [p for p in job.outputs.published if p.get("checkpoint_step") == checkpoint]
     urls = [u for p in published for u in (p.get("lora_url"), p.get("url")) if u]
     durations = [e.ts for e in store.events(job.id, types=["job.created"], limit=1)]
     duration = (job.updated_at - durations[0]).total_seconds() if durations else None
     trained_from = {
         "job_id": job.id,
-        "dataset_hash": job.artifacts.get("dataset_hash"),
+        "dataset_hash": job.outputs.dataset_hash,
         "engine": spec.engine.name,
         "engine_version": __version__ if spec.engine.name == "builtin" else spec.engine.options.get("version"),
         "steps": checkpoint or job.step,

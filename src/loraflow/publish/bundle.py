@@ -127,7 +127,7 @@ def bundle_files(store: Store, job: Job, checkpoint_step: int | None = None) -> 
         "lora_file": lora_name,
         "lora_format": spec.output.lora_format,
         "trigger_word": spec.dataset.trigger_word,
-        "dataset_hash": job.artifacts.get("dataset_hash"),
+        "dataset_hash": job.outputs.dataset_hash,
         "dataset_manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else None,
         "cost_usd": round(job.cost_usd, 4),
         "versions": _versions(),
@@ -144,7 +144,7 @@ def bundle_files(store: Store, job: Job, checkpoint_step: int | None = None) -> 
         samples=latest,
         grid="samples/grid.png" if grid else None,
         job_id=job.id,
-        dataset_hash=job.artifacts.get("dataset_hash"),
+        dataset_hash=job.outputs.dataset_hash,
     ).encode()
     sums = "".join(f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in sorted(files.items()))
     files["SHA256SUMS"] = sums.encode()

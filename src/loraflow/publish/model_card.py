@@ -1,43 +1,44 @@
-"""The model card (README.md) that goes in every bundle and on Hugging Face."""
+"""The model card (README.md) that goes in every bundle and on Hugging Face.
+
+The front matter is huggingface_hub's own `ModelCardData` and the card a `ModelCard`, so the metadata the
+Hub reads (license, base_model, tags, instance_prompt, widget) is written the way the Hub parses it.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-import yaml
+from huggingface_hub import ModelCard, ModelCardData
 
 from loraflow.spec import TrainSpec
 
 _LICENSE_LINKS = {
     "flux-1-dev-non-commercial-license": "https://huggingface.co/black-forest-labs/FLUX.1-dev/blob/main/LICENSE.md"
 }
+_OPEN_LICENSES = ("apache-2.0", "mit", "openrail++")
 
 
-def front_matter(spec: TrainSpec, samples: list[dict[str, Any]]) -> dict[str, Any]:
+def front_matter(spec: TrainSpec, samples: list[dict[str, Any]]) -> ModelCardData:
+    """The Hub's metadata: a licence the Hub knows by id, or "other" with its name and link."""
     entry = spec.catalog_entry
-    meta: dict[str, Any] = {}
-    if entry.hub_id:
-        meta["base_model"] = entry.hub_id
-    if entry.license in ("apache-2.0", "mit", "openrail++"):
-        meta["license"] = entry.license
-    else:
-        meta.update(
-            {
-                "license": "other",
-                "license_name": entry.license,
-                "license_link": entry.license_url or _LICENSE_LINKS.get(entry.license, ""),
-            }
-        )
+    licence: dict[str, Any] = {"license": entry.license}
+    if entry.license not in _OPEN_LICENSES:
+        link = entry.license_url or _LICENSE_LINKS.get(entry.license, "")
+        licence = {"license": "other", "license_name": entry.license, "license_link": link}
     tags = ["lora", "text-to-image", "diffusers", "loraflow", entry.arch]
     if entry.arch == "flux":
         tags.append("template:sd-lora")
     if spec.dataset.nsfw:
         tags.append("not-for-all-audiences")
-    meta["tags"] = tags
-    if spec.dataset.trigger_word:
-        meta["instance_prompt"] = spec.dataset.trigger_word
-    meta["widget"] = [{"text": s["prompt"], "output": {"url": f"samples/{s['file']}"}} for s in samples]
-    return meta
+    return ModelCardData(
+        base_model=entry.hub_id or None,
+        library_name="diffusers",
+        pipeline_tag="text-to-image",
+        tags=tags,
+        instance_prompt=spec.dataset.trigger_word or None,
+        widget=[{"text": s["prompt"], "output": {"url": f"samples/{s['file']}"}} for s in samples],
+        **licence,
+    )
 
 
 def render_card(
@@ -54,8 +55,7 @@ def render_card(
     entry = spec.catalog_entry
     trigger = spec.dataset.trigger_word
     first_prompt = spec.substitute_trigger((spec.sampling.prompts or ["a photo of [trigger]"])[0])
-    head = yaml.safe_dump(front_matter(spec, samples), sort_keys=False, allow_unicode=True)
-    lines = [f"---\n{head}---", "", f"# {spec.name}", ""]
+    lines = [f"# {spec.name}", ""]
     lines.append(f"A LoRA for **{entry.name}** trained with loraflow ({spec.engine.name} engine, {steps} steps).")
     if trigger:
         lines += ["", f"Trigger word: `{trigger}` — put it in your prompt to call up what was trained."]
@@ -105,4 +105,5 @@ def render_card(
         ("job", job_id),
     ]:
         lines.append(f"| {key} | {value} |")
-    return "\n".join(lines) + "\n"
+    body = "\n".join(lines) + "\n"
+    return str(ModelCard(f"---\n{front_matter(spec, samples).to_yaml()}\n---\n\n{body}"))

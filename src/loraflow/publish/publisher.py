@@ -13,14 +13,14 @@ from loraflow.publish.bundle import build_bundle, bundle_files
 def publish_job(
     store: Store, job: Job, checkpoint_step: int | None = None, only: str | None = None
 ) -> list[dict[str, Any]]:
-    """Publish and record the results on the job (artifacts.published) and as a `published` event.
+    """Publish and record the results on the job (outputs.published) and as a `published` event.
     `only`: just the spec's targets of that type (`loraflow publish JOB --to comfydeploy`)."""
     spec = job.train_spec
     files = bundle_files(store, job, checkpoint_step)
     bundle = build_bundle(store, job, checkpoint_step, files)
     lora_name = next(n for n in files if n.endswith(".safetensors"))
     results: list[dict[str, Any]] = []
-    earlier = [p for p in job.artifacts.get("published") or [] if p.get("checkpoint_step") == checkpoint_step]
+    earlier = [p for p in job.outputs.published if p.get("checkpoint_step") == checkpoint_step]
     targets = list(spec.publish.targets)
     if only == "comfydeploy" and not any(t.type == "comfydeploy" for t in targets):
         from loraflow.spec import ComfyDeployTarget
@@ -63,8 +63,8 @@ def publish_job(
         result["checkpoint_step"] = checkpoint_step
         results.append(result)
         store.append_event(job.id, "published", result)
-    previous = list(store.get(job.id).artifacts.get("published") or [])
-    store.add_artifacts(job.id, published=previous + results, published_bundle=str(Path(bundle)))
+    previous = store.get(job.id).outputs.published
+    store.update_outputs(job.id, published=previous + results, published_bundle=str(Path(bundle)))
     return results
 
 
@@ -80,7 +80,7 @@ def approve_job(store: Store, job_id: str, checkpoint: int | None, by: str) -> l
     if checkpoint is not None and not (job.folder / "checkpoints" / f"step-{checkpoint:06d}").is_dir():
         raise UserInputError(f"job {job_id} kept no checkpoint at step {checkpoint}", fix="see `jobs show`")
     store.transition(job_id, JobState.FINISHING, data={"approved_checkpoint": checkpoint})
-    store.add_artifacts(job_id, approved_checkpoint=checkpoint)
+    store.update_outputs(job_id, approved_checkpoint=checkpoint)
     store.append_event(job_id, "job.approved", {"checkpoint": checkpoint, "by": by})
     results: list[dict[str, Any]] = []
     try:

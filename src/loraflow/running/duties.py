@@ -28,7 +28,7 @@ def ask_precheck(job: Job, cfg: PlatformConfig) -> tuple[str, str]:
         "owner": job.owner,
         "name": job.name,
         "base_model": job.base_model,
-        "images": job.artifacts.get("images"),
+        "images": job.outputs.images,
         "nsfw": bool(getattr(spec, "nsfw", False)),
         "trigger_word": spec.dataset.trigger_word,
     }
@@ -44,12 +44,12 @@ def run_prechecks(store: Store, cfg: PlatformConfig) -> None:
     from loraflow.running.control import start_runner
 
     for job in store.list_jobs(states=[JobState.PENDING.value], limit=500):
-        if job.artifacts.get("check") != "pending":
+        if job.outputs.check != "pending":
             continue
         decision, reason = ask_precheck(job, cfg)
         if decision == "pending":
             continue
-        store.add_artifacts(job.id, check=decision)
+        store.update_outputs(job.id, check=decision)
         store.append_event(job.id, "check.decided", {"decision": decision, "reason": reason, "by": cfg.precheck_url})
         if decision == "allow":
             start_runner(job.id)
@@ -89,18 +89,18 @@ def sweep(store: Store, cfg: PlatformConfig | None = None) -> dict[str, Any]:
     if cfg.precheck_url:
         run_prechecks(store, cfg)
     for job in store.list_jobs(states=[s.value for s in ENDED], limit=500):
-        if job.artifacts.get("swept"):
+        if job.outputs.swept:
             continue
         if cfg.credits and settle(store, job, cfg) is not None:
             done["settled"].append(job.id)
-        if job.state is JobState.COMPLETED and job.artifacts.get("lora"):
+        if job.state is JobState.COMPLETED and job.outputs.lora:
             try:
                 done["registered"].append(
-                    register_job(store, job, cfg, job.artifacts.get("approved_checkpoint"))["slug"]
+                    register_job(store, job, cfg, job.outputs.approved_checkpoint)["slug"]
                 )
             except Exception as exc:  # noted on the job; the sweep goes on
                 store.append_event(job.id, "warning", {"message": f"could not register the model: {exc}"})
-        store.add_artifacts(job.id, swept=True)
+        store.update_outputs(job.id, swept=True)
     _collect_garbage(store, done)
     return done
 

@@ -178,14 +178,14 @@ class CostMeter:
     def check(self, job: Job, state: FollowState) -> list[Pending]:
         now = time.monotonic()
         out: list[Pending] = []
-        cost = job_cost(job.artifacts, job.lease)
+        cost = job_cost(job.outputs.leases, job.lease)
         if abs(cost - self._last_cost[1]) >= 0.0001 and now - self._last_cost[0] > 2:
             self._last_cost = (now, cost)
             rate = float((job.lease or {}).get("price_usd_h") or 0)
             out.append((ev.COST, {"usd": round(cost, 5), "rate_usd_h": rate}, {"cost_usd": cost}))
         budget = self.spec.budget
         hours = sum(
-            float(x.get("ended_at", 0)) - float(x.get("started_at", 0)) for x in job.artifacts.get("leases", [])
+            float(x.get("ended_at", 0)) - float(x.get("started_at", 0)) for x in job.outputs.leases
         ) / 3600 + ((time.time() - float(job.lease["started_at"])) / 3600 if job.lease else 0)
         cap_hit = (budget.max_usd is not None and cost >= budget.max_usd) or (
             budget.max_hours is not None and hours >= budget.max_hours

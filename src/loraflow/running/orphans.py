@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 
 from loraflow import paths
 from loraflow.jobs.models import JobRow
+from loraflow.jobs.outputs import JobOutputs
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Store
 from loraflow.layout import JobLayout, handoff_file
@@ -37,7 +38,7 @@ def orphans(store: Store, stale_s: float = STALE_S) -> list[str]:
         ).all()
     found = []
     for job_id, beat, artifacts in rows:
-        if (artifacts or {}).get("check") == "pending":
+        if JobOutputs.load(artifacts).check == "pending":
             continue
         if beat is not None and (now - (beat if beat.tzinfo else beat.replace(tzinfo=UTC))).total_seconds() < stale_s:
             continue

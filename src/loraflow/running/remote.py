@@ -2,7 +2,7 @@
 
 The lease is written to the job record *before* it is waited on, so an orchestrator killed at any
 point finds it again (by the record, or by the instance label after a crash inside create) and never
-rents a second machine for the same job. Every lease that ends is appended to `artifacts.leases` with
+rents a second machine for the same job. Every lease that ends is appended to the job's `outputs.leases` with
 its seconds and price, which is where the job's cost comes from.
 """
 
@@ -429,7 +429,7 @@ class RemoteLease:
 
     def spent(self) -> float:
         job = self.store.get(self.job_id)
-        return job_cost(job.artifacts, job.lease if job.lease and job.lease.get("provider") != "local" else None)
+        return job_cost(job.outputs.leases, job.lease if job.lease and job.lease.get("provider") != "local" else None)
 
     def release(self, reason: str) -> None:
         """Destroy (for rented hosts) and confirm; the lease moves into the job's history with its cost."""
@@ -443,10 +443,10 @@ class RemoteLease:
             self.provider.release(int(lease["instance_id"]))
         lease["ended_at"] = time.time()
         job = self.store.get(self.job_id)
-        history = [*job.artifacts.get("leases", []), {k: v for k, v in lease.items() if k != "ssh"}]
-        self.store.add_artifacts(self.job_id, leases=history)
+        history = [*job.outputs.leases, {k: v for k, v in lease.items() if k != "ssh"}]
+        self.store.update_outputs(self.job_id, leases=history)
         self._save(None)
-        self.store.update(self.job_id, cost_usd=job_cost({"leases": history}, None))
+        self.store.update(self.job_id, cost_usd=job_cost(history, None))
         self.emit(
             "host.released",
             {

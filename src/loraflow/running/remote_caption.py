@@ -63,7 +63,7 @@ def caption_on_host(lease: RemoteLease) -> str:
                 name = Path(entry.name).with_suffix(f".{ext}").name
                 tar.add(local / name, name)
         lease.ship(bundle, lease.layout().dataset)
-    lease.store.add_artifacts(lease.job_id, dataset_hash=digest)
+    lease.store.update_outputs(lease.job_id, dataset_hash=digest)
     done = {"backend": policy.backend, "images": len(wanted), "cached": len(wanted) - len(todo), "where": "host"}
     lease.emit("caption.completed", done)
     return digest

@@ -284,7 +284,7 @@ class JobRunner:
             return JobState.AWAITING_APPROVAL
         self._publish()
         self.store.transition(self.job_id, JobState.COMPLETED, stage=None)
-        self.store.append_event(self.job_id, "job.completed", {"bundle": self._refresh().artifacts.get("bundle")})
+        self.store.append_event(self.job_id, "job.completed", {"bundle": self._refresh().outputs.bundle})
         return JobState.COMPLETED
 
     # --- stop, cancel and budget stop: one end -----------------------------------------------------
@@ -367,7 +367,7 @@ class JobRunner:
                     f"the dataset is not fit to train: {lines}",
                     fix="run `loraflow dataset check` on it and fix the errors",
                 )
-            self.store.add_artifacts(self.job_id, dataset_hash=report.dataset_hash, images=report.usable_images)
+            self.store.update_outputs(self.job_id, dataset_hash=report.dataset_hash, images=report.usable_images)
         self.store.mark_stage_done(self.job_id, "prepare")
 
     def _render(self) -> None:
@@ -381,7 +381,7 @@ class JobRunner:
             entry = self.spec.catalog_entry
             model = entry.hub_id if self.spec.base_model == entry.id and entry.hub_id else self.spec.base_model
         files = self.engine.render(
-            self.spec, self.layout, self.job_id, model, self._refresh().artifacts.get("dataset_hash")
+            self.spec, self.layout, self.job_id, model, self._refresh().outputs.dataset_hash
         )
         engine_dir = Path(self.layout.engine)
         engine_dir.mkdir(parents=True, exist_ok=True)
@@ -396,8 +396,8 @@ class JobRunner:
             if "train" in self._refresh().stages_done:
                 return
             self._stage("acquire")
-            self.remote.acquire(force_budget=bool(self.job.artifacts.get("force_budget")))
-            self.remote.upload(self._refresh().artifacts.get("dataset_hash"))
+            self.remote.acquire(force_budget=self.job.outputs.force_budget)
+            self.remote.upload(self._refresh().outputs.dataset_hash)
             self.store.mark_stage_done(self.job_id, "acquire")
             return
         if not self._stage("acquire"):
@@ -435,7 +435,7 @@ class JobRunner:
         from loraflow.publish.bundle import build_bundle
 
         bundle = build_bundle(self.store, self._refresh())
-        self.store.add_artifacts(self.job_id, bundle=str(bundle))
+        self.store.update_outputs(self.job_id, bundle=str(bundle))
         self.store.mark_stage_done(self.job_id, "package")
 
     # --- training --------------------------------------------------------------------------------
@@ -487,8 +487,8 @@ class JobRunner:
         if self._stop_asked():
             return self._end_stop()
         self.store.transition(self.job_id, JobState.PROVISIONING, stage="acquire")
-        self.remote.acquire(force_budget=bool(self._refresh().artifacts.get("force_budget")))
-        self.remote.upload(self._refresh().artifacts.get("dataset_hash"))
+        self.remote.acquire(force_budget=self._refresh().outputs.force_budget)
+        self.remote.upload(self._refresh().outputs.dataset_hash)
         self.store.transition(self.job_id, JobState.TRAINING, stage="train")
         return None
 
@@ -526,7 +526,7 @@ class JobRunner:
             if outcome.ok:
                 Path(self.layout.stop_request).unlink(missing_ok=True)
                 self.budget_stop_file.unlink(missing_ok=True)
-                self.store.add_artifacts(self.job_id, lora=self.engine.finish(self.spec, self.layout))
+                self.store.update_outputs(self.job_id, lora=self.engine.finish(self.spec, self.layout))
                 self.store.mark_stage_done(self.job_id, "train")
                 return None
             if outcome.stopped or self._stop_asked() or self.budget_stop_file.exists():

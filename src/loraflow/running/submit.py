@@ -217,11 +217,11 @@ def submit(
     flags: dict[str, Any] = {"trust": "operator" if config is None else "service"}
     if force:
         flags["force_budget"] = True
-    store.add_artifacts(job.id, **flags)
+    store.update_outputs(job.id, **flags)
     job.folder.mkdir(parents=True, exist_ok=True)
     (job.folder / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
     if platform is not None and platform.precheck_url:
-        store.add_artifacts(job.id, check="pending")  # the sweep asks the hook, then starts or cancels it
+        store.update_outputs(job.id, check="pending")  # the sweep asks the hook, then starts or cancels it
         store.append_event(job.id, "check.requested", {"url": platform.precheck_url})
         return store.get(job.id)
     start_runner(job.id)

@@ -127,7 +127,7 @@ class Worker:
         from loraflow.running.control import runner_alive, start_runner
 
         follower = self.follower
-        if job.artifacts.get("check") == "pending":
+        if job.outputs.check == "pending":
             return False
         if follower is not None and follower.following(job.id):
             return True

@@ -47,7 +47,7 @@ Db = Annotated[Store, Depends(get_store)]
 
 
 def bundle_response(job: Job) -> FileResponse:
-    bundle = job.artifacts.get("bundle")
+    bundle = job.outputs.bundle
     if not bundle or not Path(bundle).is_file():
         raise Problem(404, "no bundle yet", f"job {job.id} is {job.state.value}; the bundle comes when it completes")
     return FileResponse(bundle, media_type="application/zip", filename=Path(bundle).name)

@@ -164,7 +164,7 @@ def install(app: FastAPI) -> None:
             "eta": eta,
             "active": job.state in ACTIVE,
             "resumable": job.state in RESUMABLE,
-            "bundle": bool(job.artifacts.get("bundle")) and job.state is JobState.COMPLETED,
+            "bundle": bool(job.outputs.bundle) and job.state is JobState.COMPLETED,
             "publishable": job.state is JobState.COMPLETED and bool(job.train_spec.publish.targets),
             "chart": loss_chart([(e.data.get("step"), e.data.get("loss")) for e in progress]),
             "samples": sorted(samples.items(), reverse=True),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
+from diffusers.training_utils import compute_density_for_timestep_sampling
 
 from loraflow.trainer.components import FluxParts
 
@@ -53,11 +54,14 @@ def sample_sigmas(batch: int, mode: str, shift: float, generator: torch.Generato
     """Noise levels in (0, 1): uniform, sigmoid of a normal (logit-normal), or logit-normal shifted by `shift`
     (kohya's `shift`, FluxGym's recipe: the same meaning on every engine, docs/engines.md).
 
-    Drawn on the generator's device."""
-    if mode in ("sigmoid", "logit_normal", "shift"):
-        u = torch.sigmoid(torch.randn(batch, generator=generator, device=generator.device))
-    else:
-        u = torch.rand(batch, generator=generator, device=generator.device)
+    The density is diffusers' own (`compute_density_for_timestep_sampling`, SD3's logit-normal with mean 0,
+    std 1): it draws the same numbers from the generator as `sigmoid(randn)` / `rand` did, so the pinned
+    tiny loss curve holds. The shift is the static shift of diffusers' flow-matching scheduler, which has
+    no function of its own to call. Drawn on the generator's device."""
+    scheme = "logit_normal" if mode in ("sigmoid", "logit_normal", "shift") else "uniform"
+    u = compute_density_for_timestep_sampling(
+        scheme, batch, logit_mean=0.0, logit_std=1.0, device=generator.device, generator=generator
+    )
     if mode == "shift":
         u = shift * u / (1 + (shift - 1) * u)
     return u.clamp(1e-4, 1.0)
@@ -96,7 +100,8 @@ def flow_loss(
     guidance: float,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """One flow-matching loss: predict (noise - x0) at a random noise level.
+    """One flow-matching loss: predict (noise - x0) at a random noise level, unweighted (diffusers'
+    `compute_loss_weighting_for_sd3` with no scheme is all ones: nothing to call until a weighting is offered).
 
     With `latents` and `generator` on the training device nothing here waits for the host: every
     tensor is made where it is used (a host-to-GPU copy of pageable memory synchronizes)."""
