@@ -1,3 +1,4 @@
-"""The service: a REST API (FastAPI) over the same store and runners as the CLI."""
+"""The service: a REST API (FastAPI) and web UI over the same store and use cases as the CLI.
+routes/ holds one router per resource; the rules a request meets live below, in running/ and publish/."""
 
 from __future__ import annotations

@@ -18,9 +18,13 @@ from fastapi import APIRouter, Body, File, Form, Header, Query, Request, UploadF
 from fastapi.responses import FileResponse, StreamingResponse
 
 from loraflow import paths
+from loraflow.errors import Refused, UserInputError
 from loraflow.jobs import queue
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Store
+from loraflow.publish.publisher import approve_job as approve
+from loraflow.running.control import request_stop, resume, stop
+from loraflow.running.publishing import publish as publish_job
 from loraflow.running.submit import check_open, read_spec, submit
 from loraflow.server.deps import Auth, Db, bundle_response, job_file_response, own_job
 from loraflow.server.problems import Problem
@@ -146,19 +150,13 @@ async def _stream(store: Store, job_id: str, seq: int) -> AsyncIterator[bytes]:
 
 @router.post("/api/jobs/{job_id}/stop")
 def stop_job(job_id: str, user: Auth, store: Db) -> dict[str, Any]:
-    from loraflow.running.control import request_stop
-
-    job = own_job(store, user, job_id)
-    if job.state not in ACTIVE:
-        raise Problem(409, "conflict", f"job {job_id} is {job.state.value}, not running")
-    request_stop(job_id)
+    own_job(store, user, job_id)
+    stop(store, job_id)  # a job that is not running answers 409
     return store.get(job_id).to_dict()
 
 
 @router.post("/api/jobs/{job_id}/resume")
 def resume_job(job_id: str, user: Auth, store: Db) -> dict[str, Any]:
-    from loraflow.running.control import resume
-
     own_job(store, user, job_id)
     resume(store, job_id)  # IllegalTransition answers 409
     return store.get(job_id).to_dict()
@@ -166,8 +164,6 @@ def resume_job(job_id: str, user: Auth, store: Db) -> dict[str, Any]:
 
 @router.post("/api/jobs/{job_id}/cancel")
 def cancel_job(job_id: str, user: Auth, store: Db) -> dict[str, Any]:
-    from loraflow.running.control import request_stop
-
     job = own_job(store, user, job_id)
     if job.state is JobState.CANCELLED:
         return job.to_dict()
@@ -186,14 +182,11 @@ def approve_job(
     job_id: str, user: Auth, store: Db, checkpoint: Annotated[int | None, Body(embed=True)] = None
 ) -> dict[str, Any]:
     """Release a job held in awaiting_approval, publishing the final LoRA or the chosen checkpoint."""
-    from loraflow.errors import UserInputError
-    from loraflow.publish.publisher import approve_job
-
-    job = own_job(store, user, job_id)
-    if job.state is not JobState.AWAITING_APPROVAL:
-        raise Problem(409, "conflict", f"job {job_id} is {job.state.value}, not awaiting_approval")
+    own_job(store, user, job_id)
     try:
-        approve_job(store, job_id, checkpoint, user.name)
+        approve(store, job_id, checkpoint, user.name)
+    except Refused:
+        raise  # not awaiting approval: 409
     except UserInputError as exc:
         raise Problem(422, "cannot approve", exc.message) from exc
     except Exception as exc:
@@ -215,19 +208,9 @@ def publish(
     ] = None,
 ) -> dict[str, Any]:
     """Publish a completed job (again) to its spec's targets, optionally a kept checkpoint."""
-    from loraflow.platform.registry import record_published
-    from loraflow.publish.publisher import publish_job
-
-    job = own_job(store, user, job_id)
-    if job.state is not JobState.COMPLETED:
-        raise Problem(409, "conflict", f"job {job_id} is {job.state.value}; publish a completed job")
-    if not job.train_spec.publish.targets:
-        raise Problem(422, "no targets", "the job's spec has no publish.targets")
-    if to == "comfydeploy" and not request.app.state.config.grants.comfydeploy:
-        raise Problem(403, "not granted", "this service does not push LoRAs to ComfyDeploy (its operator's "
-                      "workspace); the operator grants it with LORAFLOW_SERVICE_COMFYDEPLOY=1")
-    results = publish_job(store, job, checkpoint, only=to)
-    record_published(store, job.id, results)
+    own_job(store, user, job_id)
+    granted = request.app.state.config.grants.comfydeploy
+    results = publish_job(store, job_id, checkpoint, only=to, comfydeploy_granted=granted)
     return {"published": [getattr(r, "__dict__", r) for r in results]}
 
 
