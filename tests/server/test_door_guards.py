@@ -80,3 +80,12 @@ def test_a_finished_job_is_stopped_or_resumed_by_no_door(client: TestClient, cli
     assert client.post(f"/api/jobs/{job_id}/resume").status_code == 409
     assert client.post(f"/ui/jobs/{job_id}/resume", headers={"hx-request": "true"}).status_code == 409
     assert Store().get(job_id).state is JobState.COMPLETED
+
+
+def test_approving_a_job_not_held_is_refused_alike(client: TestClient, cli) -> None:
+    job_id = job_in(JobState.COMPLETED)
+    api = client.post(f"/api/jobs/{job_id}/approve")
+    assert api.status_code == 409 and api.json()["detail"] == f"job {job_id} is completed, not awaiting_approval"
+    result = cli("jobs", "approve", job_id)
+    assert result.code == 2 and api.json()["detail"] in result.out + result.err
+    assert Store().get(job_id).state is JobState.COMPLETED
