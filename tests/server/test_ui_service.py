@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from loraflow.server import ui
 from loraflow.server.app import ServiceConfig, create_app
 from loraflow.server.charts import loss_chart
+from loraflow.server.routes import ui as pages
 
 
 @pytest.fixture
@@ -77,7 +78,7 @@ def test_samples_are_labelled_with_step_and_prompt(tmp_path) -> None:
             Image.new("RGB", (64, 64), "red").save(folder / f"{n:02d}.png")
             items.append({"file": f"{folder.name}/{n:02d}.png", "prompt": prompt, "step": step})
         (folder / "index.json").write_text(json.dumps([i for i in items if i["step"] == step]))
-    assert {i["prompt"] for i in ui._sample_index(tmp_path)} == {"a photo of lfx on the moon", "lfx in a garden"}
+    assert {i["prompt"] for i in pages._sample_index(tmp_path)} == {"a photo of lfx on the moon", "lfx in a garden"}
     import io
 
     grid = Image.open(io.BytesIO(sample_grid(tmp_path, collect_samples(tmp_path)) or b""))

@@ -16,7 +16,7 @@ from loraflow.hosts.local import LocalHost
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Job, Store
 from loraflow.layout import JobLayout
-from loraflow.running.control import request_stop, resume, start_runner
+from loraflow.running.control import request_stop, resume, start_runner, stop
 
 app = typer.Typer(help="Inspect and control jobs.", no_args_is_help=True)
 
@@ -128,9 +128,7 @@ def stop_cmd(
     """Stop a job after saving a checkpoint; `loraflow jobs resume` continues it exactly."""
     store = Store()
     job = store.find(job_id)
-    if job.state not in ACTIVE:
-        raise UserInputError(f"job {job.id} is {job.state.value}; there is nothing to stop")
-    request_stop(job.id)
+    stop(store, job.id)  # the same refusal as the API's and the web UI's
     state = _wait_inactive(store, job.id, wait)
     job = store.get(job.id)
     console.print(f"job {job.id} is {state.value} at step {job.step}")

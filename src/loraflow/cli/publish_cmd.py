@@ -10,34 +10,15 @@ import typer
 from rich.markup import escape
 
 from loraflow.cli.output import console
-from loraflow.errors import UserInputError
 from loraflow.jobs.store import Store
 
 notify_app = typer.Typer(help="Notifications.", no_args_is_help=True)
 
 
-TARGET_TYPES = ("huggingface", "s3", "comfydeploy")
-
-
 def _publish(store: Store, job_id: str, checkpoint: int | None, to: str | None = None) -> None:
-    from loraflow.platform.registry import record_published
-    from loraflow.publish.publisher import publish_job
+    from loraflow.running.publishing import publish
 
-    job = store.find(job_id)
-    if to is not None and to not in TARGET_TYPES:
-        raise UserInputError(f"unknown target type '{to}'", where="--to", fix=f"use one of {', '.join(TARGET_TYPES)}")
-    kinds = {t.type for t in job.train_spec.publish.targets}
-    if to is not None and to != "comfydeploy" and to not in kinds:
-        raise UserInputError(f"job {job.id} has no {to} target", where="publish.targets",
-                             fix=f"add a {to} target to the spec")
-    if not kinds and to is None:
-        raise UserInputError(
-            f"job {job.id} has no publish targets",
-            where="publish.targets",
-            fix="add a huggingface or s3 target to the spec",
-        )
-    results = publish_job(store, job, checkpoint, only=to)
-    record_published(store, job.id, results)
+    results = publish(store, store.find(job_id).id, checkpoint, only=to)  # the same checks as the API's
     for result in results:
         where = result.get("url") or result.get("path") or ", ".join(
             f["url"] for f in result.get("files", {}).values()

@@ -27,12 +27,12 @@ def samples_grid(job_id: str) -> Path | None:
 def package_and_publish(job_id: str, checkpoint_step: int | None = None) -> dict[str, Any]:
     from loraflow.jobs.store import Store
     from loraflow.publish.bundle import build_bundle
-    from loraflow.publish.publisher import publish_job
+    from loraflow.running.publishing import publish  # the same checks as the API, the CLI and the web UI
 
     store = Store()
     job = store.get(job_id)
     bundle = build_bundle(store, job, checkpoint_step)
-    published = publish_job(store, job, checkpoint_step) if job.train_spec.publish.targets else []
+    published = publish(store, job.id, checkpoint_step) if job.train_spec.publish.targets else []
     return {
         "bundle": str(bundle),
         "size_mb": round(bundle.stat().st_size / 1e6, 2),

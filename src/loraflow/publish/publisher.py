@@ -70,13 +70,13 @@ def publish_job(
 
 def approve_job(store: Store, job_id: str, checkpoint: int | None, by: str) -> list[dict[str, Any]]:
     """Release a job held in awaiting_approval: publish the chosen checkpoint (or the final LoRA) and
-    complete it. The CLI and the API both come through here."""
-    from loraflow.errors import UserInputError
+    complete it. The CLI and the API both come through here: a job not held for approval is refused (409)."""
+    from loraflow.errors import Refused, UserInputError
     from loraflow.jobs.states import JobState
 
     job = store.get(job_id)
     if job.state is not JobState.AWAITING_APPROVAL:
-        raise UserInputError(f"job {job_id} is {job.state.value}, not awaiting_approval")
+        raise Refused(409, "conflict", f"job {job_id} is {job.state.value}, not awaiting_approval")
     if checkpoint is not None and not (job.folder / "checkpoints" / f"step-{checkpoint:06d}").is_dir():
         raise UserInputError(f"job {job_id} kept no checkpoint at step {checkpoint}", fix="see `jobs show`")
     store.transition(job_id, JobState.FINISHING, data={"approved_checkpoint": checkpoint})

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from loraflow import paths
-from loraflow.errors import IllegalTransition
+from loraflow.errors import IllegalTransition, Refused
 from loraflow.hosts.base import Handle
 from loraflow.hosts.local import LocalHost, pid_alive
 from loraflow.jobs.states import ACTIVE, RESUMABLE, JobState
@@ -46,6 +46,15 @@ def request_stop(job_id: str) -> None:
     Path(layout.stop_request).touch()
     LocalHost().signal(Handle.in_folder(layout.run, "train"), signal.SIGTERM)
     start_runner(job_id)
+
+
+def stop(store: Store, job_id: str) -> None:
+    """Stop an active job after a checkpoint, or refuse: the API, the CLI and the web UI all stop through
+    here, so a job that is not running is refused alike (409 on the API, exit code 2 on the CLI)."""
+    job = store.get(job_id)
+    if job.state not in ACTIVE:
+        raise Refused(409, "conflict", f"job {job_id} is {job.state.value}, not running: there is nothing to stop")
+    request_stop(job_id)
 
 
 def resume(store: Store, job_id: str) -> None:

@@ -2,33 +2,27 @@
 
 Every route but `/api/health` needs a token (`Authorization: Bearer lft_...`); a job belongs to the
 user whose token created it and is invisible to everyone else. Errors are RFC 9457 problem details.
-No-auth mode exists only for a server bound to 127.0.0.1 that asks for it explicitly.
-
-(No `from __future__ import annotations` here: FastAPI reads the route annotations at runtime, and
-the `Auth`/`Db` aliases are local to `create_app`.)
+No-auth mode exists only for a server bound to 127.0.0.1 that asks for it explicitly. The routes live
+in server/routes/, one router per resource; this module only puts the application together.
 """
 
+from __future__ import annotations
+
 import asyncio
-import json
-import shutil
-import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from contextlib import asynccontextmanager
 
-import yaml
-from fastapi import FastAPI, File, Form, Header, Query, Request, UploadFile
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi import FastAPI
 
-from loraflow import __version__, paths
-from loraflow.jobs import queue
-from loraflow.jobs.states import ACTIVE, JobState
+from loraflow import __version__
 from loraflow.jobs.store import Store
 from loraflow.platform.config import PlatformConfig
-from loraflow.running.submit import ServiceConfig, check_open, read_spec, submit
+from loraflow.running.submit import ServiceConfig
 from loraflow.server import problems
-from loraflow.server.deps import Auth, Db, bundle_response, job_file_response, own_job
-from loraflow.server.problems import Problem
-from loraflow.server.uploads import save_files
+from loraflow.server.routes import jobs, money, uploads
+from loraflow.server.routes import platform as service
+
+__all__ = ["ServiceConfig", "create_app"]
 
 
 def create_app(
@@ -38,7 +32,6 @@ def create_app(
     sweep_every_s: float | None = 2.0,
 ) -> FastAPI:
     """The API; with sweep_every_s, a background task runs the platform sweep (checks, credits, registry)."""
-    from contextlib import asynccontextmanager
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -54,215 +47,12 @@ def create_app(
         lifespan=lifespan,
     )
     problems.install(app)
-    cfg = config or ServiceConfig.from_env()
     app.state.store = store or Store()
-    app.state.config = cfg
+    app.state.config = config or ServiceConfig.from_env()
     app.state.platform = platform or PlatformConfig.from_env()
-    from loraflow.server.more_routes import router
-    from loraflow.server.platform_routes import router as platform_router
-
-    app.include_router(router)
-    app.include_router(platform_router)
-
-    @app.get("/api/health", tags=["service"])
-    def health() -> dict[str, Any]:
-        return {"ok": True, "version": __version__}
-
-    @app.get("/api/status", tags=["service"])
-    def status(user: Auth, store: Db) -> dict[str, Any]:
-        running = store.count_jobs(owner=user.name, states=[s.value for s in ACTIVE])
-        return {
-            "available": cfg.available,
-            "message": cfg.message,
-            "blocked_base_models": cfg.blocked_base_models,
-            "max_images": cfg.max_images,
-            "max_upload_mb": cfg.max_upload_mb,
-            "max_concurrent_jobs": cfg.max_concurrent_jobs,
-            "your_active_jobs": running,
-        }
-
-    @app.post("/api/jobs", status_code=201, tags=["jobs"])
-    async def create_job(
-        request: Request,
-        user: Auth,
-        store: Db,
-        spec: Annotated[str, Form(description="The training spec, YAML or JSON; dataset.path is set by the server.")],
-        dataset: Annotated[UploadFile | None, File(description="A .zip or .tar of images and captions.")] = None,
-        files: Annotated[list[UploadFile] | None, File(description="Or: the images and .txt captions.")] = None,
-        force: Annotated[bool, Form()] = False,
-    ) -> dict[str, Any]:
-        """Create a job from a spec and a dataset upload, check both, and start it."""
-        state = request.app.state
-        limit = cfg.max_upload_mb * 1024 * 1024
-        if int(request.headers.get("content-length") or 0) > limit:
-            raise Problem(413, "upload too large", f"the upload is over {cfg.max_upload_mb} MB")
-        try:
-            raw = yaml.safe_load(spec)
-        except yaml.YAMLError as exc:
-            raise Problem(422, "invalid spec", f"the spec is not valid YAML/JSON: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise Problem(422, "invalid spec", "the spec must be a mapping (name, dataset, base_model, ...)")
-        uploads = ([dataset] if dataset is not None else []) + list(files or [])
-        if not uploads:
-            raise Problem(422, "no dataset", "send the dataset as `dataset` (a zip or tar) or as `files`")
-        check_open(store, user.name, cfg)  # before anything is written
-        folder = paths.home() / "uploads" / uuid.uuid4().hex
-        try:
-            target = await save_files(uploads, folder, limit)
-            parsed = read_spec(raw, cfg, "spec", dataset_path=str(target))
-            job = await asyncio.to_thread(submit, store, parsed, user.name, cfg, state.platform, force)
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)  # nothing half-written stays behind
-            raise
-        return job.to_dict()
-
-    @app.get("/api/jobs", tags=["jobs"])
-    def list_jobs(
-        user: Auth,
-        store: Db,
-        state: Annotated[list[str] | None, Query()] = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
-    ) -> dict[str, Any]:
-        valid = {s.value for s in JobState}
-        for s in state or []:
-            if s not in valid:
-                raise Problem(422, "invalid state", f"{s!r} is not a job state; use one of {sorted(valid)}")
-        jobs = store.list_jobs(owner=user.name, states=state, limit=limit, offset=offset)
-        total = store.count_jobs(owner=user.name, states=state)
-        places = queue.snapshot(store)
-        rows = [{**j.to_dict(), "queue": _place(places.get(j.id))} for j in jobs]
-        return {"total": total, "limit": limit, "offset": offset, "jobs": rows}
-
-    @app.get("/api/jobs/{job_id}", tags=["jobs"])
-    def get_job(job_id: str, user: Auth, store: Db) -> dict[str, Any]:
-        """The job; `queue` is its place while it waits (position, position_for_user, eta_s), else null."""
-        job = own_job(store, user, job_id)
-        return {**job.to_dict(), "queue": _place(queue.entry(store, job))}
-
-    @app.get("/api/jobs/{job_id}/events", tags=["jobs"])
-    def job_events(
-        job_id: str,
-        user: Auth,
-        store: Db,
-        after: Annotated[int, Query(ge=0)] = 0,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-        type: Annotated[list[str] | None, Query()] = None,
-    ) -> dict[str, Any]:
-        own_job(store, user, job_id)
-        events = store.events(job_id, after_seq=after, limit=limit, types=type)
-        return {
-            "events": [_event(e) for e in events],
-            "next_after": events[-1].seq if events else after,
-        }
-
-    @app.get("/api/jobs/{job_id}/events/stream", tags=["jobs"])
-    async def job_event_stream(
-        job_id: str,
-        user: Auth,
-        store: Db,
-        after: Annotated[int, Query(ge=0)] = 0,
-        last_event_id: Annotated[str | None, Header()] = None,
-    ) -> StreamingResponse:
-        """Server-sent events; reconnecting with Last-Event-ID continues without gaps or repeats."""
-        own_job(store, user, job_id)
-        start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
-
-        async def stream() -> AsyncIterator[bytes]:
-            seq = start
-            idle = 0.0
-            while True:
-                events = await asyncio.to_thread(store.events, job_id, seq, 500)
-                for e in events:
-                    seq = e.seq
-                    yield f"id: {e.seq}\nevent: {e.type}\ndata: {json.dumps(_event(e))}\n\n".encode()
-                if events:
-                    idle = 0.0
-                    continue
-                job = await asyncio.to_thread(store.get, job_id)
-                if job.state not in ACTIVE and idle > 1.0:
-                    yield b"event: end\ndata: {}\n\n"
-                    return
-                idle += 0.5
-                if idle % 15 == 0:
-                    yield b": keep-alive\n\n"
-                await asyncio.sleep(0.5)
-
-        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-    @app.post("/api/jobs/{job_id}/stop", tags=["jobs"])
-    def stop_job(job_id: str, user: Auth, store: Db) -> dict[str, Any]:
-        from loraflow.running.control import request_stop
-
-        job = own_job(store, user, job_id)
-        if job.state not in ACTIVE:
-            raise Problem(409, "conflict", f"job {job_id} is {job.state.value}, not running")
-        request_stop(job_id)
-        return store.get(job_id).to_dict()
-
-    @app.post("/api/jobs/{job_id}/resume", tags=["jobs"])
-    def resume_job(job_id: str, user: Auth, store: Db) -> dict[str, Any]:
-        from loraflow.running.control import resume
-
-        own_job(store, user, job_id)
-        resume(store, job_id)  # IllegalTransition answers 409
-        return store.get(job_id).to_dict()
-
-    @app.post("/api/jobs/{job_id}/cancel", tags=["jobs"])
-    def cancel_job(job_id: str, user: Auth, store: Db) -> dict[str, Any]:
-        from loraflow.running.control import request_stop
-
-        job = own_job(store, user, job_id)
-        if job.state is JobState.CANCELLED:
-            return job.to_dict()
-        if job.state in ACTIVE:
-            request_stop(job_id)  # the runner records the stop; the job is cancelled once it has
-            store.append_event(job_id, "log", {"message": "cancel requested"})
-            _mark_cancel(store, job_id)
-        else:
-            store.transition(job_id, JobState.CANCELLED)
-            store.append_event(job_id, "job.cancelled", {})
-        return store.get(job_id).to_dict()
-
-    @app.get("/api/jobs/{job_id}/bundle", tags=["jobs"])
-    def download_bundle(job_id: str, user: Auth, store: Db) -> FileResponse:
-        return bundle_response(own_job(store, user, job_id))
-
-    @app.get("/api/jobs/{job_id}/files/{path:path}", tags=["jobs"])
-    def download_file(job_id: str, path: str, user: Auth, store: Db) -> FileResponse:
-        """Any file of the job folder (samples, checkpoints, LoRA), with range requests."""
-        return job_file_response(own_job(store, user, job_id), path)
-
+    for router in (uploads.router, money.router, service.router, jobs.router):
+        app.include_router(router)
     return app
-
-
-def _mark_cancel(store: Store, job_id: str) -> None:
-    """Cancel as soon as the stop lands, from a small thread: the HTTP answer does not wait for it."""
-    import threading
-    import time
-
-    def wait() -> None:
-        for _ in range(1200):
-            job = store.get(job_id)
-            if job.state not in ACTIVE:
-                if job.state is not JobState.CANCELLED:
-                    try:
-                        store.transition(job_id, JobState.CANCELLED)
-                        store.append_event(job_id, "job.cancelled", {})
-                    except Exception:  # completed in the meantime: nothing to cancel
-                        pass
-                return
-            time.sleep(0.25)
-
-    threading.Thread(target=wait, daemon=True).start()
-
-
-def _place(entry: queue.QueueEntry | None) -> dict[str, Any] | None:
-    return entry.to_dict() if entry is not None else None
-
-
-def _event(e: Any) -> dict[str, Any]:
-    return {"seq": e.seq, "ts": e.ts.isoformat(), "type": e.type, "stage": e.stage, "data": e.data}
 
 
 async def _sweeper(app: FastAPI, every_s: float) -> None:

@@ -1,5 +1,5 @@
 """The new-job wizard's parts that are not routes: the background auto-caption run a page polls, and the
-Start form's defaults, kept input and refusal messages."""
+Start form's defaults, the spec it describes, kept input and refusal messages."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 from loraflow.errors import LoraflowError, SpecError, UserInputError
 from loraflow.running.submit import DatasetUnfit
 from loraflow.server.problems import Problem
+from loraflow.server.uploads import captions
 
 
 @dataclass
@@ -90,3 +91,60 @@ def start_error(exc: Problem | UserInputError) -> dict[str, Any]:
         return {"title": exc.render(), "lines": []}
     lines = exc.detail.split("; ") if exc.extra.get("findings") else [exc.detail] if exc.detail else []
     return {"title": f"{exc.title[:1].upper()}{exc.title[1:]}:" if lines else exc.title, "lines": lines}
+
+
+def settings_spec(folder: Path, form: dict[str, Any]) -> dict[str, Any]:
+    """The spec the Start form describes: empty fields are left to the defaults, JSON values read as JSON."""
+    training: dict[str, Any] = {}
+    for key, value in form.items():
+        if key.startswith("training.") and str(value).strip():
+            text = str(value).strip()
+            try:
+                training[key.split(".", 1)[1]] = json.loads(text)
+            except ValueError:
+                training[key.split(".", 1)[1]] = text
+    raw: dict[str, Any] = {
+        "name": str(form.get("name") or "lora").strip(),
+        "dataset": {"path": str(folder), "trigger_word": str(form.get("trigger_word") or "").strip() or None},
+        "base_model": str(form.get("base_model") or "tiny-flux"),
+    }
+    if form.get("vram_preset"):
+        raw["vram_preset"] = int(str(form["vram_preset"]))
+    if training:
+        raw["training"] = training
+    return raw
+
+
+def wizard_context(folder: Path, upload_id: str) -> dict[str, Any]:
+    """What the wizard page shows for an upload: its check, its captions and the settings to choose."""
+    from loraflow.caption.available import captioner_status
+    from loraflow.catalog import base_models, vram_presets
+    from loraflow.dataset import DatasetRun
+    from loraflow.spec import TrainingSpec
+
+    report = DatasetRun(str(folder)).check()
+    items = [{"name": name, "caption": text} for name, text in captions(folder).items()]
+    models = list(base_models().values())
+    defaults = model_defaults()
+    advanced = [
+        {"key": k, "default": defaults[models[0].id][k], "help": f.description or ""}
+        for k, f in TrainingSpec.model_fields.items()
+        if k in ADVANCED
+    ]
+    status = captioner_status()
+    return {
+        "upload_id": upload_id,
+        "report": report,
+        "items": items,
+        "captioners": [name for name, reason in status.items() if reason is None],
+        "not_here": {name: reason for name, reason in status.items() if reason is not None},
+        "trigger": "",
+        "name": "lora",
+        "models": models,
+        "model_defaults": defaults,
+        "chosen_model": models[0].id,
+        "chosen_preset": "",
+        "values": {},
+        "presets": sorted(vram_presets()),
+        "advanced": advanced,
+    }

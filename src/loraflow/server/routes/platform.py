@@ -1,72 +1,54 @@
-"""Platform API routes: quotes and credits, the model registry and its review gate."""
+"""The service itself and the platform around the jobs: health and limits, the webhook secret, the model
+registry and its review gate, retention and the periodic duties run on demand.
+
+(No `from __future__ import annotations`: FastAPI reads the route annotations at runtime.)
+"""
 
 from typing import Annotated, Any
 
-import yaml
 from fastapi import APIRouter, Body, Query, Request
 
-from loraflow.platform import credits, registry
-from loraflow.platform.config import PlatformConfig
+from loraflow import __version__
+from loraflow.jobs.states import ACTIVE
+from loraflow.platform import registry
 from loraflow.server.deps import Admin, Auth, Db
 from loraflow.server.problems import Problem
 
 router = APIRouter()
 
 
-def _cfg(request: Request) -> PlatformConfig:
-    return request.app.state.platform
+@router.get("/api/health", tags=["service"])
+def health() -> dict[str, Any]:
+    return {"ok": True, "version": __version__}
 
 
-@router.post("/api/quote", tags=["credits"])
-def quote(request: Request, user: Auth, spec: Annotated[str, Body(embed=True)]) -> dict[str, Any]:
-    """What a job would cost in USD and points before it is submitted (estimate or budget cap, plus fee)."""
-    from loraflow.spec import parse_spec
-
-    raw = yaml.safe_load(spec)
-    if not isinstance(raw, dict):
-        raise Problem(422, "invalid spec", "the spec must be a mapping")
-    raw.setdefault("dataset", {}).setdefault("path", ".")
-    return credits.quote(parse_spec(raw, "spec"), _cfg(request)).to_dict()
-
-
-@router.get("/api/credits", tags=["credits"])
-def my_credits(user: Auth, store: Db, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+@router.get("/api/status", tags=["service"])
+def status(request: Request, user: Auth, store: Db) -> dict[str, Any]:
+    cfg = request.app.state.config
+    running = store.count_jobs(owner=user.name, states=[s.value for s in ACTIVE])
     return {
-        "user": user.name,
-        **credits.balance(store, user.name).to_dict(),
-        "entries": credits.entries(store, user.name, limit),
+        "available": cfg.available,
+        "message": cfg.message,
+        "blocked_base_models": cfg.blocked_base_models,
+        "max_images": cfg.max_images,
+        "max_upload_mb": cfg.max_upload_mb,
+        "max_concurrent_jobs": cfg.max_concurrent_jobs,
+        "your_active_jobs": running,
     }
 
 
-@router.post("/api/credits/{name}/deposit", tags=["credits"])
-def deposit(
-    name: str,
-    admin: Admin,
-    store: Db,
-    points: Annotated[int, Body(embed=True, gt=0)],
-    note: Annotated[str, Body(embed=True)] = "",
-) -> dict[str, Any]:
-    return credits.add_entry(store, name, "deposit", points, by=admin.name, note=note).to_dict()
+@router.get("/api/webhook-secret", tags=["service"])
+def webhook_secret(user: Auth) -> dict[str, str]:
+    """Your own webhook signing secret, to verify X-Loraflow-Signature on what your jobs send."""
+    import os
 
+    from loraflow.notify.signing import SECRET_ENV, user_secret
 
-@router.post("/api/credits/{name}/adjust", tags=["credits"])
-def adjust(
-    name: str, admin: Admin, store: Db, points: Annotated[int, Body(embed=True)], note: Annotated[str, Body(embed=True)]
-) -> dict[str, Any]:
-    return credits.add_entry(store, name, "adjustment", points, by=admin.name, note=note).to_dict()
-
-
-@router.post("/api/credits/{name}/refund", tags=["credits"])
-def refund(
-    name: str,
-    admin: Admin,
-    store: Db,
-    job_id: Annotated[str, Body(embed=True)],
-    points: Annotated[int, Body(embed=True, gt=0)],
-    note: Annotated[str, Body(embed=True)] = "",
-) -> dict[str, Any]:
-    """Refund (part of) a job's charge to its owner."""
-    return credits.refund(store, name, job_id, points, admin.name, note).to_dict()
+    shared = os.environ.get(SECRET_ENV)
+    if not shared:
+        raise Problem(404, "not found", "this service does not sign webhooks (its operator set no secret)")
+    secret = shared if user.name == "local" else user_secret(shared, user.name)  # no-auth: one's own server
+    return {"secret": secret, "header": "X-Loraflow-Signature"}
 
 
 @router.get("/api/models", tags=["models"])
@@ -150,4 +132,4 @@ def sweep_now(request: Request, admin: Admin, store: Db) -> dict[str, Any]:
     """Run the platform's duties now: external checks, credit settlement, model registration."""
     from loraflow.running.duties import sweep
 
-    return sweep(store, _cfg(request))
+    return sweep(store, request.app.state.platform)

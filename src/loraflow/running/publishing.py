@@ -1,0 +1,53 @@
+"""Publishing a job after the fact, the one way every door does it (the API, `loraflow publish`, the web
+UI's button): the same checks of the job's state and its targets, then the publish and its record in
+the model registry. A refusal is `Refused` with its HTTP status; the CLI shows it with exit code 2."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loraflow.errors import Refused
+from loraflow.jobs.states import JobState
+from loraflow.jobs.store import Job, Store
+from loraflow.platform.registry import record_published
+from loraflow.publish.publisher import publish_job
+
+TARGET_TYPES = ("huggingface", "s3", "comfydeploy")
+NOT_GRANTED = (
+    "this service does not push LoRAs to ComfyDeploy (its operator's workspace); the operator grants it "
+    "with LORAFLOW_SERVICE_COMFYDEPLOY=1"
+)
+
+
+def check_publish(job: Job, only: str | None = None, comfydeploy_granted: bool = True) -> None:
+    """Refuse what no door may publish: an unknown target type, a job that has not completed (one held for
+    approval is released by approving it), a spec without targets, a target type the spec does not have.
+    `comfydeploy_granted` is False where the operator's ComfyDeploy workspace is not the caller's to use."""
+    if only is not None and only not in TARGET_TYPES:
+        kinds = ", ".join(TARGET_TYPES)
+        raise Refused(422, "unknown target", f"unknown target type '{only}'", fix=f"use one of {kinds}")
+    if job.state is not JobState.COMPLETED:
+        raise Refused(409, "conflict", f"job {job.id} is {job.state.value}; publish a completed job")
+    kinds = {t.type for t in job.train_spec.publish.targets}
+    if not kinds:
+        raise Refused(422, "no targets", "the job's spec has no publish.targets",
+                      fix="add a huggingface or s3 target to the spec")
+    if only is not None and only != "comfydeploy" and only not in kinds:
+        raise Refused(422, "no targets", f"job {job.id} has no {only} target", fix=f"add a {only} target to the spec")
+    if only == "comfydeploy" and not comfydeploy_granted:
+        raise Refused(403, "not granted", NOT_GRANTED)
+
+
+def publish(
+    store: Store,
+    job_id: str,
+    checkpoint: int | None = None,
+    only: str | None = None,
+    comfydeploy_granted: bool = True,
+) -> list[dict[str, Any]]:
+    """Check, publish the final LoRA (or a kept checkpoint) to the spec's targets, and record where it went."""
+    job = store.get(job_id)
+    check_publish(job, only, comfydeploy_granted)
+    results = publish_job(store, job, checkpoint, only=only)
+    record_published(store, job.id, results)
+    return results

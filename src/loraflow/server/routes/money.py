@@ -1,0 +1,111 @@
+"""What a job costs: estimates and Vast.ai offers before a job, quotes in points, the credit ledger
+(deposits, adjustments and refunds by an administrator).
+
+(No `from __future__ import annotations`: FastAPI reads the route annotations at runtime.)
+"""
+
+from typing import Annotated, Any
+
+import yaml
+from fastapi import APIRouter, Body, Query, Request
+
+from loraflow.platform import credits
+from loraflow.server.deps import Admin, Auth, Db
+from loraflow.server.problems import Problem
+
+router = APIRouter()
+
+
+@router.post("/api/estimate", tags=["money"])
+def estimate(
+    request: Request, user: Auth, spec: Annotated[str, Body(embed=True, description="The spec as YAML or JSON")]
+) -> dict[str, Any]:
+    """Predicted time and cost per GPU type on offer (Vast.ai), or on this machine."""
+    from loraflow.providers.estimate import estimate as predict
+    from loraflow.running.submit import read_spec
+
+    try:
+        raw = yaml.safe_load(spec)
+    except yaml.YAMLError as exc:
+        raise Problem(422, "invalid spec", f"the spec is not valid YAML/JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise Problem(422, "invalid spec", "the spec must be a mapping")
+    parsed = read_spec(raw, request.app.state.config, "spec", dataset_path=".")  # the server's paths are not asked
+    if parsed.engine.name == "fal":  # priced per run by fal, not by the hour
+        from loraflow.engines.fal import quote
+
+        return {"budget_usd": parsed.budget.max_usd, "estimates": [quote(parsed)]}
+    if parsed.compute.provider == "vastai":
+        from loraflow.providers.vastai import VastProvider
+
+        best: dict[str, Any] = {}
+        for ranked in VastProvider().offers(parsed):
+            best.setdefault(str(ranked.offer.get("gpu_name")), ranked.estimate.to_dict())
+        return {"budget_usd": parsed.budget.max_usd, "estimates": list(best.values())}
+    gpu = "CPU" if parsed.base_model == "tiny-flux" else "RTX 4090"
+    return {"budget_usd": parsed.budget.max_usd, "estimates": [predict(parsed, gpu, 0.0, remote=False).to_dict()]}
+
+
+@router.get("/api/offers", tags=["money"])
+def offers(user: Auth, base_model: str = "flux-dev", limit: Annotated[int, Query(ge=1, le=100)] = 20) -> list[Any]:
+    """Vast.ai offers that fit a default job on this base model, cheapest job first."""
+    from loraflow.providers.vastai import VastProvider
+    from loraflow.spec import parse_spec
+
+    spec = parse_spec(
+        {"name": "offers", "dataset": {"path": "."}, "base_model": base_model, "compute": {"provider": "vastai"}},
+        "offers",
+    )
+    return [{"offer": r.offer, "estimate": r.estimate.to_dict()} for r in VastProvider().offers(spec)[:limit]]
+
+
+@router.post("/api/quote", tags=["credits"])
+def quote(request: Request, user: Auth, spec: Annotated[str, Body(embed=True)]) -> dict[str, Any]:
+    """What a job would cost in USD and points before it is submitted (estimate or budget cap, plus fee)."""
+    from loraflow.spec import parse_spec
+
+    raw = yaml.safe_load(spec)
+    if not isinstance(raw, dict):
+        raise Problem(422, "invalid spec", "the spec must be a mapping")
+    raw.setdefault("dataset", {}).setdefault("path", ".")
+    return credits.quote(parse_spec(raw, "spec"), request.app.state.platform).to_dict()
+
+
+@router.get("/api/credits", tags=["credits"])
+def my_credits(user: Auth, store: Db, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+    return {
+        "user": user.name,
+        **credits.balance(store, user.name).to_dict(),
+        "entries": credits.entries(store, user.name, limit),
+    }
+
+
+@router.post("/api/credits/{name}/deposit", tags=["credits"])
+def deposit(
+    name: str,
+    admin: Admin,
+    store: Db,
+    points: Annotated[int, Body(embed=True, gt=0)],
+    note: Annotated[str, Body(embed=True)] = "",
+) -> dict[str, Any]:
+    return credits.add_entry(store, name, "deposit", points, by=admin.name, note=note).to_dict()
+
+
+@router.post("/api/credits/{name}/adjust", tags=["credits"])
+def adjust(
+    name: str, admin: Admin, store: Db, points: Annotated[int, Body(embed=True)], note: Annotated[str, Body(embed=True)]
+) -> dict[str, Any]:
+    return credits.add_entry(store, name, "adjustment", points, by=admin.name, note=note).to_dict()
+
+
+@router.post("/api/credits/{name}/refund", tags=["credits"])
+def refund(
+    name: str,
+    admin: Admin,
+    store: Db,
+    job_id: Annotated[str, Body(embed=True)],
+    points: Annotated[int, Body(embed=True, gt=0)],
+    note: Annotated[str, Body(embed=True)] = "",
+) -> dict[str, Any]:
+    """Refund (part of) a job's charge to its owner."""
+    return credits.refund(store, name, job_id, points, admin.name, note).to_dict()

@@ -1,0 +1,141 @@
+"""The web UI's new-job wizard: upload images, edit or auto-caption them, estimate, start the job.
+
+(No `from __future__ import annotations`: FastAPI reads the route annotations at runtime.)
+"""
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from starlette.datastructures import UploadFile as StarletteUpload
+
+from loraflow.errors import UserInputError
+from loraflow.server import uploads
+from loraflow.server.pages import fragment, need_user, render, session_user, store
+from loraflow.server.problems import Problem
+from loraflow.server.wizard import CaptionRun, kept_input, settings_spec, start_error, wizard_context
+
+router = APIRouter(include_in_schema=False)
+
+
+def _upload_dir(request: Request, upload_id: str) -> Path:
+    return uploads.folder(need_user(request).name, upload_id)
+
+
+@router.get("/new", response_class=HTMLResponse)
+def new_job(request: Request) -> Response:
+    user = session_user(request)
+    if user is None:
+        return RedirectResponse("/login", status_code=303)
+    return render(request, "new.html", user, error=None)
+
+
+@router.post("/ui/uploads")
+async def ui_upload(request: Request) -> Response:
+    user = need_user(request)
+    form = await request.form()
+    files = [f for f in form.getlist("files") if isinstance(f, StarletteUpload) and f.filename]
+    if not files:
+        return render(request, "new.html", user, error="Choose some images (and captions) first.")
+    try:
+        upload_id, _dataset = await uploads.create(user.name, files, request.app.state.config.max_upload_mb << 20)
+    except Problem as exc:
+        return render(request, "new.html", user, error=exc.detail)
+    return RedirectResponse(f"/ui/uploads/{upload_id}", status_code=303)
+
+
+@router.get("/ui/uploads/{upload_id}", response_class=HTMLResponse)
+def wizard(request: Request, upload_id: str) -> HTMLResponse:
+    user = need_user(request)
+    folder = uploads.folder(user.name, upload_id)
+    return render(request, "wizard.html", user, **wizard_context(folder, upload_id))
+
+
+@router.post("/ui/uploads/{upload_id}/caption/{name}")
+def save_caption(request: Request, upload_id: str, name: str, caption: str = Form("")) -> Response:
+    uploads.write_caption(_upload_dir(request, upload_id), name, caption)
+    return Response(status_code=204)
+
+
+@router.get("/ui/uploads/{upload_id}/image/{name}")
+def upload_image(request: Request, upload_id: str, name: str) -> FileResponse:
+    return FileResponse(uploads.image(_upload_dir(request, upload_id), name))
+
+
+def _caption_status(request: Request, upload_id: str, folder: Path, error: str | None = None) -> HTMLResponse:
+    run: CaptionRun | None = request.app.state.caption_runs.get(str(folder))
+    ctx: dict[str, Any] = {"upload_id": upload_id, "run": run, "error": error or (run and run.error)}
+    if run and run.finished and not run.error:
+        ctx |= {"items": wizard_context(folder, upload_id)["items"], "oob": True}
+    response = fragment(request, "_caption_status.html", ctx)
+    response.status_code = 422 if error else 200
+    return response
+
+
+@router.post("/ui/uploads/{upload_id}/autocaption", response_class=HTMLResponse)
+def autocaption(request: Request, upload_id: str, backend: str = Form("template")) -> HTMLResponse:
+    """Start captioning in the background; the answer polls its progress and ends with the captions."""
+    from loraflow.caption.available import operator_model, why_not
+    from loraflow.spec import CaptionPolicy
+
+    folder = _upload_dir(request, upload_id)
+    reason = why_not(backend)
+    if reason:
+        return _caption_status(request, upload_id, folder, f"{backend} cannot caption on this server: {reason}")
+    runs: dict[str, CaptionRun] = request.app.state.caption_runs
+    running = runs.get(str(folder))
+    if running is None or running.finished:
+        policy = CaptionPolicy(backend=backend, mode="fill_missing", model=operator_model(backend))
+        runs[str(folder)] = CaptionRun(backend).start(folder, policy)
+    return _caption_status(request, upload_id, folder)
+
+
+@router.get("/ui/uploads/{upload_id}/autocaption", response_class=HTMLResponse)
+def autocaption_progress(request: Request, upload_id: str) -> HTMLResponse:
+    return _caption_status(request, upload_id, _upload_dir(request, upload_id))
+
+
+@router.post("/ui/uploads/{upload_id}/estimate", response_class=HTMLResponse)
+async def ui_estimate(request: Request, upload_id: str) -> HTMLResponse:
+    from loraflow.providers.estimate import local_estimate
+    from loraflow.spec import parse_spec
+
+    folder = _upload_dir(request, upload_id)
+    try:
+        spec = parse_spec(settings_spec(folder, dict(await request.form())), "settings")
+    except Exception as exc:  # shown next to the button
+        return HTMLResponse(f'<span class="error">{_escape(str(exc))}</span>')
+    try:
+        est = local_estimate(spec)  # the wizard's jobs run on this server
+    except UserInputError as exc:
+        return HTMLResponse(f'<span class="error">{_escape(exc.render())}</span>')
+    return HTMLResponse(
+        f'<span id="estimate-text">about {est.total_s / 60:.1f} min on this server\'s {_escape(est.gpu)}</span>'
+    )
+
+
+@router.post("/ui/uploads/{upload_id}/start")
+async def ui_start(request: Request, upload_id: str) -> Response:
+    from loraflow.running.submit import read_spec, submit
+
+    user = need_user(request)
+    folder = uploads.folder(user.name, upload_id)
+    state = request.app.state
+    form = dict(await request.form())
+    try:
+        spec = read_spec(settings_spec(folder, form), state.config, "settings")
+        job = submit(store(request), spec, user.name, state.config, state.platform, False)
+    except (Problem, UserInputError) as exc:
+        # Shown where the user pressed Start, with everything they typed still in the form.
+        ctx = {**wizard_context(folder, upload_id), **kept_input(form)}
+        response = render(request, "wizard.html", user, **ctx, error=start_error(exc))
+        response.status_code = getattr(exc, "status", 422)
+        return response
+    return RedirectResponse(f"/jobs/{job.id}", status_code=303)
+
+
+def _escape(text: str) -> str:
+    import html
+
+    return html.escape(text)
