@@ -44,14 +44,14 @@ def test_the_web_ui_does_not_publish_a_job_held_for_approval(client: TestClient)
     page = client.post(f"/ui/jobs/{job_id}/publish", headers={"hx-request": "true"})
     assert page.status_code == 409 and page.json()["detail"] == api.json()["detail"]  # the banner says why
     job = Store().get(job_id)
-    assert job.state is JobState.AWAITING_APPROVAL and not job.artifacts.get("published")
+    assert job.state is JobState.AWAITING_APPROVAL and not job.outputs.published
 
 
 def test_the_cli_does_not_publish_a_job_held_for_approval(cli) -> None:
     job_id = job_in(JobState.AWAITING_APPROVAL)
     result = cli("publish", job_id)
     assert result.code == 2 and f"job {job_id} is awaiting_approval; publish a completed job" in result.out + result.err
-    assert not Store().get(job_id).artifacts.get("published")
+    assert not Store().get(job_id).outputs.published
 
 
 def test_a_job_without_targets_or_with_another_target_type_is_refused_alike(client: TestClient, cli) -> None:
