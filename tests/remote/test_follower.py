@@ -19,6 +19,7 @@ from loraflow.hosts.ssh import HostUnreachable, SshEndpoint, SshHost
 from loraflow.hosts.ssh_async import AsyncSshHost
 from loraflow.jobs.states import JobState
 from loraflow.jobs.store import Store
+from loraflow.monitor.builtin_parser import BuiltinParser
 from loraflow.running.control import request_stop
 from loraflow.running.worker import Worker
 from loraflow.spec import load_spec
@@ -295,8 +296,12 @@ def test_a_runner_taking_back_a_stopped_training_job_copies_the_last_save_first(
     root = Path(store.get(job.id).lease["root"])  # the host is this machine: its paths are ours
     trainer = Handle.in_folder(str(root / "run"), "train")
     copied = max(int(p.parent.name.split("-")[1]) for p in local.glob("step-*/meta.json"))
-    wait_for(lambda: store.get(job.id).step > copied or not pid_alive(int(Path(trainer.pid_file).read_text())),
-             what="training past the copied checkpoint")  # fmt: skip
+
+    def host_step() -> int:  # read on the host: no runner records progress now
+        events = BuiltinParser().feed(Path(trainer.log_file).read_bytes())
+        return max((int(e.data["step"]) for e in events if e.type == "progress"), default=0)
+
+    wait_for(lambda: host_step() > copied, what="training past the copied checkpoint")
     (job.folder / "run" / "stop-request").touch()  # what a stop leaves for the runner
     os.kill(int(Path(trainer.pid_file).read_text()), signal.SIGTERM)
     wait_for(lambda: Path(trainer.exit_file).exists(), what="the trainer to save and exit")

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from loraflow.engines import get_engine
 from loraflow.jobs.states import JobState
 from loraflow.jobs.store import Job, Store
 from loraflow.layout import JobLayout
@@ -125,8 +126,6 @@ class RunContext:
         wandb: WandbSink,
         poll_s: float,
     ) -> None:
-        from loraflow.engines import get_engine
-
         self.store = store
         self.job_id = job_id
         self.spec = spec
