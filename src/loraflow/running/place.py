@@ -236,6 +236,7 @@ class RemotePlace:
 
 
 def place_for(store: Store, job_id: str, spec: TrainSpec, layout: JobLayout, engine: Engine, emit: Emit) -> Place:
-    return RemotePlace(store, job_id, spec, layout, emit) if is_remote(spec) else LocalPlace(
-        store, job_id, spec, layout, engine
-    )
+    """The place a spec trains in: its compute provider says which."""
+    if is_remote(spec):
+        return RemotePlace(store, job_id, spec, layout, emit)
+    return LocalPlace(store, job_id, spec, layout, engine)

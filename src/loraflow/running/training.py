@@ -46,12 +46,12 @@ class Train:
     stop_point = True
     needs_place = True
     interruptible = False  # it follows for hours: SIGTERM is taken where its rounds are saved
+    ctx: RunContext  # set by run
+    meter: CostMeter
+    follow_path: Path
 
-    def __init__(self, ctx: RunContext, handoff: bool) -> None:
-        self.ctx = ctx
+    def __init__(self, handoff: bool) -> None:
         self.handoff = handoff  # a worker's follower follows the trainer once it runs
-        self.meter = CostMeter(ctx.spec, ctx.layout)
-        self.follow_path = follow_file(ctx.layout)
         self._accounted = 0.0
         self._last_heartbeat = 0.0
 
@@ -60,6 +60,9 @@ class Train:
 
     def run(self, ctx: RunContext) -> JobState | None:
         """Run or re-attach to training; None when it finished, TRAINING when handed to the follower."""
+        self.ctx = ctx
+        self.meter = CostMeter(ctx.spec, ctx.layout)
+        self.follow_path = follow_file(ctx.layout)
         handoff_file(ctx.layout).unlink(missing_ok=True)  # we hold the lock: no follower has the job
         state = FollowState.load(self.follow_path)
         while True:
