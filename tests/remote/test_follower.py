@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -21,6 +19,7 @@ from loraflow.hosts.ssh import HostUnreachable, SshEndpoint, SshHost
 from loraflow.hosts.ssh_async import AsyncSshHost
 from loraflow.jobs.states import JobState
 from loraflow.jobs.store import Store
+from loraflow.monitor.builtin_parser import BuiltinParser
 from loraflow.running.control import request_stop
 from loraflow.running.worker import Worker
 from loraflow.spec import load_spec
@@ -236,7 +235,7 @@ def test_budget_cap_reached_while_followed_stops_with_a_checkpoint(tmp_path: Pat
     spec.write_text(yaml.safe_dump(data))
     store = Store()
     job = store.create_job(load_spec(spec))
-    store.update_outputs(job.id, force_budget=True)  # what `train --force` records
+    store.add_artifacts(job.id, force_budget=True)  # what `train --force` records
     worker = Worker(store, slots=2, lease_s=30).start(poll_s=0.3)
     try:
         wait_for(lambda: store.get(job.id).state is JobState.STOPPED_BUDGET, timeout=180, what="budget stop")
@@ -277,16 +276,6 @@ def test_a_host_the_follower_cannot_follow_is_followed_by_its_runner(
     assert store.get(job.id).step == 60 and len(events_of(store, job.id, "train.launched")) == 1
 
 
-def host_step(log: Path) -> int:
-    """The newest step a builtin trainer reported in its log."""
-    steps = [0]
-    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
-        if line.startswith("LORAFLOW "):
-            with contextlib.suppress(ValueError):
-                steps.append(int(json.loads(line[9:]).get("step") or 0))
-    return max(steps)
-
-
 def test_a_runner_taking_back_a_stopped_training_job_copies_the_last_save_first(sshd: Sshd, tmp_path: Path) -> None:
     """The race seen with CPU burners, made deterministic: the trainer on the host saved at its stop and exited
     while no runner was there (as when the follower hands the job back). The runner that takes the job back
@@ -307,15 +296,15 @@ def test_a_runner_taking_back_a_stopped_training_job_copies_the_last_save_first(
     root = Path(store.get(job.id).lease["root"])  # the host is this machine: its paths are ours
     trainer = Handle.in_folder(str(root / "run"), "train")
     copied = max(int(p.parent.name.split("-")[1]) for p in local.glob("step-*/meta.json"))
-    pid = int(Path(trainer.pid_file).read_text())
-    try:  # nobody records the host's steps now: read them from the trainer's own log there
-        wait_for(lambda: host_step(Path(trainer.log_file)) > copied, timeout=180, what="training past the copy")
-        (job.folder / "run" / "stop-request").touch()  # what a stop leaves for the runner
-        os.kill(pid, signal.SIGTERM)
-        wait_for(lambda: Path(trainer.exit_file).exists(), what="the trainer to save and exit")
-    finally:
-        if pid_alive(pid):  # a failed wait must not leave a 400-step trainer behind
-            os.kill(pid, signal.SIGKILL)
+
+    def host_step() -> int:  # read on the host: no runner records progress now
+        events = BuiltinParser().feed(Path(trainer.log_file).read_bytes())
+        return max((int(e.data["step"]) for e in events if e.type == "progress"), default=0)
+
+    wait_for(lambda: host_step() > copied, what="training past the copied checkpoint")
+    (job.folder / "run" / "stop-request").touch()  # what a stop leaves for the runner
+    os.kill(int(Path(trainer.pid_file).read_text()), signal.SIGTERM)
+    wait_for(lambda: Path(trainer.exit_file).exists(), what="the trainer to save and exit")
     saved = max(int(p.parent.name.split("-")[1]) for p in root.rglob("checkpoints/step-*/meta.json"))
     assert saved > copied  # the host holds a save this machine has not seen yet
 

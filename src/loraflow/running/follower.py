@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import random
@@ -39,14 +40,13 @@ from loraflow.jobs.states import JobState
 from loraflow.jobs.store import Job, Store
 from loraflow.layout import JobLayout, handoff_file
 from loraflow.monitor import events as ev
-from loraflow.monitor.events import EngineEvent
 from loraflow.providers.vast_watch import TOUCH, pump_interval_s
 from loraflow.running.following import (
     GPU_EVERY_S,
     CostMeter,
     FollowState,
     Pending,
-    Watchdog,
+    TrainerFollow,
     coalesce,
     event_fields,
     follow_file,
@@ -54,6 +54,7 @@ from loraflow.running.following import (
     stall_file,
     write_atomic,
 )
+from loraflow.running.lease_files import sync
 from loraflow.running.remote import RemoteLease
 
 log = logging.getLogger(__name__)
@@ -261,7 +262,6 @@ class Follower:
         if job.state is not JobState.TRAINING or not lease.get("ssh") or not lease.get("root"):
             return f"job is {job.state.value} without a ready host"
         engine = get_engine(spec.engine.name)
-        parser = engine.parser(spec)
         layout = JobLayout(str(paths.job_dir(job_id)))
         xlayout = JobLayout(lease["root"])
         host = self._host(SshEndpoint.from_dict(lease["ssh"]))
@@ -270,16 +270,26 @@ class Follower:
         follow_path = follow_file(layout)
         state = FollowState.load(follow_path)
         meter = CostMeter(spec, layout)
-        # GPU questions of hundreds of adopted jobs spread over the window, not all in the first round.
-        watch = Watchdog(spec, layout, time.monotonic(), gpu_offset_s=random.uniform(0, GPU_EVERY_S))
+        now = time.monotonic()
+        # GPU questions and copies of hundreds of adopted jobs spread over their windows, not all in one round.
+        follow = TrainerFollow(
+            spec,
+            layout,
+            engine.parser(spec),
+            now,
+            SYNC_EVERY_S,
+            collected_at=now - random.uniform(0, SYNC_EVERY_S),
+            gpu_offset_s=random.uniform(0, GPU_EVERY_S),
+        )
         notifier = None
         if spec.notifications:
             from loraflow.notify.async_notifier import AsyncNotifier
 
             notifier = AsyncNotifier(self.store, job_id, spec.notifications, self._http(), self._queue_for(job_id))
         remote = RemoteLease(self.store, job_id, spec, layout, self._emit_for(job_id))
+        copy_back = functools.partial(sync, remote)
         await self.writes.write(job_id, [("follower.adopted", {"attempt": state.attempt, "offset": state.offset}, {})])
-        synced_at, synced_view = time.monotonic() - random.uniform(0, SYNC_EVERY_S), None
+        synced_view = None
         # A rented host destroys itself when nobody touches its heartbeat (providers/vast_watch.py).
         beat_every = pump_interval_s(spec.compute.heartbeat_minutes * 60) if lease.get("provider") == "vastai" else None
         beat_at = 0.0
@@ -289,47 +299,40 @@ class Follower:
                 pending: list[Pending] = []
                 chunk = await trainer.read(state.offset)
                 status, _ = await trainer.status()
-                if status is not ProcessStatus.RUNNING:  # whatever it wrote before it ended
+                running = status is ProcessStatus.RUNNING
+                if not running:  # whatever it wrote before it ended
                     chunk += await trainer.read(state.offset + len(chunk))
-                events: list[EngineEvent] = parser.feed(chunk) if chunk else []
-                if status is not ProcessStatus.RUNNING:
-                    events += parser.flush()
                 now = time.monotonic()
-                watch.saw(events, now)
+                events = follow.feed(chunk, not running, now)
                 pending += [(e.type, e.data, event_fields(e)) for e in coalesce(events)]
                 record = self.records.get(job_id)
                 if record is not None:
                     if record.state is not JobState.TRAINING:
                         return f"job is {record.state.value}"
                     pending += meter.check(record, state)
-                if watch.stop_due() and status is ProcessStatus.RUNNING:
-                    watch.stop_sent = await host.signal(handle, signal.SIGTERM)
+                if running and follow.stop_due(now):
+                    follow.stop_sent(await host.signal(handle, signal.SIGTERM))
                     pending.append((ev.LOG, {"message": "stop requested: checkpointing"}, {}))
                 if beat_every is not None and now - beat_at > beat_every:
                     beat_at = now
                     with contextlib.suppress(Exception):  # an unreachable host shows in the status next
                         await host.exec(TOUCH)
-                if watch.gpu_due(now):
-                    watch.on_gpu(await host.gpu_stats(), now)
-                stall = watch.stall(now)
-                if stall is not None and status is ProcessStatus.RUNNING:
-                    pending.append(watch.stall_event(stall))
-                    if watch.on_stall == "notify":
-                        watch.told(now)
-                    else:
+                if follow.gpu_due(now):
+                    follow.on_gpu(await host.gpu_stats(), now)
+                stall = follow.stall(now) if running else None
+                if stall is not None:
+                    pending.append(follow.stall_event(stall))
+                    if spec.monitor.on_stall != "notify":
                         await self.writes.write(job_id, pending)
                         state.offset += len(chunk)
                         state.save(follow_path)
                         write_atomic(stall_file(layout), json.dumps({"reason": stall.reason, "message": stall.message}))
                         return f"stalled: {stall.message}"
                 # New checkpoints and samples: after a save line, else when the remote listing changed.
-                if status is ProcessStatus.RUNNING and (
-                    any(e.type in (ev.CHECKPOINT, ev.SAMPLE) for e in events) or now - synced_at > SYNC_EVERY_S
-                ):
-                    synced_at = now
+                if running and follow.collect_due(events, now):
                     view = (await host.listing(xlayout.checkpoints), await host.listing(xlayout.samples))
                     if view != synced_view and (view[0] or view[1]):  # something there, and new
-                        copied = await self.loop.run_in_executor(self.pool, remote.sync)
+                        copied = await self.loop.run_in_executor(self.pool, copy_back)
                         synced_view = view
                         pending += [(e.type, e.data, event_fields(e)) for e in copied]
                 await self.writes.write(job_id, pending)
@@ -342,7 +345,7 @@ class Follower:
                         self.pool, self.store.events, job_id, notifier.selector.seq
                     )
                     notifier.feed(stored, record or job)
-                if status is not ProcessStatus.RUNNING:
+                if not running:
                     return f"trainer {status.value}"
                 await asyncio.sleep(self.poll_s)
         finally:
@@ -359,7 +362,7 @@ class Follower:
         return queue
 
     def _emit_for(self, job_id: str) -> Any:
-        """For RemoteLease.sync's warnings, called on a transfer thread."""
+        """For lease_files.sync's warnings, called on a transfer thread."""
 
         def emit(type_: str, data: dict[str, Any]) -> None:
             try:

@@ -1,4 +1,5 @@
 """What the job runner and the async follower share while a trainer runs: the persisted follow state,
+what a round of following a trainer means (`TrainerFollow`: its parser, watchdog and copy-back timing),
 the cost meter, and the hand-off files between them.
 
 A runner (one process per job) launches the trainer; in a worker it then hands the job to the worker's
@@ -199,3 +200,63 @@ class CostMeter:
             Path(self.layout.stop_request).touch()
             out.append((ev.LOG, {"message": f"budget reached (${cost:.4f}): stopping with a checkpoint"}, {}))
         return out
+
+
+class TrainerFollow:
+    """Following one trainer's log, round by round: what its new bytes say (the engine's parser), whether
+    it is time to signal a stop, ask the GPU or copy new outputs back, and whether it stalled. No I/O:
+    the runner (a blocking host, one job) and the worker's follower (asyncio, many jobs) read, signal
+    and write each in their own way, and both ask this what a round means."""
+
+    def __init__(
+        self,
+        spec: TrainSpec,
+        layout: JobLayout,
+        parser: Any,
+        now: float,
+        collect_every_s: float,
+        collected_at: float | None = None,
+        gpu_offset_s: float = GPU_EVERY_S,
+        heard: bool = False,
+    ) -> None:
+        self.parser = parser
+        self.watch = Watchdog(spec, layout, now, gpu_offset_s=gpu_offset_s, heard=heard)
+        self.collect_every_s = collect_every_s
+        self._collected = now if collected_at is None else collected_at
+
+    def feed(self, chunk: bytes, ended: bool, now: float) -> list[EngineEvent]:
+        """The events in a round's new bytes; once the trainer ended, whatever its parser still held."""
+        events: list[EngineEvent] = self.parser.feed(chunk) if chunk else []
+        if ended:
+            events += self.parser.flush()
+        self.watch.saw(events, now)
+        return events
+
+    def collect_due(self, events: list[EngineEvent], now: float) -> bool:
+        """New engine outputs to copy: after a save line, and every so often (samples print no line)."""
+        if any(e.type in (ev.CHECKPOINT, ev.SAMPLE) for e in events) or now - self._collected > self.collect_every_s:
+            self._collected = now
+            return True
+        return False
+
+    def stop_due(self, now: float) -> bool:
+        return self.watch.stop_due(now)
+
+    def stop_sent(self, sent: bool) -> None:
+        self.watch.stop_sent = sent
+
+    def gpu_due(self, now: float) -> bool:
+        return self.watch.gpu_due(now)
+
+    def on_gpu(self, stats: list[dict[str, Any]] | None, now: float) -> None:
+        self.watch.on_gpu(stats, now)
+
+    def stall(self, now: float) -> Stall | None:
+        """A stall to act on (a stall only notified is told again after another full window)."""
+        stall = self.watch.stall(now)
+        if stall is not None and self.watch.on_stall == "notify":
+            self.watch.told(now)
+        return stall
+
+    def stall_event(self, stall: Stall) -> Pending:
+        return self.watch.stall_event(stall)

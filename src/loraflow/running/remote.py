@@ -1,4 +1,5 @@
-"""A job's remote lease: rent or reach a host, ship what training needs, bring results back, let go.
+"""A job's remote lease: rent or reach a host, ship what training needs, bring results back, let go
+(what is shipped and brought back is in running/lease_files.py).
 
 The lease is written to the job record *before* it is waited on, so an orchestrator killed at any
 point finds it again (by the record, or by the instance label after a crash inside create) and never
@@ -10,23 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import shlex
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loraflow.engines import get_engine
 from loraflow.errors import LoraflowError, UserInputError
-from loraflow.files import tar_folder
 from loraflow.hosts.ssh import HostUnreachable, SshEndpoint, SshHost
 from loraflow.jobs.costs import job_cost, lease_cost, lease_seconds
 from loraflow.jobs.store import Store
 from loraflow.layout import JobLayout
 from loraflow.monitor import events as ev
-from loraflow.monitor.events import EngineEvent
 from loraflow.spec import TrainSpec
 
 REMOTE_PROVIDERS = {"ssh", "vastai"}
@@ -54,7 +50,7 @@ class RemoteLease:
         lease = self.store.get(self.job_id).lease
         return lease if lease and lease.get("provider") == self.spec.compute.provider else None
 
-    def _save(self, lease: dict[str, Any] | None) -> None:
+    def save(self, lease: dict[str, Any] | None) -> None:
         self.store.update(self.job_id, lease=lease)
 
     @property
@@ -105,7 +101,7 @@ class RemoteLease:
             target.host, target.port, target.user, identity, str(Path(self.local.run) / "known_hosts")
         )
         lease = {"provider": "ssh", "host": target.host, "price_usd_h": 0.0, "started_at": time.time(), "ssh": None}
-        self._save(lease)
+        self.save(lease)
         host = SshHost(endpoint)
         host.check()
         self._finish_acquire(lease, endpoint, host, target.root)
@@ -132,7 +128,7 @@ class RemoteLease:
                     "label": row.get("label"),
                     "ssh": None,
                 }
-                self._save(lease)
+                self.save(lease)
                 self.emit(ev.LOG, {"message": f"found instance {row['id']} by its label; re-using it"})
         if lease is None:
             ranked = provider.offers(self.spec)
@@ -156,7 +152,7 @@ class RemoteLease:
                 "label": label_for(self.job_id),
                 "ssh": None,
             }
-            self._save(lease)  # recorded before it is awaited
+            self.save(lease)  # recorded before it is awaited
             self.emit(
                 "host.created",
                 {k: lease[k] for k in ("instance_id", "offer_id", "gpu", "price_usd_h", "estimate_usd")},
@@ -194,7 +190,7 @@ class RemoteLease:
         lease["uploaded"] = False
         if lease.get("provider") == "vastai":
             self.arm_watch(host, lease["root"])
-        self._save(lease)
+        self.save(lease)
         self._host = host
         self.emit(
             "host.acquired",
@@ -242,64 +238,7 @@ class RemoteLease:
         with contextlib.suppress(Exception):
             SshHost(SshEndpoint.from_dict(lease["ssh"]), retries=0).exec(TOUCH, timeout=30, check=False)
 
-    # --- upload ----------------------------------------------------------------------------------
-
-    def model_ref(self) -> tuple[str, Path | None]:
-        """What the remote trainer loads, and the local folder to ship when there is one."""
-        spec = self.spec
-        entry = spec.catalog_entry
-        if spec.base_model == entry.id and entry.source.startswith("builtin:"):
-            from loraflow.trainer.model_source import resolve_model_path
-
-            return f"{self.layout().root}/model", resolve_model_path(spec)
-        if spec.base_model == entry.id and entry.hub_id:
-            return entry.hub_id, None  # the host downloads it at its own bandwidth, with HF_TOKEN
-        return f"{self.layout().root}/model", Path(spec.base_model).expanduser()
-
-    def upload(self, dataset_hash: str | None) -> None:
-        lease = self.lease
-        if not lease or lease.get("uploaded"):
-            return
-        host, remote = self.host(), self.layout()
-        engine = get_engine(self.spec.engine.name)
-        started = time.time()
-        sent = 0
-        with tempfile.TemporaryDirectory(dir=self.local.run) as tmp:
-            parcels: list[tuple[Path, str]] = [
-                (tar_folder(Path(self.local.dataset), Path(tmp, "dataset.tar")), "dataset")
-            ]
-            model, folder = self.model_ref()
-            if folder is not None:
-                parcels.append((tar_folder(folder, Path(tmp, "model.tar")), "model"))
-            if engine.name == "builtin" or self.captions_here():
-                import loraflow
-
-                package = Path(loraflow.__file__).parent
-                parcels.append((tar_folder(package, Path(tmp, "lib.tar"), "loraflow"), "lib"))
-            checkpoint = self.latest_local_checkpoint()
-            if checkpoint is not None:
-                parcels.append(
-                    (tar_folder(checkpoint, Path(tmp, "checkpoint.tar"), f"{checkpoint.name}"), "checkpoints")
-                )
-                self.emit(ev.LOG, {"message": f"sending {checkpoint.name} to resume from it"})
-            for local_tar, folder_name in parcels:
-                self.ship(local_tar, f"{remote.root}/{folder_name}")
-                sent += local_tar.stat().st_size
-        if self.captions_here():
-            dataset_hash = self.caption_on_host()
-        files = engine.render(self.spec, remote, self.job_id, model, dataset_hash)
-        for name, text in files.items():
-            with tempfile.NamedTemporaryFile("w", delete=False, suffix=".render") as f:
-                f.write(text)
-            try:
-                host.put(Path(f.name), f"{remote.engine}/{name}")
-            finally:
-                Path(f.name).unlink()
-        self._setup(host, remote)
-        lease = self.lease or lease
-        lease["uploaded"] = True
-        self._save(lease)
-        self.emit(ev.LOG, {"message": f"uploaded {sent / 1e6:.1f} MB in {time.time() - started:.1f} s"})
+    # --- the host's files (the parcels and the copies back are in running/lease_files.py) ---------
 
     def ship(self, local_tar: Path, dest: str) -> None:
         """Upload a tar (resumable, checked) and unpack it into a folder on the host."""
@@ -309,107 +248,15 @@ class RemoteLease:
         q = shlex.quote
         host.exec(f"mkdir -p {q(dest)} && tar -xf {q(target)} -C {q(dest)} && rm -f {q(target)}")
 
-    # --- captions, on the host -------------------------------------------------------------------
-
     def captions_here(self) -> bool:
         """A model captioner runs on the rented GPU, not on the machine that submitted the job."""
         from loraflow.caption.run import MODEL_BACKENDS
 
         return self.spec.dataset.captions.backend in MODEL_BACKENDS
 
-    def caption_on_host(self) -> str:
-        from loraflow.running.remote_caption import caption_on_host
-
-        return caption_on_host(self)
-
-    def _setup(self, host: SshHost, remote: JobLayout) -> None:
-        script = self.spec.compute.setup
-        if script is None:
-            script = get_engine(self.spec.engine.name).requirements(self.spec).setup_script or ""
-        if not script.strip():
-            return
-        from loraflow.hosts.base import Handle
-
-        handle = Handle.in_folder(remote.run, "setup")
-        self.emit(ev.LOG, {"message": "setting the host up"})
-        host.run(["/bin/sh", "-c", script], remote.root, handle)
-        while True:
-            status, code = host.status(handle)
-            if status.value != "running":
-                break
-            time.sleep(2)
-        if code != 0:
-            tail = host.read(handle.log_file, max(0, (host.size(handle.log_file) or 0) - 2000)).decode(errors="replace")
-            raise LoraflowError(f"host set-up failed (exit {code}): {tail.strip()[-800:]}")
-
-    def latest_local_checkpoint(self) -> Path | None:
-        from loraflow.trainer.checkpoint import verify
-
-        folder = Path(self.local.checkpoints)
-        for path in sorted(folder.glob("step-*"), reverse=True) if folder.is_dir() else []:
-            if path.is_dir() and not path.name.endswith(".partial") and verify(path)[0]:
-                return path
-        return None
-
     def env(self) -> dict[str, str]:
         """Plain settings for the remote command (secrets are added by the runner from its environment)."""
         return {"PYTHONPATH": f"{self.layout().root}/lib", "PYTHONUNBUFFERED": "1"}
-
-    # --- bring back ------------------------------------------------------------------------------
-
-    def sync(self, patient: bool = True) -> list[EngineEvent]:
-        """Copy finished checkpoints and new samples off the host; one event per checkpoint.
-        Not patient: one try per operation, for a host already believed dead."""
-        from loraflow.trainer.checkpoint import verify
-
-        host, remote = self.host(), self.layout()
-        if not patient:
-            host = SshHost(host.endpoint, retries=0, connect_timeout_s=5)
-        events: list[EngineEvent] = []
-        listing = host.listing(remote.checkpoints)
-        steps: dict[str, dict[str, int]] = {}
-        for rel, size in listing.items():
-            top, _, rest = rel.partition("/")
-            if rest and not top.endswith(".partial"):
-                steps.setdefault(top, {})[rest] = size
-        local_root = Path(self.local.checkpoints)
-        have = [p.name for p in local_root.glob("step-*") if (p / "meta.json").exists()]
-        newest = max(have, default="")
-        for name, files in sorted(steps.items()):
-            if "meta.json" not in files or name <= newest:
-                continue  # only what is newer than our newest copy: older ones may be pruned under us
-            staging = local_root / (name + ".partial")
-            try:
-                for rel in sorted(files):
-                    host.get(f"{remote.checkpoints}/{name}/{rel}", staging / rel)
-            except HostUnreachable:
-                raise
-            except LoraflowError:  # pruned by keep_last while we copied it: a newer one exists
-                shutil.rmtree(staging, ignore_errors=True)
-                continue
-            ok, reason = verify(staging)
-            if not ok:
-                shutil.rmtree(staging, ignore_errors=True)
-                self.emit(ev.WARNING, {"message": f"copy of {name} was damaged ({reason}); retrying later"})
-                continue
-            staging.replace(local_root / name)
-            step = int(name.split("-")[1])
-            events.append(
-                EngineEvent(ev.CHECKPOINT_SYNCED, {"step": step, "path": f"checkpoints/{name}", "synced": True})
-            )
-        for rel, size in host.listing(remote.samples).items():
-            local = Path(self.local.samples) / rel
-            if ".partial" not in rel and not (local.exists() and local.stat().st_size == size):
-                try:
-                    host.get(f"{remote.samples}/{rel}", local)
-                except HostUnreachable:
-                    raise
-                except LoraflowError:  # replaced while we copied it: the next round takes it
-                    continue
-        return events
-
-    def fetch(self, remote_path: str, local_path: str) -> None:
-        self.host().get(remote_path, Path(local_path))
 
     # --- health and release ----------------------------------------------------------------------
 
@@ -445,7 +292,7 @@ class RemoteLease:
         job = self.store.get(self.job_id)
         history = [*job.outputs.leases, {k: v for k, v in lease.items() if k != "ssh"}]
         self.store.update_outputs(self.job_id, leases=history)
-        self._save(None)
+        self.save(None)
         self.store.update(self.job_id, cost_usd=job_cost(history, None))
         self.emit(
             "host.released",

@@ -1,0 +1,167 @@
+"""Files between this machine and a leased host: the parcels training needs (dataset, model, loraflow
+itself, the checkpoint to resume from, the rendered config), the host's set-up script, and the
+checkpoints and samples brought back while it trains (only what is newer than our newest copy).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from loraflow.engines import get_engine
+from loraflow.errors import LoraflowError
+from loraflow.files import tar_folder
+from loraflow.hosts.ssh import HostUnreachable, SshHost
+from loraflow.layout import JobLayout
+from loraflow.monitor import events as ev
+from loraflow.monitor.events import EngineEvent
+from loraflow.running.remote import RemoteLease
+from loraflow.running.remote_caption import caption_on_host
+
+
+def model_ref(lease: RemoteLease) -> tuple[str, Path | None]:
+    """What the remote trainer loads, and the local folder to ship when there is one."""
+    spec = lease.spec
+    entry = spec.catalog_entry
+    if spec.base_model == entry.id and entry.source.startswith("builtin:"):
+        from loraflow.trainer.model_source import resolve_model_path
+
+        return f"{lease.layout().root}/model", resolve_model_path(spec)
+    if spec.base_model == entry.id and entry.hub_id:
+        return entry.hub_id, None  # the host downloads it at its own bandwidth, with HF_TOKEN
+    return f"{lease.layout().root}/model", Path(spec.base_model).expanduser()
+
+
+def upload(lease: RemoteLease, dataset_hash: str | None) -> None:
+    record = lease.lease
+    if not record or record.get("uploaded"):
+        return
+    host, remote = lease.host(), lease.layout()
+    engine = get_engine(lease.spec.engine.name)
+    started = time.time()
+    sent = 0
+    with tempfile.TemporaryDirectory(dir=lease.local.run) as tmp:
+        parcels: list[tuple[Path, str]] = [
+            (tar_folder(Path(lease.local.dataset), Path(tmp, "dataset.tar")), "dataset")
+        ]
+        model, folder = model_ref(lease)
+        if folder is not None:
+            parcels.append((tar_folder(folder, Path(tmp, "model.tar")), "model"))
+        if engine.name == "builtin" or lease.captions_here():
+            import loraflow
+
+            package = Path(loraflow.__file__).parent
+            parcels.append((tar_folder(package, Path(tmp, "lib.tar"), "loraflow"), "lib"))
+        checkpoint = latest_local_checkpoint(lease.local)
+        if checkpoint is not None:
+            parcels.append(
+                (tar_folder(checkpoint, Path(tmp, "checkpoint.tar"), f"{checkpoint.name}"), "checkpoints")
+            )
+            lease.emit(ev.LOG, {"message": f"sending {checkpoint.name} to resume from it"})
+        for local_tar, folder_name in parcels:
+            lease.ship(local_tar, f"{remote.root}/{folder_name}")
+            sent += local_tar.stat().st_size
+    if lease.captions_here():
+        dataset_hash = caption_on_host(lease)
+    files = engine.render(lease.spec, remote, lease.job_id, model, dataset_hash)
+    for name, text in files.items():
+        with tempfile.NamedTemporaryFile("w", delete=False, suffix=".render") as f:
+            f.write(text)
+        try:
+            host.put(Path(f.name), f"{remote.engine}/{name}")
+        finally:
+            Path(f.name).unlink()
+    _setup(lease, host, remote)
+    record = lease.lease or record
+    record["uploaded"] = True
+    lease.save(record)
+    lease.emit(ev.LOG, {"message": f"uploaded {sent / 1e6:.1f} MB in {time.time() - started:.1f} s"})
+
+
+def _setup(lease: RemoteLease, host: SshHost, remote: JobLayout) -> None:
+    script = lease.spec.compute.setup
+    if script is None:
+        script = get_engine(lease.spec.engine.name).requirements(lease.spec).setup_script or ""
+    if not script.strip():
+        return
+    from loraflow.hosts.base import Handle
+
+    handle = Handle.in_folder(remote.run, "setup")
+    lease.emit(ev.LOG, {"message": "setting the host up"})
+    host.run(["/bin/sh", "-c", script], remote.root, handle)
+    while True:
+        status, code = host.status(handle)
+        if status.value != "running":
+            break
+        time.sleep(2)
+    if code != 0:
+        tail = host.read(handle.log_file, max(0, (host.size(handle.log_file) or 0) - 2000)).decode(errors="replace")
+        raise LoraflowError(f"host set-up failed (exit {code}): {tail.strip()[-800:]}")
+
+
+def latest_local_checkpoint(local: JobLayout) -> Path | None:
+    from loraflow.trainer.checkpoint import verify
+
+    folder = Path(local.checkpoints)
+    for path in sorted(folder.glob("step-*"), reverse=True) if folder.is_dir() else []:
+        if path.is_dir() and not path.name.endswith(".partial") and verify(path)[0]:
+            return path
+    return None
+
+
+def sync(lease: RemoteLease, patient: bool = True) -> list[EngineEvent]:
+    """Copy finished checkpoints and new samples off the host; one event per checkpoint.
+    Not patient: one try per operation, for a host already believed dead."""
+    from loraflow.trainer.checkpoint import verify
+
+    host, remote = lease.host(), lease.layout()
+    if not patient:
+        host = SshHost(host.endpoint, retries=0, connect_timeout_s=5)
+    events: list[EngineEvent] = []
+    listing = host.listing(remote.checkpoints)
+    steps: dict[str, dict[str, int]] = {}
+    for rel, size in listing.items():
+        top, _, rest = rel.partition("/")
+        if rest and not top.endswith(".partial"):
+            steps.setdefault(top, {})[rest] = size
+    local_root = Path(lease.local.checkpoints)
+    have = [p.name for p in local_root.glob("step-*") if (p / "meta.json").exists()]
+    newest = max(have, default="")
+    for name, files in sorted(steps.items()):
+        if "meta.json" not in files or name <= newest:
+            continue  # only what is newer than our newest copy: older ones may be pruned under us
+        staging = local_root / (name + ".partial")
+        try:
+            for rel in sorted(files):
+                host.get(f"{remote.checkpoints}/{name}/{rel}", staging / rel)
+        except HostUnreachable:
+            raise
+        except LoraflowError:  # pruned by keep_last while we copied it: a newer one exists
+            shutil.rmtree(staging, ignore_errors=True)
+            continue
+        ok, reason = verify(staging)
+        if not ok:
+            shutil.rmtree(staging, ignore_errors=True)
+            lease.emit(ev.WARNING, {"message": f"copy of {name} was damaged ({reason}); retrying later"})
+            continue
+        staging.replace(local_root / name)
+        step = int(name.split("-")[1])
+        events.append(
+            EngineEvent(ev.CHECKPOINT_SYNCED, {"step": step, "path": f"checkpoints/{name}", "synced": True})
+        )
+    for rel, size in host.listing(remote.samples).items():
+        local = Path(lease.local.samples) / rel
+        if ".partial" not in rel and not (local.exists() and local.stat().st_size == size):
+            try:
+                host.get(f"{remote.samples}/{rel}", local)
+            except HostUnreachable:
+                raise
+            except LoraflowError:  # replaced while we copied it: the next round takes it
+                continue
+    return events
+
+
+def fetch(lease: RemoteLease, remote_path: str, local_path: str) -> None:
+    lease.host().get(remote_path, Path(local_path))

@@ -1,0 +1,130 @@
+"""The stages around training: prepare the dataset, render the engine's config, acquire the place,
+package the bundle, publish it. Each checks what is already done, so a runner started again after a
+crash carries on where the last one was (the train stage is running/training.py)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from loraflow.errors import UserInputError
+from loraflow.jobs.states import JobState
+from loraflow.running.context import RunContext
+
+
+class StageBase:
+    """The usual answers: a stage is done once the record says so; a stop is honoured before it; it needs
+    the trainer's place; a SIGTERM may end it anywhere."""
+
+    name = ""
+    state = JobState.PREPARING
+    stop_point = True
+    needs_place = True
+    interruptible = True
+
+    def done(self, ctx: RunContext) -> bool:
+        return self.name in ctx.job.stages_done
+
+
+class Prepare(StageBase):
+    name = "prepare"
+    state = JobState.PREPARING
+
+    def run(self, ctx: RunContext) -> JobState | None:
+        from loraflow.dataset import DatasetRun
+        from loraflow.engines.musubi import video_needs
+
+        dataset = Path(ctx.layout.dataset)
+        if dataset.exists() and not (dataset / "manifest.json").exists():
+            shutil.rmtree(dataset)  # a prepare cut short: do it again
+        if dataset.exists():
+            return None
+        d = ctx.spec.dataset
+        policy = d.captions
+        if ctx.place.captions_on_host():  # captioned on the GPU host
+            policy = policy.model_copy(update={"backend": "existing"})
+        clips = video_needs(ctx.spec)  # musubi's clips are prepared with the images
+        report = DatasetRun(d.path, d.checks, policy, d.trigger_word, d.caption_extension, clips).prepare(dataset)
+        for finding in report.findings:
+            if finding.severity.value != "info":
+                ctx.store.append_event(ctx.job_id, "dataset.finding", finding.to_dict())
+        if report.output is None:
+            lines = "; ".join(f.line() for f in report.errors)
+            raise UserInputError(
+                f"the dataset is not fit to train: {lines}",
+                fix="run `loraflow dataset check` on it and fix the errors",
+            )
+        ctx.store.update_outputs(ctx.job_id, dataset_hash=report.dataset_hash, images=report.usable_images)
+        return None
+
+
+class Render(StageBase):
+    name = "render"
+    state = JobState.PREPARING
+
+    def run(self, ctx: RunContext) -> JobState | None:
+        spec = ctx.spec
+        if ctx.engine.name == "builtin" and ctx.place.builds_model_here():
+            from loraflow.trainer.model_source import resolve_model_path
+
+            model = str(resolve_model_path(spec))
+        else:  # external engines fetch hub models themselves; a local folder is passed as it is
+            entry = spec.catalog_entry
+            model = entry.hub_id if spec.base_model == entry.id and entry.hub_id else spec.base_model
+        files = ctx.engine.render(spec, ctx.layout, ctx.job_id, model, ctx.refresh().outputs.dataset_hash)
+        engine_dir = Path(ctx.layout.engine)
+        engine_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            tmp = engine_dir / (name + ".partial")
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(engine_dir / name)
+        return None
+
+
+class Acquire(StageBase):
+    name = "acquire"
+    state = JobState.PROVISIONING
+
+    def done(self, ctx: RunContext) -> bool:
+        return ctx.place.acquired(ctx.job)
+
+    def run(self, ctx: RunContext) -> JobState | None:
+        outputs = ctx.job.outputs
+        ctx.place.acquire(outputs.force_budget, outputs.dataset_hash)
+        return None
+
+
+class Package(StageBase):
+    name = "package"
+    state = JobState.FINISHING
+    stop_point = False
+    needs_place = False
+
+    def run(self, ctx: RunContext) -> JobState | None:
+        from loraflow.publish.bundle import build_bundle
+
+        bundle = build_bundle(ctx.store, ctx.refresh())
+        ctx.store.update_outputs(ctx.job_id, bundle=str(bundle))
+        return None
+
+
+class Publish(StageBase):
+    name = "publish"
+    state = JobState.FINISHING
+    stop_point = False
+    needs_place = False
+
+    def done(self, ctx: RunContext) -> bool:
+        return not ctx.spec.publish.targets or self.name in ctx.job.stages_done
+
+    def run(self, ctx: RunContext) -> JobState | None:
+        from loraflow.publish.publisher import publish_job
+
+        try:
+            publish_job(ctx.store, ctx.refresh())
+        except Exception as exc:
+            raise UserInputError(
+                f"publishing failed: {type(exc).__name__}: {exc}",
+                fix=f"fix the target, then `loraflow publish {ctx.job_id}`",
+            ) from exc
+        return None
