@@ -235,7 +235,7 @@ def test_budget_cap_reached_while_followed_stops_with_a_checkpoint(tmp_path: Pat
     spec.write_text(yaml.safe_dump(data))
     store = Store()
     job = store.create_job(load_spec(spec))
-    store.add_artifacts(job.id, force_budget=True)  # what `train --force` records
+    store.update_outputs(job.id, force_budget=True)  # what `train --force` records
     worker = Worker(store, slots=2, lease_s=30).start(poll_s=0.3)
     try:
         wait_for(lambda: store.get(job.id).state is JobState.STOPPED_BUDGET, timeout=180, what="budget stop")
