@@ -274,7 +274,7 @@ class Follower:
         watch = Watchdog(spec, layout, time.monotonic(), gpu_offset_s=random.uniform(0, GPU_EVERY_S))
         notifier = None
         if spec.notifications:
-            from loraflow.notify.async_notifier import AsyncNotifier
+            from loraflow.notify.notifier import AsyncNotifier
 
             notifier = AsyncNotifier(self.store, job_id, spec.notifications, self._http(), self._queue_for(job_id))
         remote = RemoteLease(self.store, job_id, spec, layout, self._emit_for(job_id))
