@@ -12,8 +12,9 @@ import pytest
 
 from loraflow.jobs.store import Store
 from loraflow.notify.formats import chat_body, human_text
+from loraflow.notify.notifier import Notifier
 from loraflow.notify.signing import HEADER, sign, verify
-from loraflow.notify.webhooks import Notifier, Selector, deliver
+from loraflow.notify.webhooks import Selector, deliver
 from loraflow.spec import NotificationTarget, parse_spec
 
 SECRET = "whsec_test_secret_value"
@@ -219,3 +220,16 @@ def test_wandb_sink_logs_and_survives(monkeypatch: pytest.MonkeyPatch, tmp_path)
     assert calls[2] == ("log", {"samples": ("image", "lfx")}, 5) and calls[-1] == ("finish",)
     off = WandbSink(parse_spec({"name": "w", "dataset": {"path": "/x"}, "base_model": "tiny-flux"}), "j", tmp_path)
     assert off.feed(EngineEvent("progress", {"step": 1})) is None and off.run is None  # disabled: nothing at all
+
+
+def test_a_runners_notifier_is_one_thread_whatever_the_targets(receiver: Receiver) -> None:
+    """The runner drives the follower's AsyncNotifier on one loop thread: no thread per target."""
+    store = Store()
+    job = store.create_job(SPEC)
+    before = threading.active_count()
+    targets = [NotificationTarget(type="webhook", url=receiver.url, events=["job.created"]) for _ in range(3)]
+    n = Notifier(store, job.id, targets, poll_s=0.05).start()
+    assert threading.active_count() - before == 1
+    n.stop()
+    assert [p["event"] for p, _, _ in receiver.received] == ["job.created"] * 3
+    assert len(store.events(job.id, types=["webhook.delivery"])) == 3

@@ -7,13 +7,14 @@ naming the key, nothing created, nothing run), or the behaviour is fixed.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from loraflow.errors import SpecError
+from loraflow.errors import LoraflowError, SpecError
 from loraflow.hosts.base import Handle
 from loraflow.hosts.local import LocalHost
 from loraflow.hosts.ssh import SshEndpoint, SshHost
@@ -110,14 +111,15 @@ def test_a_registered_host_is_picked_by_name(tmp_path: Path, monkeypatch: pytest
         read_spec({**SPEC, "dataset": {"path": "."}, "compute": {"provider": "ssh", "target": "gpu9"}}, config)
 
 
-def test_ssh_argv_never_reads_a_name_as_an_option(tmp_path: Path) -> None:
-    host = SshHost(SshEndpoint("127.0.0.1", 22, "root", None, str(tmp_path / "kh")))
-    argv = host._argv("true")
-    assert argv[-3:] == ["--", "root@127.0.0.1", "true"]
+def test_ssh_never_reads_a_name_as_an_option(tmp_path: Path) -> None:
+    """A spec's host or user reaches the ssh config's matching and a ProxyCommand's %h: plain names only,
+    refused before any connection is tried (no retries, nothing pinned)."""
     for user, name in [("-oProxyCommand=id", "h"), ("root", "-oProxyCommand=id"), ("a b", "h"), ("root", "h;id")]:
-        bad = SshHost(SshEndpoint(name, 22, user, None, str(tmp_path / "kh")))
-        with pytest.raises(Exception, match="refusing the SSH destination"):
-            bad._argv("true")
+        bad = SshHost(SshEndpoint(name, 22, user, None, str(tmp_path / "kh")), backoff_s=30)
+        started = time.monotonic()
+        with pytest.raises(LoraflowError, match="refusing the SSH destination"):
+            bad.check()
+        assert time.monotonic() - started < 10 and not (tmp_path / "kh").exists()
 
 
 def test_destinations_are_the_operators(api: Api) -> None:

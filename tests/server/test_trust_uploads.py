@@ -32,8 +32,8 @@ from loraflow.jobs.states import ACTIVE
 from loraflow.jobs.store import Store
 from loraflow.notify import addresses
 from loraflow.notify.addresses import check_webhook_url
+from loraflow.notify.notifier import Notifier
 from loraflow.notify.signing import HEADER, user_secret, verify
-from loraflow.notify.webhooks import Notifier
 from loraflow.running import duties as sweep_module
 from loraflow.server import uploads
 from loraflow.server.app import ServiceConfig, create_app
@@ -394,7 +394,7 @@ def test_the_followers_notifier_keeps_the_same_policy_and_secret(
 
     import httpx
 
-    from loraflow.notify.async_notifier import AsyncNotifier
+    from loraflow.notify.notifier import AsyncNotifier
 
     monkeypatch.setenv("LORAFLOW_WEBHOOK_SECRET", SHARED)
     store = Store()

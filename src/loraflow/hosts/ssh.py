@@ -1,9 +1,11 @@
-"""SshHost: the same detached-process contract as LocalHost, on a machine reached over OpenSSH.
+"""SshHost: the one SSH host (hosts/ssh_async.py's AsyncSshHost) for code that blocks: the runner, the
+lease's setup and transfers, remote captioning.
 
-OpenSSH's own client is used (one multiplexed master connection per host, so each operation is a
-cheap exec on an open channel) because it is what every rented box speaks, honours the user's ssh
-config, and pins host keys in a known_hosts file we choose: `accept-new` on the first connection of a
-lease, refused if the key changes afterwards.
+Each call runs the AsyncSshHost coroutine on a private event loop (one daemon thread per process), so a
+runner and a worker's follower speak SSH the same way: asyncssh, one connection per host, SFTP for the
+per-second questions, the lease's pinned host key. A connection unused for IDLE_CLOSE_S is closed (what
+OpenSSH's ControlPersist did before); the next call opens a new one. bench/ssh_twins.py measured keeping
+OpenSSH client processes beside it: no case where they were cheaper, so there is one implementation.
 
 Secrets never travel as arguments: the launch script (with `export NAME=value` lines) is written to
 the remote shell's *stdin*, so they are not in any process listing, file or log on either side.
@@ -13,44 +15,56 @@ sha256 at the end before being renamed into place.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
-import re
 import shlex
 import subprocess
-import tempfile
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from loraflow.errors import LoraflowError
+from loraflow.errors import LoraflowError, UserInputError
 from loraflow.hosts.base import Handle, ProcessStatus, wrapper_script
-from loraflow.hosts.local import parse_nvidia_smi
+from loraflow.hosts.ssh_shell import HostUnreachable, SshEndpoint
+
+# What code that reaches a host over SSH needs, from one module.
+__all__ = ["CHUNK", "HostUnreachable", "SshEndpoint", "SshHost", "sha256_file"]
+
+if TYPE_CHECKING:
+    from loraflow.hosts.ssh_async import AsyncSshHost
 
 CHUNK = 4 << 20  # bytes per exec when transferring: a drop loses at most this much work
-SSH_FAILED = 255  # what ssh exits with when the connection, not the remote command, failed
+IDLE_CLOSE_S = 60.0
+
+T = TypeVar("T")
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_pid = 0
+_loop_lock = threading.Lock()
+_shared: dict[tuple[Any, ...], AsyncSshHost] = {}
 
 
-class HostUnreachable(LoraflowError):
-    """The host did not answer over SSH after the retries: it is dead, destroyed or cut off."""
+def _private_loop() -> asyncio.AbstractEventLoop:
+    """The loop every SshHost of this process runs on; a forked child starts its own."""
+    global _loop, _loop_pid
+    with _loop_lock:
+        if _loop is None or _loop_pid != os.getpid():
+            _loop, _loop_pid = asyncio.new_event_loop(), os.getpid()
+            _shared.clear()  # their connections belong to the parent's loop
+            threading.Thread(target=_loop.run_forever, daemon=True, name="ssh-loop").start()
+        return _loop
 
 
-@dataclass(frozen=True)
-class SshEndpoint:
-    host: str
-    port: int
-    user: str
-    identity_file: str | None
-    known_hosts: str  # one file per lease: the key is pinned for that lease only
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SshEndpoint:
-        return cls(**{k: data[k] for k in ("host", "port", "user", "identity_file", "known_hosts")})
+def _shared_host(key: tuple[Any, ...], make: Callable[[], AsyncSshHost]) -> AsyncSshHost:
+    """One connection per endpoint and policy in a process, however many SshHost objects ask (what
+    OpenSSH's ControlMaster gave before): a heartbeat or a check does not pay a handshake each time."""
+    _private_loop()
+    with _loop_lock:
+        if key not in _shared:
+            _shared[key] = make()
+        return _shared[key]
 
 
 def sha256_file(path: Path) -> str:
@@ -59,69 +73,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-_SAFE_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
-_SAFE_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:-]{0,252}")
-
-
-def destination(user: str, host: str) -> str:
-    """`user@host` for ssh, refused unless both are plain names: ssh reads `-o...` as an option and a
-    host such as `a b` as a command, so nothing a spec sends may reach its argv unchecked."""
-    if not _SAFE_USER.fullmatch(user) or not _SAFE_HOST.fullmatch(host):
-        raise LoraflowError(f"refusing the SSH destination {user!r}@{host!r}: not a plain user and host name")
-    return f"{user}@{host}"
-
-
-# --- the shell side of each question, shared with the async follower's command fallback ---------------
-
-GPU_QUERY = (
-    "command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=index,name,utilization.gpu,"
-    "memory.used,memory.total --format=csv,noheader,nounits"
-)
-
-
-def status_script(handle: Handle) -> str:
-    q = shlex.quote
-    return (
-        f"if [ -f {q(handle.exit_file)} ]; then echo exited $(cat {q(handle.exit_file)}); exit 0; fi; "
-        f"for f in {q(handle.pid_file)} {q(handle.wrapper_file)}; do "
-        '[ -f "$f" ] && p=$(cat "$f") && kill -0 "$p" 2>/dev/null && '
-        '[ "$(cut -d" " -f3 /proc/$p/stat 2>/dev/null)" != Z ] && { echo running; exit 0; }; done; '
-        f"if [ -f {q(handle.exit_file)} ]; then echo exited $(cat {q(handle.exit_file)}); else echo gone; fi"
-    )
-
-
-def parse_status(out: bytes) -> tuple[ProcessStatus, int | None]:
-    words = out.decode(errors="replace").split()
-    if words and words[0] == "exited" and len(words) > 1 and words[1].lstrip("-").isdigit():
-        return ProcessStatus.EXITED, int(words[1])
-    if words and words[0] == "running":
-        return ProcessStatus.RUNNING, None
-    return ProcessStatus.GONE, None
-
-
-def read_command(path: str, offset: int, limit: int) -> str:
-    q = shlex.quote
-    return f"[ -f {q(path)} ] && tail -c +{offset + 1} {q(path)} | head -c {limit}"
-
-
-def signal_command(handle: Handle, sig: int) -> str:
-    return f'p=$(cat {shlex.quote(handle.pid_file)} 2>/dev/null) && kill -{int(sig)} "$p" 2>/dev/null'
-
-
-def listing_command(folder: str) -> str:
-    q = shlex.quote(folder)
-    return f"[ -d {q} ] && cd {q} && find . -type f -printf '%s %P\\n'"
-
-
-def parse_listing(out: bytes) -> dict[str, int]:
-    files: dict[str, int] = {}
-    for line in out.decode(errors="replace").splitlines():
-        size, _, name = line.partition(" ")
-        if size.isdigit() and name:
-            files[name] = int(size)
-    return files
 
 
 class SshHost:
@@ -135,80 +86,40 @@ class SshHost:
         connect_timeout_s: int = 10,
     ) -> None:
         self.endpoint = endpoint
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self.connect_timeout_s = connect_timeout_s
-        key = hashlib.sha1(repr(endpoint).encode()).hexdigest()[:12]
-        # Unix socket paths are limited to ~100 bytes, so the control socket lives in the temp folder.
-        self._control = os.path.join(tempfile.gettempdir(), f"lf-ssh-{os.getuid()}-{key}")
+        try:  # asyncssh is the `cloud` extra: without it this module still imports (HostUnreachable, SshEndpoint)
+            from loraflow.hosts.ssh_async import AsyncSshHost
+        except ImportError as exc:
+            raise UserInputError("SSH hosts need asyncssh", fix="pip install 'loraflow[cloud]'") from exc
+        self._host = _shared_host(
+            (endpoint, retries, backoff_s, connect_timeout_s),
+            lambda: AsyncSshHost(
+                endpoint,
+                retries=retries,
+                backoff_s=backoff_s,
+                timeout_s=120,
+                connect_timeout_s=connect_timeout_s,
+                idle_close_s=IDLE_CLOSE_S,
+            ),
+        )
+
+    def _wait(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Block on one AsyncSshHost call; it bounds its own time (timeouts, retries)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, _private_loop()).result()
 
     # --- transport -------------------------------------------------------------------------------
-
-    def _argv(self, remote: str) -> list[str]:
-        e = self.endpoint
-        Path(e.known_hosts).parent.mkdir(parents=True, exist_ok=True)
-        argv = [
-            "ssh",
-            "-p",
-            str(e.port),
-            "-o", "BatchMode=yes",
-            "-o", "StrictHostKeyChecking=accept-new",
-            "-o", f"UserKnownHostsFile={e.known_hosts}",
-            "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", f"ConnectTimeout={self.connect_timeout_s}",
-            "-o", "ServerAliveInterval=5",
-            "-o", "ServerAliveCountMax=3",
-            "-o", "ControlMaster=auto",
-            "-o", f"ControlPath={self._control}",
-            "-o", "ControlPersist=60",
-            "-o", "LogLevel=ERROR",
-        ]  # fmt: skip
-        if e.identity_file:
-            argv += ["-i", e.identity_file, "-o", "IdentitiesOnly=yes"]
-        # `--`: nothing after it is an option, whatever a user or host name looks like.
-        return [*argv, "--", destination(e.user, e.host), remote]
 
     def exec(
         self, remote: str, stdin: bytes | None = None, timeout: float = 120, check: bool = True
     ) -> subprocess.CompletedProcess[bytes]:
         """Run a remote shell command, reconnecting with backoff when the connection (not the command) fails."""
-        last = ""
-        for attempt in range(self.retries + 1):
-            try:
-                proc = subprocess.run(
-                    self._argv(remote), input=stdin, capture_output=True, timeout=timeout, check=False
-                )
-            except subprocess.TimeoutExpired:
-                last = f"no answer within {timeout:.0f} s"
-                self._drop_master()
-            else:
-                if proc.returncode != SSH_FAILED:
-                    if check and proc.returncode != 0:
-                        err = proc.stderr.decode(errors="replace").strip()
-                        raise LoraflowError(f"remote command failed ({proc.returncode}): {err[-500:]}")
-                    return proc
-                last = proc.stderr.decode(errors="replace").strip()
-                if "REMOTE HOST IDENTIFICATION HAS CHANGED" in last or "Host key verification failed" in last:
-                    raise HostUnreachable(
-                        f"{self.endpoint.host}:{self.endpoint.port} presented a different host key than "
-                        "the one pinned for this lease",
-                        fix="the machine was replaced; lease a new one",
-                    )
-                self._drop_master()
-            if attempt < self.retries:
-                time.sleep(min(self.backoff_s * 2**attempt, 10))
-        raise HostUnreachable(
-            f"cannot reach {self.endpoint.user}@{self.endpoint.host}:{self.endpoint.port} over SSH: {last[-300:]}",
-            fix="check that the machine is up and the key is authorised",
-        )
-
-    def _drop_master(self) -> None:
-        subprocess.run(
-            ["ssh", "-o", f"ControlPath={self._control}", "-O", "exit", "x"], capture_output=True, check=False
-        )
+        code, out, err = self._wait(self._host.exec(remote, stdin, timeout))
+        if check and code != 0:
+            raise LoraflowError(f"remote command failed ({code}): {err.decode(errors='replace').strip()[-500:]}")
+        return subprocess.CompletedProcess(remote, code, out, err)
 
     def close(self) -> None:
-        self._drop_master()
+        """Close the connection now (the next call opens another); detached commands keep running."""
+        self._wait(self._host.close())
 
     def check(self) -> None:
         """Raises HostUnreachable unless a command runs there now (auth included)."""
@@ -258,17 +169,16 @@ class SshHost:
         return int(text) if text.isdigit() else None
 
     def status(self, handle: Handle) -> tuple[ProcessStatus, int | None]:
-        return parse_status(self.exec(status_script(handle)).stdout)
+        return self._wait(self._host.status(handle))
 
     def read(self, path: str, offset: int = 0, limit: int = 1 << 20) -> bytes:
-        return self.exec(read_command(path, offset, limit), check=False).stdout
+        return self._wait(self._host.read(path, offset, limit))
 
     def signal(self, handle: Handle, sig: int) -> bool:
-        return self.exec(signal_command(handle, sig), check=False).returncode == 0
+        return self._wait(self._host.signal(handle, sig))
 
     def gpu_stats(self) -> list[dict[str, Any]] | None:
-        proc = self.exec(GPU_QUERY, check=False)
-        return parse_nvidia_smi(proc.stdout.decode()) if proc.returncode == 0 else None
+        return self._wait(self._host.gpu_stats())
 
     # --- files -----------------------------------------------------------------------------------
 
@@ -282,7 +192,7 @@ class SshHost:
 
     def listing(self, folder: str) -> dict[str, int]:
         """Relative path -> size of every file under folder (empty when it does not exist)."""
-        return parse_listing(self.exec(listing_command(folder), check=False).stdout)
+        return self._wait(self._host.listing(folder))
 
     def mkdir(self, path: str) -> None:
         self.exec(f"mkdir -p {shlex.quote(path)}")

@@ -1,13 +1,16 @@
-"""AsyncSshHost: the steady-state part of following a remote trainer, over asyncssh, for many jobs at once.
+"""AsyncSshHost: the one SSH host, over asyncssh; hosts/ssh.py's SshHost is its blocking face.
 
 Following is mostly asking the same small questions every second: what did the log gain since byte N,
-is the trainer still alive, did it leave an exit code. Over OpenSSH each question is a process on
-both sides; here every question is an SFTP request on one connection per host (read at an offset,
-read the exit-code file, read `/proc/<pid>/stat`), so one event loop can follow hundreds of hosts
-and the remote side starts no process at all. Only rare actions (a signal, nvidia-smi) run commands.
-A server without the SFTP subsystem gets the same questions as the shell commands SshHost uses.
+is the trainer still alive, did it leave an exit code. Every question is an SFTP request on one
+connection per host (read at an offset, read the exit-code file, read `/proc/<pid>/stat`), so one event
+loop can follow hundreds of hosts and the remote side starts no process at all. Only rare actions (a
+signal, nvidia-smi, a launch, a transfer block) run commands. A server without the SFTP subsystem gets
+the same questions as shell commands (hosts/ssh_shell.py). bench/ssh_twins.py measured this against
+OpenSSH client processes: about 10x less CPU per follow round, and transfers no slower.
 
-Host keys are the ones OpenSSH pinned for the lease (its known_hosts file): a changed key is refused.
+Host keys are pinned per lease in the lease's known_hosts file (OpenSSH's format): the first connection
+pins the key the server shows (trust on first use, like OpenSSH's `accept-new`), and from then on a
+different key is refused. The user's ssh config (~/.ssh/config) and agent are honoured as OpenSSH would.
 """
 
 from __future__ import annotations
@@ -21,13 +24,16 @@ import asyncssh
 
 from loraflow.hosts.base import Handle, ProcessStatus
 from loraflow.hosts.local import parse_nvidia_smi
-from loraflow.hosts.ssh import (
+from loraflow.hosts.ssh_shell import (
     GPU_QUERY,
     HostUnreachable,
     SshEndpoint,
+    destination,
+    is_pinned,
     listing_command,
     parse_listing,
     parse_status,
+    pin,
     read_command,
     signal_command,
     status_script,
@@ -46,7 +52,10 @@ class AsyncSshHost:
         timeout_s: float = 20,
         sftp: bool = True,
         connect_gate: asyncio.Semaphore | None = None,
+        connect_timeout_s: float | None = None,
+        idle_close_s: float | None = None,
     ) -> None:
+        """timeout_s bounds each question; idle_close_s closes a connection nobody used for that long."""
         self.endpoint = endpoint
         # SSH handshakes cost CPU on both ends: a follower adopting hundreds of jobs at once opens their
         # connections a few at a time instead of all together.
@@ -55,6 +64,10 @@ class AsyncSshHost:
         self.retries = retries
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
+        self.connect_timeout_s = timeout_s if connect_timeout_s is None else connect_timeout_s
+        self.idle_close_s = idle_close_s
+        self._busy = 0
+        self._idle: asyncio.TimerHandle | None = None
         self._conn: asyncssh.SSHClientConnection | None = None
         self._sftp: asyncssh.SFTPClient | None = None
         self._connecting = asyncio.Lock()
@@ -67,11 +80,13 @@ class AsyncSshHost:
             if self._conn is not None:
                 return
             e = self.endpoint
+            destination(e.user, e.host)  # plain names only, before they reach the ssh config's matching
+            first = not is_pinned(e.known_hosts, e.host, e.port)
             options: dict[str, Any] = {
                 "port": e.port,
                 "username": e.user,
-                "known_hosts": e.known_hosts,
-                "connect_timeout": self.timeout_s,
+                "known_hosts": None if first else e.known_hosts,  # None: any key, pinned just below
+                "connect_timeout": self.connect_timeout_s,
                 "keepalive_interval": 15,
                 "keepalive_count_max": 3,
             }
@@ -79,9 +94,16 @@ class AsyncSshHost:
                 options["client_keys"] = [e.identity_file]
             if self._gate is not None:
                 async with self._gate:
-                    self._conn = await asyncssh.connect(e.host, **options)
+                    conn = await asyncssh.connect(e.host, **options)
             else:
-                self._conn = await asyncssh.connect(e.host, **options)
+                conn = await asyncssh.connect(e.host, **options)
+            if first:
+                key = conn.get_server_host_key()
+                if key is None:
+                    conn.abort()
+                    raise HostUnreachable(f"{e.host}:{e.port} showed no host key to pin")
+                pin(e.known_hosts, e.host, e.port, " ".join(key.export_public_key("openssh").decode().split()[:2]))
+            self._conn = conn
             if self.use_sftp:
                 try:
                     self._sftp = await self._conn.start_sftp_client()
@@ -89,19 +111,34 @@ class AsyncSshHost:
                     self.use_sftp = False
 
     def _drop(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         if self._conn is not None:
             self._conn.abort()
         self._conn, self._sftp = None, None
 
-    async def _call(self, action: Any) -> Any:
+    async def _call(self, action: Any, timeout_s: float | None = None) -> Any:
         """Run `action(sftp, conn)` with reconnects; HostUnreachable once the retries are spent.
         `sftp` is None on a server without the SFTP subsystem: the action asks with a command then."""
+        self._busy += 1
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        try:
+            return await self._attempts(action, timeout_s or self.timeout_s)
+        finally:
+            self._busy -= 1
+            if self.idle_close_s is not None and self._busy == 0 and self._conn is not None:
+                self._idle = asyncio.get_running_loop().call_later(self.idle_close_s, self._drop)
+
+    async def _attempts(self, action: Any, timeout_s: float) -> Any:
         last = ""
         for attempt in range(self.retries + 1):
             try:
                 await self._connect()
                 async with self._channels:
-                    return await asyncio.wait_for(action(self._sftp, self._conn), self.timeout_s)
+                    return await asyncio.wait_for(action(self._sftp, self._conn), timeout_s)
             except asyncssh.HostKeyNotVerifiable as exc:
                 self._drop()
                 raise HostUnreachable(
@@ -120,6 +157,9 @@ class AsyncSshHost:
         )
 
     async def close(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         if self._conn is not None:
             self._conn.close()
             await self._conn.wait_closed()
@@ -193,20 +233,29 @@ class AsyncSshHost:
 
     # --- rare actions (commands) -----------------------------------------------------------------
 
-    async def exec(self, command: str) -> tuple[int, bytes]:
-        return await self._call(lambda _sftp, conn: _run(conn, command))
+    async def exec(
+        self, command: str, stdin: bytes | None = None, timeout_s: float | None = None
+    ) -> tuple[int, bytes, bytes]:
+        """A shell command: (exit code, or minus the signal that ended it; stdout; stderr)."""
+        return await self._call(lambda _sftp, conn: _run(conn, command, stdin), timeout_s)
 
     async def signal(self, handle: Handle, sig: int) -> bool:
         return (await self.exec(signal_command(handle, sig)))[0] == 0
 
     async def gpu_stats(self) -> list[dict[str, Any]] | None:
-        code, out = await self.exec(GPU_QUERY)
+        code, out, _ = await self.exec(GPU_QUERY)
         return parse_nvidia_smi(out.decode()) if code == 0 else None
 
 
-async def _run(conn: asyncssh.SSHClientConnection, command: str) -> tuple[int, bytes]:
-    result = await conn.run(command, check=False, encoding=None)
-    return int(result.exit_status or 0), result.stdout if isinstance(result.stdout, bytes) else b""
+async def _run(
+    conn: asyncssh.SSHClientConnection, command: str, stdin: bytes | None = None
+) -> tuple[int, bytes, bytes]:
+    result = await conn.run(command, input=stdin, check=False, encoding=None)
+    if result.exit_status is None and result.exit_signal is None:  # no answer at all: the connection went
+        raise ConnectionResetError("the connection closed before the command ended")
+    code = result.returncode if result.returncode is not None else -1
+    out, err = result.stdout, result.stderr
+    return int(code), out if isinstance(out, bytes) else b"", err if isinstance(err, bytes) else b""
 
 
 def _int(data: bytes) -> int | None:

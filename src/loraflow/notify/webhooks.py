@@ -1,9 +1,9 @@
-"""Delivering notifications without ever slowing training.
+"""One webhook delivery: which events become notifications, their body and signature, the POST with
+retries and backoff, and the record of how it went.
 
-A Notifier follows one job's event log from the store (the same stream every other consumer reads) in
-its own thread and hands each event to one worker thread per target, each with its own queue, so a
-receiver that hangs delays nobody else. Deliveries retry with exponential backoff; every result is
-recorded as a `webhook.delivery` event. Progress is sent at most every `progress_every_s` seconds.
+Everything here is asynchronous on an httpx client so the follower's one event loop delivers for every
+job it follows; notify/notifier.py queues and orders them (for a runner, on a loop of its own thread).
+Deliveries retry with exponential backoff; progress is picked at most every `progress_every_s` seconds.
 A job's Sender carries its address policy and signing secret (notify/addresses.py, notify/signing.py):
 a service user's webhooks reach public addresses only, each redirect is checked before it is followed.
 """
@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import queue
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -232,85 +230,7 @@ class Selector:
         return out
 
 
-class _Worker(threading.Thread):
-    def __init__(self, notifier: Notifier, target: NotificationTarget) -> None:
-        super().__init__(daemon=True)
-        self.notifier = notifier
-        self.target = target
-        self.queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
-
-    def run(self) -> None:
-        n = self.notifier
-        while (p := self.queue.get()) is not None:
-            result = asyncio.run(send(None, self.target, p, n.attempts, n.base_delay_s, n.sender))
-            n.record(p, self.target, result)
-
-
-class Notifier:
-    def __init__(
-        self,
-        store: Store,
-        job_id: str,
-        targets: list[NotificationTarget],
-        after_seq: int = 0,
-        progress_every_s: float = 30.0,
-        attempts: int = 5,
-        base_delay_s: float = 1.0,
-        poll_s: float = 0.5,
-    ) -> None:
-        self.store = store
-        self.job_id = job_id
-        self.attempts = attempts
-        self.base_delay_s = base_delay_s
-        self.poll_s = poll_s
-        self.sender = sender_for(store.get(job_id))
-        self.workers = [_Worker(self, t) for t in targets]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._follow, daemon=True)
-        self.selector = Selector(after_seq, progress_every_s)
-
-    def start(self) -> Notifier:
-        for w in self.workers:
-            w.start()
-        self._thread.start()
-        return self
-
-    def record(self, p: dict[str, Any], target: NotificationTarget, result: Result) -> None:
-        self.store.append_event(self.job_id, "webhook.delivery", delivery_record(p, target, result))
-
-    def _dispatch(self) -> None:
-        events = self.store.events(self.job_id, after_seq=self.selector.seq)
-        if not events:
-            return
-        for p in self.selector.pick(events, self.store.get(self.job_id)):
-            for w in self.workers:
-                if wants(w.target, p["event"]):
-                    w.queue.put(p)
-
-    def _follow(self) -> None:
-        while not self._stop.is_set():
-            self._dispatch()
-            self._stop.wait(self.poll_s)
-        self._dispatch()
-
-    def stop(self, flush_timeout_s: float = 30.0) -> None:
-        """Send what is left (bounded wait), then end the threads."""
-        self._stop.set()
-        self._thread.join(flush_timeout_s)
-        deadline = time.monotonic() + flush_timeout_s
-        for w in self.workers:
-            w.queue.put(None)
-        for w in self.workers:
-            w.join(max(0.0, deadline - time.monotonic()))
-
-
 def resume_point(store: Store, job_id: str) -> int:
     """The last event already delivered, so a new notifier neither repeats nor skips (receivers dedupe by id)."""
     last = store.events(job_id, types=["webhook.delivery"], latest=True)
     return int(last[0].data.get("seq", 0)) if last else 0
-
-
-def flush_pending(store: Store, job_id: str, targets: list[NotificationTarget]) -> None:
-    """Deliver what happened outside a runner (an approval from the CLI or the API), then return."""
-    if targets:
-        Notifier(store, job_id, targets, after_seq=resume_point(store, job_id), poll_s=0.05).start().stop()

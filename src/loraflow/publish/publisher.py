@@ -91,7 +91,7 @@ def approve_job(store: Store, job_id: str, checkpoint: int | None, by: str) -> l
         raise
     store.transition(job_id, JobState.COMPLETED)
     store.append_event(job_id, "job.completed", {"checkpoint": checkpoint})
-    from loraflow.notify.webhooks import flush_pending
+    from loraflow.notify.notifier import flush_pending
 
     flush_pending(store, job_id, job.train_spec.notifications)
     return results

@@ -283,7 +283,7 @@ class Follower:
         )
         notifier = None
         if spec.notifications:
-            from loraflow.notify.async_notifier import AsyncNotifier
+            from loraflow.notify.notifier import AsyncNotifier
 
             notifier = AsyncNotifier(self.store, job_id, spec.notifications, self._http(), self._queue_for(job_id))
         remote = RemoteLease(self.store, job_id, spec, layout, self._emit_for(job_id))

@@ -263,7 +263,8 @@ class JobRunner:
     def _start_notifier(self) -> Any:
         if not self.spec.notifications:
             return None
-        from loraflow.notify.webhooks import Notifier, resume_point
+        from loraflow.notify.notifier import Notifier
+        from loraflow.notify.webhooks import resume_point
 
         after = resume_point(self.store, self.job_id)  # a runner started again continues where the last one was
         return Notifier(self.store, self.job_id, self.spec.notifications, after_seq=after).start()
