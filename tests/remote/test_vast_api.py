@@ -9,6 +9,7 @@ import httpx
 import pytest
 import yaml
 
+from loraflow.engines import engine_needs
 from loraflow.errors import UserInputError
 from loraflow.providers.vast_client import VastClient, VastError
 from loraflow.providers.vastai import VastProvider, label_for, offer_query, rank, ssh_address
@@ -31,7 +32,7 @@ def spec(**compute: object) -> TrainSpec:
 
 def test_offer_search_filters_and_ranks_by_job_cost(vast: Vast) -> None:
     client = VastClient()
-    rows = client.search_offers(offer_query(spec()))
+    rows = client.search_offers(offer_query(spec(), engine_needs(spec())))
     names = {r["gpu_name"] for r in rows}
     assert all(float(r["gpu_frac"]) == 1.0 and r["num_gpus"] == 1 for r in rows)  # whole single GPUs only
     assert all(r["reliability"] >= 0.98 and r["verified"] for r in rows)  # the new unverified 0.62 host is out
@@ -100,7 +101,7 @@ def test_instance_shapes_paging_and_idempotent_destroy(vast: Vast) -> None:
 
 
 def test_wait_ready_goes_through_its_stages(vast: Vast) -> None:
-    provider = VastProvider()
+    provider = VastProvider(needs=engine_needs)
     ranked = provider.offers(spec())
     inst, _ = provider.create(spec(), "jobready", ranked)
     stages: list[str] = []

@@ -52,9 +52,8 @@ def spec_file(tmp_path: Path, extra: str = "", base_model: str = "flux-dev") -> 
 
 
 def test_estimate_on_this_machine_names_its_device(tmp_path: Path, cli, monkeypatch) -> None:
-    from loraflow.hosts.local import LocalHost
 
-    monkeypatch.setattr(LocalHost, "gpu_stats", lambda self: None)
+    monkeypatch.setattr("loraflow.nvidia_smi.gpu_stats", lambda: None)
     out = cli("estimate", spec_file(tmp_path, base_model="tiny-flux"))
     assert out.code == 0, out.err
     assert "on this machine (CPU (" in out.out and "RTX 4090" not in out.out
@@ -62,7 +61,7 @@ def test_estimate_on_this_machine_names_its_device(tmp_path: Path, cli, monkeypa
     assert real.code == 2 and "has no NVIDIA GPU; flux-dev needs one" in real.err
     assert "compute.provider: vastai" in real.err and "tiny-flux" in real.err
     card = [{"index": 0, "name": "NVIDIA GeForce RTX 3090", "util": 0, "mem_used_mb": 1, "mem_total_mb": 24576}]
-    monkeypatch.setattr(LocalHost, "gpu_stats", lambda self: card)
+    monkeypatch.setattr("loraflow.nvidia_smi.gpu_stats", lambda: card)
     data = cli("estimate", spec_file(tmp_path), "--json")
     import json
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from loraflow.hosts.local import parse_nvidia_smi
 from loraflow.monitor.builtin_parser import BuiltinParser
 from loraflow.monitor.lines import LineSplitter
 from loraflow.monitor.stall import StallDetector
+from loraflow.nvidia_smi import parse_nvidia_smi
 from loraflow.trainer.events import PREFIX
 
 LOG = (

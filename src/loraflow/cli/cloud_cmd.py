@@ -19,10 +19,11 @@ if TYPE_CHECKING:
 def _quick_vast() -> VastProvider:
     """For read-only questions a person waits on: two tries of 10 s, then a message naming the host
     (renting and destroying keep the client's patient retries)."""
+    from loraflow.engines import engine_needs
     from loraflow.providers.vast_client import VastClient
     from loraflow.providers.vastai import VastProvider
 
-    return VastProvider(VastClient(tries=2, timeout_s=10))
+    return VastProvider(VastClient(tries=2, timeout_s=10), needs=engine_needs)
 
 
 def _minutes(seconds: float) -> str:
@@ -176,7 +177,7 @@ def reap(
     from loraflow.jobs.states import ACTIVE
     from loraflow.providers.vastai import LABEL_PREFIX, VastProvider
 
-    provider = VastProvider()
+    provider = VastProvider()  # listing and destroying: no engine needed
     owners = _owners()
     live = {job for job, state in owners.items() if state in {s.value for s in ACTIVE}}
     orphans = [r for r in provider.owned() if str(r.get("label", "")).removeprefix(LABEL_PREFIX) not in live]

@@ -30,10 +30,11 @@ def quote_before_renting(spec: TrainSpec, force: bool) -> None:
         return
     if spec.compute.provider != "vastai":
         return
+    from loraflow.engines import engine_needs
     from loraflow.providers.vastai import VastProvider
     from loraflow.running.remote import check_budget
 
-    best = VastProvider().offers(spec)[0]
+    best = VastProvider(needs=engine_needs).offers(spec)[0]
     est = best.estimate
     console.print(
         f"cheapest fit: {escape(str(best.offer.get('gpu_name')))} at ${est.usd_per_hour:.3f}/h, "

@@ -8,7 +8,7 @@ fal), launch it and turn its output into events; the field map says what each ho
 
 from __future__ import annotations
 
-from loraflow.engines.base import Engine
+from loraflow.engines.base import Engine, EngineRequirements
 from loraflow.spec import TrainSpec
 
 
@@ -47,3 +47,9 @@ def preflight(spec: TrainSpec, force: bool = False) -> None:
 
 
 __all__ = ["Engine", "get_engine", "preflight"]
+
+
+def engine_needs(spec: TrainSpec) -> EngineRequirements:
+    """What the spec's engine needs of a rented machine (VRAM, CUDA, image): handed to a provider, which
+    rents for an engine without importing one."""
+    return get_engine(spec.engine.name).requirements(spec)

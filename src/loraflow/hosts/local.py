@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal as signals
 import subprocess
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from loraflow.hosts.base import Handle, ProcessStatus, wrapper_script
+from loraflow.nvidia_smi import gpu_stats
 
 
 def _read_int(path: str) -> int | None:
@@ -138,37 +138,4 @@ class LocalHost:
 
     def gpu_stats(self) -> list[dict[str, Any]] | None:
         """Per-GPU utilisation and memory from nvidia-smi, or None where there is no NVIDIA GPU."""
-        if shutil.which("nvidia-smi") is None:
-            return None
-        try:
-            out = subprocess.run(
-                [
-                    "nvidia-smi",
-                    "--query-gpu=index,name,utilization.gpu,memory.used,memory.total",
-                    "--format=csv,noheader,nounits",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=True,
-            ).stdout
-        except (subprocess.SubprocessError, OSError):
-            return None
-        return parse_nvidia_smi(out)
-
-
-def parse_nvidia_smi(text: str) -> list[dict[str, Any]]:
-    stats = []
-    for line in text.strip().splitlines():
-        fields = [f.strip() for f in line.split(",")]
-        if len(fields) == 5:
-            stats.append(
-                {
-                    "index": int(fields[0]),
-                    "name": fields[1],
-                    "util": float(fields[2]),
-                    "mem_used_mb": float(fields[3]),
-                    "mem_total_mb": float(fields[4]),
-                }
-            )
-    return stats
+        return gpu_stats()

@@ -23,7 +23,6 @@ from typing import Any
 import asyncssh
 
 from loraflow.hosts.base import Handle, ProcessStatus
-from loraflow.hosts.local import parse_nvidia_smi
 from loraflow.hosts.ssh_shell import (
     GPU_QUERY,
     HostUnreachable,
@@ -38,6 +37,7 @@ from loraflow.hosts.ssh_shell import (
     signal_command,
     status_script,
 )
+from loraflow.nvidia_smi import parse_nvidia_smi
 
 # OpenSSH's default MaxSessions is 10: stay under it when many jobs share one host.
 MAX_CHANNELS = 8

@@ -77,9 +77,10 @@ def quote(spec: TrainSpec, cfg: PlatformConfig) -> Quote:
 
         est = price_usd(spec)
     elif spec.compute.provider == "vastai":
+        from loraflow.engines import engine_needs
         from loraflow.providers.vastai import VastProvider
 
-        est = VastProvider().offers(spec)[0].estimate.cost_usd
+        est = VastProvider(needs=engine_needs).offers(spec)[0].estimate.cost_usd
     else:
         gpu = "CPU" if spec.base_model == "tiny-flux" else "RTX 4090"
         e = estimate(spec, gpu, cfg.local_usd_per_hour, remote=False)

@@ -99,9 +99,9 @@ def estimate(
 def this_machine() -> tuple[str, str]:
     """This machine's device as a person knows it, and the throughput-table row that times it: the first
     NVIDIA GPU (matched by name, e.g. 'NVIDIA GeForce RTX 4090' -> 'RTX 4090'), else the CPU."""
-    from loraflow.hosts.local import LocalHost
+    from loraflow.nvidia_smi import gpu_stats
 
-    gpus = LocalHost().gpu_stats()
+    gpus = gpu_stats()
     if gpus:
         name = str(gpus[0]["name"])
         squashed = name.lower().replace(" ", "")

@@ -13,9 +13,8 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from loraflow.engines import get_engine
 from loraflow.errors import LoraflowError, UserInputError
 from loraflow.providers.estimate import Estimate, estimate
 from loraflow.providers.vast_client import VastClient, VastError
@@ -23,6 +22,18 @@ from loraflow.providers.vast_watch import watch_script
 from loraflow.spec import TrainSpec
 
 LABEL_PREFIX = "loraflow:"
+
+
+class MachineNeeds(Protocol):
+    """What the job's engine needs of a machine (engines.engine_needs gives it): providers rent for an
+    engine without importing one."""
+
+    min_vram_gb: int
+    cuda: str | None
+    image: str | None
+
+
+Needs = Callable[[TrainSpec], MachineNeeds]
 DEAD = {"exited", "offline", "unknown", "stopped", "frozen"}
 
 
@@ -40,10 +51,9 @@ def label_for(job_id: str) -> str:
     return LABEL_PREFIX + job_id
 
 
-def offer_query(spec: TrainSpec) -> dict[str, Any]:
+def offer_query(spec: TrainSpec, req: MachineNeeds) -> dict[str, Any]:
     """The search filters: whole GPUs with enough memory, disk and CUDA, on reliable verified hosts."""
     gpu = spec.compute.gpu
-    req = get_engine(spec.engine.name).requirements(spec)
     vram = gpu.min_vram_gb or req.min_vram_gb
     query: dict[str, Any] = {
         "rentable": {"eq": True},
@@ -116,11 +126,17 @@ def port_open(host: str, port: int, timeout: float = 3.0) -> bool:
 class VastProvider:
     name = "vastai"
 
-    def __init__(self, client: VastClient | None = None) -> None:
+    def __init__(self, client: VastClient | None = None, needs: Needs | None = None) -> None:
         self.client = client or VastClient()
+        self._needs = needs
+
+    def needs(self, spec: TrainSpec) -> MachineNeeds:
+        if self._needs is None:
+            raise TypeError("renting needs the engine's requirements: VastProvider(needs=engines.engine_needs)")
+        return self._needs(spec)
 
     def offers(self, spec: TrainSpec) -> list[RankedOffer]:
-        ranked = rank(spec, self.client.search_offers(offer_query(spec)))
+        ranked = rank(spec, self.client.search_offers(offer_query(spec, self.needs(spec))))
         if not ranked:
             raise UserInputError(
                 "no Vast.ai offer matches the job's requirements",
@@ -142,7 +158,7 @@ class VastProvider:
         max_hours: float | None = None,
     ) -> tuple[int, RankedOffer]:
         """Rent the best offer still free; a snatched one (404/410 no_such_ask) moves down the list."""
-        req = get_engine(spec.engine.name).requirements(spec)
+        req = self.needs(spec)
         body = {
             "image": req.image or "pytorch/pytorch:latest",
             "disk": float(spec.compute.gpu.disk_gb),

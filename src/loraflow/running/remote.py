@@ -56,9 +56,10 @@ class RemoteLease:
     @property
     def provider(self) -> Any:
         if self._provider is None and self.spec.compute.provider == "vastai":
+            from loraflow.engines import engine_needs
             from loraflow.providers.vastai import VastProvider
 
-            self._provider = VastProvider()
+            self._provider = VastProvider(needs=engine_needs)
         return self._provider
 
     def host(self) -> SshHost:

@@ -36,10 +36,11 @@ def estimate(
 
         return {"budget_usd": parsed.budget.max_usd, "estimates": [quote(parsed)]}
     if parsed.compute.provider == "vastai":
+        from loraflow.engines import engine_needs
         from loraflow.providers.vastai import VastProvider
 
         best: dict[str, Any] = {}
-        for ranked in VastProvider().offers(parsed):
+        for ranked in VastProvider(needs=engine_needs).offers(parsed):
             best.setdefault(str(ranked.offer.get("gpu_name")), ranked.estimate.to_dict())
         return {"budget_usd": parsed.budget.max_usd, "estimates": list(best.values())}
     gpu = "CPU" if parsed.base_model == "tiny-flux" else "RTX 4090"
@@ -49,6 +50,7 @@ def estimate(
 @router.get("/api/offers", tags=["money"])
 def offers(user: Auth, base_model: str = "flux-dev", limit: Annotated[int, Query(ge=1, le=100)] = 20) -> list[Any]:
     """Vast.ai offers that fit a default job on this base model, cheapest job first."""
+    from loraflow.engines import engine_needs
     from loraflow.providers.vastai import VastProvider
     from loraflow.spec import parse_spec
 
@@ -56,7 +58,8 @@ def offers(user: Auth, base_model: str = "flux-dev", limit: Annotated[int, Query
         {"name": "offers", "dataset": {"path": "."}, "base_model": base_model, "compute": {"provider": "vastai"}},
         "offers",
     )
-    return [{"offer": r.offer, "estimate": r.estimate.to_dict()} for r in VastProvider().offers(spec)[:limit]]
+    ranked = VastProvider(needs=engine_needs).offers(spec)[:limit]
+    return [{"offer": r.offer, "estimate": r.estimate.to_dict()} for r in ranked]
 
 
 @router.post("/api/quote", tags=["credits"])
