@@ -236,3 +236,41 @@ def test_unreachable_base_model_fails_clearly_instead_of_hanging(tmp_path: Path,
     assert job.state is JobState.FAILED
     assert "could not fetch black-forest-labs/FLUX.1-dev" in (job.error or "")
     assert "local diffusers folder" in (job.error or "")
+
+
+HANG_AFTER = """import sys, time
+from loraflow.trainer.__main__ import main
+main(sys.argv[1:])
+sys.stdout.flush()
+time.sleep(3600)  # a teardown that never returns (a CUDA context, a stuck thread)
+"""
+
+
+def test_a_trainer_hung_after_its_lora_is_ended_and_the_job_completes(tmp_path: Path, monkeypatch) -> None:
+    """Under `on_stall: fail`, a trainer that wrote its LoRA and said so, then never exited, used to be failed
+    as 'no training progress' (or waited on forever); it is ended and the job judged by its outputs."""
+    from dataclasses import replace
+
+    from loraflow.engines.builtin import BuiltinEngine
+    from loraflow.running.runner import JobRunner
+    from loraflow.spec import load_spec
+
+    wrapper = tmp_path / "hang_after.py"
+    wrapper.write_text(HANG_AFTER)
+    original = BuiltinEngine.command
+
+    def command(self: BuiltinEngine, spec, layout, python):  # the real trainer, then a hang
+        real = original(self, spec, layout, python)
+        return replace(real, argv=[real.argv[0], str(wrapper), real.argv[-1]])
+
+    monkeypatch.setattr(BuiltinEngine, "command", command)
+    store = Store()
+    spec = write_spec(tmp_path, monitor={"stall_minutes": 0.25, "on_stall": "fail"}, steps=10)
+    job = store.create_job(load_spec(spec))
+    assert JobRunner(store, job.id).run() is JobState.COMPLETED
+    job = store.get(job.id)
+    assert job.step == 10 and Path(job.outputs.lora or "").is_file()
+    stalls = [e.data for e in store.events(job.id, types=["stall.detected"])]
+    assert [(s["reason"], s["action"]) for s in stalls] == [("no_exit", "end")]
+    handle = Handle.in_folder(JobLayout(str(job.folder)).run, "train")
+    assert not LocalHost().signal(handle, 0)  # the hung process is gone, not left holding the GPU

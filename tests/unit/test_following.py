@@ -73,6 +73,26 @@ def test_a_stall_only_notified_is_told_again_after_a_full_window(tmp_path: Path)
     assert f.stall(now=122.0) is not None
 
 
+def test_a_slow_save_or_sample_is_progress_not_a_hang(tmp_path: Path) -> None:
+    f = follow(tmp_path, on_stall="fail")
+    f.feed(line(event="phase", phase="training", total=10, start_step=0), ended=False, now=0.0)
+    f.feed(line(event="checkpoint", step=5, path="checkpoints/step-000005"), ended=False, now=50.0)
+    assert f.stall(now=100.0) is None  # 100 s since the last step, 50 since the save
+    f.feed(line(event="sample", step=5, path="samples/a.png", prompt="p"), ended=False, now=100.0)
+    assert f.stall(now=150.0) is None
+    assert f.stall(now=161.0) is not None
+
+
+def test_a_trainer_that_announced_its_result_is_only_awaited_then_ended(tmp_path: Path) -> None:
+    f = follow(tmp_path, on_stall="fail")
+    f.feed(line(event="phase", phase="training", total=10, start_step=0), ended=False, now=0.0)
+    f.feed(line(event="done", step=10, total=10, lora="x.safetensors"), ended=False, now=30.0)
+    assert f.stall(now=89.0) is None  # writing nothing after its result is no stall of training
+    stall = f.stall(now=91.0)
+    assert stall is not None and stall.reason == "no_exit"
+    assert f.stall_event(stall)[1]["action"] == "end"  # never failed nor restarted: its outputs decide
+
+
 def test_a_spec_trains_here_or_on_its_lease(tmp_path: Path) -> None:
     from loraflow.engines import get_engine
     from loraflow.jobs.store import Store

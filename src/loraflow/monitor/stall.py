@@ -1,18 +1,22 @@
 """The stall detector: training that stops moving is noticed and acted on, never left billing.
 
 Signals combined: no progress for `stall_minutes` while in the training phase (loading and caching
-can be slow and do not count), the process gone without an exit code, and GPU utilisation at 0 %
-for `gpu_idle_minutes` when NVIDIA stats are available.
+can be slow and do not count; a checkpoint or a sample written is progress: a slow disk or a long
+sample grid is work, not a hang), the process gone without an exit code, GPU utilisation at 0 %
+for `gpu_idle_minutes` when NVIDIA stats are available, and a trainer that announced its result
+but has not exited a full window later (a hang in teardown still bills the GPU).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+FINISHED = "finished"  # after the trainer's result: a phase no engine prints itself
+
 
 @dataclass(frozen=True)
 class Stall:
-    reason: str  # no_progress | gpu_idle
+    reason: str  # no_progress | gpu_idle | no_exit
     message: str
 
 
@@ -36,7 +40,17 @@ class StallDetector:
         if utilisation is None or any(u > 0 for u in utilisation) or self.phase != "training":
             self.gpu_busy_at = now
 
+    def on_result(self, now: float) -> None:
+        """The trainer said it is done: from here only its exit is awaited, not progress."""
+        self.on_phase(FINISHED, now)
+
     def check(self, now: float) -> Stall | None:
+        if self.phase == FINISHED:
+            waited = now - self.last_progress
+            if waited > self.stall_s:
+                minutes = f"{waited / 60:.1f}"
+                return Stall("no_exit", f"the trainer wrote its result but had not exited {minutes} minutes later")
+            return None
         if self.phase != "training":
             return None
         idle = now - self.last_progress

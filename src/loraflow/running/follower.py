@@ -322,7 +322,7 @@ class Follower:
                 stall = follow.stall(now) if running else None
                 if stall is not None:
                     pending.append(follow.stall_event(stall))
-                    if spec.monitor.on_stall != "notify":
+                    if spec.monitor.on_stall != "notify" or stall.reason == "no_exit":  # the runner acts
                         await self.writes.write(job_id, pending)
                         state.offset += len(chunk)
                         state.save(follow_path)

@@ -135,8 +135,10 @@ class Watchdog:
         for event in events:
             if event.type == ev.PHASE:
                 self.detector.on_phase(event.data.get("phase", ""), now)
-            elif event.type == ev.PROGRESS:
+            elif event.type in (ev.PROGRESS, ev.CHECKPOINT, ev.SAMPLE):
                 self.detector.on_progress(now)
+            elif event.type in (ev.RESULT, ev.STOPPED):
+                self.detector.on_result(now)
 
     def stop_due(self, now: float | None = None) -> bool:
         if self.stop_sent or not Path(self.layout.stop_request).exists():
@@ -156,7 +158,8 @@ class Watchdog:
         return self.detector.check(now)
 
     def stall_event(self, stall: Stall) -> Pending:
-        return ("stall.detected", {"reason": stall.reason, "message": stall.message, "action": self.on_stall}, {})
+        action = "end" if stall.reason == "no_exit" else self.on_stall  # a finished trainer is only ended
+        return ("stall.detected", {"reason": stall.reason, "message": stall.message, "action": action}, {})
 
     def told(self, now: float) -> None:
         """A stall only notified: tell again after another full stall window, not every round."""

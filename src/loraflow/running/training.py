@@ -214,13 +214,14 @@ class Train:
             state.save(self.follow_path)
 
     def _follow(self, handle: Handle, state: FollowState, fresh: bool = False) -> tuple[int | None, Any]:
-        """Follow the trainer until it exits; its exit code (None after a stall kill) and the parser."""
+        """Follow the trainer until it exits; its exit code (None after a stall kill, 0 after ending one that
+        announced its result but hung instead of exiting: its outputs decide) and the parser."""
         ctx = self.ctx
         place, host, record = ctx.place, ctx.place.host(), ctx.recorder.record
         # A trainer found running has printed already; a fresh one is not signalled before it listens.
         parser = ctx.engine.parser(ctx.spec)
         follow = TrainerFollow(ctx.spec, ctx.layout, parser, time.monotonic(), COLLECT_EVERY_S, 0.0, heard=not fresh)
-        stall_kill = False
+        stall_kill: Stall | None = None
         handed_stall = self._handed_back_stall()
         while True:
             chunk = host.read(handle.log_file, state.offset)
@@ -237,7 +238,9 @@ class Train:
                 state.save(self.follow_path)
                 if status is ProcessStatus.GONE:
                     place.check()
-                return (None if stall_kill else code), follow.parser
+                if stall_kill is not None:
+                    code = 0 if stall_kill.reason == "no_exit" else None
+                return code, follow.parser
             if chunk:
                 if follow.collect_due(events, now):
                     record(place.collect())
@@ -249,12 +252,12 @@ class Train:
                 ctx.store.append_event(ctx.job_id, ev.LOG, {"message": "stop requested: checkpointing"})
             if follow.gpu_due(now):
                 follow.on_gpu(host.gpu_stats(), now)
-            stall = None if stall_kill else (handed_stall or follow.stall(now))
+            stall = None if stall_kill is not None else (handed_stall or follow.stall(now))
             if stall is not None and handed_stall is None:  # (the follower recorded its own)
                 type_, data, _ = follow.stall_event(stall)
                 ctx.store.append_event(ctx.job_id, type_, data)
             handed_stall = None
-            if stall is not None and ctx.spec.monitor.on_stall != "notify":
+            if stall is not None and (ctx.spec.monitor.on_stall != "notify" or stall.reason == "no_exit"):
                 stall_kill = self._on_stall(handle, stall)
             if now - self._last_heartbeat > 5:
                 self._last_heartbeat = now
@@ -262,14 +265,17 @@ class Train:
             with ctx.interruptible():  # every round's state is saved: a safe place to leave
                 time.sleep(ctx.poll_s)
 
-    def _on_stall(self, handle: Handle, stall: Stall) -> bool:
+    def _on_stall(self, handle: Handle, stall: Stall) -> Stall:
         """Kill a stalled trainer: a rented host is not worth more money (move to a new one); here it is
-        restarted from its last checkpoint, or the job fails as the stall policy says. True: killed."""
+        restarted from its last checkpoint, or the job fails as the stall policy says. One that finished
+        but hung on its way out is only ended, whatever the policy: its outputs say whether it is done."""
         ctx = self.ctx
         ctx.place.host().signal(handle, signal.SIGKILL)
+        if stall.reason == "no_exit":
+            return stall
         restart = ctx.spec.monitor.on_stall == "restart"
         if restart and ctx.place.moves_on_stall:
             raise HostUnreachable(f"stalled: {stall.message}")
         hint = "raise monitor.stall_minutes if the engine is legitimately slow"
         ctx.recorder.last_error = None if restart else {"code": "stalled", "message": stall.message, "hint": hint}
-        return True
+        return stall
