@@ -272,3 +272,16 @@ def test_external_check_and_service_limits() -> None:
             r = submit(api, **changes)
             assert r.status_code == 422 and limit in r.json()["detail"], r.text
     hook.shutdown()
+
+
+def test_a_quote_reads_the_spec_as_a_submission_does(api: Api) -> None:
+    """Text that is not YAML used to be a 500 on /api/quote, and a server path a quote happily priced;
+    the quote, the estimate and a submission now read a spec through one door."""
+    broken = api("POST", "/api/quote", json={"spec": "name: [unclosed"})
+    assert broken.status_code == 422 and "not valid YAML/JSON" in broken.json()["detail"]
+    listed = api("POST", "/api/quote", json={"spec": "- a\n- b\n"})
+    assert listed.status_code == 422 and "must be a mapping" in listed.json()["detail"]
+    for route in ("/api/quote", "/api/estimate"):
+        path = api("POST", route, json={"spec": yaml.safe_dump({**SPEC, "base_model": "/srv/models/flux"})})
+        assert path.status_code == 422, route
+        assert any("names a folder on the server" in e for e in path.json()["errors"]), path.json()

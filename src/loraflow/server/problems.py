@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import yaml
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -12,6 +13,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from loraflow.errors import IllegalTransition, LoraflowError, NotFound, Refused, SpecError, UserInputError
 
 PROBLEM = "application/problem+json"
+
+
+def spec_mapping(text: str) -> dict[str, Any]:
+    """A spec sent as text (YAML or JSON): a mapping, or a 422 that says what is wrong with the text,
+    before any field is read (a stray tab or a bare list is the sender's to fix, not a server error)."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise Problem(422, "invalid spec", f"the spec is not valid YAML/JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise Problem(422, "invalid spec", "the spec must be a mapping (name, dataset, base_model, ...)")
+    return raw
 
 
 class Problem(Exception):

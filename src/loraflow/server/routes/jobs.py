@@ -13,7 +13,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-import yaml
 from fastapi import APIRouter, Body, File, Form, Header, Query, Request, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
 
@@ -27,7 +26,7 @@ from loraflow.running.control import request_stop, resume, stop
 from loraflow.running.publishing import publish as publish_job
 from loraflow.running.submit import check_open, read_spec, submit
 from loraflow.server.deps import Auth, Db, bundle_response, job_file_response, own_job
-from loraflow.server.problems import Problem
+from loraflow.server.problems import Problem, spec_mapping
 from loraflow.server.uploads import save_files
 
 router = APIRouter(tags=["jobs"])
@@ -49,12 +48,7 @@ async def create_job(
     limit = cfg.max_upload_mb * 1024 * 1024
     if int(request.headers.get("content-length") or 0) > limit:
         raise Problem(413, "upload too large", f"the upload is over {cfg.max_upload_mb} MB")
-    try:
-        raw = yaml.safe_load(spec)
-    except yaml.YAMLError as exc:
-        raise Problem(422, "invalid spec", f"the spec is not valid YAML/JSON: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise Problem(422, "invalid spec", "the spec must be a mapping (name, dataset, base_model, ...)")
+    raw = spec_mapping(spec)
     uploads = ([dataset] if dataset is not None else []) + list(files or [])
     if not uploads:
         raise Problem(422, "no dataset", "send the dataset as `dataset` (a zip or tar) or as `files`")

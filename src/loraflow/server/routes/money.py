@@ -6,12 +6,11 @@
 
 from typing import Annotated, Any
 
-import yaml
 from fastapi import APIRouter, Body, Query, Request
 
 from loraflow.platform import credits
 from loraflow.server.deps import Admin, Auth, Db
-from loraflow.server.problems import Problem
+from loraflow.server.problems import spec_mapping
 
 router = APIRouter()
 
@@ -24,13 +23,8 @@ def estimate(
     from loraflow.providers.estimate import estimate as predict
     from loraflow.running.submit import read_spec
 
-    try:
-        raw = yaml.safe_load(spec)
-    except yaml.YAMLError as exc:
-        raise Problem(422, "invalid spec", f"the spec is not valid YAML/JSON: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise Problem(422, "invalid spec", "the spec must be a mapping")
-    parsed = read_spec(raw, request.app.state.config, "spec", dataset_path=".")  # the server's paths are not asked
+    # dataset_path ".": the server's paths are not asked
+    parsed = read_spec(spec_mapping(spec), request.app.state.config, "spec", dataset_path=".")
     if parsed.engine.name == "fal":  # priced per run by fal, not by the hour
         from loraflow.engines.fal import quote
 
@@ -65,13 +59,11 @@ def offers(user: Auth, base_model: str = "flux-dev", limit: Annotated[int, Query
 @router.post("/api/quote", tags=["credits"])
 def quote(request: Request, user: Auth, spec: Annotated[str, Body(embed=True)]) -> dict[str, Any]:
     """What a job would cost in USD and points before it is submitted (estimate or budget cap, plus fee)."""
-    from loraflow.spec import parse_spec
+    from loraflow.running.submit import read_spec
 
-    raw = yaml.safe_load(spec)
-    if not isinstance(raw, dict):
-        raise Problem(422, "invalid spec", "the spec must be a mapping")
-    raw.setdefault("dataset", {}).setdefault("path", ".")
-    return credits.quote(parse_spec(raw, "spec"), request.app.state.platform).to_dict()
+    # The same reading as a submission (the service's rules and caps apply), so the quote is what a job costs.
+    parsed = read_spec(spec_mapping(spec), request.app.state.config, "spec", dataset_path=".")
+    return credits.quote(parsed, request.app.state.platform).to_dict()
 
 
 @router.get("/api/credits", tags=["credits"])
