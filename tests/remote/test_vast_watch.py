@@ -15,9 +15,10 @@ import yaml
 
 from loraflow.hosts.base import Handle
 from loraflow.hosts.local import LocalHost, pid_alive
-from loraflow.jobs.states import JobState
+from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Store
 from loraflow.layout import JobLayout
+from loraflow.running.orphans import orphans
 from tests.integration.test_local_jobs import only_job, wait_for
 from tests.remote.conftest import Vast, events_of
 from tests.remote.test_vast_jobs import remote_spec
@@ -68,7 +69,20 @@ def test_killed_orchestrator_the_host_saves_pushes_and_destroys_itself(tmp_path:
     with tarfile.open(fileobj=io.BytesIO(body)) as tar:
         names = tar.getnames()
     (folder,) = {n.split("/")[0] for n in names}
-    assert f"{folder}/meta.json" in names and int(folder.split("-")[1]) >= synced  # saved on SIGTERM
+    rescued = int(folder.split("-")[1])
+    assert f"{folder}/meta.json" in names and rescued > synced  # saved on SIGTERM, after the last copy
+    # A user looks: the orphan is adopted; its runner finds the host gone, takes the rescue checkpoint back
+    # from the bucket and resumes from it on a new host, not from the last one copied before the death.
+    wait_for(lambda: orphans(store) == [job.id], what="the job to be seen as an orphan")
+    assert cli("jobs", "list").code == 0
+    wait_for(lambda: bool(events_of(store, job.id, "resumed")), timeout=300, what="training to resume")
+    taken = [d["step"] for d in events_of(store, job.id, "checkpoint.synced") if d.get("rescued")]
+    assert taken == [rescued]
+    assert (job.folder / "checkpoints" / folder / "meta.json").is_file()
+    assert events_of(store, job.id, "resumed")[0]["step"] == rescued
+    assert events_of(store, job.id, "restart") == []  # a new host's first launch is no restart of the lost one
+    assert cli("jobs", "stop", job.id).code == 0
+    wait_for(lambda: store.get(job.id).state not in ACTIVE, timeout=300, what="the resumed job to stop")
     secret_free = str([e.data for e in store.events(job.id)])
     assert "X-Amz-Signature" not in secret_free and "upload_url" not in secret_free
 
@@ -91,3 +105,67 @@ def test_the_instance_key_acts_on_its_own_instance_only(vast: Vast) -> None:
     assert httpx.delete(f"{vast.url}/api/v0/instances/{ids[0]}/", headers=mine).status_code == 200
     assert vast.emulator.destroyed_by_instance == {ids[0]}
     client.destroy_instance(ids[1])
+
+
+class LeaseStub:
+    """What take_back_rescue asks of a lease: where the rescue object is, the job's folders, an event sink."""
+
+    def __init__(self, tmp_path: Path, endpoint: str) -> None:
+        from loraflow.spec import S3Target
+
+        self.local = JobLayout(str(tmp_path / "job"))
+        Path(self.local.run).mkdir(parents=True)
+        self.target = S3Target(type="s3", bucket="loras", prefix="runs", endpoint_url=endpoint)
+        self.events: list[tuple[str, dict]] = []
+
+    def rescue_object(self) -> tuple[object, str]:
+        return self.target, "runs/job1/rescue/checkpoint.tar"
+
+    def emit(self, type_: str, data: dict) -> None:
+        self.events.append((type_, data))
+
+
+def checkpoint(root: Path, step: int) -> Path:
+    import torch
+
+    from loraflow.trainer.checkpoint import save_checkpoint
+
+    weights = {"a": torch.ones(2, 2)}
+    return save_checkpoint(root, step, weights, {"step": step}, weights, {"ss_steps": str(step)}, keep_last=10)
+
+
+def put_tar(bucket, tmp_path: Path, members: dict[str, Path]) -> None:
+    tar_path = tmp_path / "up.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        for arcname, path in members.items():
+            tar.add(path, arcname=arcname)
+    bucket.upload_file(str(tar_path), "loras", "runs/job1/rescue/checkpoint.tar")
+
+
+def test_a_rescue_checkpoint_is_taken_back_only_when_newer_whole_and_inside_its_folder(tmp_path: Path, s3) -> None:
+    from loraflow.running.lease_files import take_back_rescue
+
+    endpoint, bucket = s3
+    lease = LeaseStub(tmp_path, endpoint)
+    take_back_rescue(lease)  # nothing pushed: nothing to say
+    assert lease.events == []
+    mine = Path(lease.local.checkpoints)
+    checkpoint(mine, 20)
+    host = tmp_path / "host"
+    put_tar(bucket, tmp_path, {"step-000010": checkpoint(host, 10)})
+    take_back_rescue(lease)  # older than ours: left alone
+    assert sorted(p.name for p in mine.iterdir()) == ["step-000020"] and lease.events == []
+    damaged = checkpoint(host, 30)
+    (damaged / "lora.safetensors").write_bytes(b"not the saved bytes")
+    put_tar(bucket, tmp_path, {"step-000030": damaged})
+    take_back_rescue(lease)
+    assert "unusable" in lease.events[-1][1]["message"] and not (mine / "step-000030").exists()
+    put_tar(bucket, tmp_path, {"../../escape": checkpoint(host, 40)})  # a hostile host's tar
+    take_back_rescue(lease)
+    assert lease.events[-1][0] == "warning" and not (tmp_path / "escape").exists()
+    put_tar(bucket, tmp_path, {"step-000050": checkpoint(host, 50)})
+    take_back_rescue(lease)
+    assert (mine / "step-000050" / "meta.json").is_file()
+    assert ("checkpoint.synced", {"step": 50, "path": "checkpoints/step-000050", "synced": True, "rescued": True}) in (
+        lease.events
+    )

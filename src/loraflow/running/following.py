@@ -50,6 +50,16 @@ class FollowState:
         write_atomic(path, json.dumps(asdict(self)))
 
 
+def on_new_host(layout: JobLayout) -> None:
+    """A runner that found its job's host gone and leased another: nothing of the old trainer's log is
+    left to read and nothing to re-attach to, so the next attempt is a fresh launch (from the newest
+    checkpoint), not a 'restart' counted against `monitor.max_restarts`."""
+    path = follow_file(layout)
+    state = FollowState.load(path)
+    state.offset, state.processed = 0, True
+    state.save(path)
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Readers in another process see the old file or the new one, never half of one."""
     tmp = path.with_name(path.name + ".tmp")

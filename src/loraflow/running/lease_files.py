@@ -5,6 +5,7 @@ checkpoints and samples brought back while it trains (only what is newer than ou
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import time
@@ -54,6 +55,8 @@ def upload(lease: RemoteLease, dataset_hash: str | None) -> None:
 
             package = Path(loraflow.__file__).parent
             parcels.append((tar_folder(package, Path(tmp, "lib.tar"), "loraflow"), "lib"))
+        if lease.store.get(lease.job_id).outputs.leases:  # an earlier host may have saved one on its way out
+            take_back_rescue(lease)
         checkpoint = latest_local_checkpoint(lease.local)
         if checkpoint is not None:
             parcels.append(
@@ -161,6 +164,60 @@ def sync(lease: RemoteLease, patient: bool = True) -> list[EngineEvent]:
             except LoraflowError:  # replaced while we copied it: the next round takes it
                 continue
     return events
+
+
+def _step_of(name: str) -> int | None:
+    match = re.fullmatch(r"step-(\d+)", name)
+    return int(match.group(1)) if match else None
+
+
+def take_back_rescue(lease: RemoteLease) -> None:
+    """The checkpoint a lost host's watcher pushed to the job's bucket on its way out (its dead-man switch),
+    copied into the job's checkpoints when it is newer than our newest: the resume starts there instead of
+    at the last one copied before the orchestrator died. The tar came from a rented host: it is unpacked
+    with tarfile's `data` filter, must hold one `step-N` folder and must verify, or it is left alone."""
+    import tarfile
+
+    from loraflow.trainer.checkpoint import verify
+
+    place = lease.rescue_object()
+    if place is None:
+        return
+    target, key = place
+    where = f"s3://{target.bucket}/{key}"
+    local_root = Path(lease.local.checkpoints)
+    newest = latest_local_checkpoint(lease.local)
+    with tempfile.TemporaryDirectory(dir=lease.local.run) as tmp:
+        try:
+            from botocore.exceptions import ClientError
+
+            from loraflow.publish.s3 import client
+
+            try:
+                client(target.endpoint_url).download_file(target.bucket, key, str(Path(tmp, "rescue.tar")))
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                    return  # the host pushed nothing (it had no checkpoint, or was not lost that way)
+                raise
+            with tarfile.open(Path(tmp, "rescue.tar")) as tar:
+                tops = {m.name.split("/")[0] for m in tar.getmembers()}
+                tar.extractall(Path(tmp, "x"), filter="data")
+        except Exception as exc:  # storage unreachable, no credentials, a damaged tar: resume from ours
+            lease.emit(ev.WARNING, {"message": f"could not take back {where} ({type(exc).__name__}: {exc})"})
+            return
+        name = next(iter(tops)) if len(tops) == 1 else ""
+        folder = Path(tmp, "x", name)
+        step = _step_of(name) if folder.is_dir() else None
+        ok, reason = verify(folder) if step is not None else (False, "not one step-N folder")
+        if step is None or not ok:
+            lease.emit(ev.WARNING, {"message": f"the host's rescue checkpoint {where} is unusable ({reason})"})
+            return
+        if newest is not None and (_step_of(newest.name) or 0) >= step:
+            return  # we already hold as much
+        local_root.mkdir(parents=True, exist_ok=True)
+        shutil.move(folder, local_root / name)
+    lease.emit(ev.CHECKPOINT_SYNCED, {"step": step, "path": f"checkpoints/{name}", "synced": True, "rescued": True})
+    lease.emit(ev.LOG, {"message": f"took back {name}, saved by the lost host on its way out, from {where}"})
 
 
 def fetch(lease: RemoteLease, remote_path: str, local_path: str) -> None:

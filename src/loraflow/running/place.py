@@ -18,6 +18,7 @@ from loraflow.hosts.ssh import HostUnreachable
 from loraflow.jobs.store import Job, Store
 from loraflow.layout import JobLayout
 from loraflow.monitor.events import EngineEvent
+from loraflow.running.following import on_new_host
 from loraflow.running.lease_files import fetch, sync, upload
 from loraflow.running.remote import Emit, HeartbeatPump, RemoteLease, is_remote
 from loraflow.spec import TrainSpec
@@ -193,7 +194,8 @@ class RemotePlace:
         return "train" in job.stages_done
 
     def acquire(self, force_budget: bool, dataset_hash: str | None) -> None:
-        self.lease.acquire(force_budget=force_budget)
+        if self.lease.acquire(force_budget=force_budget):
+            on_new_host(self.lease.local)  # the recorded host was gone: its log and trainer with it
         upload(self.lease, dataset_hash)
 
     def check(self) -> None:

@@ -23,7 +23,7 @@ from loraflow.jobs.costs import job_cost, lease_cost, lease_seconds
 from loraflow.jobs.store import Store
 from loraflow.layout import JobLayout
 from loraflow.monitor import events as ev
-from loraflow.spec import TrainSpec
+from loraflow.spec import S3Target, TrainSpec
 
 REMOTE_PROVIDERS = {"ssh", "vastai"}
 Emit = Callable[[str, dict[str, Any]], None]
@@ -78,19 +78,23 @@ class RemoteLease:
 
     # --- acquire ---------------------------------------------------------------------------------
 
-    def acquire(self, force_budget: bool = False) -> None:
+    def acquire(self, force_budget: bool = False) -> bool:
+        """A ready host for the job: the recorded one while it lives, else a new one. True when the
+        recorded host was found gone and let go (its trainer went with it)."""
         lease = self.lease
+        replaced = False
         if lease and lease.get("ready"):
             reason = self.dead_reason()
             if reason is None:
                 self.emit(ev.LOG, {"message": f"re-using the lease on {lease.get('gpu') or lease['ssh']['host']}"})
-                return
+                return False
             self.release(reason)
-            lease = None
+            lease, replaced = None, True
         if self.spec.compute.provider == "ssh":
             self._acquire_ssh()
         else:
             self._acquire_vast(lease, force_budget)
+        return replaced
 
     def _acquire_ssh(self) -> None:
         from loraflow.providers.keys import ensure_key
@@ -212,18 +216,24 @@ class RemoteLease:
             host.exec("umask 077 && cat > ~/.loraflow-watch/upload_url", stdin=url.encode())
             self.emit(ev.LOG, {"message": "the host pushes its last checkpoint to the S3 target if it loses us"})
 
-    def rescue_url(self) -> str | None:
-        """A presigned PUT URL (7 days, the longest S3 allows) for `<prefix>/<job>/rescue/checkpoint.tar` in
-        the job's first S3 target: the host needs no credentials to use it. None without such a target."""
-        from loraflow.spec import S3Target
-
+    def rescue_object(self) -> tuple[S3Target, str] | None:
+        """Where the host's watcher leaves its last checkpoint: `<prefix>/<job>/rescue/checkpoint.tar` in
+        the job's first S3 target (None without one)."""
         target = next((t for t in self.spec.publish.targets if isinstance(t, S3Target)), None)
         if target is None:
             return None
+        return target, "/".join(p for p in (target.prefix.strip("/"), self.job_id, "rescue/checkpoint.tar") if p)
+
+    def rescue_url(self) -> str | None:
+        """A presigned PUT URL (7 days, the longest S3 allows) for the rescue object: the host needs no
+        credentials to use it. None without an S3 target."""
+        place = self.rescue_object()
+        if place is None:
+            return None
+        target, key = place
         try:
             from loraflow.publish.s3 import client, presigned_put
 
-            key = "/".join(p for p in (target.prefix.strip("/"), self.job_id, "rescue/checkpoint.tar") if p)
             return presigned_put(client(target.endpoint_url), target.bucket, key, expires=7 * 24 * 3600)
         except Exception as exc:  # no boto3 or no credentials: the watcher still saves and destroys
             self.emit(ev.WARNING, {"message": f"no rescue upload URL for the host ({type(exc).__name__})"})
