@@ -274,3 +274,28 @@ def test_a_trainer_hung_after_its_lora_is_ended_and_the_job_completes(tmp_path: 
     assert [(s["reason"], s["action"]) for s in stalls] == [("no_exit", "end")]
     handle = Handle.in_folder(JobLayout(str(job.folder)).run, "train")
     assert not LocalHost().signal(handle, 0)  # the hung process is gone, not left holding the GPU
+
+
+def test_a_trainer_that_hangs_after_its_runner_died_is_still_caught(tmp_path: Path, cli) -> None:
+    """The trainer's `training` phase line lies behind the offset a new runner continues from: the stall
+    detector used to wait for it for ever, so a hang after a re-attach was never noticed (a rented GPU
+    billed until the budget ran out). The phase is kept with the offset now."""
+    from loraflow.running.runner import JobRunner
+
+    spec = write_spec(tmp_path, monitor={"stall_minutes": 0.15, "on_stall": "fail"}, steps=400)
+    assert cli("train", spec, "--detach").code == 0
+    store = Store()
+    job = only_job(store)
+    wait_for(lambda: store.get(job.id).step >= 10, what="training to pass step 10")
+    layout = JobLayout(str(job.folder))
+    runner_pid = LocalHost().pid(Handle.in_folder(layout.run, "runner"))
+    trainer_pid = LocalHost().pid(Handle.in_folder(layout.run, "train"))
+    assert runner_pid and trainer_pid
+    os.kill(runner_pid, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(runner_pid), what="the runner to die")
+    os.kill(trainer_pid, signal.SIGSTOP)  # and then the trainer hangs
+    assert JobRunner(store, job.id).run() is JobState.FAILED
+    job = store.get(job.id)
+    assert "no training progress" in (job.error or "")
+    assert [e.data["reason"] for e in store.events(job.id, types=["stall.detected"])] == ["no_progress"]
+    wait_for(lambda: not pid_alive(trainer_pid), what="the hung trainer to be killed")

@@ -93,6 +93,21 @@ def test_a_trainer_that_announced_its_result_is_only_awaited_then_ended(tmp_path
     assert f.stall_event(stall)[1]["action"] == "end"  # never failed nor restarted: its outputs decide
 
 
+def test_a_follow_that_re_attaches_judges_stalls_from_the_phase_it_kept(tmp_path: Path) -> None:
+    from loraflow.running.following import FollowState
+
+    state_file = tmp_path / "follow.json"
+    first = follow(tmp_path, on_stall="fail")
+    first.feed(line(event="phase", phase="training", total=10, start_step=0), ended=False, now=0.0)
+    FollowState(offset=123, phase=first.phase).save(state_file)
+    kept = FollowState.load(state_file)
+    layout = JobLayout(str(tmp_path))
+    again = TrainerFollow(spec("fail"), layout, BuiltinParser(), now=100.0, collect_every_s=15.0, phase=kept.phase)
+    assert again.stall(now=150.0) is None
+    stall = again.stall(now=161.0)  # no phase line comes again after the offset: the kept one counts
+    assert stall is not None and stall.reason == "no_progress"
+
+
 def test_a_spec_trains_here_or_on_its_lease(tmp_path: Path) -> None:
     from loraflow.engines import get_engine
     from loraflow.jobs.store import Store

@@ -280,6 +280,7 @@ class Follower:
             SYNC_EVERY_S,
             collected_at=now - random.uniform(0, SYNC_EVERY_S),
             gpu_offset_s=random.uniform(0, GPU_EVERY_S),
+            phase=state.phase,
         )
         notifier = None
         if spec.notifications:
@@ -325,6 +326,7 @@ class Follower:
                     if spec.monitor.on_stall != "notify" or stall.reason == "no_exit":  # the runner acts
                         await self.writes.write(job_id, pending)
                         state.offset += len(chunk)
+                        state.phase = follow.phase
                         state.save(follow_path)
                         write_atomic(stall_file(layout), json.dumps({"reason": stall.reason, "message": stall.message}))
                         return f"stalled: {stall.message}"
@@ -338,6 +340,7 @@ class Follower:
                 await self.writes.write(job_id, pending)
                 if chunk or warned != state.budget_warned:  # saved only once its events are stored
                     state.offset += len(chunk)
+                    state.phase = follow.phase
                     warned = state.budget_warned
                     state.save(follow_path)
                 if notifier is not None and pending:

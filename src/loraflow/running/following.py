@@ -38,6 +38,9 @@ class FollowState:
     restarts: int = 0
     host_losses: int = 0  # hosts that died, were outbid or stalled under this job
     budget_warned: bool = False
+    # The trainer's phase as of `offset`: its phase line lies behind the offset, so a runner or follower that
+    # re-attaches starts judging stalls from here instead of waiting for a line that never comes again.
+    phase: str = "starting"
 
     @classmethod
     def load(cls, path: Path) -> FollowState:
@@ -56,7 +59,7 @@ def on_new_host(layout: JobLayout) -> None:
     checkpoint), not a 'restart' counted against `monitor.max_restarts`."""
     path = follow_file(layout)
     state = FollowState.load(path)
-    state.offset, state.processed = 0, True
+    state.offset, state.processed, state.phase = 0, True, "starting"
     state.save(path)
 
 
@@ -130,9 +133,11 @@ class Watchdog:
         now: float,
         gpu_offset_s: float = GPU_EVERY_S,
         heard: bool = False,
+        phase: str = "starting",
     ) -> None:
         monitor = spec.monitor
         self.detector = StallDetector(monitor.stall_minutes, monitor.gpu_idle_minutes, now)
+        self.detector.on_phase(phase, now)
         self.on_stall = monitor.on_stall
         self.layout = layout
         self.stop_sent = False
@@ -231,9 +236,11 @@ class TrainerFollow:
         collected_at: float | None = None,
         gpu_offset_s: float = GPU_EVERY_S,
         heard: bool = False,
+        phase: str = "starting",
     ) -> None:
+        """`phase`: what FollowState recorded for a trainer followed before (a re-attach)."""
         self.parser = parser
-        self.watch = Watchdog(spec, layout, now, gpu_offset_s=gpu_offset_s, heard=heard)
+        self.watch = Watchdog(spec, layout, now, gpu_offset_s=gpu_offset_s, heard=heard, phase=phase)
         self.collect_every_s = collect_every_s
         self._collected = now if collected_at is None else collected_at
 
@@ -244,6 +251,11 @@ class TrainerFollow:
             events += self.parser.flush()
         self.watch.saw(events, now)
         return events
+
+    @property
+    def phase(self) -> str:
+        """The trainer's phase as of the bytes fed so far: kept in FollowState with the offset."""
+        return self.watch.detector.phase
 
     def collect_due(self, events: list[EngineEvent], now: float) -> bool:
         """New engine outputs to copy: after a save line, and every so often (samples print no line)."""

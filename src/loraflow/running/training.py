@@ -163,7 +163,7 @@ class Train:
         env = {**cmd.env, **{name: os.environ[name] for name in cmd.env_names if name in os.environ}}
         env.update(place.env())
         state.attempt += 1
-        state.processed = False
+        state.processed, state.phase = False, "starting"
         host = place.host()
         state.offset = place.log_size(handle)
         ctx.recorder.last_error = None
@@ -220,7 +220,9 @@ class Train:
         place, host, record = ctx.place, ctx.place.host(), ctx.recorder.record
         # A trainer found running has printed already; a fresh one is not signalled before it listens.
         parser = ctx.engine.parser(ctx.spec)
-        follow = TrainerFollow(ctx.spec, ctx.layout, parser, time.monotonic(), COLLECT_EVERY_S, 0.0, heard=not fresh)
+        follow = TrainerFollow(
+            ctx.spec, ctx.layout, parser, time.monotonic(), COLLECT_EVERY_S, 0.0, heard=not fresh, phase=state.phase
+        )
         stall_kill: Stall | None = None
         handed_stall = self._handed_back_stall()
         while True:
@@ -232,6 +234,7 @@ class Train:
             now = time.monotonic()
             events = follow.feed(chunk, ended, now)
             state.offset += len(chunk)
+            state.phase = follow.phase
             record(events, final=ended)
             if ended:
                 record(place.collect_after_exit(), final=True)
