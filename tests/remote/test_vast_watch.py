@@ -47,7 +47,7 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, object]]:
 
 def test_killed_orchestrator_the_host_saves_pushes_and_destroys_itself(tmp_path: Path, cli, vast: Vast, s3) -> None:
     endpoint, bucket = s3
-    path = remote_spec(tmp_path, steps=5000, every=5)
+    path = remote_spec(tmp_path, steps=20_000, every=50)  # minutes of training: it outlives the test
     data = yaml.safe_load(path.read_text())
     data["compute"]["heartbeat_minutes"] = 0.5
     data["publish"] = {"targets": [{"type": "s3", "bucket": "loras", "prefix": "runs", "endpoint_url": endpoint}]}
@@ -61,9 +61,12 @@ def test_killed_orchestrator_the_host_saves_pushes_and_destroys_itself(tmp_path:
     assert runner is not None
     os.kill(runner, signal.SIGKILL)  # the orchestrator dies without a word; nobody touches the heartbeat now
     wait_for(lambda: not pid_alive(runner), what="the runner to die")
+    vast.admin("faults/", {"rate_limit": 2})  # and the API turns the host's first two destroy calls away
     synced = max(d["step"] for d in events_of(store, job.id, "checkpoint.synced"))
     wait_for(lambda: vast.instances() == {}, timeout=300, what="the instance to destroy itself")
     assert instance in vast.emulator.destroyed_by_instance  # with its own CONTAINER_API_KEY
+    destroys = [r for r in vast.emulator.requests if r == ("DELETE", f"/api/v0/instances/{instance}/")]
+    assert len(destroys) == 3  # refused twice (429), called again each time, then destroyed
     assert store.get(job.id).state is JobState.TRAINING  # nobody told the store: the next runner finds out
     body = bucket.get_object(Bucket="loras", Key=f"runs/{job.id}/rescue/checkpoint.tar")["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(body)) as tar:

@@ -9,7 +9,8 @@ stale, or the job's hours (plus half an hour) pass, the host itself:
 2. pushes the newest finished checkpoint as a tar to the presigned PUT URL in `upload_url` when the
    orchestrator left one (no credentials on the host: the URL is the permission),
 3. destroys its own instance with the instance-scoped key Vast.ai puts in the container
-   (`CONTAINER_API_KEY`, which can act on `CONTAINER_ID` only).
+   (`CONTAINER_API_KEY`, which can act on `CONTAINER_ID` only), calling again every poll until the API
+   says yes: one 429 or 5xx must not leave a stopped trainer's GPU billing.
 
 So an orchestrator that dies (a laptop asleep, a killed process) costs at most the heartbeat window plus
 the checkpoint interval, instead of the GPU billing until the job's hours run out. POSIX sh and curl only:
@@ -44,8 +45,10 @@ while sleep POLL; do
       curl -sS -f -X PUT -T "$W/rescue.tar" "$(cat "$W/upload_url")" >> "$W/watch.log" 2>&1 &&
       echo "pushed ${last##*/}" >> "$W/watch.log"
   fi
-  curl -sS -X DELETE -H "Authorization: Bearer $CONTAINER_API_KEY" "$API/api/v0/instances/$CONTAINER_ID/" \
-    >> "$W/watch.log" 2>&1
+  until curl -sS -f -X DELETE -H "Authorization: Bearer $CONTAINER_API_KEY" "$API/api/v0/instances/$CONTAINER_ID/" \
+    >> "$W/watch.log" 2>&1; do
+    echo "$(date -u) the destroy call failed; trying again" >> "$W/watch.log"; sleep POLL
+  done
   break
 done
 """

@@ -132,7 +132,9 @@ def sync(lease: RemoteLease, patient: bool = True) -> list[EngineEvent]:
     local_root = Path(lease.local.checkpoints)
     have = [p.name for p in local_root.glob("step-*") if (p / "meta.json").exists()]
     newest = max(have, default="")
-    for name, files in sorted(steps.items()):
+    # Newest first: it is the one keep_last prunes last, so a trainer that saves faster than we copy
+    # still leaves us its latest state (oldest first, every copy could lose the race to the pruning).
+    for name, files in sorted(steps.items(), reverse=True):
         if "meta.json" not in files or name <= newest:
             continue  # only what is newer than our newest copy: older ones may be pruned under us
         staging = local_root / (name + ".partial")
@@ -154,6 +156,7 @@ def sync(lease: RemoteLease, patient: bool = True) -> list[EngineEvent]:
         events.append(
             EngineEvent(ev.CHECKPOINT_SYNCED, {"step": step, "path": f"checkpoints/{name}", "synced": True})
         )
+    events.sort(key=lambda e: e.data["step"])
     for rel, size in host.listing(remote.samples).items():
         local = Path(lease.local.samples) / rel
         if ".partial" not in rel and not (local.exists() and local.stat().st_size == size):
