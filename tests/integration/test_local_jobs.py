@@ -265,7 +265,7 @@ def test_a_trainer_hung_after_its_lora_is_ended_and_the_job_completes(tmp_path: 
 
     monkeypatch.setattr(BuiltinEngine, "command", command)
     store = Store()
-    spec = write_spec(tmp_path, monitor={"stall_minutes": 0.25, "on_stall": "fail"}, steps=10)
+    spec = write_spec(tmp_path, monitor={"stall_minutes": 0.5, "on_stall": "fail"}, steps=10)  # 30 s: a busy machine
     job = store.create_job(load_spec(spec))
     assert JobRunner(store, job.id).run() is JobState.COMPLETED
     job = store.get(job.id)

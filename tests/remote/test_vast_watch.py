@@ -68,7 +68,8 @@ def test_killed_orchestrator_the_host_saves_pushes_and_destroys_itself(tmp_path:
     destroys = [r for r in vast.emulator.requests if r == ("DELETE", f"/api/v0/instances/{instance}/")]
     assert len(destroys) == 3  # refused twice (429), called again each time, then destroyed
     assert store.get(job.id).state is JobState.TRAINING  # nobody told the store: the next runner finds out
-    body = bucket.get_object(Bucket="loras", Key=f"runs/{job.id}/rescue/checkpoint.tar")["Body"].read()
+    key = f"runs/{job.id}/rescue/{instance}/checkpoint.tar"  # this lease's own key
+    body = bucket.get_object(Bucket="loras", Key=key)["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(body)) as tar:
         names = tar.getnames()
     (folder,) = {n.split("/")[0] for n in names}
@@ -84,6 +85,7 @@ def test_killed_orchestrator_the_host_saves_pushes_and_destroys_itself(tmp_path:
     assert (job.folder / "checkpoints" / folder / "meta.json").is_file()
     assert events_of(store, job.id, "resumed")[0]["step"] == rescued
     assert events_of(store, job.id, "restart") == []  # a new host's first launch is no restart of the lost one
+    assert bucket.list_objects_v2(Bucket="loras", Prefix=key).get("KeyCount") == 0  # served: not fetched again
     assert cli("jobs", "stop", job.id).code == 0
     wait_for(lambda: store.get(job.id).state not in ACTIVE, timeout=300, what="the resumed job to stop")
     secret_free = str([e.data for e in store.events(job.id)])
@@ -111,18 +113,24 @@ def test_the_instance_key_acts_on_its_own_instance_only(vast: Vast) -> None:
 
 
 class LeaseStub:
-    """What take_back_rescue asks of a lease: where the rescue object is, the job's folders, an event sink."""
+    """What take_back_rescue asks of a lease: the job's lease history, where a lease's rescue object is,
+    the job's folders, an event sink."""
 
     def __init__(self, tmp_path: Path, endpoint: str) -> None:
+        from types import SimpleNamespace
+
         from loraflow.spec import S3Target
 
         self.local = JobLayout(str(tmp_path / "job"))
         Path(self.local.run).mkdir(parents=True)
         self.target = S3Target(type="s3", bucket="loras", prefix="runs", endpoint_url=endpoint)
         self.events: list[tuple[str, dict]] = []
+        self.job_id = "job1"
+        job = SimpleNamespace(outputs=SimpleNamespace(leases=[{"instance_id": 7}]))
+        self.store = SimpleNamespace(get=lambda job_id: job)
 
-    def rescue_object(self) -> tuple[object, str]:
-        return self.target, "runs/job1/rescue/checkpoint.tar"
+    def rescue_object(self, lease: dict) -> tuple[object, str]:
+        return self.target, f"runs/job1/rescue/{lease['instance_id']}/checkpoint.tar"
 
     def emit(self, type_: str, data: dict) -> None:
         self.events.append((type_, data))
@@ -142,7 +150,7 @@ def put_tar(bucket, tmp_path: Path, members: dict[str, Path]) -> None:
     with tarfile.open(tar_path, "w") as tar:
         for arcname, path in members.items():
             tar.add(path, arcname=arcname)
-    bucket.upload_file(str(tar_path), "loras", "runs/job1/rescue/checkpoint.tar")
+    bucket.upload_file(str(tar_path), "loras", "runs/job1/rescue/7/checkpoint.tar")
 
 
 def test_a_rescue_checkpoint_is_taken_back_only_when_newer_whole_and_inside_its_folder(tmp_path: Path, s3) -> None:
@@ -166,9 +174,13 @@ def test_a_rescue_checkpoint_is_taken_back_only_when_newer_whole_and_inside_its_
     put_tar(bucket, tmp_path, {"../../escape": checkpoint(host, 40)})  # a hostile host's tar
     take_back_rescue(lease)
     assert lease.events[-1][0] == "warning" and not (tmp_path / "escape").exists()
+    put_tar(bucket, tmp_path, {"step-50": checkpoint(host, 45)})  # not a name the trainer would resume from
+    take_back_rescue(lease)
+    assert "unusable" in lease.events[-1][1]["message"] and not (mine / "step-50").exists()
     put_tar(bucket, tmp_path, {"step-000050": checkpoint(host, 50)})
     take_back_rescue(lease)
     assert (mine / "step-000050" / "meta.json").is_file()
     assert ("checkpoint.synced", {"step": 50, "path": "checkpoints/step-000050", "synced": True, "rescued": True}) in (
         lease.events
     )
+    assert bucket.list_objects_v2(Bucket="loras", Prefix="runs/job1/rescue/").get("KeyCount") == 0

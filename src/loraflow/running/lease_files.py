@@ -5,7 +5,7 @@ checkpoints and samples brought back while it trains (only what is newer than ou
 
 from __future__ import annotations
 
-import re
+import contextlib
 import shutil
 import tempfile
 import time
@@ -55,8 +55,6 @@ def upload(lease: RemoteLease, dataset_hash: str | None) -> None:
 
             package = Path(loraflow.__file__).parent
             parcels.append((tar_folder(package, Path(tmp, "lib.tar"), "loraflow"), "lib"))
-        if lease.store.get(lease.job_id).outputs.leases:  # an earlier host may have saved one on its way out
-            take_back_rescue(lease)
         checkpoint = latest_local_checkpoint(lease.local)
         if checkpoint is not None:
             parcels.append(
@@ -169,58 +167,67 @@ def sync(lease: RemoteLease, patient: bool = True) -> list[EngineEvent]:
     return events
 
 
-def _step_of(name: str) -> int | None:
-    match = re.fullmatch(r"step-(\d+)", name)
-    return int(match.group(1)) if match else None
+RESCUE_MAX_BYTES = 16 << 30  # far above a LoRA's checkpoint with its optimizer state; a bomb is refused
 
 
 def take_back_rescue(lease: RemoteLease) -> None:
-    """The checkpoint a lost host's watcher pushed to the job's bucket on its way out (its dead-man switch),
-    copied into the job's checkpoints when it is newer than our newest: the resume starts there instead of
-    at the last one copied before the orchestrator died. The tar came from a rented host: it is unpacked
-    with tarfile's `data` filter, must hold one `step-N` folder and must verify, or it is left alone."""
+    """The checkpoint the last lost host's watcher pushed to the job's bucket on its way out (its dead-man
+    switch), copied into the job's checkpoints when it is newer than our newest: the resume starts there
+    instead of at the last one copied before the orchestrator died. Only that lease's own object is read
+    (each host can write only its own key). It came from a rented machine: a plain tar within a size
+    bound, unpacked with tarfile's `data` filter, one checkpoint folder named as the trainer names them,
+    whose files match its meta.json; anything else is a warning and the resume starts from ours."""
     import tarfile
 
-    from loraflow.trainer.checkpoint import verify
+    from loraflow.trainer.checkpoint import NAME, verify
 
-    place = lease.rescue_object()
+    leases = lease.store.get(lease.job_id).outputs.leases
+    place = lease.rescue_object(leases[-1]) if leases else None
     if place is None:
         return
     target, key = place
     where = f"s3://{target.bucket}/{key}"
     local_root = Path(lease.local.checkpoints)
     newest = latest_local_checkpoint(lease.local)
+    Path(lease.local.run).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=lease.local.run) as tmp:
         try:
             from botocore.exceptions import ClientError
 
             from loraflow.publish.s3 import client
 
+            s3 = client(target.endpoint_url)
             try:
-                client(target.endpoint_url).download_file(target.bucket, key, str(Path(tmp, "rescue.tar")))
+                size = int(s3.head_object(Bucket=target.bucket, Key=key)["ContentLength"])
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                     return  # the host pushed nothing (it had no checkpoint, or was not lost that way)
                 raise
-            with tarfile.open(Path(tmp, "rescue.tar")) as tar:
+            if size > min(RESCUE_MAX_BYTES, shutil.disk_usage(tmp).free // 2):
+                raise LoraflowError(f"{size} bytes is more than a checkpoint needs or this disk can spare")
+            s3.download_file(target.bucket, key, str(Path(tmp, "rescue.tar")))
+            with tarfile.open(Path(tmp, "rescue.tar"), mode="r:") as tar:  # plain: the watcher never compresses
                 tops = {m.name.split("/")[0] for m in tar.getmembers()}
                 tar.extractall(Path(tmp, "x"), filter="data")
-        except Exception as exc:  # storage unreachable, no credentials, a damaged tar: resume from ours
+        except Exception as exc:  # storage unreachable, no credentials, a damaged or hostile tar: use ours
             lease.emit(ev.WARNING, {"message": f"could not take back {where} ({type(exc).__name__}: {exc})"})
             return
         name = next(iter(tops)) if len(tops) == 1 else ""
-        folder = Path(tmp, "x", name)
-        step = _step_of(name) if folder.is_dir() else None
-        ok, reason = verify(folder) if step is not None else (False, "not one step-N folder")
-        if step is None or not ok:
+        folder, match = Path(tmp, "x", name), NAME.match(name)
+        ok, reason = verify(folder) if match and folder.is_dir() else (False, "not one step-NNNNNN folder")
+        if match is None or not ok:
             lease.emit(ev.WARNING, {"message": f"the host's rescue checkpoint {where} is unusable ({reason})"})
             return
-        if newest is not None and (_step_of(newest.name) or 0) >= step:
-            return  # we already hold as much
-        local_root.mkdir(parents=True, exist_ok=True)
-        shutil.move(folder, local_root / name)
-    lease.emit(ev.CHECKPOINT_SYNCED, {"step": step, "path": f"checkpoints/{name}", "synced": True, "rescued": True})
-    lease.emit(ev.LOG, {"message": f"took back {name}, saved by the lost host on its way out, from {where}"})
+        step = int(match.group(1))
+        newest_match = NAME.match(newest.name) if newest is not None else None
+        if newest_match is None or int(newest_match.group(1)) < step:
+            local_root.mkdir(parents=True, exist_ok=True)
+            shutil.move(folder, local_root / name)
+            lease.emit(ev.CHECKPOINT_SYNCED, {"step": step, "path": f"checkpoints/{name}", "synced": True,
+                                              "rescued": True})
+            lease.emit(ev.LOG, {"message": f"took back {name}, saved by the lost host on its way out, from {where}"})
+    with contextlib.suppress(Exception):  # taken, or older than ours: either way it has served
+        s3.delete_object(Bucket=target.bucket, Key=key)
 
 
 def fetch(lease: RemoteLease, remote_path: str, local_path: str) -> None:

@@ -19,7 +19,7 @@ from loraflow.jobs.store import Job, Store
 from loraflow.layout import JobLayout
 from loraflow.monitor.events import EngineEvent
 from loraflow.running.following import on_new_host
-from loraflow.running.lease_files import fetch, sync, upload
+from loraflow.running.lease_files import fetch, sync, take_back_rescue, upload
 from loraflow.running.remote import Emit, HeartbeatPump, RemoteLease, is_remote
 from loraflow.spec import TrainSpec
 
@@ -194,8 +194,11 @@ class RemotePlace:
         return "train" in job.stages_done
 
     def acquire(self, force_budget: bool, dataset_hash: str | None) -> None:
-        if self.lease.acquire(force_budget=force_budget):
-            on_new_host(self.lease.local)  # the recorded host was gone: its log and trainer with it
+        if self.lease.let_go_if_dead():
+            on_new_host(self.lease.local)  # its log and trainer went with it, whether or not a new one comes
+        if not self.lease.lease:  # a host is to be rented: first what the lost one left, while nothing bills
+            take_back_rescue(self.lease)
+        self.lease.acquire(force_budget=force_budget)
         upload(self.lease, dataset_hash)
 
     def check(self) -> None:

@@ -78,23 +78,28 @@ class RemoteLease:
 
     # --- acquire ---------------------------------------------------------------------------------
 
-    def acquire(self, force_budget: bool = False) -> bool:
-        """A ready host for the job: the recorded one while it lives, else a new one. True when the
-        recorded host was found gone and let go (its trainer went with it)."""
+    def let_go_if_dead(self) -> bool:
+        """A recorded, ready host that can no longer train is let go (destroyed, its cost booked). True
+        when that happened: its trainer and log went with it."""
         lease = self.lease
-        replaced = False
+        if not lease or not lease.get("ready"):
+            return False
+        reason = self.dead_reason()
+        if reason is None:
+            return False
+        self.release(reason)
+        return True
+
+    def acquire(self, force_budget: bool = False) -> None:
+        """A ready host for the job: the recorded one (let_go_if_dead said it lives), else a new one."""
+        lease = self.lease
         if lease and lease.get("ready"):
-            reason = self.dead_reason()
-            if reason is None:
-                self.emit(ev.LOG, {"message": f"re-using the lease on {lease.get('gpu') or lease['ssh']['host']}"})
-                return False
-            self.release(reason)
-            lease, replaced = None, True
+            self.emit(ev.LOG, {"message": f"re-using the lease on {lease.get('gpu') or lease['ssh']['host']}"})
+            return
         if self.spec.compute.provider == "ssh":
             self._acquire_ssh()
         else:
             self._acquire_vast(lease, force_budget)
-        return replaced
 
     def _acquire_ssh(self) -> None:
         from loraflow.providers.keys import ensure_key
@@ -216,25 +221,30 @@ class RemoteLease:
             host.exec("umask 077 && cat > ~/.loraflow-watch/upload_url", stdin=url.encode())
             self.emit(ev.LOG, {"message": "the host pushes its last checkpoint to the S3 target if it loses us"})
 
-    def rescue_object(self) -> tuple[S3Target, str] | None:
-        """Where the host's watcher leaves its last checkpoint: `<prefix>/<job>/rescue/checkpoint.tar` in
-        the job's first S3 target (None without one)."""
+    def rescue_object(self, lease: dict[str, Any]) -> tuple[S3Target, str] | None:
+        """Where one lease's watcher leaves its last checkpoint: `<prefix>/<job>/rescue/<lease>/checkpoint.tar`
+        in the job's first S3 target (None without one). One key per lease: a host can only ever write its
+        own, so an earlier host of the job cannot plant a checkpoint for a later resume."""
         target = next((t for t in self.spec.publish.targets if isinstance(t, S3Target)), None)
         if target is None:
             return None
-        return target, "/".join(p for p in (target.prefix.strip("/"), self.job_id, "rescue/checkpoint.tar") if p)
+        tag = str(lease.get("instance_id") or int(float(lease.get("started_at") or 0)))
+        parts = (target.prefix.strip("/"), self.job_id, "rescue", tag, "checkpoint.tar")
+        return target, "/".join(p for p in parts if p)
 
     def rescue_url(self) -> str | None:
-        """A presigned PUT URL (7 days, the longest S3 allows) for the rescue object: the host needs no
-        credentials to use it. None without an S3 target."""
-        place = self.rescue_object()
+        """A presigned PUT URL for the current lease's rescue object: the host needs no credentials to use
+        it. It lives as long as the watcher can need it (the job's hours, its half hour, the save grace and
+        the upload), not a week. None without an S3 target."""
+        place = self.rescue_object(self.lease or {})
         if place is None:
             return None
         target, key = place
+        expires = min(7 * 24 * 3600, int((self.spec.budget.max_hours or 24) * 3600) + 3 * 3600)
         try:
             from loraflow.publish.s3 import client, presigned_put
 
-            return presigned_put(client(target.endpoint_url), target.bucket, key, expires=7 * 24 * 3600)
+            return presigned_put(client(target.endpoint_url), target.bucket, key, expires=expires)
         except Exception as exc:  # no boto3 or no credentials: the watcher still saves and destroys
             self.emit(ev.WARNING, {"message": f"no rescue upload URL for the host ({type(exc).__name__})"})
             return None
