@@ -184,3 +184,42 @@ def test_a_rescue_checkpoint_is_taken_back_only_when_newer_whole_and_inside_its_
         lease.events
     )
     assert bucket.list_objects_v2(Bucket="loras", Prefix="runs/job1/rescue/").get("KeyCount") == 0
+
+
+def test_an_orchestrator_back_after_the_switch_fired_moves_on_instead_of_stopping(
+    tmp_path: Path, cli, vast: Vast
+) -> None:
+    """The runner is frozen past the heartbeat window, the host's watcher stops the trainer (it saves)
+    and cannot destroy itself yet (the API refuses); the runner wakes up to a trainer that exited as
+    'stopped'. Nobody asked for a stop: that used to end the job `stopped`, waiting on a user. It moves to
+    a new host from the checkpoint the watcher's stop saved."""
+    path = remote_spec(tmp_path, steps=20_000, every=50)
+    data = yaml.safe_load(path.read_text())
+    data["compute"]["heartbeat_minutes"] = 0.5
+    path.write_text(yaml.safe_dump(data))
+    assert cli("train", path, "--detach").code == 0
+    store = Store()
+    job = only_job(store)
+    wait_for(lambda: bool(events_of(store, job.id, "checkpoint.synced")), timeout=300, what="a synced checkpoint")
+    lease = store.get(job.id).lease or {}
+    host_run = JobLayout(lease["root"]).run
+    fired = Path(lease["root"]).parents[1] / ".loraflow-watch" / "fired"
+    vast.admin("faults/", {"refuse_self_destroy": True})
+    runner = LocalHost().pid(Handle.in_folder(JobLayout(str(job.folder)).run, "runner"))
+    assert runner is not None
+    os.kill(runner, signal.SIGSTOP)  # a laptop asleep: nobody touches the heartbeat
+    try:
+        wait_for(fired.exists, timeout=300, what="the watcher to fire")
+        wait_for(Path(Handle.in_folder(host_run, "train").exit_file).exists, what="the trainer to save and exit")
+    finally:
+        os.kill(runner, signal.SIGCONT)  # and the laptop wakes up while the host still stands
+    wait_for(lambda: bool(events_of(store, job.id, "resumed")) or store.get(job.id).state not in ACTIVE,
+             timeout=300, what="the job to resume elsewhere (or end)")
+    assert store.get(job.id).state is JobState.TRAINING, store.get(job.id).state
+    (lost,) = events_of(store, job.id, "host.lost")
+    assert "dead-man switch fired" in lost["reason"] and "no heartbeat" in lost["reason"]
+    saved = max(d["step"] for d in events_of(store, job.id, "checkpoint.synced"))
+    assert events_of(store, job.id, "resumed")[0]["step"] == saved  # the watcher's stop saved it; we copied it
+    vast.admin("faults/", {"refuse_self_destroy": False})
+    assert cli("jobs", "stop", job.id).code == 0
+    wait_for(lambda: store.get(job.id).state not in ACTIVE, timeout=300, what="the job to stop")

@@ -4,8 +4,9 @@ The orchestrator touches `~/.loraflow-watch/heartbeat` over the SSH connection i
 runner's pump, the worker's follower) every quarter of `compute.heartbeat_minutes`. When the file goes
 stale, or the job's hours (plus half an hour) pass, the host itself:
 
-1. asks the trainer to checkpoint (SIGTERM; the builtin trainer finishes its step and saves) and waits
-   for it to exit,
+1. notes why in `fired` (an orchestrator that comes back in time reads it: the trainer's stop was the
+   watcher's, not the user's), asks the trainer to checkpoint (SIGTERM; the builtin trainer finishes
+   its step and saves) and waits for it to exit,
 2. pushes the newest finished checkpoint as a tar to the presigned PUT URL in `upload_url` when the
    orchestrator left one (no credentials on the host: the URL is the permission),
 3. destroys its own instance with the instance-scoped key Vast.ai puts in the container
@@ -22,6 +23,8 @@ from __future__ import annotations
 WATCH_DIR = "~/.loraflow-watch"
 # What the orchestrator runs over SSH to say it is alive.
 TOUCH = "mkdir -p ~/.loraflow-watch && touch ~/.loraflow-watch/heartbeat"
+# What the orchestrator runs to learn whether the watcher fired (empty output: it did not).
+FIRED = "cat ~/.loraflow-watch/fired 2>/dev/null || true"
 SAVE_GRACE_S = 600  # the longest the host waits for the trainer to save and exit
 
 _WATCH = r"""W="$HOME/.loraflow-watch"; API="${LORAFLOW_VAST_API:-https://console.vast.ai}"
@@ -35,6 +38,7 @@ while sleep POLL; do
     why="no heartbeat for $((now - hb)) s"
   fi
   echo "$(date -u) $why: saving a checkpoint and destroying this instance" >> "$W/watch.log"
+  echo "$why" > "$W/fired"
   root=$(cat "$W/root" 2>/dev/null); pid=$(cat "$root/run/train.pid" 2>/dev/null)
   if [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; then
     i=0; while kill -0 "$pid" 2>/dev/null && [ $i -lt GRACE_S ]; do sleep 1; i=$((i + 1)); done

@@ -81,6 +81,10 @@ class Place(Protocol):
         """The checkpoints a stop or a lost host leaves (nothing to copy on this machine)."""
         ...
 
+    def watch_fired(self) -> str | None:
+        """Why the host's dead-man switch stopped the trainer, when it did (a rented host only)."""
+        ...
+
     def ready(self, job: Job) -> bool:
         """A host is leased and set up."""
         ...
@@ -150,6 +154,9 @@ class LocalPlace:
 
     def sync(self, patient: bool = True) -> list[EngineEvent]:
         return []
+
+    def watch_fired(self) -> str | None:
+        return None
 
     def ready(self, job: Job) -> bool:
         return False
@@ -231,6 +238,9 @@ class RemotePlace:
 
     def sync(self, patient: bool = True) -> list[EngineEvent]:
         return sync(self.lease, patient=patient)
+
+    def watch_fired(self) -> str | None:
+        return self.lease.watch_fired()
 
     def ready(self, job: Job) -> bool:
         return bool(job.lease and job.lease.get("ready"))

@@ -249,6 +249,20 @@ class RemoteLease:
             self.emit(ev.WARNING, {"message": f"no rescue upload URL for the host ({type(exc).__name__})"})
             return None
 
+    def watch_fired(self) -> str | None:
+        """Why the host's watcher gave up on us (it stops the trainer, saves and destroys the instance), or
+        None when it did not or this host has no watcher."""
+        from loraflow.providers.vast_watch import FIRED
+
+        lease = self.lease
+        if not lease or lease.get("provider") != "vastai" or not lease.get("ssh"):
+            return None
+        try:
+            out = self.host().exec(FIRED, timeout=30, check=False).stdout
+        except LoraflowError:
+            return None  # unreachable: the caller's own checks see that
+        return out.decode(errors="replace").strip() or None
+
     def beat(self) -> None:
         """Touch the host's heartbeat (one command over the existing SSH connection); never raises."""
         from loraflow.providers.vast_watch import TOUCH

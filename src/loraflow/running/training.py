@@ -135,7 +135,12 @@ class Train:
                 ctx.budget_stop_file.unlink(missing_ok=True)
                 ctx.store.update_outputs(ctx.job_id, lora=ctx.engine.finish(ctx.spec, ctx.layout))
                 return None
-            if outcome.stopped or ctx.stop_asked() or ctx.budget_stop_file.exists():
+            if ctx.stop_asked() or ctx.budget_stop_file.exists():
+                raise StopAsked
+            if outcome.stopped:  # nobody here asked: a pause, or the host's dead-man switch while we were away
+                fired = ctx.place.watch_fired()
+                if fired:  # the host is destroying itself: carry on elsewhere, never end as a user's stop
+                    raise HostUnreachable(f"the host's dead-man switch fired ({fired})")
                 raise StopAsked
             if code is None:
                 ctx.place.check()

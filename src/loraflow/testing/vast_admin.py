@@ -25,6 +25,7 @@ def admin(emu: Emulator, method: str, path: str, body: bytes) -> tuple[int, Any]
             emu.snatch = int(data.get("snatch", emu.snatch))
             emu.rate_limit = int(data.get("rate_limit", emu.rate_limit))
             emu.boot_s = float(data.get("boot_s", emu.boot_s))
+            emu.refuse_self_destroy = bool(data.get("refuse_self_destroy", emu.refuse_self_destroy))
         return 200, {"success": True}
     if len(parts) == 4 and parts[1] == "instances" and parts[2].isdigit():
         inst = emu.instances.get(int(parts[2]))

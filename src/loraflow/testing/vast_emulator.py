@@ -13,7 +13,7 @@ HOME and `DATA_DIRECTORY`, reached through a TCP relay on loopback that can drop
 Destroying an instance kills every process started in it.
 
 Faults and inspection live under `/_emu/` (not part of Vast's API):
-    POST /_emu/faults {"snatch": 2, "rate_limit": 5, "boot_s": 1.0}
+    POST /_emu/faults {"snatch": 2, "rate_limit": 5, "boot_s": 1.0, "refuse_self_destroy": true}
     POST /_emu/instances/ID/fail {"kind": "gone" | "exited" | "outbid" | "offline"}
     POST /_emu/instances/ID/drop {"after_bytes": 100000}
     GET  /_emu/state
@@ -77,6 +77,7 @@ class Emulator:
         self.token = uuid.uuid4().hex[:12]
         self.snatch = 0
         self.rate_limit = 0
+        self.refuse_self_destroy = False  # an instance's DELETE with its own key answers 503 (the API is down)
         self.requests: list[tuple[str, str]] = []
         self.lock = threading.RLock()
         work.mkdir(parents=True, exist_ok=True)
@@ -250,6 +251,8 @@ class Emulator:
                 return 401, {"success": False, "error": "auth_error", "msg": "Invalid user key"}
             if target != str(own.id) or method not in ("GET", "DELETE"):
                 return 403, {"success": False, "error": "forbidden", "msg": "instance key: not this instance"}
+            if method == "DELETE" and self.refuse_self_destroy:
+                return 503, {"success": False, "error": "unavailable", "msg": "try again later"}
             if method == "DELETE":
                 self.destroyed_by_instance.add(own.id)
         if path == "/api/v0/ssh/" and method == "GET":
