@@ -9,6 +9,7 @@ import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -160,17 +161,23 @@ def test_stop_then_resume_continues_where_it_stopped(tmp_path: Path, cli) -> Non
     assert bad.code == 2 and "nothing to stop" in bad.err
 
 
-def test_killed_runner_reattaches_without_second_trainer(tmp_path: Path, cli) -> None:
-    assert cli("train", write_spec(tmp_path, steps=200), "--detach").code == 0
+def runner_killed_mid_training(cli, spec: Path) -> tuple[Store, Any, int]:
+    """A detached job past step 10 whose runner was SIGKILLed (its trainer left running): store, job, trainer pid."""
+    assert cli("train", spec, "--detach").code == 0
     store = Store()
     job = only_job(store)
-    wait_for(lambda: store.get(job.id).step >= 10, what="training to start")
+    wait_for(lambda: store.get(job.id).step >= 10, what="training to pass step 10")
     layout = JobLayout(str(job.folder))
     runner_pid = LocalHost().pid(Handle.in_folder(layout.run, "runner"))
     trainer_pid = LocalHost().pid(Handle.in_folder(layout.run, "train"))
     assert runner_pid and trainer_pid
     os.kill(runner_pid, signal.SIGKILL)
     wait_for(lambda: not pid_alive(runner_pid), what="the runner to die")
+    return store, job, trainer_pid
+
+
+def test_killed_runner_reattaches_without_second_trainer(tmp_path: Path, cli) -> None:
+    store, job, trainer_pid = runner_killed_mid_training(cli, write_spec(tmp_path, steps=200))
     assert store.get(job.id).state is JobState.TRAINING
     result = cli("jobs", "attach", job.id)
     assert result.code == 0, result.out + result.err
@@ -283,16 +290,7 @@ def test_a_trainer_that_hangs_after_its_runner_died_is_still_caught(tmp_path: Pa
     from loraflow.running.runner import JobRunner
 
     spec = write_spec(tmp_path, monitor={"stall_minutes": 0.15, "on_stall": "fail"}, steps=400)
-    assert cli("train", spec, "--detach").code == 0
-    store = Store()
-    job = only_job(store)
-    wait_for(lambda: store.get(job.id).step >= 10, what="training to pass step 10")
-    layout = JobLayout(str(job.folder))
-    runner_pid = LocalHost().pid(Handle.in_folder(layout.run, "runner"))
-    trainer_pid = LocalHost().pid(Handle.in_folder(layout.run, "train"))
-    assert runner_pid and trainer_pid
-    os.kill(runner_pid, signal.SIGKILL)
-    wait_for(lambda: not pid_alive(runner_pid), what="the runner to die")
+    store, job, trainer_pid = runner_killed_mid_training(cli, spec)
     os.kill(trainer_pid, signal.SIGSTOP)  # and then the trainer hangs
     assert JobRunner(store, job.id).run() is JobState.FAILED
     job = store.get(job.id)
