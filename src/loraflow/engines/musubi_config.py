@@ -56,8 +56,10 @@ def dataset_toml(spec: TrainSpec, layout: JobLayout) -> str:
 
 
 def prompts_file(spec: TrainSpec) -> str:
-    """kohya's prompt file; `--f 1` gives one-frame samples (images), which the bundle's sample pages show."""
-    return kohya_config.prompts_file(spec, " --f 1")
+    """kohya's prompt file; `--f 1` gives one-frame samples (images), which the bundle's sample pages show.
+    Wan's classifier-free guidance is `--l` (musubi's `line_to_prompt_dict` reads it as `cfg_scale`; the Wan
+    sampler never reads `--g`, which is the guidance embedding of the models that have one)."""
+    return kohya_config.prompts_file(spec, " --f 1", "l" if spec.catalog_entry.arch == "wan" else "g")
 
 
 def model_files(spec: TrainSpec) -> dict[str, str]:
