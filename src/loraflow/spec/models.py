@@ -74,7 +74,13 @@ class TrainingSpec(Strict):
             raise ValueError("give at least one resolution, e.g. [1024]")
         for res in value:
             if res < 16 or res % 16:
-                raise ValueError(f"{res} is not a multiple of 16 of at least 16")
+                down, up = max(16, res // 16 * 16), max(16, -(-res // 16) * 16)
+                near = f"{down}" if down == up else f"{down} or {up}"
+                usual = min((512, 768, 1024, 1280, 1536), key=lambda size: abs(size - res))
+                raise ValueError(
+                    f"{res} is not a multiple of 16 of at least 16; use {near} (the nearest), or {usual}"
+                    " (a size models are usually trained at)"
+                )
         return sorted(set(value))
 
     @model_validator(mode="after")
