@@ -22,6 +22,7 @@ from loraflow.field_map.conditions import (
     targets_kohya,
     warmup_aitk,
 )
+from loraflow.field_map.models import MODELS
 from loraflow.field_map.musubi import MUSUBI
 from loraflow.field_map.rules import ENGINES, Rule, refused, same, translated
 
@@ -331,8 +332,8 @@ FIELDS: dict[str, dict[str, Rule]] = {
     "sampling.guidance_scale": {
         "builtin": same("Sampling guidance."),
         "ai-toolkit": same("`sample.guidance_scale`."),
-        "kohya": same("`--g` in each prompt line for Flux (its guidance embedding); `--l` (classifier-free "
-                      "guidance) for SDXL, whose sampler does not read `--g`."),
+        "kohya": same("`--g` in each prompt line for FLUX.1 (its guidance embedding); `--l` (classifier-free "
+                      "guidance) for SDXL and Chroma, whose samplers do not read `--g`."),
     },
     "sampling.steps": {e: same("Denoising steps.") for e in ENGINES},
     "checkpointing.every_n_steps": {
@@ -358,3 +359,4 @@ FIELDS: dict[str, dict[str, Rule]] = {
 }
 for _field, _rule in MUSUBI.items():
     FIELDS[_field].setdefault("musubi", _rule)
+FIELDS.update(MODELS)
