@@ -194,26 +194,10 @@ def test_kohya_standin_with_accumulation_reports_each_step_once(
 def test_aitoolkit_standin_at_a_real_gpu_pace(tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch) -> None:
     """The ai-toolkit stand-in sets the loss and then moves the count (its loop's order); at 0.15 s a step both
     redraw, and each step still gets its own loss."""
-    import yaml
-
-    from loraflow.engines.aitoolkit_config import render_config
-    from loraflow.layout import JobLayout
-    from loraflow.spec import parse_spec
     from loraflow.testing.aitoolkit_standin import loss_at, run
+    from tests.engines.test_engine_runs import aitk_standin_config
 
-    spec = parse_spec(
-        {
-            "name": "mascot",
-            "dataset": {"path": str(tmp_path)},
-            "base_model": "flux-dev",
-            "training": {"steps": 4},
-            "sampling": {"every_n_steps": 0, "at_end": False},
-        }
-    )
-    layout = JobLayout(str(tmp_path / "job"))
-    (tmp_path / "job" / "dataset").mkdir(parents=True)
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(render_config(spec, layout, "j", "x")))
+    config = aitk_standin_config(tmp_path, 4)[2]
     monkeypatch.setenv("AITK_STANDIN_STEP_S", "0.15")
     assert run(str(config)) == 0
     bar = capfd.readouterr().err.encode()
