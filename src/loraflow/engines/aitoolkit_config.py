@@ -7,12 +7,12 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from loraflow.engines.aitoolkit_files import OUTPUT, PIN
+from loraflow.engines.aitoolkit_models import FLOW, QWEN_TE_CACHED, arch_of, dataset_extras, model_block, samples_block
 from loraflow.engines.external import dataset_count
 from loraflow.errors import UserInputError
 from loraflow.layout import JobLayout
 from loraflow.spec import TrainSpec
 
-ARCH = {"flux": "flux", "sdxl": "sdxl", "qwen_image": "qwen_image"}
 SAVE_DTYPE = {"fp16": "float16", "bf16": "bf16", "fp32": "float32"}
 
 
@@ -46,6 +46,7 @@ _NARROWER = {
     },
     "qwen_image": {"modulation": ["img_mod", "txt_mod"], "mlp": ["img_mlp", "txt_mlp"]},
 }
+_NARROWER.update(flux_kontext=_NARROWER["flux"], chroma=_NARROWER["flux"], qwen_image_edit=_NARROWER["qwen_image"])
 
 
 def network_config(spec: TrainSpec) -> dict[str, Any]:
@@ -71,42 +72,32 @@ def scheduler_config(name: str, warmup: int) -> dict[str, Any]:
     return {"lr_scheduler": name}
 
 
+def grad_clip(max_grad_norm: float, accumulation: int) -> float:
+    """ai-toolkit's `max_grad_norm` for the spec's. SDTrainer (27a03a91) calls `clip_grad_norm_` with it on
+    every optimizer step, with no `> 0` guard, so 0 ("no clipping") would scale every gradient to zero: no
+    clipping is an infinite norm. It backpropagates each of the N accumulated micro-batches unscaled, so the
+    norm it clips is that of their sum, N times the mean that builtin and kohya clip: the limit is scaled to
+    match."""
+    return math.inf if max_grad_norm == 0 else _number(max_grad_norm * accumulation)
+
+
 def render_config(spec: TrainSpec, layout: JobLayout, job_id: str, model_path: str) -> dict[str, Any]:
-    t, s, entry = spec.training, spec.sampling, spec.catalog_entry
-    arch = ARCH.get(entry.arch, entry.arch)
-    flow = arch in ("flux", "qwen_image")
-    quantize = t.quantize != "none"
-    model: dict[str, Any] = {
-        "name_or_path": model_path,
-        "arch": arch,
-        "quantize": quantize,
-        "quantize_te": quantize,
-        "low_vram": t.low_vram,
-    }
-    if quantize:
-        model["qtype"] = "qfloat8"
-        model["qtype_te"] = "qfloat8"
-    if arch == "qwen_image":
-        model.update(
-            {
-                "quantize": True,
-                "qtype": "uint3|ostris/accuracy_recovery_adapters/qwen_image_torchao_uint3.safetensors",
-                "quantize_te": True,
-                "qtype_te": "qfloat8",
-                "low_vram": True,
-            }
-        )
-    if entry.assistant_lora:
-        model["assistant_lora_path"] = entry.assistant_lora
+    t, s = spec.training, spec.sampling
+    arch = arch_of(spec)
+    flow = arch in FLOW
+    model = model_block(spec, model_path)
     prompts = [_no_substitution(spec.substitute_trigger(p), f"sampling.prompts[{i}]") for i, p in enumerate(s.prompts)]
     trigger = spec.dataset.trigger_word
     if trigger:
         _no_substitution(trigger, "dataset.trigger_word")
-    if spec.dataset.captions.trigger_placement != "prepend":
-        trigger = None  # ai-toolkit would prepend it to every caption lacking it
     captions = spec.dataset.captions
-    # Cached embeddings would keep the trigger in a dropped caption and freeze a shuffled order.
-    cache_text = t.cache_text_embeddings and not (captions.dropout_rate > 0 or captions.shuffle_tags)
+    if captions.trigger_placement != "prepend" or captions.dropout_rate > 0:
+        # ai-toolkit prepends its trigger_word to every caption lacking it (prepend's meaning, already done
+        # in the prepared captions) and puts it back into a dropped caption, cached or not, so a dropped
+        # caption would train the trigger alone instead of the empty caption the spec means
+        trigger = None
+    # Cached embeddings would freeze a shuffled order (ai-toolkit caches a dropped caption's embedding too).
+    cache_text = t.cache_text_embeddings and not captions.shuffle_tags
     process: dict[str, Any] = {
         "type": "sd_trainer",
         "training_folder": str(PurePosixPath(layout.root, OUTPUT)),
@@ -129,6 +120,7 @@ def render_config(spec: TrainSpec, layout: JobLayout, job_id: str, model_path: s
                 "cache_latents_to_disk": t.cache_latents,
                 "resolution": list(t.resolution),
                 "num_repeats": spec.dataset.repeats,
+                **dataset_extras(spec, layout),
             }
         ],
         "train": {
@@ -144,11 +136,11 @@ def render_config(spec: TrainSpec, layout: JobLayout, job_id: str, model_path: s
             **scheduler_config(t.lr_scheduler, t.lr_warmup_steps),
             "optimizer_params": {"weight_decay": t.weight_decay},
             "dtype": t.precision,
-            "max_grad_norm": t.max_grad_norm,
+            "max_grad_norm": grad_clip(t.max_grad_norm, t.gradient_accumulation),
             "cfg_scale": t.guidance_scale,
             # `shift` is refused for ai-toolkit by the field map: its own `shift` means something else
             "timestep_type": "linear" if t.timestep_sampling == "uniform" else "sigmoid",
-            "cache_text_embeddings": cache_text or arch == "qwen_image",
+            "cache_text_embeddings": cache_text or arch in QWEN_TE_CACHED,
             "skip_first_sample": True,
             "disable_sampling": not (s.every_n_steps or s.at_end),
         },
@@ -158,7 +150,7 @@ def render_config(spec: TrainSpec, layout: JobLayout, job_id: str, model_path: s
             "sample_every": s.every_n_steps or total_steps(spec, layout),
             "width": s.width,
             "height": s.height,
-            "prompts": prompts,
+            **samples_block(spec, layout, prompts),
             "neg": "",
             "seed": s.seed,
             "walk_seed": True,

@@ -59,15 +59,18 @@ def dataset_toml(spec: TrainSpec, layout: JobLayout, repeat_factor: int = 1) -> 
     return tomli_w.dumps({"general": general, "datasets": datasets})
 
 
-def prompts_file(spec: TrainSpec, extra: str = "") -> str:
+def prompts_file(spec: TrainSpec, extra: str = "", guidance: str | None = None) -> str:
     """The kohya family's prompt file: one line per prompt with its size, seed, steps and guidance
-    (`extra` adds flags, e.g. musubi's `--f 1` for one-frame samples)."""
+    (`extra` adds flags, e.g. musubi's `--f 1` for one-frame samples). sampling.guidance_scale goes where the
+    sampler reads it (`guidance`): `--g` is FLUX.1's guidance embedding; SDXL's and Chroma's classifier-free
+    guidance is `--l` (sd-scripts at 48d368fa reads `--g` only as a guidance embedding, which they have not)."""
     s = spec.sampling
+    guidance = guidance or ("g" if spec.catalog_entry.arch == "flux" else "l")
     lines = []
     for i, prompt in enumerate(s.prompts):
         text = spec.substitute_trigger(prompt).replace("\n", " ")
         lines.append(
-            f"{text} --w {s.width} --h {s.height}{extra} --d {s.seed + i} --s {s.steps} --g {s.guidance_scale}"
+            f"{text} --w {s.width} --h {s.height}{extra} --d {s.seed + i} --s {s.steps} --{guidance} {s.guidance_scale}"
         )
     return "\n".join(lines) + ("\n" if lines else "")
 
@@ -89,7 +92,10 @@ def sample_and_extra_args(spec: TrainSpec, layout: JobLayout) -> list[str]:
     if s.prompts and (s.every_n_steps or s.at_end):
         args += ["--sample_prompts", str(PurePosixPath(layout.engine, PROMPTS))]
         if s.every_n_steps or t.steps:  # at_end alone: a round at the last step
-            args += ["--sample_every_n_steps", str(s.every_n_steps or t.steps)]
+            every = s.every_n_steps or t.steps
+            if s.at_end and t.steps and every > t.steps:
+                every = t.steps  # no round on the cadence before the end: the final one is the only one
+            args += ["--sample_every_n_steps", str(every)]
         else:
             args += ["--sample_every_n_epochs", str(t.epochs)]
     for key, value in (spec.engine.options.get("args") or {}).items():
@@ -101,19 +107,14 @@ def train_args(spec: TrainSpec, layout: JobLayout) -> list[str]:
     """The arguments of flux_train_network.py (or sdxl_train_network.py), in FluxGym's order plus the fixes."""
     t, n = spec.training, spec.network
     entry, files = spec.catalog_entry, _model_files(spec)
-    flux = entry.arch == "flux"
+    flux = entry.arch in ("flux", "chroma")  # Chroma: flux_train_network.py --model_type chroma, no CLIP-L
     args: list[str] = []
     if flux:
-        args += [
-            "--pretrained_model_name_or_path",
-            files["transformer"],
-            "--clip_l",
-            files["clip_l"],
-            "--t5xxl",
-            files["t5xxl"],
-            "--ae",
-            files["ae"],
-        ]
+        args += ["--pretrained_model_name_or_path", files["transformer"]]
+        args += ["--clip_l", files["clip_l"]] if "clip_l" in files else []
+        args += ["--t5xxl", files["t5xxl"], "--ae", files["ae"]]
+        if entry.kohya_model_type:  # its docs: guidance 0 (the catalog's default) and the T5 attention mask
+            args += ["--model_type", entry.kohya_model_type, "--apply_t5_attn_mask"]
     else:
         args += ["--pretrained_model_name_or_path", files["checkpoint"], "--no_half_vae"]
     if t.cache_latents:
@@ -241,7 +242,7 @@ def network_args(spec: TrainSpec) -> list[str]:
 
 
 def script_name(spec: TrainSpec) -> str:
-    return "flux_train_network.py" if spec.catalog_entry.arch == "flux" else "sdxl_train_network.py"
+    return "flux_train_network.py" if spec.catalog_entry.arch in ("flux", "chroma") else "sdxl_train_network.py"
 
 
 def launcher(spec: TrainSpec, python: str, root: Path) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from loraflow.field_map.conditions import compiling, low_vram, nf4, pin
+from loraflow.field_map.conditions import at_end_on_cadence, compiling, low_vram, nf4, pin
 from loraflow.field_map.rules import Refusal, Rule, refused, same, translated
 
 if TYPE_CHECKING:
@@ -48,12 +48,17 @@ def _musubi_shuffle(spec: TrainSpec) -> Refusal | None:
 
 
 def _musubi_guidance(spec: TrainSpec) -> Refusal | None:
+    if spec.catalog_entry.musubi_arch in ("flux_kontext", "flux_2"):
+        return None  # `--guidance_scale`
     if spec.training.guidance_scale != 1.0:
-        return ("Wan has no guidance embedding to train with", "remove training.guidance_scale (1.0)")
+        return (f"{spec.catalog_entry.name} has no guidance embedding to train with",
+                "remove training.guidance_scale (1.0)")
     return None
 
 
 def _musubi_swap(spec: TrainSpec) -> Refusal | None:
+    if spec.catalog_entry.musubi_arch != "wan":
+        return None  # musubi checks the other families' limits itself (docs/flux_2.md's table)
     most = 29 if spec.catalog_entry.musubi_task == "t2v-1.3B" else 39
     if spec.training.blocks_to_swap > most:
         return (f"{spec.catalog_entry.name} has {most + 1} blocks and musubi keeps at least one on the GPU",
@@ -79,7 +84,8 @@ def _musubi_format(spec: TrainSpec) -> Refusal | None:
 
 
 MUSUBI: dict[str, Rule] = {
-    "base_model (flux-schnell)": same("Not a musubi model: the catalog offers musubi for the Wan models only."),
+    "base_model (flux-schnell)": same("Not a musubi model: the catalog offers musubi for Wan, FLUX.2, Kontext and "
+                                      "Qwen-Image-Edit."),
     "engine.version": same("The pin the set-up script installs.", pin("musubi"), "unless the pin"),
     "engine.options": translated(
         "The video keys (target_frames, frame_extraction, frame_stride, frame_sample, max_frames, source_fps) go "
@@ -120,21 +126,24 @@ MUSUBI: dict[str, Rule] = {
     "training.weight_decay": same("`--optimizer_args weight_decay=...`."),
     "training.max_grad_norm": same("`--max_grad_norm`."),
     "training.resolution": translated(
-        "One image and one video `[[datasets]]` per size, resolution [size, size]: buckets of that area."
+        "One image and one video `[[datasets]]` per size, resolution [size, size]: buckets of that area (a "
+        "smaller image or clip is enlarged to it, like builtin; kohya and ai-toolkit keep its own size)."
     ),
     "training.seed": same("`--seed`."),
     "training.precision": same("`--mixed_precision` (fp32: no)."),
     "training.cache_latents": translated(
-        "Always pre-cached by wan_cache_latents.py (musubi trains only from caches and applies no augmentation)."
+        "Always pre-cached by <family>_cache_latents.py (musubi trains only from caches, no augmentation)."
     ),
     "training.cache_text_embeddings": translated(
-        "Always pre-cached by wan_cache_text_encoder_outputs.py (a frozen T5 gives the same result)."
+        "Always pre-cached by <family>_cache_text_encoder_outputs.py (a frozen encoder gives the same result)."
     ),
     "training.timestep_sampling": same("uniform, sigmoid (sigmoid_scale 1), shift; logit_normal is `sigmoid`."),
     "training.timestep_shift": same("`--discrete_flow_shift`."),
-    "training.guidance_scale": refused("unless 1.0", _musubi_guidance),
+    "training.guidance_scale": same("`--guidance_scale` (FLUX.2, Kontext).", _musubi_guidance,
+                                    "unless 1.0 for Wan and Qwen-Image-Edit"),
     "training.quantize": translated(
-        "fp8 and qfloat8: `--fp8_base --fp8_scaled` (and `--fp8_t5` while caching).",
+        "fp8 and qfloat8: `--fp8_base --fp8_scaled` (and the text encoder's fp8 flag while caching: `--fp8_t5`, "
+        "`--fp8_vl`, `--fp8_text_encoder`; none for FLUX.2 [dev]'s Mistral).",
         nf4("musubi", "use quantize fp8"),
         "for nf4",
     ),
@@ -146,8 +155,14 @@ MUSUBI: dict[str, Rule] = {
         "substituted; empty: no samples."
     ),
     "sampling.every_n_steps": same("`--sample_every_n_steps` (0: the last step only, when at_end)."),
+    "sampling.guidance_scale": same(
+        "`--l` in each prompt line for Wan and Qwen-Image-Edit (classifier-free guidance: their samplers never "
+        "read `--g`); `--g` for FLUX.2 and Kontext (their guidance embedding)."
+    ),
     "sampling.at_end": translated(
-        "A round at the last step (`--sample_every_n_steps` = steps when every_n_steps is 0)."
+        "A round at the last step (`--sample_every_n_steps` = steps when every_n_steps is 0 or above steps).",
+        at_end_on_cadence("musubi"),
+        "when every_n_steps > 0 does not divide the steps (musubi has no round after the last step)",
     ),
     "checkpointing.every_n_steps": same("`--save_every_n_steps` (with its state folder, for resume)."),
     "checkpointing.keep_last": translated(
