@@ -277,7 +277,11 @@ def run(argv: list[str]) -> int:
         for batch in range(skip, batches):
             trained += 1
             if trained % accumulation and batch != batches - 1:
-                continue  # gradients accumulate; no optimizer step yet
+                # gradients accumulate, no optimizer step yet; sd-scripts still records the micro-batch's loss
+                # and redraws the postfix (at the old count)
+                losses.append(math.nan if nan_at and global_step + 1 >= nan_at else loss_at(global_step + 1, total))
+                bar.set_postfix(avr_loss=avr_loss(losses, batches))
+                continue
             step = global_step + 1
             if oom_at and step == oom_at:
                 bar.close()
