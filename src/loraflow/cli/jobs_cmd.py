@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from loraflow.cli.output import console, print_json
+from loraflow.cli.scorecard_view import print_scorecard
 from loraflow.cli.sentences import describe, words
 from loraflow.errors import IllegalTransition, UserInputError
 from loraflow.hosts.base import Handle
@@ -90,11 +91,13 @@ def show(
     table = Table(show_header=False, title=f"job {job.id}", box=box.SIMPLE)
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")
+    scorecard = data.get("artifacts", {}).pop("scorecard", None)
     for key, value in data.items():
         if value in (None, "", [], {}):
             continue  # `error None` tells nobody anything
         table.add_row(key.replace("_", " "), escape(words(value)))
     console.print(table)
+    print_scorecard(scorecard)
 
 
 def _hook_line(h: dict) -> str:
