@@ -9,8 +9,10 @@
 # part: the sections (models, dataset, compute, targets), secret detection (secret_scan), catalog
 # defaults (resolving), hosted-engine refusals (hosted), error wording (explain), parsing and loading.
 
+from loraflow.spec.advice import advice
 from loraflow.spec.compute import ComputeSpec, GpuRequirements, SshTarget
 from loraflow.spec.dataset import CaptionPolicy, DatasetChecks, DatasetSpec
+from loraflow.spec.evaluation import EvaluationSpec
 from loraflow.spec.explain import explain
 from loraflow.spec.hosted import refused_fields
 from loraflow.spec.loading import load_spec, read_yaml
@@ -53,6 +55,7 @@ __all__ = [
     "DatasetSpec",
     "EngineName",
     "EngineSpec",
+    "EvaluationSpec",
     "GpuRequirements",
     "HuggingFaceTarget",
     "MonitorSpec",
@@ -68,6 +71,7 @@ __all__ = [
     "TrainSpec",
     "TrainingSpec",
     "WandbSpec",
+    "advice",
     "explain",
     "load_spec",
     "parse_spec",
