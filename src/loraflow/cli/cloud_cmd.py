@@ -59,7 +59,7 @@ def estimate(
     for r in data:
         over = cap is not None and r["cost_usd"] > cap
         table.add_row(
-            escape(r["gpu"]),
+            escape(f"{r['gpus']}x {r['gpu']}" if r["gpus"] > 1 else r["gpu"]),
             f"{r['usd_per_hour']:.3f}",
             *(_minutes(r[k]) for k in ("setup_s", "caching_s", "steps_s", "samples_s", "transfer_s")),
             _minutes(r["total_s"]),

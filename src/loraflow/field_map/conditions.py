@@ -145,3 +145,28 @@ def no_version(spec: TrainSpec) -> Refusal | None:
     if spec.engine.version:
         return ("the builtin engine is the installed loraflow itself", "remove engine.version")
     return None
+
+
+def one_gpu_aitk(spec: TrainSpec) -> Refusal | None:
+    """Read at the pin (27a03a91): BaseSDTrainProcess.prepare_accelerator wraps the network in DDP but leaves
+    `self.data_loader = self.accelerator.prepare(self.data_loader)` commented out and builds a plain shuffled
+    DataLoader, so every process would train the same batches: N GPUs for the price of N, the speed of one."""
+    if spec.compute.gpus > 1:
+        return (
+            f"at its pinned commit {PINS['ai-toolkit']} ai-toolkit does not split its data loader across processes "
+            "(accelerator.prepare(data_loader) is commented out), so several GPUs would train the same batches",
+            "set compute.gpus: 1, or use engine builtin or kohya, which train data-parallel",
+        )
+    return None
+
+
+def launched_by_accelerate(engine: str) -> Check:
+    def check(spec: TrainSpec) -> Refusal | None:
+        if spec.compute.gpus > 1 and spec.engine.options.get("launcher") == "python":
+            return (
+                f"{engine} starts one process per GPU only through `accelerate launch`, not plain python",
+                "remove engine.options.launcher, or set compute.gpus: 1",
+            )
+        return None
+
+    return check
