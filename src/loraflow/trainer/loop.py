@@ -265,6 +265,7 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
     model = group.wrap(parts.transformer)  # DDP with several processes; the transformer itself in one
 
     def checkpoint_now(at: int) -> None:
+        began = time.monotonic()
         micro = at * global_batches
         state = {
             "optimizer": optimizer.state_dict(),
@@ -285,11 +286,12 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
             lora_metadata(cfg, at),
             cfg.keep_last,
         )
-        say("checkpoint", step=at, path=str(path.relative_to(out)))
+        say("checkpoint", step=at, path=str(path.relative_to(out)), took_s=round(time.monotonic() - began, 3))
 
     def sample_now(at: int) -> None:
         if not sample_prompts:
             return
+        began = time.monotonic()
         index = render_samples(
             parts,
             sample_prompts,
@@ -302,8 +304,9 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
             guidance=cfg.sample_guidance,
             steps=cfg.sample_steps,
         )
+        took = round(time.monotonic() - began, 3)  # the whole round's: the job's timing by phase reads it
         for item in index:
-            say("sample", step=at, path=f"samples/{item['file']}", prompt=item["prompt"])
+            say("sample", step=at, path=f"samples/{item['file']}", prompt=item["prompt"], round_s=took)
 
     say("phase", phase="training", total=total, start_step=step)
     parts.transformer.train()
