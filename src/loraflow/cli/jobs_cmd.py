@@ -6,10 +6,12 @@ import sys
 import time
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
 from loraflow.cli.output import console, print_json
+from loraflow.cli.sentences import describe, words
 from loraflow.errors import IllegalTransition, UserInputError
 from loraflow.hosts.base import Handle
 from loraflow.hosts.local import LocalHost
@@ -40,40 +42,69 @@ def list_jobs(
     if as_json:
         print_json([{**j.to_dict(), "queue": p.to_dict() if (p := places.get(j.id)) else None} for j in jobs])
         return
-    table = Table("name", "state", "stage", "engine", "progress", "queue", "loss", "cost", "created")
-    table.add_column("id", no_wrap=True, min_width=12)
+    console.print(jobs_table(jobs, places, console.width))
+
+
+def jobs_table(jobs: list[Job], places: dict, width: int) -> Table:
+    """The job list as a table that fits the terminal: at 80 columns the less used columns go (engine,
+    stage, loss, created) and the id is shortened to the prefix every `jobs` command accepts."""
+    wide = width >= 120
+    columns = ["id", "name", "state", "progress", "queue", "cost"]
+    if wide:
+        columns[3:3] = ["stage", "engine"]
+        columns += ["loss", "created"]
+    table = Table(*columns, pad_edge=False, box=None if not wide else box.SIMPLE_HEAD)
     for j in jobs:
-        progress = f"{j.step}/{j.total_steps}" if j.total_steps else "-"
-        loss = f"{j.loss:.4f}" if j.loss is not None else "-"
-        table.add_row(
-            escape(j.name),
-            j.state.value,
-            j.stage or "-",
-            j.engine,
-            progress,
-            places[j.id].line() if j.id in places else "-",
-            loss,
-            f"${j.cost_usd:.2f}",
-            j.created_at.strftime("%m-%d %H:%M"),
-            j.id,
-        )
-    console.print(table)
+        row = {
+            "id": j.id if wide else j.id[:8],
+            "name": escape(j.name),
+            "state": j.state.value if wide or not j.stage or j.state not in ACTIVE else f"{j.state.value}/{j.stage}",
+            "stage": j.stage or "-",
+            "engine": j.engine,
+            "progress": f"{j.step}/{j.total_steps}" if j.total_steps else "-",
+            "queue": places[j.id].line() if j.id in places else "-",
+            "loss": f"{j.loss:.4f}" if j.loss is not None else "-",
+            "cost": f"${j.cost_usd:.2f}",
+            "created": j.created_at.strftime("%m-%d %H:%M"),
+        }
+        table.add_row(*(row[c] for c in columns))
+    return table
 
 
 @app.command("show")
 def show(
     job_id: str = typer.Argument(..., help="Job id or a unique prefix."), as_json: bool = typer.Option(False, "--json")
 ) -> None:
-    """Show one job."""
-    job = Store().find(job_id)
+    """Show one job (with the delivery state of its webhooks, per receiver)."""
+    from loraflow.notify.outbox import summary
+
+    store = Store()
+    job = store.find(job_id)
     data = job.to_dict()
+    hooks = summary(store, job.id, job.train_spec.notifications)
+    if hooks:
+        data["webhooks"] = hooks if as_json else "; ".join(_hook_line(h) for h in hooks)
     if as_json:
         print_json({**data, "spec": job.spec})
         return
-    table = Table(show_header=False, title=f"job {job.id}")
+    table = Table(show_header=False, title=f"job {job.id}", box=box.SIMPLE)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
     for key, value in data.items():
-        table.add_row(key, escape(str(value)))
+        if value in (None, "", [], {}):
+            continue  # `error None` tells nobody anything
+        table.add_row(key.replace("_", " "), escape(words(value)))
     console.print(table)
+
+
+def _hook_line(h: dict) -> str:
+    """One receiver's delivery state in a line: `webhook 127.0.0.1: 5 delivered, 1 pending (next job.completed)`."""
+    line = f"{h['type']} {h['host']}: {h['delivered']} delivered, {h['pending']} pending, {h['failed']} failed"
+    if h["next_event"]:
+        line += f" (next {h['next_event']} at {h['next_attempt_at']})"
+    if h["last_error"]:
+        line += f"; last error: {h['last_error']}"
+    return line
 
 
 @app.command("events")
@@ -91,7 +122,8 @@ def events(
         print_json([e.to_dict() for e in evs])
         return
     for e in evs:
-        console.print(f"{e.seq:5} {e.ts:%H:%M:%S} {e.type:18} {escape(str(e.data))}", markup=True)
+        line = describe(e.type, e.data) or escape(f"{e.type}: {words(e.data)}")
+        console.print(f"{e.seq:5} {e.ts:%H:%M:%S} {line}", markup=True)
 
 
 def _train_handle(job: Job) -> Handle:
