@@ -44,6 +44,8 @@ LORAFLOW = {
     "publish": "Done by loraflow after training.",
     "notifications": "Sent by loraflow.",
     "wandb": "Logged by loraflow from the engine's progress events.",
+    "evaluation": "The result check after training, run by loraflow on the engine's LoRA files (held-out images "
+    "are taken out of the dataset before the engine sees it).",
     "training.vram_preset": "Applied by loraflow from the catalog, per engine, under the user's values.",
 }
 
