@@ -68,6 +68,7 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
+@pytest.mark.timeout(600)  # a whole job: train, stop, resume, the result check, download (a busy CI machine)
 def test_upload_caption_train_refresh_stop_resume_download(server: str, page, tmp_path: Path) -> None:
     token = create_token(Store(), "alice")
     page.goto(f"{server}/")

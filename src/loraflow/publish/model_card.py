@@ -57,7 +57,7 @@ def scorecard_section(card: dict[str, Any], plot: str | None) -> list[str]:
     if plot:
         lines += ["", f"![scorecard]({plot})"]
     lines += ["", "How each number is measured and how the best checkpoint is chosen: loraflow's "
-              "docs/result-check.md (`scorecard.json` in this bundle has every value)."]
+              "docs/scorecard.md (`scorecard.json` in this bundle has every value)."]
     return lines
 
 

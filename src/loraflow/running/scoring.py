@@ -1,4 +1,4 @@
-"""The effect check and the scorecard, run by the check stage where the base model is (docs/result-check.md).
+"""The effect check and the scorecard, run after training where the base model is (docs/scorecard.md).
 
 The runner writes `evaluation/config.json` into the job folder and runs `python -m loraflow.evaluation` on
 it, reads its `LORAFLOW` event lines into the job's events, and keeps the scorecard's summary in the job's
@@ -6,7 +6,7 @@ outputs (`scorecard`: the best checkpoint and why, one row per checkpoint, the e
 bundle, the model card, the job page, `jobs show`, the API and the `result.scored` webhook read it.
 
 It runs on this machine (a local GPU, the CPU tiny model); a job on a rented host gets the structural
-check only until the check runs there too (docs/result-check.md says so). A check that cannot run (no
+check only until the check runs there too (docs/scorecard.md says so). A check that cannot run (no
 base model on this machine, an architecture it does not render, a crash) is a warning, never a failure:
 only a measured "the LoRA does not change the output" fails the job, with `lora_inert`.
 """
@@ -86,17 +86,37 @@ def score_job(ctx: RunContext, ok_steps: list[int | None]) -> dict[str, Any] | N
     cfg = plan.eval_config(spec, ctx.job_id, layout, model, loras, len(job.outputs.holdout))
     cfg_path = Path(layout.evaluation) / plan.CONFIG
     cfg.write(cfg_path)
-    return run_local(ctx, cfg_path, Path(layout.evaluation))
+    return run_local(ctx, cfg_path, Path(layout.evaluation), spec.catalog_entry.source.startswith("builtin:"))
 
 
-def run_local(ctx: RunContext, cfg_path: Path, out_dir: Path) -> dict[str, Any] | None:
+def in_this_process(cfg_path: Path) -> tuple[int, str]:
+    """The tiny CPU model's check inside the runner, which has torch and diffusers loaded already (their
+    import takes longer than the whole check); the exit code and event lines as the process gives them."""
+    import contextlib
+    import io
+
+    from loraflow.evaluation.__main__ import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main([str(cfg_path)])
+    return code, out.getvalue()
+
+
+def run_local(ctx: RunContext, cfg_path: Path, out_dir: Path, tiny: bool = False) -> dict[str, Any] | None:
+    """Run the check on this machine: a process of its own (real models: a crash or the GPU memory stays
+    there), or inside the runner for the tiny model."""
     log = out_dir / "evaluation.log"
-    with open(log, "wb") as sink:
-        proc = subprocess.run([sys.executable, "-m", "loraflow.evaluation", str(cfg_path)], stdout=subprocess.PIPE,
-                              stderr=sink, timeout=TIMEOUT_S, check=False)
-    sink_text = proc.stdout.decode("utf-8", "replace")
-    with open(log, "a", encoding="utf-8") as f:
-        f.write(sink_text)
+    if tiny:
+        code, sink_text = in_this_process(cfg_path)
+        log.write_text(sink_text, encoding="utf-8")
+    else:
+        with open(log, "wb") as sink:
+            proc = subprocess.run([sys.executable, "-m", "loraflow.evaluation", str(cfg_path)],
+                                  stdout=subprocess.PIPE, stderr=sink, timeout=TIMEOUT_S, check=False)
+        code, sink_text = proc.returncode, proc.stdout.decode("utf-8", "replace")
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(sink_text)
     for line in sink_text.splitlines():
         if not line.startswith(PREFIX):
             continue
@@ -106,8 +126,8 @@ def run_local(ctx: RunContext, cfg_path: Path, out_dir: Path) -> dict[str, Any] 
             event.pop("t", None)
             ctx.emit(name, event)
     card = json.loads((out_dir / SCORECARD).read_text(encoding="utf-8")) if (out_dir / SCORECARD).exists() else None
-    if proc.returncode != 0 or card is None:
-        warn(ctx, f"the evaluation process ended with code {proc.returncode}; see {log}")
+    if code != 0 or card is None:
+        warn(ctx, f"the evaluation ended with code {code}; see {log}")
         return None
     summary = summarize(card)
     ctx.store.update_outputs(ctx.job_id, scorecard=summary)

@@ -69,7 +69,7 @@ class Prepare(StageBase):
 
 
 def hold_out_images(ctx: RunContext, usable: int) -> tuple[list[str], str | None]:
-    """evaluation.holdout: move a few prepared images out of training (docs/result-check.md)."""
+    """evaluation.holdout: move a few prepared images out of training (docs/scorecard.md)."""
     from loraflow.dataset.holdout import hold_out, holdout_count
     from loraflow.evaluation.plan import checks_effect
     from loraflow.running.scoring import scores_here
