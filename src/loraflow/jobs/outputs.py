@@ -32,6 +32,7 @@ class JobOutputs(BaseModel):
     force_budget: bool = False  # `train --force`: start past the budget estimate
     check: Literal["pending", "allow", "deny"] | None = None  # the platform's external admission check
     swept: bool = False  # the platform sweep settled and registered it
+    queued: bool = False  # a service job: the workers start it under their slots and capacity, never a door
 
     @classmethod
     def load(cls, raw: dict[str, Any] | None) -> JobOutputs:
