@@ -120,9 +120,8 @@ def settings_spec(folder: Path, form: dict[str, Any]) -> dict[str, Any]:
     }
     if str(form.get("engine") or "").strip():
         raw["engine"] = str(form["engine"]).strip()
-    network = {
-        key: _number(form[f"network.{key}"]) for key in ("rank", "alpha") if str(form.get(f"network.{key}") or "").strip()
-    }
+    typed = {key: str(form.get(f"network.{key}") or "").strip() for key in ("rank", "alpha")}
+    network = {key: _number(text) for key, text in typed.items() if text}
     if network:
         raw["network"] = network
     if training:
