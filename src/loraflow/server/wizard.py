@@ -52,6 +52,7 @@ class CaptionRun:
             self.finished = True
 
 
+GPU_CHOICES = (1, 2, 4, 8)  # compute.gpus: the machines Vast.ai rents whole
 ADVANCED = ("steps", "learning_rate", "batch_size", "resolution", "optimizer", "seed", "lr_scheduler")
 
 
@@ -81,6 +82,7 @@ def kept_input(form: dict[str, Any]) -> dict[str, Any]:
         "trigger": str(form.get("trigger_word") or ""),
         "chosen_model": str(form.get("base_model") or ""),
         "chosen_preset": str(form.get("vram_preset") or ""),
+        "chosen_gpus": str(form.get("gpus") or "1"),
         "values": values,
         "chosen": {k: str(form.get(k) or "") for k in CHOICES},
     }
@@ -124,6 +126,10 @@ def settings_spec(folder: Path, form: dict[str, Any]) -> dict[str, Any]:
     network = {key: _number(text) for key, text in typed.items() if text}
     if network:
         raw["network"] = network
+    compute: dict[str, Any] = {}
+    gpus = str(form.get("gpus") or "1").strip()
+    if gpus != "1":  # kept as typed when not a number: the spec names compute.gpus and the fix
+        compute["gpus"] = int(gpus) if gpus.isdigit() else gpus
     if training:
         raw["training"] = training
     prompts = [line.strip() for line in str(form.get("sample_prompts") or "").splitlines() if line.strip()]
@@ -133,9 +139,11 @@ def settings_spec(folder: Path, form: dict[str, Any]) -> dict[str, Any]:
         raw["budget"] = {"max_usd": _number(form["budget_usd"])}
     where = str(form.get("where") or "").strip()
     if where.startswith("ssh:"):
-        raw["compute"] = {"provider": "ssh", "target": where[4:]}
+        compute |= {"provider": "ssh", "target": where[4:]}
     elif where:
-        raw["compute"] = {"provider": where}
+        compute["provider"] = where
+    if compute:
+        raw["compute"] = compute
     return raw
 
 
@@ -209,6 +217,8 @@ def wizard_context(folder: Path, upload_id: str, config: Any = None) -> dict[str
         "model_defaults": defaults,
         "chosen_model": models[0].id,
         "chosen_preset": "",
+        "chosen_gpus": "1",
+        "gpu_choices": GPU_CHOICES,
         "values": {},
         "presets": sorted(vram_presets()),
         "advanced": advanced,
