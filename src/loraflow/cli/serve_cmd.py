@@ -32,6 +32,7 @@ def serve(
     from loraflow.jobs.store import Store
     from loraflow.running.worker import Worker
     from loraflow.server.app import ServiceConfig, create_app
+    from loraflow.server.http_settings import uvicorn_options
     from loraflow.server.ui import install
 
     if no_auth and host not in ("127.0.0.1", "localhost", "::1"):
@@ -46,7 +47,7 @@ def serve(
     worker = Worker(store, slots=workers).start() if workers > 0 else None
     console.print(f"loraflow on http://{host}:{port}  (API docs: /docs, workers: {workers})")
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        uvicorn.run(app, **uvicorn_options(host, port), log_level="warning")  # header timeout, proxies: see there
     finally:
         if worker:
             worker.stop()
