@@ -50,6 +50,9 @@ class ServiceConfig:
     max_archive_files: int = 20_000
     no_auth: bool = False  # only honoured for 127.0.0.1
     secure_cookies: bool = False  # session cookie `Secure` even when the request looks like plain HTTP
+    # Jobs wait in the store for the workers (`serve --workers N`, `loraflow worker`), which start them under
+    # their slots and the machine's capacity; off, the door starts each job's runner itself.
+    queue_for_workers: bool = False
     grants: Grants = field(default_factory=Grants)
     maxima: Maxima = field(default_factory=Maxima)  # what a spec's knobs and a request may cost (maxima.py)
 
@@ -76,6 +79,7 @@ class ServiceConfig:
             secure_cookies=env.get("LORAFLOW_SECURE_COOKIES", "0") == "1",
             grants=Grants.from_env(),
             maxima=Maxima.from_env(),
+            queue_for_workers=env.get("LORAFLOW_QUEUE_FOR_WORKERS", "0") == "1",
         )
 
     def archive_bound(self) -> int:
@@ -235,6 +239,8 @@ def submit(
     flags: dict[str, Any] = {"trust": "operator" if config is None else "service"}
     if force:
         flags["force_budget"] = True
+    if config is not None and config.queue_for_workers:
+        flags["queued"] = True
     store.update_outputs(job.id, **flags)
     job.folder.mkdir(parents=True, exist_ok=True)
     (job.folder / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
@@ -243,5 +249,6 @@ def submit(
         # The hook's URL (often with a ?key=) is the operator's: a user's events only say that one is asked.
         store.append_event(job.id, "check.requested", {"check": "external"})
         return store.get(job.id)
-    start_runner(job.id)
+    if not flags.get("queued"):  # else a worker claims it when a slot frees (running/worker.py)
+        start_runner(job.id)
     return store.get(job.id)
