@@ -149,8 +149,8 @@ def test_every_costly_knob_has_a_service_maximum_named_with_its_limit(api: Api) 
         "training": {"resolution": [16384], "batch_size": 100000, "steps": 10**6},
         "sampling": {"width": 65536, "height": 65536},
         "checkpointing": {"keep_last": 10**6},
-        "compute": {"provider": "vastai", "max_retries": 10000, "heartbeat_minutes": 1e9,
-                    "gpu": {"count": 64, "disk_gb": 100_000}},
+        "compute": {"provider": "vastai", "max_retries": 10000, "heartbeat_minutes": 1e9, "gpus": 8,
+                    "gpu": {"disk_gb": 100_000}},
         "notifications": [{"type": "webhook", "url": f"https://example.com/{i}"} for i in range(50)],
     }  # fmt: skip
     answer = api("POST", "/api/quote", json={"spec": json.dumps(spec)})
@@ -158,7 +158,7 @@ def test_every_costly_knob_has_a_service_maximum_named_with_its_limit(api: Api) 
     errors = "\n".join(answer.json()["errors"])
     limits = (("training.resolution", "2048"), ("training.batch_size", "16"), ("training.steps", "20000"),
               ("sampling.width/height", "2048"), ("checkpointing.keep_last", "20"), ("compute.max_retries", "5"),
-              ("compute.heartbeat_minutes", "60"), ("compute.gpu.count", "8"), ("compute.gpu.disk_gb", "500"),
+              ("compute.heartbeat_minutes", "60"), ("compute.gpus", "4"), ("compute.gpu.disk_gb", "500"),
               ("notifications", "10"))  # fmt: skip
     for field, limit in limits:
         assert any(line.startswith(field) and f"limit {limit}" in line for line in answer.json()["errors"]), (

@@ -24,7 +24,7 @@ KNOBS: dict[str, tuple[str, str]] = {
     "keep_last": ("LORAFLOW_MAX_KEEP_LAST", "checkpointing.keep_last"),
     "max_retries": ("LORAFLOW_MAX_RETRIES", "compute.max_retries"),
     "max_restarts": ("LORAFLOW_MAX_RESTARTS", "monitor.max_restarts"),
-    "gpus": ("LORAFLOW_MAX_GPUS", "compute.gpu.count"),
+    "gpus": ("LORAFLOW_MAX_GPUS", "compute.gpus"),
     "disk_gb": ("LORAFLOW_MAX_DISK_GB", "compute.gpu.disk_gb"),
     "heartbeat_minutes": ("LORAFLOW_MAX_HEARTBEAT_MINUTES", "compute.heartbeat_minutes"),
     "webhooks": ("LORAFLOW_MAX_WEBHOOKS", "notifications"),
@@ -44,7 +44,7 @@ class Maxima:
     keep_last: int = 20
     max_retries: int = 5
     max_restarts: int = 5
-    gpus: int = 8
+    gpus: int = 4
     disk_gb: int = 500
     heartbeat_minutes: float = 60.0
     webhooks: int = 10
@@ -94,7 +94,7 @@ def _seen(spec: Any) -> dict[str, float]:
         "keep_last": spec.checkpointing.keep_last,
         "max_retries": c.max_retries,
         "max_restarts": spec.monitor.max_restarts,
-        "gpus": max(c.gpu.count, int(getattr(c, "gpus", 1) or 1)),
+        "gpus": c.gpus,
         "disk_gb": c.gpu.disk_gb,
         "heartbeat_minutes": c.heartbeat_minutes,
         "webhooks": len(spec.notifications),
@@ -117,7 +117,7 @@ def _lower(spec: Any, knob: str, limit: float) -> None:
         owner, attr = {
             "batch_size": (t, "batch_size"), "epochs": (t, "epochs"), "keep_last": (spec.checkpointing, "keep_last"),
             "max_retries": (c, "max_retries"), "max_restarts": (spec.monitor, "max_restarts"),
-            "gpus": (c.gpu, "count"), "disk_gb": (c.gpu, "disk_gb"),
+            "gpus": (c, "gpus"), "disk_gb": (c.gpu, "disk_gb"),
         }.get(knob, (None, ""))  # fmt: skip
         if owner is not None:
             setattr(owner, attr, whole)
