@@ -6,7 +6,8 @@
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Form, Request
+import anyio
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import UploadFile as StarletteUpload
 
@@ -14,9 +15,10 @@ from loraflow.errors import UserInputError
 from loraflow.server import uploads
 from loraflow.server.pages import fragment, need_user, render, session_user, store
 from loraflow.server.problems import Problem
+from loraflow.server.web_security import check_csrf
 from loraflow.server.wizard import CaptionRun, kept_input, settings_spec, start_error, wizard_context
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, dependencies=[Depends(check_csrf)])
 
 
 def _upload_dir(request: Request, upload_id: str) -> Path:
@@ -38,8 +40,11 @@ async def ui_upload(request: Request) -> Response:
     files = [f for f in form.getlist("files") if isinstance(f, StarletteUpload) and f.filename]
     if not files:
         return render(request, "new.html", user, error="Choose some images (and captions) first.")
+    quotas = request.app.state.quotas
     try:
-        upload_id, _dataset = await uploads.create(user.name, files, request.app.state.config.max_upload_mb << 20)
+        quotas.upload(user.name)
+        limit = request.app.state.config.max_upload_mb << 20
+        upload_id, _dataset = await uploads.create(user.name, files, limit, quotas)
     except Problem as exc:
         return render(request, "new.html", user, error=exc.detail)
     return RedirectResponse(f"/ui/uploads/{upload_id}", status_code=303)
@@ -49,14 +54,19 @@ async def ui_upload(request: Request) -> Response:
 def wizard(request: Request, upload_id: str) -> HTMLResponse:
     user = need_user(request)
     folder = uploads.folder(user.name, upload_id)
-    return render(request, "wizard.html", user, **wizard_context(folder, upload_id, request.app.state.config))
+    with request.app.state.quotas.work(user.name):  # the dataset check: a worker thread (plain def), bounded
+        context = wizard_context(folder, upload_id, request.app.state.config)
+    return render(request, "wizard.html", user, **context)
 
 
 def _report(request: Request, folder: Path) -> str:
-    """The dataset report, rendered to replace the page's own (hx-swap-oob): fresh after every change."""
+    """The dataset report, rendered to replace the page's own (hx-swap-oob): fresh after every change. Called
+    from plain `def` routes (a worker thread), bounded like every dataset check."""
     from loraflow.dataset import DatasetRun
 
-    return fragment(request, "_report.html", {"report": DatasetRun(str(folder)).check(), "oob": True}).body.decode()
+    with request.app.state.quotas.work(need_user(request).name):
+        report = DatasetRun(str(folder)).check()
+    return fragment(request, "_report.html", {"report": report, "oob": True}).body.decode()
 
 
 @router.post("/ui/uploads/{upload_id}/caption/{name}", response_class=HTMLResponse)
@@ -133,8 +143,8 @@ async def ui_estimate(request: Request, upload_id: str) -> HTMLResponse:
     except Exception as exc:  # shown next to the button
         return HTMLResponse(f'<span class="error">{_escape(str(exc))}</span>')
     try:
-        if spec.compute.provider == "vastai":
-            return HTMLResponse(_rented_estimate(spec))
+        if spec.compute.provider == "vastai":  # an HTTP search: off the event loop
+            return HTMLResponse(await anyio.to_thread.run_sync(_rented_estimate, spec))
         est = local_estimate(spec)  # trains on this server (or the operator's SSH host)
     except UserInputError as exc:
         text = exc.message
@@ -172,13 +182,18 @@ async def ui_start(request: Request, upload_id: str) -> Response:
     folder = uploads.folder(user.name, upload_id)
     state = request.app.state
     form = dict(await request.form())
-    try:
+
+    def start() -> Any:
         spec = read_spec(settings_spec(folder, form), state.config, "settings")
         engine_here(spec)
-        job = submit(store(request), spec, user.name, state.config, state.platform, False)
+        return submit(store(request), spec, user.name, state.config, state.platform, False)
+
+    try:
+        job = await state.quotas.off_loop(user.name, start)  # the dataset check runs in a worker thread
     except (Problem, UserInputError) as exc:
         # Shown at the top of the page the user lands on, with everything they typed still in the form.
-        ctx = {**wizard_context(folder, upload_id, state.config), **kept_input(form)}
+        context = await anyio.to_thread.run_sync(wizard_context, folder, upload_id, state.config)
+        ctx = {**context, **kept_input(form)}
         response = render(request, "wizard.html", user, **ctx, error=start_error(exc))
         response.status_code = getattr(exc, "status", 422)
         return response
