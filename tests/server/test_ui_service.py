@@ -62,14 +62,16 @@ def test_the_queue_page_shows_places_and_hides_other_users_jobs() -> None:
     store.create_job(parse_spec({**spec, "name": "theirs"}), owner="bob")
     app = create_app(config=ServiceConfig(), sweep_every_s=None)
     ui.install(app)
+    from tests.server.test_abuse_web import log_in
+
     with TestClient(app) as c:
-        c.post("/login", data={"token": create_token(store, "alice")})
+        log_in(c, create_token(store, "alice"))
         page = c.get("/queue")
         assert page.status_code == 200
         assert f'href="/jobs/{mine.id}">mine<' in page.text and "theirs" not in page.text
         assert "another user&#39;s job" in page.text or "another user's job" in page.text
     with TestClient(app) as c:
-        c.post("/login", data={"token": create_token(store, "root", admin=True)})
+        log_in(c, create_token(store, "root", admin=True))
         admin = c.get("/queue").text
         assert "theirs" in admin and "<td>bob</td>" in admin and "<td>alice</td>" in admin
 
