@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loraflow.dataset import DatasetRun, pair_needs
-from loraflow.errors import Refused, SpecError
+from loraflow.errors import Refused, SpecError, UserInputError
 from loraflow.jobs.states import ACTIVE
 from loraflow.jobs.store import Job, Store
 from loraflow.media.findings import Report as DatasetReport
@@ -185,6 +185,22 @@ def check_dataset(spec: TrainSpec, config: ServiceConfig | None) -> DatasetRepor
     return report
 
 
+def check_local_gpus(spec: TrainSpec) -> None:
+    """compute.gpus on this machine needs that many GPUs (a machine without any trains the tiny model in CPU
+    processes): one process per GPU would otherwise fail at a device that is not there, after the model load."""
+    from loraflow.nvidia_smi import gpu_stats
+
+    if spec.compute.provider != "local" or spec.compute.gpus == 1:
+        return
+    found = len(gpu_stats() or [])
+    if 0 < found < spec.compute.gpus:
+        raise UserInputError(
+            f"compute.gpus is {spec.compute.gpus} but this machine has {found} GPU(s)",
+            fix=f"set compute.gpus: {found} (the global batch grows with more accumulation), or rent a machine "
+            "with compute.provider: vastai",
+        )
+
+
 def submit(
     store: Store,
     spec: TrainSpec,
@@ -203,6 +219,7 @@ def submit(
 
     require_engine(spec)  # a missing engine is refused with its install command, in every door
     preflight(spec, force)  # before anything is recorded: a hosted engine's key and price, say
+    check_local_gpus(spec)
     if not dataset_checked:
         check_dataset(spec, config)
     with _SUBMITTING:
