@@ -158,7 +158,7 @@ def test_jobs_show_prints_no_none_and_no_dicts(tmp_path: Path, cli) -> None:
 def test_operator_commands_are_grouped_under_admin(cli) -> None:
     listing = cli("--help").out
     names = {m.group(1) for m in re.finditer(r"│ (\w+)\s{2,}", listing)}
-    assert "admin" in names and not names & {"tokens", "credits", "gc", "reap", "worker"}
+    assert "admin" in names and not names & {"tokens", "credits", "gc", "reap", "worker", "store"}
     assert cli("admin", "tokens", "--help").code == 0
     assert cli("tokens", "--help").code == 0  # the old spelling still runs
     assert "<bool>" not in cli("train", "--help").out
