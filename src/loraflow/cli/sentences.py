@@ -85,8 +85,12 @@ def describe(e_type: str, d: dict[str, Any]) -> str | None:
     match e_type:
         case "stall.detected":
             return f"[yellow]stall: {escape(words(d.get('message')))} -> {escape(words(d.get('action')))}[/yellow]"
-        case "warning" | "dataset.finding":
+        case "warning":
             return f"[yellow]warning: {escape(words(d.get('message')))}[/yellow]"
+        case "dataset.finding":  # which file, then what: "b.jpg: looks almost the same as a.jpg"
+            where = f"{d['file']}: " if d.get("file") else ""
+            fix = f" Fix: {d['fix']}" if d.get("fix") else ""
+            return f"[yellow]dataset: {escape(where + words(d.get('message')) + fix)}[/yellow]"
         case "error":
             hint = f" — {d['hint']}" if d.get("hint") else ""
             return f"[red]error: {escape(words(d.get('message')))}{escape(hint)}[/red]"
