@@ -20,6 +20,7 @@ class JobOutputs(BaseModel):
     bundle: str | None = None  # the newest bundle (.zip) built for the job
     lora: str | None = None  # the trained LoRA file in the job folder
     dataset_hash: str | None = None  # the prepared dataset's manifest digest
+    lora_check: dict[str, Any] | None = None  # the result check's verdicts: final, checkpoints, failed_checkpoints
     images: int | None = None  # usable images the dataset check counted
     # where it went
     published: list[dict[str, Any]] = Field(default_factory=list)  # one record per push: type, url, checkpoint_step

@@ -9,7 +9,8 @@ by taking whole epochs of *batches* off it, and what is left becomes global_step
 an L-batch epoch restarts the step count at N mod L, trains to the end of the last epoch and names files
 by that run-local step); the bar counts `max_train_steps - initial_step` from 0.
 
-Faults for tests: KOHYA_STANDIN_OOM_AT=N raises CUDA OOM at step N; KOHYA_STANDIN_STEP_S seconds per step.
+Faults for tests: KOHYA_STANDIN_OOM_AT=N raises CUDA OOM at step N; KOHYA_STANDIN_STEP_S seconds per step;
+KOHYA_STANDIN_INERT=1 saves every LoRA with all-zero up matrices (a run that never moved them).
 """
 
 from __future__ import annotations
@@ -64,6 +65,10 @@ class Log:
             sys.stderr.write(f"{prefix}{text.ljust(width)} {tail}".rstrip() + "\n")
         sys.stderr.flush()
 
+
+
+def _inert() -> bool:  # read at each save, like the other faults
+    return os.environ.get("KOHYA_STANDIN_INERT") == "1"
 
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser()
@@ -136,7 +141,7 @@ def save_step(
     path = out / f"{name}-step{step:08d}.safetensors"
     print(f"\nsaving checkpoint: {path}", flush=True)
     save_file(
-        kohya_lora(rank, alpha, step),
+        kohya_lora(rank, alpha, step, inert=_inert()),
         path,
         metadata={
             "ss_network_dim": str(rank),
@@ -296,7 +301,7 @@ def run(argv: list[str]) -> int:
     final = out / f"{name}.safetensors"
     print(f"\nsaving checkpoint: {final}", flush=True)
     save_file(
-        kohya_lora(rank, alpha, global_step),
+        kohya_lora(rank, alpha, global_step, inert=_inert()),
         final,
         metadata={"ss_network_dim": str(rank), "ss_network_alpha": str(alpha), "ss_steps": str(global_step)},
     )
