@@ -26,6 +26,9 @@ def loraflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     monkeypatch.delenv("LORAFLOW_DATABASE_URL", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # tests never reach a hub
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    # Stand-in engines "train" flux-dev with no weights on this GPU-less machine; the GPU check's own tests
+    # take this away (tests/unit/test_cli_guidance.py).
+    monkeypatch.setenv("LORAFLOW_ALLOW_CPU", "1")
     for secret in ("HF_TOKEN", "VAST_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "WANDB_API_KEY"):
         monkeypatch.delenv(secret, raising=False)
     yield home

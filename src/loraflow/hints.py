@@ -47,6 +47,19 @@ HINTS = [
         "Hugging Face refused the token: set a valid HF_TOKEN (read access) in the environment",
     ),
     Hint(
+        "bad_model",
+        # diffusers / transformers on a model folder with a part missing (a copy that stopped half-way, a
+        # single-file checkpoint where a diffusers folder is expected): every restart fails the same way.
+        re.compile(
+            r"no file named (?:config\.json|model_index\.json|diffusion_pytorch_model)|"
+            r"does not appear to have (?:a file named|files named)|Can't load (?:the )?(?:config|tokenizer)",
+            re.I,
+        ),
+        "the base model folder is incomplete or not in diffusers' layout: every part (transformer, vae, "
+        "text encoders, tokenizers, scheduler) needs its folder with its config file. Re-save it with "
+        "save_pretrained, download it again, or use a catalog id such as flux-dev",
+    ),
+    Hint(
         "missing_file",
         re.compile(r"FileNotFoundError|No such file or directory", re.I),
         "a file the engine needs is missing: check the dataset and model paths in the rendered config",

@@ -60,7 +60,7 @@ def test_every_spec_field_has_a_rule_on_every_engine() -> None:
     for field in leaf_fields(TrainSpec):
         for engine in ENGINES:
             rule_for(field, engine)  # raises KeyError for a field nobody decided about
-    assert set(FIELDS) - set(leaf_fields(TrainSpec)) == {"base_model (flux-schnell)"}
+    assert {f for f in set(FIELDS) - set(leaf_fields(TrainSpec)) if not f.startswith("base_model (")} == set()
     assert PINS == {"ai-toolkit": aitoolkit_files.PIN, "kohya": kohya_files.PIN, "musubi": musubi_files.PIN}
 
 

@@ -140,6 +140,7 @@ def test_cpu_keeps_torch_defaults_and_training_logs_the_choice(make_config, caps
         ("RuntimeError: cuDNN error: CUDNN_STATUS_EXECUTION_FAILED", "cuda_fault"),
         ("RuntimeError: CUDA error: unspecified launch failure", "cuda_fault"),
         ("ValueError: no images in /data/manifest.json", "crash"),
+        ("OSError: Error no file named config.json found in directory /m/transformer.", "bad_model"),
     ],
 )
 def test_failure_codes(text: str, code: str) -> None:

@@ -33,7 +33,21 @@ class BaseModel:
     assistant_lora: str | None = None
     kohya_files: dict[str, str] = field(default_factory=dict)
     musubi_task: str | None = None  # wan_train_network.py --task
-    musubi_files: dict[str, str] = field(default_factory=dict)
+    musubi_files: dict[str, str] = field(default_factory=dict)  # by the flag that names each file
+    musubi_arch: str = "wan"  # which of musubi's script families trains it (engines/musubi_arch.py)
+    musubi_args: list[str] = field(default_factory=list)  # given to its caching and training scripts alike
+    kohya_model_type: str | None = None  # flux_train_network.py --model_type (chroma)
+    aitk: dict[str, Any] = field(default_factory=dict)  # ai-toolkit's model: arch, name_or_path, qtype
+    controls: int = 0  # most control images per target (an edit model trains on pairs); 0: none
+    control_optional: bool = False  # pairs accepted but not required (FLUX.2's reference images)
+    first_frame_control: bool = False  # image-to-video: each clip's first frame conditions it
+    experts: dict[str, Any] = field(default_factory=dict)  # Wan 2.2 A14B: {boundary: timestep 0-1000}
+    estimate_kind: str | None = None  # row of gpus.yaml `models` for its step time and download
+
+    @property
+    def edit(self) -> bool:
+        """Trains on target/control pairs: a dataset without them is refused."""
+        return self.controls > 0 and not self.control_optional
 
     @property
     def hub_id(self) -> str | None:

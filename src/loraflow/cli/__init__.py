@@ -51,7 +51,10 @@ LAZY: dict[str, tuple[Callable[[str], click.Command], str]] = {
     "jobs": (_group("jobs_cmd", "app", _with_approve), "Inspect and control jobs."),
     "caption": (_group("caption_cmd", "app"), "Caption images: automatically, or by hand in a spreadsheet."),
     "logs": (_group("engine_cmd", "logs_app"), "Read engine logs."),
-    "engines": (_group("engine_cmd", "engines_app"), "The external trainers (ai-toolkit, kohya) on this machine."),
+    "engines": (
+        _group("engine_cmd", "engines_app"),
+        "The external trainers (ai-toolkit, kohya, musubi) on this machine.",
+    ),
     "render": (
         _command("engine_cmd", "render"),
         "Show the files the engine will be given (job folder shown as /JOB).",
@@ -67,7 +70,7 @@ LAZY: dict[str, tuple[Callable[[str], click.Command], str]] = {
     ),
     "demo": (
         _command("train_cmd", "demo"),
-        "Train the built-in tiny model on the bundled sample dataset (CPU, about a minute), from any folder.",
+        "Train the built-in tiny model on the bundled sample dataset (CPU, a few minutes), from any folder.",
     ),
     "estimate": (
         _command("cloud_cmd", "estimate"),
@@ -101,6 +104,18 @@ LAZY: dict[str, tuple[Callable[[str], click.Command], str]] = {
         "The model registry: list, show, review, visibility, trigger map.",
     ),
 }
+# The operator's commands: listed under `loraflow admin`, not among a user's; `loraflow tokens ...` still runs.
+OPERATOR = ("tokens", "credits", "gc", "reap", "worker")
+
+
+def _admin(name: str) -> click.Command:
+    group = click.Group(name, help=LAZY[name][1])
+    for sub in OPERATOR:
+        group.add_command(load_command(sub), sub)
+    return group
+
+
+LAZY["admin"] = (_admin, "Operator commands: tokens, credits, gc, reap, worker.")
 _loaded: dict[str, click.Command] = {}
 
 
@@ -114,7 +129,8 @@ class LazyGroup(TyperGroup):
     """The root command: lists every subcommand from LAZY's help lines, imports one only to run it."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return [*LAZY, *(n for n in super().list_commands(ctx) if n not in LAZY)]
+        mine = [n for n in LAZY if n not in OPERATOR]
+        return [*mine, *(n for n in super().list_commands(ctx) if n not in LAZY)]
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in _loaded:

@@ -43,7 +43,9 @@ def estimate(
         return
     if spec.compute.provider == "vastai":
         best: dict[str, object] = {}
-        for ranked in _quick_vast().offers(spec):  # cheapest job first: keep the best offer per GPU type
+        with console.status("asking Vast.ai for offers that fit this job (retried if it does not answer)..."):
+            found = _quick_vast().offers(spec)
+        for ranked in found:  # cheapest job first: keep the best offer per GPU type
             best.setdefault(str(ranked.offer.get("gpu_name")), ranked.estimate)
         rows = list(best.values())
     else:
@@ -53,15 +55,23 @@ def estimate(
     if as_json:
         print_json({"budget_usd": cap, "estimates": data})
         return
+    # At 80 columns the phases fold into "steps" and "other"; a wide terminal shows each phase.
+    phases = ("setup_s", "caching_s", "steps_s", "samples_s", "transfer_s") if console.width >= 100 else ("steps_s",)
     table = Table(title=f"estimate for {escape(spec.name)} ({spec.training.steps} steps)")
-    for col in ("GPU", "$/h", "setup", "caching", "steps", "samples", "transfer", "total min", "cost $"):
-        table.add_column(col, justify="left" if col == "GPU" else "right")
+    heads = [p.removesuffix("_s").replace("caching", "cache") for p in phases]
+    if len(phases) == 1:
+        heads.append("other")
+    for col in ("GPU", "$/h", *heads, "total min", "cost $"):
+        table.add_column(col, justify="left" if col == "GPU" else "right", no_wrap=col != "GPU")
     for r in data:
         over = cap is not None and r["cost_usd"] > cap
+        cells = [_minutes(r[k]) for k in phases]
+        if len(phases) == 1:
+            cells.append(_minutes(r["total_s"] - r["steps_s"]))
         table.add_row(
             escape(r["gpu"]),
             f"{r['usd_per_hour']:.3f}",
-            *(_minutes(r[k]) for k in ("setup_s", "caching_s", "steps_s", "samples_s", "transfer_s")),
+            *cells,
             _minutes(r["total_s"]),
             f"[red]{r['cost_usd']:.3f}[/red]" if over else f"{r['cost_usd']:.3f}",
         )
@@ -94,7 +104,8 @@ def offers(
     """Vast.ai offers that fit a job, cheapest job first (not cheapest hour)."""
 
     spec = load_spec(spec_path) if spec_path else _starter()
-    ranked = _quick_vast().offers(spec)[:limit]
+    with console.status("asking Vast.ai for offers that fit this job (retried if it does not answer)..."):
+        ranked = _quick_vast().offers(spec)[:limit]
     if as_json:
         print_json([{"offer": r.offer, "estimate": r.estimate.to_dict()} for r in ranked])
         return

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from loraflow.cli.output import console, err, print_json
-from loraflow.dataset import DatasetRun, Report, Severity
+from loraflow.dataset import DatasetRun, Report, Severity, pair_needs
 from loraflow.dataset.manifest import pack as pack_folder
 from loraflow.errors import UserInputError
 from loraflow.spec import CaptionPolicy, DatasetChecks, load_spec
@@ -28,12 +28,13 @@ def _run(
     min_resolution: int | None,
     max_images: int | None,
 ) -> DatasetRun:
-    checks, policy, trig, ext, clips = DatasetChecks(), CaptionPolicy(), None, "txt", None
+    checks, policy, trig, ext, clips, pairs = DatasetChecks(), CaptionPolicy(), None, "txt", None, None
     if spec is not None:
         from loraflow.engines.musubi import video_needs
 
         loaded = load_spec(spec)
         clips = video_needs(loaded)  # a musubi spec's clips are checked against its target_frames
+        pairs = pair_needs(loaded)  # an edit model's pairs
         checks, policy = loaded.dataset.checks, loaded.dataset.captions
         trig, ext = loaded.dataset.trigger_word, loaded.dataset.caption_extension
     overrides = {
@@ -42,7 +43,7 @@ def _run(
         if v is not None
     }
     checks = checks.model_copy(update=overrides)
-    return DatasetRun(src, checks, policy, trigger or trig, caption_ext or ext, clips)
+    return DatasetRun(src, checks, policy, trigger or trig, caption_ext or ext, clips, pairs)
 
 
 def show_report(report: Report, verbose: bool = False) -> None:
@@ -52,6 +53,8 @@ def show_report(report: Report, verbose: bool = False) -> None:
     if report.videos:
         table.add_row("video clips", f"{report.usable_videos} usable of {report.videos}")
     table.add_row("with captions", str(report.captioned))
+    if report.pairs:
+        table.add_row("pairs (target + controls)", str(report.pairs))
     table.add_row("size", f"{report.total_bytes / 1e6:.1f} MB")
     top = ", ".join(f"{k} x{v}" for k, v in list(report.resolutions.items())[:4])
     table.add_row("resolutions", top or "-")

@@ -16,14 +16,16 @@ from loraflow.monitor.events import EngineEvent
 from loraflow.spec import load_spec
 
 logs_app = typer.Typer(help="Read engine logs.", no_args_is_help=True)
-engines_app = typer.Typer(help="The external trainers (ai-toolkit, kohya) on this machine.", no_args_is_help=True)
+engines_app = typer.Typer(
+    help="The external trainers (ai-toolkit, kohya, musubi) on this machine.", no_args_is_help=True
+)
 PREVIEW_ROOT = "/JOB"  # stands for the job folder in previews
 
 
 def render(
     spec_path: Path = typer.Argument(..., help="The training spec."),
     engine: str | None = typer.Option(
-        None, "--engine", help="builtin, ai-toolkit, kohya or musubi (default: the spec's)."
+        None, "--engine", help="builtin, ai-toolkit, kohya, musubi or fal (default: the spec's)."
     ),
     out: Path | None = typer.Option(None, "--out", help="Write the files into this folder instead of printing."),
 ) -> None:
@@ -146,7 +148,7 @@ def parse_cmd(
 
 @engines_app.command("install")
 def install_cmd(
-    name: str = typer.Argument(..., help="ai-toolkit or kohya."),
+    name: str = typer.Argument(..., help="ai-toolkit, kohya or musubi."),
     source: Path | None = typer.Option(
         None, "--from", help="A local checkout to use (its venv is built in place; ai-toolkit: CPU)."
     ),

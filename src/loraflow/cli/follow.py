@@ -7,44 +7,13 @@ from __future__ import annotations
 
 import time
 
-from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from loraflow.cli.output import console
+from loraflow.cli.sentences import describe
 from loraflow.jobs.states import ACTIVE, JobState
-from loraflow.jobs.store import Event, Store
+from loraflow.jobs.store import Store
 from loraflow.running.control import runner_alive, start_runner
-
-QUIET = {"progress", "caching", "stage.completed", "host.acquired", "checkpoint.synced"}
-
-
-def describe(e: Event) -> str | None:
-    d = e.data
-    match e.type:
-        case "job.state":
-            return f"state: {d.get('from')} -> {d.get('to')}"
-        case "stage.started":
-            return f"stage {d.get('stage')}"
-        case "phase":
-            return f"trainer: {str(d.get('phase', '')).replace('_', ' ')}"
-        case "checkpoint.saved":
-            return f"checkpoint at step {d.get('step')}: {d.get('path')}"
-        case "sample.saved":
-            return f"sample at step {d.get('step')}: {d.get('path')}"
-        case "resumed":
-            return f"resumed from step {d.get('step')} ({d.get('checkpoint')})"
-        case "restart":
-            return f"restarting the trainer ({d.get('reason')}), attempt {d.get('attempt')} of {d.get('of')}"
-        case "stall.detected":
-            return f"[yellow]stall: {d.get('message')} -> {d.get('action')}[/yellow]"
-        case "warning" | "dataset.finding":
-            return f"[yellow]warning: {escape(str(d.get('message')))}[/yellow]"
-        case "error":
-            hint = f" — {d['hint']}" if d.get("hint") else ""
-            return f"[red]error: {escape(str(d.get('message')))}{escape(hint)}[/red]"
-        case "log":
-            return f"[dim]{escape(str(d.get('message')))}[/dim]"
-    return None if e.type in QUIET else f"{e.type} {escape(str(d))}"
 
 
 def follow(store: Store, job_id: str, after_seq: int = 0, poll_s: float = 0.3) -> JobState:
@@ -55,13 +24,13 @@ def follow(store: Store, job_id: str, after_seq: int = 0, poll_s: float = 0.3) -
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         TaskProgressColumn(),
-        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("{task.fields[steps]}"),
         TextColumn("loss {task.fields[loss]}"),
         TextColumn("{task.fields[rate]}"),
         TimeRemainingColumn(),
     ]
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("training", total=None, loss="-", rate="")
+        task = progress.add_task("starting", total=None, loss="-", rate="", steps="")
         while True:
             for e in store.events(job_id, after_seq=seq):
                 seq = e.seq
@@ -69,16 +38,23 @@ def follow(store: Store, job_id: str, after_seq: int = 0, poll_s: float = 0.3) -
                     rate = float(e.data.get("rate") or 0)
                     speed = f"{rate:.2f} it/s" if rate >= 1 else (f"{1 / rate:.2f} s/it" if rate else "")
                     loss = e.data.get("loss")
+                    step, total = e.data.get("step") or 0, e.data.get("total")
                     progress.update(
                         task,
-                        completed=e.data["step"],
-                        total=e.data["total"],
+                        description="training",
+                        completed=step,
+                        total=total,
+                        steps=f"{step}/{total} steps" if total else f"step {step}",
                         loss=f"{loss:.4f}" if isinstance(loss, (int, float)) else "-",
                         rate=speed,
                     )
                 elif e.type == "resumed":
                     progress.update(task, completed=e.data.get("step", 0))
-                line = describe(e)
+                elif e.type == "stage.started":
+                    progress.update(task, description=str(e.data.get("stage") or "working"))
+                elif e.type == "phase":
+                    progress.update(task, description=str(e.data.get("phase") or "working").replace("_", " "))
+                line = describe(e.type, e.data)
                 if line:
                     progress.console.print(line)
             job = store.get(job_id)

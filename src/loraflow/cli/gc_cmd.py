@@ -29,7 +29,9 @@ def gc(
         "(env LORAFLOW_GC_FAILED_DAYS, default 30)."
     ),
     uploads_days: float | None = typer.Option(
-        None, "--uploads-days", help="Uploads no job uses (env LORAFLOW_GC_UPLOADS_DAYS, default 7)."
+        None,
+        "--uploads-days",
+        help="Uploads no job uses (env LORAFLOW_GC_UPLOADS_DAYS, or LORAFLOW_UPLOAD_TTL_HOURS in hours; default 1).",
     ),
     include_bundles: bool = typer.Option(
         False, "--include-bundles", help="Also bundles and LoRAs, published or not (kept otherwise)."

@@ -6,10 +6,12 @@ import sys
 import time
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
 from loraflow.cli.output import console, print_json
+from loraflow.cli.sentences import describe, words
 from loraflow.errors import IllegalTransition, UserInputError
 from loraflow.hosts.base import Handle
 from loraflow.hosts.local import LocalHost
@@ -40,24 +42,33 @@ def list_jobs(
     if as_json:
         print_json([{**j.to_dict(), "queue": p.to_dict() if (p := places.get(j.id)) else None} for j in jobs])
         return
-    table = Table("name", "state", "stage", "engine", "progress", "queue", "loss", "cost", "created")
-    table.add_column("id", no_wrap=True, min_width=12)
+    console.print(jobs_table(jobs, places, console.width))
+
+
+def jobs_table(jobs: list[Job], places: dict, width: int) -> Table:
+    """The job list as a table that fits the terminal: at 80 columns the less used columns go (engine,
+    stage, loss, created) and the id is shortened to the prefix every `jobs` command accepts."""
+    wide = width >= 120
+    columns = ["id", "name", "state", "progress", "queue", "cost"]
+    if wide:
+        columns[3:3] = ["stage", "engine"]
+        columns += ["loss", "created"]
+    table = Table(*columns, pad_edge=False, box=None if not wide else box.SIMPLE_HEAD)
     for j in jobs:
-        progress = f"{j.step}/{j.total_steps}" if j.total_steps else "-"
-        loss = f"{j.loss:.4f}" if j.loss is not None else "-"
-        table.add_row(
-            escape(j.name),
-            j.state.value,
-            j.stage or "-",
-            j.engine,
-            progress,
-            places[j.id].line() if j.id in places else "-",
-            loss,
-            f"${j.cost_usd:.2f}",
-            j.created_at.strftime("%m-%d %H:%M"),
-            j.id,
-        )
-    console.print(table)
+        row = {
+            "id": j.id if wide else j.id[:8],
+            "name": escape(j.name),
+            "state": j.state.value if wide or not j.stage or j.state not in ACTIVE else f"{j.state.value}/{j.stage}",
+            "stage": j.stage or "-",
+            "engine": j.engine,
+            "progress": f"{j.step}/{j.total_steps}" if j.total_steps else "-",
+            "queue": places[j.id].line() if j.id in places else "-",
+            "loss": f"{j.loss:.4f}" if j.loss is not None else "-",
+            "cost": f"${j.cost_usd:.2f}",
+            "created": j.created_at.strftime("%m-%d %H:%M"),
+        }
+        table.add_row(*(row[c] for c in columns))
+    return table
 
 
 @app.command("show")
@@ -70,9 +81,13 @@ def show(
     if as_json:
         print_json({**data, "spec": job.spec})
         return
-    table = Table(show_header=False, title=f"job {job.id}")
+    table = Table(show_header=False, title=f"job {job.id}", box=box.SIMPLE)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
     for key, value in data.items():
-        table.add_row(key, escape(str(value)))
+        if value in (None, "", [], {}):
+            continue  # `error None` tells nobody anything
+        table.add_row(key.replace("_", " "), escape(words(value)))
     console.print(table)
 
 
@@ -91,7 +106,8 @@ def events(
         print_json([e.to_dict() for e in evs])
         return
     for e in evs:
-        console.print(f"{e.seq:5} {e.ts:%H:%M:%S} {e.type:18} {escape(str(e.data))}", markup=True)
+        line = describe(e.type, e.data) or escape(f"{e.type}: {words(e.data)}")
+        console.print(f"{e.seq:5} {e.ts:%H:%M:%S} {line}", markup=True)
 
 
 def _train_handle(job: Job) -> Handle:

@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from loraflow.cli.output import console, print_json
 from loraflow.errors import UserInputError
-from loraflow.spec import STARTER_SPEC, load_spec
+from loraflow.spec import STARTER_SPEC, advice, load_spec
 
 app = typer.Typer(help="Write and check training specs.", no_args_is_help=True)
 
@@ -46,6 +46,8 @@ def validate(
         f"[green]ok[/green] {path}: {spec.name} on {spec.base_model} with {spec.engine.name}, {length}, "
         f"rank {spec.network.rank}, resolution {t.resolution}, provider {spec.compute.provider}"
     )
+    for line in advice(spec):
+        console.print(f"[yellow]warning[/yellow] {escape(line)}")
     from loraflow.engines.installed import EngineNotInstalled, require_engine
 
     try:

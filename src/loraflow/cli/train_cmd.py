@@ -15,7 +15,7 @@ from loraflow.cli.output import console
 from loraflow.errors import UserInputError
 from loraflow.jobs.states import JobState
 from loraflow.jobs.store import Store
-from loraflow.spec import TrainSpec, load_spec
+from loraflow.spec import TrainSpec, advice, load_spec
 
 EXIT = {JobState.COMPLETED: 0, JobState.AWAITING_APPROVAL: 0, JobState.STOPPED: 0}
 
@@ -34,7 +34,9 @@ def quote_before_renting(spec: TrainSpec, force: bool) -> None:
     from loraflow.providers.vastai import VastProvider
     from loraflow.running.remote import check_budget
 
-    best = VastProvider(needs=engine_needs).offers(spec)[0]
+    # The offer search may retry for a minute when Vast.ai does not answer: say what is being waited for.
+    with console.status("asking Vast.ai for offers that fit this job (retried if it does not answer)..."):
+        best = VastProvider(needs=engine_needs).offers(spec)[0]
     est = best.estimate
     console.print(
         f"cheapest fit: {escape(str(best.offer.get('gpu_name')))} at ${est.usd_per_hour:.3f}/h, "
@@ -47,8 +49,10 @@ def submit(spec: TrainSpec, force: bool = False) -> str:
     """Check the engine, the dataset (and the budget), record the job and start its runner; returns the job id."""
     from loraflow.engines import preflight
     from loraflow.engines.installed import require_engine
+    from loraflow.engines.local_gpu import require_local_gpu
     from loraflow.running import submit as door
 
+    require_local_gpu(spec)  # flux-dev on a machine with no GPU: refused before any download
     require_engine(spec)  # before anything is made: a missing engine names its install command
     preflight(spec, force)  # a hosted engine's key and price
     try:
@@ -90,6 +94,8 @@ def train(
 ) -> None:
     """Train a LoRA from a spec. Keeps running if this terminal goes away; Ctrl-C only detaches."""
     spec = load_spec(spec_path)
+    for line in advice(spec):
+        console.print(f"[yellow]warning[/yellow] {escape(line)}")
     job_id = submit(spec, force)
     console.print(f"job {job_id} started: {escape(str(Store().get(job_id).folder))}")
     if detach:
@@ -101,7 +107,7 @@ def train(
 def demo(
     spec_path: Path | None = typer.Option(None, "--spec", help="Another demo spec (default: the one shipped)."),
 ) -> None:
-    """Train the built-in tiny model on the bundled sample dataset (CPU, about a minute), from any folder."""
+    """Train the built-in tiny model on the bundled sample dataset (CPU, a few minutes), from any folder."""
     from importlib import resources
 
     if spec_path is None:

@@ -6,7 +6,7 @@ import hashlib
 import io
 import json
 import tarfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +25,20 @@ class ManifestFile:
     caption_source: str  # "file", "captioner:<backend>", "trigger" or "none"
     source: str
     reencoded: bool
+    controls: list[str] = field(default_factory=list)  # an edit model's control images, in order (dataset/pairs.py)
 
 
 def dataset_hash(files: list[ManifestFile]) -> str:
     """Hash of what training sees (pixels' file hashes and captions), independent of timestamps."""
-    canon = json.dumps(sorted((f.name, f.sha256, f.caption) for f in files), ensure_ascii=False)
+    canon = json.dumps(sorted((f.name, f.sha256, f.caption, *f.controls) for f in files), ensure_ascii=False)
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 
 
-def write_manifest(out: Path, files: list[ManifestFile], trigger: str | None, caption_ext: str) -> str:
+def write_manifest(
+    out: Path, files: list[ManifestFile], trigger: str | None, caption_ext: str, extra: dict[str, Any] | None = None
+) -> str:
     digest = dataset_hash(files)
-    doc = {
+    doc: dict[str, Any] = {**(extra or {}),
         "format": FORMAT,
         "dataset_hash": digest,
         "trigger_word": trigger,
@@ -60,6 +63,8 @@ def pack(folder: Path, dest: Path) -> str:
         caption = Path(f["name"]).with_suffix("." + manifest["caption_extension"]).name
         if (folder / caption).exists():
             names.append(caption)
+    controls = folder / ".control"  # an edit model's control images (dataset/pairs.py)
+    names += sorted(p.relative_to(folder).as_posix() for p in controls.rglob("*") if p.is_file())
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".partial")
     with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:

@@ -8,7 +8,6 @@ empty or new, so a user's originals and earlier outputs are never overwritten.
 from __future__ import annotations
 
 import hashlib
-import re
 import shutil
 import struct
 from collections import Counter
@@ -20,6 +19,8 @@ from PIL import Image
 
 from loraflow.dataset.captions import decode_caption, finish_caption
 from loraflow.dataset.manifest import ManifestFile, pack, write_manifest
+from loraflow.dataset.names import hamming, safe_stem, stem_key
+from loraflow.dataset.pairs import PairNeeds, Pairs, match_pairs, prepared_names, split_controls, write_sample_controls
 from loraflow.dataset.sources import ArchiveLimits, Entry, open_source
 from loraflow.errors import UserInputError
 from loraflow.media.findings import Finding, Report, Severity
@@ -48,25 +49,6 @@ class _Video:
     caption: str | None
 
 
-def _stem_key(path: str) -> str:
-    pure = PurePosixPath(path)
-    return str(pure.with_suffix("")) if pure.suffix else path
-
-
-def _safe_stem(path: str, taken: set[str]) -> str:
-    stem = "__".join(PurePosixPath(_stem_key(path)).parts)
-    stem = re.sub(r"[^\w.\-]+", "_", stem, flags=re.UNICODE).strip("._") or "image"
-    candidate, n = stem, 2
-    while candidate.lower() in taken:
-        candidate, n = f"{stem}-{n}", n + 1
-    taken.add(candidate.lower())
-    return candidate
-
-
-def _hamming(a: int, b: int) -> int:
-    return (a ^ b).bit_count()
-
-
 class DatasetRun:
     """One pass over a dataset source; `check()` returns findings, `prepare()` also writes the copy."""
 
@@ -78,6 +60,7 @@ class DatasetRun:
         trigger: str | None = None,
         caption_ext: str = "txt",
         video: VideoNeeds | None = None,
+        pairs: PairNeeds | None = None,
     ) -> None:
         self.src = Path(src).expanduser()
         self.checks = checks or DatasetChecks()
@@ -88,10 +71,13 @@ class DatasetRun:
         self.images: list[_Image] = []
         self.video = video  # what the engine takes from a clip; None: the engine trains on images only
         self.videos: list[_Video] = []
+        self.pairs, self.matched = pairs, Pairs()  # an edit model's controls, by target
+        self._numbered = bool(pairs and pairs.most > 1)  # musubi's one folder of numbered controls too
 
     def _scan(self) -> None:
         limits = ArchiveLimits(self.checks.max_archive_bytes, self.checks.max_archive_files)
         entries, findings = open_source(self.src, limits)
+        entries, controls = split_controls(entries, self.pairs)
         for f in findings:
             self.report.add(f)
         cap_suffix = "." + self.caption_ext.lower()
@@ -99,7 +85,7 @@ class DatasetRun:
         others: list[Entry] = []
         for entry in entries:
             if PurePosixPath(entry.path).suffix.lower() == cap_suffix:
-                captions[_stem_key(entry.path)] = entry
+                captions[stem_key(entry.path)] = entry
             else:
                 others.append(entry)
         paired: set[str] = set()
@@ -108,6 +94,11 @@ class DatasetRun:
                 self._scan_video(entry, captions, paired)
             else:
                 self._scan_image(entry, captions, paired)
+        if self.pairs:
+            template = self.policy.template if self.policy.backend == "template" else None
+            found = [(i.entry, i.decoded.width, i.decoded.height, i.caption or template) for i in self.images]
+            self.matched = match_pairs(found, controls, self.pairs, self.report, self.checks.max_pixels)
+            self.report.pairs = sum(1 for c in self.matched.controls.values() if c)
         for key, entry in captions.items():
             if key not in paired:
                 self.report.add(
@@ -149,7 +140,7 @@ class DatasetRun:
 
     def _caption(self, entry: Entry, captions: dict[str, Entry], paired: set[str], clip: bool = False) -> str | None:
         """The caption file paired with an image or clip by stem, with findings about it."""
-        key = _stem_key(entry.path)
+        key = stem_key(entry.path)
         caption: str | None = None
         if key in captions:
             paired.add(key)
@@ -310,7 +301,7 @@ class DatasetRun:
             unique.append(img)
         for i, a in enumerate(unique):
             for b in unique[i + 1 :]:
-                distance = _hamming(a.phash, b.phash)
+                distance = hamming(a.phash, b.phash)
                 if distance <= c.near_duplicate_distance:
                     self.report.add(
                         Finding(
@@ -368,7 +359,8 @@ class DatasetRun:
             return self.report
         files = self._write(out)
         self.report.output = str(out)
-        self.report.dataset_hash = write_manifest(out, files, self.trigger, self.caption_ext)
+        extra = {"sample_controls": self.sample_controls} if self.pairs else {}
+        self.report.dataset_hash = write_manifest(out, files, self.trigger, self.caption_ext, extra)
         if pack_to:
             pack(out, Path(pack_to))
             self.report.pack = str(pack_to)
@@ -381,8 +373,9 @@ class DatasetRun:
         tmp.mkdir(parents=True)
         taken: set[str] = set()
         written: list[tuple[_Image, str, str, bytes]] = []
+        placed: dict[str, list[tuple[str, list[str]]]] = {}  # an edit model's controls, by target file
         for img in self.images:
-            stem = _safe_stem(img.entry.path, taken)
+            stem = safe_stem(img.entry.path, taken)
             name = f"{stem}.{img.decoded.extension}"
             source = img.entry.read()
             again = decode(source, img.entry.path, self.checks.max_pixels)
@@ -390,9 +383,15 @@ class DatasetRun:
             data = again.encoded(source)
             (tmp / name).write_bytes(data)
             written.append((img, stem, name, data))
+            controls = {e.path: e for e in self.matched.controls.get(img.entry.path, [])}
+            placed[name] = prepared_names(stem, list(controls.values()), self._numbered)
+            for path, names in placed[name]:
+                for control in names:  # copied as they are: the engines decode them
+                    (tmp / control).parent.mkdir(parents=True, exist_ok=True)
+                    (tmp / control).write_bytes(controls[path].read())
         clips: list[tuple[_Video, str, str, str]] = []
         for clip in self.videos:  # copied as they are: musubi decodes them itself
-            stem = _safe_stem(clip.entry.path, taken)
+            stem = safe_stem(clip.entry.path, taken)
             name = f"{stem}{PurePosixPath(clip.entry.path).suffix.lower()}"
             with clip.entry.open() as src, (tmp / name).open("wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
@@ -428,6 +427,7 @@ class DatasetRun:
                     origin,
                     img.entry.path,
                     img.decoded.reencode,
+                    [names[0] for _, names in placed[name]],
                 )
             )
         for clip, stem, name, digest in clips:  # captioners read images: a clip without a caption gets the template
@@ -438,6 +438,7 @@ class DatasetRun:
             info = clip.info
             files.append(ManifestFile(name, digest, clip.entry.size, info.width, info.height, caption, origin,
                                       clip.entry.path, False))
+        self.sample_controls = write_sample_controls(tmp, self.matched)
         if out.exists():
             out.rmdir()
         tmp.replace(out)

@@ -28,6 +28,7 @@ from loraflow.engines.aitoolkit_files import (
     sample_steps,
     save_root,
 )
+from loraflow.engines.aitoolkit_models import CONVERTIBLE, arch_of, keep_native
 from loraflow.engines.aitoolkit_parser import AitkParser
 from loraflow.engines.aitoolkit_resume import set_training_step
 from loraflow.engines.base import Command, EngineRequirements, Outcome
@@ -93,7 +94,9 @@ class AitkEngine:
         return AitkParser(spec.name)
 
     def final_lora(self, spec: TrainSpec, layout: JobLayout) -> str:
-        return str(save_root(spec, layout) / f"{spec.name}.safetensors")
+        """Wan 2.2 A14B: ai-toolkit writes no `<name>.safetensors`, only `<name>_high_noise` and `_low_noise`."""
+        suffix = "_low_noise" if spec.catalog_entry.experts else ""
+        return str(save_root(spec, layout) / f"{spec.name}{suffix}.safetensors")
 
     def checkpoints(self, spec: TrainSpec, layout: JobLayout) -> list[tuple[int, Path, bool]]:
         """(step, file, header ok) for each numbered checkpoint in the save root, by step."""
@@ -146,7 +149,10 @@ class AitkEngine:
         )
 
     def finish(self, spec: TrainSpec, layout: JobLayout) -> str:
-        return finish_lora(Path(self.final_lora(spec, layout)), layout.root, spec.name, spec.output.lora_format)
+        final = Path(self.final_lora(spec, layout))
+        if arch_of(spec) in CONVERTIBLE:
+            return finish_lora(final, layout.root, spec.name, spec.output.lora_format)
+        return keep_native(spec, final, layout.root)  # no converter knows these modules: ai-toolkit's own file
 
     def outcome(self, exit_code: int | None, final_exists: bool, parser: AitkParser | None = None) -> Outcome:
         if parser is not None and parser.nan_loss:

@@ -7,12 +7,12 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from loraflow.engines.aitoolkit_files import OUTPUT, PIN
+from loraflow.engines.aitoolkit_models import FLOW, QWEN_TE_CACHED, arch_of, dataset_extras, model_block, samples_block
 from loraflow.engines.external import dataset_count
 from loraflow.errors import UserInputError
 from loraflow.layout import JobLayout
 from loraflow.spec import TrainSpec
 
-ARCH = {"flux": "flux", "sdxl": "sdxl", "qwen_image": "qwen_image"}
 SAVE_DTYPE = {"fp16": "float16", "bf16": "bf16", "fp32": "float32"}
 
 
@@ -46,6 +46,7 @@ _NARROWER = {
     },
     "qwen_image": {"modulation": ["img_mod", "txt_mod"], "mlp": ["img_mlp", "txt_mlp"]},
 }
+_NARROWER.update(flux_kontext=_NARROWER["flux"], chroma=_NARROWER["flux"], qwen_image_edit=_NARROWER["qwen_image"])
 
 
 def network_config(spec: TrainSpec) -> dict[str, Any]:
@@ -72,32 +73,10 @@ def scheduler_config(name: str, warmup: int) -> dict[str, Any]:
 
 
 def render_config(spec: TrainSpec, layout: JobLayout, job_id: str, model_path: str) -> dict[str, Any]:
-    t, s, entry = spec.training, spec.sampling, spec.catalog_entry
-    arch = ARCH.get(entry.arch, entry.arch)
-    flow = arch in ("flux", "qwen_image")
-    quantize = t.quantize != "none"
-    model: dict[str, Any] = {
-        "name_or_path": model_path,
-        "arch": arch,
-        "quantize": quantize,
-        "quantize_te": quantize,
-        "low_vram": t.low_vram,
-    }
-    if quantize:
-        model["qtype"] = "qfloat8"
-        model["qtype_te"] = "qfloat8"
-    if arch == "qwen_image":
-        model.update(
-            {
-                "quantize": True,
-                "qtype": "uint3|ostris/accuracy_recovery_adapters/qwen_image_torchao_uint3.safetensors",
-                "quantize_te": True,
-                "qtype_te": "qfloat8",
-                "low_vram": True,
-            }
-        )
-    if entry.assistant_lora:
-        model["assistant_lora_path"] = entry.assistant_lora
+    t, s = spec.training, spec.sampling
+    arch = arch_of(spec)
+    flow = arch in FLOW
+    model = model_block(spec, model_path)
     prompts = [_no_substitution(spec.substitute_trigger(p), f"sampling.prompts[{i}]") for i, p in enumerate(s.prompts)]
     trigger = spec.dataset.trigger_word
     if trigger:
@@ -129,6 +108,7 @@ def render_config(spec: TrainSpec, layout: JobLayout, job_id: str, model_path: s
                 "cache_latents_to_disk": t.cache_latents,
                 "resolution": list(t.resolution),
                 "num_repeats": spec.dataset.repeats,
+                **dataset_extras(spec, layout),
             }
         ],
         "train": {
@@ -148,7 +128,7 @@ def render_config(spec: TrainSpec, layout: JobLayout, job_id: str, model_path: s
             "cfg_scale": t.guidance_scale,
             # `shift` is refused for ai-toolkit by the field map: its own `shift` means something else
             "timestep_type": "linear" if t.timestep_sampling == "uniform" else "sigmoid",
-            "cache_text_embeddings": cache_text or arch == "qwen_image",
+            "cache_text_embeddings": cache_text or arch in QWEN_TE_CACHED,
             "skip_first_sample": True,
             "disable_sampling": not (s.every_n_steps or s.at_end),
         },
@@ -158,7 +138,7 @@ def render_config(spec: TrainSpec, layout: JobLayout, job_id: str, model_path: s
             "sample_every": s.every_n_steps or total_steps(spec, layout),
             "width": s.width,
             "height": s.height,
-            "prompts": prompts,
+            **samples_block(spec, layout, prompts),
             "neg": "",
             "seed": s.seed,
             "walk_seed": True,

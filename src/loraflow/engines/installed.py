@@ -3,8 +3,9 @@ job before anything is made when the engine it needs is missing (instead of a Fi
 the train stage).
 
 Where an engine is looked for (the operator's configuration, never the spec of a service user):
-LORAFLOW_AITOOLKIT_DIR / LORAFLOW_KOHYA_DIR, else LORAFLOW_HOME/engines/<name> (what `loraflow engines
-install` writes: a clone at the pinned commit with its own venv, or a link to a checkout given with --from).
+LORAFLOW_AITOOLKIT_DIR / LORAFLOW_KOHYA_DIR / LORAFLOW_MUSUBI_DIR, else LORAFLOW_HOME/engines/<name> (what
+`loraflow engines install` writes: a clone at the pinned commit with its own venv, or a link to a checkout
+given with --from).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from loraflow import paths
 from loraflow.engines.external import engine_dir
 from loraflow.errors import UserInputError
 
-ENTRY = {"ai-toolkit": "run.py", "kohya": "flux_train_network.py"}  # a file every checkout of it has
+# A file every checkout of each engine has (musubi keeps its entry points under src/musubi_tuner).
+ENTRY = {"ai-toolkit": "run.py", "kohya": "flux_train_network.py", "musubi": "src/musubi_tuner/wan_train_network.py"}
 CPU_ENV_SCRIPT = Path(__file__).with_name("aitoolkit_cpu_env.sh")
 
 
@@ -60,8 +62,10 @@ def pin_of(name: str) -> tuple[str, str]:
         from loraflow.engines import aitoolkit_files as module
     elif name == "kohya":
         from loraflow.engines import kohya_files as module  # type: ignore[no-redef]
+    elif name == "musubi":
+        from loraflow.engines import musubi_files as module  # type: ignore[no-redef]
     else:
-        raise UserInputError(f"unknown external engine '{name}'", fix="use ai-toolkit or kohya")
+        raise UserInputError(f"unknown external engine '{name}'", fix=f"use one of: {', '.join(ENTRY)}")
     return module.REPO, module.PIN
 
 
@@ -141,11 +145,13 @@ def install(name: str, source: Path | None, say: Callable[[str], None]) -> Path:
     """
     repo, pin = pin_of(name)
     if source is None:
+        from loraflow.catalog import base_models
         from loraflow.engines import get_engine
         from loraflow.layout import JobLayout
         from loraflow.spec import parse_spec
 
-        spec = parse_spec({"name": "install", "dataset": {"path": "."}, "base_model": "flux-dev", "engine": name})
+        model = next(m.id for m in base_models().values() if name in m.engines)  # any model the engine trains
+        spec = parse_spec({"name": "install", "dataset": {"path": "."}, "base_model": model, "engine": name})
         files = get_engine(name).render(spec, JobLayout("/JOB"), "install", spec.base_model)
         script = next(text for file, text in files.items() if file.startswith("setup_"))
         dest = paths.home() / "engines" / name
@@ -170,5 +176,6 @@ def install(name: str, source: Path | None, say: Callable[[str], None]) -> Path:
         _run(["bash", str(CPU_ENV_SCRIPT), str(source)], say)
     elif not (source / "venv" / "bin" / "python").exists():
         _run([sys.executable, "-m", "venv", str(source / "venv")], say)
-        _run([str(source / "venv" / "bin" / "pip"), "install", "-r", "requirements.txt"], say, cwd=source)
+        what = ["-e", "."] if name == "musubi" else ["-r", "requirements.txt"]  # musubi is a package (pyproject)
+        _run([str(source / "venv" / "bin" / "pip"), "install", *what], say, cwd=source)
     return _link(name, source, say)

@@ -101,19 +101,14 @@ def train_args(spec: TrainSpec, layout: JobLayout) -> list[str]:
     """The arguments of flux_train_network.py (or sdxl_train_network.py), in FluxGym's order plus the fixes."""
     t, n = spec.training, spec.network
     entry, files = spec.catalog_entry, _model_files(spec)
-    flux = entry.arch == "flux"
+    flux = entry.arch in ("flux", "chroma")  # Chroma: flux_train_network.py --model_type chroma, no CLIP-L
     args: list[str] = []
     if flux:
-        args += [
-            "--pretrained_model_name_or_path",
-            files["transformer"],
-            "--clip_l",
-            files["clip_l"],
-            "--t5xxl",
-            files["t5xxl"],
-            "--ae",
-            files["ae"],
-        ]
+        args += ["--pretrained_model_name_or_path", files["transformer"]]
+        args += ["--clip_l", files["clip_l"]] if "clip_l" in files else []
+        args += ["--t5xxl", files["t5xxl"], "--ae", files["ae"]]
+        if entry.kohya_model_type:  # its docs: guidance 0 (the catalog's default) and the T5 attention mask
+            args += ["--model_type", entry.kohya_model_type, "--apply_t5_attn_mask"]
     else:
         args += ["--pretrained_model_name_or_path", files["checkpoint"], "--no_half_vae"]
     if t.cache_latents:
@@ -241,7 +236,7 @@ def network_args(spec: TrainSpec) -> list[str]:
 
 
 def script_name(spec: TrainSpec) -> str:
-    return "flux_train_network.py" if spec.catalog_entry.arch == "flux" else "sdxl_train_network.py"
+    return "flux_train_network.py" if spec.catalog_entry.arch in ("flux", "chroma") else "sdxl_train_network.py"
 
 
 def launcher(spec: TrainSpec, python: str, root: Path) -> list[str]:

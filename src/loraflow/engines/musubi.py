@@ -40,6 +40,7 @@ from loraflow.engines.external import (
     sync_checkpoints,
 )
 from loraflow.engines.kohya_files import PROMPTS  # the kohya family's prompt file
+from loraflow.engines.musubi_arch import family
 from loraflow.engines.musubi_config import cache_steps, dataset_toml, launcher, prompts_file, shell, train_args
 from loraflow.engines.musubi_files import (
     ARGS,
@@ -99,8 +100,8 @@ class MusubiEngine:
         )
         return {
             DATASET: dataset_toml(spec, layout),
-            PROMPTS: prompts_file(spec),
-            ARGS: json.dumps({"script": "wan_train_network.py", "args": args}, indent=2) + "\n",
+            PROMPTS: prompts_file(spec, layout),
+            ARGS: json.dumps({"script": family(spec).train_script, "args": args}, indent=2) + "\n",
             SCRIPT: script,
             SETUP: setup_script(
                 REPO,

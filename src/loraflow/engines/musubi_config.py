@@ -11,6 +11,8 @@ from typing import Any
 import tomli_w
 
 from loraflow.engines import kohya_config
+from loraflow.engines.aitoolkit_models import CONTROL_DIR, control_count, sample_controls
+from loraflow.engines.musubi_arch import family, fp8_text_flag, latent_extra
 from loraflow.engines.musubi_files import DATASET, SCRIPTS, segment_dir
 from loraflow.layout import JobLayout
 from loraflow.media.video import VIDEO_EXTENSIONS
@@ -34,6 +36,8 @@ def media_kinds(layout: JobLayout) -> set[str]:
 def dataset_toml(spec: TrainSpec, layout: JobLayout) -> str:
     """One image and one video dataset per resolution, each with its own cache folder (musubi requires it)."""
     video, kinds = video_settings(spec), media_kinds(layout)
+    if family(spec).prefix != "wan":
+        kinds = {"images"}  # the image models' caching scripts take image datasets only
     general = {
         "caption_extension": "." + spec.dataset.caption_extension,
         "batch_size": spec.training.batch_size,
@@ -46,7 +50,8 @@ def dataset_toml(spec: TrainSpec, layout: JobLayout) -> str:
         common = {"resolution": [res, res], "num_repeats": spec.dataset.repeats}
         if "images" in kinds:
             datasets.append(
-                {"image_directory": layout.dataset, "cache_directory": str(cache / f"images-{res}"), **common}
+                {"image_directory": layout.dataset, "cache_directory": str(cache / f"images-{res}"), **common,
+                 **control_directory(spec, layout)}
             )
         if "videos" in kinds:
             datasets.append(
@@ -55,9 +60,23 @@ def dataset_toml(spec: TrainSpec, layout: JobLayout) -> str:
     return tomli_w.dumps({"general": general, "datasets": datasets})
 
 
-def prompts_file(spec: TrainSpec) -> str:
-    """kohya's prompt file; `--f 1` gives one-frame samples (images), which the bundle's sample pages show."""
-    return kohya_config.prompts_file(spec, " --f 1")
+def control_directory(spec: TrainSpec, layout: JobLayout) -> dict[str, str]:
+    """An edit model's control images (dataset/pairs.py's prepared layout): the one position's folder, or for
+    several the folder of musubi's numbered names (`<stem>_0`, `<stem>_1`...)."""
+    if not spec.dataset.control:
+        return {}
+    one = control_count(spec, layout) == 1
+    return {"control_directory": str(PurePosixPath(layout.dataset, CONTROL_DIR, "1" if one else "all"))}
+
+
+def prompts_file(spec: TrainSpec, layout: JobLayout | None = None) -> str:
+    """kohya's prompt file; `--f 1` gives one-frame samples (images), which the bundle's sample pages show;
+    an edit model's prompts name their control images with `--ci` (musubi reads several)."""
+    if not (spec.dataset.control and layout):
+        return kohya_config.prompts_file(spec, " --f 1")
+    lines = kohya_config.prompts_file(spec, " --f 1").splitlines()
+    controls = sample_controls(spec, layout)
+    return "".join(line + "".join(f" --ci {c}" for c in row) + "\n" for line, row in zip(lines, controls, strict=False))
 
 
 def model_files(spec: TrainSpec) -> dict[str, str]:
@@ -67,13 +86,12 @@ def model_files(spec: TrainSpec) -> dict[str, str]:
 def train_args(spec: TrainSpec, layout: JobLayout, offset: int = 0) -> list[str]:
     """wan_train_network.py's arguments, in the order of musubi's docs/wan.md example plus loraflow's fixes."""
     t, n = spec.training, spec.network
-    entry, files = spec.catalog_entry, model_files(spec)
-    args = ["--task", str(entry.musubi_task), "--dit", files["dit"]]
-    if "dit_high_noise" in files:  # Wan 2.2 A14B: one LoRA trained over both experts, switched at the boundary
-        args += ["--dit_high_noise", files["dit_high_noise"]]
-    args += ["--vae", files["vae"], "--t5", files["t5"]]
-    if "clip" in files:
-        args += ["--clip", files["clip"]]
+    entry, files, fam = spec.catalog_entry, model_files(spec), family(spec)
+    args = ["--task", str(entry.musubi_task)] if entry.musubi_task else []
+    for role in fam.train_files:  # Wan 2.2 A14B: one LoRA trained over both experts, switched at the boundary
+        if role in files:
+            args += [f"--{role}", files[role]]
+    args += entry.musubi_args
     precision = "no" if t.precision == "fp32" else t.precision
     args += [
         "--dataset_config",
@@ -96,7 +114,7 @@ def train_args(spec: TrainSpec, layout: JobLayout, offset: int = 0) -> list[str]
         "2",
         "--persistent_data_loader_workers",
         "--network_module",
-        "networks.lora_wan",
+        fam.network,
         "--network_dim",
         str(n.rank),
         "--network_alpha",
@@ -110,6 +128,8 @@ def train_args(spec: TrainSpec, layout: JobLayout, offset: int = 0) -> list[str]
     args += ["--timestep_sampling", sampling]
     if sampling == "shift":
         args += ["--discrete_flow_shift", str(t.timestep_shift)]
+    if fam.guidance:
+        args += ["--guidance_scale", str(t.guidance_scale)]
     args += ["--seed", str(t.seed)]
     if t.steps:
         args += ["--max_train_steps", str(t.steps - offset)]
@@ -129,19 +149,20 @@ def train_args(spec: TrainSpec, layout: JobLayout, offset: int = 0) -> list[str]
 
 def cache_steps(spec: TrainSpec, layout: JobLayout, python: str, root: Path) -> list[list[str]]:
     """The two caching scripts musubi needs before training; `--skip_existing` keeps a resume from redoing them."""
-    files, config = model_files(spec), str(PurePosixPath(layout.engine, DATASET))
-    latents = [python, str(root / SCRIPTS / "wan_cache_latents.py"), "--dataset_config", config, "--vae", files["vae"]]
-    if "clip" in files:
-        latents += ["--clip", files["clip"]]
-    text = [python, str(root / SCRIPTS / "wan_cache_text_encoder_outputs.py"), "--dataset_config", config]
-    text += ["--t5", files["t5"], "--batch_size", "16"]
-    if spec.training.quantize != "none":
-        text.append("--fp8_t5")
+    files, config, fam = model_files(spec), str(PurePosixPath(layout.engine, DATASET)), family(spec)
+    latents = [python, str(root / SCRIPTS / f"{fam.prefix}_cache_latents.py"), "--dataset_config", config]
+    latents += [arg for role in fam.latent_files if role in files for arg in (f"--{role}", files[role])]
+    latents += latent_extra(spec) + spec.catalog_entry.musubi_args
+    text = [python, str(root / SCRIPTS / f"{fam.prefix}_cache_text_encoder_outputs.py"), "--dataset_config", config]
+    text += [arg for role in fam.text_files if role in files for arg in (f"--{role}", files[role])]
+    text += ["--batch_size", str(fam.text_batch), *spec.catalog_entry.musubi_args]
+    if spec.training.quantize != "none" and fp8_text_flag(spec):
+        text.append(str(fp8_text_flag(spec)))
     return [[*latents, "--skip_existing"], [*text, "--skip_existing"]]
 
 
 def launcher(spec: TrainSpec, python: str, root: Path) -> list[str]:
-    return kohya_config.launch(spec, python, str(root / SCRIPTS / "wan_train_network.py"))
+    return kohya_config.launch(spec, python, str(root / SCRIPTS / family(spec).train_script))
 
 
 def shell(steps: list[list[str]], train: list[str]) -> str:

@@ -10,8 +10,13 @@ if TYPE_CHECKING:
     from loraflow.spec import TrainSpec
 
 
+# Flow-matching transformers ai-toolkit saves in PEFT layout; the presets' layer names exist in the first five.
+FLOW_ARCHS = ("flux", "qwen_image", "flux_kontext", "qwen_image_edit", "chroma", "flux2", "wan")
+NARROWABLE = FLOW_ARCHS[:5]
+
+
 def flux_like(spec: TrainSpec) -> bool:
-    return spec.catalog_entry.arch in ("flux", "qwen_image")
+    return spec.catalog_entry.arch in FLOW_ARCHS
 
 
 def alpha_forced(spec: TrainSpec) -> Refusal | None:
@@ -28,8 +33,8 @@ def alpha_forced(spec: TrainSpec) -> Refusal | None:
 def targets_aitk(spec: TrainSpec) -> Refusal | None:
     if isinstance(spec.network.targets, list):
         return ("ai-toolkit picks layers by preset only", "use targets all, default or attention, or engine builtin")
-    if not flux_like(spec) and spec.network.targets != "default":
-        return ("the presets name Flux layers", "use targets default (the engine's own layers)")
+    if spec.catalog_entry.arch not in NARROWABLE and spec.network.targets != "default":
+        return ("the presets name Flux and Qwen-Image layers", "use targets default (the engine's own layers)")
     return None
 
 

@@ -19,6 +19,7 @@ from loraflow.field_map.conditions import (
     targets_kohya,
     warmup_aitk,
 )
+from loraflow.field_map.models import MODELS
 from loraflow.field_map.musubi import MUSUBI
 from loraflow.field_map.rules import ENGINES, Rule, refused, same, translated
 
@@ -330,3 +331,4 @@ FIELDS: dict[str, dict[str, Rule]] = {
 }
 for _field, _rule in MUSUBI.items():
     FIELDS[_field].setdefault("musubi", _rule)
+FIELDS.update(MODELS)

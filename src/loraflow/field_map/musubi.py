@@ -48,12 +48,17 @@ def _musubi_shuffle(spec: TrainSpec) -> Refusal | None:
 
 
 def _musubi_guidance(spec: TrainSpec) -> Refusal | None:
+    if spec.catalog_entry.musubi_arch in ("flux_kontext", "flux_2"):
+        return None  # `--guidance_scale`
     if spec.training.guidance_scale != 1.0:
-        return ("Wan has no guidance embedding to train with", "remove training.guidance_scale (1.0)")
+        return (f"{spec.catalog_entry.name} has no guidance embedding to train with",
+                "remove training.guidance_scale (1.0)")
     return None
 
 
 def _musubi_swap(spec: TrainSpec) -> Refusal | None:
+    if spec.catalog_entry.musubi_arch != "wan":
+        return None  # musubi checks the other families' limits itself (docs/flux_2.md's table)
     most = 29 if spec.catalog_entry.musubi_task == "t2v-1.3B" else 39
     if spec.training.blocks_to_swap > most:
         return (f"{spec.catalog_entry.name} has {most + 1} blocks and musubi keeps at least one on the GPU",
@@ -79,7 +84,8 @@ def _musubi_format(spec: TrainSpec) -> Refusal | None:
 
 
 MUSUBI: dict[str, Rule] = {
-    "base_model (flux-schnell)": same("Not a musubi model: the catalog offers musubi for the Wan models only."),
+    "base_model (flux-schnell)": same("Not a musubi model: the catalog offers musubi for Wan, FLUX.2, Kontext and "
+                                      "Qwen-Image-Edit."),
     "engine.version": same("The pin the set-up script installs.", pin("musubi"), "unless the pin"),
     "engine.options": translated(
         "The video keys (target_frames, frame_extraction, frame_stride, frame_sample, max_frames, source_fps) go "
@@ -125,16 +131,18 @@ MUSUBI: dict[str, Rule] = {
     "training.seed": same("`--seed`."),
     "training.precision": same("`--mixed_precision` (fp32: no)."),
     "training.cache_latents": translated(
-        "Always pre-cached by wan_cache_latents.py (musubi trains only from caches and applies no augmentation)."
+        "Always pre-cached by <family>_cache_latents.py (musubi trains only from caches, no augmentation)."
     ),
     "training.cache_text_embeddings": translated(
-        "Always pre-cached by wan_cache_text_encoder_outputs.py (a frozen T5 gives the same result)."
+        "Always pre-cached by <family>_cache_text_encoder_outputs.py (a frozen encoder gives the same result)."
     ),
     "training.timestep_sampling": same("uniform, sigmoid (sigmoid_scale 1), shift; logit_normal is `sigmoid`."),
     "training.timestep_shift": same("`--discrete_flow_shift`."),
-    "training.guidance_scale": refused("unless 1.0", _musubi_guidance),
+    "training.guidance_scale": same("`--guidance_scale` (FLUX.2, Kontext).", _musubi_guidance,
+                                    "unless 1.0 for Wan and Qwen-Image-Edit"),
     "training.quantize": translated(
-        "fp8 and qfloat8: `--fp8_base --fp8_scaled` (and `--fp8_t5` while caching).",
+        "fp8 and qfloat8: `--fp8_base --fp8_scaled` (and the text encoder's fp8 flag while caching: `--fp8_t5`, "
+        "`--fp8_vl`, `--fp8_text_encoder`; none for FLUX.2 [dev]'s Mistral).",
         nf4("musubi", "use quantize fp8"),
         "for nf4",
     ),

@@ -42,6 +42,7 @@ class Report:
     usable_images: int = 0
     videos: int = 0  # clips found (only scanned for an engine that trains on video)
     usable_videos: int = 0
+    pairs: int = 0  # targets with their control images (edit models)
     captioned: int = 0
     total_bytes: int = 0
     resolutions: dict[str, int] = field(default_factory=dict)
@@ -74,6 +75,7 @@ class Report:
             "images": self.images,
             "usable_images": self.usable_images,
             "captioned": self.captioned,
+            "pairs": self.pairs,
             "total_bytes": self.total_bytes,
             "resolutions": self.resolutions,
             "dataset_hash": self.dataset_hash,

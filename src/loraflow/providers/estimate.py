@@ -46,6 +46,8 @@ def model_kind(spec: TrainSpec) -> str:
     if spec.base_model == "tiny-flux":
         return "tiny"
     arch = spec.catalog_entry.arch
+    if spec.catalog_entry.estimate_kind:
+        return spec.catalog_entry.estimate_kind
     if arch == "wan":
         return {"t2v-1.3B": "wan-1.3b", "t2v-A14B": "wan-a14b"}.get(str(spec.catalog_entry.musubi_task), "wan-14b")
     return {"qwen_image": "qwen-image"}.get(arch, arch if arch in ("flux", "sdxl") else "flux")

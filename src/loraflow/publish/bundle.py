@@ -46,6 +46,22 @@ def collect_samples(samples_dir: Path) -> list[dict[str, Any]]:
 GRID_CELL, GRID_LEFT, GRID_TOP = 256, 96, 44  # image cell, step label column, prompt header (px)
 
 
+def sample_controls(layout: JobLayout, items: list[dict[str, Any]]) -> dict[str, bytes]:
+    """An edit model's samples beside the control images they were made from (`samples/controls/<prompt>_<k>.png`,
+    named in each prompt's `controls`), from the prepared dataset (dataset/pairs.py)."""
+    manifest = Path(layout.dataset) / "manifest.json"
+    rows = json.loads(manifest.read_text(encoding="utf-8")).get("sample_controls") if manifest.is_file() else None
+    files: dict[str, bytes] = {}
+    for row in rows or []:
+        for name in row:
+            files[f"samples/controls/{Path(name).name}"] = (Path(layout.dataset) / name).read_bytes()
+    for item in items:
+        index = int(Path(item["file"]).stem) if Path(item["file"]).stem.isdigit() else None
+        if rows and index is not None and index < len(rows):
+            item["controls"] = [f"controls/{Path(name).name}" for name in rows[index]]
+    return files
+
+
 def sample_grid(samples_dir: Path, items: list[dict[str, Any]], max_rows: int = 4) -> bytes | None:
     """One row per sample step (the last few), one column per prompt, labelled with the step on the left
     and the prompt on top, so the grid reads on its own in a model card or a notebook."""
@@ -107,6 +123,7 @@ def bundle_files(store: Store, job: Job, checkpoint_step: int | None = None) -> 
     items = collect_samples(samples_dir)
     for item in items:
         files[f"samples/{item['file']}"] = (samples_dir / item["file"]).read_bytes()
+    files.update(sample_controls(layout, items))
     if items:
         files["samples/prompts.json"] = (json.dumps(items, indent=2, ensure_ascii=False) + "\n").encode()
     grid = sample_grid(samples_dir, items)

@@ -31,7 +31,7 @@ class Prepare(StageBase):
     state = JobState.PREPARING
 
     def run(self, ctx: RunContext) -> JobState | None:
-        from loraflow.dataset import DatasetRun
+        from loraflow.dataset import DatasetRun, pair_needs
         from loraflow.engines.musubi import video_needs
 
         dataset = Path(ctx.layout.dataset)
@@ -44,7 +44,9 @@ class Prepare(StageBase):
         if ctx.place.captions_on_host():  # captioned on the GPU host
             policy = policy.model_copy(update={"backend": "existing"})
         clips = video_needs(ctx.spec)  # musubi's clips are prepared with the images
-        report = DatasetRun(d.path, d.checks, policy, d.trigger_word, d.caption_extension, clips).prepare(dataset)
+        pairs = pair_needs(ctx.spec)  # an edit model's control images, matched to the targets by name
+        run = DatasetRun(d.path, d.checks, policy, d.trigger_word, d.caption_extension, clips, pairs)
+        report = run.prepare(dataset)
         for finding in report.findings:
             if finding.severity.value != "info":
                 ctx.store.append_event(ctx.job_id, "dataset.finding", finding.to_dict())

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from loraflow.dataset import DatasetRun
+from loraflow.dataset import DatasetRun, pair_needs
 from loraflow.errors import Refused, SpecError
 from loraflow.jobs.states import ACTIVE
 from loraflow.jobs.store import Job, Store
@@ -167,7 +167,8 @@ def check_dataset(spec: TrainSpec, config: ServiceConfig | None) -> DatasetRepor
     from loraflow.engines.musubi import video_needs  # clips are checked for the engine that trains on them
 
     d = spec.dataset
-    report = DatasetRun(d.path, d.checks, d.captions, d.trigger_word, d.caption_extension, video_needs(spec)).check()
+    needs = video_needs(spec), pair_needs(spec)
+    report = DatasetRun(d.path, d.checks, d.captions, d.trigger_word, d.caption_extension, *needs).check()
     if not report.ok:
         raise DatasetUnfit(report)
     if config is not None and report.usable_images > config.max_images:

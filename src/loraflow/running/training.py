@@ -35,8 +35,8 @@ from loraflow.running.following import (
 )
 
 # Failures a restart cannot fix (or that the stall policy says to fail on).
-NOT_RETRYABLE = {"oom", "hf_gated", "hf_auth", "bad_input", "missing_file", "disk_full", "stalled", "nan_loss",
-                 "fal_auth", "fal_failed"}
+NOT_RETRYABLE = {"oom", "hf_gated", "hf_auth", "bad_input", "bad_model", "missing_file", "disk_full", "stalled",
+                 "nan_loss", "fal_auth", "fal_failed"}
 COLLECT_EVERY_S = 5.0
 
 

@@ -9,6 +9,7 @@
 # part: the sections (models, dataset, compute, targets), secret detection (secret_scan), catalog
 # defaults (resolving), hosted-engine refusals (hosted), error wording (explain), parsing and loading.
 
+from loraflow.spec.advice import advice
 from loraflow.spec.compute import ComputeSpec, GpuRequirements, SshTarget
 from loraflow.spec.dataset import CaptionPolicy, DatasetChecks, DatasetSpec
 from loraflow.spec.explain import explain
@@ -68,6 +69,7 @@ __all__ = [
     "TrainSpec",
     "TrainingSpec",
     "WandbSpec",
+    "advice",
     "explain",
     "load_spec",
     "parse_spec",

@@ -96,8 +96,24 @@ class DatasetSpec(Strict):
     caption_extension: str = Field("txt", description="Extension of caption files paired by stem.")
     repeats: int = Field(1, ge=1, description="How many times each image is seen per epoch.")
     nsfw: bool = Field(False, description="Labels the job and the model; never filters images or captions.")
+    control: str | None = Field(
+        None,
+        description="Edit models (Kontext, Qwen-Image-Edit; FLUX.2 optionally): the subfolder of dataset.path holding "
+        "the control images, paired with the targets by name: control/a.png for a.jpg, or control/a_0.png, "
+        "control/a_1.png... for several. Each target's caption is its instruction.",
+    )
     captions: CaptionPolicy = Field(default_factory=CaptionPolicy)
     checks: DatasetChecks = Field(default_factory=DatasetChecks)
+
+    @field_validator("control")
+    @classmethod
+    def _control(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = value.strip().strip("/").split("/")
+        if value.startswith(("/", "~", "\\")) or any(p in ("", ".", "..") for p in parts):
+            raise ValueError("give the control folder's name inside dataset.path, e.g. 'control'")
+        return "/".join(parts)
 
     @field_validator("caption_extension")
     @classmethod

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from loraflow.field_map.schema import unwrap_models
+from loraflow.spec.aliases import other_trainer_key
 from loraflow.spec.models import TrainSpec
 
 
@@ -50,8 +51,13 @@ def explain(error: ValidationError) -> list[str]:
         path = _format_loc(loc)
         if err["type"] == "extra_forbidden":
             key = str(loc[-1])
+            section = _format_loc(loc[:-1]) if len(loc) > 1 else ""
+            theirs = other_trainer_key(section, key)
             close = difflib.get_close_matches(key, _fields_at(loc), n=1, cutoff=0.5)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
+            if theirs:
+                hint = f" Did you mean '{theirs}'? ('{key}' is another trainer's name for it.)"
+            else:
+                hint = f" Did you mean '{close[0]}'?" if close else ""
             lines.append(f"{path}: unknown key.{hint}")
         elif err["type"] == "missing":
             lines.append(f"{path}: required key is missing.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,34 @@ def read_yaml(text: str) -> tuple[Any, list[str]]:
         loader.dispose()
 
 
+# The file each kind of diffusers pipeline part keeps its settings in (tokenizers have several kinds).
+_PART_CONFIG = {"scheduler": ("scheduler_config.json",), "tokenizer": ("tokenizer_config.json", "tokenizer.json")}
+
+
+def model_folder_problems(folder: Path, shown: str) -> list[str]:
+    """A diffusers folder with a part missing or half-copied, named before anything starts: loading it fails
+    the same way on every restart, minutes into the job (diffusers: "no file named config.json")."""
+    index = folder / "model_index.json"
+    if not index.is_file():
+        return []  # a single-file or engine-specific layout: the engine judges it
+    try:
+        parts = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return [f"base_model: {shown}/model_index.json is not valid JSON. Fix: re-save the model with save_pretrained."]
+    problems = []
+    for name, value in parts.items():
+        if name.startswith("_") or not isinstance(value, list) or not value or value[0] is None:
+            continue
+        kind = "tokenizer" if name.startswith("tokenizer") else name if name == "scheduler" else None
+        wanted = _PART_CONFIG.get(kind or "", ("config.json",))
+        if not any((folder / name / file).is_file() for file in wanted):
+            problems.append(
+                f"base_model: {shown}/{name} has no {' or '.join(wanted)} (the folder is incomplete). Fix: copy or "
+                "download the model again, or re-save it with save_pretrained."
+            )
+    return problems
+
+
 def _local_problems(raw: dict[str, Any], folder: Path, check_dataset: bool) -> list[str]:
     """Paths in a spec file that must exist on this machine: a base-model folder, and (for validate) the dataset."""
     problems: list[str] = []
@@ -56,6 +85,8 @@ def _local_problems(raw: dict[str, Any], folder: Path, check_dataset: bool) -> l
             f"base_model: '{base}' is neither a catalog id ({', '.join(catalog.base_models())})"
             " nor an existing model folder."
         )
+    elif local_model:
+        problems += model_folder_problems(folder / Path(str(base)).expanduser(), str(base))
     data = raw.get("dataset")
     path = data.get("path") if isinstance(data, dict) else None
     if check_dataset and isinstance(path, str) and path.strip():

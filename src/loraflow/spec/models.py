@@ -74,7 +74,13 @@ class TrainingSpec(Strict):
             raise ValueError("give at least one resolution, e.g. [1024]")
         for res in value:
             if res < 16 or res % 16:
-                raise ValueError(f"{res} is not a multiple of 16 of at least 16")
+                down, up = max(16, res // 16 * 16), max(16, -(-res // 16) * 16)
+                near = f"{down}" if down == up else f"{down} or {up}"
+                usual = min((512, 768, 1024, 1280, 1536), key=lambda size: abs(size - res))
+                raise ValueError(
+                    f"{res} is not a multiple of 16 of at least 16; use {near} (the nearest), or {usual}"
+                    " (a size models are usually trained at)"
+                )
         return sorted(set(value))
 
     @model_validator(mode="after")
@@ -97,6 +103,11 @@ class SamplingSpec(Strict):
     seed: int = 42
     guidance_scale: float = Field(3.5, ge=0)
     steps: int = Field(20, ge=1, le=1000)
+    controls: list[str | list[str]] = Field(
+        default_factory=list,
+        description="Edit models: the control image(s) each prompt edits, by file name in dataset.control (one "
+        "entry: every prompt). Empty: the first pair's controls.",
+    )
 
 
 class CheckpointSpec(Strict):
@@ -134,8 +145,9 @@ class TrainSpec(Strict):
     name: str = Field(description="Job and output name: letters, digits, dash, underscore, dot.")
     dataset: DatasetSpec
     base_model: str = Field(
-        description="Catalog id (tiny-flux, flux-dev, flux-schnell, sdxl, qwen-image, wan2.1-t2v-1.3b, "
-        "wan2.1-t2v-14b, wan2.2-t2v-a14b) or a local folder."
+        description="Catalog id (tiny-flux, flux-dev, flux-schnell, sdxl, qwen-image, flux2-dev, flux2-klein-base-4b, "
+        "flux2-klein-base-9b, flux-kontext-dev, qwen-image-edit-2509, qwen-image-edit-2511, chroma, wan2.1-t2v-1.3b, "
+        "wan2.1-t2v-14b, wan2.1-i2v-14b, wan2.2-t2v-a14b, wan2.2-i2v-a14b) or a local folder."
     )
     model_family: str | None = Field(
         None, description="For a local base-model folder: the catalog id whose defaults apply (default flux-dev)."
@@ -159,6 +171,27 @@ class TrainSpec(Strict):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value):
             raise ValueError("use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
         return value
+
+    @model_validator(mode="after")
+    def _pairs(self) -> TrainSpec:
+        """Pairs where the model needs them, none where it cannot use them (named before anything starts)."""
+        entry, control = self.catalog_entry, self.dataset.control
+        if entry.edit and not control:
+            raise ValueError(f"dataset.control: {entry.name} trains on pairs; name the subfolder of the dataset that "
+                             "holds the control images (e.g. control)")
+        if control and not entry.controls:
+            raise ValueError(f"dataset.control: {entry.name} does not train from control images; remove it or use "
+                             "an edit model (flux-kontext-dev, qwen-image-edit-2509, qwen-image-edit-2511)")
+        named = self.sampling.controls
+        if named and not control:
+            raise ValueError("sampling.controls: control images are named for samples but dataset.control is unset")
+        if len(named) > 1 and len(named) != len(self.sampling.prompts):
+            raise ValueError(f"sampling.controls: {len(named)} entries for {len(self.sampling.prompts)} prompts; "
+                             "give one per prompt, or one for all")
+        for i, item in enumerate(named):
+            if isinstance(item, list) and not 0 < len(item) <= entry.controls:
+                raise ValueError(f"sampling.controls[{i}]: give 1 to {entry.controls} control images")
+        return self
 
     @property
     def catalog_entry(self) -> catalog.BaseModel:

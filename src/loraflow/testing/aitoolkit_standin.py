@@ -126,11 +126,20 @@ class _LossLog:
         self.conn.close()
 
 
-def _sample(root: Path, step: int, prompts: list[str]) -> None:
+def _sample_items(sample: dict[str, Any]) -> list[dict[str, Any]]:
+    """SampleConfig's items: `samples` as given, or the legacy `prompts` list."""
+    return sample.get("samples") or [{"prompt": p} for p in sample.get("prompts", [])]
+
+
+def _sample(root: Path, step: int, items: list[dict[str, Any]]) -> None:
     (root / "samples").mkdir(exist_ok=True)
-    for i, _prompt in enumerate(prompts):
+    for i, item in enumerate(items):
         stamp = int(time.time() * 1000)
         image = Image.new("RGB", (32, 32), (step % 255, 40 * i % 255, 90))
+        controls = [item[k] for k in ("ctrl_img", "ctrl_img_1", "ctrl_img_2", "ctrl_img_3") if item.get(k)]
+        for path in controls:  # base_model.generate_images opens each control image (a missing one raises)
+            with Image.open(path) as ctrl:
+                image.paste(ctrl.convert("RGB").resize((16, 16)))
         image.save(root / "samples" / f"{stamp}__{step:09d}_{i}.jpg")
 
 
@@ -218,6 +227,13 @@ def run(config_path: str) -> int:
     images = [
         p for p in Path(dataset["folder_path"]).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp")
     ]
+    controls = dataset.get("control_path")
+    folders = [controls] if isinstance(controls, str) else (controls or [])
+    for image in images:  # FileItemDTO: a target's control is the same stem in each control folder
+        if folders and not any(Path(f, image.stem + ext).exists() for f in folders for ext in (".jpg", ".png",
+                                                                                              ".jpeg", ".webp")):
+            print(f"Error running job: no control image for {image}")
+            return 1
     for res in dataset["resolution"]:
         print(f"Dataset: {dataset['folder_path']}")
         print(f"  -  Found {len(images)} images")
@@ -263,7 +279,7 @@ def run(config_path: str) -> int:
                     bar.unpause()
                 if sampling and every and step % every == 0:
                     bar.pause()
-                    _sample(root, step, sample["prompts"])
+                    _sample(root, step, _sample_items(sample))
                     bar.unpause()
                 logger.log(step, loss, lr)
             logger.commit()
@@ -285,7 +301,7 @@ def run(config_path: str) -> int:
     bar.close()
     _save(root, name, total, int(net["linear"]), meta, final=True)
     if sampling:
-        _sample(root, total, sample["prompts"])
+        _sample(root, total, _sample_items(sample))
     logger.close()
     return 0
 

@@ -19,15 +19,21 @@ def oom_hint(message: str) -> str:
     )
 
 
-def failure(text: str) -> tuple[str, str]:
-    """The error code and hint for what ended the run: the runner shows these, not the traceback."""
-    from loraflow.hints import HINTS
+def failure(text: str, exc: BaseException | None = None) -> tuple[str, str]:
+    """The error code and hint for what ended the run: the runner shows these, not the traceback.
+
+    The code decides whether a restart can help: a bad model folder or bad input fails at once (a restart
+    would print the same error again), a crash or a GPU fault is restarted from the last checkpoint."""
+    from loraflow.errors import UserInputError
+    from loraflow.hints import match_hint
 
     if "OutOfMemoryError" in text or "out of memory" in text.lower():
         return "oom", oom_hint(text)
-    fault = next(h for h in HINTS if h.code == "cuda_fault")
-    if fault.pattern.search(text):
-        return fault.code, fault.hint
+    if isinstance(exc, UserInputError):
+        return "bad_input", exc.fix or ""
+    hint = match_hint(text)
+    if hint is not None:
+        return hint.code, hint.hint
     return "crash", ""
 
 
@@ -56,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the runner gets a typed error event; the traceback stays in the log
         traceback.print_exc()
         text = f"{type(exc).__name__}: {exc}"
-        code, hint = failure(text)
+        code, hint = failure(text, exc)
         emit("error", code=code, message=text[:2000], hint=hint)
         return 1
 
