@@ -220,3 +220,21 @@ def test_diffusers_own_converter_reads_every_flux_key_the_check_accepts(tmp_path
     with pytest.raises(ValueError, match="Incompatible keys"):
         FluxPipeline.lora_state_dict(str(wrong_path))
     assert DIMS.inner == 32  # the stand-ins' files are narrow: only the check's own rules judge them
+
+
+def test_kontext_is_judged_as_flux_and_an_architecture_without_rules_still_by_its_values(tmp_path: Path) -> None:
+    path = write(tmp_path, diffusers_lora(16, 1), "kontext.safetensors")
+    assert check_file(path, flux(arch="flux_kontext")).ok
+    bad = write(tmp_path, {"transformer.nope.lora_A.weight": torch.ones(16, 8),
+                           "transformer.nope.lora_B.weight": torch.ones(8, 16)}, "nope.safetensors")
+    assert check_file(bad, flux(arch="flux_kontext")).code == "lora_invalid"
+    # FLUX.2 has no key rules here: names pass, but an all-zero B is still inert and a wrong rank invalid
+    flux2 = flux(arch="flux2", geometry=None)
+    assert check_file(bad, flux2).ok
+    odd = write(tmp_path, {"transformer.x.lora_A.weight": torch.ones(16, 8),
+                           "transformer.x.lora_B.weight": torch.ones(8, 4)}, "odd.safetensors")
+    assert "do not multiply" in check_file(odd, flux2).message
+    zero = write(tmp_path, {"transformer.blocks.0.attn.qkv.lora_A.weight": torch.ones(16, 8),
+                            "transformer.blocks.0.attn.qkv.lora_B.weight": torch.zeros(8, 16)}, "zero.safetensors")
+    verdict = check_file(zero, flux2)
+    assert verdict.code == "lora_inert" and "no key rules for flux2" in verdict.note

@@ -21,14 +21,20 @@ from loraflow.lora_check.reading import Unreadable, open_tensors
 # Prefixes the same weight carries in different files (ComfyUI single files, diffusers folders, kohya's).
 PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "unet.", "model.")
 # Depth of the catalog's models, for when their config is not on this machine (their diffusers configs:
-# FLUX.1 num_layers 19 / num_single_layers 38; Qwen-Image num_layers 60; Wan 2.1 1.3B 30 and 14B 40 blocks).
+# FLUX.1 and Kontext num_layers 19 / num_single_layers 38; Qwen-Image and its Edit num_layers 60; Wan 1.3B 30
+# and every 14B model 40 blocks).
 CATALOG_GEOMETRY: dict[str, dict[str, int]] = {
     "flux-dev": {"double": 19, "single": 38},
     "flux-schnell": {"double": 19, "single": 38},
+    "flux-kontext-dev": {"double": 19, "single": 38},
     "qwen-image": {"blocks": 60},
+    "qwen-image-edit-2509": {"blocks": 60},
+    "qwen-image-edit-2511": {"blocks": 60},
     "wan2.1-t2v-1.3b": {"blocks": 30},
     "wan2.1-t2v-14b": {"blocks": 40},
     "wan2.2-t2v-a14b": {"blocks": 40},
+    "wan2.2-i2v-a14b": {"blocks": 40},
+    "wan2.1-i2v-14b": {"blocks": 40},
 }
 
 

@@ -158,21 +158,30 @@ def _sdxl(stem: str) -> ModuleKey | None:
 
 
 PARSERS: dict[str, Callable[[str], ModuleKey | None]] = {"flux": _flux, "qwen_image": _qwen, "wan": _wan, "sdxl": _sdxl}
+# Same denoiser, same LoRA keys: FLUX.1 Kontext is FLUX.1 [dev]'s transformer, Qwen-Image-Edit Qwen-Image's.
+SAME_KEYS = {"flux_kontext": "flux", "qwen_image_edit": "qwen_image"}
+
+
+def rules_for(arch: str) -> str | None:
+    """The architecture whose key rules apply, or None where loraflow has none (then every module is checked
+    for its shapes, values and update, but not its name)."""
+    arch = SAME_KEYS.get(arch, arch)
+    return arch if arch in PARSERS else None
 
 
 def parse(arch: str, stem: str) -> ModuleKey | None:
-    """The module a key stem names in this architecture, or None when no loader of it knows the key."""
-    parser = PARSERS.get(arch)
-    return parser(stem) if parser else None
-
-
-def known_arch(arch: str) -> bool:
-    return arch in PARSERS
+    """The module a key stem names in this architecture, or None when no loader of it knows the key; for an
+    architecture without rules, every stem is its own module."""
+    rules = rules_for(arch)
+    if rules is None:
+        return ModuleKey(stem, "any", stem, (stem,), ())
+    return PARSERS[rules](stem)
 
 
 def required(arch: str, targets: str | list[str]) -> dict[str, list[str]]:
     """Modules every block of a stream must adapt for a target preset (the set every engine's translation of
     the preset includes); a module list names its own modules, so only the architecture's keys are checked."""
+    arch = rules_for(arch) or ""
     if isinstance(targets, list):
         return {}
     wide, every = targets in ("default", "all"), targets == "all"
@@ -192,6 +201,7 @@ def required(arch: str, targets: str | list[str]) -> dict[str, list[str]]:
 
 def expected_blocks(arch: str, geometry: dict[str, int] | None) -> dict[str, list[str]]:
     """Each stream's block names: SDXL's are fixed, the DiTs' come from the model's depth when known."""
+    arch = rules_for(arch) or ""
     if arch == "sdxl":
         return {"unet": list(SDXL_BLOCKS)}
     return {stream: [str(i) for i in range(n)] for stream, n in (geometry or {}).items()}
