@@ -22,13 +22,16 @@ from tests.publish.test_s3 import s3, s3_endpoint  # noqa: F401 - fixtures
 
 
 def with_s3(path: Path, endpoint: str) -> Path:
+    """The spec with an S3 target under a prefix of its own (moto's buckets outlive one test)."""
     spec = yaml.safe_load(path.read_text())
-    spec["publish"] = {"targets": [{"type": "s3", "bucket": "loras", "prefix": "u", "endpoint_url": endpoint}]}
+    prefix = f"inert-{path.parent.name}"
+    spec["publish"] = {"targets": [{"type": "s3", "bucket": "loras", "prefix": prefix, "endpoint_url": endpoint}]}
     path.write_text(yaml.safe_dump(spec))
     return path
 
 
 def assert_inert_and_unpublished(cli, s3, checkpoints: list[int]) -> None:  # noqa: F811 - the fixture
+    """Failed with lora_inert; nothing packaged; nothing under the job's S3 prefix."""
     store = Store()
     job = store.list_jobs()[0]
     assert job.state is JobState.FAILED, job.error
@@ -39,7 +42,8 @@ def assert_inert_and_unpublished(cli, s3, checkpoints: list[int]) -> None:  # no
     started = [e.data["stage"] for e in store.events(job.id, types=["stage.started"])]
     assert "check" in started and "package" not in started and "publish" not in started
     assert job.outputs.bundle is None and job.outputs.published == []
-    assert s3.list_objects_v2(Bucket="loras").get("KeyCount", 0) == 0
+    prefix = job.train_spec.publish.targets[0].prefix
+    assert s3.list_objects_v2(Bucket="loras", Prefix=prefix).get("KeyCount", 0) == 0
     assert cli("publish", job.id).code == 2
 
 

@@ -29,7 +29,8 @@ def write_spec(tmp_path: Path, endpoint: str, **training: object) -> Path:
         "training": {"steps": 20, **training},
         "sampling": {"prompts": ["[trigger] on the moon"], "every_n_steps": 0, "at_end": False},
         "checkpointing": {"every_n_steps": 10, "keep_last": 5},
-        "publish": {"targets": [{"type": "s3", "bucket": "loras", "prefix": "u", "endpoint_url": endpoint}]},
+        # a prefix of its own: moto's buckets outlive one test
+        "publish": {"targets": [{"type": "s3", "bucket": "loras", "prefix": tmp_path.name, "endpoint_url": endpoint}]},
     }
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -59,10 +60,10 @@ def test_a_spec_that_trains_nothing_fails_lora_inert_and_is_never_published(
     started = [e.data["stage"] for e in store.events(job.id, types=["stage.started"])]
     assert started[-1] == "check" and "package" not in started and "publish" not in started
     assert job.outputs.bundle is None and job.outputs.published == []
-    assert s3.list_objects_v2(Bucket="loras").get("KeyCount", 0) == 0
+    assert s3.list_objects_v2(Bucket="loras", Prefix=tmp_path.name).get("KeyCount", 0) == 0
     refused = cli("publish", job.id)
     assert refused.code == 2 and "failed" in refused.out + refused.err
-    assert s3.list_objects_v2(Bucket="loras").get("KeyCount", 0) == 0
+    assert s3.list_objects_v2(Bucket="loras", Prefix=tmp_path.name).get("KeyCount", 0) == 0
 
 
 def test_a_trained_job_passes_the_check_and_is_published(
@@ -79,4 +80,4 @@ def test_a_trained_job_passes_the_check_and_is_published(
     assert final["live_modules"] == final["modules"] > 0
     assert final["judged_against"].startswith("base weights") and final["largest_update"] > 1e-3
     assert failed_checkpoints(job.outputs) == []
-    assert s3.list_objects_v2(Bucket="loras")["KeyCount"] > 0
+    assert s3.list_objects_v2(Bucket="loras", Prefix=tmp_path.name)["KeyCount"] > 0

@@ -37,6 +37,7 @@ def test_every_stand_in_layout_of_a_trained_flux_lora_passes(tmp_path: Path) -> 
     ):
         verdict = check_file(write(tmp_path, state, name), exp)
         assert verdict.ok, (name, verdict)
+        assert "kohya" not in name or "not consulted: it knows FLUX.1's width only" in verdict.note
         assert verdict.live_modules == verdict.modules > 0
         assert verdict.judged_against.startswith("an absolute floor")
 
@@ -207,7 +208,8 @@ def test_diffusers_own_converter_reads_every_flux_key_the_check_accepts(tmp_path
     kohya = to_kohya_layout(diffusers_modules(state, 1.0), FluxDims(inner=3072, mlp=12288))
     exp = flux(rank=1, alpha=1.0)
     kohya_path = write(tmp_path, kohya, "kohya.safetensors")
-    assert check_file(kohya_path, exp).ok
+    verdict = check_file(kohya_path, exp)
+    assert verdict.ok and verdict.note == "diffusers' kohya-Flux converter reads every key"
     converted = FluxPipeline.lora_state_dict(str(kohya_path))
     assert converted and all(k.startswith("transformer.") for k in converted)
     back = write(tmp_path, {k: v for k, v in converted.items() if not k.endswith(".alpha")}, "back.safetensors")

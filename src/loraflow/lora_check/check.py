@@ -24,6 +24,7 @@ import numpy as np
 
 from loraflow.lora_check import keys as K
 from loraflow.lora_check.base import BaseWeights
+from loraflow.lora_check.diffusers_judge import diffusers_refusal
 from loraflow.lora_check.reading import Unreadable, open_tensors
 
 REL_FLOOR = 1e-6  # an update a millionth of its layer's weights: below bf16's and fp16's resolution many times
@@ -83,7 +84,7 @@ def check_file(path: Path, exp: Expectation, base: BaseWeights | None = None, st
     name = path.name if step is None else f"checkpoints/step-{step:06d}/{path.name}"
     try:
         with open_tensors(path) as f:
-            return _check(f, name, exp, base, step)
+            return _check(f, path, name, exp, base, step)
     except Unreadable as exc:
         return FileVerdict(name, INVALID, str(exc), "the file was cut short or is not safetensors", step)
 
@@ -140,7 +141,21 @@ def _block_order(block: str) -> tuple[int, str]:
     return (int(block), "") if block.isdigit() else (0, block)
 
 
-def _check(f: Any, name: str, exp: Expectation, base: BaseWeights | None, step: int | None) -> FileVerdict:
+def _kohya_flux(exp: Expectation, modules: dict[str, _Module]) -> bool:
+    return K.rules_for(exp.arch) == "flux" and any(stem.startswith("lora_unet_") for stem in modules)
+
+
+def _flux_width(f: Any, modules: dict[str, _Module]) -> int | None:
+    """The model width a Flux file was trained at: what a double block's image attention takes in."""
+    for stem, m in modules.items():
+        if stem.endswith(("_img_attn_qkv", ".attn.to_q")) and "down" in m.tensors:
+            return int(f.shape(m.tensors["down"])[1])
+    return None
+
+
+def _check(
+    f: Any, path: Path, name: str, exp: Expectation, base: BaseWeights | None, step: int | None
+) -> FileVerdict:
     modules, unknown = _group(f, exp)
     verdict = FileVerdict(name, OK, "", step=step, modules=len(modules))
     verdict.judged_against = f"base weights ({base.where})" if base else "an absolute floor (no base weights here)"
@@ -197,6 +212,11 @@ def _check(f: Any, name: str, exp: Expectation, base: BaseWeights | None, step: 
         what = "every module" if nan_modules == len(modules) else f"{nan_modules} of {len(modules)} modules"
         verdict.findings.insert(0, f"NaN or Inf values in {what}")
         return _invalid(verdict, f"NaN or Inf values in {what}", exp, nan=nan_modules == len(modules))
+    if not verdict.findings:
+        refusal, note = diffusers_refusal(path, _kohya_flux(exp, modules), _flux_width(f, modules))
+        verdict.note = "; ".join(n for n in (verdict.note, note) if n)
+        if refusal:
+            verdict.findings.append(refusal)
     if verdict.findings:
         return _invalid(verdict, verdict.findings[0], exp)
     if verdict.live_modules == 0:
