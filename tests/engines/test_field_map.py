@@ -106,7 +106,8 @@ def test_issue_spec_on_ai_toolkit_refuses_alpha_by_name_and_honours_the_rest() -
     p = aitk_process(spec("ai-toolkit", **{**ISSUE, "network": {"rank": 32, "alpha": 32}}))
     assert p["train"]["gradient_accumulation"] == 4 and p["train"]["optimizer_params"] == {"weight_decay": 0.01}
     assert p["datasets"][0]["caption_dropout_rate"] == 0.1
-    assert p["train"]["cache_text_embeddings"] is False  # cached, a dropped caption would keep the trigger
+    # ai-toolkit caches a dropped caption's embedding too; without its trigger_word that caption is empty
+    assert p["train"]["cache_text_embeddings"] is True and p["trigger_word"] is None
 
 
 def test_kohya_receives_what_it_used_to_drop() -> None:

@@ -4,6 +4,7 @@ console parsed from its exact output, resume from its own state folders, and ref
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from pathlib import Path
 
@@ -90,7 +91,34 @@ def test_cache_steps_run_before_training_in_the_launched_process() -> None:
 
 def test_prompts_are_one_frame_samples() -> None:
     s = wan(sampling={"prompts": ["[trigger] dancing"], "width": 832, "height": 480})
-    assert rendered(s)["sample_prompts.txt"] == "dnc dancing --w 832 --h 480 --f 1 --d 42 --s 20 --g 5.0\n"
+    # Wan's classifier-free guidance is `--l` (musubi reads `--g` as the guidance embedding Wan has not)
+    assert rendered(s)["sample_prompts.txt"] == "dnc dancing --w 832 --h 480 --f 1 --d 42 --s 20 --l 5.0\n"
+
+
+MUSUBI = os.environ.get("LORAFLOW_MUSUBI_DIR", "")
+
+
+@pytest.mark.skipif(
+    not (Path(MUSUBI) / "src/musubi_tuner/training/sampling_prompts.py").is_file(),
+    reason="set LORAFLOW_MUSUBI_DIR to a musubi-tuner checkout (loraflow is checked against 30c658c4)",
+)
+def test_musubi_reads_the_sampling_guidance_as_wan_cfg(monkeypatch: pytest.MonkeyPatch) -> None:
+    """musubi's own prompt-line parser gives the rendered guidance to `cfg_scale`, what the Wan sampler uses
+    (its `guidance_scale` is not used); its module needs only `toml`, stood in for when missing."""
+    import importlib.util
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "toml", sys.modules.get("toml") or types.ModuleType("toml"))
+    path = Path(MUSUBI) / "src/musubi_tuner/training/sampling_prompts.py"
+    module_spec = importlib.util.spec_from_file_location("musubi_sampling_prompts", path)
+    assert module_spec and module_spec.loader
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    line = rendered(wan(sampling={"prompts": ["[trigger] dancing"], "guidance_scale": 6.5}))["sample_prompts.txt"]
+    prompt = module.line_to_prompt_dict(line.strip())
+    assert prompt["cfg_scale"] == 6.5 and "guidance_scale" not in prompt
+    assert (prompt["prompt"], prompt["frame_count"], prompt["seed"]) == ("dnc dancing", 1, 42)
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,10 @@ def test_aitoolkit_flux_dev(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = aitk(spec())
     assert cfg["job"] == "extension" and cfg["config"]["name"] == "m1l4dy"
     p = cfg["config"]["process"][0]
-    assert p["type"] == "sd_trainer" and p["training_folder"] == "/work/jobs/abc/aitk" and p["trigger_word"] == "m1l4dy"
+    assert p["type"] == "sd_trainer" and p["training_folder"] == "/work/jobs/abc/aitk"
+    assert p["trigger_word"] is None  # the captions carry it; with dropout (0.05) ai-toolkit would add it back
+    no_dropout = spec(dataset={"path": "/data/photos", "trigger_word": "m1l4dy", "captions": {"dropout_rate": 0}})
+    assert aitk(no_dropout)["config"]["process"][0]["trigger_word"] == "m1l4dy"
     assert p["network"] == {
         "type": "lora",
         "linear": 16,
@@ -157,6 +160,8 @@ def test_kohya_vram_preset_uses_block_swap_and_sdxl_script() -> None:
     a = train_args(spec(engine="kohya", training={"vram_preset": 12}), LAYOUT)
     assert a[a.index("--blocks_to_swap") + 1] == "16" and "--fp8_base" in a and "--split_mode" not in a
     sdxl = KohyaEngine().render(spec(base_model="sdxl"), LAYOUT, "j", "x")
+    # SDXL's classifier-free guidance is `--l` in sd-scripts (`--g` is read only as Flux's guidance embedding)
+    assert sdxl["sample_prompts.txt"].endswith(" --s 25 --l 6.0\n") and " --g " not in sdxl["sample_prompts.txt"]
     args = json.loads(sdxl["args.json"])
     assert args["script"] == "sdxl_train_network.py"
     assert "networks.lora" in args["args"] and "--clip_l" not in args["args"] and "--no_half_vae" in args["args"]

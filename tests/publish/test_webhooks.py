@@ -22,10 +22,15 @@ SPEC = parse_spec({"name": "w", "dataset": {"path": "/tmp/x"}, "base_model": "ti
 
 
 class Receiver:
-    def __init__(self, fail_first: int = 0, hang: bool = False) -> None:
+    """A webhook receiver on loopback. `delay_s`: it answers that late (a slow receiver); `port`: it listens
+    where one was down before; `most_at_once`: the most requests it was answering at one time."""
+
+    def __init__(self, fail_first: int = 0, hang: bool = False, delay_s: float = 0.0, port: int = 0) -> None:
         self.received: list[tuple[dict, bytes, dict]] = []
         self.fail_first = fail_first
         self.release = threading.Event()
+        self.at_once = self.most_at_once = 0
+        lock = threading.Lock()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -34,8 +39,14 @@ class Receiver:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                with lock:
+                    outer.at_once += 1
+                    outer.most_at_once = max(outer.most_at_once, outer.at_once)
                 if hang:
                     outer.release.wait(60)
+                time.sleep(delay_s)
+                with lock:
+                    outer.at_once -= 1
                 if outer.fail_first > 0:
                     outer.fail_first -= 1
                     self.send_response(500)
@@ -45,13 +56,18 @@ class Receiver:
                 self.send_response(204)
                 self.end_headers()
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ThreadingHTTPServer.allow_reuse_address = True
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def names(self) -> list[str]:
+        return [p["event"] for p, _, _ in self.received]
 
     def close(self) -> None:
         self.release.set()
         self.server.shutdown()
+        self.server.server_close()
 
 
 @pytest.fixture

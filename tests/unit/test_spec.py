@@ -181,3 +181,20 @@ def test_examples_validate(cli) -> None:
         assert cli("spec", "validate", EXAMPLES / name).code == 0
     raw = yaml.safe_load((EXAMPLES / "flux-dev.yaml").read_text())
     assert parse_spec(raw).training.quantize == "qfloat8"
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("training", "steps", 10**30),
+        ("training", "seed", 2**64),
+        ("training", "seed", -1),
+        ("sampling", "seed", 10**20),
+    ],
+)
+def test_numbers_past_their_storage_range_are_refused_by_name(section: str, key: str, value: int) -> None:
+    """`training.steps: 10**30` passed validation and ended `train` in an OverflowError (issue 34)."""
+    raw = {"name": "n", "dataset": {"path": "/tmp/x"}, "base_model": "tiny-flux", section: {key: value}}
+    with pytest.raises(SpecError) as caught:
+        parse_spec(raw)
+    assert f"{section}.{key}" in str(caught.value)

@@ -113,3 +113,15 @@ def test_latest_event_of_a_type() -> None:
     latest = store.events(job.id, types=["webhook.delivery"], latest=True)
     assert [e.data for e in latest] == [{"seq": 2}]
     assert store.events(job.id, types=["nothing"], latest=True) == []
+
+
+def test_a_job_that_completes_clears_its_stale_error() -> None:
+    """A job resumed after a failure and then completed no longer shows the failure's text (issue 34)."""
+    from loraflow.spec import parse_spec
+
+    store = Store()
+    job = store.create_job(parse_spec({"name": "e", "dataset": {"path": "/tmp/x"}, "base_model": "tiny-flux"}))
+    store.transition(job.id, "failed", error="the trainer exited with code 137")
+    for state in ("pending", "preparing", "provisioning", "training", "finishing", "completed"):
+        store.transition(job.id, state)
+    assert store.get(job.id).error is None

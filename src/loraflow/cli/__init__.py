@@ -60,6 +60,7 @@ LAZY: dict[str, tuple[Callable[[str], click.Command], str]] = {
         "Show the files the engine will be given (job folder shown as /JOB).",
     ),
     "notify": (_group("publish_cmd", "notify_app"), "Notifications."),
+    "store": (_group("store_cmd", "app"), "The job store: recover a damaged SQLite file."),
     "publish": (
         _command("publish_cmd", "publish"),
         "Publish a job's LoRA (or any kept checkpoint) to the spec's Hugging Face / S3 / ComfyDeploy targets.",

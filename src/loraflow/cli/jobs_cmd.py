@@ -75,9 +75,15 @@ def jobs_table(jobs: list[Job], places: dict, width: int) -> Table:
 def show(
     job_id: str = typer.Argument(..., help="Job id or a unique prefix."), as_json: bool = typer.Option(False, "--json")
 ) -> None:
-    """Show one job."""
-    job = Store().find(job_id)
+    """Show one job (with the delivery state of its webhooks, per receiver)."""
+    from loraflow.notify.outbox import summary
+
+    store = Store()
+    job = store.find(job_id)
     data = job.to_dict()
+    hooks = summary(store, job.id, job.train_spec.notifications)
+    if hooks:
+        data["webhooks"] = hooks if as_json else "; ".join(_hook_line(h) for h in hooks)
     if as_json:
         print_json({**data, "spec": job.spec})
         return
@@ -89,6 +95,16 @@ def show(
             continue  # `error None` tells nobody anything
         table.add_row(key.replace("_", " "), escape(words(value)))
     console.print(table)
+
+
+def _hook_line(h: dict) -> str:
+    """One receiver's delivery state in a line: `webhook 127.0.0.1: 5 delivered, 1 pending (next job.completed)`."""
+    line = f"{h['type']} {h['host']}: {h['delivered']} delivered, {h['pending']} pending, {h['failed']} failed"
+    if h["next_event"]:
+        line += f" (next {h['next_event']} at {h['next_attempt_at']})"
+    if h["last_error"]:
+        line += f"; last error: {h['last_error']}"
+    return line
 
 
 @app.command("events")

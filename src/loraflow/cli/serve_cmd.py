@@ -25,12 +25,17 @@ def serve(
         help="Jobs started or trained here at once; followed remote ones take none (0: API and UI only).",
     ),
     no_auth: bool = typer.Option(False, "--no-auth", help="No tokens (only with --host 127.0.0.1)."),
+    gpus: int = typer.Option(
+        0, "--gpus", help="Local trainings at once (0: this machine's GPU count; a CPU-only machine counts one)."
+    ),
 ) -> None:
     """Start the API, the web UI and job workers in one process."""
     import uvicorn
 
+    from loraflow.jobs.outage import outage_bound
     from loraflow.jobs.store import Store
-    from loraflow.running.worker import Worker
+    from loraflow.notify.notifier import Dispatcher
+    from loraflow.running.worker import Worker, gpu_capacity
     from loraflow.server.app import ServiceConfig, create_app
     from loraflow.server.ui import install
 
@@ -38,18 +43,29 @@ def serve(
         raise UserInputError("--no-auth is allowed only with --host 127.0.0.1", fix="drop --no-auth and use tokens")
     config = ServiceConfig.from_env()
     config.no_auth = no_auth
+    capacity = gpus or gpu_capacity()
+    if workers > 0:  # submitted jobs wait for these workers' slots instead of each starting at once
+        config.queue_for_workers = True
     store = Store()
     app = create_app(store, config)
     install(app)
-    if workers > 0:  # queue ETAs in the API and the web UI count this process's slots
-        os.environ.setdefault("LORAFLOW_QUEUE_SLOTS", str(workers))
-    worker = Worker(store, slots=workers).start() if workers > 0 else None
+    if workers > 0:  # queue ETAs in the API and the web UI count the jobs that can run here at once
+        os.environ.setdefault("LORAFLOW_QUEUE_SLOTS", str(min(workers, capacity)))
+    # The workers wait out a store that is away (the API answers 503 at once meanwhile): a store of their own.
+    # Without workers here, this process still delivers every job's webhook outbox (retries for hours).
+    worker = dispatcher = None
+    if workers > 0:
+        worker = Worker(Store(ride_out_s=outage_bound()), slots=workers, capacity=capacity).start()
+    else:
+        dispatcher = Dispatcher(store).start()
     console.print(f"loraflow on http://{host}:{port}  (API docs: /docs, workers: {workers})")
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         if worker:
             worker.stop()
+        if dispatcher is not None:
+            dispatcher.stop(flush_timeout_s=5)
 
 
 def worker(
@@ -57,12 +73,16 @@ def worker(
         4, "--slots", help="Jobs started or trained here at once; followed remote ones take none."
     ),
     lease_s: float = typer.Option(30.0, "--lease", help="Seconds without a heartbeat before a job is taken over."),
+    gpus: int = typer.Option(
+        0, "--gpus", help="Local trainings at once (0: this machine's GPU count; a CPU-only machine counts one)."
+    ),
 ) -> None:
     """Claim and run jobs from the shared database (PostgreSQL for several machines)."""
+    from loraflow.jobs.outage import outage_bound
     from loraflow.jobs.store import Store
     from loraflow.running.worker import Worker
 
-    w = Worker(Store(), slots=slots, lease_s=lease_s)
+    w = Worker(Store(ride_out_s=outage_bound()), slots=slots, lease_s=lease_s, capacity=gpus or None)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     console.print(f"worker {w.id}: {slots} slots; Ctrl-C stops claiming (running jobs continue)")

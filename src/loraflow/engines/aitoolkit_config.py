@@ -72,6 +72,15 @@ def scheduler_config(name: str, warmup: int) -> dict[str, Any]:
     return {"lr_scheduler": name}
 
 
+def grad_clip(max_grad_norm: float, accumulation: int) -> float:
+    """ai-toolkit's `max_grad_norm` for the spec's. SDTrainer (27a03a91) calls `clip_grad_norm_` with it on
+    every optimizer step, with no `> 0` guard, so 0 ("no clipping") would scale every gradient to zero: no
+    clipping is an infinite norm. It backpropagates each of the N accumulated micro-batches unscaled, so the
+    norm it clips is that of their sum, N times the mean that builtin and kohya clip: the limit is scaled to
+    match."""
+    return math.inf if max_grad_norm == 0 else _number(max_grad_norm * accumulation)
+
+
 def render_config(spec: TrainSpec, layout: JobLayout, job_id: str, model_path: str) -> dict[str, Any]:
     t, s = spec.training, spec.sampling
     arch = arch_of(spec)
@@ -81,11 +90,14 @@ def render_config(spec: TrainSpec, layout: JobLayout, job_id: str, model_path: s
     trigger = spec.dataset.trigger_word
     if trigger:
         _no_substitution(trigger, "dataset.trigger_word")
-    if spec.dataset.captions.trigger_placement != "prepend":
-        trigger = None  # ai-toolkit would prepend it to every caption lacking it
     captions = spec.dataset.captions
-    # Cached embeddings would keep the trigger in a dropped caption and freeze a shuffled order.
-    cache_text = t.cache_text_embeddings and not (captions.dropout_rate > 0 or captions.shuffle_tags)
+    if captions.trigger_placement != "prepend" or captions.dropout_rate > 0:
+        # ai-toolkit prepends its trigger_word to every caption lacking it (prepend's meaning, already done
+        # in the prepared captions) and puts it back into a dropped caption, cached or not, so a dropped
+        # caption would train the trigger alone instead of the empty caption the spec means
+        trigger = None
+    # Cached embeddings would freeze a shuffled order (ai-toolkit caches a dropped caption's embedding too).
+    cache_text = t.cache_text_embeddings and not captions.shuffle_tags
     process: dict[str, Any] = {
         "type": "sd_trainer",
         "training_folder": str(PurePosixPath(layout.root, OUTPUT)),
@@ -124,7 +136,7 @@ def render_config(spec: TrainSpec, layout: JobLayout, job_id: str, model_path: s
             **scheduler_config(t.lr_scheduler, t.lr_warmup_steps),
             "optimizer_params": {"weight_decay": t.weight_decay},
             "dtype": t.precision,
-            "max_grad_norm": t.max_grad_norm,
+            "max_grad_norm": grad_clip(t.max_grad_norm, t.gradient_accumulation),
             "cfg_scale": t.guidance_scale,
             # `shift` is refused for ai-toolkit by the field map: its own `shift` means something else
             "timestep_type": "linear" if t.timestep_sampling == "uniform" else "sigmoid",

@@ -43,6 +43,7 @@ class AitkParser:
         self.job_stopped = False
         self.nan_loss = False
         self._zeroed = 0  # `loss is nan` lines whose zeroed step has not been shown yet
+        self._skipped = False  # an out-of-memory step: ai-toolkit sets no loss for it and moves the bar on
         self._hinted: set[str] = set()
 
     def feed(self, chunk: bytes) -> list[EngineEvent]:
@@ -56,30 +57,31 @@ class AitkParser:
         count = int(bar.group(2))
         shown = bar.group(8).strip(", ") or None
         prev, self._prev = self._prev, (count, shown)
-        if not post:
-            return []  # the bar before its first loss: no measurement yet
-        value = (float(post.group(1)), float(post.group(2)))
-        if prev == (count - 1, shown):
-            # the count moved on under the same loss: that step's; and, tentatively, the next one's (a
-            # redraw at this count with an equal loss would look the same and carries the next step's)
-            self._loss.setdefault(count, value)
-            self._loss[count + 1] = value
-        elif prev != (count, shown):
-            self._loss[count + 1] = value  # loss set before the count moved: the step being done
+        if post:
+            value = (float(post.group(1)), float(post.group(2)))
+            if prev == (count - 1, shown):
+                # the count moved on under the same loss: that step's; and, tentatively, the next one's (a
+                # redraw at this count with an equal loss would look the same and carries the next step's)
+                self._loss.setdefault(count, value)
+                self._loss[count + 1] = value
+            elif prev != (count, shown):
+                self._loss[count + 1] = value  # loss set before the count moved: the step being done
         if count <= max(self._last_step, self._run_start):
             return []  # nothing done yet, a redraw of the same step, or the resume step shown again
-        shown_loss = self._loss.get(count)
-        if shown_loss is None:
-            return []  # a log with lines missing: the next line tells this step's loss
+        # A count that moved without its loss line (a step that ran out of memory sets none; a log with lines
+        # missing) is still a step done: reported with its total, the loss left unknown.
+        shown_loss = None if self._skipped else self._loss.get(count)
+        self._skipped = False
         exact = self._db.at(count - 1) if self._db is not None and count - 1 != self._run_start else None
-        if exact and f"{exact[1]:.3e}" != f"{shown_loss[1]:.3e}":
+        if exact and (shown_loss is None or f"{exact[1]:.3e}" != f"{shown_loss[1]:.3e}"):
             exact = None  # a row left from before a resume, not yet rewritten
-        lr, loss = exact or shown_loss
         self._last_step = count
         for old in [k for k in self._loss if k <= count]:
             del self._loss[old]
-        data = {**parse_tqdm(bar), "lr": lr, "loss": loss}
-        if self._zeroed and loss == 0.0:  # after `loss is nan` ai-toolkit shows the 0.0 it put in its place
+        data = parse_tqdm(bar)
+        if exact or shown_loss:
+            data["lr"], data["loss"] = exact or shown_loss
+        if self._zeroed and data.get("loss") == 0.0:  # after `loss is nan` ai-toolkit shows the 0.0 it put there
             del data["loss"]
             self._zeroed -= 1
         return [EngineEvent(ev.PROGRESS, data)]
@@ -132,6 +134,7 @@ class AitkParser:
             self.job_stopped = True
             return [EngineEvent(ev.STOPPED, {"step": max(self._last_step, 0)})]
         if text.startswith("# OOM during training step"):
+            self._skipped = True
             return [EngineEvent(ev.WARNING, {"message": text.strip("# ")})]
         if text.startswith("Error running job:"):
             message = text.removeprefix("Error running job:").strip()

@@ -59,15 +59,18 @@ def dataset_toml(spec: TrainSpec, layout: JobLayout, repeat_factor: int = 1) -> 
     return tomli_w.dumps({"general": general, "datasets": datasets})
 
 
-def prompts_file(spec: TrainSpec, extra: str = "") -> str:
+def prompts_file(spec: TrainSpec, extra: str = "", guidance: str | None = None) -> str:
     """The kohya family's prompt file: one line per prompt with its size, seed, steps and guidance
-    (`extra` adds flags, e.g. musubi's `--f 1` for one-frame samples)."""
+    (`extra` adds flags, e.g. musubi's `--f 1` for one-frame samples). sampling.guidance_scale goes where the
+    sampler reads it (`guidance`): `--g` is FLUX.1's guidance embedding; SDXL's and Chroma's classifier-free
+    guidance is `--l` (sd-scripts at 48d368fa reads `--g` only as a guidance embedding, which they have not)."""
     s = spec.sampling
+    guidance = guidance or ("g" if spec.catalog_entry.arch == "flux" else "l")
     lines = []
     for i, prompt in enumerate(s.prompts):
         text = spec.substitute_trigger(prompt).replace("\n", " ")
         lines.append(
-            f"{text} --w {s.width} --h {s.height}{extra} --d {s.seed + i} --s {s.steps} --g {s.guidance_scale}"
+            f"{text} --w {s.width} --h {s.height}{extra} --d {s.seed + i} --s {s.steps} --{guidance} {s.guidance_scale}"
         )
     return "\n".join(lines) + ("\n" if lines else "")
 
@@ -89,7 +92,10 @@ def sample_and_extra_args(spec: TrainSpec, layout: JobLayout) -> list[str]:
     if s.prompts and (s.every_n_steps or s.at_end):
         args += ["--sample_prompts", str(PurePosixPath(layout.engine, PROMPTS))]
         if s.every_n_steps or t.steps:  # at_end alone: a round at the last step
-            args += ["--sample_every_n_steps", str(s.every_n_steps or t.steps)]
+            every = s.every_n_steps or t.steps
+            if s.at_end and t.steps and every > t.steps:
+                every = t.steps  # no round on the cadence before the end: the final one is the only one
+            args += ["--sample_every_n_steps", str(every)]
         else:
             args += ["--sample_every_n_epochs", str(t.epochs)]
     for key, value in (spec.engine.options.get("args") or {}).items():

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import re
 
 from loraflow.engines.kohya_files import STEP_FILE
-from loraflow.hints import hint_for, match_hint
+from loraflow.hints import match_hint
 from loraflow.monitor import events as ev
 from loraflow.monitor.events import EngineEvent
 from loraflow.monitor.lines import LineSplitter
-from loraflow.monitor.tqdm import parse_tqdm
+from loraflow.monitor.tqdm import UpdateThenPostfix, parse_tqdm
 
 _STEPS = re.compile(  # anchored: kohya's `validation steps:` and `epoch validation steps:` bars are not training
     r"^steps:\s+(\d+)%\|[^|]*\|\s*(\d+)/(\d+)\s+\[([\d:]+)<([\d:?]+),\s+([\d.]+|\?)(s/it|it/s)"
@@ -30,16 +29,20 @@ class KohyaParser:
         self._lines = LineSplitter()
         self.offset = 0  # steps skipped on a resume: kohya's bar restarts at 0
         self._record: list[str] = []  # the lines of a Rich log record being joined
-        self._last_step = -1
+        self._bar = UpdateThenPostfix()
         self.accumulation = 1  # from the summary: kohya logs the initial step divided by it
-        self.nan_loss = False
+
+    @property
+    def nan_loss(self) -> bool:
+        return self._bar.nan_loss
 
     def feed(self, chunk: bytes) -> list[EngineEvent]:
         return [e for line in self._lines.feed(chunk) for e in self._line(line)]
 
     def flush(self) -> list[EngineEvent]:
         out = [e for line in self._lines.flush() for e in self._line(line)]
-        return out + self._end_record()
+        out += self._end_record()
+        return out + self._bar.flush()
 
     def _end_record(self) -> list[EngineEvent]:
         """Join a Rich record's lines: a line filled to the full width was hard-broken mid-word (a long
@@ -71,20 +74,9 @@ class KohyaParser:
             data = parse_tqdm(bar)
             data["step"] += self.offset
             data["total"] += self.offset
-            loss = float(bar.group(8)) if bar.group(8) else None
-            out: list[EngineEvent] = []
-            if loss is not None and not math.isfinite(loss):
-                if not self.nan_loss:  # kohya trains on: the run is failed when it ends (see outcome)
-                    message = f"avr_loss={bar.group(8)} at step {data['step']}"
-                    error = {"code": "nan_loss", "message": message, "hint": hint_for("nan_loss")}
-                    out.append(EngineEvent(ev.ERROR, error))
-                self.nan_loss = True
-            elif loss is not None:
-                data["loss"] = loss
-            if data["step"] == self._last_step or data["step"] == self.offset:
-                return out
-            self._last_step = data["step"]
-            return [*out, EngineEvent(ev.PROGRESS, data)]
+            if data["step"] == self.offset:
+                return []  # the bar drawn before any step of this run
+            return self._bar.line(data, bar.group(8))
         m = re.match(r"saving checkpoint: (.+)$", text)
         if m:
             step = STEP_FILE.search(m.group(1))
@@ -97,7 +89,7 @@ class KohyaParser:
             return [EngineEvent(ev.RESUMED, {"step": self.offset})]
         m = re.match(r"gradient accumulation steps / .*= (\d+)", text)
         if m:
-            self.accumulation = int(m.group(1))
+            self.accumulation = self._bar.accumulation = int(m.group(1))
             return []
         if text.startswith("resume training from local state:"):
             return [EngineEvent(ev.LOG, {"message": text})]

@@ -71,12 +71,21 @@ def control_directory(spec: TrainSpec, layout: JobLayout) -> dict[str, str]:
 
 def prompts_file(spec: TrainSpec, layout: JobLayout | None = None) -> str:
     """kohya's prompt file; `--f 1` gives one-frame samples (images), which the bundle's sample pages show;
-    an edit model's prompts name their control images with `--ci` (musubi reads several)."""
+    an edit model's prompts name their control images with `--ci` (musubi reads several). The sampling
+    guidance goes where musubi's sampler reads it (see guidance_flag)."""
+    flag = guidance_flag(spec)
     if not (spec.dataset.control and layout):
-        return kohya_config.prompts_file(spec, " --f 1")
-    lines = kohya_config.prompts_file(spec, " --f 1").splitlines()
+        return kohya_config.prompts_file(spec, " --f 1", flag)
+    lines = kohya_config.prompts_file(spec, " --f 1", flag).splitlines()
     controls = sample_controls(spec, layout)
     return "".join(line + "".join(f" --ci {c}" for c in row) + "\n" for line, row in zip(lines, controls, strict=False))
+
+
+def guidance_flag(spec: TrainSpec) -> str:
+    """musubi's `line_to_prompt_dict` (30c658c4) reads `--g` as `guidance_scale` and `--l` as `cfg_scale`.
+    The FLUX samplers feed `guidance_scale` to their guidance embedding; Wan's and Qwen-Image's never read it
+    ("not used") and guide with `cfg_scale`, so theirs is `--l`."""
+    return "g" if spec.catalog_entry.arch.startswith("flux") else "l"
 
 
 def model_files(spec: TrainSpec) -> dict[str, str]:

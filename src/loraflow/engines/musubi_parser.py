@@ -3,17 +3,14 @@ resumes, the caching scripts' log lines and errors."""
 
 from __future__ import annotations
 
-import math
 import re
-from typing import Any
 
 from loraflow.engines.kohya_parser import error_events
 from loraflow.engines.musubi_files import STATE_DIR, STEP_FILE, offset_of
-from loraflow.hints import hint_for
 from loraflow.monitor import events as ev
 from loraflow.monitor.events import EngineEvent
 from loraflow.monitor.lines import LineSplitter
-from loraflow.monitor.tqdm import parse_tqdm
+from loraflow.monitor.tqdm import UpdateThenPostfix, parse_tqdm
 
 _STEPS = re.compile(  # anchored: the caching bars and the sampling bars have other labels or none
     r"^steps:\s+(\d+)%\|[^|]*\|\s*(\d+)/(\d+)\s+\[([\d:]+)<([\d:?]+),\s+([\d.]+|\?)(s/it|it/s)"
@@ -31,14 +28,18 @@ class MusubiParser:
     def __init__(self) -> None:
         self._lines = LineSplitter()
         self.offset = 0  # the step this run resumed at: musubi's bar and file names restart at 0
-        self._pending: dict[str, Any] | None = None  # the newest step's bar, reported when it is complete
-        self.nan_loss = False
+        self._bar = UpdateThenPostfix()
+
+    @property
+    def nan_loss(self) -> bool:
+        return self._bar.nan_loss
 
     def feed(self, chunk: bytes) -> list[EngineEvent]:
         return [e for line in self._lines.feed(chunk) for e in self.parse_line(line)]
 
     def flush(self) -> list[EngineEvent]:
-        return [e for line in self._lines.flush() for e in self.parse_line(line)] + self._release()
+        out = [e for line in self._lines.flush() for e in self.parse_line(line)]
+        return out + self._bar.flush()
 
     def parse_line(self, line: str) -> list[EngineEvent]:
         """A log record written while the bar is drawn (no newline after a bar) shares its line: split it off."""
@@ -49,30 +50,14 @@ class MusubiParser:
         return out
 
     def _progress(self, bar: re.Match[str]) -> list[EngineEvent]:
-        """A step's last bar line carries its loss: tqdm redraws on update() with the previous step's
-        avr_loss, then set_postfix() redraws with this step's. So a step is reported when the next one starts
-        (or the output ends), with the loss of its last line."""
+        """A step's last bar line carries its loss (see UpdateThenPostfix: update() redraws with the previous
+        step's avr_loss, then set_postfix() with this step's)."""
         data = parse_tqdm(bar)
         data["step"] += self.offset
         data["total"] += self.offset
-        out: list[EngineEvent] = []
-        loss = float(bar.group(8)) if bar.group(8) else None
-        if loss is not None and not math.isfinite(loss):
-            if not self.nan_loss:  # musubi trains on: the run is failed when it ends (see outcome)
-                error = {"code": "nan_loss", "message": f"avr_loss={bar.group(8)} at step {data['step']}"}
-                out.append(EngineEvent(ev.ERROR, {**error, "hint": hint_for("nan_loss")}))
-            self.nan_loss = True
-        elif loss is not None:
-            data["loss"] = loss
-        if self._pending and self._pending["step"] != data["step"]:
-            out += self._release()
-        if data["step"] > self.offset:
-            self._pending = data
-        return out
-
-    def _release(self) -> list[EngineEvent]:
-        pending, self._pending = self._pending, None
-        return [EngineEvent(ev.PROGRESS, pending)] if pending else []
+        if data["step"] <= self.offset:
+            return []  # the bar drawn (or reset) before any step of this run
+        return self._bar.line(data, bar.group(8))
 
     def parse_message(self, text: str) -> list[EngineEvent]:
         bar = _STEPS.search(text)
@@ -97,6 +82,10 @@ class MusubiParser:
             return [EngineEvent(ev.PHASE, {"phase": "caching"})]
         if text.startswith("Load dataset config from") or text.startswith("Loading DiT model from"):
             return [EngineEvent(ev.PHASE, {"phase": "preparing"})]
+        m = re.match(r"gradient accumulation steps / .*= (\d+)", text)
+        if m:
+            self._bar.accumulation = int(m.group(1))
+            return []
         m = re.match(r"total optimization steps / 学習ステップ数: (\d+)", text)
         if m:
             return [EngineEvent(ev.LOG, {"message": text, "total": int(m.group(1)) + self.offset})]

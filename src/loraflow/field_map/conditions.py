@@ -150,3 +150,50 @@ def no_version(spec: TrainSpec) -> Refusal | None:
     if spec.engine.version:
         return ("the builtin engine is the installed loraflow itself", "remove engine.version")
     return None
+
+
+def at_end_on_cadence(engine: str) -> Check:
+    """sd-scripts (48d368fa) and musubi (30c658c4) sample only when `global_step % sample_every_n_steps == 0`
+    and have no round after the last step; sd-scripts ignores the step cadence once `sample_every_n_epochs`
+    is given. So a final round exists only when the last step is on the cadence."""
+
+    def check(spec: TrainSpec) -> Refusal | None:
+        s, steps = spec.sampling, spec.training.steps
+        if not (s.at_end and s.every_n_steps and s.prompts):
+            return None
+        if steps and (steps % s.every_n_steps == 0 or s.every_n_steps > steps):  # the latter: rendered = steps
+            return None
+        every = s.every_n_steps
+        if steps is None:
+            why = f"{engine} samples only every {every} steps and a run by epochs need not end on one"
+            return (why, f"set training.steps to a multiple of {every}, or sampling.at_end: false")
+        nearest = max(every, round(steps / every) * every)
+        return (
+            f"{engine} samples only every {every} steps, so step {steps} would get no final round",
+            f"set training.steps to a multiple of {every} (e.g. {nearest}), sampling.every_n_steps to a divisor "
+            f"of {steps}, or sampling.at_end: false",
+        )
+
+    return check
+
+
+def adafactor_clip_aitk(spec: TrainSpec) -> Refusal | None:
+    t = spec.training
+    if t.optimizer == "adafactor" and t.max_grad_norm > 0:
+        return (
+            "ai-toolkit never clips gradients for Adafactor (SDTrainer skips clip_grad_norm_ for it), so "
+            f"max_grad_norm {t.max_grad_norm:g} would not be applied",
+            "set training.max_grad_norm: 0, use another optimizer, or use engine kohya or builtin, which clip it",
+        )
+    return None
+
+
+def keep_tokens_aitk(spec: TrainSpec) -> Refusal | None:
+    captions = spec.dataset.captions
+    if captions.shuffle_tags and captions.keep_tokens > 0:
+        return (
+            "ai-toolkit's shuffle_tokens shuffles every tag, the trigger word too (its keep_tokens applies only "
+            f"to token dropout), so the first {captions.keep_tokens} would not stay in place",
+            "set dataset.captions.keep_tokens: 0, or use engine kohya, which keeps them in place",
+        )
+    return None

@@ -4,9 +4,12 @@ handles itself, the same on every engine."""
 from __future__ import annotations
 
 from loraflow.field_map.conditions import (
+    adafactor_clip_aitk,
     alpha_forced,
+    at_end_on_cadence,
     compiling,
     ddpm,
+    keep_tokens_aitk,
     low_vram,
     nf4,
     no_version,
@@ -39,6 +42,8 @@ LORAFLOW = {
     "publish": "Done by loraflow after training.",
     "notifications": "Sent by loraflow.",
     "wandb": "Logged by loraflow from the engine's progress events.",
+    "evaluation": "The result check after training, run by loraflow on the engine's LoRA files (held-out images "
+    "are taken out of the dataset before the engine sees it).",
     "training.vram_preset": "Applied by loraflow from the catalog, per engine, under the user's values.",
 }
 
@@ -64,7 +69,8 @@ FIELDS: dict[str, dict[str, Rule]] = {
         "builtin": same("Sample prompts' [trigger]; LoRA metadata."),
         "ai-toolkit": translated(
             "`trigger_word` only with trigger_placement prepend (ai-toolkit prepends it to any caption lacking "
-            "it, which is what prepend means); otherwise the finished captions are used as written."
+            "it, which is what prepend means) and no caption dropout (ai-toolkit would put it back into a dropped "
+            "caption); otherwise the finished captions, which carry it, are used as written."
         ),
         "kohya": translated(
             "`class_tokens` (the caption of an image without one) only with trigger_placement prepend."
@@ -81,8 +87,8 @@ FIELDS: dict[str, dict[str, Rule]] = {
     "dataset.captions.dropout_rate": {
         "builtin": same("The whole caption is replaced by the empty caption with this chance."),
         "ai-toolkit": translated(
-            "`caption_dropout_rate`; when it is above 0, text embeddings are not cached, because ai-toolkit "
-            "keeps the trigger in a dropped caption when they are (Qwen-Image always caches and keeps it)."
+            "`caption_dropout_rate`, without `trigger_word` (ai-toolkit adds it back to a dropped caption, cached "
+            "or not, which would train the trigger alone); text embeddings stay cached (it caches the empty one)."
         ),
         "kohya": translated(
             "`caption_dropout_rate`; when it is above 0, text-encoder outputs are not cached (kohya refuses "
@@ -92,13 +98,18 @@ FIELDS: dict[str, dict[str, Rule]] = {
     "dataset.captions.shuffle_tags": {
         "builtin": refused("when true", shuffle_builtin),
         "ai-toolkit": translated(
-            "`shuffle_tokens`; text embeddings are then not cached (they would freeze the order)."
+            "`shuffle_tokens` (every tag, the trigger too: see keep_tokens); text embeddings are then not cached "
+            "(they would freeze the order)."
         ),
         "kohya": translated("`shuffle_caption`; text-encoder outputs are then not cached (kohya refuses both)."),
     },
     "dataset.captions.keep_tokens": {
         "builtin": same("Only used with shuffle_tags, which builtin refuses."),
-        "ai-toolkit": same("`keep_tokens`."),
+        "ai-toolkit": same(
+            "Only used with shuffle_tags.",
+            keep_tokens_aitk,
+            "above 0 with shuffle_tags (ai-toolkit shuffles every tag)",
+        ),
         "kohya": same("`keep_tokens`."),
     },
     "network.rank": {
@@ -195,13 +206,25 @@ FIELDS: dict[str, dict[str, Rule]] = {
     },
     "training.max_grad_norm": {
         "builtin": same("Gradient clipping (0: off)."),
-        "ai-toolkit": same("`train.max_grad_norm`."),
+        "ai-toolkit": translated(
+            "`train.max_grad_norm` x gradient_accumulation (ai-toolkit clips the sum of the micro-batches' "
+            "gradients, the others their mean); 0 is `.inf` (ai-toolkit clips with no `> 0` guard: 0 would zero "
+            "every gradient).",
+            adafactor_clip_aitk,
+            "above 0 with adafactor (ai-toolkit never clips Adafactor)",
+        ),
         "kohya": same("`--max_grad_norm`."),
     },
     "training.resolution": {
-        "builtin": same("Aspect buckets around each size."),
-        "ai-toolkit": same("`resolution` list (buckets per size)."),
-        "kohya": same("One bucketed `[[datasets]]` per size."),
+        "builtin": same("Aspect buckets around each size (a smaller image is enlarged to it)."),
+        "ai-toolkit": same(
+            "`resolution` list (buckets per size); an image smaller than a size keeps its own pixel count "
+            "(ai-toolkit's buckets never enlarge one)."
+        ),
+        "kohya": same(
+            "One bucketed `[[datasets]]` per size with `bucket_no_upscale = true`: an image smaller than the size "
+            "keeps its own, as on ai-toolkit."
+        ),
     },
     "training.seed": {
         "builtin": same("Seed."),
@@ -226,9 +249,7 @@ FIELDS: dict[str, dict[str, Rule]] = {
         "builtin": translated(
             "Always cached (frozen encoders give the same result); dropout uses a cached empty caption."
         ),
-        "ai-toolkit": translated(
-            "`cache_text_embeddings`, off when captions are dropped or shuffled (see those rows)."
-        ),
+        "ai-toolkit": translated("`cache_text_embeddings`, off when captions are shuffled (see that row)."),
         "kohya": translated(
             "`--cache_text_encoder_outputs(_to_disk)`, off when captions are dropped or shuffled (see those rows)."
         ),
@@ -301,12 +322,21 @@ FIELDS: dict[str, dict[str, Rule]] = {
     "sampling.at_end": {
         "builtin": same("A final round after training."),
         "ai-toolkit": translated("ai-toolkit always samples at the end unless sampling is off altogether."),
-        "kohya": translated("A round at the last step (`--sample_every_n_steps` = steps when every_n_steps is 0)."),
+        "kohya": translated(
+            "A round at the last step (`--sample_every_n_steps` = steps when every_n_steps is 0 or above steps).",
+            at_end_on_cadence("kohya"),
+            "when every_n_steps > 0 does not divide the steps (kohya has no round after the last step)",
+        ),
     },
     "sampling.width": {e: same("Sample width.") for e in ENGINES},
     "sampling.height": {e: same("Sample height.") for e in ENGINES},
     "sampling.seed": {e: same("Prompt i uses seed + i.") for e in ENGINES},
-    "sampling.guidance_scale": {e: same("Sampling guidance.") for e in ENGINES},
+    "sampling.guidance_scale": {
+        "builtin": same("Sampling guidance."),
+        "ai-toolkit": same("`sample.guidance_scale`."),
+        "kohya": same("`--g` in each prompt line for FLUX.1 (its guidance embedding); `--l` (classifier-free "
+                      "guidance) for SDXL and Chroma, whose samplers do not read `--g`."),
+    },
     "sampling.steps": {e: same("Denoising steps.") for e in ENGINES},
     "checkpointing.every_n_steps": {
         "builtin": same("A checkpoint every N steps."),

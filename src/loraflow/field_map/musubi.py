@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from loraflow.field_map.conditions import compiling, low_vram, nf4, pin
+from loraflow.field_map.conditions import at_end_on_cadence, compiling, low_vram, nf4, pin
 from loraflow.field_map.rules import Refusal, Rule, refused, same, translated
 
 if TYPE_CHECKING:
@@ -126,7 +126,8 @@ MUSUBI: dict[str, Rule] = {
     "training.weight_decay": same("`--optimizer_args weight_decay=...`."),
     "training.max_grad_norm": same("`--max_grad_norm`."),
     "training.resolution": translated(
-        "One image and one video `[[datasets]]` per size, resolution [size, size]: buckets of that area."
+        "One image and one video `[[datasets]]` per size, resolution [size, size]: buckets of that area (a "
+        "smaller image or clip is enlarged to it, like builtin; kohya and ai-toolkit keep its own size)."
     ),
     "training.seed": same("`--seed`."),
     "training.precision": same("`--mixed_precision` (fp32: no)."),
@@ -154,8 +155,14 @@ MUSUBI: dict[str, Rule] = {
         "substituted; empty: no samples."
     ),
     "sampling.every_n_steps": same("`--sample_every_n_steps` (0: the last step only, when at_end)."),
+    "sampling.guidance_scale": same(
+        "`--l` in each prompt line for Wan and Qwen-Image-Edit (classifier-free guidance: their samplers never "
+        "read `--g`); `--g` for FLUX.2 and Kontext (their guidance embedding)."
+    ),
     "sampling.at_end": translated(
-        "A round at the last step (`--sample_every_n_steps` = steps when every_n_steps is 0)."
+        "A round at the last step (`--sample_every_n_steps` = steps when every_n_steps is 0 or above steps).",
+        at_end_on_cadence("musubi"),
+        "when every_n_steps > 0 does not divide the steps (musubi has no round after the last step)",
     ),
     "checkpointing.every_n_steps": same("`--save_every_n_steps` (with its state folder, for resume)."),
     "checkpointing.keep_last": translated(

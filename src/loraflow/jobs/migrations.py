@@ -34,7 +34,20 @@ def _v3_platform(conn: Connection) -> None:
         table.__table__.create(conn, checkfirst=True)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_tokens_and_worker_index, _v3_platform]
+def _v4_webhook_outbox(conn: Connection) -> None:
+    """The durable webhook outbox and its per-job cursor (notify/outbox.py)."""
+    from loraflow.jobs.models import OutboxCursorRow, OutboxRow
+
+    for table in (OutboxRow, OutboxCursorRow):
+        table.__table__.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _v1_initial,
+    _v2_tokens_and_worker_index,
+    _v3_platform,
+    _v4_webhook_outbox,
+]
 LATEST = len(MIGRATIONS)
 
 

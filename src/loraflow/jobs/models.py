@@ -62,6 +62,43 @@ class EventRow(Base):
     __table_args__ = (UniqueConstraint("job_id", "seq", name="uq_events_job_seq"),)
 
 
+class OutboxRow(Base):
+    """One webhook notification for one receiver (the index of the target in the job's spec), kept until it
+    is delivered or given up: the durable outbox notify/outbox.py delivers from."""
+
+    __tablename__ = "webhook_outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    target: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(Integer)  # the event it tells about
+    event: Mapped[str] = mapped_column(String(48))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("job_id", "target", "seq", name="uq_outbox_job_target_seq"),
+        Index("ix_outbox_state_job", "state", "job_id"),
+    )
+
+
+class OutboxCursorRow(Base):
+    """How far into a job's events the outbox has looked, and when it last queued a progress notice."""
+
+    __tablename__ = "webhook_cursor"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+    progress_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
 class TokenRow(Base):
     """An API or web-session token: only its SHA-256 is stored."""
 

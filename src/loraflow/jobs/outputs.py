@@ -22,6 +22,8 @@ class JobOutputs(BaseModel):
     dataset_hash: str | None = None  # the prepared dataset's manifest digest
     lora_check: dict[str, Any] | None = None  # the result check's verdicts: final, checkpoints, failed_checkpoints
     images: int | None = None  # usable images the dataset check counted
+    holdout: list[str] = Field(default_factory=list)  # images kept out of training for the scorecard
+    scorecard: dict[str, Any] | None = None  # the result check's summary: best checkpoint and why, rows, verdict
     # where it went
     published: list[dict[str, Any]] = Field(default_factory=list)  # one record per push: type, url, checkpoint_step
     published_bundle: str | None = None  # the bundle the last publish pushed
@@ -33,6 +35,7 @@ class JobOutputs(BaseModel):
     force_budget: bool = False  # `train --force`: start past the budget estimate
     check: Literal["pending", "allow", "deny"] | None = None  # the platform's external admission check
     swept: bool = False  # the platform sweep settled and registered it
+    queued: bool = False  # a service job: the workers start it under their slots and capacity, never a door
 
     @classmethod
     def load(cls, raw: dict[str, Any] | None) -> JobOutputs:

@@ -8,18 +8,23 @@ gap-free and ordered even with several processes writing.
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
 from loraflow import paths
 from loraflow.errors import NotFound
+from loraflow.jobs.integrity import check_before_open, damaged, mark_has_jobs, quick_check, sqlite_path
 from loraflow.jobs.migrations import migrate
 from loraflow.jobs.models import EventRow, JobRow
+from loraflow.jobs.outage import ride_out
 from loraflow.jobs.outputs import JobOutputs
 from loraflow.jobs.states import JobState, check_transition
 from loraflow.spec import TrainSpec
@@ -130,18 +135,28 @@ def _event(row: EventRow) -> Event:
     return Event(row.job_id, row.seq, _aware(row.ts), row.type, row.stage, dict(row.data or {}))
 
 
+def busy_s() -> float:
+    """How long one SQLite statement waits for another process's lock (LORAFLOW_SQLITE_BUSY_S, default 60);
+    past it the store's ride-out (jobs/outage.py) decides whether to wait longer."""
+    try:
+        return max(0.05, float(os.environ.get("LORAFLOW_SQLITE_BUSY_S", 60)))
+    except ValueError:
+        return 60.0
+
+
 def make_engine(url: str, readonly: bool = False) -> Engine:
     """SQLite: writers take the write lock up front; readers (readonly) use plain deferred
     transactions, which WAL lets run beside a writer instead of queueing behind it."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+        busy = busy_s()
+        engine = create_engine(url, connect_args={"timeout": busy, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None  # let BEGIN IMMEDIATE below manage transactions
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute(f"PRAGMA busy_timeout={int(busy * 1000)}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
@@ -155,13 +170,30 @@ def make_engine(url: str, readonly: bool = False) -> Engine:
 
 
 class Store:
-    def __init__(self, url: str | None = None) -> None:
+    """`ride_out_s`: how long each call waits out a store that is away (jobs/outage.py); 0 (a command, a
+    request) says at once that it is unavailable, a runner or worker passes `outage_bound()`."""
+
+    def __init__(self, url: str | None = None, ride_out_s: float = 0.0) -> None:
         self.url = url or paths.database_url()
+        self.ride_out_s = ride_out_s
+        check_before_open(self.url)  # a store that held jobs and is gone or empty: refused (jobs/integrity.py)
         self.engine = make_engine(self.url)
-        migrate(self.engine)
+        try:
+            self._migrate()
+            quick_check(self.engine, self.url)
+        except (DatabaseError, sqlite3.DatabaseError) as exc:  # "file is not a database", "malformed"
+            path = sqlite_path(self.url)
+            if path is None:
+                raise
+            self.engine.dispose()
+            raise damaged(path, str(getattr(exc, "orig", None) or exc)) from None
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         self.read_engine = make_engine(self.url, readonly=True) if self.url.startswith("sqlite") else self.engine
         self._reader = sessionmaker(self.read_engine, expire_on_commit=False)
+
+    @ride_out
+    def _migrate(self) -> None:
+        migrate(self.engine)
 
     def session(self) -> Session:
         return self._session()
@@ -177,8 +209,10 @@ class Store:
 
     # --- jobs --------------------------------------------------------------------------------------
 
+    @ride_out
     def create_job(self, spec: TrainSpec, owner: str = "local", job_id: str | None = None) -> Job:
         job_id = job_id or uuid.uuid4().hex[:12]
+        mark_has_jobs(self.url)
         with self.session() as s, s.begin():
             row = JobRow(
                 id=job_id,
@@ -204,6 +238,7 @@ class Store:
             )
         return self.get(job_id)
 
+    @ride_out
     def get(self, job_id: str, owner: str | None = None) -> Job:
         with self.reader() as s:
             row = s.get(JobRow, job_id)
@@ -211,6 +246,7 @@ class Store:
                 raise NotFound(f"no job with id {job_id}", fix="list jobs with `loraflow jobs list`")
             return _job(row)
 
+    @ride_out
     def find(self, prefix: str, owner: str | None = None) -> Job:
         """A job by id or unique id prefix, as people type them."""
         with self.reader() as s:
@@ -223,6 +259,7 @@ class Store:
             raise NotFound(f"{what} with id starting '{prefix}'", fix="give more of the id (`loraflow jobs list`)")
         return _job(rows[0])
 
+    @ride_out
     def list_jobs(
         self, *, owner: str | None = None, states: list[str] | None = None, limit: int = 50, offset: int = 0
     ) -> list[Job]:
@@ -234,6 +271,7 @@ class Store:
         with self.reader() as s:
             return [_job(r) for r in s.execute(query).scalars().all()]
 
+    @ride_out
     def count_jobs(self, *, owner: str | None = None, states: list[str] | None = None) -> int:
         query = select(func.count()).select_from(JobRow)
         if owner is not None:
@@ -249,6 +287,7 @@ class Store:
             raise NotFound(f"no job with id {job_id}")
         return row
 
+    @ride_out
     def transition(
         self, job_id: str, new_state: JobState | str, *, data: dict[str, Any] | None = None, **fields: Any
     ) -> Job:
@@ -258,11 +297,14 @@ class Store:
             previous = row.state
             nxt = check_transition(previous, new_state)
             row.state = nxt.value
+            if nxt is JobState.COMPLETED:  # an error from an earlier attempt no longer describes the job
+                row.error = None
             for key, value in fields.items():
                 setattr(row, key, value)
             self._append(s, row, "job.state", {"from": previous, "to": nxt.value, **(data or {})}, row.stage)
         return self.get(job_id)
 
+    @ride_out
     def update(self, job_id: str, **fields: Any) -> Job:
         with self.session() as s, s.begin():
             row = self._locked(s, job_id)
@@ -270,6 +312,7 @@ class Store:
                 setattr(row, key, value)
         return self.get(job_id)
 
+    @ride_out
     def mark_stage_done(self, job_id: str, stage: str) -> None:
         with self.session() as s, s.begin():
             row = self._locked(s, job_id)
@@ -277,6 +320,7 @@ class Store:
                 row.stages_done = [*(row.stages_done or []), stage]
             self._append(s, row, "stage.completed", {"stage": stage}, stage)
 
+    @ride_out
     def update_outputs(self, job_id: str, **fields: Any) -> None:
         """Set named `JobOutputs` fields (checked before the write lock is taken); the others are kept."""
         stored = JobOutputs.checked(fields)
@@ -293,6 +337,7 @@ class Store:
         s.add(ev)
         return ev
 
+    @ride_out
     def append_event(
         self, job_id: str, type_: str, data: dict[str, Any] | None = None, stage: str | None = None, **fields: Any
     ) -> Event:
@@ -305,6 +350,7 @@ class Store:
             s.flush()
             return _event(ev)
 
+    @ride_out
     def append_many(self, items: list[tuple[str, str, dict[str, Any], dict[str, Any]]]) -> None:
         """Append (job id, type, data, job fields) for many jobs in one transaction, in order: the
         follower writes a second's worth of events for hundreds of jobs at once."""
@@ -320,12 +366,14 @@ class Store:
                     setattr(row, key, value)
                 self._append(s, row, type_, data, row.stage)
 
+    @ride_out
     def jobs_by_id(self, ids: list[str]) -> dict[str, Job]:
         if not ids:
             return {}
         with self.reader() as s:
             return {r.id: _job(r) for r in s.execute(select(JobRow).where(JobRow.id.in_(ids))).scalars().all()}
 
+    @ride_out
     def events(
         self, job_id: str, after_seq: int = 0, limit: int = 1000, types: list[str] | None = None, latest: bool = False
     ) -> list[Event]:

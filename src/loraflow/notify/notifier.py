@@ -1,81 +1,143 @@
-"""The notifier: one job's notifications, one queue per target, delivered in order on an event loop.
+"""Delivering the webhook outbox (notify/outbox.py): one event loop in one thread, one attempt at a time
+per receiver, so a receiver that hangs delays only itself.
 
-There is one notifier. `AsyncNotifier` is all of it: it picks the notifications among a job's stored
-events (notify/webhooks.py's Selector), queues each for the targets that want it and delivers them one
-task per target, so a receiver that hangs delays only itself. The follower feeds it on its own loop,
-with one httpx client for every job it follows. A runner process has no event loop, so `Notifier` runs
-the same AsyncNotifier on a loop of one thread of its own, fed from the store every `poll_s`: how it is
-driven is the only difference, never the signing, formats, retries, address checks or order.
+`Notifier` is a runner's: it queues its job's new events and delivers them while the runner lives, and on
+stop delivers what is left within a bounded wait. `Dispatcher` is a worker's and `loraflow serve`'s: it
+queues and delivers for every job, so notifications still pending when a runner ended (a receiver down for
+hours, a runner killed) go out later, retried with the outbox's backoff, whoever restarted meanwhile.
+Both are the same loop; only which jobs they look at differs. The store is asked from the loop thread
+(short queries); the waits for receivers are asynchronous.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
-from collections.abc import Callable
+import time
 from typing import Any
 
 import httpx
 
 from loraflow.jobs.store import Store
-from loraflow.notify.webhooks import Selector, delivery_record, resume_point, send, sender_for, wants
+from loraflow.notify import outbox
+from loraflow.notify.outbox import Policy
+from loraflow.notify.webhooks import Sender, deliver_async, sender_for, signed_request, target_url
 from loraflow.spec import NotificationTarget
 
-Record = Callable[[str, dict[str, Any]], None]  # (event type, data) -> stored, or queued for storing
+log = logging.getLogger(__name__)
 
 
-class AsyncNotifier:
+class Dispatcher:
+    """Queue and deliver: for one job (`job_id`, with its `targets`) or for every job (both None)."""
+
     def __init__(
         self,
         store: Store,
-        job_id: str,
-        targets: list[NotificationTarget],
-        client: httpx.AsyncClient,
-        record: Record,
-        after_seq: int | None = None,
-        progress_every_s: float = 30.0,
-        attempts: int = 5,
-        base_delay_s: float = 1.0,
+        job_id: str | None = None,
+        targets: list[NotificationTarget] | None = None,
+        policy: Policy | None = None,
+        poll_s: float = 0.5,
+        after_seq: int = 0,
     ) -> None:
-        """Call on the loop that delivers. `after_seq` None: resume after the last recorded delivery."""
         self.store = store
         self.job_id = job_id
-        self.client = client
-        self.record = record
-        self.attempts = attempts
-        self.base_delay_s = base_delay_s
-        start = resume_point(store, job_id) if after_seq is None else after_seq
-        self.selector = Selector(start, progress_every_s)
-        self.sender = sender_for(store.get(job_id))  # the job's address policy and signing secret
-        self.queues: list[tuple[NotificationTarget, asyncio.Queue[dict[str, Any] | None]]] = [
-            (t, asyncio.Queue()) for t in targets
-        ]
-        self.tasks = [asyncio.create_task(self._deliver(t, q)) for t, q in self.queues]
+        self.targets = targets
+        self.policy = policy or Policy.from_env()
+        self.poll_s = poll_s
+        self.after_seq = after_seq
+        self._stop = threading.Event()
+        self._flush_timeout_s = 30.0
+        self._flying: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._senders: dict[str, tuple[list[NotificationTarget], Sender]] = {}
+        name = f"notify:{job_id}" if job_id else "notify:all"
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True, name=name)
 
-    def feed(self, events: list[Any], job: Any) -> None:
-        """Queue the notifications among newly stored events (in order, after the resume point)."""
-        for p in self.selector.pick(events, job):
-            for target, queue in self.queues:
-                if wants(target, p["event"]):
-                    queue.put_nowait(p)
+    def start(self) -> Dispatcher:
+        self._thread.start()
+        return self
 
-    async def _deliver(self, target: NotificationTarget, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
-        while (p := await queue.get()) is not None:
-            result = await send(self.client, target, p, self.attempts, self.base_delay_s, self.sender)
-            self.record("webhook.delivery", delivery_record(p, target, result))
+    def stop(self, flush_timeout_s: float = 30.0) -> None:
+        """Deliver what is due (bounded wait), then end the thread; the rest stays in the outbox."""
+        self._flush_timeout_s = flush_timeout_s
+        self._stop.set()
+        self._thread.join(flush_timeout_s + self.poll_s + 10)
 
-    async def close(self, flush_timeout_s: float = 30.0) -> None:
-        """Deliver what is queued (bounded wait); the next notifier resumes after the last record."""
-        for _, queue in self.queues:
-            queue.put_nowait(None)
-        _, late = await asyncio.wait(self.tasks, timeout=flush_timeout_s) if self.tasks else (set(), set())
+    # --- on the loop -----------------------------------------------------------------------------
+
+    def _for(self, job_id: str) -> tuple[list[NotificationTarget], Sender]:
+        if job_id not in self._senders:
+            job = self.store.get(job_id)
+            targets = self.targets if self.targets is not None and job_id == self.job_id else None
+            self._senders[job_id] = (targets or job.train_spec.notifications, sender_for(job))
+        return self._senders[job_id]
+
+    def _round(self, client: httpx.AsyncClient) -> None:
+        jobs = [self.job_id] if self.job_id else outbox.jobs_to_scan(self.store)
+        for job_id in jobs:
+            targets, _ = self._for(job_id)
+            outbox.enqueue(self.store, job_id, targets, self.policy, self.after_seq)
+        for row in outbox.due(self.store, self.job_id):
+            key = (row.job_id, row.target)
+            if key in self._flying and not self._flying[key].done():
+                continue
+            targets, _ = self._for(row.job_id)
+            if row.target >= len(targets) or not outbox.claim(self.store, row.id, self.policy):
+                continue
+            self._flying[key] = asyncio.ensure_future(self._attempt(client, row, targets[row.target]))
+
+    async def _attempt(self, client: httpx.AsyncClient, row: Any, target: NotificationTarget) -> None:
+        """One POST of one row, with the policy's timeout, then its outcome recorded."""
+        _, sender = self._for(row.job_id)
+        url = target_url(target)
+        try:
+            if url is None:
+                ok, final, status, error = False, True, None, f"{target.url_env} is not set"
+            else:
+                body, headers = signed_request(row.payload, target.type, target.chat_id, sender.secret)
+                result = await deliver_async(client, url, body, headers, 1, 0.0, self.policy.timeout_s, sender.policy)
+                status, ok, error = result.status, result.ok, result.error
+                final = not ok and ((error or "").startswith("refused") or _final_status(status))
+            outbox.settle(self.store, row, target, ok, final, status, error, self.policy)
+        except asyncio.CancelledError:
+            outbox.release(self.store, row.id)
+            raise
+
+    async def _run(self) -> None:
+        async with httpx.AsyncClient() as client:
+            while not self._stop.is_set():
+                try:
+                    self._round(client)
+                except Exception:  # the store away a moment: the outbox keeps everything; try again
+                    log.exception("webhook outbox round failed")
+                await asyncio.sleep(self.poll_s)
+            await self._flush(client)
+
+    async def _flush(self, client: httpx.AsyncClient) -> None:
+        """What is due now goes out before the thread ends (bounded); later retries are left to a worker."""
+        deadline = time.monotonic() + self._flush_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                self._round(client)
+            except Exception:
+                log.exception("webhook outbox round failed")
+                break
+            flying = [t for t in self._flying.values() if not t.done()]
+            if not flying:
+                break
+            await asyncio.wait(flying, timeout=max(0.0, deadline - time.monotonic()), return_when="FIRST_COMPLETED")
+        late = [t for t in self._flying.values() if not t.done()]
         for task in late:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
 
 
-class Notifier:
-    """AsyncNotifier for a runner process: its loop runs in one thread, so training never waits on it."""
+def _final_status(status: int | None) -> bool:
+    return status is not None and 400 <= status < 500 and status != 429
+
+
+class Notifier(Dispatcher):
+    """A runner's dispatcher for its own job (the signature the runner and older callers use)."""
 
     def __init__(
         self,
@@ -85,52 +147,21 @@ class Notifier:
         after_seq: int = 0,
         progress_every_s: float = 30.0,
         attempts: int = 5,
-        base_delay_s: float = 1.0,
+        base_delay_s: float | None = None,
         poll_s: float = 0.5,
     ) -> None:
-        self.store = store
-        self.job_id = job_id
-        self.targets = targets
-        self.poll_s = poll_s
-        self.options: dict[str, Any] = {
-            "after_seq": after_seq,
-            "progress_every_s": progress_every_s,
-            "attempts": attempts,
-            "base_delay_s": base_delay_s,
-        }
-        self._stop = threading.Event()
-        self._flush_timeout_s = 30.0
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True, name=f"notify:{job_id}")
+        """`attempts` is kept for callers; the outbox's bound is time (Policy.give_up_h), not a count.
+        `base_delay_s`: the first retry's delay (default: the environment's, see notify/outbox.py)."""
+        retry = {} if base_delay_s is None else {"retry_s": base_delay_s}
+        policy = Policy.from_env(progress_every_s=progress_every_s, **retry)
+        super().__init__(store, job_id, targets, policy, poll_s, after_seq)
 
     def start(self) -> Notifier:
-        self._thread.start()
+        super().start()
         return self
-
-    def _record(self, type_: str, data: dict[str, Any]) -> None:
-        self.store.append_event(self.job_id, type_, data)
-
-    def _feed(self, notifier: AsyncNotifier) -> None:
-        events = self.store.events(self.job_id, after_seq=notifier.selector.seq)
-        if events:
-            notifier.feed(events, self.store.get(self.job_id))
-
-    async def _run(self) -> None:
-        async with httpx.AsyncClient() as client:
-            notifier = AsyncNotifier(self.store, self.job_id, self.targets, client, self._record, **self.options)
-            while not self._stop.is_set():
-                self._feed(notifier)
-                await asyncio.sleep(self.poll_s)
-            self._feed(notifier)  # what happened up to the stop
-            await notifier.close(self._flush_timeout_s)
-
-    def stop(self, flush_timeout_s: float = 30.0) -> None:
-        """Send what is left (bounded wait), then end the thread."""
-        self._flush_timeout_s = flush_timeout_s
-        self._stop.set()
-        self._thread.join(flush_timeout_s + self.poll_s + 10)
 
 
 def flush_pending(store: Store, job_id: str, targets: list[NotificationTarget]) -> None:
     """Deliver what happened outside a runner (an approval from the CLI or the API), then return."""
     if targets:
-        Notifier(store, job_id, targets, after_seq=resume_point(store, job_id), poll_s=0.05).start().stop()
+        Notifier(store, job_id, targets, poll_s=0.05).start().stop()

@@ -59,16 +59,20 @@ def stop(store: Store, job_id: str) -> None:
 
 def resume(store: Store, job_id: str) -> None:
     """Continue a stopped, failed or budget-stopped job (or make sure an active one has its runner).
-    The CLI, the API and the web UI all resume through here."""
+    The CLI, the API and the web UI all resume through here. A job the workers run (`queued`) goes back
+    into their queue, unclaimed, so it waits for a slot like a new one instead of being started here."""
     job = store.get(job_id)
+    queued = job.outputs.queued
     if job.state in RESUMABLE:
         layout = JobLayout(str(paths.job_dir(job_id)))
         Path(layout.stop_request).unlink(missing_ok=True)  # an old stop must not end the resumed run
         budget_stop_file(layout).unlink(missing_ok=True)
-        store.transition(job_id, JobState.PENDING, data={"resume": True})
+        unclaimed = {"worker": None, "heartbeat_at": None} if queued else {}
+        store.transition(job_id, JobState.PENDING, data={"resume": True}, **unclaimed)
     elif job.state not in ACTIVE:
         raise IllegalTransition(f"job {job_id} is {job.state.value} and cannot be resumed")
-    start_runner(job_id)
+    if not queued:
+        start_runner(job_id)
 
 
 def runner_alive(job_id: str) -> bool:

@@ -51,7 +51,7 @@ def run_prechecks(store: Store, cfg: PlatformConfig) -> None:
             continue
         store.update_outputs(job.id, check=decision)
         store.append_event(job.id, "check.decided", {"decision": decision, "reason": reason, "by": cfg.precheck_url})
-        if decision == "allow":
+        if decision == "allow" and not job.outputs.queued:  # a queued job: a worker claims it now
             start_runner(job.id)
         else:
             store.transition(job.id, JobState.CANCELLED, error=f"refused by the external check: {reason}".strip())

@@ -28,8 +28,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
-import httpx
-
 from loraflow import paths
 from loraflow.engines import get_engine
 from loraflow.errors import LoraflowError
@@ -127,9 +125,7 @@ class Follower:
         self.records: dict[str, Job] = {}
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="follower")
         self._closing = False
-        self._client: httpx.AsyncClient | None = None
         self._connect_gate: asyncio.Semaphore | None = None
-        self._background: set[asyncio.Future[None]] = set()
 
     # --- from other threads ----------------------------------------------------------------------
 
@@ -181,8 +177,6 @@ class Follower:
         for host in self.hosts.values():
             with contextlib.suppress(Exception):
                 await host.close()
-        if self._client is not None:
-            await self._client.aclose()
 
     # --- on the loop -----------------------------------------------------------------------------
 
@@ -201,12 +195,6 @@ class Follower:
                 with contextlib.suppress(Exception):
                     self.records = await self.loop.run_in_executor(self.pool, self.store.jobs_by_id, ids)
             await asyncio.sleep(1.0)
-
-    def _http(self) -> httpx.AsyncClient:
-        """One connection pool for every followed job's webhooks."""
-        if self._client is None:
-            self._client = httpx.AsyncClient()
-        return self._client
 
     def _host(self, endpoint: SshEndpoint) -> AsyncSshHost:
         key = tuple(sorted(endpoint.to_dict().items()))
@@ -282,11 +270,6 @@ class Follower:
             gpu_offset_s=random.uniform(0, GPU_EVERY_S),
             phase=state.phase,
         )
-        notifier = None
-        if spec.notifications:
-            from loraflow.notify.notifier import AsyncNotifier
-
-            notifier = AsyncNotifier(self.store, job_id, spec.notifications, self._http(), self._queue_for(job_id))
         remote = RemoteLease(self.store, job_id, spec, layout, self._emit_for(job_id))
         copy_back = functools.partial(sync, remote)
         await self.writes.write(job_id, [("follower.adopted", {"attempt": state.attempt, "offset": state.offset}, {})])
@@ -343,26 +326,11 @@ class Follower:
                     state.phase = follow.phase
                     warned = state.budget_warned
                     state.save(follow_path)
-                if notifier is not None and pending:
-                    stored = await self.loop.run_in_executor(
-                        self.pool, self.store.events, job_id, notifier.selector.seq
-                    )
-                    notifier.feed(stored, record or job)
                 if not running:
                     return f"trainer {status.value}"
                 await asyncio.sleep(self.poll_s)
         finally:
             await trainer.close()
-            if notifier is not None:
-                await notifier.close()
-
-    def _queue_for(self, job_id: str) -> Any:
-        def queue(type_: str, data: dict[str, Any]) -> None:
-            task = asyncio.ensure_future(self.writes.write(job_id, [(type_, data, {})]))
-            self._background.add(task)  # kept until written
-            task.add_done_callback(self._background.discard)
-
-        return queue
 
     def _emit_for(self, job_id: str) -> Any:
         """For lease_files.sync's warnings, called on a transfer thread."""

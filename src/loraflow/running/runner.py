@@ -25,6 +25,7 @@ from loraflow import paths
 from loraflow.engines import get_engine
 from loraflow.engines.installed import require_engine
 from loraflow.errors import LoraflowError, UserInputError
+from loraflow.jobs.outage import StoreUnavailable
 from loraflow.jobs.states import JobState
 from loraflow.jobs.store import Job, Store
 from loraflow.layout import JobLayout
@@ -103,11 +104,16 @@ class JobRunner:
             if not got:
                 return self._refresh().state
             notifier = self._start_notifier()
+            store_away = False
             try:
                 with self.place.keeps_lease():  # feeds a rented host's watcher
                     return self._run()
             except Terminated as exc:
                 return self._left(exc.signum)
+            except StoreUnavailable as exc:  # past the bound: leave the job as it is for the next runner
+                store_away = True
+                print(f"runner of {self.job_id}: {exc.render()}", file=sys.stderr)
+                return self.ctx.job.state
             except JobFailed as exc:
                 return self._fail(exc.message, exc.hint, exc.code)
             except UserInputError as exc:
@@ -124,9 +130,10 @@ class JobRunner:
                     return self._fail_disk_full(exc)
                 return self._fail(f"{type(exc).__name__}: {exc}", code="internal")
             finally:
-                self._release_if_idle()
+                if not store_away:
+                    self._release_if_idle()
                 if notifier is not None:
-                    notifier.stop()
+                    notifier.stop(flush_timeout_s=0 if store_away else 30)
                 self.wandb.close()
 
     def _left(self, signum: int) -> JobState:
@@ -265,10 +272,10 @@ class JobRunner:
         if not self.spec.notifications:
             return None
         from loraflow.notify.notifier import Notifier
-        from loraflow.notify.webhooks import resume_point
 
-        after = resume_point(self.store, self.job_id)  # a runner started again continues where the last one was
-        return Notifier(self.store, self.job_id, self.spec.notifications, after_seq=after).start()
+        # The outbox (notify/outbox.py) remembers what was queued and delivered: a runner started again
+        # continues where the last one was, and what it leaves undelivered a worker delivers later.
+        return Notifier(self.store, self.job_id, self.spec.notifications).start()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m loraflow.running.runner JOB_ID", file=sys.stderr)
         return 2
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    runner = JobRunner(Store(), args[0])
+    from loraflow.jobs.outage import outage_bound
+
+    runner = JobRunner(Store(ride_out_s=outage_bound()), args[0])  # a store away a while is waited out
     signal.signal(signal.SIGTERM, runner.on_terminate)
     state = runner.run()
     return 0 if state in (JobState.COMPLETED, JobState.AWAITING_APPROVAL, JobState.STOPPED, JobState.TRAINING) else 1

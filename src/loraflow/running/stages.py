@@ -9,7 +9,7 @@ from pathlib import Path
 
 from loraflow.errors import UserInputError
 from loraflow.jobs.states import JobState
-from loraflow.running.context import RunContext
+from loraflow.running.context import JobFailed, RunContext
 
 
 class StageBase:
@@ -124,9 +124,22 @@ class Publish(StageBase):
 
         try:
             publish_job(ctx.store, ctx.refresh())
-        except Exception as exc:
-            raise UserInputError(
-                f"publishing failed: {type(exc).__name__}: {exc}",
-                fix=f"fix the target, then `loraflow publish {ctx.job_id}`",
-            ) from exc
+        except UserInputError as exc:  # the target as written is wrong
+            raise UserInputError(f"publishing failed: {exc.message}", fix=exc.fix or _republish(ctx)) from exc
+        except Exception as exc:  # the service failed, not the user's input: say which, keep the LoRA
+            code = "publish_unreachable" if _unreachable(exc) else "publish_failed"
+            what = "the publish target did not answer" if code == "publish_unreachable" else "publishing failed"
+            raise JobFailed(f"{what}: {type(exc).__name__}: {exc}", _republish(ctx), code) from exc
         return None
+
+
+def _republish(ctx: RunContext) -> str:
+    return f"the trained LoRA is kept; once the target works, run `loraflow publish {ctx.job_id}`"
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """A connection that failed or timed out (an outage), as boto3, httpx or huggingface_hub report it."""
+    names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
+    outage = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectError",
+              "ConnectTimeout", "ReadTimeout", "ConnectionError", "ConnectionRefusedError", "ConnectionResetError")
+    return bool(names & set(outage)) or isinstance(exc, (ConnectionError, TimeoutError))

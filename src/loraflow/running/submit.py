@@ -43,6 +43,9 @@ class ServiceConfig:
     max_archive_bytes: int = 4 << 30  # an archive's expanded size (never past max_upload_mb either)
     max_archive_files: int = 20_000
     no_auth: bool = False  # only honoured for 127.0.0.1
+    # Jobs wait in the store for the workers (`serve --workers N`, `loraflow worker`), which start them under
+    # their slots and the machine's capacity; off, the door starts each job's runner itself.
+    queue_for_workers: bool = False
     grants: Grants = field(default_factory=Grants)
 
     @classmethod
@@ -66,6 +69,7 @@ class ServiceConfig:
             max_archive_bytes=int(float(env.get("LORAFLOW_MAX_ARCHIVE_BYTES", 4 << 30))),
             max_archive_files=int(env.get("LORAFLOW_MAX_ARCHIVE_FILES", 20_000)),
             grants=Grants.from_env(),
+            queue_for_workers=env.get("LORAFLOW_QUEUE_FOR_WORKERS", "0") == "1",
         )
 
     def archive_bound(self) -> int:
@@ -218,6 +222,8 @@ def submit(
     flags: dict[str, Any] = {"trust": "operator" if config is None else "service"}
     if force:
         flags["force_budget"] = True
+    if config is not None and config.queue_for_workers:
+        flags["queued"] = True
     store.update_outputs(job.id, **flags)
     job.folder.mkdir(parents=True, exist_ok=True)
     (job.folder / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
@@ -225,5 +231,6 @@ def submit(
         store.update_outputs(job.id, check="pending")  # the sweep asks the hook, then starts or cancels it
         store.append_event(job.id, "check.requested", {"url": platform.precheck_url})
         return store.get(job.id)
-    start_runner(job.id)
+    if not flags.get("queued"):  # else a worker claims it when a slot frees (running/worker.py)
+        start_runner(job.id)
     return store.get(job.id)

@@ -115,6 +115,7 @@ class Train:
                 state.save(self.follow_path)
             elif not relaunched:
                 ctx.recorder.last_error = self._recorded_error()
+                self._record_launch(handle, state)
                 if status is ProcessStatus.RUNNING:
                     ctx.store.append_event(ctx.job_id, ev.LOG, {"message": "re-attached to the running trainer"})
                 elif status is ProcessStatus.GONE:
@@ -175,6 +176,17 @@ class Train:
         host.run(cmd.argv, cmd.cwd or xlayout.root, handle, env)
         host.wait_started(handle)
         ctx.store.append_event(ctx.job_id, "train.launched", {"attempt": state.attempt, "pid": host.pid(handle)})
+
+    def _record_launch(self, handle: Handle, state: FollowState) -> None:
+        """A runner that died between launching the trainer and recording it (killed, the store locked or
+        gone) left this attempt without its `train.launched`: the one re-attaching records it, so every
+        attempt has exactly one."""
+        ctx = self.ctx
+        last = ctx.store.events(ctx.job_id, types=["train.launched"], latest=True)
+        if last and int(last[0].data.get("attempt") or 0) >= state.attempt:
+            return
+        pid = ctx.place.host().pid(handle)
+        ctx.store.append_event(ctx.job_id, "train.launched", {"attempt": state.attempt, "pid": pid, "late": True})
 
     def _recorded_error(self) -> dict[str, Any] | None:
         """The current attempt's last engine error as stored (whoever read the log: us before a restart,

@@ -16,6 +16,7 @@ whichever worker takes it over.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -26,41 +27,87 @@ from typing import TYPE_CHECKING
 from sqlalchemy import and_, or_, select, update
 
 from loraflow.jobs.models import JobRow
+from loraflow.jobs.outputs import JobOutputs
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Job, Store
 
 if TYPE_CHECKING:
+    from loraflow.notify.notifier import Dispatcher
     from loraflow.running.follower import Follower
+
+
+log = logging.getLogger(__name__)
+MAX_BACKOFF_S = 30.0  # a failing tick is retried at most this far apart
+CANDIDATES = 200  # pending jobs looked at per claim: remote ones behind local ones that must wait
 
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+def gpu_capacity() -> int:
+    """How many local trainings this machine runs at once: LORAFLOW_GPU_SLOTS, else its GPUs, else 1 (CPU)."""
+    configured = os.environ.get("LORAFLOW_GPU_SLOTS", "").strip()
+    if configured:
+        try:
+            return max(1, int(configured))
+        except ValueError:
+            log.warning("LORAFLOW_GPU_SLOTS=%r is not a whole number: counting GPUs instead", configured)
+    from loraflow.nvidia_smi import gpu_stats
+
+    return max(1, len(gpu_stats() or []))
+
+
+def _trains_here(spec: dict[str, object]) -> bool:
+    """The job's trainer runs on this machine (not on a rented or hosted GPU)."""
+    from loraflow.running.remote import REMOTE_PROVIDERS
+
+    compute = spec.get("compute") if isinstance(spec, dict) else None
+    engine = spec.get("engine") if isinstance(spec, dict) else None
+    provider = compute.get("provider", "local") if isinstance(compute, dict) else "local"
+    name = engine.get("name") if isinstance(engine, dict) else None
+    return provider not in REMOTE_PROVIDERS and name not in HOSTED
+
+
+HOSTED = {"fal"}  # engines that train on the service's own GPUs
+
+
 class Worker:
     def __init__(
-        self, store: Store, slots: int = 4, lease_s: float = 30.0, name: str | None = None, follow: bool = True
+        self,
+        store: Store,
+        slots: int = 4,
+        lease_s: float = 30.0,
+        name: str | None = None,
+        follow: bool = True,
+        capacity: int | None = None,
     ) -> None:
         self.store = store
         self.slots = slots
+        self.capacity = capacity if capacity is not None else gpu_capacity()
+        self.failures = 0  # ticks failed in a row (backoff)
         self.lease_s = lease_s
         self.id = name or worker_id()
         self._stop = threading.Event()
         self.follow = follow
         self.follower: Follower | None = None
+        self.dispatcher: Dispatcher | None = None  # every job's webhook outbox (notify/notifier.py)
         self._thread: threading.Thread | None = None
         self._queue_seen: dict[str, tuple[object, ...]] = {}  # waiting jobs' last announced places
 
     def claim(self, limit: int) -> list[str]:
-        """Take up to `limit` jobs nobody is working on; returns their ids."""
+        """Take up to `limit` jobs nobody is working on, oldest first; a job that trains here only while
+        this machine has capacity left (the others wait their turn); returns their ids."""
         if limit <= 0:
             return []
         now = datetime.now(UTC)
         stale = now - timedelta(seconds=self.lease_s)
         active = [s.value for s in ACTIVE]
         with self.store.session() as s, s.begin():
+            host = self.id.split(":", 1)[0] + ":"
+            room = self.capacity - self._local_busy(s, host)
             query = (
-                select(JobRow.id)
+                select(JobRow.id, JobRow.spec, JobRow.artifacts, JobRow.worker)
                 .where(
                     or_(
                         and_(JobRow.state == JobState.PENDING.value, JobRow.worker.is_(None)),
@@ -72,14 +119,32 @@ class Worker:
                         ),
                     )
                 )
-                .order_by(JobRow.created_at)
-                .limit(limit)
+                .order_by(JobRow.created_at, JobRow.id)
+                .limit(CANDIDATES)
                 .with_for_update(skip_locked=True)
             )
-            ids = list(s.execute(query).scalars().all())
+            ids: list[str] = []
+            for job_id, spec, artifacts, owner in s.execute(query).all():
+                if len(ids) >= limit:
+                    break
+                if JobOutputs.load(artifacts).check == "pending":
+                    continue  # waits for the operator's check, not for a slot
+                if _trains_here(spec) and not (owner or "").startswith(host):  # a dead local worker's: counted
+                    if room <= 0:
+                        continue
+                    room -= 1
+                ids.append(job_id)
             if ids:
                 s.execute(update(JobRow).where(JobRow.id.in_(ids)).values(worker=self.id, heartbeat_at=now))
         return ids
+
+    @staticmethod
+    def _local_busy(s: object, host: str) -> int:
+        """Active jobs training on this machine, held by any worker on this host."""
+        query = select(JobRow.spec).where(
+            JobRow.worker.startswith(host), JobRow.state.in_([x.value for x in ACTIVE])
+        )
+        return sum(_trains_here(spec) for spec in s.execute(query).scalars().all())  # type: ignore[attr-defined]
 
     def mine(self) -> list[str]:
         with self.store.reader() as s:
@@ -139,11 +204,25 @@ class Worker:
         return False
 
     def run(self, poll_s: float = 1.0) -> None:
+        """Tick until stopped. A failing tick is logged and retried with backoff (up to MAX_BACKOFF_S):
+        the store may be locked or restarting; the jobs' trainers go on meanwhile."""
         while not self._stop.is_set():
-            self.tick()
-            self._stop.wait(poll_s)
+            try:
+                self.tick()
+                if self.failures:
+                    log.warning("worker %s: ticking again after %d failed tick(s)", self.id, self.failures)
+                self.failures = 0
+                wait = poll_s
+            except Exception:
+                self.failures += 1
+                wait = min(MAX_BACKOFF_S, poll_s * 2 ** min(self.failures, 10))
+                log.exception("worker %s: tick failed (%d in a row); retrying in %.1fs", self.id, self.failures, wait)
+            self._stop.wait(wait)
 
     def start(self, poll_s: float = 1.0) -> Worker:
+        from loraflow.notify.notifier import Dispatcher
+
+        self.dispatcher = Dispatcher(self.store, poll_s=max(poll_s, 0.5)).start()
         if self.follow:
             try:
                 from loraflow.running.follower import Follower
@@ -162,3 +241,5 @@ class Worker:
             self._thread.join(30)
         if self.follower is not None:
             self.follower.close()
+        if self.dispatcher is not None:  # what it could not deliver stays in the outbox for the next one
+            self.dispatcher.stop(flush_timeout_s=5)

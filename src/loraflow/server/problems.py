@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loraflow.errors import IllegalTransition, LoraflowError, NotFound, Refused, SpecError, UserInputError
+from loraflow.jobs.outage import StoreUnavailable
 
 PROBLEM = "application/problem+json"
 
@@ -63,6 +64,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(UserInputError)
     async def _bad(request: Request, exc: UserInputError) -> JSONResponse:
         return problem(400, "bad request", exc.render(), request.url.path)
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_away(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        return problem(503, "store unavailable", exc.render(), request.url.path)
 
     @app.exception_handler(LoraflowError)
     async def _failed(request: Request, exc: LoraflowError) -> JSONResponse:

@@ -11,12 +11,19 @@ from pydantic import Field, field_validator, model_validator
 from loraflow import catalog
 from loraflow.spec.compute import ComputeSpec
 from loraflow.spec.dataset import DatasetSpec
+from loraflow.spec.evaluation import EvaluationSpec
 from loraflow.spec.strict import Strict
 from loraflow.spec.targets import NotificationTarget, PublishSpec
 
 EngineName = Literal["builtin", "ai-toolkit", "kohya", "musubi", "fal"]
 TRIGGER_PLACEHOLDER = "[trigger]"
 
+
+# Where a number is stored or used: step counts are 32-bit integers in the job store (PostgreSQL INTEGER),
+# seeds go to numpy's and torch's generators (numpy takes 0 .. 2**32 - 1). A larger value is refused when
+# the spec is read, naming the field, instead of overflowing in the store or the trainer.
+INT32 = 2**31 - 1
+SEED_MAX = 2**32 - 1
 
 class EngineSpec(Strict):
     name: EngineName = Field(
@@ -37,18 +44,18 @@ class NetworkSpec(Strict):
 
 
 class TrainingSpec(Strict):
-    steps: int | None = Field(1000, ge=1, description="Optimizer steps; set null to train by epochs.")
-    epochs: int | None = Field(None, ge=1, description="Epochs, used when steps is null.")
-    batch_size: int = Field(1, ge=1)
-    gradient_accumulation: int = Field(1, ge=1)
+    steps: int | None = Field(1000, ge=1, le=INT32, description="Optimizer steps; set null to train by epochs.")
+    epochs: int | None = Field(None, ge=1, le=INT32, description="Epochs, used when steps is null.")
+    batch_size: int = Field(1, ge=1, le=INT32)
+    gradient_accumulation: int = Field(1, ge=1, le=INT32)
     learning_rate: float = Field(1e-4, gt=0)
     lr_scheduler: Literal["constant", "linear", "cosine", "cosine_with_restarts"] = "constant"
-    lr_warmup_steps: int = Field(0, ge=0)
+    lr_warmup_steps: int = Field(0, ge=0, le=INT32)
     optimizer: Literal["adamw", "adamw8bit", "prodigy", "adafactor"] = "adamw"
     weight_decay: float = Field(1e-4, ge=0)
     max_grad_norm: float = Field(1.0, ge=0)
     resolution: list[int] = Field(default_factory=lambda: [1024], description="Bucket base sizes in pixels.")
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=SEED_MAX)
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     gradient_checkpointing: bool = True
     compile: Literal["auto", "on", "off"] = Field(
@@ -96,11 +103,11 @@ class SamplingSpec(Strict):
         description="Prompts rendered at each sample point; [trigger] becomes the trigger word. Empty: the "
         "dataset's first two captions.",
     )
-    every_n_steps: int = Field(250, ge=0, description="0 samples only at the end.")
+    every_n_steps: int = Field(250, ge=0, le=INT32, description="0 samples only at the end.")
     at_end: bool = True
     width: int = Field(1024, ge=16)
     height: int = Field(1024, ge=16)
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=SEED_MAX)
     guidance_scale: float = Field(3.5, ge=0)
     steps: int = Field(20, ge=1, le=1000)
     controls: list[str | list[str]] = Field(
@@ -111,8 +118,8 @@ class SamplingSpec(Strict):
 
 
 class CheckpointSpec(Strict):
-    every_n_steps: int = Field(250, ge=1)
-    keep_last: int = Field(4, ge=1)
+    every_n_steps: int = Field(250, ge=1, le=INT32)
+    keep_last: int = Field(4, ge=1, le=INT32)
 
 
 class OutputSpec(Strict):
@@ -164,6 +171,7 @@ class TrainSpec(Strict):
     publish: PublishSpec = Field(default_factory=PublishSpec)
     notifications: list[NotificationTarget] = Field(default_factory=list)
     wandb: WandbSpec = Field(default_factory=WandbSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
 
     @field_validator("name")
     @classmethod

@@ -9,7 +9,9 @@ by taking whole epochs of *batches* off it, and what is left becomes global_step
 an L-batch epoch restarts the step count at N mod L, trains to the end of the last epoch and names files
 by that run-local step); the bar counts `max_train_steps - initial_step` from 0.
 
-Faults for tests: KOHYA_STANDIN_OOM_AT=N raises CUDA OOM at step N; KOHYA_STANDIN_STEP_S seconds per step;
+Faults for tests: KOHYA_STANDIN_OOM_AT=N raises CUDA OOM at step N; KOHYA_STANDIN_NAN_AT=N makes the loss NaN
+from step N; KOHYA_STANDIN_STEP_S seconds per step (0.01 by default: above tqdm's 0.1 s `mininterval` each
+step prints two bar lines, as on a real GPU, the first with the previous step's avr_loss);
 KOHYA_STANDIN_INERT=1 saves every LoRA with all-zero up matrices (a run that never moved them).
 """
 
@@ -66,9 +68,20 @@ class Log:
         sys.stderr.flush()
 
 
-
 def _inert() -> bool:  # read at each save, like the other faults
     return os.environ.get("KOHYA_STANDIN_INERT") == "1"
+
+
+def loss_at(step: int, total: int) -> float:
+    """The loss the stand-in trains to at a step (1-based)."""
+    return 0.4 * math.exp(-step / total) + 0.02 * math.cos(step)
+
+
+def avr_loss(losses: list[float], batches: int) -> float:
+    """sd-scripts' `avr_loss`: the moving average over the last epoch's worth of batches."""
+    window = losses[-batches:]
+    return sum(window) / len(window)
+
 
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser()
@@ -269,7 +282,11 @@ def run(argv: list[str]) -> int:
         for batch in range(skip, batches):
             trained += 1
             if trained % accumulation and batch != batches - 1:
-                continue  # gradients accumulate; no optimizer step yet
+                # gradients accumulate, no optimizer step yet; sd-scripts still records the micro-batch's loss
+                # and redraws the postfix (at the old count)
+                losses.append(math.nan if nan_at and global_step + 1 >= nan_at else loss_at(global_step + 1, total))
+                bar.set_postfix(avr_loss=avr_loss(losses, batches))
+                continue
             step = global_step + 1
             if oom_at and step == oom_at:
                 bar.close()
@@ -280,15 +297,16 @@ def run(argv: list[str]) -> int:
                 return 1
             time.sleep(step_s)
             global_step = step
-            loss = 0.4 * math.exp(-step / total) + 0.02 * math.cos(step)
-            losses.append(math.nan if nan_at and step >= nan_at else loss)
+            # train_network.py's order: update() (a redraw with the previous avr_loss once 0.1 s passed since
+            # the last one), sampling and saving, and only then set_postfix() with this step's avr_loss
             bar.update(1)
-            bar.set_postfix(avr_loss=sum(losses[-batches:]) / len(losses[-batches:]))
             if sample_every and step % sample_every == 0 and prompts:
                 sample(out, name, step, prompts, log)
             if every and step % every == 0:
                 save_step(args, out, name, step, epoch + 1, rank, alpha, total, log)
                 prune(out, name, removals(every, step, keep, keep_state), log)
+            losses.append(math.nan if nan_at and step >= nan_at else loss_at(step, total))
+            bar.set_postfix(avr_loss=avr_loss(losses, batches))
             if global_step >= total:
                 done = True
                 break

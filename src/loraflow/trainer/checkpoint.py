@@ -4,12 +4,15 @@ A checkpoint is a folder `checkpoints/step-NNNNNN/` holding the trainable LoRA t
 optimizer, scheduler, every RNG state and the data position, plus the exported LoRA file so any
 checkpoint can be published. It is written under a `.partial` name and renamed into place, and its
 `meta.json` (written last) lists each file's size and sha256, so a folder cut short by a kill or a
-bad copy is detected and skipped instead of crashing the resume.
+bad copy is detected and skipped instead of crashing the resume. Every file and the folder are fsynced
+before the rename, and the parent folder after it, so a power loss (not just a kill) never leaves a
+checkpoint that looks whole and is not: a checkpoint counts as saved only once it is on the disk.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -102,11 +105,24 @@ def save_checkpoint(
     save_file(lora, tmp / "lora.safetensors", metadata=lora_metadata)
     files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
     (tmp / META).write_text(json.dumps({"step": step, "files": files}, indent=2) + "\n")
+    for path in tmp.iterdir():
+        fsync_path(path)
+    fsync_path(tmp)
     if final.exists():
         shutil.rmtree(final)
     tmp.replace(final)
+    fsync_path(root)  # the rename itself is durable
     prune(root, keep_last)
     return final
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's data, or a folder's entries, to the disk."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def prune(root: Path, keep_last: int) -> list[Path]:

@@ -85,9 +85,13 @@ def list_jobs(
 
 @router.get("/api/jobs/{job_id}")
 def get_job(job_id: str, user: Auth, store: Db) -> dict[str, Any]:
-    """The job; `queue` is its place while it waits (position, position_for_user, eta_s), else null."""
+    """The job; `queue` is its place while it waits (position, position_for_user, eta_s), else null;
+    `webhooks` is the delivery state per receiver (notify/outbox.py)."""
+    from loraflow.notify.outbox import summary
+
     job = own_job(store, user, job_id)
-    return {**job.to_dict(), "queue": _place(queue.entry(store, job))}
+    hooks = summary(store, job.id, job.train_spec.notifications)
+    return {**job.to_dict(), "queue": _place(queue.entry(store, job)), "webhooks": hooks}
 
 
 @router.get("/api/jobs/{job_id}/events")

@@ -1,0 +1,137 @@
+"""A store that goes away while a job trains: a real PostgreSQL server stopped and started again by the
+fixture, and a real SQLite lock held by another process. The trainer goes on; the runner waits the store
+out and then records what the trainer did meanwhile from its own log, and the job completes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from loraflow.hosts.base import Handle
+from loraflow.jobs.states import ACTIVE, JobState
+from loraflow.jobs.store import Store
+from loraflow.layout import JobLayout
+from tests.integration.test_local_jobs import only_job, wait_for, write_spec
+from tests.integration.test_store_postgres import _free_port, _pg_bin
+
+
+class Postgres:
+    """A PostgreSQL server of the test's own, which the test stops and starts."""
+
+    def __init__(self) -> None:
+        bin_dir = _pg_bin()
+        if bin_dir is None:
+            pytest.skip("PostgreSQL is not installed here (make test installs it from Debian's packages when it can)")
+        pytest.importorskip("psycopg")
+        self.bin = bin_dir
+        self.root = Path(tempfile.mkdtemp(prefix="loraflow-pg-"))
+        self.prefix: list[str] = []
+        if os.geteuid() == 0:  # initdb refuses root
+            shutil.chown(self.root, "postgres", "postgres")
+            self.prefix = ["runuser", "-u", "postgres", "--"]
+        self.data, self.port = self.root / "data", _free_port()
+        self._ctl("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres")
+        self.start()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _ctl(self, tool: str, *args: str) -> None:
+        subprocess.run([*self.prefix, str(self.bin / tool), *args], check=True, capture_output=True)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        self._ctl("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-w", "-o", options, "start")
+
+    def stop(self) -> None:
+        self._ctl("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def close(self) -> None:
+        subprocess.run([*self.prefix, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres() -> Iterator[Postgres]:
+    server = Postgres()
+    yield server
+    server.close()
+
+
+def _exit_file(store: Store, job_id: str) -> Path:
+    """Where the trainer writes its exit code (looked up before the store goes away)."""
+    return Path(Handle.in_folder(JobLayout(str(store.get(job_id).folder)).run, "train").exit_file)
+
+
+def _assert_recorded_after_the_outage(store: Store, job_id: str) -> None:
+    job = store.get(job_id)
+    assert job.state is JobState.COMPLETED and job.step == 30, job.error
+    saved = [e.data["step"] for e in store.events(job_id, types=["checkpoint.saved"])]
+    assert saved == [10, 20, 30]  # every save the trainer made while the store was away
+    assert len(store.events(job_id, types=["train.launched"])) == 1  # re-attached, never relaunched
+    assert store.events(job_id, types=["result"])
+
+
+@pytest.mark.timeout(900)
+def test_postgres_stopped_while_training_is_ridden_out(
+    tmp_path: Path, cli, postgres: Postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL stops right after the launch and stays down until the trainer has ended (before: the
+    runner died at its first write and the job stayed `training` until a person ran `jobs list`)."""
+    monkeypatch.setenv("LORAFLOW_DATABASE_URL", postgres.url)
+    monkeypatch.setenv("LORAFLOW_STORE_OUTAGE_S", "300")
+    assert cli("train", write_spec(tmp_path), "--detach").code == 0
+    store = Store(postgres.url, ride_out_s=300)
+    job = only_job(store)
+    wait_for(lambda: bool(store.events(job.id, types=["train.launched"])), what="the launch")
+    exit_file = _exit_file(store, job.id)
+    postgres.stop()
+    try:
+        wait_for(exit_file.exists, timeout=300, what="the trainer to end during the outage")
+    finally:
+        postgres.start()
+    wait_for(lambda: store.get(job.id).state not in ACTIVE, timeout=300, what="the job to end")
+    _assert_recorded_after_the_outage(store, job.id)
+
+
+LOCKER = """
+import sqlite3, sys, time, pathlib
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+pathlib.Path(sys.argv[2]).write_text("locked")
+while not pathlib.Path(sys.argv[3]).exists():
+    time.sleep(0.05)
+conn.execute("ROLLBACK")
+"""
+
+
+@pytest.mark.timeout(900)
+def test_sqlite_locked_by_another_process_is_ridden_out(
+    tmp_path: Path, cli, loraflow_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holds the SQLite file locked past every statement's busy timeout while the trainer
+    runs (before: the runner failed the job though its trainer was fine)."""
+    monkeypatch.setenv("LORAFLOW_SQLITE_BUSY_S", "0.5")
+    monkeypatch.setenv("LORAFLOW_STORE_OUTAGE_S", "300")
+    assert cli("train", write_spec(tmp_path), "--detach").code == 0
+    store = Store()
+    job = only_job(store)
+    wait_for(lambda: bool(store.events(job.id, types=["train.launched"])), what="the launch")
+    locked, release = tmp_path / "locked", tmp_path / "release"
+    database = store.url.removeprefix("sqlite:///")
+    locker = subprocess.Popen([sys.executable, "-c", LOCKER, database, str(locked), str(release)])
+    try:
+        wait_for(locked.exists, what="the other process to hold the lock")
+        wait_for(_exit_file(store, job.id).exists, timeout=300, what="the trainer to end under the lock")
+        assert store.get(job.id).state is JobState.TRAINING  # nothing could be written meanwhile
+    finally:
+        release.touch()
+        locker.wait(30)
+    wait_for(lambda: store.get(job.id).state not in ACTIVE, timeout=300, what="the job to end")
+    _assert_recorded_after_the_outage(store, job.id)
