@@ -240,3 +240,12 @@ def test_kontext_is_judged_as_flux_and_an_architecture_without_rules_still_by_it
                             "transformer.blocks.0.attn.qkv.lora_B.weight": torch.zeros(8, 16)}, "zero.safetensors")
     verdict = check_file(zero, flux2)
     assert verdict.code == "lora_inert" and "no key rules for flux2" in verdict.note
+
+
+def test_the_verdict_reads_as_a_sentence_in_the_cli(tmp_path: Path) -> None:
+    from loraflow.cli.sentences import describe
+
+    verdict = check_file(write(tmp_path, diffusers_lora(16, 1, inert=True)), flux())
+    line = describe("lora.checked", verdict.to_dict())
+    assert line is not None and line.startswith("result check: lora.safetensors lora_inert (the LoRA changes nothing")
+    assert "None" not in line and "{" not in line
