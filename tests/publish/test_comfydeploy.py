@@ -17,6 +17,7 @@ from loraflow.testing.comfydeploy_emulator import ComfyDeployEmulator
 from loraflow.testing.hub_standin import HubStandin
 from tests.conftest import EXAMPLES
 from tests.engines.test_fal import fal  # noqa: F401 - the fixture: a fast job without a trainer
+from tests.publish.test_huggingface import no_xet
 from tests.publish.test_s3 import s3, s3_endpoint  # noqa: F401 - fixtures
 from tests.server.test_api import api  # noqa: F401 - the fixture: the service's API
 
@@ -38,6 +39,7 @@ def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[HubStandin]:
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # a loopback endpoint; nothing leaves the machine
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    no_xet(monkeypatch)
     with HubStandin() as h:
         monkeypatch.setenv("HF_ENDPOINT", h.url)
         monkeypatch.setenv("HF_TOKEN", h.state.token)

@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from loraflow.testing.fake_lora import kohya_lora
+from loraflow.testing.launch_record import record_launch
 
 
 class Log:
@@ -222,7 +223,8 @@ def run(argv: list[str]) -> int:
     args = parse(argv)
     log = Log(args.console_log_simple)
     out, name = Path(args.output_dir), args.output_name
-    out.mkdir(parents=True, exist_ok=True)
+    if not record_launch(out):
+        return 0  # another rank of `accelerate launch --num_processes N`: rank 0 prints and saves
     config = tomllib.loads(Path(args.dataset_config).read_text())
     image_dir = Path(config["datasets"][0]["subsets"][0]["image_dir"])
     images = [p for p in image_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp")]

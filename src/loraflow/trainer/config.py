@@ -47,8 +47,12 @@ class TrainerConfig(ConfigFile):
     # schedule
     steps: int | None
     epochs: int | None = None
-    batch_size: int = 1
-    gradient_accumulation: int = 1
+    batch_size: int = 1  # per process
+    gradient_accumulation: int = 1  # per process, with `processes` of them
+    # compute.gpus: processes the global batch is made for (global batch = processes x batch_size x
+    # gradient_accumulation); run with fewer, each accumulates more (trainer/parallel.py)
+    processes: int = 1
+    ddp_timeout_s: float = 1800.0  # a collective waiting longer ends the run: a dead or hung rank
     learning_rate: float
     lr_scheduler: str = "constant"
     lr_warmup_steps: int = 0
