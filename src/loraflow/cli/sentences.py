@@ -77,6 +77,9 @@ def _plain(e_type: str, d: dict[str, Any]) -> str | None:
             return "job cancelled"
         case "published":
             return f"published: {_fields(d)}"
+        case "lora.checked":
+            verdict = "passes" if d.get("code") == "ok" else str(d.get("code"))
+            return f"result check: {d.get('file')} {verdict} ({d.get('message')})"
     return None
 
 
