@@ -3,6 +3,7 @@ door, is kept in the form when Start is refused, and this machine refuses more G
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -21,6 +22,7 @@ def client() -> Iterator[TestClient]:
     app = create_app(config=ServiceConfig(no_auth=True), sweep_every_s=None)
     ui.install(app)
     with TestClient(app) as c:
+        c.headers["X-CSRF-Token"] = re.search(r'"X-CSRF-Token": "([^"]+)"', c.get("/").text).group(1)  # as htmx
         yield c
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from loraflow.evaluation import plan
 from loraflow.evaluation.scorecard import SCORECARD, summary_rows
 from loraflow.layout import JobLayout
-from loraflow.running.context import JobFailed, RunContext
+from loraflow.running.context import RunContext
 from loraflow.trainer.events import PREFIX
 
 SCORED = "result.scored"
@@ -153,15 +153,3 @@ INERT_HINT = (
     "check network.alpha (the strength is alpha/rank) and network.targets"
 )
 
-
-def check_effect(ctx: RunContext, ok_steps: list[int | None]) -> dict[str, Any] | None:
-    """Score the job (once: a runner started again keeps the scorecard it has) and fail it with lora_inert
-    when the delivered LoRA does not change the output."""
-    if ctx.refresh().outputs.scorecard is not None:
-        return None
-    card = score_job(ctx, ok_steps)
-    verdict = (card or {}).get("effect_check") or {}
-    if card is not None and not verdict.get("passed"):
-        raise JobFailed(verdict.get("message", "the LoRA does not change the output"), INERT_HINT,
-                        verdict.get("code") or "lora_inert")
-    return card

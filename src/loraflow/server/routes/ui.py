@@ -9,20 +9,22 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from loraflow import paths
 from loraflow.jobs.states import ACTIVE, RESUMABLE, JobState
 from loraflow.jobs.store import Job, Store
-from loraflow.running.control import resume, stop
+from loraflow.running.control import stop
 from loraflow.running.publishing import publish
+from loraflow.running.reopening import reopen
 from loraflow.server.charts import loss_chart
 from loraflow.server.deps import bundle_response, job_file_response, own_job
 from loraflow.server.pages import COOKIE, fragment, need_user, render, session_user, store
-from loraflow.server.tokens import User, create_token, lookup, revoke_by_token
+from loraflow.server.tokens import User, create_session, revoke_by_token, session_hours
+from loraflow.server.web_security import check_csrf
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, dependencies=[Depends(check_csrf)])
 PER_PAGE = 50
 
 
@@ -36,12 +38,13 @@ def login_page(request: Request) -> HTMLResponse:
 
 @router.post("/login")
 def login(request: Request, token: str = Form("")) -> Response:
-    user = lookup(store(request), token.strip())
-    if user is None:
+    session = create_session(store(request), token.strip())  # an API token only, never another session
+    if session is None:
         return render(request, "login.html", None, error="That token is not valid.")
-    session = create_token(store(request), user.name, label="web session", admin=user.admin)
     response = RedirectResponse("/", status_code=303)
-    response.set_cookie(COOKIE, session, httponly=True, samesite="strict", max_age=30 * 86400)
+    secure = request.url.scheme == "https" or request.app.state.config.secure_cookies
+    max_age = int(session_hours() * 3600)  # the server ends it then too (tokens.lookup_session)
+    response.set_cookie(COOKIE, session, httponly=True, samesite="strict", max_age=max_age, secure=secure)
     return response
 
 
@@ -72,6 +75,25 @@ def home(request: Request, page: int = 1) -> Response:
     return render(request, "jobs.html", user, **_jobs_context(store(request), user, page))
 
 
+@router.get("/queue", response_class=HTMLResponse)
+def queue_page(request: Request) -> Response:
+    """Every waiting job in the order the workers take them, with its ETA; an admin sees whose each is, a
+    user sees their own jobs by name and the others only as places ahead."""
+    from loraflow.jobs.queue import snapshot
+
+    user = session_user(request)
+    if user is None:
+        return RedirectResponse("/login", status_code=303)
+    db = store(request)
+    places = snapshot(db)
+    rows = []
+    for job_id, place in sorted(places.items(), key=lambda kv: (kv[1].waiting_for == "approval", kv[1].position)):
+        job = db.get(job_id)
+        mine = user.admin or job.owner == user.name
+        rows.append({"job": job if mine else None, "owner": job.owner if user.admin else None, "place": place})
+    return render(request, "queue.html", user, rows=rows)
+
+
 @router.get("/ui/jobs/rows", response_class=HTMLResponse)
 def job_rows(request: Request, page: int = 1) -> HTMLResponse:
     user = need_user(request)
@@ -97,8 +119,9 @@ def live_context(db: Store, job: Job) -> dict[str, Any]:
         samples.setdefault(int(path.parent.name.split("-")[1]), []).append(
             {"file": f"samples/{key}", "prompt": prompts.get(key, "")}
         )
-    checkpoints = sorted(
-        int(p.name.split("-")[1]) for p in (folder / "checkpoints").glob("step-*") if (p / "meta.json").exists()
+    checkpoints = sorted(  # newest first: the dropdown's default is the latest kept checkpoint
+        (int(p.name.split("-")[1]) for p in (folder / "checkpoints").glob("step-*") if (p / "meta.json").exists()),
+        reverse=True,
     )
     log = db.events(job.id, types=["log", "warning", "error", "stage.started", "job.state"], latest=False)
     eta = None
@@ -154,8 +177,8 @@ def ui_stop(request: Request, job_id: str) -> HTMLResponse:
 
 @router.post("/ui/jobs/{job_id}/resume", response_class=HTMLResponse)
 def ui_resume(request: Request, job_id: str) -> HTMLResponse:
-    _own(request, job_id)
-    resume(store(request), job_id)
+    job = _own(request, job_id)
+    reopen(store(request), job_id, job.owner, request.app.state.config, request.app.state.platform)
     return _live(request, job_id)
 
 
