@@ -146,7 +146,8 @@ def _save(root: Path, name: str, step: int, rank: int, meta: dict[str, Any], fin
           experts: bool = False) -> Path:
     path = root / (f"{name}.safetensors" if final else f"{name}_{step:09d}.safetensors")
     # Wan 2.2 A14B (wan22_14b_model.save_lora): one file per expert, none combined
-    pair = [path.with_name(path.name.replace(".safetensors", f"{e}.safetensors")) for e in ("_high_noise", "_low_noise")]
+    pair = [path.with_name(path.name.replace(".safetensors", f"{e}.safetensors")) for e in ("_high_noise",
+                                                                                          "_low_noise")]
     for each in pair if experts else [path]:
         _save_file(each, step, rank, meta, name)
     torch.save({"step": step}, root / "optimizer.pt")
