@@ -158,7 +158,19 @@ def test_jobs_show_prints_no_none_and_no_dicts(tmp_path: Path, cli) -> None:
 def test_operator_commands_are_grouped_under_admin(cli) -> None:
     listing = cli("--help").out
     names = {m.group(1) for m in re.finditer(r"│ (\w+)\s{2,}", listing)}
-    assert "admin" in names and not names & {"tokens", "credits", "gc", "reap", "worker"}
+    assert "admin" in names and not names & {"tokens", "credits", "gc", "reap", "worker", "store"}
     assert cli("admin", "tokens", "--help").code == 0
     assert cli("tokens", "--help").code == 0  # the old spelling still runs
     assert "<bool>" not in cli("train", "--help").out
+
+
+def test_a_captioner_that_cannot_run_here_is_refused_at_once(tmp_path: Path, cli) -> None:
+    """An offline hub used to mean minutes of silence before a traceback; now the reason comes first."""
+    import shutil
+
+    photos = tmp_path / "photos"
+    shutil.copytree(EXAMPLES / "sample_dataset", photos)
+    result = cli("caption", "run", photos, "--backend", "florence2")  # no model cached, HF_HUB_OFFLINE=1
+    assert result.code == 2
+    text = " ".join(result.err.split())
+    assert "the florence2 captioner cannot run here" in text and "--backend template" in text
