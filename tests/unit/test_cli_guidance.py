@@ -139,6 +139,9 @@ def test_events_are_sentences_never_python_values() -> None:
     )
     assert acquired == "host acquired: RTX 4090 on vastai at $0.400/h (instance 7)"
     assert describe("cost", {"usd": 0.1, "rate_usd_h": 0.4}) is None  # in the bar, not a line every few seconds
+    near = {"code": "near_duplicate", "severity": "warning", "message": "looks almost the same as a.jpg (distance 2)",
+            "fix": "keep the better of the two", "file": "b.jpg"}  # fmt: skip
+    assert "b.jpg: looks almost the same as a.jpg" in str(describe("dataset.finding", near))  # both files named
     unknown = describe("credits.settled", {"usd": 1.5, "note": None, "job": {"id": "x"}})
     for raw in ("{", "}", "None", "'"):
         assert raw not in unknown
