@@ -30,7 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from loraflow.testing.fake_lora import diffusers_lora
+from loraflow.testing.fake_lora import diffusers_lora, wan_comfy_lora
 
 
 class Stopped(Exception):
@@ -150,13 +150,13 @@ def _save(root: Path, name: str, step: int, rank: int, meta: dict[str, Any], fin
     pair = [path.with_name(path.name.replace(".safetensors", f"{e}.safetensors")) for e in ("_high_noise",
                                                                                           "_low_noise")]
     for each in pair if experts else [path]:
-        _save_file(each, step, rank, meta, name)
+        _save_file(each, step, rank, meta, name, wan=meta.get("loraflow_arch", "").startswith("wan"))
     torch.save({"step": step}, root / "optimizer.pt")
     print(f"Saved optimizer to {root / 'optimizer.pt'}")
     return path
 
 
-def _save_file(path: Path, step: int, rank: int, meta: dict[str, Any], name: str) -> None:
+def _save_file(path: Path, step: int, rank: int, meta: dict[str, Any], name: str, wan: bool = False) -> None:
     header = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in meta.items()}
     header.update(
         {
@@ -170,7 +170,8 @@ def _save_file(path: Path, step: int, rank: int, meta: dict[str, Any], name: str
         }
     )
     inert = os.environ.get("AITK_STANDIN_INERT") == "1"
-    save_file(diffusers_lora(rank, seed=step, inert=inert), path, metadata=header)  # in place, as ai-toolkit does
+    state = wan_comfy_lora(rank, step) if wan else diffusers_lora(rank, seed=step, inert=inert)
+    save_file(state, path, metadata=header)  # in place, as ai-toolkit does
     print(f"Saved checkpoint to {path}")
 
 
@@ -251,6 +252,7 @@ def run(config_path: str) -> int:
         print("1 buckets made")
         print(f"Caching latents for {dataset['folder_path']}")
     train, save, sample = proc["train"], proc["save"], proc["sample"]
+    meta["loraflow_arch"] = str(proc["model"].get("arch"))  # the LoRA's layout follows the model's arch
     kwargs = proc["model"].get("model_kwargs") or {}
     experts = bool(kwargs.get("train_high_noise") and kwargs.get("train_low_noise"))
     total = int(train["steps"])
