@@ -97,3 +97,22 @@ def test_two_gpu_job_runs_under_the_real_launcher(
     assert json.loads(json.dumps(records))[0]["argv"][0].endswith(
         "flux_train_network.py" if engine == "kohya" else "wan_train_network.py"
     )
+
+
+def test_builtin_is_launched_by_accelerate_and_a_stop_through_the_launcher_counts_as_a_stop() -> None:
+    from loraflow.engines.builtin import BuiltinEngine, trainer_argv
+    from loraflow.monitor.builtin_parser import BuiltinParser
+
+    assert trainer_argv("py", 1, "engine/config.json") == ["py", "-m", "loraflow.trainer", "engine/config.json"]
+    four = trainer_argv("py", 4, "engine/config.json")
+    assert four[:3] == ["py", "-m", "accelerate.commands.launch"] and four[-3:] == ["-m", "loraflow.trainer",
+                                                                                    "engine/config.json"]
+    assert four[four.index("--num_processes") + 1] == "4" and "--multi_gpu" in four
+    engine, parser = BuiltinEngine(), BuiltinParser()
+    parser.feed(b'LORAFLOW {"event": "progress", "step": 3, "total": 9, "loss": 0.5}\n')
+    assert not engine.outcome(1, False, parser).stopped  # a crash under the launcher stays a crash
+    # rank 0 paused with a checkpoint (exit 75); torchrun reports any failed rank as 1
+    parser.feed(b'LORAFLOW {"event": "stopped", "step": 3, "total": 9}\n')
+    assert engine.outcome(1, False, parser).stopped and engine.outcome(75, False, None).stopped
+    parser.feed(b'LORAFLOW {"event": "phase", "phase": "starting"}\n')  # a later run started: its exit is its own
+    assert not engine.outcome(1, False, parser).stopped

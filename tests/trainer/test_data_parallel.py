@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from loraflow.engines.builtin import trainer_argv
+from loraflow.testing.launch_record import rank_pids
 from loraflow.trainer.config import TrainerConfig
 from loraflow.trainer.events import PREFIX
 from loraflow.trainer.loop import train
@@ -87,6 +88,33 @@ def test_stopped_under_two_processes_resumes_exactly_in_one(make_config, capsys)
     assert any("accumulation 4" in e.get("message", "") for e in rest if e["event"] == "log")
     after = {**first, **losses(rest)}
     assert [after[s] for s in range(1, 7)] == pytest.approx([reference[s] for s in range(1, 7)], rel=1e-5, abs=1e-7)
+
+
+def test_a_hung_rank_ends_the_group_at_the_collective_timeout(make_config, tmp_path: Path) -> None:
+    """Rank 1 frozen (SIGSTOP: a GPU stuck in a kernel) must not hang the job: rank 0's next collective times
+    out after ddp_timeout_s, it fails, and the launcher ends the group and exits for the runner to see."""
+    cfg = make_config("hung", gradient_accumulation=1, processes=2, **{**RUN, "steps": 400, "ddp_timeout_s": 10.0})
+    path = Path(cfg.output_dir) / "config.json"
+    cfg.write(path)
+    with (tmp_path / "stderr.txt").open("w") as err:
+        proc = subprocess.Popen(
+            trainer_argv(sys.executable, 2, str(path)), stdout=subprocess.PIPE, stderr=err, text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:  # rank 0's first progress: both ranks are in the loop
+                if line.startswith(PREFIX) and json.loads(line[len(PREFIX):])["event"] == "progress":
+                    break
+            os.kill(rank_pids(proc.pid)[1], signal.SIGSTOP)
+            out, _ = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+    events = [json.loads(line[len(PREFIX):]) for line in out.splitlines() if line.startswith(PREFIX)]
+    assert proc.returncode != 0 and not any(e["event"] == "done" for e in events)
+    assert any(e["event"] == "error" for e in events), (tmp_path / "stderr.txt").read_text()[-3000:]
 
 
 def test_each_process_owns_a_contiguous_share_and_an_uneven_split_is_refused() -> None:

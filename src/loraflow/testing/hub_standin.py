@@ -53,32 +53,59 @@ class HubState:
         self.multipart_chunk = 0  # > 0: LFS objects above it are uploaded in parts of this size
 
 
+class _HubHandler(BaseHTTPRequestHandler):
+    """What every route shares, and the LFS object storage (the Hub's presigned URLs: no token)."""
+
+    hub: HubState
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _send(self, status: int, body: dict[str, Any], etag: str | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        if etag is not None:
+            self.send_header("ETag", f'"{etag}"')
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _complete(self, req: dict[str, Any]) -> None:
+        oid, received = str(req.get("oid")), self.hub.parts.pop(str(req.get("oid")), {})
+        numbers = [int(p["partNumber"]) for p in req.get("parts", [])]
+        etags = [hashlib.md5(received.get(n, b"")).hexdigest() for n in numbers]
+        data = b"".join(received.get(n, b"") for n in sorted(numbers))
+        sent = [str(p["etag"]).strip('"') for p in req.get("parts", [])]
+        if etags != sent or hashlib.sha256(data).hexdigest() != oid:
+            self._send(400, {"error": "the parts do not make the object"})
+            return
+        self.hub.lfs[oid] = data
+        self._send(200, {})
+
+    def do_PUT(self) -> None:
+        """LFS object storage (the Hub's presigned S3 URLs: no token): a whole object, or one part."""
+        self.hub.requests.append(f"PUT {self.path}")
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        parts = self.path.split("?")[0].strip("/").split("/")  # _lfs/<oid>[/<part>]
+        if parts[0] != "_lfs" or len(parts) not in (2, 3):
+            self._send(404, {"error": f"no route {self.path}"})
+            return
+        oid = parts[1]
+        if len(parts) == 3:
+            self.hub.parts.setdefault(oid, {})[int(parts[2])] = body
+            self._send(200, {}, etag=hashlib.md5(body).hexdigest())  # S3-style ETag: an MD5
+            return
+        if hashlib.sha256(body).hexdigest() != oid:
+            self._send(400, {"error": "the content does not match its oid"})
+            return
+        self.hub.lfs[oid] = body
+        self._send(200, {})
+
+
 def make_handler(state: HubState) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _complete(self, req: dict[str, Any]) -> None:
-            oid, received = str(req.get("oid")), state.parts.pop(str(req.get("oid")), {})
-            numbers = [int(p["partNumber"]) for p in req.get("parts", [])]
-            etags = [hashlib.md5(received.get(n, b"")).hexdigest() for n in numbers]
-            data = b"".join(received.get(n, b"") for n in sorted(numbers))
-            sent = [str(p["etag"]).strip('"') for p in req.get("parts", [])]
-            if etags != sent or hashlib.sha256(data).hexdigest() != oid:
-                self._send(400, {"error": "the parts do not make the object"})
-                return
-            state.lfs[oid] = data
-            self._send(200, {})
-
-        def _send(self, status: int, body: dict[str, Any], etag: str | None = None) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            if etag is not None:
-                self.send_header("ETag", f'"{etag}"')
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    class Handler(_HubHandler):
+        hub = state
 
         def do_GET(self) -> None:
             """Downloads: /<repo>/resolve/<revision>/<file>; a private repo needs the token, as on the Hub."""
@@ -100,25 +127,6 @@ def make_handler(state: HubState) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
-
-        def do_PUT(self) -> None:
-            """LFS object storage (the Hub's presigned S3 URLs: no token): a whole object, or one part."""
-            state.requests.append(f"PUT {self.path}")
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            parts = self.path.split("?")[0].strip("/").split("/")  # _lfs/<oid>[/<part>]
-            if parts[0] != "_lfs" or len(parts) not in (2, 3):
-                self._send(404, {"error": f"no route {self.path}"})
-                return
-            oid = parts[1]
-            if len(parts) == 3:
-                state.parts.setdefault(oid, {})[int(parts[2])] = body
-                self._send(200, {}, etag=hashlib.md5(body).hexdigest())  # S3-style ETag: an MD5
-                return
-            if hashlib.sha256(body).hexdigest() != oid:
-                self._send(400, {"error": "the content does not match its oid"})
-                return
-            state.lfs[oid] = body
-            self._send(200, {})
 
         def do_POST(self) -> None:
             state.requests.append(f"POST {self.path}")

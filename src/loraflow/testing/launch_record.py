@@ -29,3 +29,20 @@ def record_launch(out: Path) -> bool:
 def launches(out: Path) -> list[dict[str, object]]:
     """Every rank's record, by rank."""
     return sorted((json.loads(p.read_text()) for p in out.glob("launch-rank*.json")), key=lambda f: f["rank"])
+
+
+def rank_pids(launcher: int) -> dict[int, int]:
+    """A launcher's trainer processes by their RANK (torchrun starts them as its children): what a test kills
+    or stops to play a dead or hung GPU."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = dict(v.split("=", 1) for v in (entry / "environ").read_text().split("\0") if "=" in v)
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == launcher and "RANK" in env:
+            found[int(env["RANK"])] = int(entry.name)
+    return found
