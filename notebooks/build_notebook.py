@@ -25,6 +25,7 @@ CELLS = [
         '    base_model="flux-dev",                    # flux-dev | flux-schnell | tiny-flux (CPU test)\n'
         '    engine="ai-toolkit",                      # ai-toolkit | builtin\n'
         "    steps=2000, rank=16, learning_rate=1e-4, resolution=[512, 768, 1024],\n"
+        "    gpus=1,                                    # this machine's GPUs to train on, one process each\n"
         '    sample_prompts=["a photo of [trigger] in a cafe", "[trigger] as an oil painting"],\n'
         "    nsfw=False,                                # labels only; nothing is filtered\n"
         '    caption_backend="existing",               # existing | template\n'

@@ -42,6 +42,16 @@ class JobLayout:
         return self._p("bundle")
 
     @property
+    def evaluation(self) -> str:
+        """The result check's config, held-out images (holdout/), renders and scorecard.json."""
+        return self._p("evaluation")
+
+    @property
+    def holdout(self) -> str:
+        """Dataset images kept out of training (evaluation.holdout), with their captions."""
+        return self._p("evaluation", "holdout")
+
+    @property
     def output(self) -> str:
         """Where the engine writes: the job folder itself for builtin (checkpoints/, samples/ inside)."""
         return self.root

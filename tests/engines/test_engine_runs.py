@@ -137,18 +137,16 @@ def aitk_checkpoints(root: Path, steps: list[int]) -> None:
         )
 
 
-def test_aitoolkit_ctime_trap_and_truncated_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Files restored in the wrong order: ai-toolkit alone would resume from the oldest step."""
+def aitk_standin_config(tmp_path: Path, steps: int):
+    """A `mascot` job of `steps` steps with no sampling, its layout and the config the ai-toolkit stand-in runs."""
     from loraflow.engines.aitoolkit_config import render_config
-    from loraflow.engines.aitoolkit_files import save_root
-    from loraflow.testing.aitoolkit_standin import run
 
     spec = parse_spec(
         {
             "name": "mascot",
             "dataset": {"path": str(tmp_path)},
             "base_model": "flux-dev",
-            "training": {"steps": 40},
+            "training": {"steps": steps},
             "sampling": {"every_n_steps": 0, "at_end": False},
         }
     )
@@ -156,6 +154,16 @@ def test_aitoolkit_ctime_trap_and_truncated_checkpoint(tmp_path: Path, capsys: p
     (tmp_path / "job" / "dataset").mkdir(parents=True)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(render_config(spec, layout, "j", "x")))
+    return spec, layout, cfg
+
+
+def test_aitoolkit_ctime_trap_and_truncated_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Files restored in the wrong order: ai-toolkit alone would resume from the oldest step."""
+    from loraflow.engines.aitoolkit_config import render_config
+    from loraflow.engines.aitoolkit_files import save_root
+    from loraflow.testing.aitoolkit_standin import run
+
+    spec, layout, cfg = aitk_standin_config(tmp_path, 40)
     root = save_root(spec, layout)
     aitk_checkpoints(root, [10, 20, 30])
     data = (root / "mascot_000000030.safetensors").read_bytes()

@@ -52,7 +52,7 @@ def write_spec(tmp_path: Path, **extra: object) -> Path:
 
 def test_fal_job_end_to_end(tmp_path: Path, fal: FalEmulator, cli) -> None:
     fal.result_503s = 1  # a busy gateway once: asked again, not taken for a failed run
-    result = cli("train", write_spec(tmp_path, engine={"name": "fal", "options": {"is_style": True}}))
+    result = cli("train", write_spec(tmp_path, engine={"name": "fal", "options": {"create_masks": True}}))
     assert result.code == 0, result.out + result.err
     assert "$0.08" in result.out  # the price, shown before submit
     store = Store()
@@ -63,7 +63,7 @@ def test_fal_job_end_to_end(tmp_path: Path, fal: FalEmulator, cli) -> None:
     (request,) = fal.state()["requests"].values()
     assert request["app"] == "fal-ai/flux-lora-fast-training"
     assert request["input"]["trigger_word"] == "lfx" and request["input"]["steps"] == 40
-    assert request["input"]["is_style"] is True
+    assert request["input"]["create_masks"] is True and "is_style" not in request["input"]  # as the spec asked
     token = request["input"]["images_data_url"].split("/files/")[1].split("/")[0]
     with zipfile.ZipFile(io.BytesIO(fal.files[token][1])) as zf:
         names = zf.namelist()
@@ -118,6 +118,29 @@ def test_fields_fal_cannot_honour_are_refused_at_validate(tmp_path: Path, cli) -
     assert "engine fal cannot honour it" in out and "Fix:" in out
     assert "training.steps" not in out.split("takes only")[0]  # steps is honoured
     assert cli("spec", "validate", write_spec(tmp_path)).code == 0
+
+
+def test_fal_is_sent_only_what_the_spec_asks(tmp_path: Path, cli) -> None:
+    """fal defaults create_masks to true (a mask-weighted loss): loraflow sends false unless asked, and never
+    is_style, which makes fal ignore the captions: that is refused unless the captions are the trigger alone."""
+    from loraflow.engines.fal import FalEngine
+    from loraflow.layout import JobLayout
+    from loraflow.spec import load_spec
+
+    def fal_input(spec_path: Path) -> dict[str, object]:
+        rendered = FalEngine().render(load_spec(spec_path), JobLayout("/jobs/x"), "x", "flux-dev")
+        return json.loads(rendered["fal.json"])["input"]
+
+    plain = fal_input(write_spec(tmp_path))
+    assert plain["create_masks"] is False and "is_style" not in plain
+    styled = write_spec(tmp_path, engine={"name": "fal", "options": {"is_style": True}})
+    refused = cli("spec", "validate", styled)
+    assert refused.code == 2 and "engine.options.is_style" in refused.out + refused.err
+    assert "ignores the captions" in refused.out + refused.err
+    trigger_only = write_spec(tmp_path, engine={"name": "fal", "options": {"is_style": True}},
+                              dataset={"path": str(EXAMPLES / "sample_dataset"), "trigger_word": "lfx",
+                                       "captions": {"backend": "template", "template": "[trigger]"}})  # fmt: skip
+    assert cli("spec", "validate", trigger_only).code == 0 and fal_input(trigger_only)["is_style"] is True
 
 
 def test_missing_fal_key_is_refused_before_anything(tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -184,3 +184,22 @@ def test_the_api_refuses_a_wan_job_whose_clip_is_too_short_before_anything_start
     assert [(f["code"], f["file"]) for f in errors] == [("video_too_short", "blink_9f_16fps.mp4")]
     assert "engine.options.target_frames" in errors[0]["fix"]
     assert store.list_jobs() == []  # nothing started, nothing rented
+
+
+@pytest.mark.parametrize("engine", ["musubi", "ai-toolkit"])
+def test_image_to_video_clips_go_through_the_same_checks_and_need_one_usable_clip(tmp_path: Path, engine: str) -> None:
+    """Wan I2V (first-frame control) on either engine: the t2v clip checks, and no usable clip is an error."""
+    names = ["walk_37f_16fps.mp4", "blink_9f_16fps.mp4", "tiny_37f_16fps.mp4"]
+    t2v = parse_spec({"name": "m", "base_model": "wan2.1-t2v-14b", "dataset": {"path": "/d"}})
+    i2v = parse_spec({"name": "m", "base_model": "wan2.1-i2v-14b", "engine": engine, "dataset": {"path": "/d"}})
+    assert video_needs(i2v).first_frame and not video_needs(t2v).first_frame
+    checks = DatasetChecks(min_images=1)
+    for sub in "abc":
+        (tmp_path / sub).mkdir()
+    folder = clips(tmp_path / "a", names)
+    same = [sorted(findings(DatasetRun(folder, checks, video=video_needs(s)).check())) for s in (t2v, i2v)]
+    assert same[0] == same[1] and {"video_short:blink_9f_16fps.mp4", "too_small:tiny_37f_16fps.mp4"} <= set(same[1])
+    bad = DatasetRun(clips(tmp_path / "b", names[2:]), checks, video=video_needs(i2v)).check()
+    assert "no_clips_for_i2v" in [f.code for f in bad.errors]
+    assert "no_clips_for_i2v" not in [f.code for f in DatasetRun(clips(tmp_path / "c", names[2:]), checks,
+                                                                   video=video_needs(t2v)).check().findings]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -144,26 +145,63 @@ def test_aitoolkit_step_without_a_loss_line_is_still_counted(step_s: float) -> N
         assert losses_shown == {1: None, 2: 0.5, 4: None, 5: 0.3}
 
 
-def test_kohya_standin_at_a_real_gpu_pace(tmp_path, capfd: pytest.CaptureFixture[str], monkeypatch) -> None:
-    """The stand-in calls tqdm in sd-scripts' order; at 0.15 s a step (slower than the 0.1 s redraw) every step
-    prints the previous step's avr_loss first, and the parser still gives each step its own."""
+def standin_bar(tmp_path: Path, capfd: pytest.CaptureFixture[str], images: int, *args: str) -> bytes:
+    """The kohya stand-in's `steps:` bar (stderr) for a run on `images` tiny images."""
     from PIL import Image
 
-    from loraflow.testing.kohya_standin import avr_loss, loss_at, run
+    from loraflow.testing.kohya_standin import run
 
-    images = tmp_path / "img"
-    images.mkdir()
-    for i in range(2):
-        Image.new("RGB", (32, 32)).save(images / f"{i}.png")
+    folder = tmp_path / "img"
+    folder.mkdir()
+    for i in range(images):
+        Image.new("RGB", (32, 32)).save(folder / f"{i}.png")
     config = tmp_path / "dataset.toml"
-    config.write_text(f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{images}"\n')
-    monkeypatch.setenv("KOHYA_STANDIN_STEP_S", "0.15")
+    config.write_text(f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{folder}"\n')
     argv = ["--output_dir", str(tmp_path / "out"), "--output_name", "m", "--dataset_config", str(config)]
-    argv += ["--network_dim", "4", "--network_alpha", "4", "--max_train_steps", "4", "--console_log_simple"]
-    assert run(argv) == 0
-    bar = capfd.readouterr().err.encode()
+    assert run([*argv, "--network_dim", "4", "--network_alpha", "4", "--console_log_simple", *args]) == 0
+    return capfd.readouterr().err.encode()
+
+
+def test_kohya_standin_at_a_real_gpu_pace(tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch) -> None:
+    """The stand-in calls tqdm in sd-scripts' order; at 0.15 s a step (slower than the 0.1 s redraw) every step
+    prints the previous step's avr_loss first, and the parser still gives each step its own."""
+    from loraflow.testing.kohya_standin import avr_loss, loss_at
+
+    monkeypatch.setenv("KOHYA_STANDIN_STEP_S", "0.15")
+    bar = standin_bar(tmp_path, capfd, 2, "--max_train_steps", "4")
     assert bar.count(b" 2/4 [") == 2  # update() and set_postfix() both redrew step 2
     progress = [e.data for e in parse(KohyaParser(), bar) if e.type == "progress"]
     losses = [loss_at(step, 4) for step in range(1, 5)]
     expected = [float(f"{avr_loss(losses[:step], 2):.3g}") for step in range(1, 5)]
     assert [(p["step"], p["loss"]) for p in progress] == list(zip(range(1, 5), expected, strict=True))
+
+
+def test_kohya_standin_with_accumulation_reports_each_step_once(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """With gradient accumulation sd-scripts redraws the postfix for every micro-batch, at the old count: each
+    optimizer step is still reported once, in order, with a loss (avr_loss is a moving average over micro-batches)."""
+    monkeypatch.setenv("KOHYA_STANDIN_STEP_S", "0.15")
+    bar = standin_bar(tmp_path, capfd, 4, "--max_train_steps", "4", "--gradient_accumulation_steps", "2")
+    assert bar.count(b" 1/4 [") >= 3  # update(), set_postfix(), the next step's first micro-batch
+    parser = KohyaParser()
+    parser.feed("  gradient accumulation steps / 勾配を合計するステップ数 = 2\n".encode())
+    progress = [e.data for e in parse(parser, bar) if e.type == "progress"]
+    assert [p["step"] for p in progress] == [1, 2, 3, 4]
+    assert all(p["total"] == 4 and isinstance(p["loss"], float) for p in progress)
+
+
+def test_aitoolkit_standin_at_a_real_gpu_pace(tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch) -> None:
+    """The ai-toolkit stand-in sets the loss and then moves the count (its loop's order); at 0.15 s a step both
+    redraw, and each step still gets its own loss."""
+    from loraflow.testing.aitoolkit_standin import loss_at, run
+    from tests.engines.test_engine_runs import aitk_standin_config
+
+    config = aitk_standin_config(tmp_path, 4)[2]
+    monkeypatch.setenv("AITK_STANDIN_STEP_S", "0.15")
+    assert run(str(config)) == 0
+    bar = capfd.readouterr().err.encode()
+    assert bar.count(b"| 1/4 [") == 2  # set_postfix_str() for step 2 at the old count, then update()
+    progress = [e.data for e in parse(AitkParser("mascot"), bar) if e.type == "progress"]
+    assert [p["step"] for p in progress] == [1, 2, 3, 4]
+    assert [f"{p['loss']:.3e}" for p in progress] == [f"{loss_at(step - 1, 4):.3e}" for step in range(1, 5)]

@@ -17,6 +17,7 @@ from loraflow.testing.comfydeploy_emulator import ComfyDeployEmulator
 from loraflow.testing.hub_standin import HubStandin
 from tests.conftest import EXAMPLES
 from tests.engines.test_fal import fal  # noqa: F401 - the fixture: a fast job without a trainer
+from tests.publish.test_huggingface import no_xet
 from tests.publish.test_s3 import s3, s3_endpoint  # noqa: F401 - fixtures
 from tests.server.test_api import api  # noqa: F401 - the fixture: the service's API
 
@@ -38,6 +39,7 @@ def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[HubStandin]:
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # a loopback endpoint; nothing leaves the machine
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    no_xet(monkeypatch)
     with HubStandin() as h:
         monkeypatch.setenv("HF_ENDPOINT", h.url)
         monkeypatch.setenv("HF_TOKEN", h.state.token)
@@ -154,3 +156,29 @@ def test_a_service_spec_cannot_push_to_the_operators_workspace_unless_granted() 
     (line,) = [p for p in refusals(raw, Grants(hf_namespaces=frozenset({"svc"})), []) if "targets[1]" in p]
     assert "LORAFLOW_SERVICE_COMFYDEPLOY=1" in line and "Fix:" in line
     assert refusals(raw, Grants(hf_namespaces=frozenset({"svc"}), comfydeploy=True), []) == []
+
+
+def test_a_public_bucket_without_a_public_domain_is_fetched_through_a_signed_link(
+    tmp_path: Path, cli, fal, s3, s3_endpoint: str, comfy: ComfyDeployEmulator, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """`public: true` sends no ACL, so nothing says the plain URL serves: ComfyDeploy gets a signed link,
+    unless the operator configured the bucket's public address (then that, as it is)."""
+    monkeypatch.delenv("LORAFLOW_S3_PUBLIC_BASE_URL", raising=False)
+    job_id = train(tmp_path, cli, [{"type": "s3", "bucket": "loras", "endpoint_url": s3_endpoint, "public": True},
+                                   {"type": "comfydeploy", "filename": "signed.safetensors"}])
+    job = Store().get(job_id)
+    assert job.state is JobState.COMPLETED, job.error
+    (downloaded,) = comfy.models
+    assert "X-Amz-Signature" in downloaded["user_url"]
+    assert comfy.volume["loras/signed.safetensors"] == (job.folder / "mascot.safetensors").read_bytes()
+    import json
+
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
+                                                       "Resource": "arn:aws:s3:::loras/*"}]}  # fmt: skip
+    s3.put_bucket_policy(Bucket="loras", Policy=json.dumps(policy))  # public by its policy, as AWS does it now
+    monkeypatch.setenv("LORAFLOW_S3_PUBLIC_BASE_URL", f"{s3_endpoint}/loras")  # the bucket served as it is
+    again = train(tmp_path, cli, [{"type": "s3", "bucket": "loras", "endpoint_url": s3_endpoint, "public": True},
+                                  {"type": "comfydeploy", "filename": "served.safetensors"}])
+    assert Store().get(again).state is JobState.COMPLETED
+    served = next(m for m in comfy.models if m["model_name"] == "served.safetensors")
+    assert served["user_url"] == f"{s3_endpoint}/loras/{again}/mascot.safetensors"

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,8 @@ def client() -> Iterator[TestClient]:
     app = create_app(config=ServiceConfig(no_auth=True), sweep_every_s=None)
     ui.install(app)
     with TestClient(app, raise_server_exceptions=False) as c:
+        token = re.search(r'"X-CSRF-Token": "([^"]+)"', c.get("/").text).group(1)
+        c.headers["X-CSRF-Token"] = token  # as htmx sends it from the page (CSRF: server/web_security.py)
         yield c
 
 

@@ -261,7 +261,7 @@ def test_external_check_and_service_limits() -> None:
         denied = api("GET", f"/api/jobs/{bad['id']}").json()
         assert denied["state"] == "cancelled" and "deny by hook" in denied["error"]
         decided = api("GET", f"/api/jobs/{bad['id']}/events", params={"type": "check.decided"}).json()["events"]
-        assert decided[0]["data"]["decision"] == "deny" and decided[0]["data"]["by"].endswith("/check")
+        assert decided[0]["data"]["decision"] == "deny" and decided[0]["data"]["by"] == "external check"
         assert api("GET", f"/api/jobs/{waiting['id']}").json()["state"] == "pending"
         assert {b["name"] for b in Hook.seen} >= {"good", "bad", "wait"}
         for changes, limit in [

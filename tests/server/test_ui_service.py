@@ -20,6 +20,7 @@ def client() -> Iterator[TestClient]:
     app = create_app(config=ServiceConfig(no_auth=True), sweep_every_s=None)
     ui.install(app)
     with TestClient(app) as c:
+        c.headers["X-CSRF-Token"] = re.search(r'"X-CSRF-Token": "([^"]+)"', c.get("/").text).group(1)
         yield c
 
 

@@ -106,3 +106,17 @@ def test_a_loraflow_error_shows_as_its_message_and_fix_in_a_notebook() -> None:
     assert lines == [
         "\x1b[31mUserInputError:\x1b[0m ai-toolkit is not installed Fix: run `loraflow engines install ai-toolkit`"
     ]
+
+
+def test_the_gpu_count_reaches_the_spec_and_preflight_refuses_more_than_the_machine_has(
+    settings: nb.Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert nb.build_spec(settings).compute.gpus == 1
+    settings.gpus = 2
+    assert nb.build_spec(settings).compute.gpus == 2  # issue 31: one process per GPU of this machine
+    one = [{"name": "NVIDIA H100", "mem_total_mb": 81559}]
+    monkeypatch.setattr("loraflow.hosts.local.LocalHost.gpu_stats", lambda self: one)
+    monkeypatch.setattr("subprocess.run", lambda *a, **k: type("R", (), {"stdout": "570.86\n"})())
+    with pytest.raises(nb.NotebookStop) as err:
+        nb.preflight(settings, require_gpu=False)
+    assert "gpus=2 but this machine has 1 GPU" in str(err.value)

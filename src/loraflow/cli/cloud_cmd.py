@@ -69,7 +69,7 @@ def estimate(
         if len(phases) == 1:
             cells.append(_minutes(r["total_s"] - r["steps_s"]))
         table.add_row(
-            escape(r["gpu"]),
+            escape(f"{r['gpus']}x {r['gpu']}" if r["gpus"] > 1 else r["gpu"]),
             f"{r['usd_per_hour']:.3f}",
             *cells,
             _minutes(r["total_s"]),

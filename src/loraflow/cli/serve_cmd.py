@@ -37,6 +37,7 @@ def serve(
     from loraflow.notify.notifier import Dispatcher
     from loraflow.running.worker import Worker, gpu_capacity
     from loraflow.server.app import ServiceConfig, create_app
+    from loraflow.server.http_settings import uvicorn_options
     from loraflow.server.ui import install
 
     if no_auth and host not in ("127.0.0.1", "localhost", "::1"):
@@ -60,7 +61,7 @@ def serve(
         dispatcher = Dispatcher(store).start()
     console.print(f"loraflow on http://{host}:{port}  (API docs: /docs, workers: {workers})")
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        uvicorn.run(app, **uvicorn_options(host, port), log_level="warning")  # header timeout, proxies: see there
     finally:
         if worker:
             worker.stop()

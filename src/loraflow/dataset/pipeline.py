@@ -72,7 +72,6 @@ class DatasetRun:
         self.video = video  # what the engine takes from a clip; None: the engine trains on images only
         self.videos: list[_Video] = []
         self.pairs, self.matched = pairs, Pairs()  # an edit model's controls, by target
-        self._numbered = bool(pairs and pairs.most > 1)  # musubi's one folder of numbered controls too
 
     def _scan(self) -> None:
         limits = ArchiveLimits(self.checks.max_archive_bytes, self.checks.max_archive_files)
@@ -253,6 +252,8 @@ class DatasetRun:
             usable.append(clip)
         self.videos = usable
         self.report.usable_videos = len(usable)
+        if needs and (missing := needs.first_frame_finding(len(usable), self.src.name)):
+            self.report.add(missing)
 
     def _gates(self) -> None:
         c = self.checks
@@ -384,7 +385,7 @@ class DatasetRun:
             (tmp / name).write_bytes(data)
             written.append((img, stem, name, data))
             controls = {e.path: e for e in self.matched.controls.get(img.entry.path, [])}
-            placed[name] = prepared_names(stem, list(controls.values()), self._numbered)
+            placed[name] = prepared_names(stem, list(controls.values()), bool(self.pairs and self.pairs.most > 1))
             for path, names in placed[name]:
                 for control in names:  # copied as they are: the engines decode them
                     (tmp / control).parent.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,7 @@ def trainer_config(
         epochs=t.epochs,
         batch_size=t.batch_size,
         gradient_accumulation=t.gradient_accumulation,
+        processes=spec.compute.gpus,
         learning_rate=t.learning_rate,
         # diffusers' `constant` ignores warmup: the spec's warmup is `constant_with_warmup` there
         lr_scheduler="constant_with_warmup" if t.lr_scheduler == "constant" and t.lr_warmup_steps else t.lr_scheduler,
@@ -84,6 +85,17 @@ def trainer_config(
     )
 
 
+def trainer_argv(python: str, gpus: int, config: str) -> list[str]:
+    """The trainer's command line: itself on one GPU; under `accelerate launch` with one process per GPU."""
+    trainer = ["-m", "loraflow.trainer", config]
+    if gpus == 1:
+        return [python, *trainer]
+    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1", "--num_processes", str(gpus),
+              "--main_process_port", "0",  # a free port: two jobs on one machine never meet at 29500
+              "--mixed_precision", "no", "--dynamo_backend", "no"]  # the trainer's config decides both
+    return [python, *launch, *trainer]
+
+
 class BuiltinEngine:
     name = "builtin"
 
@@ -104,12 +116,13 @@ class BuiltinEngine:
         return {CONFIG: config.model_dump_json(indent=2) + "\n"}
 
     def command(self, spec: TrainSpec, layout: JobLayout, python: str) -> Command:
+        """One process; with compute.gpus N, `accelerate launch` starts N of them (torchrun underneath: it
+        ends them all when one dies, so the runner sees one exit and resumes from the last checkpoint)."""
         import sys
 
         exe = sys.executable if python == "auto" else python
-        return Command(
-            [exe, "-m", "loraflow.trainer", str(PurePosixPath(layout.engine, CONFIG))], env_names=["HF_TOKEN"]
-        )
+        argv = trainer_argv(exe, spec.compute.gpus, str(PurePosixPath(layout.engine, CONFIG)))
+        return Command(argv, env_names=["HF_TOKEN"])
 
     def parser(self, spec: TrainSpec) -> BuiltinParser:
         return BuiltinParser()
@@ -129,6 +142,8 @@ class BuiltinEngine:
     def outcome(self, exit_code: int | None, final_exists: bool, parser: object = None) -> Outcome:
         from loraflow.engines.external import outcome_for
 
-        if exit_code == STOPPED_EXIT:
+        # Under `accelerate launch` a stopped trainer's STOPPED_EXIT reaches us as the launcher's 1: its
+        # `stopped` event (the last thing rank 0 prints before that exit) says the same.
+        if exit_code == STOPPED_EXIT or (exit_code not in (0, None) and getattr(parser, "stopped", False)):
             return Outcome(False, True, None, "stopped with a checkpoint")
         return outcome_for("the trainer", exit_code, final_exists)

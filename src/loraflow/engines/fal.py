@@ -104,7 +104,8 @@ class FalEngine:
     def render(
         self, spec: TrainSpec, layout: JobLayout, job_id: str, model_path: str, dataset_hash: str | None = None
     ) -> dict[str, str]:
-        fal_input: dict[str, Any] = {"steps": spec.training.steps}
+        # create_masks defaults to true on fal's side: a face-mask-weighted loss the spec never asked for.
+        fal_input: dict[str, Any] = {"steps": spec.training.steps, "create_masks": False}
         if spec.dataset.trigger_word:
             fal_input["trigger_word"] = spec.dataset.trigger_word
         fal_input.update(spec.engine.options)  # only the options catalog/hosted.yaml lists get past validation

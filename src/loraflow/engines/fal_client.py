@@ -5,7 +5,8 @@
 It speaks fal's queue protocol (POST queue.fal.run/<app> -> request_id, status_url, response_url;
 GET status?logs=1 -> IN_QUEUE with queue_position, IN_PROGRESS with logs, COMPLETED; GET response ->
 the result with diffusers_lora_file.url) and its storage upload (POST rest.fal.ai/storage/upload/initiate
--> upload_url, file_url; PUT the bytes). It prints `LORAFLOW {json}` lines, as the builtin trainer does,
+-> upload_url, file_url; PUT the bytes; above 100 MiB fal-client's multipart CDN upload).
+It prints `LORAFLOW {json}` lines, as the builtin trainer does,
 so the runner reads it with the same parser. The request id is written before anything else happens:
 a client started again (restart, resume, a new runner) follows that request and never pays twice.
 """
@@ -31,6 +32,9 @@ from loraflow.trainer.events import STOPPED_EXIT, emit
 QUEUE_URL = "https://queue.fal.run"
 STORAGE_URL = "https://rest.fal.ai"
 FAILED_EXIT = 1
+# fal-client's (1.0.3, client.py): data above 100 MiB goes up in 10 MiB parts.
+MULTIPART_THRESHOLD = 100 * 1024 * 1024
+MULTIPART_CHUNK = 10 * 1024 * 1024
 COUNTER = re.compile(r"(\d+)\s*/\s*(\d+)")
 STOP = threading.Event()
 
@@ -95,8 +99,13 @@ def pack(dataset_dir: Path, caption_extension: str = "txt") -> bytes:
     return buf.getvalue()
 
 
-def upload(http: httpx.Client, storage: str, name: str, data: bytes) -> str:
-    """fal storage: initiate (get a signed upload URL and the file's URL), then PUT the bytes."""
+def upload(http: httpx.Client, storage: str, name: str, data: bytes, threshold: int = MULTIPART_THRESHOLD,
+           chunk: int = MULTIPART_CHUNK) -> str:  # fmt: skip
+    """fal storage: initiate (get a signed upload URL and the file's URL), then PUT the bytes; above fal-client's
+    multipart threshold, in parts through fal's CDN as fal-client does (one PUT of a big zip is one failure
+    away from starting over)."""
+    if len(data) > threshold:
+        return upload_multipart(http, storage, name, data, chunk)
     initiated = _retrying(
         lambda: http.post(
             f"{storage}/storage/upload/initiate",
@@ -111,6 +120,29 @@ def upload(http: httpx.Client, storage: str, name: str, data: bytes) -> str:
         "uploading the dataset",
     )
     return str(initiated["file_url"])
+
+
+def upload_multipart(http: httpx.Client, storage: str, name: str, data: bytes, chunk: int) -> str:
+    """fal-client's multipart upload: a CDN token (POST storage/auth/token), then POST <base_url>/files/upload/
+    multipart -> {access_url, uploadId}, PUT each part to <access_url>/multipart/<uploadId>/<n> (keeping its
+    ETag) and POST .../complete with the parts. Each part is retried on its own."""
+    token = _retrying(lambda: http.post(f"{storage}/storage/auth/token", params={"storage_type": "fal-cdn-v3"},
+                                        json={}), "getting an upload token").json()  # fmt: skip
+    auth = {"Authorization": f"{token['token_type']} {token['token']}"}
+    with httpx.Client(headers=auth, timeout=600) as cdn:
+        started = _retrying(lambda: cdn.post(f"{token['base_url']}/files/upload/multipart", headers={
+            "Content-Type": "application/zip", "X-Fal-File-Name": name}), "starting the dataset upload").json()
+        access, upload_id = str(started["access_url"]), str(started["uploadId"])
+        parts = []
+        for number, start in enumerate(range(0, len(data), chunk), start=1):
+            piece = data[start : start + chunk]
+            put = _retrying(lambda n=number, b=piece: cdn.put(f"{access}/multipart/{upload_id}/{n}", content=b,
+                                                              headers={"Content-Type": "application/zip"}),
+                            f"uploading part {number} of the dataset")  # fmt: skip
+            parts.append({"partNumber": number, "etag": put.headers["etag"]})
+        _retrying(lambda: cdn.post(f"{access}/multipart/{upload_id}/complete", json={"parts": parts}),
+                  "finishing the dataset upload")  # fmt: skip
+    return access
 
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:

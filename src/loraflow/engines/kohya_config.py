@@ -250,20 +250,25 @@ def launcher(spec: TrainSpec, python: str, root: Path) -> list[str]:
 
 
 def launch(spec: TrainSpec, python: str, script: str) -> list[str]:
-    """`accelerate launch` pinned to one process (on a multi-GPU rental it would otherwise start DDP); plain
-    python with `engine.options.launcher: python`. The same for kohya and musubi."""
+    """`accelerate launch` with one process per GPU of `compute.gpus` (pinned to 1 on one GPU: on a multi-GPU
+    rental it would otherwise start DDP on every GPU it sees); plain python with `engine.options.launcher:
+    python` (one GPU only: the field map refuses more). The same for kohya and musubi."""
     if spec.engine.options.get("launcher") == "python":
         return [python, script]
     precision = "no" if spec.training.precision == "fp32" else spec.training.precision
+    gpus = spec.compute.gpus
+    # --main_process_port 0: a free port, so two jobs on one machine never meet at accelerate's 29500
+    several = ["--multi_gpu", "--num_machines", "1", "--main_process_port", "0"] if gpus > 1 else []
     return [
         python,
         "-m",
         "accelerate.commands.launch",
+        *several,
         "--mixed_precision",
         precision,
         "--num_cpu_threads_per_process",
         "1",
         "--num_processes",
-        "1",
+        str(gpus),
         script,
     ]

@@ -65,15 +65,16 @@ from loraflow.video_options import VIDEO_OPTIONS, video_settings  # noqa: F401  
 
 
 def video_needs(spec: TrainSpec) -> VideoNeeds | None:
-    """What each clip must give musubi, for the dataset checks before anything is rented; None for the engines
-    that train on images only (they ignore clips)."""
-    if spec.engine.name != "musubi":
+    """What each clip must give musubi (or ai-toolkit training Wan), for the dataset checks before anything is
+    rented; None for the engines and models that train on images only (they ignore clips). Image-to-video models
+    go through the same checks, and need at least one usable clip (its first frame is the control)."""
+    if spec.engine.name != "musubi" and spec.catalog_entry.arch != "wan":
         return None
-    s = video_settings(spec)
+    s, first = video_settings(spec), spec.catalog_entry.first_frame_control
     if s["frame_extraction"] == "full":  # the whole clip, trimmed to N*4+1 frames
-        return VideoNeeds(1, 1, s.get("source_fps"))
+        return VideoNeeds(1, 1, s.get("source_fps"), first_frame=first)
     targets = tuple(s["target_frames"])
-    return VideoNeeds(min(targets), max(targets), s.get("source_fps"), targets)
+    return VideoNeeds(min(targets), max(targets), s.get("source_fps"), targets, first)
 
 
 class MusubiEngine:

@@ -152,6 +152,19 @@ def no_version(spec: TrainSpec) -> Refusal | None:
     return None
 
 
+def one_gpu_aitk(spec: TrainSpec) -> Refusal | None:
+    """Read at the pin (27a03a91): BaseSDTrainProcess.prepare_accelerator wraps the network in DDP but leaves
+    `self.data_loader = self.accelerator.prepare(self.data_loader)` commented out and builds a plain shuffled
+    DataLoader, so every process would train the same batches: N GPUs for the price of N, the speed of one."""
+    if spec.compute.gpus > 1:
+        return (
+            f"at its pinned commit {PINS['ai-toolkit']} ai-toolkit does not split its data loader across processes "
+            "(accelerator.prepare(data_loader) is commented out), so several GPUs would train the same batches",
+            "set compute.gpus: 1, or use engine builtin or kohya, which train data-parallel",
+        )
+    return None
+
+
 def at_end_on_cadence(engine: str) -> Check:
     """sd-scripts (48d368fa) and musubi (30c658c4) sample only when `global_step % sample_every_n_steps == 0`
     and have no round after the last step; sd-scripts ignores the step cadence once `sample_every_n_epochs`
@@ -186,6 +199,18 @@ def adafactor_clip_aitk(spec: TrainSpec) -> Refusal | None:
             "set training.max_grad_norm: 0, use another optimizer, or use engine kohya or builtin, which clip it",
         )
     return None
+
+
+def launched_by_accelerate(engine: str) -> Check:
+    def check(spec: TrainSpec) -> Refusal | None:
+        if spec.compute.gpus > 1 and spec.engine.options.get("launcher") == "python":
+            return (
+                f"{engine} starts one process per GPU only through `accelerate launch`, not plain python",
+                "remove engine.options.launcher, or set compute.gpus: 1",
+            )
+        return None
+
+    return check
 
 
 def keep_tokens_aitk(spec: TrainSpec) -> Refusal | None:

@@ -10,9 +10,11 @@ from loraflow.field_map.conditions import (
     compiling,
     ddpm,
     keep_tokens_aitk,
+    launched_by_accelerate,
     low_vram,
     nf4,
     no_version,
+    one_gpu_aitk,
     pin,
     prodigy_aitk,
     shift_aitk,
@@ -42,6 +44,8 @@ LORAFLOW = {
     "publish": "Done by loraflow after training.",
     "notifications": "Sent by loraflow.",
     "wandb": "Logged by loraflow from the engine's progress events.",
+    "evaluation": "The result check after training, run by loraflow on the engine's LoRA files (held-out images "
+    "are taken out of the dataset before the engine sees it).",
     "training.vram_preset": "Applied by loraflow from the catalog, per engine, under the user's values.",
 }
 
@@ -350,6 +354,18 @@ FIELDS: dict[str, dict[str, Rule]] = {
     "output.lora_format": {
         e: same("loraflow converts the engine's LoRA to this layout with the exact converter.")
         for e in ("builtin", "ai-toolkit", "kohya")
+    },
+    "compute.gpus": {
+        "builtin": same(
+            "One trainer process per GPU under `accelerate launch` (DDP); each trains batch_size x "
+            "gradient_accumulation of every step's global batch; rank 0 caches, saves, samples and reports."
+        ),
+        "ai-toolkit": refused("above 1", one_gpu_aitk),
+        "kohya": translated(
+            "`accelerate launch --multi_gpu --num_processes N`: sd-scripts' own DDP (train_batch_size is per GPU).",
+            launched_by_accelerate("kohya"),
+            "above 1 with engine.options.launcher: python",
+        ),
     },
     "output.dtype": {
         "builtin": same("Saved dtype."),

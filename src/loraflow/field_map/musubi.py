@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from loraflow.field_map.conditions import at_end_on_cadence, compiling, low_vram, nf4, pin
+from loraflow.field_map.conditions import at_end_on_cadence, compiling, launched_by_accelerate, low_vram, nf4, pin
 from loraflow.field_map.rules import Refusal, Rule, refused, same, translated
 
 if TYPE_CHECKING:
@@ -169,6 +169,12 @@ MUSUBI: dict[str, Rule] = {
         "`--save_last_n_steps` = every_n_steps x (keep_last - 1): musubi keeps one more than that span holds."
     ),
     "output.dtype": same("`--save_precision`."),
+    "compute.gpus": translated(
+        "`accelerate launch --multi_gpu --num_processes N` for wan_train_network.py (the caching scripts run once, "
+        "before it); musubi's own DDP, batch size per GPU.",
+        launched_by_accelerate("musubi"),
+        "above 1 with engine.options.launcher: python",
+    ),
     "output.lora_format": same(
         "kohya: musubi's own file (`lora_unet_blocks_N_...`, the layout ComfyUI loads).", _musubi_format, "diffusers"
     ),

@@ -21,6 +21,8 @@ class JobOutputs(BaseModel):
     lora: str | None = None  # the trained LoRA file in the job folder
     dataset_hash: str | None = None  # the prepared dataset's manifest digest
     images: int | None = None  # usable images the dataset check counted
+    holdout: list[str] = Field(default_factory=list)  # images kept out of training for the scorecard
+    scorecard: dict[str, Any] | None = None  # the result check's summary: best checkpoint and why, rows, verdict
     # where it went
     published: list[dict[str, Any]] = Field(default_factory=list)  # one record per push: type, url, checkpoint_step
     published_bundle: str | None = None  # the bundle the last publish pushed

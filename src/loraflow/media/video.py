@@ -14,6 +14,8 @@ import struct
 from dataclasses import dataclass
 from typing import IO, Any
 
+from loraflow.media.findings import Finding, Severity
+
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".webm", ".mkv"}
 WAN_FPS = 16.0  # the rate musubi trains Wan at when source_fps is set (docs/dataset_config.md)
 _CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts"}
@@ -41,6 +43,16 @@ class VideoNeeds:
     max_frames: int  # the longest target: a clip with fewer frames skips that length
     source_fps: float | None = None  # clips are resampled from this rate to Wan's 16 fps
     targets: tuple[int, ...] = ()  # every length cut from a clip (empty: the whole clip)
+    first_frame: bool = False  # image-to-video: each clip's first frame is the control it is trained from
+
+    def first_frame_finding(self, usable: int, where: str) -> Finding | None:
+        """Image-to-video learns the motion that follows a first frame: a dataset without a usable clip has none."""
+        if not self.first_frame or usable:
+            return None
+        return Finding("no_clips_for_i2v", Severity.ERROR, "an image-to-video model needs video clips: each clip's "
+                       "first frame is the control and the frames after it the motion to learn; none is usable",
+                       "add clips (see the findings above for those refused), or use a text-to-video model",
+                       where)
 
     def fitting(self, frames: int) -> list[int]:
         return [t for t in self.targets if t <= frames]

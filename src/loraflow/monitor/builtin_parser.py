@@ -29,6 +29,7 @@ class BuiltinParser:
     def __init__(self) -> None:
         self._lines = LineSplitter()
         self._hinted: set[str] = set()
+        self.stopped = False  # the trainer said it stopped with a checkpoint (and no later run started)
 
     def feed(self, chunk: bytes) -> list[EngineEvent]:
         return [e for line in self._lines.feed(chunk) if (e := self.parse_line(line))]
@@ -48,6 +49,8 @@ class BuiltinParser:
                 return None
             if kind == "progress" and data.get("eta_s") is None:
                 data.pop("eta_s", None)
+            if kind in ("stopped", "phase", "progress"):
+                self.stopped = kind == "stopped"
             return EngineEvent(_TYPES[kind], data)
         hint = match_hint(line)
         if hint and hint.code not in self._hinted:  # a traceback repeats its message: report once

@@ -35,6 +35,11 @@ def preflight(settings: Settings, require_gpu: bool = True) -> dict[str, Any]:
         facts["driver"] = out.splitlines()[0] if out else None
         vram_gb = gpus[0]["mem_total_mb"] / 1024
         facts["vram_gb"] = round(vram_gb, 1)
+        if spec.compute.gpus > len(gpus):
+            raise NotebookStop(
+                f"gpus={spec.compute.gpus} but this machine has {len(gpus)} GPU(s)",
+                fix=f"set gpus={len(gpus)}, or rent an instance with {spec.compute.gpus} GPUs",
+            )
         need = spec.training.vram_preset or spec.catalog_entry.min_vram_gb
         if vram_gb + 0.5 < need:
             raise NotebookStop(

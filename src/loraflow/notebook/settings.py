@@ -29,6 +29,7 @@ class Settings:
     sample_every: int = 250
     checkpoint_every: int = 250
     vram_preset: int | None = None  # 12, 16, 24, 48, 80; None: detected from the GPU
+    gpus: int = 1  # GPUs of this machine to train on, one process each (builtin, kohya; not ai-toolkit)
     nsfw: bool = False  # labels the job and model only; nothing is filtered
     caption_backend: str = "existing"  # existing or template for now
     caption_template: str = "a photo of [trigger]"
@@ -133,6 +134,7 @@ def build_spec(settings: Settings):
         "training": training,
         "sampling": {"prompts": settings.sample_prompts, "every_n_steps": settings.sample_every},
         "checkpointing": {"every_n_steps": settings.checkpoint_every},
+        "compute": {"gpus": settings.gpus},
         "budget": {k: v for k, v in {"max_usd": settings.max_usd, "max_hours": settings.max_hours}.items() if v},
         "publish": {"targets": targets},
         "wandb": {"enabled": settings.wandb},

@@ -200,7 +200,8 @@ def settle(store: Store, job: Job, cfg: PlatformConfig) -> dict[str, Any] | None
             return None
         platform_fault = job.state is JobState.FAILED and code in PLATFORM_FAULTS
         total_usd = 0.0 if platform_fault else with_fee(usd, cfg)
-        points = min(to_points(total_usd, cfg), held)
+        # A resumed job holds again and settles again: charge only what the job cost since the last charge.
+        points = max(0, min(to_points(total_usd, cfg) - t["charge"], held))
         detail |= {
             "cost_usd": round(usd, 6),
             "total_usd": round(total_usd, 6),

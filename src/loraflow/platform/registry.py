@@ -76,6 +76,10 @@ def register_job(store: Store, job: Job, cfg: PlatformConfig, checkpoint: int | 
         "checkpoint": checkpoint,
     }
     status = "approved" if cfg.review == "auto" or job.owner in cfg.auto_approve_users else "in_review"
+    from loraflow.platform.names import trigger_owner
+
+    word = spec.dataset.trigger_word
+    triggers = [word] if word and not trigger_owner(store, word, job.owner) else []  # taken since: not listed
     with store.session() as s, s.begin():
         existing = s.execute(select(ModelRow).where(ModelRow.job_id == job.id)).scalars().all()
         for row in existing:
@@ -91,7 +95,7 @@ def register_job(store: Store, job: Job, cfg: PlatformConfig, checkpoint: int | 
             name=spec.name,
             owner=job.owner,
             base_model=spec.base_model,
-            trigger_words=[spec.dataset.trigger_word] if spec.dataset.trigger_word else [],
+            trigger_words=triggers,
             files=[
                 {"name": lora.name, "sha256": meta["sha256"], "size": meta["size"], "urls": urls, "path": str(lora)}
             ],
@@ -226,6 +230,7 @@ def trigger_map(store: Store) -> dict[str, dict[str, Any]]:
             .all()
         )
     out: dict[str, dict[str, Any]] = {}
+    slugs: dict[str, dict[str, Any]] = {}
     for row in rows:
         file = row.files[0] if row.files else {}
         entry = {
@@ -235,7 +240,7 @@ def trigger_map(store: Store) -> dict[str, dict[str, Any]]:
             "weight": row.default_weight,
             "base_model": row.base_model,
         }
-        out[row.slug] = entry
         for trigger in row.trigger_words:
             out[trigger] = entry
-    return out
+        slugs[row.slug] = entry
+    return out | slugs  # a slug always names its own model, whatever trigger words say

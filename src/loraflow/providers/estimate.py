@@ -7,6 +7,7 @@ The same numbers decide which offer to rent: the cheapest *job*, not the cheapes
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,13 +23,14 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".g
 @dataclass(frozen=True)
 class Estimate:
     gpu: str
-    usd_per_hour: float
+    usd_per_hour: float  # the whole machine: all of its compute.gpus GPUs
     setup_s: float
     caching_s: float
     steps_s: float
     samples_s: float
     transfer_s: float
     offer_id: int | None = None
+    gpus: int = 1
 
     @property
     def total_s(self) -> float:
@@ -39,7 +41,12 @@ class Estimate:
         return round(self.usd_per_hour * self.total_s / 3600, 4)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "total_s": round(self.total_s, 1), "cost_usd": self.cost_usd}
+        return {
+            **asdict(self),
+            "total_s": round(self.total_s, 1),
+            "cost_usd": self.cost_usd,
+            "scaling_efficiency": round(scaling_efficiency(self.gpus), 4),
+        }
 
 
 def model_kind(spec: TrainSpec) -> str:
@@ -53,7 +60,18 @@ def model_kind(spec: TrainSpec) -> str:
     return {"qwen_image": "qwen-image"}.get(arch, arch if arch in ("flux", "sdxl") else "flux")
 
 
+def scaling_efficiency(gpus: int) -> float:
+    """The table's data-parallel efficiency for `gpus` on one machine (catalog/gpus.yaml `scaling`),
+    interpolated between the listed counts."""
+    points = sorted((int(n), float(e)) for n, e in gpu_table()["scaling"].items())
+    for (n0, e0), (n1, e1) in itertools.pairwise(points):
+        if n0 <= gpus <= n1:
+            return e0 + (e1 - e0) * (gpus - n0) / (n1 - n0)
+    return points[-1][1]
+
+
 def seconds_per_step(spec: TrainSpec, gpu: str) -> float:
+    """One optimizer step on one GPU at the spec's batch_size."""
     table = gpu_table()
     base = (table.get(gpu) or table["RTX 4090"])["s_per_step"]
     t = spec.training
@@ -95,7 +113,10 @@ def estimate(
     lora_mb = 0.0 if kind == "tiny" else 18.0 * spec.network.rank / 16 * 3  # LoRA + optimizer state
     dataset_mb = images * 1.5
     transfer = (dataset_mb + checkpoints * lora_mb) * 8 / max(inet_up_mbps, 1) if remote else 0.0
-    return Estimate(gpu, usd_per_hour, setup, caching, steps * per_step, samples, transfer, offer_id)
+    # compute.gpus N: each GPU trains batch_size a step, so a step carries N times the images in one GPU's time
+    # over the scaling efficiency; caching and samples run on rank 0 alone; the price is the whole machine's.
+    steps_s = steps * per_step / scaling_efficiency(spec.compute.gpus)
+    return Estimate(gpu, usd_per_hour, setup, caching, steps_s, samples, transfer, offer_id, spec.compute.gpus)
 
 
 def this_machine() -> tuple[str, str]:
@@ -107,7 +128,7 @@ def this_machine() -> tuple[str, str]:
     if gpus:
         name = str(gpus[0]["name"])
         squashed = name.lower().replace(" ", "")
-        rows = sorted((k for k in gpu_table() if k not in ("models", "CPU")), key=len, reverse=True)
+        rows = sorted((k for k in gpu_table() if k not in ("models", "scaling", "CPU")), key=len, reverse=True)
         row = next((k for k in rows if k.lower().replace(" ", "") in squashed), "RTX 4090")
         return name, row
     return f"CPU ({_cpu_model()})", "CPU"

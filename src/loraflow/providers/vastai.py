@@ -59,7 +59,7 @@ def offer_query(spec: TrainSpec, req: MachineNeeds) -> dict[str, Any]:
         "rentable": {"eq": True},
         "rented": {"eq": False},
         "external": {"eq": False},
-        "num_gpus": {"eq": gpu.count},
+        "num_gpus": {"eq": spec.compute.gpus},  # one machine with N whole GPUs: dph_total prices them all
         "gpu_frac": {"eq": 1.0},  # a slice of a shared machine is not a whole GPU
         "gpu_ram": {"gte": vram * 1000 * 0.95},
         "disk_space": {"gte": gpu.disk_gb},

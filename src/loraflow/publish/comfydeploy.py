@@ -35,9 +35,10 @@ def _detail(response: httpx.Response) -> str:
 def source_url(results: list[dict[str, Any]], lora_name: str) -> tuple[str, str]:
     """(URL ComfyDeploy downloads from, what to record) from the targets published before this one.
 
-    A Hugging Face result gives the file at its commit; an S3 result gives its public URL, or for a
-    private object a signed link valid for an hour (recorded as s3://bucket/key, never the signed URL:
-    it carries the access key id)."""
+    A Hugging Face result gives the file at its commit; an S3 result gives the operator's public URL when
+    one is configured, else a signed link valid for an hour (a bucket is public by its policy, not by an
+    ACL, so the plain URL may not serve; recorded as its URL or s3://bucket/key, never the signed URL: it
+    carries the access key id)."""
     for result in reversed(results):
         if result.get("type") == "huggingface":
             endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
@@ -49,7 +50,7 @@ def source_url(results: list[dict[str, Any]], lora_name: str) -> tuple[str, str]
             entry = (result.get("files") or {}).get(lora_name)
             if not entry:
                 continue
-            if not str(entry["url"]).startswith("s3://"):
+            if result.get("public_url_served"):  # the operator's public domain (LORAFLOW_S3_PUBLIC_BASE_URL)
                 return entry["url"], entry["url"]
             s3 = client(result.get("endpoint_url") or os.environ.get("LORAFLOW_S3_ENDPOINT_URL"))
             return presigned_get(s3, result["bucket"], entry["key"]), entry["url"]
@@ -81,13 +82,20 @@ def register(
                 f"ComfyDeploy refused the key ({answer.status_code}: {_detail(answer)})",
                 fix=f"check {KEY_ENV}: a key of the workspace the LoRA should go to",
             )
-        if answer.status_code == 400 and "exists" in _detail(answer):
+        # 409 "File <path> already exists" (its existence check); 400 "File already exists." (a race past it).
+        if answer.status_code == 409 or (answer.status_code == 400 and "exists" in _detail(answer)):
             raise UserInputError(
                 f"ComfyDeploy already has {path} in its volume",
                 where="publish.targets.filename",
                 fix="give the comfydeploy target another filename, or delete the file in the workspace",
             )
-        answer.raise_for_status()
+        if answer.status_code >= 400:
+            raise UserInputError(
+                f"ComfyDeploy refused to add {path} ({answer.status_code}: {_detail(answer)})",
+                where="publish.targets",
+                fix="check the comfydeploy target's folder_path and filename, then `loraflow publish JOB --to "
+                "comfydeploy`",
+            )
         record = {"type": "comfydeploy", "api": base, "path": path, "folder_path": folder_path,
                   "filename": filename, "status": "started"}
         deadline = time.monotonic() + wait_s

@@ -12,13 +12,28 @@ from loraflow.errors import UserInputError
 RETRIES = 4
 
 
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP client's "the connection failed" errors: huggingface_hub >= 1.0 raises httpx's (2.x its
+    httpx2 fork's), which are not OSError as requests' were before it."""
+    import importlib
+
+    found: list[type[BaseException]] = [ConnectionError, TimeoutError, OSError]
+    for name in ("httpx", "httpx2"):
+        try:
+            found.append(importlib.import_module(name).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
 def _transient(exc: Exception) -> bool:
+    """Worth another try: the Hub's 429 and 5xx, and a dropped or timed-out connection."""
     from huggingface_hub.errors import HfHubHTTPError
 
     if isinstance(exc, HfHubHTTPError):
         status = getattr(exc.response, "status_code", 0) or 0
         return status == 429 or status >= 500
-    return isinstance(exc, (ConnectionError, TimeoutError, OSError))
+    return isinstance(exc, _transport_errors())
 
 
 def publish_files(
@@ -54,8 +69,11 @@ def publish_files(
                 ) from exc
             if not _transient(exc) or attempt == RETRIES - 1:
                 raise
-        except (ConnectionError, TimeoutError) as exc:
+        except Exception as exc:  # httpx's (httpx2's) TransportError family, or requests' OSErrors before 1.0
+            if not _transient(exc):
+                raise
             if attempt == RETRIES - 1:
-                raise UserInputError(f"could not reach Hugging Face: {exc}", fix="try again later") from exc
+                raise UserInputError(f"could not reach Hugging Face: {type(exc).__name__}: {exc}",
+                                     fix="try again later (`loraflow publish JOB`)") from exc
         time.sleep(retry_base_s * 2**attempt)
     raise AssertionError("unreachable")

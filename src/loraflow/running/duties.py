@@ -50,7 +50,7 @@ def run_prechecks(store: Store, cfg: PlatformConfig) -> None:
         if decision == "pending":
             continue
         store.update_outputs(job.id, check=decision)
-        store.append_event(job.id, "check.decided", {"decision": decision, "reason": reason, "by": cfg.precheck_url})
+        store.append_event(job.id, "check.decided", {"decision": decision, "reason": reason, "by": "external check"})
         if decision == "allow" and not job.outputs.queued:  # a queued job: a worker claims it now
             start_runner(job.id)
         else:

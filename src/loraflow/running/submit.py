@@ -15,14 +15,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loraflow.dataset import DatasetRun, pair_needs
-from loraflow.errors import Refused, SpecError
+from loraflow.errors import Refused, SpecError, UserInputError
 from loraflow.jobs.states import ACTIVE
 from loraflow.jobs.store import Job, Store
 from loraflow.media.findings import Report as DatasetReport
+from loraflow.running.maxima import Maxima, over_maxima
 from loraflow.running.trust import Grants, refusals
 from loraflow.spec import TrainSpec, parse_spec
 
 _SUBMITTING = threading.Lock()  # the concurrency count and the new job are one step
+
+
+def submitting() -> threading.Lock:
+    """The lock under which a door counts a user's active jobs and starts one (submit, reopening.py)."""
+    return _SUBMITTING
 
 
 @dataclass
@@ -37,16 +43,18 @@ class ServiceConfig:
     max_concurrent_jobs: int = 4
     blocked_base_models: list[str] = field(default_factory=list)
     allowed_base_models: list[str] = field(default_factory=list)  # empty: every catalog model
-    max_steps: int | None = None
+    max_steps: int | None = 20_000
     max_budget_usd: float | None = None
     max_pixels: int = 80_000_000  # per image; a spec can lower it, never raise it
     max_archive_bytes: int = 4 << 30  # an archive's expanded size (never past max_upload_mb either)
     max_archive_files: int = 20_000
     no_auth: bool = False  # only honoured for 127.0.0.1
+    secure_cookies: bool = False  # session cookie `Secure` even when the request looks like plain HTTP
     # Jobs wait in the store for the workers (`serve --workers N`, `loraflow worker`), which start them under
     # their slots and the machine's capacity; off, the door starts each job's runner itself.
     queue_for_workers: bool = False
     grants: Grants = field(default_factory=Grants)
+    maxima: Maxima = field(default_factory=Maxima)  # what a spec's knobs and a request may cost (maxima.py)
 
     @classmethod
     def from_env(cls) -> ServiceConfig:
@@ -63,12 +71,14 @@ class ServiceConfig:
             max_concurrent_jobs=int(env.get("LORAFLOW_MAX_CONCURRENT_JOBS", 4)),
             blocked_base_models=names("LORAFLOW_BLOCKED_BASE_MODELS"),
             allowed_base_models=names("LORAFLOW_ALLOWED_BASE_MODELS"),
-            max_steps=int(env["LORAFLOW_MAX_STEPS"]) if env.get("LORAFLOW_MAX_STEPS") else None,
+            max_steps=int(env.get("LORAFLOW_MAX_STEPS") or 20_000),
             max_budget_usd=float(env["LORAFLOW_MAX_BUDGET_USD"]) if env.get("LORAFLOW_MAX_BUDGET_USD") else None,
             max_pixels=int(float(env.get("LORAFLOW_MAX_PIXELS", 80_000_000))),
             max_archive_bytes=int(float(env.get("LORAFLOW_MAX_ARCHIVE_BYTES", 4 << 30))),
             max_archive_files=int(env.get("LORAFLOW_MAX_ARCHIVE_FILES", 20_000)),
+            secure_cookies=env.get("LORAFLOW_SECURE_COOKIES", "0") == "1",
             grants=Grants.from_env(),
+            maxima=Maxima.from_env(),
             queue_for_workers=env.get("LORAFLOW_QUEUE_FOR_WORKERS", "0") == "1",
         )
 
@@ -140,8 +150,10 @@ def _limits(raw: dict[str, Any], spec: TrainSpec, config: ServiceConfig) -> list
                    f"{', '.join(config.allowed_base_models)}")
     steps = spec.training.steps
     if config.max_steps and steps is not None and steps > config.max_steps:
-        out.append(f"training.steps: {steps} is over this service's max_steps {config.max_steps}. "
+        out.append(f"training.steps: {steps} is over this service's limit {config.max_steps} (max_steps, "
+                   f"LORAFLOW_MAX_STEPS). "
                    f"Fix: give at most {config.max_steps}")
+    out += over_maxima(raw, spec, config.maxima)
     budget = spec.budget.max_usd
     if config.max_budget_usd and budget is None:
         spec.budget.max_usd = config.max_budget_usd  # no cap written: the operator's applies
@@ -185,6 +197,22 @@ def check_dataset(spec: TrainSpec, config: ServiceConfig | None) -> DatasetRepor
     return report
 
 
+def check_local_gpus(spec: TrainSpec) -> None:
+    """compute.gpus on this machine needs that many GPUs (a machine without any trains the tiny model in CPU
+    processes): one process per GPU would otherwise fail at a device that is not there, after the model load."""
+    from loraflow.nvidia_smi import gpu_stats
+
+    if spec.compute.provider != "local" or spec.compute.gpus == 1:
+        return
+    found = len(gpu_stats() or [])
+    if 0 < found < spec.compute.gpus:
+        raise UserInputError(
+            f"compute.gpus is {spec.compute.gpus} but this machine has {found} GPU(s)",
+            fix=f"set compute.gpus: {found} (the global batch grows with more accumulation), or rent a machine "
+            "with compute.provider: vastai",
+        )
+
+
 def submit(
     store: Store,
     spec: TrainSpec,
@@ -203,10 +231,16 @@ def submit(
 
     require_engine(spec)  # a missing engine is refused with its install command, in every door
     preflight(spec, force)  # before anything is recorded: a hosted engine's key and price, say
+    check_local_gpus(spec)
     if not dataset_checked:
         check_dataset(spec, config)
     with _SUBMITTING:
         check_open(store, owner, config)
+        if config is not None:  # names are owned: another user's slug, trigger or Hugging Face repo is refused
+            from loraflow.platform.names import names_taken
+
+            if taken := names_taken(store, spec, owner):
+                raise SpecError("spec", taken)
         job_id = uuid.uuid4().hex[:12]
         if platform is not None and platform.credits:
             from loraflow.platform.credits import InsufficientCredits, hold, quote
@@ -229,7 +263,8 @@ def submit(
     (job.folder / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
     if platform is not None and platform.precheck_url:
         store.update_outputs(job.id, check="pending")  # the sweep asks the hook, then starts or cancels it
-        store.append_event(job.id, "check.requested", {"url": platform.precheck_url})
+        # The hook's URL (often with a ?key=) is the operator's: a user's events only say that one is asked.
+        store.append_event(job.id, "check.requested", {"check": "external"})
         return store.get(job.id)
     if not flags.get("queued"):  # else a worker claims it when a slot frees (running/worker.py)
         start_runner(job.id)

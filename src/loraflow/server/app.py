@@ -19,8 +19,10 @@ from loraflow.jobs.store import Store
 from loraflow.platform.config import PlatformConfig
 from loraflow.running.submit import ServiceConfig
 from loraflow.server import problems
+from loraflow.server.limits import BodyLimit, Quotas
 from loraflow.server.routes import jobs, money, uploads
 from loraflow.server.routes import platform as service
+from loraflow.server.web_security import SecurityHeaders
 
 __all__ = ["ServiceConfig", "create_app"]
 
@@ -50,6 +52,13 @@ def create_app(
     app.state.store = store or Store()
     app.state.config = config or ServiceConfig.from_env()
     app.state.platform = platform or PlatformConfig.from_env()
+    app.state.quotas = Quotas(app.state.config.maxima)
+    app.add_middleware(
+        BodyLimit,
+        upload_bytes=lambda: app.state.config.max_upload_mb << 20,
+        body_bytes=lambda: app.state.config.maxima.body_bytes,
+    )
+    app.add_middleware(SecurityHeaders)
     for router in (uploads.router, money.router, service.router, jobs.router):
         app.include_router(router)
     return app

@@ -12,6 +12,7 @@ from loraflow import paths
 from loraflow.jobs.store import Job, Store
 from loraflow.server.problems import Problem
 from loraflow.server.tokens import User, lookup
+from loraflow.server.web_security import FILE_CSP
 
 
 def get_store(request: Request) -> Store:
@@ -21,8 +22,9 @@ def get_store(request: Request) -> Store:
 def current_user(request: Request, authorization: Annotated[str | None, Header()] = None) -> User:
     if request.app.state.config.no_auth:
         return User("local", admin=True)
-    token = (authorization or "").removeprefix("Bearer ").strip()
-    user = lookup(request.app.state.store, token) if token else None
+    scheme, _, token = (authorization or "").partition(" ")
+    # `Bearer ` is required, and only an API token counts: a web session (lfs_...) is refused here.
+    user = lookup(request.app.state.store, token.strip()) if scheme.lower() == "bearer" and token else None
     if user is None:
         raise Problem(401, "unauthorized", "send a valid API token: Authorization: Bearer lft_...")
     return user
@@ -53,10 +55,25 @@ def bundle_response(job: Job) -> FileResponse:
     return FileResponse(bundle, media_type="application/zip", filename=Path(bundle).name)
 
 
+INLINE_IMAGES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+
+
 def job_file_response(job: Job, path: str) -> FileResponse:
-    """A file of the job folder (samples, checkpoints, the LoRA), never outside it, never run state."""
+    """A file of the job folder (samples, checkpoints, the LoRA), never outside it, never run state.
+
+    A job folder holds what its user wrote (captions with any extension, say), so nothing in it is ever
+    rendered on the service's origin: raster images are shown inline with their exact type, everything
+    else is an `application/octet-stream` attachment, and every answer has nosniff and a sandboxing CSP
+    (a stored `x.html` caption once ran as a page in whoever opened it, an administrator included)."""
     root = paths.job_dir(job.id).resolve()
     target = (root / path).resolve()
     if root not in target.parents or not target.is_file() or target.name.endswith((".pid", ".lock", ".wrapper")):
         raise Problem(404, "not found", f"{path} is not a file of job {job.id}")
-    return FileResponse(target)
+    image = INLINE_IMAGES.get(target.suffix.lower())
+    return FileResponse(
+        target,
+        media_type=image or "application/octet-stream",
+        filename=target.name,
+        content_disposition_type="inline" if image else "attachment",
+        headers={"X-Content-Type-Options": "nosniff", "Content-Security-Policy": FILE_CSP},
+    )

@@ -13,10 +13,10 @@ from jinja2 import pass_context
 
 from loraflow.jobs.store import Store
 from loraflow.server.problems import Problem
-from loraflow.server.tokens import User, lookup
+from loraflow.server.tokens import User, lookup_session
+from loraflow.server.web_security import COOKIE, request_token
 
 HERE = Path(__file__).parent
-COOKIE = "loraflow_session"
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 
 
@@ -39,7 +39,7 @@ def session_user(request: Request) -> User | None:
     if request.app.state.config.no_auth:
         return User("local", admin=True)
     token = request.cookies.get(COOKIE)
-    return lookup(store(request), token) if token else None
+    return lookup_session(store(request), token) if token else None
 
 
 def session_user_or_none(request: Request) -> User | None:
@@ -59,9 +59,10 @@ def need_user(request: Request) -> User:
 def render(request: Request, template: str, user: User | None, **ctx: Any) -> HTMLResponse:
     """A whole page, with who is logged in and whether this is a single-user (no-auth) server."""
     single = request.app.state.config.no_auth
-    return templates.TemplateResponse(request, template, {"user": user, "single_user": single, **ctx})
+    ctx = {"user": user, "single_user": single, "csrf": request_token(request), **ctx}
+    return templates.TemplateResponse(request, template, ctx)
 
 
 def fragment(request: Request, template: str, ctx: dict[str, Any]) -> HTMLResponse:
     """A piece of a page that htmx swaps in."""
-    return templates.TemplateResponse(request, template, ctx)
+    return templates.TemplateResponse(request, template, {"csrf": request_token(request), **ctx})

@@ -18,6 +18,7 @@ from fastapi import UploadFile
 
 from loraflow import paths
 from loraflow.errors import UserInputError
+from loraflow.server.limits import Quotas
 from loraflow.server.problems import Problem
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -87,12 +88,14 @@ def _unpack(saved: Path, dest: Path, limit: int) -> None:
         shutil.move(str(path), dest / path.name)
 
 
-async def create(user: str, files: list[UploadFile], limit: int) -> tuple[str, Path]:
-    """A new upload's id and dataset folder; on any refusal nothing is left behind."""
+async def create(user: str, files: list[UploadFile], limit: int, quotas: Quotas) -> tuple[str, Path]:
+    """A new upload's id and dataset folder; on any refusal nothing is left behind. The unpacking runs in
+    a worker thread under one of the user's work slots, never on the event loop."""
     upload_id = uuid.uuid4().hex
     root = paths.home() / "uploads" / f"web-{user}-{upload_id}"
     try:
-        _unpack(await save_files(files, root / "incoming", limit), root / "dataset", limit)
+        saved = await save_files(files, root / "incoming", limit)
+        await quotas.off_loop(user, _unpack, saved, root / "dataset", limit)
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise

@@ -52,6 +52,7 @@ class CaptionRun:
             self.finished = True
 
 
+GPU_CHOICES = (1, 2, 4, 8)  # compute.gpus: the machines Vast.ai rents whole
 ADVANCED = ("steps", "learning_rate", "batch_size", "resolution", "optimizer", "seed", "lr_scheduler")
 
 
@@ -77,6 +78,7 @@ def kept_input(form: dict[str, Any]) -> dict[str, Any]:
         "trigger": str(form.get("trigger_word") or ""),
         "chosen_model": str(form.get("base_model") or ""),
         "chosen_preset": str(form.get("vram_preset") or ""),
+        "chosen_gpus": str(form.get("gpus") or "1"),
         "values": values,
     }
 
@@ -110,6 +112,9 @@ def settings_spec(folder: Path, form: dict[str, Any]) -> dict[str, Any]:
     }
     if form.get("vram_preset"):
         raw["vram_preset"] = int(str(form["vram_preset"]))
+    gpus = str(form.get("gpus") or "1").strip()
+    if gpus != "1":  # kept as typed when not a number: the spec names compute.gpus and the fix
+        raw["compute"] = {"gpus": int(gpus) if gpus.isdigit() else gpus}
     if training:
         raw["training"] = training
     return raw
@@ -144,6 +149,8 @@ def wizard_context(folder: Path, upload_id: str) -> dict[str, Any]:
         "model_defaults": defaults,
         "chosen_model": models[0].id,
         "chosen_preset": "",
+        "chosen_gpus": "1",
+        "gpu_choices": GPU_CHOICES,
         "values": {},
         "presets": sorted(vram_presets()),
         "advanced": advanced,

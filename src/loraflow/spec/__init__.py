@@ -12,6 +12,7 @@
 from loraflow.spec.advice import advice
 from loraflow.spec.compute import ComputeSpec, GpuRequirements, SshTarget
 from loraflow.spec.dataset import CaptionPolicy, DatasetChecks, DatasetSpec
+from loraflow.spec.evaluation import EvaluationSpec
 from loraflow.spec.explain import explain
 from loraflow.spec.hosted import refused_fields
 from loraflow.spec.loading import load_spec, read_yaml
@@ -54,6 +55,7 @@ __all__ = [
     "DatasetSpec",
     "EngineName",
     "EngineSpec",
+    "EvaluationSpec",
     "GpuRequirements",
     "HuggingFaceTarget",
     "MonitorSpec",

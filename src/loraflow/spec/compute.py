@@ -43,7 +43,6 @@ NOT_YET = {"runpod", "skypilot"}  # providers the schema names that have no impl
 class GpuRequirements(Strict):
     min_vram_gb: int | None = Field(None, ge=1, description="Defaults to the VRAM preset or the model's need.")
     names: list[str] = Field(default_factory=list, description="Allowed GPU names, e.g. ['RTX 4090', 'A6000'].")
-    count: int = Field(1, ge=1)
     max_usd_per_hour: float | None = Field(None, gt=0)
     region: str | None = None
     disk_gb: int = Field(80, ge=10)
@@ -51,8 +50,18 @@ class GpuRequirements(Strict):
     verified_only: bool = True
 
 
+MAX_GPUS = 8  # the largest single machines Vast.ai and the clouds rent; one process per GPU, one machine
+
+
 class ComputeSpec(Strict):
     provider: Literal["local", "ssh", "vastai", "runpod", "skypilot"] = "local"
+    gpus: int = Field(
+        1,
+        ge=1,
+        le=MAX_GPUS,
+        description="GPUs on one machine, one training process each (data parallel through accelerate); "
+        "the global batch is gpus x batch_size x gradient_accumulation.",
+    )
     gpu: GpuRequirements = Field(default_factory=GpuRequirements)
     ssh: SshTarget | None = None
     target: str | None = Field(
@@ -70,6 +79,20 @@ class ComputeSpec(Strict):
         description="A rented host that hears nothing from the orchestrator for this long saves a checkpoint, "
         "pushes it to storage when it can, and destroys itself.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gpu_count(cls, data: object) -> object:
+        """`compute.gpu.count` (the key before `gpus`) is read as `compute.gpus`; both, different, is an error."""
+        if not isinstance(data, dict) or not isinstance(data.get("gpu"), dict) or "count" not in data["gpu"]:
+            return data
+        gpu = dict(data["gpu"])
+        count = gpu.pop("count")
+        if "gpus" in data and data["gpus"] != count:
+            raise ValueError(
+                f"compute.gpus is {data['gpus']} but compute.gpu.count is {count}: give only compute.gpus"
+            )
+        return {**data, "gpu": gpu, "gpus": count}
 
     @field_validator("python")
     @classmethod

@@ -90,10 +90,15 @@ class CaptionPolicy(Strict):
     )
 
 
+CAPTION_EXTENSIONS = ("txt", "caption", "captions", "text", "tags", "cap")
+
+
 class DatasetSpec(Strict):
     path: str = Field(description="A folder, .zip or .tar of images with optional caption files.")
     trigger_word: str | None = Field(None, description="Word that calls up the trained concept.")
-    caption_extension: str = Field("txt", description="Extension of caption files paired by stem.")
+    caption_extension: str = Field(
+        "txt", description="Extension of caption files paired by stem: txt, caption, captions, text, tags or cap."
+    )
     repeats: int = Field(1, ge=1, description="How many times each image is seen per epoch.")
     nsfw: bool = Field(False, description="Labels the job and the model; never filters images or captions.")
     control: str | None = Field(
@@ -118,9 +123,11 @@ class DatasetSpec(Strict):
     @field_validator("caption_extension")
     @classmethod
     def _strip_dot(cls, value: str) -> str:
-        value = value.lstrip(".")
-        if not value or "/" in value:
-            raise ValueError("give an extension such as 'txt'")
+        """From a short list: a caption is text, and an extension such as html once made a caption a page
+        that the job's files route served on the service's own origin."""
+        value = value.lstrip(".").lower()
+        if value not in CAPTION_EXTENSIONS:
+            raise ValueError(f"give one of: {', '.join(CAPTION_EXTENSIONS)}")
         return value
 
     @field_validator("trigger_word")

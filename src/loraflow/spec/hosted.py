@@ -24,6 +24,12 @@ def _at(tree: dict[str, Any], path: str) -> Any:
     return tree
 
 
+def _trigger_only(spec: TrainSpec) -> bool:
+    """Every caption is the trigger word alone (so an option that trains on the trigger word drops nothing)."""
+    caps = spec.dataset.captions
+    return caps.backend == "template" and caps.template.strip() == "[trigger]"
+
+
 def refused_fields(spec: TrainSpec) -> list[str]:
     """The keys a hosted engine's API cannot honour, set to anything but what that engine does.
 
@@ -47,6 +53,12 @@ def refused_fields(spec: TrainSpec) -> list[str]:
             out.append(f"engine.options.{key}: engine {name} has no such option (it takes: {keys}). Fix: remove it")
         elif kind == "bool" and not isinstance(value, bool):
             out.append(f"engine.options.{key}: give true or false (got {value!r})")
+        elif value is True and key in (rules.get("ignores_captions") or []) and not _trigger_only(spec):
+            out.append(
+                f"engine.options.{key}: engine {name} then ignores the captions and trains on the trigger word "
+                f"alone. Fix: remove it to train on the captions, or set dataset.captions to {{backend: template, "
+                f"template: '[trigger]'}} to say the trigger word alone is meant"
+            )
     base = {"name": spec.name, "dataset": {"path": spec.dataset.path}, "base_model": spec.base_model}
     baseline = TrainSpec.model_validate(resolve({**base, "engine": {"name": name}})).to_dict()
     mine = spec.to_dict()

@@ -14,14 +14,51 @@ from loraflow.spec.models import TrainSpec, looks_like_path
 from loraflow.spec.parsing import parse_spec
 from loraflow.spec.resolving import engine_name
 
+MAX_SPEC_BYTES = 1 << 20  # a spec file on one's own machine; the service's cap is lower (ServiceConfig)
+MAX_SPEC_NODES = 100_000  # YAML nodes after aliases are expanded
+MAX_SPEC_DEPTH = 64  # nesting; a real spec is 5 deep
+
+
+class SpecTooBig(yaml.YAMLError):
+    """The spec text is over a bound (bytes, nodes with aliases expanded, or depth): refused before any
+    work that grows with it, so a 450-byte alias bomb costs what 450 bytes cost."""
+
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML keeps the last of two equal keys without a word; a spec with `steps:` twice is a mistake to
-    name, not a guess to make. Every repeat is recorded so all of them are reported at once."""
+    name, not a guess to make. Every repeat is recorded so all of them are reported at once.
 
-    def __init__(self, stream: str) -> None:
+    It also counts nodes as they are composed, an alias counting as the whole node it stands for, and
+    stops at `max_nodes` or `max_depth`: PyYAML shares an aliased node, but everything that walks the
+    result (validation, the trust policy, JSON) visits each copy."""
+
+    def __init__(self, stream: str, max_nodes: int = MAX_SPEC_NODES, max_depth: int = MAX_SPEC_DEPTH) -> None:
         super().__init__(stream)
         self.duplicates: list[str] = []
+        self.max_nodes, self.max_depth = max_nodes, max_depth
+        self._weight: dict[int, int] = {}
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        self._depth += 1
+        if self._depth > self.max_depth:
+            raise SpecTooBig(f"the spec is nested more than {self.max_depth} levels deep")
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if id(node) not in self._weight:
+            children: list[yaml.Node] = []
+            if isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            elif isinstance(node, yaml.SequenceNode):
+                children = list(node.value)
+            self._weight[id(node)] = 1 + sum(self._weight.get(id(c), 1) for c in children)
+        if self._weight[id(node)] > self.max_nodes:
+            raise SpecTooBig(
+                f"the spec has more than {self.max_nodes} values once its aliases (*name) are expanded"
+            )
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         first: dict[str, int] = {}
@@ -38,9 +75,29 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def read_yaml(text: str) -> tuple[Any, list[str]]:
-    """The YAML document and one problem line per duplicated key (raises yaml.YAMLError when not YAML)."""
-    loader = _UniqueKeyLoader(text)
+def check_bounds(value: Any, max_nodes: int = MAX_SPEC_NODES, max_depth: int = MAX_SPEC_DEPTH) -> None:
+    """The same bounds for a spec that arrived already parsed (a JSON body): SpecTooBig past them, found
+    without recursion, so a 900-deep mapping is refused instead of overflowing the stack later."""
+    stack, seen = [(value, 1)], 0
+    while stack:
+        item, depth = stack.pop()
+        seen += 1
+        if depth > max_depth:
+            raise SpecTooBig(f"the spec is nested more than {max_depth} levels deep")
+        if seen > max_nodes:
+            raise SpecTooBig(f"the spec has more than {max_nodes} values")
+        children = [*item.keys(), *item.values()] if isinstance(item, dict) else item if isinstance(item, list) else []
+        stack.extend((child, depth + 1) for child in children)
+
+
+def read_yaml(
+    text: str, max_bytes: int = MAX_SPEC_BYTES, max_nodes: int = MAX_SPEC_NODES
+) -> tuple[Any, list[str]]:
+    """The YAML document and one problem line per duplicated key (raises yaml.YAMLError when not YAML,
+    SpecTooBig when over `max_bytes` of text or `max_nodes` values with aliases expanded)."""
+    if len(text) > max_bytes or len(text.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise SpecTooBig(f"the spec is over {max_bytes} bytes")
+    loader = _UniqueKeyLoader(text, max_nodes)
     try:
         return loader.get_single_data(), loader.duplicates
     finally:
@@ -109,6 +166,8 @@ def load_spec(path: str | Path, check_dataset: bool = False, engine: str | None 
         raise UserInputError(f"no spec file at {path}", fix="run `loraflow spec init` to write a starter spec")
     try:
         raw, problems = read_yaml(path.read_text(encoding="utf-8-sig"))
+    except SpecTooBig as exc:
+        raise SpecError(str(path), [f"{exc}. Fix: write a smaller spec (no YAML aliases needed)."]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

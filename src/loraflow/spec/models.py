@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from loraflow import catalog
 from loraflow.spec.compute import ComputeSpec
 from loraflow.spec.dataset import DatasetSpec
+from loraflow.spec.evaluation import EvaluationSpec
 from loraflow.spec.strict import Strict
 from loraflow.spec.targets import NotificationTarget, PublishSpec
 
@@ -170,6 +171,7 @@ class TrainSpec(Strict):
     publish: PublishSpec = Field(default_factory=PublishSpec)
     notifications: list[NotificationTarget] = Field(default_factory=list)
     wandb: WandbSpec = Field(default_factory=WandbSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
 
     @field_validator("name")
     @classmethod

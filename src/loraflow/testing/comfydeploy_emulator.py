@@ -3,7 +3,8 @@ API does (comfy-deploy/api `src/api/routes/volumes.py`).
 
     POST /api/file {url, filename, folder_path}  -> {"message": "... download started"}; the file is fetched
                                                     in the background (a Hugging Face URL with the workspace's
-                                                    own HF token); 400 "File <path> already exists"
+                                                    own HF token); 409 "File <path> already exists" (and a failed
+                                                    record, as check_file_existence leaves)
     GET  /api/volume/downloading-models          -> the workspace's model records not yet at 100 % and not
                                                     cancelled: {id, model_name, folder_path, status
                                                     (started | failed), download_progress, error_log, ...}
@@ -106,17 +107,23 @@ class ComfyDeployEmulator:
         full = f"{folder.strip('/')}/{filename}"
         upload_type = "huggingface" if urlparse(url).netloc == self.hf_host else "download-url"
         with self.lock:
-            if full in self.volume:
-                return h.answer(400, {"detail": f"File {full} already exists"})
             now = datetime.now(UTC).isoformat()
-            model = {"id": str(uuid.uuid4()), "user_id": "user_emu", "org_id": None, "user_volume_id": "vol_emu",
-                     "model_name": filename, "folder_path": folder, "model_type": "custom",
-                     "upload_type": upload_type, "status": "started", "download_progress": 0, "error_log": None,
-                     "user_url": url, "size": None, "created_at": now, "updated_at": now}
+            if full in self.volume:  # as check_file_existence does: an error record, then 409
+                self.models.append(self._record(filename, folder, upload_type, url, now, status="failed",
+                                                error_log="File already exists"))
+                return h.answer(409, {"detail": f"File {full} already exists"})
+            model = self._record(filename, folder, upload_type, url, now, status="started", error_log=None)
             self.models.append(model)
         threading.Thread(target=self._download, args=(model, url, full), daemon=True).start()
         kind = "HuggingFace" if upload_type == "huggingface" else "Generic"
         return h.answer(200, {"message": f"{kind} model download started"})
+
+    @staticmethod
+    def _record(filename: str, folder: str, upload_type: str, url: str, now: str, **fields: Any) -> dict[str, Any]:
+        return {"id": str(uuid.uuid4()), "user_id": "user_emu", "org_id": None, "user_volume_id": "vol_emu",
+                "model_name": filename, "folder_path": folder, "model_type": "custom", "upload_type": upload_type,
+                "download_progress": 0, "user_url": url, "size": None, "created_at": now, "updated_at": now,
+                **fields}
 
     def _download(self, model: dict[str, Any], url: str, full: str) -> None:
         headers = {}

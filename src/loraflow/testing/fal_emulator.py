@@ -8,6 +8,13 @@ What it answers (shapes from fal's queue and storage documentation; see docs/eng
     GET  /<app>/requests/<id>/status?logs=1          IN_QUEUE {queue_position} / IN_PROGRESS {logs} / COMPLETED
     GET  /<app>/requests/<id>                        the result {diffusers_lora_file, config_file}
     PUT  /<app>/requests/<id>/cancel                 202 CANCELLATION_REQUESTED while queued, else 400
+    POST /storage/auth/token?storage_type=fal-cdn-v3 -> {token, token_type, base_url, expires_at} (the CDN token)
+    POST <base_url>/files/upload                     the bytes, X-Fal-File-Name -> {access_url} (fal-client's way)
+    POST <base_url>/files/upload/multipart           -> {access_url, uploadId}; then PUT <access_url>/multipart/
+                                                     <uploadId>/<n> (answers an ETag) and POST .../complete
+                                                     {parts: [{partNumber, etag}]}: what fal-client does above
+                                                     its MULTIPART_THRESHOLD
+The status answer carries `logs` only when asked (`logs=1` or `logs=true`; `logs=false` gives null).
 Every queue and storage-initiate call needs `Authorization: Key <FAL_KEY>` (401 otherwise). A request
 moves one state per status poll: through `queue` positions, then `progress_polls` rounds of logs with
 step counters, then COMPLETED. `fail="result"` makes the finished request answer 500, as a failed run does;
@@ -21,6 +28,7 @@ Inspection (not fal's API): GET /_emu/state.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import threading
@@ -64,6 +72,8 @@ class FalEmulator:
         self.result_503s = 0  # the next result reads answered 503 by the gateway (a transient failure)
         self.files: dict[str, tuple[str, bytes]] = {}  # token -> (name, bytes)
         self.pending_uploads: dict[str, str] = {}  # token -> file name
+        self.cdn_token = uuid.uuid4().hex  # what POST /storage/auth/token hands out for the CDN calls
+        self.multipart: dict[str, dict[str, Any]] = {}  # uploadId -> {token, name, parts: {n: bytes}}
         self.requests: dict[str, Request] = {}
         self.status_polls = 0
         self.lock = threading.Lock()
@@ -139,8 +149,14 @@ class FalEmulator:
                 if token not in self.files:
                     return h._answer(404, None, b"<Error><Code>NoSuchKey</Code></Error>", "application/xml")
                 return h._answer(200, None, self.files[token][1], "application/octet-stream")
+            if path.startswith("files/") and method in ("POST", "PUT"):
+                return self._cdn(h, method, path)
             if not self._authorized(h):
                 return None
+            if method == "POST" and path == "storage/auth/token":
+                h._body()
+                return h._answer(200, {"token": self.cdn_token, "token_type": "Bearer", "base_url": self.base,
+                                       "expires_at": "2999-01-01T00:00:00+00:00"})  # fmt: skip
             if method == "POST" and path == "storage/upload/initiate":
                 body = json.loads(h._body() or b"{}")
                 token = uuid.uuid4().hex
@@ -155,7 +171,8 @@ class FalEmulator:
                 if request is None or request.app != app:
                     return h._answer(404, {"detail": f"Request {parts[0]} not found"})
                 if method == "GET" and parts[1:] == ["status"]:
-                    return h._answer(200, self._status(request, bool(query.get("logs"))))
+                    logs = (query.get("logs") or ["0"])[0].lower() in ("1", "true")
+                    return h._answer(200, self._status(request, logs))
                 if method == "GET" and parts[1:] == []:
                     return self._result(h, request)
                 if method == "PUT" and parts[1:] == ["cancel"]:
@@ -167,6 +184,44 @@ class FalEmulator:
             if method == "POST":
                 return self._submit(h, path)
             return h._answer(404, {"detail": "Not Found"})
+
+    def _cdn(self, h: Any, method: str, path: str) -> None:
+        """fal's v3 CDN: one-shot and multipart uploads with the CDN token (the caller holds the lock)."""
+        if h.headers.get("Authorization") != f"Bearer {self.cdn_token}":
+            return h._answer(401, {"detail": "Invalid CDN token"})
+        body = h._body()
+        if method == "POST" and path in ("files/upload", "files/upload/multipart"):
+            token, name = uuid.uuid4().hex, h.headers.get("X-Fal-File-Name") or "upload.bin"
+            access = f"{self.base}/files/{token}/{name}"
+            if path == "files/upload":
+                self.files[token] = (name, body)
+                return h._answer(200, {"access_url": access, "content_type": h.headers.get("Content-Type")})
+            upload_id = uuid.uuid4().hex
+            self.multipart[upload_id] = {"token": token, "name": name, "parts": {}}
+            return h._answer(200, {"access_url": access, "uploadId": upload_id})
+        rest = path.split("/multipart/", 1)[-1].split("/") if "/multipart/" in path else []
+        upload = self.multipart.get(rest[0]) if rest else None
+        if upload is None:
+            return h._answer(404, {"detail": "No such upload"})
+        if method == "PUT" and len(rest) == 2 and rest[1].isdigit():
+            upload["parts"][int(rest[1])] = body
+            h.send_response(200)
+            h.send_header("ETag", f'"{hashlib.md5(body).hexdigest()}"')
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return None
+        if method == "POST" and rest[1:] == ["complete"]:
+            parts = json.loads(body or b"{}").get("parts") or []
+            numbers = sorted(int(p["partNumber"]) for p in parts)
+            tags = {int(p["partNumber"]): str(p["etag"]).strip('"') for p in parts}
+            if numbers != sorted(upload["parts"]) or any(
+                tags[n] != hashlib.md5(upload["parts"][n]).hexdigest() for n in numbers
+            ):
+                return h._answer(400, {"detail": "parts do not match the uploaded ones"})
+            self.files[upload["token"]] = (upload["name"], b"".join(upload["parts"][n] for n in numbers))
+            del self.multipart[rest[0]]
+            return h._answer(200, {"access_url": f"{self.base}/files/{upload['token']}/{upload['name']}"})
+        return h._answer(405, {"detail": "Method Not Allowed"})
 
     def _submit(self, h: Any, app: str) -> None:
         try:

@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from loraflow.testing.fake_lora import kohya_lora
+from loraflow.testing.launch_record import record_launch
 
 
 class Log:
@@ -217,7 +218,8 @@ def run(argv: list[str]) -> int:
     args = parse(argv)
     log = Log(args.console_log_simple)
     out, name = Path(args.output_dir), args.output_name
-    out.mkdir(parents=True, exist_ok=True)
+    if not record_launch(out):
+        return 0  # another rank of `accelerate launch --num_processes N`: rank 0 prints and saves
     config = tomllib.loads(Path(args.dataset_config).read_text())
     image_dir = Path(config["datasets"][0]["subsets"][0]["image_dir"])
     images = [p for p in image_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp")]
@@ -277,7 +279,11 @@ def run(argv: list[str]) -> int:
         for batch in range(skip, batches):
             trained += 1
             if trained % accumulation and batch != batches - 1:
-                continue  # gradients accumulate; no optimizer step yet
+                # gradients accumulate, no optimizer step yet; sd-scripts still records the micro-batch's loss
+                # and redraws the postfix (at the old count)
+                losses.append(math.nan if nan_at and global_step + 1 >= nan_at else loss_at(global_step + 1, total))
+                bar.set_postfix(avr_loss=avr_loss(losses, batches))
+                continue
             step = global_step + 1
             if oom_at and step == oom_at:
                 bar.close()

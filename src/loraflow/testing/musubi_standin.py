@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from loraflow.media.video import probe
+from loraflow.testing.launch_record import record_launch
 
 IMAGES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VIDEOS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v")
@@ -173,6 +174,8 @@ def train(argv: list[str] | None = None) -> int:
     log = _logger("musubi_tuner.training.trainer_base")
     log_utils = logging.getLogger("musubi_tuner.utils.train_utils")
     out, name = Path(args.output_dir), args.output_name
+    if not record_launch(out):
+        return 0  # another rank of `accelerate launch --num_processes N`: rank 0 prints and saves
     log.info(f"Load dataset config from {args.dataset_config}")
     datasets = _datasets(args.dataset_config)
     items = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import traceback
@@ -48,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     early: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: early.append(signum))
-    emit("phase", phase="starting")
+    if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, rank 0 speaks for the group
+        emit("phase", phase="starting")
     from loraflow.trainer.config import TrainerConfig
     from loraflow.trainer.loop import StopFlag, train
 

@@ -7,13 +7,31 @@ so the same process runs unchanged on the user's machine or on a rented GPU.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict
 
 
-class TrainerConfig(BaseModel):
+class ConfigFile(BaseModel):
+    """A process's one JSON config file: unknown keys refused, written atomically (the evaluation's too)."""
+
     model_config = ConfigDict(extra="forbid")
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".partial")
+        tmp.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+
+    @classmethod
+    def read(cls, path: Path) -> Self:
+        return cls.model_validate_json(path.read_text(encoding="utf-8"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class TrainerConfig(ConfigFile):
 
     name: str
     job_id: str
@@ -29,8 +47,12 @@ class TrainerConfig(BaseModel):
     # schedule
     steps: int | None
     epochs: int | None = None
-    batch_size: int = 1
-    gradient_accumulation: int = 1
+    batch_size: int = 1  # per process
+    gradient_accumulation: int = 1  # per process, with `processes` of them
+    # compute.gpus: processes the global batch is made for (global batch = processes x batch_size x
+    # gradient_accumulation); run with fewer, each accumulates more (trainer/parallel.py)
+    processes: int = 1
+    ddp_timeout_s: float = 1800.0  # a collective waiting longer ends the run: a dead or hung rank
     learning_rate: float
     lr_scheduler: str = "constant"
     lr_warmup_steps: int = 0
@@ -69,16 +91,3 @@ class TrainerConfig(BaseModel):
     device: str = "auto"
     # Pause after this many steps in this run (checkpoint first): time-slicing and tests of resume.
     stop_after_step: int | None = None
-
-    def write(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
-
-    @classmethod
-    def read(cls, path: Path) -> TrainerConfig:
-        return cls.model_validate_json(path.read_text(encoding="utf-8"))
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")

@@ -88,6 +88,15 @@ def image_ids(h: int, w: int, device: torch.device | str = "cpu") -> torch.Tenso
     return ids.reshape(-1, 3)
 
 
+def draw_noise(
+    latents: torch.Tensor, generator: torch.Generator, sampling: str, shift: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A loss's random part, drawn in the loss's order: the noise, then the noise levels (one per latent)."""
+    noise = torch.randn(latents.shape, generator=generator, device=latents.device)
+    sigmas = sample_sigmas(latents.shape[0], sampling, shift, generator).to(latents.device)
+    return noise, sigmas
+
+
 def flow_loss(
     parts: FluxParts,
     latents: torch.Tensor,
@@ -99,20 +108,23 @@ def flow_loss(
     shift: float,
     guidance: float,
     dtype: torch.dtype,
+    model: torch.nn.Module | None = None,
+    drawn: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One flow-matching loss: predict (noise - x0) at a random noise level, unweighted (diffusers'
     `compute_loss_weighting_for_sd3` with no scheme is all ones: nothing to call until a weighting is offered).
 
     With `latents` and `generator` on the training device nothing here waits for the host: every
-    tensor is made where it is used (a host-to-GPU copy of pageable memory synchronizes)."""
+    tensor is made where it is used (a host-to-GPU copy of pageable memory synchronizes). `model` is the
+    transformer as called (under DDP with several processes), `parts.transformer` by default; `drawn` the
+    noise and noise levels `draw_noise` drew for it (the loop draws them for every process's micro-batch)."""
     device = next(parts.transformer.parameters()).device
     b, _, h, w = latents.shape
-    noise = torch.randn(latents.shape, generator=generator, device=latents.device)
-    sigmas = sample_sigmas(b, sampling, shift, generator).to(latents.device)
+    noise, sigmas = drawn if drawn is not None else draw_noise(latents, generator, sampling, shift)
     s = sigmas.view(b, 1, 1, 1)
     noisy = (1.0 - s) * latents + s * noise
     guidance_t = torch.full((b,), guidance, device=device, dtype=dtype) if parts.guidance_embeds else None
-    pred = parts.transformer(
+    pred = (model or parts.transformer)(
         hidden_states=pack(noisy).to(device, dtype),
         timestep=sigmas.to(device, dtype),
         guidance=guidance_t,

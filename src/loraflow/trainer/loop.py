@@ -19,6 +19,7 @@ import torch
 
 from loraflow.hints import hint_for
 from loraflow.trainer import checkpoint as ckpt
+from loraflow.trainer import parallel
 from loraflow.trainer.attention import configure_for_model
 from loraflow.trainer.compiling import compile_blocks
 from loraflow.trainer.compiling import decide as decide_compile
@@ -27,7 +28,7 @@ from loraflow.trainer.config import TrainerConfig
 from loraflow.trainer.data import Cache, Resident, Sample, epoch_batches, load_pixels, load_samples
 from loraflow.trainer.events import PAUSE_FILE, STOPPED_EXIT, emit
 from loraflow.trainer.export import adapter_state, lora_metadata, lora_tensors, write_lora
-from loraflow.trainer.flow import encode_images, encode_prompts, flow_loss, sample_latents
+from loraflow.trainer.flow import draw_noise, encode_images, encode_prompts, flow_loss, sample_latents
 from loraflow.trainer.lora_format import target_regex
 from loraflow.trainer.report import LossReport
 from loraflow.trainer.sampling import render_samples
@@ -115,8 +116,12 @@ def _restore_rng(gen: torch.Generator, noise_gen: torch.Generator, state: dict[s
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _quiet(event: str, **data: Any) -> None:
+    """What a process other than rank 0 reports: nothing (its errors still reach __main__'s handler)."""
+
+
 def _cache_everything(
-    parts: FluxParts, cfg: TrainerConfig, samples: list[Sample], cache: Cache, dataset_dir: Path
+    parts: FluxParts, cfg: TrainerConfig, samples: list[Sample], cache: Cache, dataset_dir: Path, say: Any = emit
 ) -> None:
     todo_images = sorted({(s.name, s.sha256, s.size) for s in samples})
     captions = sorted({s.caption for s in samples} | {""})
@@ -127,13 +132,13 @@ def _cache_everything(
             pixels = load_pixels(dataset_dir / name, size).unsqueeze(0)
             cache.put("latents", {"params": encode_images(parts, pixels)[0]}, sha, size)
         done += 1
-        emit("caching", done=done, total=total)
+        say("caching", done=done, total=total)
     for caption in captions:
         if cache.get("text", caption, cfg.max_sequence_length) is None:
             t5, pooled = encode_prompts(parts, [caption], cfg.max_sequence_length)
             cache.put("text", {"t5": t5[0], "pooled": pooled[0]}, caption, cfg.max_sequence_length)
         done += 1
-        emit("caching", done=done, total=total)
+        say("caching", done=done, total=total)
 
 
 def _batch(
@@ -159,31 +164,35 @@ def _batch(
     return torch.stack(latents), torch.stack(t5s), torch.stack(pooled)
 
 
-def total_steps(cfg: TrainerConfig, n_batches: int) -> int:
+def total_steps(cfg: TrainerConfig, n_batches: int, global_batches: int) -> int:
+    """Optimizer steps of the run; `global_batches` micro-batches make one step (all processes together)."""
     if cfg.steps:
         return cfg.steps
     assert cfg.epochs is not None
-    return max(1, math.ceil(n_batches * cfg.epochs / cfg.gradient_accumulation))
+    return max(1, math.ceil(n_batches * cfg.epochs / global_batches))
 
 
 def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
-    """Run (or resume) training; returns the process exit code."""
+    """Run (or resume) training; returns the process exit code. Under `accelerate launch` every process runs
+    this, sharing each step's global batch (trainer/parallel.py); rank 0 alone reports, saves and samples."""
     from diffusers.optimization import get_scheduler
     from peft import LoraConfig
 
     stop = stop or StopFlag()
     out = Path(cfg.output_dir)
     ckpt_root, sample_root = out / "checkpoints", out / "samples"
-    device = pick_device(cfg.device)
+    group = parallel.join(cfg.device, cfg.ddp_timeout_s)
+    say = emit if group.main else _quiet
+    device = group.device or pick_device(cfg.device)
     dtype = DTYPES[cfg.precision]
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
 
-    emit("phase", phase="loading_model", device=str(device))
+    say("phase", phase="loading_model", device=str(device), processes=group.world)
     parts = load_flux(cfg.model_path, device, cfg.precision, cfg.quantize)
     tokens = max((r // 16) ** 2 for r in cfg.resolutions) + cfg.max_sequence_length
     attention = configure_for_model(parts.transformer, device, tokens, dtype)
-    emit("log", message=attention.message(), attention=attention.backend)
+    say("log", message=attention.message(), attention=attention.backend)
     torch.manual_seed(cfg.seed)
     parts.transformer.add_adapter(
         LoraConfig(
@@ -200,38 +209,51 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
     if cfg.gradient_checkpointing:
         parts.transformer.enable_gradient_checkpointing()
     compiled, why = decide_compile(cfg.compile, device.type, cfg.gradient_checkpointing, cfg.quantize)
-    emit("log", message=why, compiled=compiled)
+    say("log", message=why, compiled=compiled)
     if compiled:
         compile_blocks(parts.transformer)
     optimizer = _optimizer(params, cfg)
 
-    emit("phase", phase="caching")
+    say("phase", phase="caching")
     dataset_dir = Path(cfg.dataset_dir)
     samples = load_samples(dataset_dir, cfg.resolutions, cfg.repeats)
     cache = Cache(out / "cache", model_key=f"{Path(cfg.model_path).resolve()}")
-    _cache_everything(parts, cfg, samples, cache, dataset_dir)
+    with group.main_first():  # rank 0 encodes; the others wait, then find every entry cached
+        _cache_everything(parts, cfg, samples, cache, dataset_dir, say)
     data = Resident(cache, samples, cfg.max_sequence_length, device, dtype)
     # No prompts in the spec: sample with the dataset's own captions (the first two, in a fixed order).
     sample_prompts = cfg.sample_prompts or sorted({s.caption for s in samples if s.caption})[:2]
+    sample_prompts = sample_prompts if group.main else []
     sample_embeds = [encode_prompts(parts, [p], cfg.max_sequence_length) for p in sample_prompts]
     if device.type == "cuda":  # encoders are done: give their memory to training
         parts.clip.to("cpu")
         parts.t5.to("cpu")
         torch.cuda.empty_cache()
 
+    latest, skipped = ckpt.latest_valid(ckpt_root)
+    for bad in skipped:
+        say("warning", message=f"skipping damaged checkpoint {bad.path.name}: {bad.reason}")
+    adapter, state = ckpt.load_checkpoint(latest.path) if latest is not None else ({}, {})
+    # A resumed job keeps the global batch it started with, whatever the processes now: fewer GPUs accumulate more.
+    global_batches = int(state.get("global_batches", cfg.processes * cfg.gradient_accumulation))
+    try:
+        share = group.share(global_batches)
+    except parallel.SplitError as exc:
+        say("error", code="bad_input", message=str(exc),
+            hint=f"set compute.gpus to a number that divides {global_batches}")
+        return 1
+    if group.world > 1 or global_batches != cfg.gradient_accumulation:
+        say("log", message=f"{group.world} process(es) x batch {cfg.batch_size} x accumulation {share}: "
+            f"a global batch of {global_batches * cfg.batch_size}", processes=group.world, accumulation=share)
     n_batches = len(epoch_batches(samples, cfg.batch_size, cfg.seed, 0))
-    total = total_steps(cfg, n_batches)
+    total = total_steps(cfg, n_batches, global_batches)
     scheduler = get_scheduler(
         cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=total
     )
     gen = torch.Generator().manual_seed(cfg.seed)
     noise_gen = gen if device.type == "cpu" else torch.Generator(device).manual_seed(cfg.seed)
     step = 0
-    latest, skipped = ckpt.latest_valid(ckpt_root)
-    for bad in skipped:
-        emit("warning", message=f"skipping damaged checkpoint {bad.path.name}: {bad.reason}")
     if latest is not None:
-        adapter, state = ckpt.load_checkpoint(latest.path)
         named = dict(parts.transformer.named_parameters())
         for name, tensor in adapter.items():
             named[name].data.copy_(tensor.to(named[name].device))
@@ -239,16 +261,19 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
         scheduler.load_state_dict(state["scheduler"])
         _restore_rng(gen, noise_gen, state["rng"])
         step = int(state["step"])
-        emit("resumed", step=step, total=total, checkpoint=str(latest.path.relative_to(out)))
+        say("resumed", step=step, total=total, checkpoint=str(latest.path.relative_to(out)))
+    model = group.wrap(parts.transformer)  # DDP with several processes; the transformer itself in one
 
     def checkpoint_now(at: int) -> None:
-        micro = at * cfg.gradient_accumulation
+        began = time.monotonic()
+        micro = at * global_batches
         state = {
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": _rng_state(gen, noise_gen),
             "step": at,
             "total": total,
+            "global_batches": global_batches,
             "epoch": micro // n_batches,
             "batch_in_epoch": micro % n_batches,
         }
@@ -261,11 +286,12 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
             lora_metadata(cfg, at),
             cfg.keep_last,
         )
-        emit("checkpoint", step=at, path=str(path.relative_to(out)))
+        say("checkpoint", step=at, path=str(path.relative_to(out)), took_s=round(time.monotonic() - began, 3))
 
     def sample_now(at: int) -> None:
         if not sample_prompts:
             return
+        began = time.monotonic()
         index = render_samples(
             parts,
             sample_prompts,
@@ -278,38 +304,48 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
             guidance=cfg.sample_guidance,
             steps=cfg.sample_steps,
         )
+        took = round(time.monotonic() - began, 3)  # the whole round's: the job's timing by phase reads it
         for item in index:
-            emit("sample", step=at, path=f"samples/{item['file']}", prompt=item["prompt"])
+            say("sample", step=at, path=f"samples/{item['file']}", prompt=item["prompt"], round_s=took)
 
-    emit("phase", phase="training", total=total, start_step=step)
+    say("phase", phase="training", total=total, start_step=step)
     parts.transformer.train()
     started, start_step = time.monotonic(), step
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and device.type == "cuda" else None
     autocast = torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda" and dtype != torch.float32)
     batches_cache: dict[int, list[list[int]]] = {}
-    report = LossReport(REPORT_EVERY_S if device.type == "cuda" else 0.0)  # on a GPU: no sync per step
+    # On a GPU no sync per step; several processes already meet every step (the stop vote), so they read it too.
+    report = LossReport(REPORT_EVERY_S if device.type == "cuda" and group.world == 1 else 0.0)
     while step < total:
         loss_sum = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
-        for micro_i in range(cfg.gradient_accumulation):
-            micro = step * cfg.gradient_accumulation + micro_i
+        mine = 0
+        for micro_i in range(global_batches):
+            micro = step * global_batches + micro_i
             epoch, pos = divmod(micro, n_batches)
             if epoch not in batches_cache:
                 batches_cache = {epoch: epoch_batches(samples, cfg.batch_size, cfg.seed, epoch)}
             latents, t5, pooled = _batch(data, cfg, samples, batches_cache[epoch][pos], gen, noise_gen, parts)
-            with autocast:
-                loss = flow_loss(
-                    parts,
-                    latents,
-                    t5,
-                    pooled,
-                    noise_gen,
-                    sampling=cfg.timestep_sampling,
-                    shift=cfg.timestep_shift,
-                    guidance=cfg.guidance_scale,
-                    dtype=dtype,
-                )
-            loss = loss / cfg.gradient_accumulation
-            (scaler.scale(loss) if scaler else loss).backward()
+            drawn = draw_noise(latents, noise_gen, cfg.timestep_sampling, cfg.timestep_shift)
+            if not group.owns(micro_i, global_batches):
+                continue  # another process trains it; its random numbers are drawn here too, in the same order
+            mine += 1
+            with group.syncing(model, sync=mine == share):  # DDP's all-reduce on this process's last one
+                with autocast:
+                    loss = flow_loss(
+                        parts,
+                        latents,
+                        t5,
+                        pooled,
+                        noise_gen,
+                        sampling=cfg.timestep_sampling,
+                        shift=cfg.timestep_shift,
+                        guidance=cfg.guidance_scale,
+                        dtype=dtype,
+                        model=model,
+                        drawn=drawn,
+                    )
+                loss = loss / share
+                (scaler.scale(loss) if scaler else loss).backward()
             loss_sum += loss.detach().to(loss_sum.dtype)
         if scaler:
             scaler.unscale_(optimizer)
@@ -323,20 +359,21 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        report.add(loss_sum)
+        report.add(group.mean(loss_sum))
         pause = stop.requested or (cfg.stop_after_step is not None and step >= cfg.stop_after_step)
-        pause = pause or step >= pause_step(out)
+        pause = group.agree(pause or step >= pause_step(out))
         save = step % cfg.checkpoint_every == 0 or step == total or pause
         sample = bool(cfg.sample_every) and step % cfg.sample_every == 0 and step != total
         if report.due(forced=save or sample):
             mean_loss = report.read()
             if not math.isfinite(mean_loss):  # NaN/inf poisons the weights and every step after: fail unsaved
-                emit("error", code="nan_loss", message=f"loss is not finite ({mean_loss}) at step {step}",
-                     hint=hint_for("nan_loss"))
+                say("error", code="nan_loss", message=f"loss is not finite ({mean_loss}) at step {step}",
+                    hint=hint_for("nan_loss"))
+                group.finish()
                 return 1
             elapsed = time.monotonic() - started
             rate = (step - start_step) / elapsed if elapsed > 0 else 0.0
-            emit(
+            say(
                 "progress",
                 step=step,
                 total=total,
@@ -346,17 +383,22 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
                 elapsed_s=round(elapsed, 2),
                 eta_s=round((total - step) / rate, 1) if rate else None,
             )
-        if save:
+        if save and group.main:
             checkpoint_now(step)
-        if sample:
+        if sample and group.main:
             parts.transformer.eval()
             sample_now(step)
             parts.transformer.train()
         if pause and step < total:
-            (out / PAUSE_FILE).unlink(missing_ok=True)  # a pause request is honoured once; a resume goes on
-            emit("stopped", step=step, total=total)
+            if group.main:
+                (out / PAUSE_FILE).unlink(missing_ok=True)  # a pause request is honoured once; a resume goes on
+            say("stopped", step=step, total=total)
+            group.finish()
             return STOPPED_EXIT
 
+    group.finish()
+    if not group.main:
+        return 0
     parts.transformer.eval()
     final = out / f"{cfg.name}.safetensors"
     write_lora(final, lora_tensors(parts.transformer, cfg), lora_metadata(cfg, total))

@@ -34,6 +34,11 @@ def _clip_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
+def tiny_clip_tokenizer():
+    """The byte-level CLIP tokenizer of the tiny models (built from an in-memory vocabulary, nothing fetched)."""
+    return _clip_tokenizer()
+
+
 def _t5_tokenizer():
     from transformers import T5Tokenizer
 

@@ -22,8 +22,9 @@ from loraflow.jobs import queue
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Store
 from loraflow.publish.publisher import approve_job as approve
-from loraflow.running.control import request_stop, resume, stop
+from loraflow.running.control import request_stop, stop
 from loraflow.running.publishing import publish as publish_job
+from loraflow.running.reopening import reopen
 from loraflow.running.submit import check_open, read_spec, submit
 from loraflow.server.deps import Auth, Db, bundle_response, job_file_response, own_job
 from loraflow.server.problems import Problem, spec_mapping
@@ -44,11 +45,12 @@ async def create_job(
 ) -> dict[str, Any]:
     """Create a job from a spec and a dataset upload, check both, and start it."""
     state = request.app.state
-    cfg = state.config
+    cfg, quotas = state.config, state.quotas
     limit = cfg.max_upload_mb * 1024 * 1024
     if int(request.headers.get("content-length") or 0) > limit:
         raise Problem(413, "upload too large", f"the upload is over {cfg.max_upload_mb} MB")
-    raw = spec_mapping(spec)
+    quotas.upload(user.name)
+    raw = await quotas.off_loop(user.name, spec_mapping, spec, cfg.maxima.spec_bytes, cfg.maxima.spec_nodes)
     uploads = ([dataset] if dataset is not None else []) + list(files or [])
     if not uploads:
         raise Problem(422, "no dataset", "send the dataset as `dataset` (a zip or tar) or as `files`")
@@ -56,8 +58,8 @@ async def create_job(
     folder = paths.home() / "uploads" / uuid.uuid4().hex
     try:
         target = await save_files(uploads, folder, limit)
-        parsed = read_spec(raw, cfg, "spec", dataset_path=str(target))
-        job = await asyncio.to_thread(submit, store, parsed, user.name, cfg, state.platform, force)
+        parsed = await quotas.off_loop(user.name, lambda: read_spec(raw, cfg, "spec", dataset_path=str(target)))
+        job = await quotas.off_loop(user.name, submit, store, parsed, user.name, cfg, state.platform, force)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)  # nothing half-written stays behind
         raise
@@ -113,17 +115,35 @@ def job_events(
 
 @router.get("/api/jobs/{job_id}/events/stream")
 async def job_event_stream(
+    request: Request,
     job_id: str,
     user: Auth,
     store: Db,
     after: Annotated[int, Query(ge=0)] = 0,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
-    """Server-sent events; reconnecting with Last-Event-ID continues without gaps or repeats."""
+    """Server-sent events; reconnecting with Last-Event-ID continues without gaps or repeats. A user has
+    at most `LORAFLOW_MAX_STREAMS_PER_USER` open at once (429 past it)."""
     own_job(store, user, job_id)
     start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
     headers = {"Cache-Control": "no-cache"}
-    return StreamingResponse(_stream(store, job_id, start), media_type="text/event-stream", headers=headers)
+    slot = request.app.state.quotas.stream(user.name)
+    slot.__enter__()  # released when the response ends, however it ends
+    return _CountedStream(slot, _stream(store, job_id, start), media_type="text/event-stream", headers=headers)
+
+
+class _CountedStream(StreamingResponse):
+    """A streaming response that gives its user's stream slot back when it ends, even on a disconnect."""
+
+    def __init__(self, slot: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slot = slot
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.slot.__exit__(None, None, None)
 
 
 async def _stream(store: Store, job_id: str, seq: int) -> AsyncIterator[bytes]:
@@ -154,9 +174,10 @@ def stop_job(job_id: str, user: Auth, store: Db) -> dict[str, Any]:
 
 
 @router.post("/api/jobs/{job_id}/resume")
-def resume_job(job_id: str, user: Auth, store: Db) -> dict[str, Any]:
-    own_job(store, user, job_id)
-    resume(store, job_id)  # IllegalTransition answers 409
+def resume_job(request: Request, job_id: str, user: Auth, store: Db) -> dict[str, Any]:
+    """Resume through the submission's door: paused 503, over the limit 429, credits 402, not resumable 409."""
+    job = own_job(store, user, job_id)
+    reopen(store, job_id, job.owner, request.app.state.config, request.app.state.platform)
     return store.get(job_id).to_dict()
 
 

@@ -21,10 +21,8 @@ def estimate(
 ) -> dict[str, Any]:
     """Predicted time and cost per GPU type on offer (Vast.ai), or on this machine."""
     from loraflow.providers.estimate import estimate as predict
-    from loraflow.running.submit import read_spec
 
-    # dataset_path ".": the server's paths are not asked
-    parsed = read_spec(spec_mapping(spec), request.app.state.config, "spec", dataset_path=".")
+    parsed = _read(request, user.name, spec)
     if parsed.engine.name == "fal":  # priced per run by fal, not by the hour
         from loraflow.engines.fal import quote
 
@@ -59,11 +57,20 @@ def offers(user: Auth, base_model: str = "flux-dev", limit: Annotated[int, Query
 @router.post("/api/quote", tags=["credits"])
 def quote(request: Request, user: Auth, spec: Annotated[str, Body(embed=True)]) -> dict[str, Any]:
     """What a job would cost in USD and points before it is submitted (estimate or budget cap, plus fee)."""
+    # The same reading as a submission (the service's rules and caps apply), so the quote is what a job costs.
+    parsed = _read(request, user.name, spec)
+    return credits.quote(parsed, request.app.state.platform).to_dict()
+
+
+def _read(request: Request, user: str, text: str) -> Any:
+    """The spec text read as a submission reads it, under one of the user's work slots (this runs in a
+    worker thread: the routes are plain `def`); dataset_path ".": the server's paths are not asked."""
     from loraflow.running.submit import read_spec
 
-    # The same reading as a submission (the service's rules and caps apply), so the quote is what a job costs.
-    parsed = read_spec(spec_mapping(spec), request.app.state.config, "spec", dataset_path=".")
-    return credits.quote(parsed, request.app.state.platform).to_dict()
+    cfg = request.app.state.config
+    with request.app.state.quotas.work(user):
+        raw = spec_mapping(text, cfg.maxima.spec_bytes, cfg.maxima.spec_nodes)
+        return read_spec(raw, cfg, "spec", dataset_path=".")
 
 
 @router.get("/api/credits", tags=["credits"])

@@ -9,20 +9,22 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from loraflow import paths
 from loraflow.jobs.states import ACTIVE, RESUMABLE, JobState
 from loraflow.jobs.store import Job, Store
-from loraflow.running.control import resume, stop
+from loraflow.running.control import stop
 from loraflow.running.publishing import publish
+from loraflow.running.reopening import reopen
 from loraflow.server.charts import loss_chart
 from loraflow.server.deps import bundle_response, job_file_response, own_job
 from loraflow.server.pages import COOKIE, fragment, need_user, render, session_user, store
-from loraflow.server.tokens import User, create_token, lookup, revoke_by_token
+from loraflow.server.tokens import User, create_session, revoke_by_token, session_hours
+from loraflow.server.web_security import check_csrf
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, dependencies=[Depends(check_csrf)])
 PER_PAGE = 50
 
 
@@ -36,12 +38,13 @@ def login_page(request: Request) -> HTMLResponse:
 
 @router.post("/login")
 def login(request: Request, token: str = Form("")) -> Response:
-    user = lookup(store(request), token.strip())
-    if user is None:
+    session = create_session(store(request), token.strip())  # an API token only, never another session
+    if session is None:
         return render(request, "login.html", None, error="That token is not valid.")
-    session = create_token(store(request), user.name, label="web session", admin=user.admin)
     response = RedirectResponse("/", status_code=303)
-    response.set_cookie(COOKIE, session, httponly=True, samesite="strict", max_age=30 * 86400)
+    secure = request.url.scheme == "https" or request.app.state.config.secure_cookies
+    max_age = int(session_hours() * 3600)  # the server ends it then too (tokens.lookup_session)
+    response.set_cookie(COOKIE, session, httponly=True, samesite="strict", max_age=max_age, secure=secure)
     return response
 
 
@@ -141,8 +144,8 @@ def ui_stop(request: Request, job_id: str) -> HTMLResponse:
 
 @router.post("/ui/jobs/{job_id}/resume", response_class=HTMLResponse)
 def ui_resume(request: Request, job_id: str) -> HTMLResponse:
-    _own(request, job_id)
-    resume(store(request), job_id)
+    job = _own(request, job_id)
+    reopen(store(request), job_id, job.owner, request.app.state.config, request.app.state.platform)
     return _live(request, job_id)
 
 

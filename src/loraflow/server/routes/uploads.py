@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, File, Request, UploadFile
 
 from loraflow.server import uploads
 from loraflow.server.deps import Auth, Db
+from loraflow.server.problems import bounded
 
 router = APIRouter(tags=["datasets"])
 
@@ -22,8 +23,10 @@ async def create_upload(
     """Upload a dataset to check it and edit its captions before creating the job."""
     from loraflow.dataset import DatasetRun
 
-    upload_id, dataset = await uploads.create(user.name, files, request.app.state.config.max_upload_mb << 20)
-    report = DatasetRun(str(dataset)).check().to_dict()
+    quotas = request.app.state.quotas
+    quotas.upload(user.name)
+    upload_id, dataset = await uploads.create(user.name, files, request.app.state.config.max_upload_mb << 20, quotas)
+    report = (await quotas.off_loop(user.name, DatasetRun(str(dataset)).check)).to_dict()
     report["source"] = f"upload {upload_id}"  # never the server's own path
     return {"upload_id": upload_id, "report": report}
 
@@ -58,5 +61,6 @@ def job_from_upload(
 
     state = request.app.state
     folder = uploads.folder(user.name, upload_id)
-    parsed = read_spec(spec, state.config, "spec", dataset_path=str(folder))
-    return submit(store, parsed, user.name, state.config, state.platform, force).to_dict()
+    with state.quotas.work(user.name):
+        parsed = read_spec(bounded(spec, state.config.maxima.spec_nodes), state.config, "spec", str(folder))
+        return submit(store, parsed, user.name, state.config, state.platform, force).to_dict()

@@ -6,7 +6,8 @@
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Form, Request
+import anyio
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import UploadFile as StarletteUpload
 
@@ -14,9 +15,10 @@ from loraflow.errors import UserInputError
 from loraflow.server import uploads
 from loraflow.server.pages import fragment, need_user, render, session_user, store
 from loraflow.server.problems import Problem
+from loraflow.server.web_security import check_csrf
 from loraflow.server.wizard import CaptionRun, kept_input, settings_spec, start_error, wizard_context
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, dependencies=[Depends(check_csrf)])
 
 
 def _upload_dir(request: Request, upload_id: str) -> Path:
@@ -38,8 +40,11 @@ async def ui_upload(request: Request) -> Response:
     files = [f for f in form.getlist("files") if isinstance(f, StarletteUpload) and f.filename]
     if not files:
         return render(request, "new.html", user, error="Choose some images (and captions) first.")
+    quotas = request.app.state.quotas
     try:
-        upload_id, _dataset = await uploads.create(user.name, files, request.app.state.config.max_upload_mb << 20)
+        quotas.upload(user.name)
+        limit = request.app.state.config.max_upload_mb << 20
+        upload_id, _dataset = await uploads.create(user.name, files, limit, quotas)
     except Problem as exc:
         return render(request, "new.html", user, error=exc.detail)
     return RedirectResponse(f"/ui/uploads/{upload_id}", status_code=303)
@@ -49,7 +54,9 @@ async def ui_upload(request: Request) -> Response:
 def wizard(request: Request, upload_id: str) -> HTMLResponse:
     user = need_user(request)
     folder = uploads.folder(user.name, upload_id)
-    return render(request, "wizard.html", user, **wizard_context(folder, upload_id))
+    with request.app.state.quotas.work(user.name):  # the dataset check: a worker thread (plain def), bounded
+        context = wizard_context(folder, upload_id)
+    return render(request, "wizard.html", user, **context)
 
 
 @router.post("/ui/uploads/{upload_id}/caption/{name}")
@@ -123,12 +130,16 @@ async def ui_start(request: Request, upload_id: str) -> Response:
     folder = uploads.folder(user.name, upload_id)
     state = request.app.state
     form = dict(await request.form())
-    try:
+
+    def start() -> Any:
         spec = read_spec(settings_spec(folder, form), state.config, "settings")
-        job = submit(store(request), spec, user.name, state.config, state.platform, False)
+        return submit(store(request), spec, user.name, state.config, state.platform, False)
+
+    try:
+        job = await state.quotas.off_loop(user.name, start)  # the dataset check runs in a worker thread
     except (Problem, UserInputError) as exc:
         # Shown where the user pressed Start, with everything they typed still in the form.
-        ctx = {**wizard_context(folder, upload_id), **kept_input(form)}
+        ctx = {**await anyio.to_thread.run_sync(wizard_context, folder, upload_id), **kept_input(form)}
         response = render(request, "wizard.html", user, **ctx, error=start_error(exc))
         response.status_code = getattr(exc, "status", 422)
         return response

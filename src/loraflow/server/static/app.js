@@ -28,3 +28,14 @@ document.addEventListener("htmx:responseError", function (e) {
 document.addEventListener("htmx:sendError", function () {
   loraflowFlash("The server did not answer. Is `loraflow serve` still running?");
 });
+
+// The wizard's advanced fields show the chosen base model's defaults as placeholders (no inline script:
+// the pages' Content-Security-Policy runs only this file and htmx).
+document.addEventListener("DOMContentLoaded", function () {
+  var chooser = document.getElementById("base_model"), defaults = document.getElementById("model-defaults");
+  if (!chooser || !defaults) return;
+  chooser.addEventListener("change", function (e) {
+    var all = JSON.parse(defaults.textContent)[e.target.value] || {};
+    Object.keys(all).forEach(function (k) { var box = document.getElementById("adv-" + k); if (box) box.placeholder = all[k]; });
+  });
+});

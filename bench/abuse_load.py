@@ -1,0 +1,187 @@
+"""One abusive user against `loraflow serve` while a second user works: does the second user notice?
+
+The abuser (mallory), all at once for SECONDS: the ~450-byte YAML alias bomb to /api/quote and
+/api/jobs, uploads of six grey 8000x8000 PNGs (~0.5 MB, 384 megapixels to check), 300 server-sent
+event streams, and oversize bodies (a 150 MB JSON caption, a 4.4 MB spec). The second user (alice)
+meanwhile lists her jobs, reads one, and submits small jobs. Reported: alice's API latency (median,
+p95, max) for reads and for submissions, and for each abusive kind how many requests were served and
+how many refused, against the service's quotas (server/limits.py, running/maxima.py), plus the
+server's CPU and peak memory.
+
+    .venv/bin/python bench/abuse_load.py [SECONDS]
+
+Loopback only, bounded in time (SECONDS, default 30) and count (each abusive loop stops at the end);
+the server is a real `loraflow serve --workers 0` with an external check that never answers, so
+submitted jobs wait for it instead of training (the bench measures the service, not training).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import httpx
+from common import proc_stats, start_serve
+
+REPO = Path(__file__).resolve().parents[1]
+SECONDS = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+SPEC = {"name": "work", "base_model": "tiny-flux", "dataset": {"trigger_word": "lfx"}, "training": {"steps": 30}}
+
+
+def alias_bomb(levels: int = 7) -> str:
+    lines = ['l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"l{i}: &l{i} [{','.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "name: bomb\nbase_model: tiny-flux\ndataset: {}\n" + "\n".join(lines) + "\n"
+
+
+def grey_pngs(n: int = 6) -> list[tuple[str, tuple[str, bytes]]]:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (8000, 8000), 128).save(buf, format="PNG")
+    return [("files", (f"grey{i}.png", buf.getvalue())) for i in range(n)]
+
+
+def dataset_zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for path in sorted((REPO / "examples" / "sample_dataset").iterdir()):
+            zf.write(path, f"photos/{path.name}")
+    return buf.getvalue()
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.codes: dict[str, Counter[str]] = {}
+        self.times: dict[str, list[float]] = {}
+
+    def add(self, kind: str, code: str, seconds: float | None = None) -> None:
+        with self.lock:
+            self.codes.setdefault(kind, Counter())[code] += 1
+            if seconds is not None:
+                self.times.setdefault(kind, []).append(seconds)
+
+
+def until(stop_at: float, body) -> None:
+    while time.monotonic() < stop_at:
+        body()
+
+
+def main() -> None:
+    home = tempfile.mkdtemp(prefix="lf-abuse-")
+    sys.path.insert(0, str(REPO / "src"))
+    os.environ["LORAFLOW_HOME"] = home
+    os.environ.update(LORAFLOW_PRECHECK_URL="http://127.0.0.1:9/never", LORAFLOW_MAX_CONCURRENT_JOBS="1000")
+    from loraflow.jobs.store import Store
+    from loraflow.server.tokens import create_token
+    from loraflow.spec import parse_spec
+    from loraflow.testing.vast_emulator import free_port
+
+    store = Store()
+    tokens = {u: create_token(store, u) for u in ("mallory", "alice")}
+    streamed = store.create_job(parse_spec({**SPEC, "dataset": {"path": "."}}, "s"), owner="mallory")
+    store.update(streamed.id, state="training")  # a live job whose streams stay open
+    server, url = start_serve(home, free_port(), 0)
+    tally, pngs, bomb, zipped = Tally(), grey_pngs(), alias_bomb(), dataset_zip()
+    auth = {u: {"Authorization": f"Bearer {t}"} for u, t in tokens.items()}
+    cpu0, _, _ = proc_stats(server.pid)
+    peak_rss, stop_at = 0, time.monotonic() + SECONDS
+
+    def timed(kind: str, client: httpx.Client, method: str, path: str, **kw) -> httpx.Response | None:
+        started = time.monotonic()
+        try:
+            answer = client.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            tally.add(kind, type(exc).__name__, time.monotonic() - started)
+            return None
+        tally.add(kind, str(answer.status_code), time.monotonic() - started)
+        return answer
+
+    def bombs() -> None:
+        with httpx.Client(base_url=url, headers=auth["mallory"], timeout=60) as c:
+            until(stop_at, lambda: (timed("alias bomb /api/quote", c, "POST", "/api/quote", json={"spec": bomb}),
+                                    timed("alias bomb /api/jobs", c, "POST", "/api/jobs", data={"spec": bomb},
+                                          files={"dataset": ("d.zip", zipped)})))  # fmt: skip
+
+    def uploads() -> None:
+        with httpx.Client(base_url=url, headers=auth["mallory"], timeout=120) as c:
+            until(stop_at, lambda: timed("grey 8000x8000 PNG uploads", c, "POST", "/api/uploads", files=pngs))
+
+    def oversize() -> None:
+        caption = b'{"a.png": "' + b"x" * (150 << 20) + b'"}'
+        spec = json.dumps({"spec": "name: big\n" + "".join(f"k{i}: {'x' * 60}\n" for i in range(70_000))})
+        as_json = {"content-type": "application/json"}
+        with httpx.Client(base_url=url, headers=auth["mallory"], timeout=60) as c:
+            until(stop_at, lambda: (
+                timed("150 MB JSON caption", c, "PUT", "/api/uploads/" + "0" * 32 + "/captions", content=caption,
+                      headers=as_json),
+                timed("4.4 MB spec", c, "POST", "/api/quote", content=spec, headers=as_json),
+            ))  # fmt: skip
+
+    def stream(i: int) -> None:
+        path = f"/api/jobs/{streamed.id}/events/stream"
+        with httpx.Client(base_url=url, headers=auth["mallory"], timeout=SECONDS + 30) as c:
+            try:
+                with c.stream("GET", path) as answer:
+                    tally.add("SSE streams (300 opened)", str(answer.status_code))
+                    if answer.status_code == 200:
+                        for _ in answer.iter_bytes():
+                            if time.monotonic() > stop_at:
+                                break
+            except httpx.HTTPError as exc:
+                tally.add("SSE streams (300 opened)", type(exc).__name__)
+
+    def alice() -> None:
+        with httpx.Client(base_url=url, headers=auth["alice"], timeout=60) as c:
+            job = timed("alice: submit", c, "POST", "/api/jobs", data={"spec": json.dumps(SPEC)},
+                        files={"dataset": ("d.zip", zipped)})  # fmt: skip
+            job_id = job.json()["id"] if job is not None and job.status_code == 201 else streamed.id
+            n = 0
+            while time.monotonic() < stop_at:
+                timed("alice: list jobs", c, "GET", "/api/jobs")
+                timed("alice: read a job", c, "GET", f"/api/jobs/{job_id}")
+                n += 1
+                if n % 10 == 0:
+                    timed("alice: submit", c, "POST", "/api/jobs", data={"spec": json.dumps(SPEC)},
+                          files={"dataset": ("d.zip", zipped)})  # fmt: skip
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=f) for f in (bombs, uploads, oversize, alice)]
+    threads += [threading.Thread(target=stream, args=(i,)) for i in range(300)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        peak_rss = max(peak_rss, proc_stats(server.pid)[1])
+        time.sleep(0.5)
+    cpu1, _, _ = proc_stats(server.pid)
+    server.terminate()
+    server.wait(20)
+    report(tally, (cpu1 - cpu0) / SECONDS, peak_rss)
+
+
+def report(tally: Tally, cpu_per_s: float, peak_rss: int) -> None:
+    print(f"{SECONDS} s, server CPU {cpu_per_s:.2f} s/s, peak RSS {peak_rss / 2**20:.0f} MiB")
+    print(f"{'what':32} {'answers':38} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
+    for kind in sorted(tally.codes):
+        times = sorted(tally.times.get(kind, []))
+        codes = ", ".join(f"{c}: {n}" for c, n in sorted(tally.codes[kind].items()))
+        if times:
+            p95 = times[min(len(times) - 1, int(0.95 * len(times)))]
+            row = f"{statistics.median(times) * 1000:8.0f} {p95 * 1000:8.0f} {times[-1] * 1000:8.0f}"
+        else:
+            row = ""
+        print(f"{kind:32} {codes:38} {row}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Renders for the result check: the base model loaded once with diffusers, each LoRA file loaded onto it
+in turn with `load_lora_weights` (so any engine's output diffusers reads is checked the same way), the same
+prompts and seeds rendered with and without the LoRA and with and without the trigger word.
+
+A render keeps its final latent (the effect check measures there: the VAE's space, no decoder noise in it)
+and its decoded picture (the scorecard's encoders look at that).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from loraflow.trainer.components import FluxParts
+from loraflow.trainer.flow import encode_images, encode_prompts, flow_loss, sample_latents
+
+
+@dataclass
+class Render:
+    prompt: str
+    seed: int
+    latent: torch.Tensor  # packed, as the pipeline returns it
+    image: Image.Image
+
+
+class Renderer:
+    """One pipeline over the loaded parts; LoRAs come and go as named adapters."""
+
+    def __init__(self, parts: FluxParts, *, width: int, height: int, steps: int, guidance: float,
+                 max_sequence_length: int) -> None:
+        from diffusers import FluxPipeline
+
+        self.parts = parts
+        self.width, self.height, self.steps, self.guidance = width, height, steps, guidance
+        self.max_len = max_sequence_length
+        self.pipe = FluxPipeline(
+            scheduler=parts.scheduler, vae=parts.vae, text_encoder=None, tokenizer=None,
+            text_encoder_2=None, tokenizer_2=None, transformer=parts.transformer,
+        )
+        self.pipe.set_progress_bar_config(disable=True)
+        self._embeds: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.device = next(parts.transformer.parameters()).device
+        self.dtype = parts.vae.dtype
+
+    def embed(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if prompt not in self._embeds:
+            self._embeds[prompt] = encode_prompts(self.parts, [prompt], self.max_len)
+        return self._embeds[prompt]
+
+    @torch.no_grad()
+    def render(self, prompt: str, seed: int) -> Render:
+        t5, pooled = self.embed(prompt)
+        latent = self.pipe(
+            prompt_embeds=t5.to(self.device, self.dtype),
+            pooled_prompt_embeds=pooled.to(self.device, self.dtype),
+            width=self.width,
+            height=self.height,
+            num_inference_steps=self.steps,
+            guidance_scale=self.guidance,
+            generator=torch.Generator("cpu").manual_seed(seed),
+            output_type="latent",
+        ).images
+        return Render(prompt, seed, latent.float().cpu(), self.decode(latent))
+
+    @torch.no_grad()
+    def decode(self, packed: torch.Tensor) -> Image.Image:
+        vae = self.parts.vae
+        latents = self.pipe._unpack_latents(packed, self.height, self.width, self.pipe.vae_scale_factor)
+        latents = latents.to(vae.device, vae.dtype) / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+        pixels = vae.decode(latents, return_dict=False)[0]
+        return self.pipe.image_processor.postprocess(pixels, output_type="pil")[0]
+
+    @torch.no_grad()
+    def round_trip(self, path: Path) -> Image.Image:
+        """A dataset image as the model can ever show it: resized to the render size and passed through the
+        VAE (encode, decode). Samples are compared with this, so a score measures what the LoRA learned,
+        not the VAE's fidelity (for FLUX.1's VAE the round trip is close to the original)."""
+        from loraflow.trainer.data import load_pixels
+
+        pixels = load_pixels(path, (self.width, self.height)).unsqueeze(0)
+        mean = encode_images(self.parts, pixels).chunk(2, dim=1)[0]
+        vae = self.parts.vae
+        decoded = vae.decode(mean.to(vae.device, vae.dtype), return_dict=False)[0]
+        return self.pipe.image_processor.postprocess(decoded, output_type="pil")[0]
+
+    @torch.no_grad()
+    def held_out_loss(self, items: list[tuple[Path, str]], draws: int = 8) -> float:
+        """The training objective on images the LoRA never saw: the mean flow-matching loss over the same
+        noise and noise levels (fixed seeds) for every LoRA, so checkpoints compare pair for pair."""
+        from loraflow.trainer.data import load_pixels
+
+        vae = self.parts.vae.config
+        losses = []
+        for path, caption in items:
+            params = encode_images(self.parts, load_pixels(path, (self.width, self.height)).unsqueeze(0))
+            t5, pooled = self.embed(caption)
+            for k in range(draws):
+                gen = torch.Generator().manual_seed(k)
+                latents = sample_latents(params, gen, vae.shift_factor or 0.0, vae.scaling_factor)
+                loss = flow_loss(self.parts, latents, t5, pooled, gen, sampling="sigmoid", shift=3.0,
+                                 guidance=1.0, dtype=self.dtype)
+                losses.append(float(loss))
+        return sum(losses) / len(losses) if losses else 0.0
+
+    # --- LoRA files ---------------------------------------------------------------------------------
+
+    def load_lora(self, path: str, name: str) -> bool:
+        """Put the LoRA file on the pipeline; False when it holds no update at all (nothing to load).
+
+        diffusers reads every engine's layout; its kohya-Flux conversion assumes FLUX.1's widths, so a
+        kohya file it cannot split (a smaller Flux, such as the tiny model) is converted by loraflow's
+        exact converter instead."""
+        from safetensors.torch import load_file
+
+        try:
+            self.pipe.load_lora_weights(path, adapter_name=name)
+        except (AssertionError, ValueError, KeyError, RuntimeError):
+            state = load_file(path)
+            if not any(k.startswith("lora_unet_") for k in state):
+                raise
+            from loraflow.trainer.lora_format import FluxDims, from_kohya_layout, to_diffusers_layout
+
+            modules = from_kohya_layout(state, FluxDims.from_config(dict(self.parts.transformer.config)))
+            if not modules:
+                return False  # every part is zero: the LoRA changes nothing
+            self.pipe.load_lora_weights(to_diffusers_layout(modules), adapter_name=name)
+        self.pipe.set_adapters([name])
+        return True
+
+    def unload_lora(self, name: str) -> None:
+        if name in self.pipe.get_list_adapters().get("transformer", []):
+            self.pipe.delete_adapters([name])

@@ -1,0 +1,105 @@
+"""The scorecard's rule, table and plot, the evaluation prompts, and held-out images (no torch needed)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from loraflow.dataset import DatasetRun
+from loraflow.dataset.holdout import hold_out, holdout_count
+from loraflow.evaluation.config import eval_prompts, without_trigger
+from loraflow.evaluation.plot import scorecard_png
+from loraflow.evaluation.scorecard import choose, markdown_table, summary_rows
+from loraflow.spec import DatasetChecks, parse_spec
+from tests.conftest import EXAMPLES
+
+
+def entry(step: int, **kw: object) -> dict:
+    base = {"name": f"step-{step:06d}", "step": step, "checkpoint_step": step, "effect": 0.3, "effect_ok": True,
+            "fit": 0.1, "held_out_loss": 1.0, "similarity": 0.5, "adherence": 0.2, "trigger_dependence": 0.3,
+            "memorization": 0.5, "memorized": False}
+    base.update(kw)
+    return base
+
+
+def card(*entries: dict, trigger: str | None = "lfx") -> dict:
+    return {"trigger_word": trigger, "reference": "holdout", "reference_images": 2,
+            "baseline": {"similarity": 0.4, "adherence": 0.2}, "checkpoints": list(entries)}
+
+
+def test_best_is_the_eligible_checkpoint_with_the_highest_score() -> None:
+    c = card(entry(10, fit=0.05), entry(20, fit=0.12), entry(30, fit=0.2, memorized=True, memorization=0.99),
+             entry(40, effect=0.001, effect_ok=False))
+    best = choose(c)
+    assert best["step"] == 20 and best["checkpoint_step"] == 20
+    by = {e["step"]: e for e in c["checkpoints"]}
+    assert by[30]["eligible"] is False and by[30]["score"] is None
+    assert by[40]["eligible"] is False
+    assert by[20]["score"] > by[10]["score"]
+    assert "step 20 scores highest" in best["why"] and "copies a training image" in best["why"]
+    assert "barely changes the output" in best["why"]
+
+
+def test_a_tie_goes_to_the_earlier_step_and_no_eligible_checkpoint_means_no_best() -> None:
+    assert choose(card(entry(30), entry(10), entry(20)))["step"] == 10
+    best = choose(card(entry(10, effect_ok=False, effect=0.0)))
+    assert best["step"] is None and "no checkpoint is eligible" in best["why"]
+
+
+def test_similarity_and_adherence_count_as_gains_over_the_base_model() -> None:
+    c = card(entry(10, similarity=0.45), entry(20, similarity=0.6), trigger=None)
+    choose(c)
+    a, b = c["checkpoints"]
+    assert abs((b["score"] - a["score"]) - 0.5 * 0.15) < 1e-9  # 0.5 x the similarity difference, no trigger term
+    assert "trigger" not in choose(c)["why"]
+
+
+def test_table_and_plot() -> None:
+    c = card(entry(10, fit=0.05), entry(20, fit=0.12))
+    c["best"] = choose(c)
+    rows = summary_rows(c)
+    assert [r["best"] for r in rows] == [False, True]
+    table = markdown_table(c)
+    assert "| 20 **best** |" in table and table.count("\n") == 3
+    png = scorecard_png(c)
+    assert png is not None and Image.open(io.BytesIO(png)).size == (640, 360)
+    assert scorecard_png(card()) is None
+
+
+def test_evaluation_prompts_carry_the_trigger_and_lose_it_cleanly() -> None:
+    spec = parse_spec({"name": "x", "dataset": {"path": "d", "trigger_word": "lfx"}, "base_model": "tiny-flux",
+                       "sampling": {"prompts": ["a photo of [trigger] on the moon", "a red ball"]}})
+    assert eval_prompts(spec) == ["a photo of lfx on the moon", "lfx, a red ball"]
+    assert without_trigger("lfx, a red ball", "lfx") == "a red ball"
+    assert without_trigger("a photo of lfx on the moon", "lfx") == "a photo of on the moon"
+    assert without_trigger("lfxish thing", "lfx") == "lfxish thing"
+    assert spec.evaluation.image_encoder == "builtin:tiny-dinov2"  # the tiny model's catalog default
+
+
+def test_holdout_count_default_holds_out_only_from_a_large_enough_dataset() -> None:
+    assert holdout_count("auto", 8) == 0
+    assert holdout_count("auto", 12) == 1
+    assert holdout_count("auto", 30) == 3
+    assert holdout_count("auto", 500) == 4
+    assert holdout_count(3, 20) == 3
+    assert holdout_count(10, 8) == 4  # at least four images stay for training
+    assert holdout_count(0, 100) == 0
+
+
+def test_hold_out_moves_images_out_of_training_once(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert DatasetRun(EXAMPLES / "sample_dataset", DatasetChecks(min_resolution=64), trigger="lfx").prepare(data).ok
+    before = json.loads((data / "manifest.json").read_text())
+    held, digest = hold_out(data, tmp_path / "holdout", 2)
+    after = json.loads((data / "manifest.json").read_text())
+    assert len(held) == 2 and after["count"] == before["count"] - 2
+    assert digest == after["dataset_hash"] != before["dataset_hash"]
+    for name in held:
+        assert not (data / name).exists() and (tmp_path / "holdout" / name).is_file()
+        assert (tmp_path / "holdout" / name).with_suffix(".txt").is_file()
+        assert name not in {f["name"] for f in after["files"]}
+    assert hold_out(data, tmp_path / "holdout", 2) == (held, None)  # done already: nothing moves again
+    assert json.loads((data / "manifest.json").read_text()) == after
