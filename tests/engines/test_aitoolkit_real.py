@@ -3,7 +3,7 @@
 Needs LORAFLOW_AITOOLKIT_DIR: an ai-toolkit checkout (loraflow is checked against 27a03a91) with the venv
 scripts/aitoolkit_cpu_env.sh builds in it. A SIGKILL mid-run is resumed by the runner; progress and
 losses are checked against ai-toolkit's own loss_log.db, checkpoints and the final LoRA against the files,
-and the LoRA is loaded in diffusers.
+and the LoRA is loaded in diffusers. A run whose config leaves the LoRA unchanged ends failed with lora_inert.
 """
 
 from __future__ import annotations
@@ -41,14 +41,8 @@ def wait_for(check, timeout: float) -> None:
     raise AssertionError("timed out")
 
 
-def test_real_aitoolkit_trains_resumes_after_sigkill_and_agrees_with_its_own_files(tmp_path: Path, cli) -> None:
-    from safetensors import safe_open
-
-    from loraflow.engines.aitoolkit_loss_log import read_loss_log
-    from loraflow.trainer.tiny import build_tiny_flux
-
-    tiny = build_tiny_flux(tmp_path / "tiny-flux")  # a local folder: ai-toolkit takes flux-dev's road
-    spec = {
+def tiny_spec(tiny: Path, **training: object) -> dict:
+    return {
         "name": "mascot",
         "dataset": {"path": str(EXAMPLES / "sample_dataset"), "trigger_word": "lfx", "checks": {"min_resolution": 64}},
         "base_model": str(tiny),
@@ -62,6 +56,7 @@ def test_real_aitoolkit_trains_resumes_after_sigkill_and_agrees_with_its_own_fil
             "quantize": "none",
             "gradient_checkpointing": False,
             "learning_rate": 1e-3,
+            **training,
         },
         "sampling": {"every_n_steps": 0, "at_end": False},
         "checkpointing": {"every_n_steps": 10, "keep_last": 10},
@@ -69,6 +64,16 @@ def test_real_aitoolkit_trains_resumes_after_sigkill_and_agrees_with_its_own_fil
         # (diffusers' kohya-Flux converter assumes FLUX.1's widths: the tiny model's LoRA loads in this layout)
         "output": {"lora_format": "diffusers"},
     }
+
+
+def test_real_aitoolkit_trains_resumes_after_sigkill_and_agrees_with_its_own_files(tmp_path: Path, cli) -> None:
+    from safetensors import safe_open
+
+    from loraflow.engines.aitoolkit_loss_log import read_loss_log
+    from loraflow.trainer.tiny import build_tiny_flux
+
+    tiny = build_tiny_flux(tmp_path / "tiny-flux")  # a local folder: ai-toolkit takes flux-dev's road
+    spec = tiny_spec(tiny)
     path = tmp_path / "real.yaml"
     path.write_text(yaml.safe_dump(spec))
     started = time.monotonic()
@@ -137,3 +142,25 @@ def test_real_aitoolkit_trains_resumes_after_sigkill_and_agrees_with_its_own_fil
     pipe.load_lora_weights(job.outputs.lora, adapter_name="loraflow")
     assert set(pipe.get_list_adapters()["transformer"]) == {"aitk", "loraflow"}
     print(f"real ai-toolkit job with a SIGKILL: {elapsed:.0f} s, {compared} losses equal to loss_log.db's")
+
+
+def test_real_aitoolkit_run_that_leaves_the_lora_unchanged_fails_inert_and_is_not_packaged(
+    tmp_path: Path, cli
+) -> None:
+    """ai-toolkit runs, saves and exits 0 with a LoRA whose B matrices never moved (the spec refuses a
+    learning rate of 0; 1e-30 moves no weight measurably): the result check fails the job with lora_inert
+    and the hint naming the learning rate, and nothing is packaged."""
+    from loraflow.trainer.tiny import build_tiny_flux
+
+    tiny = build_tiny_flux(tmp_path / "tiny-flux")
+    path = tmp_path / "inert.yaml"
+    path.write_text(yaml.safe_dump(tiny_spec(tiny, steps=12, learning_rate=1e-30)))
+    assert cli("train", path).code != 0
+    store = Store()
+    job = store.list_jobs()[0]
+    assert job.state is JobState.FAILED, job.error
+    (error,) = store.events(job.id, types=["error"])
+    assert error.data["code"] == "lora_inert", error.data
+    assert "learning_rate 1e-30" in error.data["hint"] and "base weights" in error.data["message"]
+    assert job.outputs.bundle is None
+    assert "package" not in [e.data["stage"] for e in store.events(job.id, types=["stage.started"])]

@@ -170,3 +170,16 @@ def test_small_images_train_at_their_own_size_on_ai_toolkit_as_on_kohya() -> Non
     assert large["width"] * large["height"] <= 1024 * 1024 < 2 * large["width"] * large["height"]
     datasets = tomllib.loads(dataset_toml(spec("kohya"), LAYOUT))["datasets"]
     assert all(d["bucket_no_upscale"] is True and d["bucket_reso_steps"] == 64 for d in datasets)
+
+
+def test_resumed_musubi_run_still_samples_at_its_last_step() -> None:
+    """musubi restarts its step count on resume (it trains the steps left, from 0): the end-only round must be
+    at the run's last step, not at the whole job's step count, which a resumed run never reaches."""
+    from loraflow.engines.musubi_config import train_args
+
+    s = spec("musubi", "wan2.1-t2v-1.3b", dataset={"captions": {"dropout_rate": 0.0}}, training={"steps": 60},
+             sampling={"every_n_steps": 0})
+    first, resumed = train_args(s, LAYOUT), train_args(s, LAYOUT, offset=20)
+    assert first[first.index("--sample_every_n_steps") + 1] == "60"
+    assert resumed[resumed.index("--max_train_steps") + 1] == "40"
+    assert resumed[resumed.index("--sample_every_n_steps") + 1] == "40"

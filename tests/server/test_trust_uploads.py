@@ -386,34 +386,28 @@ def test_service_users_webhooks_are_signed_with_their_own_secret(
     assert not verify(SHARED, headers[HEADER], body) and not verify(bob, headers[HEADER], body)
 
 
-def test_the_followers_notifier_keeps_the_same_policy_and_secret(
+def test_the_workers_dispatcher_keeps_the_same_policy_and_secret(
     receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Jobs the worker's event loop follows deliver through AsyncNotifier: same per-user secret and policy."""
-    import asyncio
-
-    import httpx
-
-    from loraflow.notify.notifier import AsyncNotifier
+    """Jobs whose runner is gone are delivered by the worker's Dispatcher (every job's outbox): the same
+    per-user secret and address policy as a runner's Notifier."""
+    from loraflow.notify.notifier import Dispatcher
 
     monkeypatch.setenv("LORAFLOW_WEBHOOK_SECRET", SHARED)
+    monkeypatch.setenv("LORAFLOW_WEBHOOK_RETRY_S", "0.01")
     store = Store()
-    target = [NotificationTarget(type="webhook", url=receiver.url, events=["job.created"])]
-    records: dict[str, list[dict]] = {}
+    target = [{"type": "webhook", "url": receiver.url, "events": ["job.created"]}]
 
-    async def follow(owner: str) -> None:
-        job = store.create_job(parse_spec({**SPEC, "dataset": {"path": "/x"}}), owner=owner)
-        async with httpx.AsyncClient() as client:
-            record = records.setdefault(owner, [])
-            notifier = AsyncNotifier(store, job.id, target, client, lambda _type, data: record.append(data))
-            notifier.feed(store.events(job.id), store.get(job.id))
-            await notifier.close()
+    def deliver(owner: str) -> list[dict]:
+        job = store.create_job(parse_spec({**SPEC, "dataset": {"path": "/x"}, "notifications": target}), owner=owner)
+        Dispatcher(store, poll_s=0.05).start().stop(flush_timeout_s=30)
+        return [e.data for e in store.events(job.id, types=["webhook.delivery"])]
 
-    asyncio.run(follow("carol"))
-    assert receiver.received == [] and "loopback" in records["carol"][0]["error"]
+    carol = deliver("carol")
+    assert receiver.received == [] and carol and "loopback" in carol[0]["error"]
     monkeypatch.setenv("LORAFLOW_WEBHOOK_ALLOW_PRIVATE", "1")
-    asyncio.run(follow("bob"))
-    assert records["bob"][0]["ok"]
+    bob = deliver("bob")
+    assert bob and bob[-1]["ok"], bob
     _payload, body, headers = receiver.received[0]
     assert verify(user_secret(SHARED, "bob"), headers[HEADER], body) and not verify(SHARED, headers[HEADER], body)
 

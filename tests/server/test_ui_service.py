@@ -36,24 +36,44 @@ def test_docs_use_only_assets_shipped_with_loraflow(client: TestClient) -> None:
     assert client.get("/static/app.css").status_code == 200  # the UI's own assets are still there
 
 
-def test_an_engine_that_is_not_installed_is_a_message_on_the_wizard(
-    client: TestClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Any UserInputError the submit door raises (here: the engine preflight's) is shown with its fix."""
-    from loraflow.errors import UserInputError
+def test_an_engine_that_is_not_installed_is_a_message_on_the_wizard(client: TestClient) -> None:
+    """A web user cannot run the operator's install command: the page says what they can do instead."""
     from tests.conftest import EXAMPLES
 
-    def missing_engine(*args: object, **kw: object) -> None:
-        raise UserInputError("ai-toolkit is not installed here", fix="run `loraflow engines install ai-toolkit`")
-
-    monkeypatch.setattr("loraflow.running.submit.submit", missing_engine)  # the one submit door
     files = [("files", (p.name, p.read_bytes())) for p in sorted((EXAMPLES / "sample_dataset").iterdir())]
     upload = client.post("/ui/uploads", files=files, follow_redirects=False).headers["location"]
-    form = {"name": "three-lines", "trigger_word": "ohwx", "base_model": "flux-dev"}
+    form = {"name": "three-lines", "trigger_word": "ohwx", "base_model": "flux-dev", "where": "local"}
     page = client.post(f"{upload}/start", data=form, headers={"accept": "text/html"})
     assert page.status_code == 422 and "Traceback" not in page.text
-    assert "ai-toolkit is not installed here Fix: run `loraflow engines install ai-toolkit`" in page.text
+    assert "this server has no ai-toolkit installed" in page.text and "choose another engine" in page.text
+    assert "loraflow engines install" not in page.text  # the operator's command, not the user's
     assert 'value="ohwx"' in page.text and 'value="three-lines"' in page.text
+
+
+def test_the_queue_page_shows_places_and_hides_other_users_jobs() -> None:
+    from loraflow.jobs.store import Store
+    from loraflow.server.tokens import create_token
+    from loraflow.spec import parse_spec
+    from tests.conftest import EXAMPLES
+
+    store = Store()
+    spec = {"dataset": {"path": str(EXAMPLES / "sample_dataset")}, "base_model": "tiny-flux"}
+    mine = store.create_job(parse_spec({**spec, "name": "mine"}), owner="alice")
+    store.create_job(parse_spec({**spec, "name": "theirs"}), owner="bob")
+    app = create_app(config=ServiceConfig(), sweep_every_s=None)
+    ui.install(app)
+    from tests.server.test_abuse_web import log_in
+
+    with TestClient(app) as c:
+        log_in(c, create_token(store, "alice"))
+        page = c.get("/queue")
+        assert page.status_code == 200
+        assert f'href="/jobs/{mine.id}">mine<' in page.text and "theirs" not in page.text
+        assert "another user&#39;s job" in page.text or "another user's job" in page.text
+    with TestClient(app) as c:
+        log_in(c, create_token(store, "root", admin=True))
+        admin = c.get("/queue").text
+        assert "theirs" in admin and "<td>bob</td>" in admin and "<td>alice</td>" in admin
 
 
 def test_the_loss_chart_has_labelled_axes() -> None:

@@ -139,6 +139,9 @@ def test_events_are_sentences_never_python_values() -> None:
     )
     assert acquired == "host acquired: RTX 4090 on vastai at $0.400/h (instance 7)"
     assert describe("cost", {"usd": 0.1, "rate_usd_h": 0.4}) is None  # in the bar, not a line every few seconds
+    near = {"code": "near_duplicate", "severity": "warning", "message": "looks almost the same as a.jpg (distance 2)",
+            "fix": "keep the better of the two", "file": "b.jpg"}  # fmt: skip
+    assert "b.jpg: looks almost the same as a.jpg" in str(describe("dataset.finding", near))  # both files named
     unknown = describe("credits.settled", {"usd": 1.5, "note": None, "job": {"id": "x"}})
     for raw in ("{", "}", "None", "'"):
         assert raw not in unknown
@@ -158,7 +161,19 @@ def test_jobs_show_prints_no_none_and_no_dicts(tmp_path: Path, cli) -> None:
 def test_operator_commands_are_grouped_under_admin(cli) -> None:
     listing = cli("--help").out
     names = {m.group(1) for m in re.finditer(r"│ (\w+)\s{2,}", listing)}
-    assert "admin" in names and not names & {"tokens", "credits", "gc", "reap", "worker"}
+    assert "admin" in names and not names & {"tokens", "credits", "gc", "reap", "worker", "store"}
     assert cli("admin", "tokens", "--help").code == 0
     assert cli("tokens", "--help").code == 0  # the old spelling still runs
     assert "<bool>" not in cli("train", "--help").out
+
+
+def test_a_captioner_that_cannot_run_here_is_refused_at_once(tmp_path: Path, cli) -> None:
+    """An offline hub used to mean minutes of silence before a traceback; now the reason comes first."""
+    import shutil
+
+    photos = tmp_path / "photos"
+    shutil.copytree(EXAMPLES / "sample_dataset", photos)
+    result = cli("caption", "run", photos, "--backend", "florence2")  # no model cached, HF_HUB_OFFLINE=1
+    assert result.code == 2
+    text = " ".join(result.err.split())
+    assert "the florence2 captioner cannot run here" in text and "--backend template" in text

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from sqlalchemy import text
 
 from loraflow.jobs.outputs import JobOutputs
+from loraflow.jobs.states import JobState
 from loraflow.jobs.store import Store
 from loraflow.spec import parse_spec
 
@@ -98,3 +99,19 @@ def test_the_trust_the_submit_door_records_decides_the_webhook_policy() -> None:
     store.update_outputs(alice.id, trust="operator")
     store.update_outputs(local.id, trust="service")
     assert not is_service_job(store.get(alice.id)) and is_service_job(store.get(local.id))
+
+
+def test_a_checkpoint_that_failed_the_result_check_is_never_published() -> None:
+    from loraflow.errors import Refused
+    from loraflow.running.publishing import publish
+
+    spec = parse_spec({**SPEC.to_dict(), "publish": {"targets": [{"type": "s3", "bucket": "b"}]}})
+    store = Store()
+    job = store.create_job(spec)
+    for state in (JobState.PREPARING, JobState.PROVISIONING, JobState.TRAINING, JobState.FINISHING,
+                  JobState.COMPLETED):
+        store.transition(job.id, state)
+    store.update_outputs(job.id, lora_check={"final": None, "checkpoints": {"10": "lora_inert"},
+                                             "failed_checkpoints": [10]})
+    with pytest.raises(Refused, match=r"checkpoint 10 .* failed the result check"):
+        publish(store, job.id, checkpoint=10)

@@ -120,3 +120,22 @@ def test_the_gpu_count_reaches_the_spec_and_preflight_refuses_more_than_the_mach
     with pytest.raises(nb.NotebookStop) as err:
         nb.preflight(settings, require_gpu=False)
     assert "gpus=2 but this machine has 1 GPU" in str(err.value)
+
+
+def test_asking_for_a_token_headless_goes_on_with_a_message(monkeypatch, capsys) -> None:
+    """The shipped notebook run with no input box (nbclient, papermill) used to end in a traceback."""
+    import getpass
+
+    from IPython.core.error import StdinNotImplementedError
+
+    from loraflow.notebook.settings import ask_secret
+
+    def no_stdin(prompt: str = "") -> str:
+        raise StdinNotImplementedError("getpass was called, but this frontend does not support input requests.")
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(getpass, "getpass", no_stdin)
+    ask_secret("HF_TOKEN")  # no exception
+    out = capsys.readouterr().out
+    assert "HF_TOKEN not set and this notebook cannot ask for it here" in out
+    assert "HF_TOKEN" not in __import__("os").environ

@@ -106,7 +106,7 @@ LAZY: dict[str, tuple[Callable[[str], click.Command], str]] = {
     ),
 }
 # The operator's commands: listed under `loraflow admin`, not among a user's; `loraflow tokens ...` still runs.
-OPERATOR = ("tokens", "credits", "gc", "reap", "worker")
+OPERATOR = ("tokens", "credits", "gc", "reap", "worker", "store")
 
 
 def _admin(name: str) -> click.Command:
@@ -116,7 +116,7 @@ def _admin(name: str) -> click.Command:
     return group
 
 
-LAZY["admin"] = (_admin, "Operator commands: tokens, credits, gc, reap, worker.")
+LAZY["admin"] = (_admin, "Operator commands: tokens, credits, gc, reap, worker, store.")
 _loaded: dict[str, click.Command] = {}
 
 

@@ -59,7 +59,19 @@ def run(
         )
     except ValidationError as exc:
         raise UserInputError("; ".join(explain(exc)), fix="see `loraflow caption run --help`") from None
-    counts = caption_folder(_folder(folder), policy, caption_ext)
+    from loraflow.caption.available import why_not
+
+    reason = why_not(backend) if model is None else None
+    if reason:  # before any model load: an offline hub used to mean minutes of silence, then a traceback
+        raise UserInputError(f"the {backend} captioner cannot run here: {reason}", where="--backend",
+                             fix="use --backend template, give --model a local folder, or allow downloads")  # fmt: skip
+    # Loading a captioner (downloading its model the first time) takes a while: say so, then count images.
+    with console.status(f"loading the {backend} captioner (its model is downloaded the first time)...") as status:
+
+        def progress(done: int, total: int) -> None:
+            status.update(f"captioning with {backend}: {done}/{total} images")
+
+        counts = caption_folder(_folder(folder), policy, caption_ext, on_progress=progress)
     console.print(f"{counts['captioned']} captioned, {counts['kept']} kept, of {counts['images']} images")
 
 

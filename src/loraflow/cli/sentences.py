@@ -77,6 +77,9 @@ def _plain(e_type: str, d: dict[str, Any]) -> str | None:
             return "job cancelled"
         case "published":
             return f"published: {_fields(d)}"
+        case "lora.checked":
+            verdict = "passes" if d.get("code") == "ok" else str(d.get("code"))
+            return f"result check: {d.get('file')} {verdict} ({d.get('message')})"
     return None
 
 
@@ -85,8 +88,12 @@ def describe(e_type: str, d: dict[str, Any]) -> str | None:
     match e_type:
         case "stall.detected":
             return f"[yellow]stall: {escape(words(d.get('message')))} -> {escape(words(d.get('action')))}[/yellow]"
-        case "warning" | "dataset.finding":
+        case "warning":
             return f"[yellow]warning: {escape(words(d.get('message')))}[/yellow]"
+        case "dataset.finding":  # which file, then what: "b.jpg: looks almost the same as a.jpg"
+            where = f"{d['file']}: " if d.get("file") else ""
+            fix = f" Fix: {d['fix']}" if d.get("fix") else ""
+            return f"[yellow]dataset: {escape(where + words(d.get('message')) + fix)}[/yellow]"
         case "error":
             hint = f" — {d['hint']}" if d.get("hint") else ""
             return f"[red]error: {escape(words(d.get('message')))}{escape(hint)}[/red]"

@@ -85,16 +85,18 @@ def _model_files(spec: TrainSpec) -> dict[str, str]:
     return model_paths(spec, spec.catalog_entry.kohya_files)
 
 
-def sample_and_extra_args(spec: TrainSpec, layout: JobLayout) -> list[str]:
-    """Sampling cadence and the passed-through `engine.options.args`, the same for kohya and musubi."""
+def sample_and_extra_args(spec: TrainSpec, layout: JobLayout, steps: int | None = None) -> list[str]:
+    """Sampling cadence and the passed-through `engine.options.args`, the same for kohya and musubi. `steps`:
+    the steps this run counts to, when not training.steps (a resumed musubi run counts from 0 again)."""
     s, t = spec.sampling, spec.training
+    steps = t.steps if steps is None else steps
     args: list[str] = []
     if s.prompts and (s.every_n_steps or s.at_end):
         args += ["--sample_prompts", str(PurePosixPath(layout.engine, PROMPTS))]
-        if s.every_n_steps or t.steps:  # at_end alone: a round at the last step
-            every = s.every_n_steps or t.steps
-            if s.at_end and t.steps and every > t.steps:
-                every = t.steps  # no round on the cadence before the end: the final one is the only one
+        if s.every_n_steps or steps:  # at_end alone: a round at the last step
+            every = s.every_n_steps or steps
+            if s.at_end and steps and every > steps:
+                every = steps  # no round on the cadence before the end: the final one is the only one
             args += ["--sample_every_n_steps", str(every)]
         else:
             args += ["--sample_every_n_epochs", str(t.epochs)]

@@ -153,7 +153,8 @@ def train_args(spec: TrainSpec, layout: JobLayout, offset: int = 0) -> list[str]
         "--output_name",
         spec.name,
     ]
-    return args + kohya_config.sample_and_extra_args(spec, layout)
+    # musubi counts a resumed run's steps from 0 again: its final sample round is at the steps left
+    return args + kohya_config.sample_and_extra_args(spec, layout, t.steps - offset if t.steps else None)
 
 
 def cache_steps(spec: TrainSpec, layout: JobLayout, python: str, root: Path) -> list[list[str]]:

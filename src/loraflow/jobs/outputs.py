@@ -20,6 +20,7 @@ class JobOutputs(BaseModel):
     bundle: str | None = None  # the newest bundle (.zip) built for the job
     lora: str | None = None  # the trained LoRA file in the job folder
     dataset_hash: str | None = None  # the prepared dataset's manifest digest
+    lora_check: dict[str, Any] | None = None  # the result check's verdicts: final, checkpoints, failed_checkpoints
     images: int | None = None  # usable images the dataset check counted
     holdout: list[str] = Field(default_factory=list)  # images kept out of training for the scorecard
     scorecard: dict[str, Any] | None = None  # the result check's summary: best checkpoint and why, rows, verdict

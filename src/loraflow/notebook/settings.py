@@ -68,7 +68,16 @@ def ask_secret(name: str) -> None:
     if not os.environ.get(name):
         import getpass
 
-        value = getpass.getpass(f"{name} (leave empty to skip): ")
+        try:
+            value = getpass.getpass(f"{name} (leave empty to skip): ")
+        except (EOFError, OSError, RuntimeError) as exc:
+            # Run headless (nbclient, papermill, "Run All" with no input box): ipykernel raises
+            # StdinNotImplementedError, a RuntimeError. Not asking is right there; a traceback is not.
+            print(
+                f"{name} not set and this notebook cannot ask for it here ({type(exc).__name__}): going on without "
+                f"it. Set {name} in the environment if the base model is gated or you publish to Hugging Face."
+            )
+            return
         if value:
             os.environ[name] = value
 

@@ -11,6 +11,7 @@ from loraflow.jobs.states import JobState
 from loraflow.jobs.store import Job, Store
 from loraflow.platform.registry import record_published
 from loraflow.publish.publisher import publish_job
+from loraflow.running.result_check import failed_checkpoints
 
 TARGET_TYPES = ("huggingface", "s3", "comfydeploy")
 NOT_GRANTED = (
@@ -48,6 +49,9 @@ def publish(
     """Check, publish the final LoRA (or a kept checkpoint) to the spec's targets, and record where it went."""
     job = store.get(job_id)
     check_publish(job, only, comfydeploy_granted)
+    if checkpoint is not None and checkpoint in failed_checkpoints(job.outputs):
+        raise Refused(409, "conflict", f"checkpoint {checkpoint} of job {job.id} failed the result check "
+                      "(see its lora.checked event)", fix="publish the final LoRA or another kept checkpoint")
     results = publish_job(store, job, checkpoint, only=only)
     record_published(store, job.id, results)
     return results

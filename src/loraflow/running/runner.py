@@ -34,6 +34,7 @@ from loraflow.monitor import events as ev
 from loraflow.running.context import JobFailed, RunContext, Stage, StopAsked, Terminated
 from loraflow.running.control import runner_lock
 from loraflow.running.place import place_for
+from loraflow.running.result_check import ResultCheck
 from loraflow.running.stages import Acquire, Package, Prepare, Publish, Render
 from loraflow.running.training import Train
 from loraflow.spec import TrainSpec
@@ -68,7 +69,7 @@ class JobRunner:
         # Set by a worker that has a follower: once training runs, the follower follows it, not us.
         # (W&B's SDK keeps one run per process, so a job logging to it is followed by its own runner.)
         handoff = os.environ.get("LORAFLOW_HANDOFF") == "1" and place.can_hand_off and not self.spec.wandb.enabled
-        self.stages: list[Stage] = [Prepare(), Render(), Acquire(), Train(handoff), Package()]
+        self.stages: list[Stage] = [Prepare(), Render(), Acquire(), Train(handoff), ResultCheck(), Package()]
 
     def on_terminate(self, signum: int, _frame: Any) -> None:
         """SIGTERM handler (installed by main): leave at once where that is safe, else at the next check."""

@@ -22,7 +22,6 @@ from loraflow.server.limits import Quotas
 from loraflow.server.problems import Problem
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-SAFE_NAME = re.compile(r"^[\w.\- ]{1,200}$")
 UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -33,17 +32,24 @@ async def save_files(uploads: list[UploadFile], folder: Path, limit: int) -> Pat
     single_archive = len(uploads) == 1 and (uploads[0].filename or "").lower().endswith((".zip", ".tar", ".tar.gz"))
     dest_dir = folder if single_archive else folder / "dataset"
     dest_dir.mkdir(exist_ok=True)
+    taken: set[str] = set()
+    names = []
     for upload in uploads:
-        name = Path(upload.filename or "").name
-        if not name or not SAFE_NAME.match(name) or name.startswith("."):
-            raise Problem(422, "bad file name", f"{upload.filename!r} is not an acceptable file name")
+        # Renamed as archive members are (`IMG_1 (copy).jpg` -> `IMG_1_copy_.jpg`, its caption alike), never
+        # refused: one odd name used to reject the whole batch.
+        name = stored_name(Path(upload.filename or "").name, taken)
+        if not name:
+            continue  # a hidden file (.DS_Store): not part of a dataset
+        names.append(name)
         with open(dest_dir / name, "wb") as out:
             while chunk := await upload.read(1 << 20):
                 total += len(chunk)
                 if total > limit:
                     raise Problem(413, "upload too large", f"the upload is over {limit // (1 << 20)} MB")
                 out.write(chunk)
-    return dest_dir / Path(uploads[0].filename or "").name if single_archive else dest_dir
+    if not names:
+        raise Problem(422, "no files", "the upload holds no images (only hidden files)")
+    return dest_dir / names[0] if single_archive else dest_dir
 
 
 def stored_name(path: str, taken: set[str]) -> str | None:
@@ -118,6 +124,13 @@ def image(dataset: Path, name: str) -> Path:
     if "/" in name or not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
         raise Problem(422, "unknown image", f"{name!r} is not an image of this upload")
     return path
+
+
+def remove(dataset: Path, name: str) -> None:
+    """Take one image and its caption out of an upload (the grid's Remove)."""
+    path = image(dataset, name)
+    path.with_suffix(".txt").unlink(missing_ok=True)
+    path.unlink()
 
 
 def captions(dataset: Path) -> dict[str, str]:

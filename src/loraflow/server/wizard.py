@@ -70,6 +70,10 @@ def model_defaults() -> dict[str, dict[str, str]]:
     return out
 
 
+# The Start form's fields outside "Advanced settings", each kept as typed when the page comes back.
+CHOICES = ("engine", "where", "network.rank", "network.alpha", "caption_backend", "sample_prompts", "budget_usd")
+
+
 def kept_input(form: dict[str, Any]) -> dict[str, Any]:
     """What the user typed in the Start form, to fill it in again when the page comes back with an error."""
     values = {k.split(".", 1)[1]: str(v) for k, v in form.items() if k.startswith("training.") and str(v).strip()}
@@ -80,6 +84,7 @@ def kept_input(form: dict[str, Any]) -> dict[str, Any]:
         "chosen_preset": str(form.get("vram_preset") or ""),
         "chosen_gpus": str(form.get("gpus") or "1"),
         "values": values,
+        "chosen": {k: str(form.get(k) or "") for k in CHOICES},
     }
 
 
@@ -105,22 +110,85 @@ def settings_spec(folder: Path, form: dict[str, Any]) -> dict[str, Any]:
                 training[key.split(".", 1)[1]] = json.loads(text)
             except ValueError:
                 training[key.split(".", 1)[1]] = text
+    if form.get("vram_preset"):  # a training key (the form used to put it at the spec's top level)
+        training["vram_preset"] = _number(form["vram_preset"])
+    dataset: dict[str, Any] = {"path": str(folder), "trigger_word": str(form.get("trigger_word") or "").strip() or None}
+    if str(form.get("caption_backend") or "").strip():
+        dataset["captions"] = {"backend": str(form["caption_backend"]).strip()}
     raw: dict[str, Any] = {
         "name": str(form.get("name") or "lora").strip(),
-        "dataset": {"path": str(folder), "trigger_word": str(form.get("trigger_word") or "").strip() or None},
+        "dataset": dataset,
         "base_model": str(form.get("base_model") or "tiny-flux"),
     }
-    if form.get("vram_preset"):
-        raw["vram_preset"] = int(str(form["vram_preset"]))
+    if str(form.get("engine") or "").strip():
+        raw["engine"] = str(form["engine"]).strip()
+    typed = {key: str(form.get(f"network.{key}") or "").strip() for key in ("rank", "alpha")}
+    network = {key: _number(text) for key, text in typed.items() if text}
+    if network:
+        raw["network"] = network
+    compute: dict[str, Any] = {}
     gpus = str(form.get("gpus") or "1").strip()
     if gpus != "1":  # kept as typed when not a number: the spec names compute.gpus and the fix
-        raw["compute"] = {"gpus": int(gpus) if gpus.isdigit() else gpus}
+        compute["gpus"] = int(gpus) if gpus.isdigit() else gpus
     if training:
         raw["training"] = training
+    prompts = [line.strip() for line in str(form.get("sample_prompts") or "").splitlines() if line.strip()]
+    if prompts:
+        raw["sampling"] = {"prompts": prompts}
+    if str(form.get("budget_usd") or "").strip():
+        raw["budget"] = {"max_usd": _number(form["budget_usd"])}
+    where = str(form.get("where") or "").strip()
+    if where.startswith("ssh:"):
+        compute |= {"provider": "ssh", "target": where[4:]}
+    elif where:
+        compute["provider"] = where
+    if compute:
+        raw["compute"] = compute
     return raw
 
 
-def wizard_context(folder: Path, upload_id: str) -> dict[str, Any]:
+def _number(value: Any) -> Any:
+    """A form field's number as a number (pydantic then names the key if it is not one)."""
+    text = str(value).strip()
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def where_choices(config: Any) -> list[tuple[str, str]]:
+    """Where a web user may train: only what the operator granted (this server, its named SSH hosts, the
+    providers it rents from), as (form value, label)."""
+    grants = getattr(config, "grants", None)
+    providers = sorted(grants.providers) if grants else ["local", "vastai"]
+    out = [("local", "this server")] if "local" in providers else []
+    out += [(f"ssh:{name}", f"SSH host {name}") for name in sorted(grants.ssh_hosts if grants else ())]
+    labels = {"vastai": "a rented GPU on Vast.ai (priced before renting)"}
+    out += [(p, labels.get(p, p)) for p in providers if p not in ("local", "ssh")]
+    return out
+
+
+def engine_choices(config: Any) -> dict[str, list[dict[str, Any]]]:
+    """Per base model, the engines a web user may pick, with whether this server has each installed (a job on
+    this server needs it; a rented host installs its own)."""
+    from loraflow.catalog import base_models
+    from loraflow.engines.installed import ENTRY, describe
+
+    grants = getattr(config, "grants", None)
+    hosted = grants.hosted_engines if grants else frozenset()
+    installed = {name: describe(name).found for name in ENTRY}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for model in base_models().values():
+        rows = []
+        for name in model.engines:
+            if name == "fal" and name not in hosted:
+                continue  # spends the operator's fal account: only when granted
+            rows.append({"name": name, "here": installed.get(name, True), "default": name == model.default_engine})
+        out[model.id] = rows
+    return out
+
+
+def wizard_context(folder: Path, upload_id: str, config: Any = None) -> dict[str, Any]:
     """What the wizard page shows for an upload: its check, its captions and the settings to choose."""
     from loraflow.caption.available import captioner_status
     from loraflow.catalog import base_models, vram_presets
@@ -154,4 +222,22 @@ def wizard_context(folder: Path, upload_id: str) -> dict[str, Any]:
         "values": {},
         "presets": sorted(vram_presets()),
         "advanced": advanced,
+        "engines": engine_choices(config),
+        "where": where_choices(config),
+        "chosen": {},
+        "network_defaults": network_defaults(),
     }
+
+
+def network_defaults() -> dict[str, dict[str, Any]]:
+    """Each model's rank, alpha and sample prompt, shown greyed in the form until the user types their own."""
+    from loraflow.catalog import base_models, defaults_for
+    from loraflow.spec import NetworkSpec, SamplingSpec
+
+    out = {}
+    for model in base_models().values():
+        merged = defaults_for(model, model.default_engine, None)
+        net = {**NetworkSpec().model_dump(), **merged.get("network", {})}
+        prompts = merged.get("sampling", {}).get("prompts") or SamplingSpec().prompts
+        out[model.id] = {"rank": net["rank"], "alpha": net["alpha"], "prompts": "\n".join(prompts)}
+    return out

@@ -7,7 +7,8 @@ same way: the loss is set (a redraw at the old count) before the count moves on 
 0.1 s passed), and a save named `_000000010` is written after the 11th step.
 
 Faults for tests, from the environment: AITK_STANDIN_OOM_AT=N raises CUDA OOM at step N;
-AITK_STANDIN_STEP_S sets seconds per step (default 0.01).
+AITK_STANDIN_STEP_S sets seconds per step (default 0.01); AITK_STANDIN_INERT=1 saves every LoRA with its B
+matrices all zero, as a run whose optimizer never moved them does.
 """
 
 from __future__ import annotations
@@ -156,7 +157,8 @@ def _save(root: Path, name: str, step: int, rank: int, meta: dict[str, Any], fin
             ),
         }
     )
-    save_file(diffusers_lora(rank, seed=step), path, metadata=header)  # written in place, as ai-toolkit does
+    inert = os.environ.get("AITK_STANDIN_INERT") == "1"
+    save_file(diffusers_lora(rank, seed=step, inert=inert), path, metadata=header)  # in place, as ai-toolkit does
     print(f"Saved checkpoint to {path}")
     torch.save({"step": step}, root / "optimizer.pt")
     print(f"Saved optimizer to {root / 'optimizer.pt'}")

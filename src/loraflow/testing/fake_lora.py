@@ -1,4 +1,10 @@
-"""Small random LoRA tensors in ai-toolkit (diffusers) and kohya layouts, for the engine stand-ins."""
+"""Small random LoRA tensors in ai-toolkit (diffusers) and kohya layouts, for the engine stand-ins.
+
+Keyed as the real engines key FLUX.1 (19 double and 38 single blocks, every module the `default` target
+preset names) so they pass the result check honestly, but only 32 wide so they cost nothing to write.
+A trained LoRA's B matrices are small and non-zero; `inert=True` writes them as a trainer that never
+stepped leaves them: all zero (what the result check must refuse as lora_inert).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from loraflow.trainer.lora_format import (
 DIMS = FluxDims(inner=32, mlp=128)
 DOUBLE = ATTENTION + MLP
 SINGLE = SINGLE_ATTENTION + SINGLE_MLP
+FLUX1_BLOCKS = (19, 38)  # FLUX.1 [dev] and [schnell]: num_layers, num_single_layers
 
 
 def _shape(module: str, rank: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -26,20 +33,28 @@ def _shape(module: str, rank: int) -> tuple[tuple[int, int], tuple[int, int]]:
     return (rank, inp), (out, rank)
 
 
-def diffusers_lora(rank: int, seed: int, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+def diffusers_lora(
+    rank: int,
+    seed: int,
+    dtype: torch.dtype = torch.float16,
+    blocks: tuple[int, int] = FLUX1_BLOCKS,
+    inert: bool = False,
+) -> dict[str, torch.Tensor]:
     """What ai-toolkit saves for Flux: transformer.<module>.lora_A/B, no alpha keys (alpha = rank)."""
     gen = torch.Generator().manual_seed(seed)
     out = {}
-    for prefix, names in (("transformer_blocks", DOUBLE), ("single_transformer_blocks", SINGLE)):
-        for i in range(2):
+    streams = (("transformer_blocks", DOUBLE, blocks[0]), ("single_transformer_blocks", SINGLE, blocks[1]))
+    for prefix, names, count in streams:
+        for i in range(count):
             for name in names:
                 a, b = _shape(name, rank)
+                up = torch.zeros(b) if inert else torch.randn(b, generator=gen) * 0.01
                 out[f"transformer.{prefix}.{i}.{name}.lora_A.weight"] = torch.randn(a, generator=gen).to(dtype)
-                out[f"transformer.{prefix}.{i}.{name}.lora_B.weight"] = (torch.randn(b, generator=gen) * 0.01).to(dtype)
+                out[f"transformer.{prefix}.{i}.{name}.lora_B.weight"] = up.to(dtype)
     return out
 
 
-def kohya_lora(rank: int, alpha: float, seed: int) -> dict[str, torch.Tensor]:
-    state = diffusers_lora(rank, seed, torch.float32)
+def kohya_lora(rank: int, alpha: float, seed: int, inert: bool = False) -> dict[str, torch.Tensor]:
+    state = diffusers_lora(rank, seed, torch.float32, inert=inert)
     kohya = to_kohya_layout(diffusers_modules(state, alpha), DIMS)
     return {k: (v if k.endswith(".alpha") else v.to(torch.bfloat16)) for k, v in kohya.items()}

@@ -18,7 +18,8 @@ The status answer carries `logs` only when asked (`logs=1` or `logs=true`; `logs
 Every queue and storage-initiate call needs `Authorization: Key <FAL_KEY>` (401 otherwise). A request
 moves one state per status poll: through `queue` positions, then `progress_polls` rounds of logs with
 step counters, then COMPLETED. `fail="result"` makes the finished request answer 500, as a failed run does;
-`result_503s = N` makes the next N reads of a result answer 503, as a busy gateway does.
+`result_503s = N` makes the next N reads of a result answer 503, as a busy gateway does; `inert = True`
+(`--inert`) returns a LoRA whose B matrices are all zero, as a run that trained nothing would.
 
 Inspection (not fal's API): GET /_emu/state.
 
@@ -43,13 +44,13 @@ from urllib.parse import parse_qs, urlparse
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
-def lora_bytes(rank: int = 16, seed: int = 7) -> bytes:
+def lora_bytes(rank: int = 16, seed: int = 7, inert: bool = False) -> bytes:
     """A small diffusers-layout Flux LoRA, as fal's trainers write (transformer.*.lora_A/B)."""
     from safetensors.torch import save
 
     from loraflow.testing.fake_lora import diffusers_lora
 
-    return save(diffusers_lora(rank, seed), metadata={"format": "pt"})
+    return save(diffusers_lora(rank, seed, inert=inert), metadata={"format": "pt"})
 
 
 @dataclass
@@ -70,6 +71,7 @@ class FalEmulator:
         self.progress_polls = progress_polls
         self.fail = fail
         self.result_503s = 0  # the next result reads answered 503 by the gateway (a transient failure)
+        self.inert = False  # return an all-zero LoRA (a run that trained nothing)
         self.files: dict[str, tuple[str, bytes]] = {}  # token -> (name, bytes)
         self.pending_uploads: dict[str, str] = {}  # token -> file name
         self.cdn_token = uuid.uuid4().hex  # what POST /storage/auth/token hands out for the CDN calls
@@ -306,7 +308,7 @@ class FalEmulator:
             return h._answer(500, {"detail": "Training failed: CUDA error: an illegal memory access was encountered"})
         lora_token, config_token = f"lora-{r.id}", f"config-{r.id}"
         if lora_token not in self.files:
-            self.files[lora_token] = ("pytorch_lora_weights.safetensors", lora_bytes())
+            self.files[lora_token] = ("pytorch_lora_weights.safetensors", lora_bytes(inert=self.inert))
             config = {"trigger_word": r.input.get("trigger_word"), "steps": r.input.get("steps", 1000)}
             self.files[config_token] = ("config.json", json.dumps(config).encode())
         lora, config_data = self.files[lora_token], self.files[config_token]
@@ -332,8 +334,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--key", default="emu-key-id:emu-secret")
     parser.add_argument("--fail", default="", choices=["", "result"])
+    parser.add_argument("--inert", action="store_true", help="return an all-zero LoRA")
     args = parser.parse_args()
     emulator = FalEmulator(args.key, fail=args.fail)
+    emulator.inert = args.inert
     print(f"fal emulator at {emulator.start(args.port)} (FAL_QUEUE_URL and FAL_STORAGE_URL)", flush=True)
     threading.Event().wait()
 

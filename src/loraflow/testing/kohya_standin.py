@@ -11,7 +11,8 @@ by that run-local step); the bar counts `max_train_steps - initial_step` from 0.
 
 Faults for tests: KOHYA_STANDIN_OOM_AT=N raises CUDA OOM at step N; KOHYA_STANDIN_NAN_AT=N makes the loss NaN
 from step N; KOHYA_STANDIN_STEP_S seconds per step (0.01 by default: above tqdm's 0.1 s `mininterval` each
-step prints two bar lines, as on a real GPU, the first with the previous step's avr_loss).
+step prints two bar lines, as on a real GPU, the first with the previous step's avr_loss);
+KOHYA_STANDIN_INERT=1 saves every LoRA with all-zero up matrices (a run that never moved them).
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ class Log:
             tail = where if i == 0 else ""
             sys.stderr.write(f"{prefix}{text.ljust(width)} {tail}".rstrip() + "\n")
         sys.stderr.flush()
+
+
+def _inert() -> bool:  # read at each save, like the other faults
+    return os.environ.get("KOHYA_STANDIN_INERT") == "1"
 
 
 def loss_at(step: int, total: int) -> float:
@@ -150,7 +155,7 @@ def save_step(
     path = out / f"{name}-step{step:08d}.safetensors"
     print(f"\nsaving checkpoint: {path}", flush=True)
     save_file(
-        kohya_lora(rank, alpha, step),
+        kohya_lora(rank, alpha, step, inert=_inert()),
         path,
         metadata={
             "ss_network_dim": str(rank),
@@ -316,7 +321,7 @@ def run(argv: list[str]) -> int:
     final = out / f"{name}.safetensors"
     print(f"\nsaving checkpoint: {final}", flush=True)
     save_file(
-        kohya_lora(rank, alpha, global_step),
+        kohya_lora(rank, alpha, global_step, inert=_inert()),
         final,
         metadata={"ss_network_dim": str(rank), "ss_network_alpha": str(alpha), "ss_steps": str(global_step)},
     )

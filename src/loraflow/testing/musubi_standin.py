@@ -7,7 +7,8 @@ writes it, `sample/<name>_000010_00_<time>_<seed>_000.png`, the final `<name>.sa
 `--resume` loads the state and the step count restarts at 0 for another `--max_train_steps`.
 
 Training refuses to start without the caches, as musubi does, so a test sees the cache steps ran first.
-Faults for tests: MUSUBI_STANDIN_STEP_S seconds per step; MUSUBI_STANDIN_OOM_AT=N raises CUDA OOM at step N.
+Faults for tests: MUSUBI_STANDIN_STEP_S seconds per step; MUSUBI_STANDIN_OOM_AT=N raises CUDA OOM at step N;
+MUSUBI_STANDIN_INERT=1 saves LoRAs whose up matrices are all zero.
 """
 
 from __future__ import annotations
@@ -104,19 +105,32 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         p.add_argument(f"--{name}", type=int)
     p.add_argument("--network_alpha", type=float, default=1.0)
     p.add_argument("--save_state", action="store_true")
+    p.add_argument("--network_args", nargs="*")
     args, _ = p.parse_known_args(argv)
     return args
 
 
-def _lora(rank: int, alpha: float, seed: int) -> dict[str, torch.Tensor]:
-    """lora_wan's key layout: lora_unet_blocks_<i>_<module> with lora_down/lora_up/alpha."""
+WAN_MODULES = [f"self_attn_{x}" for x in "qkvo"] + [f"cross_attn_{x}" for x in "qkvo"] + ["ffn_0", "ffn_2"]
+
+
+def _lora(args: argparse.Namespace, seed: int) -> dict[str, torch.Tensor]:
+    """lora_wan's key layout: lora_unet_blocks_<i>_<module> with lora_down/lora_up/alpha, for every block of
+    the task's model (Wan 2.1 1.3B: 30, the 14B models: 40) and every Linear lora_wan adapts there, minus
+    what `exclude_patterns` names; 16 wide (64 in the MLP) so it costs nothing. MUSUBI_STANDIN_INERT=1
+    leaves the up matrices zero, as a run that never stepped does."""
+    rank, alpha = args.network_dim, args.network_alpha
     gen = torch.Generator().manual_seed(seed)
+    inert = os.environ.get("MUSUBI_STANDIN_INERT") == "1"
+    excluded = " ".join(a for a in (args.network_args or []) if a.startswith("exclude_patterns"))
+    modules = [m for m in WAN_MODULES if not ("ffn" in excluded and m.startswith("ffn"))]
     out = {}
-    for i in range(2):
-        for module in ("self_attn_q", "self_attn_k", "self_attn_v", "self_attn_o", "cross_attn_q", "ffn_0"):
+    for i in range(30 if (args.task or "").endswith("1.3B") else 40):
+        for module in modules:
             key = f"lora_unet_blocks_{i}_{module}"
-            out[f"{key}.lora_down.weight"] = torch.randn(rank, 16, generator=gen).to(torch.bfloat16)
-            out[f"{key}.lora_up.weight"] = (torch.randn(16, rank, generator=gen) * 0.01).to(torch.bfloat16)
+            width_in, width_out = (64, 16) if module == "ffn_2" else ((16, 64) if module == "ffn_0" else (16, 16))
+            up = torch.zeros(width_out, rank) if inert else torch.randn(width_out, rank, generator=gen) * 0.01
+            out[f"{key}.lora_down.weight"] = torch.randn(rank, width_in, generator=gen).to(torch.bfloat16)
+            out[f"{key}.lora_up.weight"] = up.to(torch.bfloat16)
             out[f"{key}.alpha"] = torch.tensor(alpha)
     return out
 
@@ -125,7 +139,7 @@ def _save_state(out: Path, name: str, step: int, seed: int, args: argparse.Names
     """accelerate's save_state: the network's weights, optimizer, scheduler, then the random states."""
     state = out / f"{name}-step{step:08d}-state"
     state.mkdir(parents=True, exist_ok=True)
-    save_file(_lora(args.network_dim, args.network_alpha, seed), state / "model.safetensors")
+    save_file(_lora(args, seed), state / "model.safetensors")
     for f in ("optimizer.bin", "scheduler.bin"):
         (state / f).write_bytes(b"\0" * 64)
     (state / "random_states_0.pkl").write_bytes(b"\0" * 16)
@@ -237,7 +251,7 @@ def train(argv: list[str] | None = None) -> int:
                     out.mkdir(parents=True, exist_ok=True)
                     ckpt = out / f"{name}-step{global_step:08d}.safetensors"
                     print(f"\nsaving checkpoint: {ckpt}", flush=True)
-                    save_file(_lora(args.network_dim, args.network_alpha, global_step), ckpt,
+                    save_file(_lora(args, global_step), ckpt,
                               metadata={"ss_steps": str(global_step), "ss_network_dim": str(args.network_dim)})
                     if args.save_state:
                         log_utils.info("")
@@ -260,7 +274,7 @@ def train(argv: list[str] | None = None) -> int:
         (state / "random_states_0.pkl").write_bytes(b"\0" * 16)
     final = out / f"{name}.safetensors"
     print(f"\nsaving checkpoint: {final}", flush=True)
-    save_file(_lora(args.network_dim, args.network_alpha, global_step), final, metadata={"ss_steps": str(global_step)})
+    save_file(_lora(args, global_step), final, metadata={"ss_steps": str(global_step)})
     log.info("model saved.")
     return 0
 

@@ -15,20 +15,15 @@ from dataclasses import dataclass
 
 import torch
 
-ATTENTION = [
-    "attn.to_q",
-    "attn.to_k",
-    "attn.to_v",
-    "attn.to_out.0",
-    "attn.add_q_proj",
-    "attn.add_k_proj",
-    "attn.add_v_proj",
-    "attn.to_add_out",
-]
-MLP = ["ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"]
-MODULATION = ["norm1.linear", "norm1_context.linear"]
-SINGLE_ATTENTION = ["attn.to_q", "attn.to_k", "attn.to_v"]
-SINGLE_MLP = ["proj_mlp", "proj_out"]
+from loraflow.trainer.flux_modules import (
+    ATTENTION,
+    DOUBLE_MAP,
+    MLP,
+    MODULATION,
+    SINGLE_ATTENTION,
+    SINGLE_MAP,
+    SINGLE_MLP,
+)
 
 
 def target_regex(preset: str | list[str]) -> str | list[str]:
@@ -50,25 +45,6 @@ def target_regex(preset: str | list[str]) -> str | list[str]:
 
 
 # --- diffusers <-> kohya key mapping ------------------------------------------------------------
-
-DOUBLE_MAP: dict[str, list[str]] = {
-    "img_attn_qkv": ["attn.to_q", "attn.to_k", "attn.to_v"],
-    "img_attn_proj": ["attn.to_out.0"],
-    "txt_attn_qkv": ["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"],
-    "txt_attn_proj": ["attn.to_add_out"],
-    "img_mlp_0": ["ff.net.0.proj"],
-    "img_mlp_2": ["ff.net.2"],
-    "txt_mlp_0": ["ff_context.net.0.proj"],
-    "txt_mlp_2": ["ff_context.net.2"],
-    "img_mod_lin": ["norm1.linear"],
-    "txt_mod_lin": ["norm1_context.linear"],
-}
-SINGLE_MAP: dict[str, list[str]] = {
-    "linear1": ["attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"],
-    "linear2": ["proj_out"],
-    "modulation_lin": ["norm.linear"],
-}
-
 
 @dataclass(frozen=True)
 class FluxDims:

@@ -75,6 +75,25 @@ def home(request: Request, page: int = 1) -> Response:
     return render(request, "jobs.html", user, **_jobs_context(store(request), user, page))
 
 
+@router.get("/queue", response_class=HTMLResponse)
+def queue_page(request: Request) -> Response:
+    """Every waiting job in the order the workers take them, with its ETA; an admin sees whose each is, a
+    user sees their own jobs by name and the others only as places ahead."""
+    from loraflow.jobs.queue import snapshot
+
+    user = session_user(request)
+    if user is None:
+        return RedirectResponse("/login", status_code=303)
+    db = store(request)
+    places = snapshot(db)
+    rows = []
+    for job_id, place in sorted(places.items(), key=lambda kv: (kv[1].waiting_for == "approval", kv[1].position)):
+        job = db.get(job_id)
+        mine = user.admin or job.owner == user.name
+        rows.append({"job": job if mine else None, "owner": job.owner if user.admin else None, "place": place})
+    return render(request, "queue.html", user, rows=rows)
+
+
 @router.get("/ui/jobs/rows", response_class=HTMLResponse)
 def job_rows(request: Request, page: int = 1) -> HTMLResponse:
     user = need_user(request)
@@ -100,8 +119,9 @@ def live_context(db: Store, job: Job) -> dict[str, Any]:
         samples.setdefault(int(path.parent.name.split("-")[1]), []).append(
             {"file": f"samples/{key}", "prompt": prompts.get(key, "")}
         )
-    checkpoints = sorted(
-        int(p.name.split("-")[1]) for p in (folder / "checkpoints").glob("step-*") if (p / "meta.json").exists()
+    checkpoints = sorted(  # newest first: the dropdown's default is the latest kept checkpoint
+        (int(p.name.split("-")[1]) for p in (folder / "checkpoints").glob("step-*") if (p / "meta.json").exists()),
+        reverse=True,
     )
     log = db.events(job.id, types=["log", "warning", "error", "stage.started", "job.state"], latest=False)
     eta = None

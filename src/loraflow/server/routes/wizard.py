@@ -55,14 +55,42 @@ def wizard(request: Request, upload_id: str) -> HTMLResponse:
     user = need_user(request)
     folder = uploads.folder(user.name, upload_id)
     with request.app.state.quotas.work(user.name):  # the dataset check: a worker thread (plain def), bounded
-        context = wizard_context(folder, upload_id)
+        context = wizard_context(folder, upload_id, request.app.state.config)
     return render(request, "wizard.html", user, **context)
 
 
-@router.post("/ui/uploads/{upload_id}/caption/{name}")
-def save_caption(request: Request, upload_id: str, name: str, caption: str = Form("")) -> Response:
-    uploads.write_caption(_upload_dir(request, upload_id), name, caption)
-    return Response(status_code=204)
+def _report(request: Request, folder: Path) -> str:
+    """The dataset report, rendered to replace the page's own (hx-swap-oob): fresh after every change. Called
+    from plain `def` routes (a worker thread), bounded like every dataset check."""
+    from loraflow.dataset import DatasetRun
+
+    with request.app.state.quotas.work(need_user(request).name):
+        report = DatasetRun(str(folder)).check()
+    return fragment(request, "_report.html", {"report": report, "oob": True}).body.decode()
+
+
+@router.post("/ui/uploads/{upload_id}/caption/{name}", response_class=HTMLResponse)
+def save_caption(request: Request, upload_id: str, name: str, caption: str = Form("")) -> HTMLResponse:
+    folder = _upload_dir(request, upload_id)
+    uploads.write_caption(folder, name, caption)
+    return HTMLResponse(_report(request, folder))
+
+
+@router.post("/ui/uploads/{upload_id}/remove/{name}", response_class=HTMLResponse)
+def remove_image(request: Request, upload_id: str, name: str) -> HTMLResponse:
+    """Take one image (and its caption) out of the upload; the grid loses its tile, the report is redone."""
+    folder = _upload_dir(request, upload_id)
+    uploads.remove(folder, name)
+    return HTMLResponse(_report(request, folder))
+
+
+@router.post("/ui/uploads/{upload_id}/recaption/{name}", response_class=HTMLResponse)
+def recaption_image(request: Request, upload_id: str, name: str, backend: str = Form("template")) -> HTMLResponse:
+    """Caption one image again: its caption is cleared and the captioner fills what is missing (this one)."""
+    folder = _upload_dir(request, upload_id)
+    uploads.write_caption(folder, name, "")
+    uploads.image(folder, name).with_suffix(".txt").unlink(missing_ok=True)
+    return autocaption(request, upload_id, backend)
 
 
 @router.get("/ui/uploads/{upload_id}/image/{name}")
@@ -75,6 +103,7 @@ def _caption_status(request: Request, upload_id: str, folder: Path, error: str |
     ctx: dict[str, Any] = {"upload_id": upload_id, "run": run, "error": error or (run and run.error)}
     if run and run.finished and not run.error:
         ctx |= {"items": wizard_context(folder, upload_id)["items"], "oob": True}
+        ctx |= {"report": wizard_context(folder, upload_id)["report"]}
     response = fragment(request, "_caption_status.html", ctx)
     response.status_code = 422 if error else 200
     return response
@@ -114,11 +143,34 @@ async def ui_estimate(request: Request, upload_id: str) -> HTMLResponse:
     except Exception as exc:  # shown next to the button
         return HTMLResponse(f'<span class="error">{_escape(str(exc))}</span>')
     try:
-        est = local_estimate(spec)  # the wizard's jobs run on this server
+        if spec.compute.provider == "vastai":  # an HTTP search: off the event loop
+            return HTMLResponse(await anyio.to_thread.run_sync(_rented_estimate, spec))
+        est = local_estimate(spec)  # trains on this server (or the operator's SSH host)
     except UserInputError as exc:
-        return HTMLResponse(f'<span class="error">{_escape(exc.render())}</span>')
+        text = exc.message
+        if spec.compute.provider == "local" and "compute.provider" in (exc.fix or ""):
+            text += ". Choose a rented GPU under “Where to train”, or a smaller model."
+        return HTMLResponse(f'<span class="error">{_escape(text)}</span>')
     return HTMLResponse(
         f'<span id="estimate-text">about {est.total_s / 60:.1f} min on this server\'s {_escape(est.gpu)}</span>'
+    )
+
+
+def _rented_estimate(spec: Any) -> str:
+    """The cheapest fitting Vast.ai offer's time and price, in one sentence (the CLI's `estimate` has the table)."""
+    from loraflow.engines import engine_needs
+    from loraflow.errors import LoraflowError
+    from loraflow.providers.vastai import VastProvider
+
+    try:
+        best = VastProvider(needs=engine_needs).offers(spec)[0]
+    except (LoraflowError, IndexError) as exc:
+        reason = exc.render() if isinstance(exc, LoraflowError) else "no offer fits this job"
+        return f'<span class="error">No price from Vast.ai now: {_escape(reason)}</span>'
+    est = best.estimate
+    return (
+        f'<span id="estimate-text">about {est.total_s / 60:.0f} min and ${est.cost_usd:.2f} on a rented '
+        f"{_escape(str(best.offer.get('gpu_name')))} at ${est.usd_per_hour:.3f}/h</span>"
     )
 
 
@@ -133,17 +185,34 @@ async def ui_start(request: Request, upload_id: str) -> Response:
 
     def start() -> Any:
         spec = read_spec(settings_spec(folder, form), state.config, "settings")
+        engine_here(spec)
         return submit(store(request), spec, user.name, state.config, state.platform, False)
 
     try:
         job = await state.quotas.off_loop(user.name, start)  # the dataset check runs in a worker thread
     except (Problem, UserInputError) as exc:
-        # Shown where the user pressed Start, with everything they typed still in the form.
-        ctx = {**await anyio.to_thread.run_sync(wizard_context, folder, upload_id), **kept_input(form)}
+        # Shown at the top of the page the user lands on, with everything they typed still in the form.
+        context = await anyio.to_thread.run_sync(wizard_context, folder, upload_id, state.config)
+        ctx = {**context, **kept_input(form)}
         response = render(request, "wizard.html", user, **ctx, error=start_error(exc))
         response.status_code = getattr(exc, "status", 422)
         return response
     return RedirectResponse(f"/jobs/{job.id}", status_code=303)
+
+
+def engine_here(spec: Any) -> None:
+    """A web user cannot install an engine: say so in their words, not with the operator's command."""
+    from loraflow.engines.installed import EngineNotInstalled, require_engine
+
+    try:
+        require_engine(spec)
+    except EngineNotInstalled as exc:
+        raise UserInputError(
+            f"this server has no {exc.engine} installed, so it cannot train {spec.base_model} with it here",
+            where="engine",
+            fix="choose another engine (builtin trains on this server), train on a rented GPU, or ask the "
+            "operator to install it",
+        ) from None
 
 
 def _escape(text: str) -> str:

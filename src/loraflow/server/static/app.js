@@ -29,13 +29,41 @@ document.addEventListener("htmx:sendError", function () {
   loraflowFlash("The server did not answer. Is `loraflow serve` still running?");
 });
 
-// The wizard's advanced fields show the chosen base model's defaults as placeholders (no inline script:
-// the pages' Content-Security-Policy runs only this file and htmx).
-document.addEventListener("DOMContentLoaded", function () {
-  var chooser = document.getElementById("base_model"), defaults = document.getElementById("model-defaults");
-  if (!chooser || !defaults) return;
-  chooser.addEventListener("change", function (e) {
-    var all = JSON.parse(defaults.textContent)[e.target.value] || {};
-    Object.keys(all).forEach(function (k) { var box = document.getElementById("adv-" + k); if (box) box.placeholder = all[k]; });
+// The new-job form: choosing a base model shows that model's defaults (greyed placeholders) and the engines
+// that train it. The data comes from JSON blocks in the page, so this file holds no model knowledge.
+function loraflowJson(id) {
+  var node = document.getElementById(id);
+  return node ? JSON.parse(node.textContent) : {};
+}
+
+function loraflowModelChosen(model) {
+  var advanced = loraflowJson("model-defaults")[model] || {};
+  Object.keys(advanced).forEach(function (k) {
+    var box = document.getElementById("adv-" + k);
+    if (box) box.placeholder = advanced[k];
   });
+  var net = loraflowJson("network-defaults")[model] || {};
+  [["network.rank", net.rank], ["network.alpha", net.alpha], ["sample_prompts", net.prompts]].forEach(function (p) {
+    var box = document.getElementById(p[0]);
+    if (box && p[1] !== undefined) box.placeholder = p[1];
+  });
+  var select = document.getElementById("engine");
+  if (!select) return;
+  var keep = select.value;
+  while (select.options.length > 1) select.remove(1);
+  (loraflowJson("model-engines")[model] || []).forEach(function (e) {
+    var label = e.name + (e["default"] ? " (default)" : "") + (e.here ? "" : " — not installed on this server: rented hosts only");
+    var option = new Option(label, e.name);
+    option.selected = e.name === keep;
+    select.add(option);
+  });
+}
+
+document.addEventListener("change", function (e) {
+  if (e.target && e.target.id === "base_model") loraflowModelChosen(e.target.value);
+});
+
+document.addEventListener("DOMContentLoaded", function () {
+  var refusal = document.getElementById("start-error");  // a refused Start: shown where the user looks
+  if (refusal) { refusal.scrollIntoView({block: "start"}); refusal.focus(); }
 });
