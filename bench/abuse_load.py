@@ -96,6 +96,7 @@ def main() -> None:
     auth = {u: {"Authorization": f"Bearer {t}"} for u, t in tokens.items()}
     cpu0, _, _ = proc_stats(server.pid)
     peak_rss, stop_at = 0, time.monotonic() + SECONDS
+    open_streams: list[tuple[float, float]] = []  # (opened, closed) of each stream the server accepted
 
     def timed(kind: str, client: httpx.Client, method: str, path: str, **kw) -> httpx.Response | None:
         started = time.monotonic()
@@ -135,9 +136,14 @@ def main() -> None:
                 with c.stream("GET", path) as answer:
                     tally.add("SSE streams (300 opened)", str(answer.status_code))
                     if answer.status_code == 200:
-                        for _ in answer.iter_bytes():
-                            if time.monotonic() > stop_at:
-                                break
+                        opened = time.monotonic()
+                        try:
+                            for _ in answer.iter_bytes():
+                                if time.monotonic() > stop_at:
+                                    break
+                        finally:
+                            with tally.lock:
+                                open_streams.append((opened, time.monotonic()))
             except httpx.HTTPError as exc:
                 tally.add("SSE streams (300 opened)", type(exc).__name__)
 
@@ -151,13 +157,15 @@ def main() -> None:
                 timed("alice: list jobs", c, "GET", "/api/jobs")
                 timed("alice: read a job", c, "GET", f"/api/jobs/{job_id}")
                 n += 1
-                if n % 10 == 0:
+                if n % 25 == 0 and len(tally.times.get("alice: submit", [])) < 8:  # under her upload quota
                     timed("alice: submit", c, "POST", "/api/jobs", data={"spec": json.dumps(SPEC)},
                           files={"dataset": ("d.zip", zipped)})  # fmt: skip
                 time.sleep(0.05)
 
-    threads = [threading.Thread(target=f) for f in (bombs, uploads, oversize, alice)]
-    threads += [threading.Thread(target=stream, args=(i,)) for i in range(300)]
+    kinds = os.environ.get("ABUSE_KINDS", "bombs,uploads,oversize,streams").split(",")  # to look at one alone
+    chosen = [f for f in (bombs, uploads, oversize) if f.__name__ in kinds]
+    threads = [threading.Thread(target=f) for f in (*chosen, alice)]
+    threads += [threading.Thread(target=stream, args=(i,)) for i in range(300 if "streams" in kinds else 0)]
     for t in threads:
         t.start()
     while any(t.is_alive() for t in threads):
@@ -167,6 +175,12 @@ def main() -> None:
     server.terminate()
     server.wait(20)
     report(tally, (cpu1 - cpu0) / SECONDS, peak_rss)
+    edges = sorted([(a, 1) for a, _ in open_streams] + [(b, -1) for _, b in open_streams], key=lambda e: (e[0], e[1]))
+    level = peak = 0
+    for _, step in edges:
+        level += step
+        peak = max(peak, level)
+    print(f"SSE streams open at once, at most: {peak} (quota LORAFLOW_MAX_STREAMS_PER_USER, default 8)")
 
 
 def report(tally: Tally, cpu_per_s: float, peak_rss: int) -> None:

@@ -47,13 +47,16 @@ class Vast:
 def vast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Vast]:
     need_sshd()
     key = "emu-" + "k" * 20
-    emulator = Emulator(key, tmp_path / "vast", sshd=SSHD, boot_s=0.4)
+    # The real show endpoint allows one call per 2 s per key: here one per 0.1 s, and instances are polled
+    # at that pace (loraflow's default is Vast's documented 10 s).
+    emulator = Emulator(key, tmp_path / "vast", sshd=SSHD, boot_s=0.4, rate_scale=0.05)
     server = make_server(emulator)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}"
     monkeypatch.setenv("VAST_URL", url)
     monkeypatch.setenv("VAST_API_KEY", key)
     monkeypatch.setenv("LORAFLOW_VAST_BACKOFF_S", "0.05")
+    monkeypatch.setenv("LORAFLOW_VAST_POLL_S", "0.1")
     try:
         yield Vast(emulator, url, key)
         leftovers = [i for i in emulator.instances.values() if i.label.startswith("loraflow:")]

@@ -30,11 +30,24 @@ def spec(**compute: object) -> TrainSpec:
     )
 
 
+def patient_get(url: str, key: str) -> httpx.Response:
+    """A raw GET that waits out the show endpoint's rate limit as its Retry-After says."""
+    import time
+
+    while (resp := httpx.get(url, headers={"Authorization": f"Bearer {key}"})).status_code == 429:
+        time.sleep(float(resp.headers["Retry-After"]))
+    return resp
+
+
 def test_offer_search_filters_and_ranks_by_job_cost(vast: Vast) -> None:
     client = VastClient()
     rows = client.search_offers(offer_query(spec(), engine_needs(spec())))
     names = {r["gpu_name"] for r in rows}
-    assert all(float(r["gpu_frac"]) == 1.0 and r["num_gpus"] == 1 for r in rows)  # whole single GPUs only
+    assert all(r["num_gpus"] == 1 for r in rows)  # one GPU, as the spec asks
+    # gpu_frac is the offer's share of its machine: single GPUs of 4- and 8-GPU servers are offered too
+    # (most H100/A100/L40S are rented that way), and the cheapest H100 is one GPU of an 8-GPU server.
+    shares = {(r["gpu_name"], float(r["gpu_frac"])) for r in rows}
+    assert {("H100 SXM", 0.125), ("A100 SXM4", 0.25), ("L40S", 0.125), ("H100 SXM", 1.0)} <= shares
     assert all(r["reliability"] >= 0.98 and r["verified"] for r in rows)  # the new unverified 0.62 host is out
     assert all(r["cuda_max_good"] >= 12.8 and r["gpu_ram"] >= 22800 for r in rows)
     assert "H100 SXM" in names and "RTX 3090" not in names  # its CUDA 12.4 is older than the image needs
@@ -47,7 +60,9 @@ def test_offer_search_filters_and_ranks_by_job_cost(vast: Vast) -> None:
     fast = {"id": 2, "gpu_name": "RTX 4090", "dph_total": 0.22, "inet_down": 1000, "inet_up": 500}
     assert [r.id for r in rank(spec(), [slow, fast])] == [2, 1]
     half = {"id": 3, "gpu_name": "RTX 4090", "dph_total": 0.01, "gpu_frac": 0.5}
-    assert [r.id for r in rank(spec(), [slow, half])] == [1]  # a fraction of a GPU is never offered
+    assert [r.id for r in rank(spec(), [slow, half])] == [3, 1]  # one GPU of a 2-GPU machine is a whole GPU
+    h100 = [r for r in ranked if r.offer["gpu_name"] == "H100 SXM"]
+    assert h100[0].offer["gpu_frac"] == 0.125  # cheaper by the GPU than the lone H100
     # The price includes the disk we will rent (dph_total = dph_base + storage_cost * disk / 720).
     row = rows[0]
     assert row["dph_total"] == pytest.approx(row["dph_base"] + row["storage_cost"] * 80 / 720, abs=1e-6)
@@ -68,21 +83,21 @@ def test_numbers_as_strings_aliases_and_bad_ops(vast: Vast) -> None:
 
 def test_instance_shapes_paging_and_idempotent_destroy(vast: Vast) -> None:
     client = VastClient()
-    offers = client.search_offers({"limit": 40, "rented": {"eq": False}})
+    offers = [o for o in client.search_offers({"limit": 60, "rented": {"eq": False}}) if o["gpu_frac"] == 1.0]
     ids = []
     for offer in offers[:3]:
         answer = client.create_instance(offer["id"], {"image": "img:1", "disk": 20, "label": "loraflow:t1",
                                                        "env": {"A": "1", "-p 8080:8080": "1"}})  # fmt: skip
         ids.append(answer["new_contract"])
         assert answer["success"] is True and answer["instance_api_key"]
-    with pytest.raises(VastError) as again:  # the same offer twice: it is rented now
+    with pytest.raises(VastError) as again:  # the same whole machine twice: it is rented now
         client.create_instance(offers[0]["id"], {"image": "img:1", "disk": 20})
     assert again.value.offer_gone and again.value.status == 404
     row = client.show_instance(ids[0])
     assert row is not None and row["extra_env"] == [["A", "1"], ["-p 8080:8080", "1"]]
     assert row["image_uuid"] == "img:1" and row["disk_space"] == 20
     # The raw API pads addresses; the client strips every string.
-    raw = httpx.get(f"{vast.url}/api/v0/instances/{ids[0]}/", headers={"Authorization": f"Bearer {vast.key}"})
+    raw = patient_get(f"{vast.url}/api/v0/instances/{ids[0]}/", vast.key)
     assert raw.json()["instances"]["public_ipaddr"].endswith("\n")
     assert row["public_ipaddr"] == "127.0.0.1"
     old_list = httpx.get(f"{vast.url}/api/v0/instances/", headers={"Authorization": f"Bearer {vast.key}"})
@@ -98,6 +113,27 @@ def test_instance_shapes_paging_and_idempotent_destroy(vast: Vast) -> None:
         assert client.destroy_instance(inst) is True
         assert client.destroy_instance(inst) is False  # second delete: no_such_instance, treated as gone
         assert client.show_instance(inst) is None  # {"instances": null}
+
+
+def test_a_multi_gpu_server_is_rented_one_gpu_at_a_time(vast: Vast) -> None:
+    """One GPU of an 8-GPU server (gpu_frac 0.125) stays on offer until its eighth GPU is rented; the bundles
+    that no longer fit leave the search."""
+    client = VastClient()
+    query = {"gpu_name": {"eq": "H100 SXM"}, "geolocation": {"in": ["US"]}, "limit": 50}
+    server = [o for o in client.search_offers(query) if o["machine_id"] == 20012]
+    one = next(o for o in server if o["num_gpus"] == 1)
+    assert one["gpu_frac"] == 0.125 and {o["num_gpus"] for o in server} == {1, 2, 4, 8}
+    rented = [client.create_instance(one["id"], {"image": "i", "disk": 10})["new_contract"] for _ in range(5)]
+    left = {o["num_gpus"] for o in client.search_offers(query) if o["machine_id"] == 20012}
+    assert left == {1, 2}  # three GPUs free: the 4- and 8-GPU bundles are gone
+    row = client.show_instance(rented[0])
+    assert row is not None and row["num_gpus"] == 1 and row["gpu_frac"] == 0.125
+    rented += [client.create_instance(one["id"], {"image": "i", "disk": 10})["new_contract"] for _ in range(3)]
+    with pytest.raises(VastError) as full:
+        client.create_instance(one["id"], {"image": "i", "disk": 10, "cancel_unavail": True})
+    assert full.value.offer_gone
+    for inst in rented:
+        client.destroy_instance(inst)
 
 
 def test_wait_ready_goes_through_its_stages(vast: Vast) -> None:
@@ -150,6 +186,13 @@ def test_estimate_offers_instances_and_reap_cli(tmp_path: Path, cli, vast: Vast)
     assert "H100" in table.out and "budget $0.50" in table.out
     listed = cli("offers", path, "--json")
     assert listed.code == 0 and {r["offer"]["gpu_name"] for r in json.loads(listed.out)} == gpus
+    # Single GPUs of multi-GPU hosts are listed (gpu_frac is the share of the machine, not a slice of a GPU).
+    singles = {(r["offer"]["gpu_name"], r["offer"]["gpu_frac"]) for r in json.loads(listed.out)}
+    assert {("H100 SXM", 0.125), ("RTX 4090", 0.25)} <= singles
+    from loraflow.cli.cloud_cmd import _share
+
+    h100 = next(r["offer"] for r in json.loads(listed.out) if r["offer"]["gpu_frac"] == 0.125)
+    assert _share(h100) == " (1 of 8)" and cli("offers", path).code == 0  # the table says "H100 SXM (1 of 8)"
     # An orphan: a loraflow-labelled instance whose job is not live (or not known at all).
     client = VastClient()
     body = {"image": "i", "disk": 10, "label": "loraflow:deadbeef0000"}
@@ -174,7 +217,9 @@ def test_offers_over_the_api(vast: Vast) -> None:
     token = create_token(store, "alice")
     with TestClient(create_app(store)) as client:
         rows = client.get("/api/offers", params={"limit": 3}, headers={"Authorization": f"Bearer {token}"}).json()
-    assert len(rows) == 3 and all(r["offer"]["gpu_frac"] == 1.0 for r in rows)
+        more = client.get("/api/offers", params={"limit": 20}, headers={"Authorization": f"Bearer {token}"}).json()
+    assert len(rows) == 3 and all(r["offer"]["num_gpus"] == 1 for r in rows)
+    assert any(r["offer"]["gpu_frac"] < 1 for r in more)  # single GPUs of multi-GPU servers are offered
     costs = [r["estimate"]["cost_usd"] for r in rows]
     assert costs == sorted(costs)
 

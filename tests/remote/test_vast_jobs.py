@@ -142,7 +142,7 @@ def test_budget_cap_stops_with_checkpoint_and_resumes_with_more(tmp_path: Path, 
         budget={"max_usd": 0.004},
     )
     data = yaml.safe_load(spec.read_text())
-    data["compute"]["gpu"] = {"names": ["H100 SXM"]}  # $1.85/h: the cap is hit within seconds
+    data["compute"]["gpu"] = {"names": ["H100 SXM"]}  # $1.65/h: the cap is hit within seconds
     spec.write_text(yaml.safe_dump(data))
     refused = cli("train", spec)
     assert refused.code == 2 and "over budget.max_usd" in refused.err + refused.out
@@ -156,6 +156,10 @@ def test_budget_cap_stops_with_checkpoint_and_resumes_with_more(tmp_path: Path, 
     assert "budget.warning" in types and "job.stopped_budget" in types
     assert job.cost_usd >= 0.004 and job.lease is None and vast.instances() == {}
     assert list((job.folder / "checkpoints").glob("step-*/meta.json"))
+    # The cheapest H100 is one GPU of an 8-GPU server (gpu_frac 0.125, as Vast offers most of them): it
+    # was rented, and it trains (here and after the resume).
+    rented = next(o for o in vast.emulator.offers if o["id"] == job.outputs.leases[0]["offer_id"])
+    assert rented["gpu_frac"] == 0.125 and rented["num_gpus"] == 1
     stopped_at = job.step
     assert 0 < stopped_at < 150
     (end,) = events_of(store, job.id, "job.stopped_budget")

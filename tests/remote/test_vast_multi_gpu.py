@@ -1,5 +1,6 @@
 """compute.gpus on Vast.ai (issue 31): offers are whole machines with exactly N GPUs, and the estimate prices
-the job on the machine's full price with the documented scaling efficiency."""
+the job on the machine's full price with the documented scaling efficiency. (Issue 28: N GPUs of a bigger
+server count too; gpu_frac is the share of the machine, not a slice of a GPU.)"""
 
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ def spec(gpus: int) -> TrainSpec:
 
 def test_offers_have_exactly_the_gpus_asked_for(vast: Vast) -> None:
     two = VastClient().search_offers(offer_query(spec(2), engine_needs(spec(2))))
-    assert two and all(r["num_gpus"] == 2 and float(r["gpu_frac"]) == 1.0 for r in two)
+    assert two and all(r["num_gpus"] == 2 for r in two)
+    # gpu_frac is the offer's share of its machine: two GPUs of an 8-GPU server are two GPUs in one machine
+    assert any(float(r["gpu_frac"]) < 1.0 for r in two)
     one = VastClient().search_offers(offer_query(spec(1), engine_needs(spec(1))))
     assert one and all(r["num_gpus"] == 1 for r in one)
     ranked = VastProvider(needs=engine_needs).offers(spec(2))

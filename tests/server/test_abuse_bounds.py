@@ -219,3 +219,23 @@ def _spec() -> dict:
 
 def _auth(api: Api) -> dict[str, str]:
     return {"Authorization": f"Bearer {api.tokens['mallory']}"}
+
+
+def test_requests_in_flight_per_credential_are_bounded_before_any_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: 300 requests at once with one token each took a worker thread and a store connection for
+    their lookups, and every other user waited behind them."""
+    monkeypatch.setenv("LORAFLOW_MAX_REQUESTS_PER_USER", "2")
+    store, tokens, app = make_api()
+    from loraflow.spec import parse_spec
+
+    job = store.create_job(parse_spec({**_spec(), "dataset": {"path": "."}}, "s"), owner="mallory")
+    store.update(job.id, state="training")
+    with TestClient(app) as client:
+        api = Api(client, tokens)
+        url = f"/api/jobs/{job.id}/events/stream"
+        with client.stream("GET", url, headers=_auth(api)), client.stream("GET", url, headers=_auth(api)):
+            refused = api("GET", "/api/jobs")
+            assert refused.status_code == 429 and "in flight" in refused.json()["detail"]
+            assert api("GET", "/api/jobs", user="alice").status_code == 200  # another user is not touched
+        store.update(job.id, state="completed")
+        assert api("GET", "/api/jobs").status_code == 200

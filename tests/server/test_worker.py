@@ -63,3 +63,44 @@ def test_dead_workers_jobs_are_taken_over() -> None:
     dead.heartbeat()  # a worker back from the dead does not get it back by heart-beating
     with store.session() as s:
         assert s.get(JobRow, job.id).worker == "alive"
+
+
+def test_a_worker_thread_outlives_failing_ticks(monkeypatch) -> None:
+    """A store error in a tick is logged and retried: the thread goes on (issue 34)."""
+    from sqlalchemy.exc import OperationalError
+
+    worker = Worker(Store(), name="flaky", follow=False)
+    calls: list[int] = []
+    done = threading.Event()
+
+    def tick() -> list[str]:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise OperationalError("UPDATE jobs", {}, Exception("database is locked"))
+        done.set()
+        return []
+
+    monkeypatch.setattr(worker, "tick", tick)
+    worker.start(poll_s=0.01)
+    try:
+        assert done.wait(30), "the worker stopped ticking after a failed tick"
+        assert worker._thread is not None and worker._thread.is_alive()
+    finally:
+        worker.stop()
+
+
+def test_a_machine_claims_local_jobs_up_to_its_capacity_only() -> None:
+    """Two workers on one host with capacity 1 start one local training between them; a remote job (a rented
+    GPU) is still taken, and the queue's next local job waits its turn (issue 34)."""
+    store = Store()
+    local = [store.create_job(SPEC).id for _ in range(3)]
+    remote_spec = parse_spec(
+        {"name": "r", "dataset": {"path": "/tmp/x"}, "base_model": "tiny-flux", "compute": {"provider": "vastai"}}
+    )
+    remote = store.create_job(remote_spec).id
+    first = Worker(store, slots=10, capacity=1, name="host:1:a")
+    second = Worker(store, slots=10, capacity=1, name="host:2:b")
+    assert first.claim(10) == [local[0], remote]
+    assert second.claim(10) == []  # the host's one local slot is taken, by the other worker
+    store.transition(local[0], "cancelled")
+    assert second.claim(10) == [local[1]]

@@ -116,7 +116,7 @@ def offers(
         o = r.offer
         table.add_row(
             str(o["id"]),
-            escape(str(o.get("gpu_name"))),
+            escape(str(o.get("gpu_name"))) + _share(o),
             f"{float(o.get('gpu_ram') or 0) / 1024:.0f}",
             f"{float(o.get('dph_total') or 0):.3f}",
             f"{float(o.get('reliability') or 0):.3f}",
@@ -126,6 +126,15 @@ def offers(
             f"{r.estimate.cost_usd:.3f}",
         )
     console.print(table)
+
+
+def _share(offer: dict[str, object]) -> str:
+    """' (1 of 8)' for GPUs rented from a bigger machine (gpu_frac is the offer's share of its GPUs)."""
+    try:
+        n, frac = int(offer.get("num_gpus") or 1), float(offer.get("gpu_frac") or 1.0)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return ""
+    return f" ({n} of {round(n / frac)})" if 0 < frac < 1 else ""
 
 
 def _starter():

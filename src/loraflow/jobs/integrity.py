@@ -5,10 +5,14 @@
   read into a new file and keeps the damaged one beside it (`jobs/recover.py`).
 - The first job written marks the store (`loraflow.db.has-jobs` beside it). A missing or 0-byte file
   where that mark says jobs existed is refused, instead of a new empty store hiding every job.
+- A reserve (`loraflow.db.reserve`, RESERVE_BYTES of real data) lies beside the file. When the disk fills
+  up, the store gives it back (jobs/outage.py) so the write that records the failure (`disk_full`)
+  still fits, instead of the runner crashing with the job left `training` and nothing said.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sqlalchemy import Engine, text
@@ -16,6 +20,8 @@ from sqlalchemy import Engine, text
 from loraflow.errors import LoraflowError
 
 MARK = ".has-jobs"
+RESERVE = ".reserve"
+RESERVE_BYTES = 256 << 10  # the few transactions that record a failure (WAL frames of 4 KiB pages)
 
 
 class StoreDamaged(LoraflowError):
@@ -71,3 +77,33 @@ def quick_check(engine: Engine, url: str) -> None:
         rows = [r[0] for r in conn.execute(text("PRAGMA quick_check")).fetchall()]
     if rows != ["ok"]:
         raise damaged(path, "; ".join(str(r) for r in rows[:3]))
+
+
+def reserve_of(path: Path) -> Path:
+    return path.with_name(path.name + RESERVE)
+
+
+def ensure_reserve(url: str) -> None:
+    """Set the reserve aside while there is room (written, not sparse: a hole would reserve nothing)."""
+    path = sqlite_path(url)
+    if path is None or not path.parent.is_dir():
+        return
+    reserve = reserve_of(path)
+    if reserve.exists() and reserve.stat().st_size >= RESERVE_BYTES:
+        return
+    try:
+        with open(reserve, "wb") as handle:
+            handle.write(b"\0" * RESERVE_BYTES)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError:  # no room for it now: the next open tries again
+        reserve.unlink(missing_ok=True)
+
+
+def give_back_reserve(url: str) -> bool:
+    """Free the reserve for the write that records a full disk; False when there is none left."""
+    path = sqlite_path(url)
+    if path is None or not reserve_of(path).exists():
+        return False
+    reserve_of(path).unlink(missing_ok=True)
+    return True

@@ -4,10 +4,11 @@ and the worker wait for the store with backoff and, once it answers, go on readi
 from where they were, so what happened during the outage (progress, saves, the exit) is recorded then.
 
 Only errors that pass are waited out (a lock, a refused or dropped connection); a full disk, a damaged
-file or a bad query fail at once. How long to wait is the store's `ride_out_s`: long-lived processes
-(runner, worker, follower) wait `LORAFLOW_STORE_OUTAGE_S` (default 900 s, the documented bound), a CLI
-command or an API request does not wait (it says at once that the store is unreachable). After the
-bound a runner exits; the worker (or `loraflow jobs list`) starts a new one for its job.
+file or a bad query fail at once (the runner records a full disk with the store's reserve: runner.py).
+How long to wait is the store's `ride_out_s`: long-lived processes (runner, worker, follower) wait
+`LORAFLOW_STORE_OUTAGE_S` (default 900 s, the documented bound), a CLI command or an API request does
+not wait (it says at once that the store is unreachable). After the bound a runner exits; the worker
+(or `loraflow jobs list`) starts a new one for its job.
 """
 
 from __future__ import annotations

@@ -21,7 +21,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from loraflow import paths
 from loraflow.errors import NotFound
-from loraflow.jobs.integrity import check_before_open, damaged, mark_has_jobs, quick_check, sqlite_path
+from loraflow.jobs.integrity import (
+    check_before_open,
+    damaged,
+    ensure_reserve,
+    mark_has_jobs,
+    quick_check,
+    sqlite_path,
+)
 from loraflow.jobs.migrations import migrate
 from loraflow.jobs.models import EventRow, JobRow
 from loraflow.jobs.outage import ride_out
@@ -181,6 +188,7 @@ class Store:
         try:
             self._migrate()
             quick_check(self.engine, self.url)
+            ensure_reserve(self.url)
         except (DatabaseError, sqlite3.DatabaseError) as exc:  # "file is not a database", "malformed"
             path = sqlite_path(self.url)
             if path is None:

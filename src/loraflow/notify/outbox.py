@@ -75,10 +75,10 @@ def enqueue(
     `after_seq`: where a job with no cursor yet starts (events before it were told another way)."""
     from loraflow.notify.webhooks import wants
 
-    job = store.get(job_id)
     added = 0
     with store.session() as s, s.begin():
         s.execute(select(JobRow.id).where(JobRow.id == job_id).with_for_update())  # one scanner per job
+        job = store.get(job_id)  # read under the lock: the job as of the last event read below
         cursor = s.get(OutboxCursorRow, job_id)
         if cursor is None:
             cursor = OutboxCursorRow(job_id=job_id, seq=after_seq, progress_at=None)

@@ -1,7 +1,8 @@
 """A small typed client for Vast.ai's REST API over httpx (not the vastai SDK).
 
 It smooths over the API's shapes (`{"instances": {...}}` vs `null`, v1 paging, whitespace in string
-fields), retries what is worth retrying (429 without Retry-After, 5xx, timeouts) with growing waits,
+fields), retries what is worth retrying (429, 5xx, timeouts): a 429's Retry-After is waited out as the
+official client does (up to a minute), otherwise the waits grow,
 and turns auth failures (401, 403, and 404 carrying `auth_error`) into one clear message. The key
 comes from VAST_API_KEY or Vast's own key files and is only ever sent in the Authorization header.
 """
@@ -20,6 +21,7 @@ from loraflow.errors import LoraflowError, UserInputError
 
 DEFAULT_URL = "https://console.vast.ai"
 RETRY_STATUS = {429, 500, 502, 503, 504}
+MAX_RETRY_AFTER_S = 60.0  # a longer Retry-After is not waited out inline (the official client's bound too)
 
 
 class VastError(LoraflowError):
@@ -50,6 +52,14 @@ def api_key() -> str:
             "~/.config/vastai/vast_api_key with mode 0600",
         )
     return key
+
+
+def retry_after(resp: httpx.Response) -> float | None:
+    """The seconds a 429/503 asks us to wait (Retry-After as a number), or None without a usable one."""
+    try:
+        return max(0.0, float(resp.headers["Retry-After"]))
+    except (KeyError, ValueError):
+        return None
 
 
 def _strip(value: Any) -> Any:
@@ -86,6 +96,7 @@ class VastClient:
         headers = {"Authorization": f"Bearer {self._key}"}
         last: Exception | None = None
         for attempt in range(self.tries):
+            wait = min(self.backoff_s * 2**attempt, 30)  # no Retry-After: back off on our own, doubling
             try:
                 resp = self.http.request(method, path, json=body, params=params, headers=headers)
             except httpx.TransportError as exc:  # timeouts and refused connections
@@ -95,9 +106,13 @@ class VastClient:
                     return self._decode(resp)
                 last = VastError(resp.status_code, "rate_limited" if resp.status_code == 429 else "server_error",
                                  resp.text[:200])  # fmt: skip
+                after = retry_after(resp)
+                if after is not None:
+                    if after > MAX_RETRY_AFTER_S:
+                        break
+                    wait = after
             if attempt < self.tries - 1:
-                # No Retry-After on Vast's 429s: back off on our own, doubling each time.
-                time.sleep(min(self.backoff_s * 2**attempt, 30))
+                time.sleep(wait)
         if isinstance(last, VastError):
             raise last
         raise LoraflowError(

@@ -8,7 +8,8 @@ stale, or the job's hours (plus half an hour) pass, the host itself:
    watcher's, not the user's), asks the trainer to checkpoint (SIGTERM; the builtin trainer finishes
    its step and saves) and waits for it to exit,
 2. pushes the newest finished checkpoint as a tar to the presigned PUT URL in `upload_url` when the
-   orchestrator left one (no credentials on the host: the URL is the permission),
+   orchestrator left one (no credentials on the host: the URL is the permission) and the tar fits in one
+   PUT (5 GiB, RESCUE_PUT_MAX_BYTES; far above a LoRA's checkpoint with its optimizer state),
 3. destroys its own instance with the instance-scoped key Vast.ai puts in the container
    (`CONTAINER_API_KEY`, which can act on `CONTAINER_ID` only), calling again every poll until the API
    says yes: one 429 or 5xx must not leave a stopped trainer's GPU billing.
@@ -26,6 +27,9 @@ TOUCH = "mkdir -p ~/.loraflow-watch && touch ~/.loraflow-watch/heartbeat"
 # What the orchestrator runs to learn whether the watcher fired (empty output: it did not).
 FIRED = "cat ~/.loraflow-watch/fired 2>/dev/null || true"
 SAVE_GRACE_S = 600  # the longest the host waits for the trainer to save and exit
+# One presigned PUT carries at most 5 GiB (S3's single-request limit; R2's too): a bigger rescue tar is not
+# pushed (the watch log says why) and the orchestrator never takes back more (running/lease_files.py).
+RESCUE_PUT_MAX_BYTES = 5 * 1024**3
 
 _WATCH = r"""W="$HOME/.loraflow-watch"; API="${LORAFLOW_VAST_API:-https://console.vast.ai}"
 mkdir -p "$W"; touch "$W/heartbeat"; start=$(date +%s)
@@ -45,9 +49,10 @@ while sleep POLL; do
   fi
   last=$(ls -d "$root"/checkpoints/step-* 2>/dev/null | grep -v '\.partial$' | sort | tail -n 1)
   if [ -n "$root" ] && [ -n "$last" ] && [ -s "$W/upload_url" ]; then
-    tar -C "$root/checkpoints" -cf "$W/rescue.tar" "${last##*/}" &&
-      curl -sS -f -X PUT -T "$W/rescue.tar" "$(cat "$W/upload_url")" >> "$W/watch.log" 2>&1 &&
-      echo "pushed ${last##*/}" >> "$W/watch.log"
+    tar -C "$root/checkpoints" -cf "$W/rescue.tar" "${last##*/}" && size=$(stat -c %s "$W/rescue.tar") &&
+    if [ "$size" -gt PUT_MAX ]; then echo "not pushed: $size bytes is over one PUT's PUT_MAX" >> "$W/watch.log"
+    else curl -sS -f -X PUT -T "$W/rescue.tar" "$(cat "$W/upload_url")" >> "$W/watch.log" 2>&1 &&
+      echo "pushed ${last##*/}" >> "$W/watch.log"; fi
   fi
   until curl -sS -f -X DELETE -H "Authorization: Bearer $CONTAINER_API_KEY" "$API/api/v0/instances/$CONTAINER_ID/" \
     >> "$W/watch.log" 2>&1; do
@@ -66,6 +71,7 @@ def watch_script(heartbeat_s: float, max_hours: float | None) -> str:
         .replace("MAX_S", str(int((max_hours or 24) * 3600) + 1800))
         .replace("STALE_S", str(stale))
         .replace("GRACE_S", str(SAVE_GRACE_S))
+        .replace("PUT_MAX", str(RESCUE_PUT_MAX_BYTES))
     )
     return (
         'mkdir -p "$HOME/.loraflow-watch"\n'

@@ -9,6 +9,7 @@ so a crashed orchestrator finds it again (by the record, or by label) instead of
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -35,6 +36,18 @@ class MachineNeeds(Protocol):
 
 Needs = Callable[[TrainSpec], MachineNeeds]
 DEAD = {"exited", "offline", "unknown", "stopped", "frozen"}
+# Vast's docs poll an instance's status every 10 s while it starts; the show endpoint allows about one call
+# per 2 s per key (a 429 with Retry-After past that). LORAFLOW_VAST_POLL_S changes it (the tests' emulator).
+POLL_ENV, POLL_S = "LORAFLOW_VAST_POLL_S", 10.0
+
+
+def poll_interval() -> float:
+    """Seconds between status calls while an instance starts (LORAFLOW_VAST_POLL_S, default 10)."""
+    try:
+        return max(0.01, float(os.environ.get(POLL_ENV) or POLL_S))
+    except ValueError:
+        raise UserInputError(f"{POLL_ENV} must be a number of seconds", fix=f"unset it (default {POLL_S:.0f} s)") \
+            from None
 
 
 @dataclass(frozen=True)
@@ -52,15 +65,16 @@ def label_for(job_id: str) -> str:
 
 
 def offer_query(spec: TrainSpec, req: MachineNeeds) -> dict[str, Any]:
-    """The search filters: whole GPUs with enough memory, disk and CUDA, on reliable verified hosts."""
+    """The search filters: the job's number of GPUs with enough memory, disk and CUDA, on reliable verified
+    hosts. `gpu_frac` is not filtered: Vast defines it as the offer's share of the machine's GPUs (one GPU of
+    an 8-GPU server is 0.125), and most H100/A100/L40S offers are such single GPUs of multi-GPU hosts."""
     gpu = spec.compute.gpu
     vram = gpu.min_vram_gb or req.min_vram_gb
     query: dict[str, Any] = {
         "rentable": {"eq": True},
         "rented": {"eq": False},
         "external": {"eq": False},
-        "num_gpus": {"eq": spec.compute.gpus},  # one machine with N whole GPUs: dph_total prices them all
-        "gpu_frac": {"eq": 1.0},  # a slice of a shared machine is not a whole GPU
+        "num_gpus": {"eq": spec.compute.gpus},  # N GPUs of one machine: dph_total prices all N
         "gpu_ram": {"gte": vram * 1000 * 0.95},
         "disk_space": {"gte": gpu.disk_gb},
         "reliability": {"gte": gpu.min_reliability},
@@ -88,8 +102,6 @@ def rank(spec: TrainSpec, offers: list[dict[str, Any]]) -> list[RankedOffer]:
     """Cheapest expected job first; ties go to the more reliable host."""
     ranked = []
     for o in offers:
-        if float(o.get("gpu_frac") or 1.0) < 1.0:
-            continue
         est = estimate(
             spec,
             str(o.get("gpu_name")),
@@ -206,10 +218,13 @@ class VastProvider:
         instance_id: int,
         check_ssh: Callable[[str, int], None],
         timeout_s: float = 900,
-        poll_s: float = 1.0,
+        poll_s: float | None = None,
         on_stage: Callable[[str], None] = lambda _s: None,
     ) -> tuple[str, int]:
-        """Running with an address, then the TCP port, then SSH auth (and whatever check_ssh runs)."""
+        """Running with an address, then the TCP port, then SSH auth (and whatever check_ssh runs). The status
+        is asked every `poll_s` (default: poll_interval(), Vast's documented 10 s), never faster than the
+        endpoint allows; a 429 is waited out by the client (its Retry-After)."""
+        poll_s = poll_interval() if poll_s is None else poll_s
         deadline = time.monotonic() + timeout_s
         stage = ""
         while time.monotonic() < deadline:

@@ -18,6 +18,7 @@ from loraflow.hosts.ssh import HostUnreachable, SshHost
 from loraflow.layout import JobLayout
 from loraflow.monitor import events as ev
 from loraflow.monitor.events import EngineEvent
+from loraflow.providers.vast_watch import RESCUE_PUT_MAX_BYTES
 from loraflow.running.remote import RemoteLease
 from loraflow.running.remote_caption import caption_on_host
 
@@ -167,7 +168,8 @@ def sync(lease: RemoteLease, patient: bool = True) -> list[EngineEvent]:
     return events
 
 
-RESCUE_MAX_BYTES = 16 << 30  # far above a LoRA's checkpoint with its optimizer state; a bomb is refused
+# What the host's watcher can push in its one presigned PUT (5 GiB); anything bigger is refused as a bomb.
+RESCUE_MAX_BYTES = RESCUE_PUT_MAX_BYTES
 
 
 def take_back_rescue(lease: RemoteLease) -> None:

@@ -55,6 +55,7 @@ class Maxima:
     work_per_user: int = 2  # parsing, dataset and image checks, unpacking at once per user
     streams_per_user: int = 8  # open server-sent event streams per user
     uploads_per_minute: int = 10  # uploads and job creations with an upload, per user
+    requests_per_user: int = 24  # requests in flight at once per token or session (streams included)
 
     @classmethod
     def from_env(cls) -> Maxima:
@@ -66,6 +67,7 @@ class Maxima:
             "work_per_user": "LORAFLOW_MAX_WORK_PER_USER",
             "streams_per_user": "LORAFLOW_MAX_STREAMS_PER_USER",
             "uploads_per_minute": "LORAFLOW_MAX_UPLOADS_PER_MINUTE",
+            "requests_per_user": "LORAFLOW_MAX_REQUESTS_PER_USER",
         }
         names = {k: v[0] for k, v in KNOBS.items()} | extra
         for f in fields(cls):

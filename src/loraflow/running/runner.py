@@ -18,6 +18,7 @@ import errno
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,8 @@ class JobRunner:
                 return self._left(exc.signum)
             except StoreUnavailable as exc:  # past the bound: leave the job as it is for the next runner
                 store_away = True
-                print(f"runner of {self.job_id}: {exc.render()}", file=sys.stderr)
+                with contextlib.suppress(OSError):
+                    print(f"runner of {self.job_id}: {exc.render()}", file=sys.stderr)
                 return self.ctx.job.state
             except JobFailed as exc:
                 return self._fail(exc.message, exc.hint, exc.code)
@@ -125,7 +127,8 @@ class JobRunner:
             except Exception as exc:  # never leave a job "active" with nobody working on it
                 import traceback
 
-                traceback.print_exc()
+                with contextlib.suppress(OSError):  # the log may be on a full disk: record the failure anyway
+                    traceback.print_exc()
                 if disk_full(exc):
                     return self._fail_disk_full(exc)
                 return self._fail(f"{type(exc).__name__}: {exc}", code="internal")
@@ -158,12 +161,29 @@ class JobRunner:
         return job.state
 
     def _fail_disk_full(self, exc: BaseException) -> JobState:
+        """Record `disk_full` at once, even when the store is on the full disk: the store's reserve
+        (jobs/integrity.py) is given back for this write; if even that does not fit, the failure is kept
+        here and written as soon as there is room, within the store's outage bound, never a crash."""
         from loraflow.hints import match_hint
+        from loraflow.jobs.integrity import give_back_reserve
+        from loraflow.jobs.outage import outage_bound
 
         hint = match_hint("No space left on device")
         assert hint is not None
         where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
-        return self._fail(f"the disk is full{where}: {exc}", hint.hint, code="disk_full")
+        message = f"the disk is full{where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        give_back_reserve(self.store.url)
+        deadline, wait = time.monotonic() + max(self.store.ride_out_s, outage_bound()), 0.2
+        while True:
+            try:
+                return self._fail(message, hint.hint, code="disk_full")
+            except Exception as again:
+                if not disk_full(again) or time.monotonic() > deadline:
+                    raise
+                with contextlib.suppress(OSError):  # our own log is on the full disk too
+                    print(f"runner of {self.job_id}: {message}; waiting for room to record it", file=sys.stderr)
+                time.sleep(wait)
+                wait = min(wait * 2, 5.0)
 
     def _release_if_idle(self) -> None:
         """A rented host is let go as soon as the job stops needing it, whatever the reason."""

@@ -58,15 +58,18 @@ def gpu_capacity() -> int:
     return max(1, len(gpu_stats() or []))
 
 
-def _trains_here(spec: dict[str, object]) -> bool:
-    """The job's trainer runs on this machine (not on a rented or hosted GPU)."""
+def _gpus_here(spec: dict[str, object]) -> int:
+    """The GPUs the job trains on on this machine: its `compute.gpus` (0 when a rented or hosted GPU does)."""
     from loraflow.running.remote import REMOTE_PROVIDERS
 
     compute = spec.get("compute") if isinstance(spec, dict) else None
     engine = spec.get("engine") if isinstance(spec, dict) else None
     provider = compute.get("provider", "local") if isinstance(compute, dict) else "local"
     name = engine.get("name") if isinstance(engine, dict) else None
-    return provider not in REMOTE_PROVIDERS and name not in HOSTED
+    if provider in REMOTE_PROVIDERS or name in HOSTED:
+        return 0
+    gpus = compute.get("gpus", 1) if isinstance(compute, dict) else 1
+    return max(1, int(gpus)) if isinstance(gpus, int) else 1
 
 
 HOSTED = {"fal"}  # engines that train on the service's own GPUs
@@ -129,10 +132,11 @@ class Worker:
                     break
                 if JobOutputs.load(artifacts).check == "pending":
                     continue  # waits for the operator's check, not for a slot
-                if _trains_here(spec) and not (owner or "").startswith(host):  # a dead local worker's: counted
-                    if room <= 0:
-                        continue
-                    room -= 1
+                need = _gpus_here(spec)
+                if need and not (owner or "").startswith(host):  # a dead local worker's job is counted already
+                    if need > room and not (room == self.capacity and need > self.capacity):
+                        continue  # waits for room (one asking more than the machine has runs alone)
+                    room -= need
                 ids.append(job_id)
             if ids:
                 s.execute(update(JobRow).where(JobRow.id.in_(ids)).values(worker=self.id, heartbeat_at=now))
@@ -144,7 +148,7 @@ class Worker:
         query = select(JobRow.spec).where(
             JobRow.worker.startswith(host), JobRow.state.in_([x.value for x in ACTIVE])
         )
-        return sum(_trains_here(spec) for spec in s.execute(query).scalars().all())  # type: ignore[attr-defined]
+        return sum(_gpus_here(spec) for spec in s.execute(query).scalars().all())  # type: ignore[attr-defined]
 
     def mine(self) -> list[str]:
         with self.store.reader() as s:

@@ -19,7 +19,7 @@ from loraflow.jobs.store import Store
 from loraflow.platform.config import PlatformConfig
 from loraflow.running.submit import ServiceConfig
 from loraflow.server import problems
-from loraflow.server.limits import BodyLimit, Quotas
+from loraflow.server.limits import BodyLimit, InFlight, Quotas
 from loraflow.server.routes import jobs, money, uploads
 from loraflow.server.routes import platform as service
 from loraflow.server.web_security import SecurityHeaders
@@ -58,6 +58,7 @@ def create_app(
         upload_bytes=lambda: app.state.config.max_upload_mb << 20,
         body_bytes=lambda: app.state.config.maxima.body_bytes,
     )
+    app.add_middleware(InFlight, limit=lambda: app.state.config.maxima.requests_per_user)
     app.add_middleware(SecurityHeaders)
     for router in (uploads.router, money.router, service.router, jobs.router):
         app.include_router(router)

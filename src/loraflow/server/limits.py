@@ -14,6 +14,7 @@ server processes behind one balancer each count their own share.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -97,6 +98,44 @@ class Quotas:
             slot.__exit__(None, None, None)
 
 
+class InFlight:
+    """At most `limit` requests in flight per credential (the Authorization header or the session cookie),
+    counted before the credential is looked up: 300 requests at once with one token used to take every
+    worker thread and store connection for their lookups and stall everyone (an open event stream counts
+    for as long as it is open). Past it a 429 at once, costing the store nothing."""
+
+    def __init__(self, app: ASGIApp, limit: Callable[[], int]) -> None:
+        self.app, self.limit = app, limit
+        self._counts: Counter[str] = Counter()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope.get("headers") or []) if scope["type"] == "http" else {}
+        credential = headers.get(b"authorization") or _cookie(headers.get(b"cookie", b""))
+        if not credential:
+            await self.app(scope, receive, send)
+            return
+        key = hashlib.sha256(credential).hexdigest()
+        if self._counts[key] >= self.limit():  # one event loop: no lock needed between check and count
+            await _refuse(send, 429, "too many requests", "too many requests in flight with this credential; "
+                          "wait for some to finish", scope.get("path", ""), retry_after=1)
+            return
+        self._counts[key] += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._counts[key] -= 1
+            if not self._counts[key]:
+                del self._counts[key]
+
+
+def _cookie(header: bytes) -> bytes:
+    for part in header.split(b";"):
+        name, _, value = part.strip().partition(b"=")
+        if name == b"loraflow_session":
+            return value
+    return b""
+
+
 class BodyLimit:
     """Refuse request bodies over their route's cap with a 413 problem, whether declared or streamed."""
 
@@ -136,11 +175,19 @@ class BodyLimit:
 
 
 async def _too_large(send: Send, limit: int, path: str) -> None:
-    body = json.dumps({
-        "type": "about:blank", "title": "request too large", "status": 413,
-        "detail": f"the request body is over this route's limit of {limit} bytes", "instance": path,
-    }).encode()
-    headers = [(b"content-type", PROBLEM.encode()), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close")]
-    await send({"type": "http.response.start", "status": 413, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    detail = f"the request body is over this route's limit of {limit} bytes"
+    await _refuse(send, 413, "request too large", detail, path, close=True)
+
+
+async def _refuse(
+    send: Send, status: int, title: str, detail: str, path: str, close: bool = False, retry_after: int = 0
+) -> None:
+    """A problem answer sent from a middleware, before any route ran."""
+    body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail, "instance": path})
+    headers = [(b"content-type", PROBLEM.encode()), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    if retry_after:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body.encode()})

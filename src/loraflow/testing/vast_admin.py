@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from loraflow.testing.vast_container import result
+
 if TYPE_CHECKING:
     from loraflow.testing.vast_emulator import Emulator
 
@@ -19,12 +21,17 @@ def admin(emu: Emulator, method: str, path: str, body: bytes) -> tuple[int, Any]
                 "destroyed": sorted(emu.destroyed),
                 "offers": len(emu.offers),
                 "requests": len(emu.requests),
+                "throttled": emu.throttled,
             }
+    if len(parts) == 3 and parts[1] == "results":  # a result_url (logs, execute): no key, as on the real API
+        return result(emu, parts[2])
     if path == "/_emu/faults/" and method == "POST":
         with emu.lock:
             emu.snatch = int(data.get("snatch", emu.snatch))
             emu.rate_limit = int(data.get("rate_limit", emu.rate_limit))
             emu.boot_s = float(data.get("boot_s", emu.boot_s))
+            emu.pull_s = float(data.get("pull_s", emu.pull_s))
+            emu.rate_scale = float(data.get("rate_scale", emu.rate_scale))
             emu.refuse_self_destroy = bool(data.get("refuse_self_destroy", emu.refuse_self_destroy))
         return 200, {"success": True}
     if len(parts) == 4 and parts[1] == "instances" and parts[2].isdigit():

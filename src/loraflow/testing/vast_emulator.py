@@ -6,14 +6,18 @@ and aliases, `dph_total` priced from `allocated_storage`, `new_contract` on crea
 vs `{"instances": null}`, `extra_env` as pairs, Docker-style `ports` only while running, trailing
 whitespace in `public_ipaddr`, v1 paging by `next_token` with v0 list answering 410, 404/410 for a
 snatched offer, a second DELETE answering `no_such_instance`, 429 bursts without Retry-After in both
-body forms, and outbid instances that stop instead of vanishing.
+body forms, and outbid instances that stop instead of vanishing. Multi-GPU machines are offered a GPU at a
+time (gpu_frac < 1, vast_offers.py); an instance pulls its image for `pull_s` before it boots; the show
+endpoint is rate limited per key (429 with Retry-After, `rate_scale` shortens the threshold for tests); an
+instance's own key may stop, show, label, destroy it and read its logs or run ls/rm/du (vast_container.py).
 
 Each created instance gets its own OpenSSH server (the fixture's or the system's `sshd`) with its own
 HOME and `DATA_DIRECTORY`, reached through a TCP relay on loopback that can drop a connection on demand.
 Destroying an instance kills every process started in it.
 
 Faults and inspection live under `/_emu/` (not part of Vast's API):
-    POST /_emu/faults {"snatch": 2, "rate_limit": 5, "boot_s": 1.0, "refuse_self_destroy": true}
+    POST /_emu/faults {"snatch": 2, "rate_limit": 5, "boot_s": 1.0, "pull_s": 20, "rate_scale": 1.0,
+                       "refuse_self_destroy": true}
     POST /_emu/instances/ID/fail {"kind": "gone" | "exited" | "outbid" | "offline"}
     POST /_emu/instances/ID/drop {"after_bytes": 100000}
     GET  /_emu/state
@@ -40,6 +44,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from loraflow.testing.vast_admin import admin
+from loraflow.testing.vast_container import execute, instance_key_allows, put_instance, request_logs, throttled
 from loraflow.testing.vast_instances import Instance, create_instance, instance_row, list_instances
 from loraflow.testing.vast_offers import make_offers, search_offers
 from loraflow.testing.vast_relay import Relay
@@ -61,11 +66,18 @@ class Emulator:
         sshd: str = "/usr/sbin/sshd",
         boot_s: float = 0.5,
         extra_authorized_keys: list[str] | None = None,
+        pull_s: float = 0.0,
+        rate_scale: float = 1.0,
     ) -> None:
         self.api_key = api_key
         self.work = work
         self.sshd_bin = sshd
         self.boot_s = boot_s
+        self.pull_s = pull_s  # how long an instance stays `loading`, pulling its image, before it boots
+        self.rate_scale = rate_scale  # 1.0: the real thresholds; smaller for tests; 0: no rate limit
+        self.last_call: dict[tuple[str, str], float] = {}
+        self.throttled = 0  # 429s answered for going over a rate limit
+        self.results: dict[str, str] = {}  # result_url token -> text (logs, execute)
         self.offers = make_offers()
         self.instances: dict[int, Instance] = {}
         self.destroyed: set[int] = set()
@@ -94,7 +106,7 @@ class Emulator:
         age = time.time() - inst.created
         if age < inst.boot_s / 2:
             return None
-        if age < inst.boot_s:
+        if age < inst.boot_s + inst.pull_s:
             return "loading"
         self._start_sshd(inst)
         return "running"
@@ -188,6 +200,11 @@ class Emulator:
             inst.sshd.wait()
             inst.sshd = None
 
+    def stop(self, inst: Instance) -> None:
+        """The container stops (its processes end); the instance stays, billing its disk, until started."""
+        self._kill_processes(inst)
+        inst.status, inst.intended = "stopped", "stopped"
+
     def destroy(self, inst_id: int) -> bool:
         with self.lock:
             inst = self.instances.pop(inst_id, None)
@@ -205,7 +222,7 @@ class Emulator:
             return
         self._kill_processes(inst)
         if kind == "outbid":
-            inst.status, inst.intended = "stopped", "stopped"
+            self.stop(inst)
         else:
             inst.status = {"exited": "exited", "offline": "offline"}[kind]
 
@@ -218,7 +235,8 @@ class Emulator:
 
     # --- request handling ------------------------------------------------------------------------
 
-    def handle(self, method: str, url: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
+    def handle(self, method: str, url: str, headers: dict[str, str], body: bytes) -> tuple[Any, ...]:
+        """(status, payload) or (status, payload, headers)."""
         parsed = urlparse(url)
         path = parsed.path if parsed.path.endswith("/") else parsed.path + "/"
         query = {k: v[0] for k, v in parse_qs(parsed.query).items()}
@@ -246,10 +264,9 @@ class Emulator:
         if key != self.api_key:
             # An instance's own key (CONTAINER_API_KEY inside it) acts on that instance only.
             own = next((i for i in self.instances.values() if key and i.api_key == key), None)
-            target = parts[3] if parts[:3] == ["api", "v0", "instances"] and len(parts) == 4 else None
             if own is None:
                 return 401, {"success": False, "error": "auth_error", "msg": "Invalid user key"}
-            if target != str(own.id) or method not in ("GET", "DELETE"):
+            if not instance_key_allows(method, parts, own.id):
                 return 403, {"success": False, "error": "forbidden", "msg": "instance key: not this instance"}
             if method == "DELETE" and self.refuse_self_destroy:
                 return 503, {"success": False, "error": "unavailable", "msg": "try again later"}
@@ -271,9 +288,19 @@ class Emulator:
             }
         if path == "/api/v1/instances/" and method == "GET":
             return list_instances(self, query)
+        host = headers.get("host", "127.0.0.1")
+        if len(parts) == 5 and parts[:3] == ["api", "v0", "instances"] and parts[4].isdigit() and method == "PUT":
+            inst = self.instances.get(int(parts[4]))
+            if parts[3] == "request_logs":
+                return request_logs(self, inst, data, host)
+            if parts[3] == "command":
+                return execute(self, inst, data, host)
         if parts[:3] == ["api", "v0", "instances"] and len(parts) == 4 and parts[3].isdigit():
             inst_id = int(parts[3])
             if method == "GET":
+                limited = throttled(self, key, "show_instance")
+                if limited is not None:
+                    return limited
                 inst = self.instances.get(inst_id)
                 return 200, {"instances": self.row(inst) if inst else None}
             if method == "DELETE":
@@ -285,16 +312,7 @@ class Emulator:
                     "msg": "Instance with that ID does not exist.",
                 }
             if method == "PUT":
-                inst = self.instances.get(inst_id)
-                if inst is None:
-                    return 404, {
-                        "success": False,
-                        "error": "no_such_instance",
-                        "msg": "Instance with that ID does not exist.",
-                    }
-                if "label" in data:
-                    inst.label = str(data["label"])
-                return 200, {"success": True}
+                return put_instance(self, self.instances.get(inst_id), data)
         return 404, {"success": False, "error": "not_found", "msg": f"no route {method} {path}"}
 
 
@@ -306,8 +324,10 @@ def make_server(emulator: Emulator, port: int = 0) -> ThreadingHTTPServer:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             headers = {k.lower(): v for k, v in self.headers.items()}
+            extra: dict[str, str] = {}
             try:
-                status, payload = emulator.handle(self.command, self.path, headers, body)
+                status, payload, *more = emulator.handle(self.command, self.path, headers, body)
+                extra = more[0] if more else {}
             except Exception as exc:  # a bug in the emulator must look like a 500, as a real server's would
                 status, payload = 500, {"success": False, "error": "server_error", "msg": repr(exc)}
             text = payload if isinstance(payload, str) else json.dumps(payload)
@@ -316,6 +336,8 @@ def make_server(emulator: Emulator, port: int = 0) -> ThreadingHTTPServer:
                 self.send_response(status)
                 self.send_header("Content-Type", "text/plain" if isinstance(payload, str) else "application/json")
                 self.send_header("Content-Length", str(len(raw)))
+                for name, value in extra.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(raw)
             except (BrokenPipeError, ConnectionResetError):  # an instance's own DELETE dies with the instance
@@ -338,11 +360,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=None, help="folder for instance homes (default: a temp folder)")
     parser.add_argument("--sshd", default=shutil.which("sshd") or "/usr/sbin/sshd")
     parser.add_argument("--boot-s", type=float, default=3.0)
+    parser.add_argument("--pull-s", type=float, default=20.0, help="seconds an instance spends pulling its image")
     parser.add_argument("--authorized-key", action="append", default=[], help="public key file baked into instances")
     args = parser.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="vast-emu-"))
     keys = [Path(k).read_text() for k in args.authorized_key]
-    emulator = Emulator(args.api_key, work, sshd=args.sshd, boot_s=args.boot_s, extra_authorized_keys=keys)
+    emulator = Emulator(args.api_key, work, sshd=args.sshd, boot_s=args.boot_s, extra_authorized_keys=keys,
+                        pull_s=args.pull_s)
     server = make_server(emulator, args.port)
     print(f"Vast.ai emulator on http://127.0.0.1:{server.server_port}  (VAST_URL for loraflow)", flush=True)
     try:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loraflow.testing.vast_offers import matches
+from loraflow.testing.vast_offers import available, matches
 from loraflow.testing.vast_relay import Relay
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ class Instance:
     created: float
     boot_s: float
     root: Path
+    pull_s: float = 0.0
     status: str | None = None  # set by a fault: exited / stopped / offline
     intended: str = "running"
     sshd: subprocess.Popen[bytes] | None = None
@@ -55,7 +56,7 @@ def instance_row(inst: Instance, status: str | None) -> dict[str, Any]:
         "intended_status": inst.intended,
         "cur_state": cur,
         "next_state": cur,
-        "status_msg": f"success, running {inst.image}/ssh" if running else "Pulling image\n",
+        "status_msg": f"success, running {inst.image}/ssh" if running else _loading_msg(inst, status),
         "label": inst.label,
         "image_uuid": inst.image,
         "image_runtype": inst.runtype,
@@ -72,6 +73,7 @@ def instance_row(inst: Instance, status: str | None) -> dict[str, Any]:
         else None,
         "start_date": inst.created,
         "num_gpus": o["num_gpus"],
+        "gpu_frac": o["gpu_frac"],
         "gpu_name": o["gpu_name"],
         "gpu_ram": o["gpu_ram"],
         "gpu_totalram": o["gpu_total_ram"],
@@ -95,15 +97,22 @@ def instance_row(inst: Instance, status: str | None) -> dict[str, Any]:
     return row
 
 
+def _loading_msg(inst: Instance, status: str | None) -> str:
+    """How far the image pull is (Vast shows the pull's progress in status_msg while `loading`)."""
+    if status != "loading" or inst.pull_s <= 0:
+        return "Pulling image\n" if status in (None, "loading") else f"{status}\n"
+    done = (time.time() - inst.created - inst.boot_s / 2) / inst.pull_s
+    return f"Pulling image: {min(99, max(0, int(done * 100)))}% downloaded\n" if done < 1 else "Starting container\n"
+
+
 def create_instance(emu: Emulator, ask_id: int, data: dict[str, Any]) -> tuple[int, Any]:
     with emu.lock:
         offer = next((o for o in emu.offers if o["id"] == ask_id), None)
-        rented = {i.offer["id"] for i in emu.instances.values()}
         if offer is not None and emu.snatch > 0:
             emu.snatch -= 1
             emu.offers.remove(offer)  # somebody else rented it a moment ago
             offer = None
-        if offer is None or ask_id in rented:
+        if offer is None or not available(emu, offer):
             if data.get("cancel_unavail"):
                 return 410, {
                     "success": False,
@@ -137,15 +146,16 @@ def create_instance(emu: Emulator, ask_id: int, data: dict[str, Any]) -> tuple[i
         inst = Instance(
             id=inst_id,
             offer=offer,
-            label=str(data.get("label", "")),
+            label=str(data.get("label") or ""),  # the official client sends null for no label or onstart
             image=str(data.get("image", "")),
             disk=float(data.get("disk", 10)),
             env={str(k): str(v) for k, v in env.items()},
             runtype=str(data.get("runtype") or "ssh ssh_direc ssh_proxy"),
-            onstart=str(data.get("onstart", "")),
+            onstart=str(data.get("onstart") or ""),
             api_key=base64.b16encode(os.urandom(16)).decode().lower(),
             created=time.time(),
             boot_s=emu.boot_s,
+            pull_s=emu.pull_s,
             root=root,
             authorized_keys=[k["public_key"] for k in emu.ssh_keys],
         )

@@ -10,68 +10,97 @@ if TYPE_CHECKING:
 
 ALIASES = {"cuda_vers": "cuda_max_good", "dph": "dph_total", "reliability2": "reliability"}
 
-# (gpu_name, gpu_ram MB, dph_base, reliability, inet_down, cuda, geolocation, verified, num_gpus, gpu_frac)
-CATALOG: list[tuple[str, int, float, float, float, float, str, bool, int, float]] = [
-    ("RTX 3090", 24576, 0.16, 0.991, 800.0, 12.4, "Texas, US", True, 1, 1.0),
-    ("RTX 4090", 24564, 0.29, 0.995, 900.0, 12.8, "Oregon, US", True, 1, 1.0),
-    ("RTX 4090", 24564, 0.27, 0.982, 600.0, 12.8, "Quebec, CA", True, 1, 1.0),
-    ("RTX 4090", 24564, 0.31, 0.999, 1500.0, 13.0, "Bavaria, DE", True, 1, 1.0),
-    ("RTX 4090", 24564, 0.19, 0.62, 300.0, 12.4, ", US", False, 1, 1.0),  # new, unverified machine
-    ("RTX 4090", 24564, 0.14, 0.997, 900.0, 12.8, "Oregon, US", True, 1, 0.25),  # a quarter of a machine
-    ("RTX 5090", 32607, 0.55, 0.993, 2000.0, 13.0, "California, US", True, 1, 1.0),
-    ("RTX A6000", 49140, 0.45, 0.996, 1000.0, 12.6, "Ohio, US", True, 1, 1.0),
-    ("L40S", 46068, 0.62, 0.998, 2500.0, 12.8, "Virginia, US", True, 1, 1.0),
-    ("A100 SXM4", 81920, 0.95, 0.999, 5000.0, 12.8, "Utah, US", True, 1, 1.0),
-    ("H100 SXM", 81559, 1.85, 0.999, 8000.0, 13.0, "Texas, US", True, 1, 1.0),
-    ("RTX 3090", 24576, 0.30, 0.99, 700.0, 12.4, "Texas, US", True, 2, 1.0),
+# Machines: (gpu_name, gpu_ram MB, dph per GPU, reliability, inet_down, cuda, geolocation, verified, GPUs in the
+# machine). A machine of N GPUs is offered as bundles of 1, 2, 4 ... N of them, each with gpu_frac = its share
+# of the machine (one GPU of an 8-GPU server: 0.125), as Vast offers them; a bundle stays on offer while the
+# machine has that many GPUs free.
+CATALOG: list[tuple[str, int, float, float, float, float, str, bool, int]] = [
+    ("RTX 3090", 24576, 0.16, 0.991, 800.0, 12.4, "Texas, US", True, 1),
+    ("RTX 4090", 24564, 0.29, 0.995, 900.0, 12.8, "Oregon, US", True, 1),
+    ("RTX 4090", 24564, 0.27, 0.982, 600.0, 12.8, "Quebec, CA", True, 1),
+    ("RTX 4090", 24564, 0.31, 0.999, 1500.0, 13.0, "Bavaria, DE", True, 1),
+    ("RTX 4090", 24564, 0.19, 0.62, 300.0, 12.4, ", US", False, 1),  # new, unverified machine
+    ("RTX 4090", 24564, 0.33, 0.997, 900.0, 12.8, "Oregon, US", True, 4),  # a 4-GPU server, rented by the GPU
+    ("RTX 5090", 32607, 0.55, 0.993, 2000.0, 13.0, "California, US", True, 1),
+    ("RTX A6000", 49140, 0.45, 0.996, 1000.0, 12.6, "Ohio, US", True, 1),
+    ("L40S", 46068, 0.62, 0.998, 2500.0, 12.8, "Virginia, US", True, 1),
+    ("A100 SXM4", 81920, 0.95, 0.999, 5000.0, 12.8, "Utah, US", True, 1),
+    ("H100 SXM", 81559, 1.85, 0.999, 8000.0, 13.0, "Texas, US", True, 1),
+    ("RTX 3090", 24576, 0.17, 0.99, 700.0, 12.4, "Texas, US", True, 2),
+    ("H100 SXM", 81559, 1.65, 0.999, 10000.0, 13.0, "Nevada, US", True, 8),  # most H100s: 8-GPU servers
+    ("A100 SXM4", 81920, 0.85, 0.998, 6000.0, 12.8, "Oregon, US", True, 4),
+    ("L40S", 46068, 0.55, 0.997, 3000.0, 12.8, "Virginia, US", True, 8),
 ]
 
 
+def bundle_sizes(machine_gpus: int) -> list[int]:
+    """1, 2, 4 ... up to the whole machine (always included)."""
+    sizes = [n for n in (1, 2, 4, 8, 16) if n < machine_gpus]
+    return [*sizes, machine_gpus]
+
+
 def make_offers(start_id: int = 4_100_000) -> list[dict[str, Any]]:
-    offers = []
-    for i, (name, ram, dph, rel, down, cuda, geo, verified, n, frac) in enumerate(CATALOG):
-        offers.append(
-            {
-                "id": start_id + i,
-                "ask_contract_id": start_id + i,
-                "machine_id": 20_000 + i,
-                "host_id": 300 + i,
-                "num_gpus": n,
-                "gpu_name": name,
-                "gpu_ram": ram,
-                "gpu_total_ram": ram * n,
-                "gpu_frac": frac,
-                "gpu_arch": "nvidia",
-                "cuda_max_good": cuda,
-                "compute_cap": 890 if "40" in name else 860,
-                "driver_version": "570.86.10",
-                "cpu_cores": 32,
-                "cpu_cores_effective": 8.0 * n,
-                "cpu_ram": 64000,
-                "disk_space": 500.0,
-                "inet_up": down / 2,
-                "inet_down": down,
-                "inet_up_cost": 0.005,
-                "inet_down_cost": 0.005,
-                "direct_port_count": 20,
-                "dph_base": round(dph * n, 4),
-                "min_bid": round(dph * n * 0.5, 4),
-                "storage_cost": 0.15,
-                "reliability": rel,
-                "reliability2": rel,
-                "verified": verified,
-                "verification": "verified" if verified else "unverified",
-                "rentable": True,
-                "rented": False,
-                "external": False,
-                "geolocation": geo,
-                "dlperf": 40.0 * n,
-                "score": 100.0 * rel / dph,
-                "hosting_type": 0,
-                "is_bid": False,
-            }
-        )
+    offers: list[dict[str, Any]] = []
+    for i, (name, ram, dph, rel, down, cuda, geo, verified, total) in enumerate(CATALOG):
+        for n in bundle_sizes(total):
+            offers.append(_offer(start_id + len(offers), 20_000 + i, 300 + i, name, ram, dph, rel, down, cuda, geo,
+                                 verified, n, total))  # fmt: skip
     return offers
+
+
+def _offer(offer_id: int, machine_id: int, host_id: int, name: str, ram: int, dph: float, rel: float, down: float,
+           cuda: float, geo: str, verified: bool, n: int, total: int) -> dict[str, Any]:  # fmt: skip
+    return {
+        "id": offer_id,
+        "ask_contract_id": offer_id,
+        "machine_id": machine_id,
+        "host_id": host_id,
+        "num_gpus": n,
+        "gpu_name": name,
+        "gpu_ram": ram,
+        "gpu_total_ram": ram * n,
+        "gpu_frac": n / total,
+        "gpu_arch": "nvidia",
+        "cuda_max_good": cuda,
+        "compute_cap": 890 if "40" in name else 860,
+        "driver_version": "570.86.10",
+        "cpu_cores": 32 * total,
+        "cpu_cores_effective": 32.0 * n,
+        "cpu_ram": 64000 * n,
+        "disk_space": 500.0,
+        "inet_up": down / 2,
+        "inet_down": down,
+        "inet_up_cost": 0.005,
+        "inet_down_cost": 0.005,
+        "direct_port_count": 20,
+        "dph_base": round(dph * n, 4),
+        "min_bid": round(dph * n * 0.5, 4),
+        "storage_cost": 0.15,
+        "reliability": rel,
+        "reliability2": rel,
+        "verified": verified,
+        "verification": "verified" if verified else "unverified",
+        "rentable": True,
+        "rented": False,
+        "external": False,
+        "geolocation": geo,
+        "dlperf": 40.0 * n,
+        "score": 100.0 * rel / (dph * n),
+        "hosting_type": 0,
+        "is_bid": False,
+    }
+
+
+def free_gpus(emu: Emulator, machine_id: int, total: int) -> int:
+    """GPUs of a machine no instance holds (the caller holds emu.lock)."""
+    held = sum(i.offer["num_gpus"] for i in emu.instances.values() if i.offer["machine_id"] == machine_id)
+    return total - held
+
+
+def available(emu: Emulator, offer: dict[str, Any]) -> bool:
+    """A bundle is on offer while its machine has that many GPUs free."""
+    total = round(offer["num_gpus"] / offer["gpu_frac"])
+    return offer["num_gpus"] <= free_gpus(emu, offer["machine_id"], total)
 
 
 def coerce(value: Any) -> Any:
@@ -127,10 +156,9 @@ def search_offers(emu: Emulator, q: dict[str, Any]) -> tuple[int, Any]:
     q.setdefault("rented", {"eq": False})
     rows = []
     with emu.lock:
-        rented = {i.offer["id"] for i in emu.instances.values()}
         for offer in emu.offers:
             row = dict(offer)
-            row["rented"] = offer["id"] in rented
+            row["rented"] = not available(emu, offer)
             row["storage_total_cost"] = round(row["storage_cost"] * storage / 720, 7)
             row["dph_total"] = round(row["dph_base"] + row["storage_total_cost"], 7)
             if kind in ("bid", "interruptible"):
