@@ -79,6 +79,7 @@ def test_gpus_validated_and_old_count_key_read() -> None:
         parse_spec({**legacy, "compute": {"gpus": 4, "gpu": {"count": 2}}})
 
 
+@pytest.mark.timeout(900)  # the real launcher starts two processes on a busy machine
 @pytest.mark.parametrize("engine", ["kohya", "musubi"])
 def test_two_gpu_job_runs_under_the_real_launcher(
     engine: str, tmp_path: Path, engines_dir: Path, musubi_dir: Path, cli  # noqa: F811

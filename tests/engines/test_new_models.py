@@ -205,3 +205,46 @@ def test_step_time_estimates_scale_with_the_model() -> None:
     assert seconds_per_step(spec("flux2-klein-base-4b"), "H100 SXM") < flux
     assert seconds_per_step(spec("qwen-image-edit-2509"), "H100 SXM") > seconds_per_step(
         parse_spec({"name": "m", "dataset": {"path": "/d"}, "base_model": "qwen-image"}), "H100 SXM")
+
+
+@pytest.mark.parametrize("model", NEW)
+def test_loraflow_render_writes_each_engines_files_for_each_new_model(model: str, cli, tmp_path) -> None:
+    entry = catalog.get_base_model(model)
+    control = "  control: control\n" if entry.edit else ""
+    path = tmp_path / "s.yaml"
+    path.write_text(f"name: x\ndataset:\n  path: .\n  trigger_word: tk\n{control}base_model: {model}\n")
+    expected = {"ai-toolkit": "aitk_config.yaml", "musubi": "dataset.toml", "kohya": "dataset.toml"}
+    for engine in entry.engines:
+        out = tmp_path / engine
+        result = cli("render", path, "--engine", engine, "--out", out)
+        assert result.code == 0, result.out + result.err
+        assert (out / expected[engine]).is_file()
+
+
+def test_wan22_on_the_aitoolkit_standin_delivers_both_experts_as_one_result(cli, tmp_path) -> None:
+    """ai-toolkit trains both experts in one run and writes `_high_noise` / `_low_noise` files: the job completes
+    on them and the result (job folder and bundle) holds both."""
+    import zipfile
+
+    from loraflow.jobs.states import JobState
+    from loraflow.jobs.store import Store
+    from tests.conftest import EXAMPLES
+
+    engine = tmp_path / "engines" / "ai-toolkit"
+    engine.mkdir(parents=True)
+    (engine / "run.py").write_text("from loraflow.testing.aitoolkit_standin import main\nmain()\n")
+    spec = {"name": "dancer", "base_model": "wan2.2-t2v-a14b",
+            "dataset": {"path": str(EXAMPLES / "sample_dataset"), "trigger_word": "dnc"},
+            "engine": {"name": "ai-toolkit", "options": {"path": str(engine)}},
+            "training": {"steps": 12, "resolution": [256]}, "sampling": {"every_n_steps": 0},
+            "checkpointing": {"every_n_steps": 5, "keep_last": 2}}
+    path = tmp_path / "wan.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = cli("train", path)
+    assert result.code == 0, result.out + result.err
+    job = Store().list_jobs()[0]
+    assert job.state is JobState.COMPLETED and job.step == 12
+    low, high = job.folder / "dancer.safetensors", job.folder / "dancer_high_noise.safetensors"
+    assert low.is_file() and high.is_file() and low.read_bytes() != b""
+    with zipfile.ZipFile(job.outputs.bundle) as zf:
+        assert {"dancer.safetensors", "dancer_high_noise.safetensors"} <= set(zf.namelist())

@@ -45,6 +45,7 @@ def last_loss_per_step(store: Store, job_id: str) -> dict[int, float]:
     return {e.data["step"]: e.data["loss"] for e in store.events(job_id, types=["progress"])}
 
 
+@pytest.mark.timeout(1200)
 def test_killed_rank_is_noticed_and_the_job_resumes_exactly(tmp_path: Path, cli, capsys) -> None:
     assert cli("train", write_spec(tmp_path, steps=60), "--detach").code == 0
     store = Store()
@@ -74,6 +75,7 @@ def test_killed_rank_is_noticed_and_the_job_resumes_exactly(tmp_path: Path, cli,
     assert [got[s] for s in sorted(got)] == pytest.approx([want[s] for s in sorted(got)], rel=1e-5, abs=2e-6)
 
 
+@pytest.mark.timeout(900)
 def test_stop_under_two_processes_then_resume(tmp_path: Path, cli) -> None:
     assert cli("train", write_spec(tmp_path, steps=60), "--detach").code == 0
     store = Store()

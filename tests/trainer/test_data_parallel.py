@@ -54,6 +54,7 @@ def losses(events: list[dict]) -> dict[int, float]:
     return {e["step"]: e["loss"] for e in events if e["event"] == "progress"}
 
 
+@pytest.mark.timeout(900)  # launches two processes on a busy machine
 def test_two_processes_train_like_one_with_the_same_global_batch(make_config, capsys) -> None:
     # one process accumulating 4 micro-batches a step == two processes accumulating 2 each
     assert train(make_config("one", gradient_accumulation=4, **RUN)) == 0
@@ -74,6 +75,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(make_config, ca
     assert saved == ["step-000003", "step-000006"]
 
 
+@pytest.mark.timeout(900)  # launches two processes on a busy machine
 def test_stopped_under_two_processes_resumes_exactly_in_one(make_config, capsys) -> None:
     assert train(make_config("ref", gradient_accumulation=4, **RUN)) == 0
     reference = losses(events_of(capsys))
@@ -90,6 +92,7 @@ def test_stopped_under_two_processes_resumes_exactly_in_one(make_config, capsys)
     assert [after[s] for s in range(1, 7)] == pytest.approx([reference[s] for s in range(1, 7)], rel=1e-5, abs=1e-7)
 
 
+@pytest.mark.timeout(900)  # launches two processes on a busy machine
 def test_a_hung_rank_ends_the_group_at_the_collective_timeout(make_config, tmp_path: Path) -> None:
     """Rank 1 frozen (SIGSTOP: a GPU stuck in a kernel) must not hang the job: rank 0's next collective times
     out after ddp_timeout_s, it fails, and the launcher ends the group and exits for the runner to see."""

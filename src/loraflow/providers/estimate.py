@@ -23,7 +23,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".g
 @dataclass(frozen=True)
 class Estimate:
     gpu: str
-    usd_per_hour: float  # the whole machine: all of its compute.gpus GPUs
+    usd_per_hour: float  # the offer's: all of its compute.gpus GPUs
     setup_s: float
     caching_s: float
     steps_s: float
@@ -114,7 +114,7 @@ def estimate(
     dataset_mb = images * 1.5
     transfer = (dataset_mb + checkpoints * lora_mb) * 8 / max(inet_up_mbps, 1) if remote else 0.0
     # compute.gpus N: each GPU trains batch_size a step, so a step carries N times the images in one GPU's time
-    # over the scaling efficiency; caching and samples run on rank 0 alone; the price is the whole machine's.
+    # over the scaling efficiency; caching and samples run on rank 0 alone; the price is the offer's, for all N.
     steps_s = steps * per_step / scaling_efficiency(spec.compute.gpus)
     return Estimate(gpu, usd_per_hour, setup, caching, steps_s, samples, transfer, offer_id, spec.compute.gpus)
 

@@ -74,7 +74,7 @@ def offer_query(spec: TrainSpec, req: MachineNeeds) -> dict[str, Any]:
         "rentable": {"eq": True},
         "rented": {"eq": False},
         "external": {"eq": False},
-        "num_gpus": {"eq": spec.compute.gpus},  # one machine with N whole GPUs: dph_total prices them all
+        "num_gpus": {"eq": spec.compute.gpus},  # N GPUs of one machine: dph_total prices all N
         "gpu_ram": {"gte": vram * 1000 * 0.95},
         "disk_space": {"gte": gpu.disk_gb},
         "reliability": {"gte": gpu.min_reliability},

@@ -119,6 +119,9 @@ def bundle_files(store: Store, job: Job, checkpoint_step: int | None = None) -> 
             fix="list kept checkpoints with `loraflow jobs show` and pick one that exists",
         )
     files: dict[str, bytes] = {lora_name: lora_path.read_bytes()}
+    high = lora_path.with_name(f"{spec.name}_high_noise.safetensors")
+    if checkpoint_step is None and high.is_file():  # Wan 2.2 A14B: the high-noise expert, the pair's other half
+        files[high.name] = high.read_bytes()
     samples_dir = Path(layout.samples)
     items = collect_samples(samples_dir)
     for item in items:

@@ -30,7 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from loraflow.testing.fake_lora import diffusers_lora
+from loraflow.testing.fake_lora import diffusers_lora, wan_comfy_lora
 
 
 class Stopped(Exception):
@@ -143,8 +143,20 @@ def _sample(root: Path, step: int, items: list[dict[str, Any]]) -> None:
         image.save(root / "samples" / f"{stamp}__{step:09d}_{i}.jpg")
 
 
-def _save(root: Path, name: str, step: int, rank: int, meta: dict[str, Any], final: bool = False) -> Path:
+def _save(root: Path, name: str, step: int, rank: int, meta: dict[str, Any], final: bool = False,
+          experts: bool = False) -> Path:
     path = root / (f"{name}.safetensors" if final else f"{name}_{step:09d}.safetensors")
+    # Wan 2.2 A14B (wan22_14b_model.save_lora): one file per expert, none combined
+    pair = [path.with_name(path.name.replace(".safetensors", f"{e}.safetensors")) for e in ("_high_noise",
+                                                                                          "_low_noise")]
+    for each in pair if experts else [path]:
+        _save_file(each, step, rank, meta, name, wan=meta.get("loraflow_arch", "").startswith("wan"))
+    torch.save({"step": step}, root / "optimizer.pt")
+    print(f"Saved optimizer to {root / 'optimizer.pt'}")
+    return path
+
+
+def _save_file(path: Path, step: int, rank: int, meta: dict[str, Any], name: str, wan: bool = False) -> None:
     header = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in meta.items()}
     header.update(
         {
@@ -158,11 +170,9 @@ def _save(root: Path, name: str, step: int, rank: int, meta: dict[str, Any], fin
         }
     )
     inert = os.environ.get("AITK_STANDIN_INERT") == "1"
-    save_file(diffusers_lora(rank, seed=step, inert=inert), path, metadata=header)  # in place, as ai-toolkit does
+    state = wan_comfy_lora(rank, step) if wan else diffusers_lora(rank, seed=step, inert=inert)
+    save_file(state, path, metadata=header)  # in place, as ai-toolkit does
     print(f"Saved checkpoint to {path}")
-    torch.save({"step": step}, root / "optimizer.pt")
-    print(f"Saved optimizer to {root / 'optimizer.pt'}")
-    return path
 
 
 def _resume(root: Path, name: str) -> int:
@@ -242,6 +252,9 @@ def run(config_path: str) -> int:
         print("1 buckets made")
         print(f"Caching latents for {dataset['folder_path']}")
     train, save, sample = proc["train"], proc["save"], proc["sample"]
+    meta["loraflow_arch"] = str(proc["model"].get("arch"))  # the LoRA's layout follows the model's arch
+    kwargs = proc["model"].get("model_kwargs") or {}
+    experts = bool(kwargs.get("train_high_noise") and kwargs.get("train_low_noise"))
     total = int(train["steps"])
     lr = float(train["lr"])
     step_s = float(os.environ.get("AITK_STANDIN_STEP_S", "0.01"))
@@ -274,7 +287,7 @@ def run(config_path: str) -> int:
                 if step % int(save["save_every"]) == 0:
                     bar.pause()
                     print(f"\nSaving at step {step}")
-                    _save(root, name, step, int(net["linear"]), meta)
+                    _save(root, name, step, int(net["linear"]), meta, experts=experts)
                     _prune(root, name, int(save["max_step_saves_to_keep"]))
                     bar.unpause()
                 if sampling and every and step % every == 0:
@@ -299,7 +312,7 @@ def run(config_path: str) -> int:
         traceback.print_exc()
         return 1
     bar.close()
-    _save(root, name, total, int(net["linear"]), meta, final=True)
+    _save(root, name, total, int(net["linear"]), meta, final=True, experts=experts)
     if sampling:
         _sample(root, total, _sample_items(sample))
     logger.close()

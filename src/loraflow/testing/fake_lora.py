@@ -58,3 +58,19 @@ def kohya_lora(rank: int, alpha: float, seed: int, inert: bool = False) -> dict[
     state = diffusers_lora(rank, seed, torch.float32, inert=inert)
     kohya = to_kohya_layout(diffusers_modules(state, alpha), DIMS)
     return {k: (v if k.endswith(".alpha") else v.to(torch.bfloat16)) for k, v in kohya.items()}
+
+
+def wan_comfy_lora(rank: int, seed: int, blocks: int = 40) -> dict[str, torch.Tensor]:
+    """A Wan 14B expert's LoRA as ai-toolkit saves it for ComfyUI: `diffusion_model.blocks.N.<module>.lora_A/B`
+    over every block's attention and MLP Linears, 16 wide (64 in the MLP) so it costs nothing."""
+    from loraflow.lora_check.keys import WAN_ATTENTION, WAN_MLP
+
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for i in range(blocks):
+        for module in WAN_ATTENTION + WAN_MLP:
+            width_in, width_out = (64, 16) if module == "ffn.2" else ((16, 64) if module == "ffn.0" else (16, 16))
+            key = f"diffusion_model.blocks.{i}.{module}"
+            out[f"{key}.lora_A.weight"] = torch.randn(rank, width_in, generator=gen).to(torch.bfloat16)
+            out[f"{key}.lora_B.weight"] = (torch.randn(width_out, rank, generator=gen) * 0.01).to(torch.bfloat16)
+    return out
