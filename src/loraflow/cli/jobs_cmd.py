@@ -48,7 +48,7 @@ def list_jobs(
 
 def jobs_table(jobs: list[Job], places: dict, width: int) -> Table:
     """The job list as a table that fits the terminal: at 80 columns the less used columns go (engine,
-    stage, loss, created) and the id is shortened to the prefix every `jobs` command accepts."""
+    stage, loss, created); the id stays whole, as scripts and people copy it."""
     wide = width >= 120
     columns = ["id", "name", "state", "progress", "queue", "cost"]
     if wide:
@@ -57,7 +57,7 @@ def jobs_table(jobs: list[Job], places: dict, width: int) -> Table:
     table = Table(*columns, pad_edge=False, box=None if not wide else box.SIMPLE_HEAD)
     for j in jobs:
         row = {
-            "id": j.id if wide else j.id[:8],
+            "id": j.id,
             "name": escape(j.name),
             "state": j.state.value if wide or not j.stage or j.state not in ACTIVE else f"{j.state.value}/{j.stage}",
             "stage": j.stage or "-",
