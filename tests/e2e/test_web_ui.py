@@ -68,6 +68,7 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
+@pytest.mark.timeout(600)  # a whole job: train, stop, resume, the result check, download (a busy CI machine)
 def test_upload_caption_train_refresh_stop_resume_download(server: str, page, tmp_path: Path) -> None:
     token = create_token(Store(), "alice")
     page.goto(f"{server}/")
@@ -129,6 +130,16 @@ def test_upload_caption_train_refresh_stop_resume_download(server: str, page, tm
     assert all(step > stopped_at for step in resumed), (stopped_at, resumed[:5])
     assert resumed or stopped_at == 300
     page.wait_for_selector("#loss-chart")
+    # The result check's scorecard: a table row per scored checkpoint, the chart, the best one preselected.
+    page.wait_for_selector("#scorecard-table")
+    rows = page.locator("#scorecard-table tbody tr")
+    assert rows.count() >= 2 and page.locator("#scorecard-table tr.best").count() == 1
+    assert page.locator("#scorecard-chart").evaluate("img => img.complete && img.naturalWidth > 0")
+    best = Store().get(job_id).outputs.scorecard["best"]
+    assert f"Best: step {best['step']}" in page.inner_text("#best-why")
+    if best["checkpoint_step"] is not None:
+        assert page.locator("select[name=step]").input_value() == str(best["checkpoint_step"])
+        assert "the scorecard's best" in page.inner_text("#checkpoint-why")
     shot(page, "job-completed")
     with page.expect_download() as info:
         page.click("#download")

@@ -154,7 +154,9 @@ def test_hostile_headers_are_unreadable_findings_not_crashes(tmp_path: Path) -> 
     assert all("re-encode it as MP4" in f.fix for f in report.errors if f.file)
 
 
-def test_the_api_refuses_a_wan_job_whose_clip_is_too_short_before_anything_starts(tmp_path: Path) -> None:
+def test_the_api_refuses_a_wan_job_whose_clip_is_too_short_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import io
     import zipfile
 
@@ -173,6 +175,10 @@ def test_the_api_refuses_a_wan_job_whose_clip_is_too_short_before_anything_start
             zf.writestr(f"clips/{Path(name).stem}.txt", "dnc walking")
     spec = {"name": "dancer", "dataset": {"trigger_word": "dnc", "checks": {"min_images": 2}},
             "base_model": "wan2.1-t2v-1.3b", "engine": {"name": "musubi", "options": {"target_frames": [17, 33]}}}
+    musubi = tmp_path / "musubi"  # the operator installed musubi (the door checks that before the dataset)
+    (musubi / "src" / "musubi_tuner").mkdir(parents=True)
+    (musubi / "src" / "musubi_tuner" / "wan_train_network.py").write_text("")
+    monkeypatch.setenv("LORAFLOW_MUSUBI_DIR", str(musubi))
     store = Store()
     token = create_token(store, "alice")
     grants = Grants(engine_options=frozenset({"target_frames"}))  # the operator's LORAFLOW_SERVICE_ENGINE_OPTIONS

@@ -126,7 +126,7 @@ def test_jobs_list_fits_80_columns(cli, monkeypatch: pytest.MonkeyPatch, tmp_pat
     lines = narrow.export_text().splitlines()
     assert all(len(line) <= 80 for line in lines)
     long = next(j for j in jobs if j.name == "a-rather-long-job-name")
-    assert any(long.id[:8] in line and long.name in line for line in lines)  # one row a job, name whole
+    assert any(long.id in line and long.name in line for line in lines)  # one row a job, id and name whole
 
 
 def test_events_are_sentences_never_python_values() -> None:

@@ -103,3 +103,18 @@ def test_hold_out_moves_images_out_of_training_once(tmp_path: Path) -> None:
         assert name not in {f["name"] for f in after["files"]}
     assert hold_out(data, tmp_path / "holdout", 2) == (held, None)  # done already: nothing moves again
     assert json.loads((data / "manifest.json").read_text()) == after
+
+
+def test_the_notebook_defaults_to_the_best_checkpoint_and_says_why() -> None:
+    from loraflow.jobs.store import Store
+    from loraflow.notebook import best_checkpoint
+
+    spec = parse_spec({"name": "x", "dataset": {"path": "d", "trigger_word": "lfx"}, "base_model": "tiny-flux"})
+    store = Store()
+    job = store.create_job(spec)
+    assert best_checkpoint(job.id) == (None, "no scorecard: the final LoRA")
+    c = card(entry(10, fit=0.2), entry(20, fit=0.1))
+    c["best"] = choose(c)
+    store.update_outputs(job.id, scorecard={"best": c["best"], "rows": summary_rows(c)})
+    step, why = best_checkpoint(job.id)
+    assert step == 10 and why.startswith("step 10 scores highest")

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from loraflow.cli.output import console, print_json
+from loraflow.cli.scorecard_view import print_scorecard
 from loraflow.cli.sentences import describe, words
 from loraflow.errors import IllegalTransition, UserInputError
 from loraflow.hosts.base import Handle
@@ -47,7 +48,7 @@ def list_jobs(
 
 def jobs_table(jobs: list[Job], places: dict, width: int) -> Table:
     """The job list as a table that fits the terminal: at 80 columns the less used columns go (engine,
-    stage, loss, created) and the id is shortened to the prefix every `jobs` command accepts."""
+    stage, loss, created); the id stays whole, as scripts and people copy it."""
     wide = width >= 120
     columns = ["id", "name", "state", "progress", "queue", "cost"]
     if wide:
@@ -56,7 +57,7 @@ def jobs_table(jobs: list[Job], places: dict, width: int) -> Table:
     table = Table(*columns, pad_edge=False, box=None if not wide else box.SIMPLE_HEAD)
     for j in jobs:
         row = {
-            "id": j.id if wide else j.id[:8],
+            "id": j.id,
             "name": escape(j.name),
             "state": j.state.value if wide or not j.stage or j.state not in ACTIVE else f"{j.state.value}/{j.stage}",
             "stage": j.stage or "-",
@@ -90,11 +91,13 @@ def show(
     table = Table(show_header=False, title=f"job {job.id}", box=box.SIMPLE)
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")
+    scorecard = data.get("artifacts", {}).pop("scorecard", None)
     for key, value in data.items():
         if value in (None, "", [], {}):
             continue  # `error None` tells nobody anything
         table.add_row(key.replace("_", " "), escape(words(value)))
     console.print(table)
+    print_scorecard(scorecard)
 
 
 def _hook_line(h: dict) -> str:

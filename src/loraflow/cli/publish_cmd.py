@@ -25,6 +25,12 @@ def _publish(store: Store, job_id: str, checkpoint: int | None, to: str | None =
         )
         note = f" ({result['status']})" if result["type"] == "comfydeploy" else ""
         console.print(f"published to {result['type']}: {escape(str(where))}{note}")
+    best = (store.find(job_id).outputs.scorecard or {}).get("best") or {}
+    if best.get("step") is not None and best.get("checkpoint_step") != checkpoint:
+        step = best.get("checkpoint_step")
+        how = f"--checkpoint {step}" if step is not None else "no --checkpoint (the final LoRA)"
+        console.print(f"note: the scorecard's best is step {best['step']} ({escape(best.get('why', ''))}); "
+                      f"publish it with {how}")
 
 
 def publish(

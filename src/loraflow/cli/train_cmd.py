@@ -131,6 +131,9 @@ def demo(
     ]:
         table.add_row(key, escape(str(value)))
     console.print(table)
+    from loraflow.cli.scorecard_view import print_scorecard
+
+    print_scorecard(job.outputs.scorecard)
     if job.outputs.bundle:
         console.print(f"bundle: {escape(job.outputs.bundle)}")
     raise typer.Exit(code)

@@ -2,7 +2,7 @@
 
 The runner writes the config into the job folder where the base model is (this machine, or the rented
 host before it is released) and starts `python -m loraflow.evaluation <folder>/config.json` there, the
-same way it starts the trainer (docs/result-check.md).
+same way it starts the trainer (docs/scorecard.md).
 """
 
 from __future__ import annotations

@@ -22,8 +22,9 @@ W, H, LEFT, RIGHT, TOP, BOTTOM = 640, 360, 56, 170, 36, 44
 
 
 def scorecard_png(card: dict[str, Any]) -> bytes | None:
-    """A PNG line chart of the scorecard, or None when it scored nothing."""
-    rows = summary_rows(card)
+    """A PNG line chart of a scorecard (or of a job's stored summary, which has its rows), or None when it
+    scored nothing."""
+    rows = card.get("rows") or summary_rows(card)
     if not rows:
         return None
     img = Image.new("RGB", (W, H), "white")

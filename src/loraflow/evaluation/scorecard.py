@@ -1,7 +1,7 @@
 """The scorecard of a job's kept checkpoints, and the rule that picks the best one (no torch here: the
 bundle, the server and `jobs show` read scorecards on machines without the `train` extra).
 
-The rule (docs/result-check.md):
+The rule (docs/scorecard.md):
 1. A checkpoint is eligible when it passes the effect check (the LoRA changes the output) and memorized
    nothing (no sample as close as `evaluation.memorization` to one training image).
 2. Its score is its gain over the base model alone, led by the fit to the reference images:

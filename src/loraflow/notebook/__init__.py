@@ -10,7 +10,14 @@ the notebook holds settings and calls, never logic of its own."""
 from loraflow.notebook.cost import SECONDS_PER_STEP, cost_guard, cost_line, instance_price
 from loraflow.notebook.dataset_steps import caption_preview, config_preview, dataset_gate
 from loraflow.notebook.preflight import bootstrap, preflight
-from loraflow.notebook.results import download_link, package_and_publish, python_version_ok, samples_grid, verify
+from loraflow.notebook.results import (
+    best_checkpoint,
+    download_link,
+    package_and_publish,
+    python_version_ok,
+    samples_grid,
+    verify,
+)
 from loraflow.notebook.settings import (
     VAST_ROOTS,
     Settings,
@@ -32,6 +39,7 @@ __all__ = [
     "NotebookStop",
     "Settings",
     "ask_secret",
+    "best_checkpoint",
     "bootstrap",
     "build_spec",
     "caption_preview",

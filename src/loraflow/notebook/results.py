@@ -33,12 +33,27 @@ def package_and_publish(job_id: str, checkpoint_step: int | None = None) -> dict
     job = store.get(job_id)
     bundle = build_bundle(store, job, checkpoint_step)
     published = publish(store, job.id, checkpoint_step) if job.train_spec.publish.targets else []
+    best = (job.outputs.scorecard or {}).get("best") or {}
     return {
         "bundle": str(bundle),
         "size_mb": round(bundle.stat().st_size / 1e6, 2),
         "published": published,
         "link": download_link(bundle),
+        "checkpoint_step": checkpoint_step,
+        "best_checkpoint": best.get("checkpoint_step") if best.get("step") is not None else None,
+        "best_why": best.get("why"),
     }
+
+
+def best_checkpoint(job_id: str) -> tuple[int | None, str]:
+    """The scorecard's best checkpoint (None: the final LoRA, or nothing scored) and why: the notebook's
+    default for CHECKPOINT_STEP, printed so the user sees the reason and can pick another."""
+    from loraflow.jobs.store import Store
+
+    best = (Store().get(job_id).outputs.scorecard or {}).get("best") or {}
+    if best.get("step") is None:
+        return None, best.get("why") or "no scorecard: the final LoRA"
+    return best.get("checkpoint_step"), best.get("why", "")
 
 
 def download_link(path: Path) -> str:

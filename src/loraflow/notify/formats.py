@@ -18,6 +18,7 @@ SIMPLE = {
     "job.completed": "job.completed",
     "job.cancelled": "job.cancelled",
     "budget.warning": "budget.warning",
+    "result.scored": "result.scored",
 }
 EVENTS = sorted({*SIMPLE.values(), "job.started", "job.failed"})
 
@@ -67,6 +68,7 @@ def human_text(p: dict[str, Any]) -> str:
         "job.failed": f"{job}: failed ❌ {p.get('error') or ''}",
         "job.cancelled": f"{job}: cancelled",
         "budget.warning": f"{job}: budget warning — ${p['cost_usd']:.2f} spent",
+        "result.scored": f"{job}: scored — {((p['data'].get('best') or {}).get('why') or 'no best checkpoint')}",
     }
     return lines.get(name, f"{job}: {name}")
 

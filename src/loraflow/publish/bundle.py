@@ -104,6 +104,23 @@ def _events_summary(store: Store, job: Job) -> dict[str, Any]:
     }
 
 
+def scorecard_files(layout: JobLayout, files: dict[str, bytes]) -> tuple[dict[str, Any] | None, bool]:
+    """scorecard.json (without this machine's paths) and its plot into the bundle, when the job was scored."""
+    from loraflow.evaluation.plot import scorecard_png
+    from loraflow.evaluation.scorecard import read_scorecard
+
+    card = read_scorecard(Path(layout.evaluation))
+    if card is None:
+        return None, False
+    for entry in card.get("checkpoints", []):
+        entry.pop("file", None)
+    files["scorecard.json"] = (json.dumps(card, indent=2, ensure_ascii=False) + "\n").encode()
+    plot = scorecard_png(card)
+    if plot:
+        files["scorecard.png"] = plot
+    return card, plot is not None
+
+
 def bundle_files(store: Store, job: Job, checkpoint_step: int | None = None) -> dict[str, bytes]:
     layout = JobLayout(str(job.folder))
     spec = job.train_spec
@@ -154,6 +171,9 @@ def bundle_files(store: Store, job: Job, checkpoint_step: int | None = None) -> 
         "timings": _events_summary(store, job),
         "spec": spec.to_dict(),
     }
+    card, plot = scorecard_files(layout, files)
+    if card:
+        meta["best_checkpoint"] = card.get("best")
     files["metadata.json"] = (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode()
     latest = [i for i in items if i["step"] == max((i["step"] for i in items), default=0)]
     files["README.md"] = render_card(
@@ -165,6 +185,8 @@ def bundle_files(store: Store, job: Job, checkpoint_step: int | None = None) -> 
         grid="samples/grid.png" if grid else None,
         job_id=job.id,
         dataset_hash=job.outputs.dataset_hash,
+        scorecard=card,
+        scorecard_plot="scorecard.png" if plot else None,
     ).encode()
     sums = "".join(f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in sorted(files.items()))
     files["SHA256SUMS"] = sums.encode()

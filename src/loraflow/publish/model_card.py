@@ -41,6 +41,26 @@ def front_matter(spec: TrainSpec, samples: list[dict[str, Any]]) -> ModelCardDat
     )
 
 
+def scorecard_section(card: dict[str, Any], plot: str | None) -> list[str]:
+    """The result check in the card: the verdict, the table per checkpoint and the chosen one, with why."""
+    from loraflow.evaluation.scorecard import markdown_table
+
+    verdict = card.get("effect_check") or {}
+    best = card.get("best") or {}
+    lines = ["", "## Result check", "", f"Effect check: {'passed' if verdict.get('passed') else 'failed'} — "
+             f"{verdict.get('message', '')}", ""]
+    if best.get("step") is not None:
+        lines += [f"Best checkpoint: **step {best['step']}** — {best.get('why', '')}", ""]
+    else:
+        lines += [f"No best checkpoint: {best.get('why', '')}", ""]
+    lines.append(markdown_table(card))
+    if plot:
+        lines += ["", f"![scorecard]({plot})"]
+    lines += ["", "How each number is measured and how the best checkpoint is chosen: loraflow's "
+              "docs/scorecard.md (`scorecard.json` in this bundle has every value)."]
+    return lines
+
+
 def render_card(
     spec: TrainSpec,
     *,
@@ -51,6 +71,8 @@ def render_card(
     grid: str | None,
     job_id: str,
     dataset_hash: str | None,
+    scorecard: dict[str, Any] | None = None,
+    scorecard_plot: str | None = None,
 ) -> str:
     entry = spec.catalog_entry
     trigger = spec.dataset.trigger_word
@@ -63,6 +85,8 @@ def render_card(
         lines += ["", "This model is labelled NSFW by its creator."]
     if grid:
         lines += ["", "## Samples", "", f"![samples]({grid})"]
+    if scorecard:
+        lines += scorecard_section(scorecard, scorecard_plot)
     lines += [
         "",
         "## Use it",

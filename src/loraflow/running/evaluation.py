@@ -27,5 +27,17 @@ class Evaluation:
 
 
 def evaluate(ctx: RunContext, verdicts: list[FileVerdict]) -> Evaluation | None:
-    """The effect check and scorecard over the files that passed the structural check (none yet)."""
-    return None
+    """The effect check and scorecard over the files that passed the structural check
+    (running/scoring.py, docs/scorecard.md)."""
+    from loraflow.running.scoring import INERT_HINT, score_job
+
+    if ctx.refresh().outputs.scorecard is not None:
+        return None  # scored by an earlier runner of this job
+    card = score_job(ctx, [v.step for v in verdicts if v.ok])
+    if card is None:
+        return None
+    verdict = card.get("effect_check") or {}
+    passed = bool(verdict.get("passed"))
+    return Evaluation(ok=passed, code="ok" if passed else verdict.get("code") or "lora_inert",
+                      message=verdict.get("message", ""), hint="" if passed else INERT_HINT,
+                      details={"best": card.get("best")})

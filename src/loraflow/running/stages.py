@@ -37,7 +37,13 @@ class Prepare(StageBase):
         dataset = Path(ctx.layout.dataset)
         if dataset.exists() and not (dataset / "manifest.json").exists():
             shutil.rmtree(dataset)  # a prepare cut short: do it again
-        if dataset.exists():
+        if dataset.exists():  # prepared by an earlier runner; finish a hold-out it was cut short in
+            if not Path(ctx.layout.holdout, "manifest.json").exists():
+                from loraflow.dataset.manifest import read_manifest
+
+                held, digest = hold_out_images(ctx, len(read_manifest(dataset)["files"]))
+                if digest:
+                    ctx.store.update_outputs(ctx.job_id, dataset_hash=digest, holdout=held)
             return None
         d = ctx.spec.dataset
         policy = d.captions
@@ -56,8 +62,20 @@ class Prepare(StageBase):
                 f"the dataset is not fit to train: {lines}",
                 fix="run `loraflow dataset check` on it and fix the errors",
             )
-        ctx.store.update_outputs(ctx.job_id, dataset_hash=report.dataset_hash, images=report.usable_images)
+        held, digest = hold_out_images(ctx, report.usable_images)
+        ctx.store.update_outputs(ctx.job_id, dataset_hash=digest or report.dataset_hash,
+                                 images=report.usable_images - len(held), holdout=held)
         return None
+
+
+def hold_out_images(ctx: RunContext, usable: int) -> tuple[list[str], str | None]:
+    """evaluation.holdout: move a few prepared images out of training (docs/scorecard.md)."""
+    from loraflow.dataset.holdout import hold_out, holdout_count
+    from loraflow.evaluation.plan import checks_effect
+    from loraflow.running.scoring import scores_here
+
+    count = holdout_count(ctx.spec.evaluation.holdout, usable) if checks_effect(ctx.spec) and scores_here(ctx) else 0
+    return hold_out(Path(ctx.layout.dataset), Path(ctx.layout.holdout), count)
 
 
 class Render(StageBase):
@@ -104,7 +122,6 @@ class Package(StageBase):
 
     def run(self, ctx: RunContext) -> JobState | None:
         from loraflow.publish.bundle import build_bundle
-
         bundle = build_bundle(ctx.store, ctx.refresh())
         ctx.store.update_outputs(ctx.job_id, bundle=str(bundle))
         return None

@@ -1,4 +1,4 @@
-"""The evaluation section: how a finished job is checked and its kept checkpoints scored (docs/result-check.md)."""
+"""The evaluation section: how a finished job is checked and its kept checkpoints scored (docs/scorecard.md)."""
 
 from __future__ import annotations
 

@@ -138,8 +138,21 @@ def live_context(db: Store, job: Job) -> dict[str, Any]:
         "chart": loss_chart([(e.data.get("step"), e.data.get("loss")) for e in progress]),
         "samples": sorted(samples.items(), reverse=True),
         "checkpoints": checkpoints,
+        "scorecard": job.outputs.scorecard,
+        "scorecard_chart": scorecard_chart(job.outputs.scorecard),
+        "best_step": ((job.outputs.scorecard or {}).get("best") or {}).get("checkpoint_step"),
         "log": [_log_line(e) for e in log[-40:]],
     }
+
+
+def scorecard_chart(summary: dict[str, Any] | None) -> str | None:
+    """The scorecard's plot as a data URI for the job page (the same picture as the bundle's scorecard.png)."""
+    import base64
+
+    from loraflow.evaluation.plot import scorecard_png
+
+    png = scorecard_png(summary) if summary else None
+    return "data:image/png;base64," + base64.b64encode(png).decode() if png else None
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
