@@ -182,8 +182,10 @@ def phases(events: list[dict[str, Any]], trainer: list[dict[str, Any]]) -> dict[
     }
 
 
-def run_job(spec: Path, home: Path, timeout: float) -> dict[str, Any]:
+def run_job(spec: Path, home: Path, timeout: float, tiny: bool = False) -> dict[str, Any]:
     env = {**os.environ, "LORAFLOW_HOME": str(home), "LORAFLOW_MODELS_DIR": str(home.parent / "models")}
+    if tiny:  # one core per process, as one GPU per process (torchrun gives each rank 1 thread; so does one)
+        env["OMP_NUM_THREADS"] = "1"
     exe = [sys.executable, "-m", "loraflow"]
     began = time.monotonic()
     proc = subprocess.run([*exe, "train", str(spec)], env=env, capture_output=True, text=True, timeout=timeout)
@@ -255,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in counts:
         home = work / f"home-{n}"
         shutil.rmtree(home, ignore_errors=True)
-        job = run_job(write_spec(work, model, data, n, args), home, args.timeout)
+        job = run_job(write_spec(work, model, data, n, args), home, args.timeout, tiny)
         results["jobs"][str(n)] = job
         one = results["jobs"].get("1")
         if "error" not in job and one and "error" not in one:
