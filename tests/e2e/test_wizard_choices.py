@@ -101,3 +101,26 @@ def test_choosing_a_model_offers_only_its_engines_and_its_defaults(serve, page) 
     names = [o.split(" ")[0] for o in page.locator("#engine option").all_inner_texts()[1:]]
     assert "ai-toolkit" in names and "kohya" in names and "fal" not in names  # fal: not granted here
     assert page.get_attribute('[name="network.rank"]', "placeholder") == "16"
+
+
+def test_files_dropped_on_the_drop_zone_are_uploaded(serve, page) -> None:  # noqa: F811
+    import base64
+
+    server = serve("--no-auth", "--workers", "0")
+    page.goto(f"{server}/new")
+    files = [{"name": p.name, "data": base64.b64encode(p.read_bytes()).decode()}
+             for p in sorted(EXAMPLES.joinpath("sample_dataset").iterdir())]  # fmt: skip
+    page.evaluate(
+        """files => {
+            const transfer = new DataTransfer();
+            for (const f of files) {
+                const bytes = Uint8Array.from(atob(f.data), c => c.charCodeAt(0));
+                transfer.items.add(new File([bytes], f.name));
+            }
+            document.getElementById("dropzone").dispatchEvent(
+                new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+        }""",
+        files,
+    )
+    page.wait_for_selector("#report")
+    assert usable(page) == 8

@@ -67,3 +67,22 @@ document.addEventListener("DOMContentLoaded", function () {
   var refusal = document.getElementById("start-error");  // a refused Start: shown where the user looks
   if (refusal) { refusal.scrollIntoView({block: "start"}); refusal.focus(); }
 });
+
+// The upload page's drop zone: files dropped on it become the file input's files and are uploaded at once,
+// as in FluxGym and ai-toolkit's UI.
+document.addEventListener("DOMContentLoaded", function () {
+  var zone = document.getElementById("dropzone"), input = document.getElementById("files");
+  if (!zone || !input) return;
+  ["dragenter", "dragover"].forEach(function (name) {
+    zone.addEventListener(name, function (e) { e.preventDefault(); zone.classList.add("over"); });
+  });
+  zone.addEventListener("dragleave", function () { zone.classList.remove("over"); });
+  zone.addEventListener("drop", function (e) {
+    e.preventDefault();
+    zone.classList.remove("over");
+    if (!e.dataTransfer || !e.dataTransfer.files.length) return;
+    input.files = e.dataTransfer.files;
+    document.getElementById("dropped").textContent = e.dataTransfer.files.length + " file(s): uploading…";
+    input.form.requestSubmit();
+  });
+});
