@@ -69,7 +69,9 @@ def test_wait_ready_through_a_slow_image_pull_without_going_over_the_rate_limit(
     assert row is not None and row["status_msg"].startswith("Pulling image")
     before = vast.admin("state/")["throttled"]
     provider.wait_ready(inst, lambda h, p: None, timeout_s=30, on_stage=seen.append)
-    assert seen[0] == "waiting for the instance to run" and vast.admin("state/")["throttled"] == before
+    # At most the first poll may meet the rate window the test's own last status call opened (a busy machine
+    # can put the two closer than the window); polling faster than the pace would be refused again and again.
+    assert seen[0] == "waiting for the instance to run" and vast.admin("state/")["throttled"] - before <= 1
     provider.release(inst)
 
 

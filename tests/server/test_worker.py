@@ -25,7 +25,9 @@ def claim_race(store_url: str | None, jobs: int = 40, workers: int = 4) -> dict[
         w = Worker(Store(store_url), slots=1000, name=f"w{n}")
         barrier.wait()
         got: list[str] = []
-        for _ in range(10):
+        # A claim locks a window of candidates (SKIP LOCKED) and takes up to 3 of them, so a round can come back
+        # short while another worker holds the window: enough rounds that every job is taken in the end.
+        for _ in range(60):
             got += w.claim(3)
         claimed[w.id] = got
 

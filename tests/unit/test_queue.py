@@ -216,8 +216,9 @@ def test_api_cli_and_page_show_the_place(store: Store, cli, monkeypatch: pytest.
         listed = {j["id"]: j["queue"] for j in get("/api/jobs")["jobs"]}
         assert set(listed) == {a1, a2} and listed[a1]["position"] == 1 and listed[a2]["position"] == 3
         assert get(f"/api/jobs/{running}", "carol")["queue"] is None  # training: not waiting
-        session = create_token(store, "alice")
-        client.cookies.set("loraflow_session", session)
+        from tests.server.test_abuse_web import log_in
+
+        log_in(client, tokens["alice"])  # a web session comes from logging in with an API token
         page = client.get(f"/jobs/{a2}")
         assert page.status_code == 200 and 'id="job-queue"' in page.text and "#3 of 3" in page.text
     from loraflow.cli.output import console

@@ -43,7 +43,9 @@ def client(endpoint_url: str | None = None) -> Any:
     from botocore.config import Config
 
     endpoint = endpoint_url or os.environ.get("LORAFLOW_S3_ENDPOINT_URL") or None
-    return boto3.client(
+    # A new session each time: boto3's default session reads the environment and ~/.aws/config once per
+    # process, so a long-lived server (or a test run) would keep the first region it saw.
+    return boto3.session.Session().client(
         "s3",
         endpoint_url=endpoint,
         region_name="auto" if is_r2(endpoint) else None,  # None: boto3 resolves it (env, ~/.aws/config)

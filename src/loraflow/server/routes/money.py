@@ -62,6 +62,9 @@ def quote(request: Request, user: Auth, spec: Annotated[str, Body(embed=True)]) 
     return credits.quote(parsed, request.app.state.platform).to_dict()
 
 
+NO_DATASET_YET = "/nonexistent/loraflow-quote-has-no-dataset"
+
+
 def _read(request: Request, user: str, text: str) -> Any:
     """The spec text read as a submission reads it, under one of the user's work slots (this runs in a
     worker thread: the routes are plain `def`); dataset_path ".": the server's paths are not asked."""
@@ -70,7 +73,9 @@ def _read(request: Request, user: str, text: str) -> Any:
     cfg = request.app.state.config
     with request.app.state.quotas.work(user):
         raw = spec_mapping(text, cfg.maxima.spec_bytes, cfg.maxima.spec_nodes)
-        return read_spec(raw, cfg, "spec", dataset_path=".")
+        # No dataset yet: a path that is not there, so the estimate takes a typical dataset's size. "." made it
+        # count every image under the server's working folder (its venv included) on every quote.
+        return read_spec(raw, cfg, "spec", dataset_path=NO_DATASET_YET)
 
 
 @router.get("/api/credits", tags=["credits"])
