@@ -40,22 +40,12 @@ def build_tiny_clip(dest: str | Path, seed: int = 0) -> Path:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from loraflow.trainer.tiny import tiny_clip_tokenizer
+    from loraflow.trainer.tiny import tiny_clip_text, tiny_clip_tokenizer
 
     def write(folder: Path) -> None:
         torch.manual_seed(seed)
         tokenizer = tiny_clip_tokenizer()
-        text = dict(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        text = tiny_clip_text(tokenizer)
         vision = dict(
             hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
             image_size=IMAGE_SIZE, patch_size=8,

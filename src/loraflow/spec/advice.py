@@ -7,6 +7,7 @@ runs out of memory an hour later. Neither is an error (an expert may mean it), s
 from __future__ import annotations
 
 from loraflow import catalog
+from loraflow.errors import UserInputError
 from loraflow.spec.models import TrainSpec
 
 # How far from the model's usual learning rate a value may stray before it is worth a word.
@@ -20,7 +21,7 @@ def _usual_learning_rate(spec: TrainSpec) -> float | None:
     model = spec.catalog_entry
     try:
         training = catalog.defaults_for(model, spec.engine.name, None).get("training", {})
-    except Exception:  # an engine the catalog does not list for this model: no usual value to compare with
+    except UserInputError:  # an engine the catalog does not list for this model: no usual value to compare with
         return None
     value = training.get("learning_rate")
     return float(value) if isinstance(value, (int, float)) else None

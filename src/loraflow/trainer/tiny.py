@@ -34,6 +34,22 @@ def _clip_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
+def tiny_clip_text(tokenizer) -> dict:
+    """The tiny CLIP text tower's geometry: one for the tiny Flux's text encoder and the tiny scorecard
+    encoders, so both read the same tokenizer the same way."""
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
 def tiny_clip_tokenizer():
     """The byte-level CLIP tokenizer of the tiny models (built from an in-memory vocabulary, nothing fetched)."""
     return _clip_tokenizer()
@@ -86,20 +102,7 @@ def build_tiny_flux(dest: str | Path, *, variant: str = "dev", seed: int = 0) ->
         return dest
     torch.manual_seed(seed)
     tok1, tok2 = _clip_tokenizer(), _t5_tokenizer()
-    clip = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tok1),
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            max_position_embeddings=77,
-            projection_dim=32,
-            bos_token_id=tok1.bos_token_id,
-            eos_token_id=tok1.eos_token_id,
-            pad_token_id=tok1.pad_token_id,
-        )
-    ).eval()
+    clip = CLIPTextModel(CLIPTextConfig(**tiny_clip_text(tok1), projection_dim=32)).eval()
     t5 = T5EncoderModel(
         T5Config(
             vocab_size=len(tok2),

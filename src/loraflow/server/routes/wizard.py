@@ -88,7 +88,6 @@ def remove_image(request: Request, upload_id: str, name: str) -> HTMLResponse:
 def recaption_image(request: Request, upload_id: str, name: str, backend: str = Form("template")) -> HTMLResponse:
     """Caption one image again: its caption is cleared and the captioner fills what is missing (this one)."""
     folder = _upload_dir(request, upload_id)
-    uploads.write_caption(folder, name, "")
     uploads.image(folder, name).with_suffix(".txt").unlink(missing_ok=True)
     return autocaption(request, upload_id, backend)
 
@@ -102,8 +101,8 @@ def _caption_status(request: Request, upload_id: str, folder: Path, error: str |
     run: CaptionRun | None = request.app.state.caption_runs.get(str(folder))
     ctx: dict[str, Any] = {"upload_id": upload_id, "run": run, "error": error or (run and run.error)}
     if run and run.finished and not run.error:
-        ctx |= {"items": wizard_context(folder, upload_id)["items"], "oob": True}
-        ctx |= {"report": wizard_context(folder, upload_id)["report"]}
+        done = wizard_context(folder, upload_id)  # one dataset check for both the grid and the report
+        ctx |= {"items": done["items"], "report": done["report"], "oob": True}
     response = fragment(request, "_caption_status.html", ctx)
     response.status_code = 422 if error else 200
     return response
