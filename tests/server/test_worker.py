@@ -20,6 +20,7 @@ def claim_race(store_url: str | None, jobs: int = 40, workers: int = 4) -> dict[
     ids = {store.create_job(SPEC).id for _ in range(jobs)}
     claimed: dict[str, list[str]] = {}
     barrier = threading.Barrier(workers)
+    first_round = threading.Barrier(workers)  # every worker claims once before any goes on: the work is shared
 
     def work(n: int) -> None:
         w = Worker(Store(store_url), slots=1000, name=f"w{n}")
@@ -27,8 +28,10 @@ def claim_race(store_url: str | None, jobs: int = 40, workers: int = 4) -> dict[
         got: list[str] = []
         # A claim locks a window of candidates (SKIP LOCKED) and takes up to 3 of them, so a round can come back
         # short while another worker holds the window: enough rounds that every job is taken in the end.
-        for _ in range(60):
+        for round_ in range(60):
             got += w.claim(3)
+            if round_ == 0:
+                first_round.wait()  # without it a busy machine can run one thread through every round first
         claimed[w.id] = got
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(workers)]
