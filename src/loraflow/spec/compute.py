@@ -36,6 +36,7 @@ class SshTarget(Strict):
 _HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?")
 _HOST_V6 = re.compile(r"[0-9A-Fa-f:]{2,39}")
 _USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+_INFRA = re.compile(r"[a-z][a-z0-9-]{0,30}(/[A-Za-z0-9*][A-Za-z0-9_.*:@-]{0,120}){0,2}")
 _PROGRAM = re.compile(r"[A-Za-z0-9_./+-]+")
 NOT_YET = {"runpod", "skypilot"}  # providers the schema names that have no implementation yet
 
@@ -66,6 +67,11 @@ class ComputeSpec(Strict):
     ssh: SshTarget | None = None
     target: str | None = Field(
         None, description="Name of an SSH host the operator registered (LORAFLOW_SSH_HOSTS); instead of ssh."
+    )
+    infra: str | None = Field(
+        None,
+        description="Where SkyPilot rents (provider skypilot), in SkyPilot's own syntax: a cloud ('aws', "
+        "'gcp/us-central1'), 'k8s' or 'k8s/<context>', or 'slurm/<cluster>'.",
     )
     max_retries: int = Field(2, ge=0, description="New hosts leased after a dead or stalled one.")
     python: str = Field("python3", description="Python on a remote host (ssh, vastai) that runs the engine.")
@@ -101,6 +107,14 @@ class ComputeSpec(Strict):
             raise ValueError("give one program name or path, such as python3 or /opt/conda/bin/python")
         return value
 
+    @field_validator("infra")
+    @classmethod
+    def _infra(cls, value: str | None) -> str | None:
+        # Reaches SkyPilot as data: a name and up to two parts, never an option or a path.
+        if value is not None and not _INFRA.fullmatch(value):
+            raise ValueError("give SkyPilot's infra: a cloud, cloud/region, k8s/<context> or slurm/<cluster>")
+        return value
+
     @field_validator("provider")
     @classmethod
     def _provider_built(cls, value: str) -> str:
@@ -114,6 +128,8 @@ class ComputeSpec(Strict):
     def _ssh_needs_target(self) -> ComputeSpec:
         if self.provider == "ssh" and self.ssh is None and self.target is None:
             raise ValueError("provider 'ssh' needs compute.ssh with at least a host, or compute.target")
+        if self.infra is not None and self.provider != "skypilot":
+            raise ValueError("compute.infra is SkyPilot's: it needs compute.provider: skypilot")
         if self.ssh is not None and self.target is not None:
             raise ValueError("give compute.ssh or compute.target, not both")
         return self

@@ -1,0 +1,163 @@
+"""The SkyPilot task loraflow builds for `compute.provider: skypilot`, judged offline by SkyPilot's own
+classes: `sky.Resources`/`sky.Task` validate it as they are built, its YAML passes SkyPilot's task schema
+and reads back through `Task.from_yaml_config`, and offers are priced by SkyPilot's catalog code reading a
+small catalog file (a manually placed catalog is never re-fetched, so nothing is downloaded).
+
+SkyPilot pins click<8.2 and uvicorn<0.36, older than loraflow's tree, so it lives in its own virtual
+environment: `make test` runs this file there (.venv-sky); in .venv it is skipped with that reason.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from loraflow.engines import engine_needs
+from loraflow.errors import UserInputError
+from loraflow.providers.estimate import Estimate
+from loraflow.providers.skypilot import SkyOffer, SkyPilotProvider
+from loraflow.providers.skypilot_task import WATCH_REMOTE, build_task, cluster_name, task_config
+from loraflow.spec import TrainSpec, load_spec
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ0loraflowtestkey loraflow@test"
+
+
+def _lambda_row(instance: str, gpu: str, mib: int, price: float, region: str) -> str:
+    info = {"Gpus": [{"Name": gpu, "Manufacturer": "NVIDIA", "Count": 1.0, "MemoryInfo": {"SizeInMiB": mib}}],
+            "TotalGpuMemoryInMiB": mib}
+    return f'{instance},{gpu},1.0,30.0,200.0,{price},{region},"{info}",'
+
+
+# A few instance types in SkyPilot's Lambda catalog format (the columns its fetcher writes).
+LAMBDA_CSV = "\n".join(
+    [
+        "InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,Price,Region,GpuInfo,SpotPrice",
+        _lambda_row("gpu_1x_a10", "A10", 24576, 0.75, "us-east-1"),
+        _lambda_row("gpu_1x_h100_pcie", "H100", 81920, 2.49, "us-east-1"),
+        _lambda_row("gpu_1x_h100_pcie", "H100", 81920, 2.99, "us-west-1"),
+        _lambda_row("gpu_1x_a100_sxm4", "A100", 40960, 1.29, "us-east-1"),
+        _lambda_row("gpu_1x_t4", "T4", 16384, 0.30, "us-east-1"),  # too small for flux-dev: left out
+    ]
+) + "\n"
+
+
+# SkyPilot's list of accelerator names (common/accelerators.csv: name, the clouds that have it).
+ACCELERATORS_CSV = "AcceleratorName,Clouds\n" + "".join(
+    f'{name},"[\'AWS\', \'GCP\', \'Lambda\', \'Kubernetes\']"\n'
+    for name in ("A10", "A100", "A100-80GB", "H100", "L4", "RTX4090", "T4")
+)
+
+
+def _place_catalogs() -> None:
+    """SkyPilot reads its catalogs under SKY_RUNTIME_DIR, fixed when it is imported, and fetches a missing one
+    from GitHub: every catalog it needs is placed first (a placed catalog counts as the user's and is never
+    fetched again), and any other request would go to a proxy that is not there."""
+    if "sky" in sys.modules:
+        pytest.skip("SkyPilot was imported before its catalogs could be placed", allow_module_level=True)
+    root = Path(tempfile.mkdtemp(prefix="loraflow-sky-"))
+    catalogs = root / ".sky" / "catalogs" / "v8"
+    for name, text in (("common/accelerators.csv", ACCELERATORS_CSV), ("lambda/vms.csv", LAMBDA_CSV)):
+        (catalogs / name).parent.mkdir(parents=True, exist_ok=True)
+        (catalogs / name).write_text(text)
+    os.environ["SKY_RUNTIME_DIR"] = str(root)
+    for var in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        os.environ[var] = "http://127.0.0.1:9"  # nothing listens: no request leaves this machine
+    os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+
+
+_place_catalogs()
+sky = pytest.importorskip("sky", reason="SkyPilot is checked in its own venv: make test runs this file in .venv-sky")
+
+
+def sky_spec(tmp_path: Path, **compute: object) -> TrainSpec:
+    """A flux-dev spec on SkyPilot. (The schema refuses provider skypilot until the runner rents through it;
+    the compute section is set here as the provider will read it.)"""
+    data = tmp_path / "photos"
+    data.mkdir(exist_ok=True)
+    (tmp_path / "spec.yaml").write_text(
+        f"name: skycat\ndataset: {{path: {data}, trigger_word: m1cat}}\nbase_model: flux-dev\n"
+        "engine: {name: ai-toolkit}\ntraining: {steps: 1000}\n"
+    )
+    spec = load_spec(tmp_path / "spec.yaml")
+    fields = {"provider": "skypilot", **compute}
+    return spec.model_copy(update={"compute": spec.compute.model_copy(update=fields)})
+
+
+def offer(accelerator: str, price: float = 2.49, cloud: str = "lambda") -> SkyOffer:
+    """An offer as `offers` makes them."""
+    return SkyOffer(accelerator, 1, cloud, None, None, price, 80.0, Estimate("H100 SXM", price, 0, 0, 3600, 0, 0))
+
+
+def provider() -> SkyPilotProvider:
+    p = SkyPilotProvider(needs=engine_needs)
+    p.ensure_ssh_key(KEY)
+    return p
+
+
+def test_the_task_is_built_and_validated_by_skypilot_and_reads_back_from_its_yaml(tmp_path: Path) -> None:
+    spec = sky_spec(tmp_path, infra="lambda", gpus=2)
+    spec = spec.model_copy(update={"compute": spec.compute.model_copy(update={"gpu": spec.compute.gpu.model_copy(
+        update={"names": ["H100"], "disk_gb": 120})})})
+    watch = tmp_path / "sky_watch.sh"
+    watch.write_text("true\n")
+    plan = provider().plan(spec, "abc123def456", offer("H100"), str(watch))
+    task = build_task(plan)
+    assert isinstance(task, sky.Task)
+    config = task_config(task)
+
+    from sky.utils import common_utils, schemas
+
+    common_utils.validate_schema(config, schemas.get_task_schema(), "invalid task: ")  # SkyPilot's own schema
+    again = sky.Task.from_yaml_config(config)
+    (resources,) = again.resources
+    assert resources.accelerators == {"H100": 2}  # compute.gpus of the chosen GPU, one machine
+    assert str(resources.cloud).lower() == "lambda"
+    assert resources.disk_size == 120
+    assert resources.image_id == {None: "docker:" + engine_needs(spec).image.removeprefix("docker:")}
+    assert resources.autostop_config.down is True  # SkyPilot tears the cluster down once the watcher ends
+    assert resources.autostop_config.wait_for.value == "jobs"
+    assert again.name == cluster_name("abc123def456") == "loraflow-abc123def456"
+    assert again.envs["LORAFLOW_JOB"] == "abc123def456"
+    assert again.file_mounts == {WATCH_REMOTE: str(watch)}
+    assert KEY in again.setup and "authorized_keys" in again.setup  # loraflow's own key on the head node
+    assert again.run == f"exec sh {WATCH_REMOTE}"
+
+
+def test_several_allowed_gpus_become_one_choice_each_and_skypilot_refuses_a_name_it_does_not_know(
+    tmp_path: Path,
+) -> None:
+    spec = sky_spec(tmp_path, infra="lambda")
+    watch = tmp_path / "w.sh"
+    watch.write_text("true\n")
+    plan = provider().plan(spec, "job1", offer("H100"), str(watch))
+    task = build_task(type(plan)(**{**plan.__dict__, "accelerators": ["H100", "A100-80GB"]}))
+    assert {tuple(r.accelerators.items()) for r in task.resources} == {(("H100", 1),), (("A100-80GB", 1),)}
+    with pytest.raises(UserInputError, match="SkyPilot refuses"):
+        build_task(type(plan)(**{**plan.__dict__, "infra": "nocloud"}))
+
+
+def test_a_job_id_that_is_no_cluster_name_is_refused() -> None:
+    with pytest.raises(UserInputError, match="cluster name"):
+        cluster_name("Bad/Id")
+
+
+def test_offers_are_priced_from_skypilots_catalog_cheapest_job_first(tmp_path: Path) -> None:
+    spec = sky_spec(tmp_path, infra="lambda")
+    offers = provider().offers(spec)
+    # flux-dev with ai-toolkit needs 24 GB a GPU: the T4 is left out; the H100 at its cheapest region only.
+    assert {o.accelerator for o in offers} == {"A10", "A100", "H100"}
+    h100 = next(o for o in offers if o.accelerator == "H100")
+    assert (h100.cloud, h100.region, h100.usd_per_hour, h100.vram_gb) == ("lambda", "us-east-1", 2.49, 80.0)
+    costs = [o.estimate.cost_usd for o in offers]
+    assert costs == sorted(costs)  # by what the whole job costs, not the hour
+    assert offers[0].estimate.usd_per_hour == offers[0].usd_per_hour
+    # The chosen offer's task names its region, so SkyPilot rents where the price was quoted.
+    plan = provider().plan(spec, "job2", h100, str(tmp_path / "w.sh"))
+    assert plan.infra == "lambda/us-east-1"
+    capped = spec.model_copy(update={"compute": spec.compute.model_copy(update={
+        "gpu": spec.compute.gpu.model_copy(update={"max_usd_per_hour": 1.0})})})
+    assert {o.accelerator for o in provider().offers(capped)} == {"A10"}
