@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # SkyPilot pins click<8.2 and uvicorn<0.36, older than loraflow's own tree: it gets a venv of its own, with
-# loraflow's core, where its classes judge the task loraflow builds (tests/remote/test_skypilot_*.py).
+# loraflow's core, where its classes judge the task loraflow builds (tests/remote/test_skypilot.py).
 SKY_VENV := .venv-sky
 SKY_STAMP := $(SKY_VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
@@ -37,7 +37,7 @@ test: $(STAMP) $(SKY_STAMP) system-deps
 	# Most tests wait on real processes (trainers, sshd, a browser): two at a time use both cores.
 	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist worksteal
 	# The SkyPilot task, judged by SkyPilot itself, offline (skipped in .venv, which has no SkyPilot).
-	$(SKY_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/remote/test_skypilot_task.py
+	$(SKY_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/remote/test_skypilot.py
 
 # Real servers and browsers the tests start themselves (PostgreSQL, OpenSSH's sshd, Chromium for Playwright),
 # from Debian's packages when this machine can install them; their tests are skipped with a reason where not.

@@ -1,13 +1,13 @@
 """The SkyPilot provider: any of SkyPilot's clouds, a Kubernetes context or a Slurm cluster
-(`compute.infra`), leased with the same verbs as Vast.ai and RunPod (providers/base.py): offers with a price, rent, wait until reachable,
-address, release, orphans by name, and the host's own dead-man switch.
+(`compute.infra`), leased with the same verbs as Vast.ai and RunPod (providers/base.py): offers with a
+price, rent, wait until reachable, release, orphans by name, and the host's own dead-man switch.
 
-SkyPilot provisions; loraflow trains. The cluster runs one SkyPilot job, the dead-man switch (providers/vast_watch.py's
-watcher, skypilot_task.py), and loraflow reaches the head node over SSH with its own key to upload, train,
-follow and copy back as on any host. loraflow keeps its own recovery (checkpoints copied back while training,
-the budget, the watcher, the move to a new host from the newest checkpoint) rather than SkyPilot's managed
-jobs: those restart a task from its start on a controller cluster that needs a cloud of its own, and
-know nothing of a LoRA's checkpoints or of a budget (docs/remote.md says more).
+SkyPilot provisions; loraflow trains. The cluster runs one SkyPilot job, the dead-man switch (the watcher
+of providers/vast_watch.py, see skypilot_task.py), and loraflow reaches the head node over SSH with its own
+key to upload, train, follow and copy back as on any host. loraflow keeps its own recovery (checkpoints
+copied back while training, the budget, the watcher, the move to a new host from the newest checkpoint)
+rather than SkyPilot's managed jobs: those restart a task from its start on a controller cluster that needs
+a cloud of its own, and know nothing of a LoRA's checkpoints or of a budget (docs/remote.md says more).
 
 Prices come from SkyPilot's catalog (`sky.catalog.list_accelerators`, the same tables its optimizer
 uses); Kubernetes and Slurm clusters are the user's own and cost nothing per hour here.

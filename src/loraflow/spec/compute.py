@@ -38,7 +38,7 @@ _HOST_V6 = re.compile(r"[0-9A-Fa-f:]{2,39}")
 _USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
 _INFRA = re.compile(r"[a-z][a-z0-9-]{0,30}(/[A-Za-z0-9*][A-Za-z0-9_.*:@-]{0,120}){0,2}")
 _PROGRAM = re.compile(r"[A-Za-z0-9_./+-]+")
-NOT_YET = {"runpod", "skypilot"}  # providers the schema names that have no implementation yet
+NOT_YET = {"runpod"}  # providers the schema names that have no implementation yet
 
 
 class GpuRequirements(Strict):
@@ -121,7 +121,9 @@ class ComputeSpec(Strict):
         # Named in the schema (the design's next providers) but not built yet: refused here, by name, rather
         # than failing deep in the acquire stage with a FileNotFoundError.
         if value in NOT_YET:
-            raise ValueError(f"'{value}' is not available in this version of loraflow; use local, ssh or vastai")
+            raise ValueError(
+                f"'{value}' is not available in this version of loraflow; use local, ssh, vastai or skypilot"
+            )
         return value
 
     @model_validator(mode="after")

@@ -10,17 +10,21 @@ environment: `make test` runs this file there (.venv-sky); in .venv it is skippe
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from loraflow.engines import engine_needs
-from loraflow.errors import UserInputError
+from loraflow.errors import LoraflowError, UserInputError
+from loraflow.providers.base import RankedOffer
 from loraflow.providers.estimate import Estimate
-from loraflow.providers.skypilot import SkyOffer, SkyPilotProvider
-from loraflow.providers.skypilot_task import WATCH_REMOTE, build_task, cluster_name, task_config
+from loraflow.providers.skypilot import SkyPilotProvider
+from loraflow.providers.skypilot_task import KEY_REMOTE, build_task, cluster_name, task_config
 from loraflow.spec import TrainSpec, load_spec
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ0loraflowtestkey loraflow@test"
@@ -87,9 +91,11 @@ def sky_spec(tmp_path: Path, **compute: object) -> TrainSpec:
     return spec.model_copy(update={"compute": spec.compute.model_copy(update=fields)})
 
 
-def offer(accelerator: str, price: float = 2.49, cloud: str = "lambda") -> SkyOffer:
+def offer(accelerator: str, price: float = 2.49, cloud: str = "lambda") -> RankedOffer:
     """An offer as `offers` makes them."""
-    return SkyOffer(accelerator, 1, cloud, None, None, price, 80.0, Estimate("H100 SXM", price, 0, 0, 3600, 0, 0))
+    row = {"id": f"{cloud}/-/{accelerator}", "accelerator": accelerator, "cloud": cloud, "region": None,
+           "instance_type": None, "price": price, "vram_gb": 80.0}
+    return RankedOffer(row, Estimate("H100 SXM", price, 0, 0, 3600, 0, 0), "skypilot")
 
 
 def provider() -> SkyPilotProvider:
@@ -102,9 +108,7 @@ def test_the_task_is_built_and_validated_by_skypilot_and_reads_back_from_its_yam
     spec = sky_spec(tmp_path, infra="lambda", gpus=2)
     spec = spec.model_copy(update={"compute": spec.compute.model_copy(update={"gpu": spec.compute.gpu.model_copy(
         update={"names": ["H100"], "disk_gb": 120})})})
-    watch = tmp_path / "sky_watch.sh"
-    watch.write_text("true\n")
-    plan = provider().plan(spec, "abc123def456", offer("H100"), str(watch))
+    plan = provider().plan(spec, "abc123def456", offer("H100"))
     task = build_task(plan)
     assert isinstance(task, sky.Task)
     config = task_config(task)
@@ -122,18 +126,16 @@ def test_the_task_is_built_and_validated_by_skypilot_and_reads_back_from_its_yam
     assert resources.autostop_config.wait_for.value == "jobs"
     assert again.name == cluster_name("abc123def456") == "loraflow-abc123def456"
     assert again.envs["LORAFLOW_JOB"] == "abc123def456"
-    assert again.file_mounts == {WATCH_REMOTE: str(watch)}
-    assert KEY in again.setup and "authorized_keys" in again.setup  # loraflow's own key on the head node
-    assert again.run == f"exec sh {WATCH_REMOTE}"
+    key_file = again.file_mounts[KEY_REMOTE]  # loraflow's own key, mounted, added to authorized_keys
+    assert Path(key_file).read_text().strip() == KEY and "authorized_keys" in again.setup
+    assert "loraflow-watch" in again.run and again.run.rstrip().endswith("wait")  # the job lives with the watcher
 
 
 def test_several_allowed_gpus_become_one_choice_each_and_skypilot_refuses_a_name_it_does_not_know(
     tmp_path: Path,
 ) -> None:
     spec = sky_spec(tmp_path, infra="lambda")
-    watch = tmp_path / "w.sh"
-    watch.write_text("true\n")
-    plan = provider().plan(spec, "job1", offer("H100"), str(watch))
+    plan = provider().plan(spec, "job1", offer("H100"))
     task = build_task(type(plan)(**{**plan.__dict__, "accelerators": ["H100", "A100-80GB"]}))
     assert {tuple(r.accelerators.items()) for r in task.resources} == {(("H100", 1),), (("A100-80GB", 1),)}
     with pytest.raises(UserInputError, match="SkyPilot refuses"):
@@ -148,16 +150,115 @@ def test_a_job_id_that_is_no_cluster_name_is_refused() -> None:
 def test_offers_are_priced_from_skypilots_catalog_cheapest_job_first(tmp_path: Path) -> None:
     spec = sky_spec(tmp_path, infra="lambda")
     offers = provider().offers(spec)
+    assert all(o.provider == "skypilot" for o in offers)
     # flux-dev with ai-toolkit needs 24 GB a GPU: the T4 is left out; the H100 at its cheapest region only.
-    assert {o.accelerator for o in offers} == {"A10", "A100", "H100"}
-    h100 = next(o for o in offers if o.accelerator == "H100")
-    assert (h100.cloud, h100.region, h100.usd_per_hour, h100.vram_gb) == ("lambda", "us-east-1", 2.49, 80.0)
+    assert {o.offer["accelerator"] for o in offers} == {"A10", "A100", "H100"}
+    h100 = next(o for o in offers if o.offer["accelerator"] == "H100")
+    assert (h100.offer["region"], h100.usd_per_hour, h100.offer["vram_gb"]) == ("us-east-1", 2.49, 80.0)
+    assert h100.gpu == "1x H100 (lambda/us-east-1)"  # as the estimate table shows it
     costs = [o.estimate.cost_usd for o in offers]
     assert costs == sorted(costs)  # by what the whole job costs, not the hour
-    assert offers[0].estimate.usd_per_hour == offers[0].usd_per_hour
     # The chosen offer's task names its region, so SkyPilot rents where the price was quoted.
-    plan = provider().plan(spec, "job2", h100, str(tmp_path / "w.sh"))
+    plan = provider().plan(spec, "job2", h100)
     assert plan.infra == "lambda/us-east-1"
     capped = spec.model_copy(update={"compute": spec.compute.model_copy(update={
         "gpu": spec.compute.gpu.model_copy(update={"max_usd_per_hour": 1.0})})})
-    assert {o.accelerator for o in provider().offers(capped)} == {"A10"}
+    assert {o.offer["accelerator"] for o in provider().offers(capped)} == {"A10"}
+
+
+class FakeSky:
+    """SkyPilot's answers as the provider reads them (the calls themselves are SkyApi's, exercised by the
+    opt-in Slurm test): a launch request that runs, then a cluster UP whose handle has an address."""
+
+    def __init__(self, port: int, launch_states: list[str]) -> None:
+        self.port, self.states = port, list(launch_states)
+        self.launched: dict[str, object] = {}
+        self.downed: list[str] = []
+        self.cancelled: list[str] = []
+        self.jobs = [{"job_id": 1, "job_name": "watch", "status": "RUNNING"}]
+        self.error: Exception | None = None
+
+    def launch(self, task: object, cluster: str) -> str:
+        self.launched[cluster] = task
+        return "req-1"
+
+    def request_state(self, request_id: str) -> str:
+        return self.states.pop(0) if len(self.states) > 1 else self.states[0]
+
+    def result(self, request_id: str) -> object:
+        if self.error:
+            raise self.error
+        return (1, None)
+
+    def cancel(self, request_id: str) -> None:
+        self.cancelled.append(request_id)
+
+    def status(self, cluster: str) -> dict | None:
+        if cluster not in self.launched or cluster in self.downed:
+            return None
+        handle = SimpleNamespace(
+            cached_external_ips=["127.0.0.1"], cached_external_ssh_ports=[self.port], ssh_user="ubuntu",
+            docker_user=None, get_hourly_price=lambda: 2.49,
+        )
+        return {"name": cluster, "status": "UP", "handle": handle, "launched_at": 1000, "resources_str": "1x H100"}
+
+    def queue(self, cluster: str) -> list[dict]:
+        return self.jobs
+
+    def down(self, cluster: str) -> None:
+        self.downed.append(cluster)
+
+    def clusters(self, prefix: str) -> list[dict]:
+        return [r for c in self.launched if c.startswith(prefix) and (r := self.status(c))]
+
+
+@pytest.fixture
+def listening() -> Iterator[int]:
+    """A port something listens on (the head node's SSH port, as far as the wait can tell)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def test_rent_wait_and_release_through_the_provider_verbs(tmp_path: Path, listening: int) -> None:
+    fake = FakeSky(listening, ["PENDING", "RUNNING", "SUCCEEDED"])
+    p = SkyPilotProvider(api=fake, needs=engine_needs)
+    p.ensure_ssh_key(KEY)
+    spec = sky_spec(tmp_path, infra="lambda")
+    cluster, chosen = p.create(spec, "job3", p.offers(spec))
+    assert cluster == "loraflow-job3" and chosen.offer["accelerator"] == "A100"  # the cheapest job, not hour
+    assert isinstance(fake.launched[cluster], sky.Task)
+    logins: list[tuple[str, int, str]] = []
+    stages: list[str] = []
+    address = p.wait_ready(cluster, lambda h, port: logins.append((h, port, p.ssh_user)), poll_s=0.01,
+                           on_stage=stages.append)
+    assert address == ("127.0.0.1", listening)
+    assert logins == [("127.0.0.1", listening, "ubuntu")]  # the login SkyPilot's handle names
+    assert stages[0].startswith("SkyPilot is provisioning loraflow-job3") and stages[-1] == "checking SSH login"
+    assert p.dead_reason(cluster) is None  # UP, its watcher job running
+    (rented,) = p.owned()
+    assert (rented.id, rented.label, rented.job_id, rented.usd_per_hour) == (cluster, "loraflow:job3", "job3", 2.49)
+    fake.jobs = [{"job_id": 1, "job_name": "watch", "status": "SUCCEEDED"}]
+    assert "watcher job ended" in (p.dead_reason(cluster) or "")
+    p.release(cluster)
+    p.release(cluster)  # idempotent
+    assert fake.downed[0] == cluster and p.dead_reason(cluster) == "the SkyPilot cluster is gone (torn down)"
+    assert fake.cancelled == []  # the launch had finished
+
+
+def test_a_failed_launch_says_skypilots_reason_and_a_launch_under_way_is_cancelled(
+    tmp_path: Path, listening: int
+) -> None:
+    fake = FakeSky(listening, ["FAILED"])
+    fake.error = RuntimeError("ResourcesUnavailableError: no H100 in us-east-1")
+    p = SkyPilotProvider(api=fake, needs=engine_needs)
+    p.ensure_ssh_key(KEY)
+    spec = sky_spec(tmp_path, infra="lambda")
+    cluster, _ = p.create(spec, "job4", p.offers(spec))
+    with pytest.raises(LoraflowError, match="no H100 in us-east-1"):
+        p.wait_ready(cluster, lambda h, port: None, poll_s=0.01)
+    fake.states = ["RUNNING"]
+    cluster, _ = p.create(spec, "job5", p.offers(spec))
+    p.release(cluster)  # released while SkyPilot still provisions: the request is cancelled, then down
+    assert fake.cancelled == ["req-1"] and cluster in fake.downed
