@@ -122,6 +122,7 @@ def test_the_task_is_built_and_validated_by_skypilot_and_reads_back_from_its_yam
     assert str(resources.cloud).lower() == "lambda"
     assert resources.disk_size == 120
     assert resources.image_id == {None: "docker:" + engine_needs(spec).image.removeprefix("docker:")}
+    assert resources.ports == ["10022"]  # the container's sshd, which loraflow reaches directly
     assert resources.autostop_config.down is True  # SkyPilot tears the cluster down once the watcher ends
     assert resources.autostop_config.wait_for.value == "jobs"
     assert again.name == cluster_name("abc123def456") == "loraflow-abc123def456"
@@ -140,6 +141,14 @@ def test_several_allowed_gpus_become_one_choice_each_and_skypilot_refuses_a_name
     assert {tuple(r.accelerators.items()) for r in task.resources} == {(("H100", 1),), (("A100-80GB", 1),)}
     with pytest.raises(UserInputError, match="SkyPilot refuses"):
         build_task(type(plan)(**{**plan.__dict__, "infra": "nocloud"}))
+
+
+@pytest.mark.parametrize("infra", ["k8s", "k8s/my-context", "slurm/mycluster"])
+def test_kubernetes_and_slurm_are_refused_before_anything_is_rented(tmp_path: Path, infra: str) -> None:
+    """SkyPilot reaches their nodes through a proxy; loraflow's SSH would land on the login node or nowhere."""
+    spec = sky_spec(tmp_path, infra=infra)
+    with pytest.raises(UserInputError, match="cannot reach SkyPilot's"):
+        provider().offers(spec)
 
 
 def test_a_job_id_that_is_no_cluster_name_is_refused() -> None:

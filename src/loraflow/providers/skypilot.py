@@ -10,7 +10,8 @@ rather than SkyPilot's managed jobs: those restart a task from its start on a co
 a cloud of its own, and know nothing of a LoRA's checkpoints or of a budget (docs/remote.md says more).
 
 Prices come from SkyPilot's catalog (`sky.catalog.list_accelerators`, the same tables its optimizer
-uses); Kubernetes and Slurm clusters are the user's own and cost nothing per hour here.
+uses). Clouds only, for now: SkyPilot reaches Kubernetes pods and Slurm allocations through a proxy that
+loraflow's SSH does not go through (catalog_rows says so to the user).
 """
 
 from __future__ import annotations
@@ -36,7 +37,14 @@ from loraflow.providers.base import (
     port_open,
 )
 from loraflow.providers.estimate import estimate
-from loraflow.providers.skypilot_task import CLUSTER_PREFIX, TaskPlan, build_task, cluster_name, import_sky
+from loraflow.providers.skypilot_task import (
+    CLUSTER_PREFIX,
+    DOCKER_SSH_PORT,
+    TaskPlan,
+    build_task,
+    cluster_name,
+    import_sky,
+)
 from loraflow.providers.vast_watch import watch_script
 from loraflow.providers.vastai import poll_interval
 from loraflow.spec import TrainSpec
@@ -59,7 +67,7 @@ TABLE_ROW = {
     "H200": "H200",
     "V100": "Tesla V100",
 }
-OWN_INFRA = ("kubernetes", "slurm", "ssh")  # the user's own machines: no price per hour
+OWN_INFRA = ("kubernetes", "slurm", "ssh")  # reached by SkyPilot through a proxy, not by a direct address
 # The watcher's "self-destroy" on SkyPilot: it ends its job, and autostop (down, waiting for jobs) tears the
 # cluster down with SkyPilot's own credentials; the host needs none of loraflow's.
 SKY_END = 'echo "$(date -u) the watcher job ends: SkyPilot autostop tears the cluster down"'
@@ -93,20 +101,19 @@ def _vram(name: str) -> float | None:
 
 def catalog_rows(spec: TrainSpec, vram_gb: float) -> list[dict[str, Any]]:
     """The catalog's instance types with the job's GPUs, cheapest region of each: what SkyPilot's optimizer
-    chooses among. On the user's own cluster (k8s, slurm) the allowed names are taken at no price."""
+    chooses among."""
     gpu, cloud = spec.compute.gpu, infra_cloud(spec.compute.infra)
     names = [sky_name(n) for n in gpu.names]
     if cloud in OWN_INFRA:
-        if not names:
-            raise UserInputError(
-                f"compute.infra {spec.compute.infra} is your own cluster: loraflow needs its GPUs' names",
-                fix="set compute.gpu.names, e.g. [H100] (`sky show-gpus --infra k8s` lists them)",
-            )
-        return [
-            {"id": f"{cloud}/{n}", "accelerator": n, "cloud": cloud, "region": None, "instance_type": None,
-             "price": 0.0, "vram_gb": _vram(n)}
-            for n in names
-        ]
+        # SkyPilot reaches these nodes through a proxy (Kubernetes: a port-forward; Slurm: the login node and
+        # srun into the allocation); loraflow's SSH goes straight to the head node's address, which there is
+        # a pod IP or the login node. Refused rather than training outside the allocation.
+        raise UserInputError(
+            f"compute.infra {spec.compute.infra}: loraflow cannot reach SkyPilot's {cloud} nodes over SSH yet "
+            "(SkyPilot reaches them through a proxy)",
+            fix="use a cloud (aws, gcp, azure, lambda...) as compute.infra, or compute.provider: ssh for a "
+            "machine of your cluster",
+        )
     if cloud is None:
         raise UserInputError(
             "compute.provider: skypilot prices offers on one infra",
@@ -255,10 +262,13 @@ class SkyPilotProvider:
             return None
         ips = getattr(handle, "cached_external_ips", None) or []
         ports = getattr(handle, "cached_external_ssh_ports", None) or [22]
-        user = getattr(handle, "docker_user", None) or getattr(handle, "ssh_user", None)
+        docker = getattr(handle, "docker_user", None)
+        user = docker or getattr(handle, "ssh_user", None)
         if not ips or not user:
             return None
-        return str(ips[0]), int(ports[0]), str(user)
+        # With a docker image SkyPilot runs sshd in the container (host network) on DOCKER_SSH_PORT, opened
+        # by the task; the VM's own port 22 is the host's.
+        return str(ips[0]), DOCKER_SSH_PORT if docker else int(ports[0]), str(user)
 
     def _launch_state(self, cluster: str) -> str:
         """The launch request's state; SUCCEEDED when this process did not start it (the cluster's own

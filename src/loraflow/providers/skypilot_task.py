@@ -31,6 +31,7 @@ from loraflow.errors import UserInputError
 CLUSTER_PREFIX = "loraflow-"
 AUTOSTOP_IDLE_MINUTES = 1  # after the watcher job ends: long enough for `sky` to see it, short of billing
 KEY_REMOTE = "~/.loraflow-watch/loraflow.pub"
+DOCKER_SSH_PORT = 10022  # SkyPilot's sshd inside a docker image (sky.skylet.constants.DEFAULT_DOCKER_PORT)
 _CLUSTER = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 
 
@@ -80,6 +81,7 @@ class TaskPlan:
             args["infra"] = self.infra
         if self.image:
             args["image_id"] = self.image if self.image.startswith("docker:") else f"docker:{self.image}"
+            args["ports"] = [DOCKER_SSH_PORT]  # loraflow's SSH goes to the container's sshd directly
         if self.max_usd_per_hour:
             args["max_hourly_cost"] = self.max_usd_per_hour
         return args

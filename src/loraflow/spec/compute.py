@@ -70,8 +70,8 @@ class ComputeSpec(Strict):
     )
     infra: str | None = Field(
         None,
-        description="Where SkyPilot rents (provider skypilot), in SkyPilot's own syntax: a cloud ('aws', "
-        "'gcp/us-central1'), 'k8s' or 'k8s/<context>', or 'slurm/<cluster>'.",
+        description="Where SkyPilot rents (provider skypilot), in SkyPilot's own syntax: a cloud and its region "
+        "('aws', 'gcp/us-central1'); its Kubernetes and Slurm are refused for now (docs/remote.md).",
     )
     max_retries: int = Field(2, ge=0, description="New hosts leased after a dead or stalled one.")
     python: str = Field("python3", description="Python on a remote host (ssh, vastai) that runs the engine.")
