@@ -24,7 +24,8 @@ from loraflow.errors import LoraflowError, UserInputError
 from loraflow.providers.base import RankedOffer
 from loraflow.providers.estimate import Estimate
 from loraflow.providers.skypilot import SkyPilotProvider
-from loraflow.providers.skypilot_task import KEY_REMOTE, build_task, cluster_name, task_config
+from loraflow.providers.skypilot_api import SkyApi
+from loraflow.providers.skypilot_task import KEY_REMOTE, TaskPlan, build_task, cluster_name, task_config
 from loraflow.spec import TrainSpec, load_spec
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ0loraflowtestkey loraflow@test"
@@ -175,11 +176,14 @@ def test_offers_are_priced_from_skypilots_catalog_cheapest_job_first(tmp_path: P
     assert {o.offer["accelerator"] for o in provider().offers(capped)} == {"A10"}
 
 
-class FakeSky:
-    """SkyPilot's answers as the provider reads them (the calls themselves are SkyApi's, exercised by the
-    opt-in Slurm test): a launch request that runs, then a cluster UP whose handle has an address."""
+class FakeSky(SkyApi):
+    """SkyPilot's answers about clusters as the provider reads them: a launch request that runs, then a
+    cluster UP whose handle has an address. The task is still built (and validated) by SkyPilot and the
+    catalog is still SkyPilot's; the cluster calls (launch, status, queue, down) are not run against a real
+    SkyPilot anywhere in the tests."""
 
     def __init__(self, port: int, launch_states: list[str]) -> None:
+        super().__init__()
         self.port, self.states = port, list(launch_states)
         self.launched: dict[str, object] = {}
         self.downed: list[str] = []
@@ -187,8 +191,8 @@ class FakeSky:
         self.jobs = [{"job_id": 1, "job_name": "watch", "status": "RUNNING"}]
         self.error: Exception | None = None
 
-    def launch(self, task: object, cluster: str) -> str:
-        self.launched[cluster] = task
+    def launch(self, plan: TaskPlan, cluster: str) -> str:
+        self.launched[cluster] = build_task(plan)
         return "req-1"
 
     def request_state(self, request_id: str) -> str:

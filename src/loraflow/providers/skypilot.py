@@ -17,6 +17,8 @@ loraflow's SSH does not go through (catalog_rows says so to the user).
 from __future__ import annotations
 
 import contextlib
+import importlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -41,9 +43,7 @@ from loraflow.providers.skypilot_task import (
     CLUSTER_PREFIX,
     DOCKER_SSH_PORT,
     TaskPlan,
-    build_task,
     cluster_name,
-    import_sky,
 )
 from loraflow.providers.vast_watch import watch_script
 from loraflow.providers.vastai import poll_interval
@@ -68,6 +68,7 @@ TABLE_ROW = {
     "V100": "Tesla V100",
 }
 OWN_INFRA = ("kubernetes", "slurm", "ssh")  # reached by SkyPilot through a proxy, not by a direct address
+API_ENV = "LORAFLOW_SKYPILOT_API"  # `module:factory` of a stand-in for SkyApi (the tests' runner processes)
 # The watcher's "self-destroy" on SkyPilot: it ends its job, and autostop (down, waiting for jobs) tears the
 # cluster down with SkyPilot's own credentials; the host needs none of loraflow's.
 SKY_END = 'echo "$(date -u) the watcher job ends: SkyPilot autostop tears the cluster down"'
@@ -99,11 +100,10 @@ def _vram(name: str) -> float | None:
     return gpu_table().get(TABLE_ROW.get(name, ""), {}).get("vram_gb")
 
 
-def catalog_rows(spec: TrainSpec, vram_gb: float) -> list[dict[str, Any]]:
+def catalog_rows(api: Any, spec: TrainSpec, vram_gb: float) -> list[dict[str, Any]]:
     """The catalog's instance types with the job's GPUs, cheapest region of each: what SkyPilot's optimizer
     chooses among."""
-    gpu, cloud = spec.compute.gpu, infra_cloud(spec.compute.infra)
-    names = [sky_name(n) for n in gpu.names]
+    cloud = infra_cloud(spec.compute.infra)
     if cloud in OWN_INFRA:
         # SkyPilot reaches these nodes through a proxy (Kubernetes: a port-forward; Slurm: the login node and
         # srun into the allocation); loraflow's SSH goes straight to the head node's address, which there is
@@ -119,29 +119,13 @@ def catalog_rows(spec: TrainSpec, vram_gb: float) -> list[dict[str, Any]]:
             "compute.provider: skypilot prices offers on one infra",
             fix="set compute.infra, e.g. aws or gcp/us-central1",
         )
-    from sky import catalog
-
-    found = catalog.list_accelerators(
-        gpus_only=True,
-        name_filter=f"^({'|'.join(names)})$" if names else None,
-        region_filter=infra_region(spec.compute.infra),
-        quantity_filter=spec.compute.gpus,
-        clouds=cloud,
-        require_price=True,
-    )
+    names = [sky_name(n) for n in spec.compute.gpu.names]
     rows = []
-    for name, items in found.items():
-        for item in items:
-            memory = item.device_memory if item.device_memory == item.device_memory else None  # NaN: unknown
-            memory = memory or _vram(name)
-            if memory is not None and memory < vram_gb * 0.95:
-                continue
-            region = item.region or None
-            rows.append(
-                {"id": f"{item.cloud.lower()}/{region or '-'}/{item.instance_type}", "accelerator": name,
-                 "cloud": item.cloud.lower(), "region": region, "instance_type": item.instance_type,
-                 "price": float(item.price), "vram_gb": memory}
-            )
+    for row in api.accelerators(cloud, names, infra_region(spec.compute.infra), spec.compute.gpus):
+        memory = row.get("vram_gb") or _vram(row["accelerator"])
+        if memory is not None and memory < vram_gb * 0.95:
+            continue
+        rows.append({**row, "vram_gb": memory, "id": f"{row['cloud']}/{row['region'] or '-'}/{row['instance_type']}"})
     return rows
 
 
@@ -170,10 +154,17 @@ class SkyPilotProvider:
 
     @property
     def api(self) -> Any:
+        """SkyApi (SkyPilot itself), or the stand-in LORAFLOW_SKYPILOT_API names (`module:factory`), which is
+        how the tests' runner processes rent from one."""
         if self._api is None:
-            from loraflow.providers.skypilot_api import SkyApi
+            named = os.environ.get(API_ENV)
+            if named:
+                module, _, factory = named.partition(":")
+                self._api = getattr(importlib.import_module(module), factory)()
+            else:
+                from loraflow.providers.skypilot_api import SkyApi
 
-            self._api = SkyApi()
+                self._api = SkyApi()
         return self._api
 
     @property
@@ -191,11 +182,10 @@ class SkyPilotProvider:
 
     def offers(self, spec: TrainSpec) -> list[RankedOffer]:
         """Cheapest expected job first (price x predicted time, as on Vast.ai), from SkyPilot's catalog."""
-        import_sky()
         vram = spec.compute.gpu.min_vram_gb or self.needs(spec).min_vram_gb
         cap = spec.compute.gpu.max_usd_per_hour
         ranked = []
-        for row in catalog_rows(spec, vram):
+        for row in catalog_rows(self.api, spec, vram):
             if cap and row["price"] > cap:
                 continue
             est = estimate(spec, TABLE_ROW.get(row["accelerator"], "RTX 4090"), row["price"])
@@ -245,10 +235,10 @@ class SkyPilotProvider:
         """Start the launch of the best offer (SkyPilot's API server provisions; `wait_ready` waits for it);
         the cluster's name is the instance id."""
         chosen = ranked[0]
-        task = build_task(self.plan(spec, job_id, chosen, max_hours))
+        plan = self.plan(spec, job_id, chosen, max_hours)
         cluster = cluster_name(job_id)
         on_attempt(f"launching {chosen.gpu} through SkyPilot as cluster {cluster}")
-        self._launches[cluster] = self.api.launch(task, cluster)
+        self._launches[cluster] = self.api.launch(plan, cluster)
         return cluster, chosen
 
     # --- wait, address -----------------------------------------------------------------------------

@@ -13,27 +13,54 @@ import io
 from typing import Any
 
 from loraflow.errors import LoraflowError
-from loraflow.providers.skypilot_task import AUTOSTOP_IDLE_MINUTES, import_sky
+from loraflow.providers.skypilot_task import AUTOSTOP_IDLE_MINUTES, TaskPlan, build_task, import_sky
 
 # SkyPilot's request states (sky.server.requests.requests.RequestStatus values)
 DONE_OK, DONE_BAD = {"SUCCEEDED"}, {"FAILED", "CANCELLED"}
 
 
 class SkyApi:
-    """The SkyPilot calls behind the provider's verbs (a test hands the provider another object with
-    these methods)."""
+    """Everything loraflow asks of SkyPilot; the only code that imports it. (A stand-in with the same
+    methods is chosen by LORAFLOW_SKYPILOT_API, see SkyPilotProvider.api.)"""
 
     def __init__(self) -> None:
         self.sky = import_sky()
 
-    def launch(self, task: Any, cluster: str) -> str:
-        """Start provisioning; the request id comes back at once. `down=True` with the idle minutes: SkyPilot
-        tears the cluster down once no job of its queue runs (the watcher job ends)."""
+    def accelerators(self, cloud: str, names: list[str], region: str | None, count: int) -> list[dict[str, Any]]:
+        """The catalog's instance types with `count` of one of `names` (any GPU when empty) on `cloud`, the
+        cheapest region of each: `accelerator`, `cloud`, `region`, `instance_type`, `price`, `vram_gb`."""
+        from sky import catalog
+
+        found = catalog.list_accelerators(
+            gpus_only=True,
+            name_filter=f"^({'|'.join(names)})$" if names else None,
+            region_filter=region,
+            quantity_filter=count,
+            clouds=cloud,
+            require_price=True,
+        )
+        return [
+            {
+                "accelerator": name,
+                "cloud": item.cloud.lower(),
+                "region": item.region or None,
+                "instance_type": item.instance_type,
+                "price": float(item.price),
+                "vram_gb": item.device_memory if item.device_memory == item.device_memory else None,  # NaN
+            }
+            for name, items in found.items()
+            for item in items
+        ]
+
+    def launch(self, plan: TaskPlan, cluster: str) -> str:
+        """Build the task (SkyPilot validates it) and start provisioning; the request id comes back at once.
+        `down=True` with the idle minutes: SkyPilot tears the cluster down once no job of its queue runs (the
+        watcher job ends)."""
         from sky.skylet.autostop_lib import AutostopWaitFor
 
         return str(
             self.sky.launch(
-                task,
+                build_task(plan),
                 cluster_name=cluster,
                 down=True,
                 idle_minutes_to_autostop=AUTOSTOP_IDLE_MINUTES,
