@@ -114,9 +114,11 @@ class SkyApi:
 
     def down(self, cluster: str) -> None:
         """Tear the cluster down (all billing stops); an unknown cluster is already down."""
+        from sky import exceptions
+
         try:
             self.sky.get(self.sky.down(cluster))
-        except self.sky.exceptions.ClusterDoesNotExist:
+        except exceptions.ClusterDoesNotExist:
             return
 
 

@@ -102,6 +102,8 @@ def build_task(plan: TaskPlan) -> Any:
     """The `sky.Task`, validated by SkyPilot as it is built: a GPU name, infra or image SkyPilot does not
     know is refused here, before anything is rented, with SkyPilot's own message."""
     sky = import_sky()
+    from sky import exceptions
+
     try:
         resources = [sky.Resources(**plan.resources_args(a)) for a in plan.accelerators]
         task = sky.Task(
@@ -113,7 +115,7 @@ def build_task(plan: TaskPlan) -> Any:
         )
         task.set_resources(resources[0] if len(resources) == 1 else set(resources))
         task.validate()
-    except (ValueError, sky.exceptions.ResourcesUnavailableError, sky.exceptions.NotSupportedError) as exc:
+    except (ValueError, exceptions.ResourcesUnavailableError, exceptions.NotSupportedError) as exc:
         raise UserInputError(
             f"SkyPilot refuses the job's machine: {exc}",
             fix="check compute.infra and compute.gpu.names against `sky show-gpus` and `sky check`",
