@@ -69,6 +69,8 @@ def _place_catalogs() -> None:
         (catalogs / name).parent.mkdir(parents=True, exist_ok=True)
         (catalogs / name).write_text(text)
     os.environ["SKY_RUNTIME_DIR"] = str(root)
+    os.environ["HOME"] = str(root)  # SkyPilot's other files (its API server's state, locks) go there too
+    os.environ["SKYPILOT_DISABLE_USAGE_COLLECTION"] = "1"
     for var in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
         os.environ[var] = "http://127.0.0.1:9"  # nothing listens: no request leaves this machine
     os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
@@ -275,3 +277,28 @@ def test_a_failed_launch_says_skypilots_reason_and_a_launch_under_way_is_cancell
     cluster, _ = p.create(spec, "job5", p.offers(spec))
     p.release(cluster)  # released while SkyPilot still provisions: the request is cancelled, then down
     assert fake.cancelled == ["req-1"] and cluster in fake.downed
+
+
+@pytest.mark.skipif(
+    not os.environ.get("LORAFLOW_SKYPILOT_SERVER"),
+    reason="opt-in (LORAFLOW_SKYPILOT_SERVER=1): starts SkyPilot's own API server on 127.0.0.1:46580, minutes",
+)
+@pytest.mark.timeout(900)
+def test_skyapi_against_skypilots_own_api_server(tmp_path: Path) -> None:
+    """SkyApi's calls through SkyPilot's client to its API server (on loopback; no cloud is set up, and every
+    other address goes to a proxy that is not there): the table of clusters, a launch whose request fails
+    with SkyPilot's own reason, which wait_ready reports, and a down of a cluster that never came up."""
+    api = SkyApi()
+    try:
+        assert api.clusters("loraflow-") == []
+        p = SkyPilotProvider(api=api, needs=engine_needs)
+        p.ensure_ssh_key(KEY)
+        spec = sky_spec(tmp_path, infra="lambda")
+        cluster, _ = p.create(spec, "probe1", p.offers(spec))
+        with pytest.raises(LoraflowError, match=r"SkyPilot could not launch loraflow-probe1: .*sky check"):
+            p.wait_ready(cluster, lambda h, port: None, timeout_s=600, poll_s=1)
+        assert api.status(cluster) is None
+        p.release(cluster)  # idempotent on a cluster SkyPilot never made
+        assert p.owned() == []
+    finally:
+        api.sky.api_stop()
