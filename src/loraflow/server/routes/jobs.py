@@ -55,7 +55,7 @@ async def create_job(
     uploads = ([dataset] if dataset is not None else []) + list(files or [])
     if not uploads:
         raise Problem(422, "no dataset", "send the dataset as `dataset` (a zip or tar) or as `files`")
-    check_open(store, user.name, cfg)  # before anything is written
+    await asyncio.to_thread(check_open, store, user.name, cfg)  # before anything is written; a store read: off the loop
     folder = paths.home() / "uploads" / uuid.uuid4().hex
     try:
         target = await save_files(uploads, folder, limit)
@@ -125,11 +125,15 @@ async def job_event_stream(
 ) -> StreamingResponse:
     """Server-sent events; reconnecting with Last-Event-ID continues without gaps or repeats. A user has
     at most `LORAFLOW_MAX_STREAMS_PER_USER` open at once (429 past it)."""
-    own_job(store, user, job_id)
+    slot = request.app.state.quotas.stream(user.name)  # first: a stream over the quota costs no store read
+    slot.__enter__()  # released when the response ends, however it ends
+    try:
+        await asyncio.to_thread(own_job, store, user, job_id)  # a store read: never on the event loop
+    except BaseException:
+        slot.__exit__(None, None, None)
+        raise
     start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
     headers = {"Cache-Control": "no-cache"}
-    slot = request.app.state.quotas.stream(user.name)
-    slot.__enter__()  # released when the response ends, however it ends
     return _CountedStream(slot, _stream(store, job_id, start), media_type="text/event-stream", headers=headers)
 
 
