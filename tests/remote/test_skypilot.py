@@ -31,19 +31,19 @@ from loraflow.spec import TrainSpec, load_spec
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ0loraflowtestkey loraflow@test"
 
 
-def _lambda_row(instance: str, gpu: str, mib: int, price: float, region: str) -> str:
+def _lambda_row(instance: str, gpu: str, mib: int, price: float, region: str, spot: float | None = None) -> str:
     info = {"Gpus": [{"Name": gpu, "Manufacturer": "NVIDIA", "Count": 1.0, "MemoryInfo": {"SizeInMiB": mib}}],
             "TotalGpuMemoryInMiB": mib}
-    return f'{instance},{gpu},1.0,30.0,200.0,{price},{region},"{info}",'
+    return f'{instance},{gpu},1.0,30.0,200.0,{price},{region},"{info}",{"" if spot is None else spot}'
 
 
 # A few instance types in SkyPilot's Lambda catalog format (the columns its fetcher writes).
 LAMBDA_CSV = "\n".join(
     [
         "InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,Price,Region,GpuInfo,SpotPrice",
-        _lambda_row("gpu_1x_a10", "A10", 24576, 0.75, "us-east-1"),
+        _lambda_row("gpu_1x_a10", "A10", 24576, 0.75, "us-east-1", spot=0.40),
         _lambda_row("gpu_1x_h100_pcie", "H100", 81920, 2.49, "us-east-1"),
-        _lambda_row("gpu_1x_h100_pcie", "H100", 81920, 2.99, "us-west-1"),
+        _lambda_row("gpu_1x_h100_pcie", "H100", 81920, 2.99, "us-west-1", spot=1.10),
         _lambda_row("gpu_1x_a100_sxm4", "A100", 40960, 1.29, "us-east-1"),
         _lambda_row("gpu_1x_t4", "T4", 16384, 0.30, "us-east-1"),  # too small for flux-dev: left out
     ]
@@ -144,6 +144,20 @@ def test_several_allowed_gpus_become_one_choice_each_and_skypilot_refuses_a_name
     assert {tuple(r.accelerators.items()) for r in task.resources} == {(("H100", 1),), (("A100-80GB", 1),)}
     with pytest.raises(UserInputError, match="SkyPilot refuses"):
         build_task(type(plan)(**{**plan.__dict__, "infra": "nocloud"}))
+
+
+def test_spot_offers_are_priced_at_the_catalogs_spot_price_in_its_cheapest_region(tmp_path: Path) -> None:
+    spec = sky_spec(tmp_path, infra="lambda")
+    spec = spec.model_copy(update={"compute": spec.compute.model_copy(update={
+        "skypilot": spec.compute.skypilot.model_copy(update={"use_spot": True})})})
+    offers = provider().offers(spec)
+    # Only the types with a spot price; the H100's is in us-west-1, not its cheapest on-demand region.
+    assert {(o.offer["accelerator"], o.offer["region"], o.usd_per_hour) for o in offers} == {
+        ("A10", "us-east-1", 0.40), ("H100", "us-west-1", 1.10)}
+    h100 = next(o for o in offers if o.offer["accelerator"] == "H100")
+    assert h100.gpu == "1x H100 spot (lambda/us-west-1)"
+    (resources,) = build_task(provider().plan(spec, "job6", h100)).resources
+    assert resources.use_spot is True and resources.region == "us-west-1"
 
 
 @pytest.mark.parametrize("infra", ["k8s", "k8s/my-context", "slurm/mycluster"])

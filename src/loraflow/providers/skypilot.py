@@ -121,18 +121,20 @@ def catalog_rows(api: Any, spec: TrainSpec, vram_gb: float) -> list[dict[str, An
         )
     names = [sky_name(n) for n in spec.compute.gpu.names]
     rows = []
-    for row in api.accelerators(cloud, names, infra_region(spec.compute.infra), spec.compute.gpus):
+    spot = spec.compute.skypilot.use_spot
+    for row in api.accelerators(cloud, names, infra_region(spec.compute.infra), spec.compute.gpus, spot):
         memory = row.get("vram_gb") or _vram(row["accelerator"])
         if memory is not None and memory < vram_gb * 0.95:
             continue
-        rows.append({**row, "vram_gb": memory, "id": f"{row['cloud']}/{row['region'] or '-'}/{row['instance_type']}"})
+        where = f"{row['cloud']}/{row['region'] or '-'}/{row['instance_type']}"
+        rows.append({**row, "vram_gb": memory, "spot": spot, "id": where + (" spot" if spot else "")})
     return rows
 
 
 def offer_label(row: dict[str, Any], gpus: int) -> str:
-    """'1x H100 (lambda/us-east-1)': the machine as the estimate table shows it."""
+    """'1x H100 (lambda/us-east-1)': the machine as the estimate table shows it ('1x H100 spot (aws/...)')."""
     where = row["cloud"] + (f"/{row['region']}" if row.get("region") else "")
-    return f"{gpus}x {row['accelerator']} ({where})"
+    return f"{gpus}x {row['accelerator']}{' spot' if row.get('spot') else ''} ({where})"
 
 
 class SkyPilotProvider:
@@ -194,7 +196,7 @@ class SkyPilotProvider:
         if not ranked:
             raise UserInputError(
                 f"SkyPilot's catalog has no {spec.compute.gpus}-GPU machine with {vram} GB per GPU on "
-                f"{spec.compute.infra}",
+                f"{spec.compute.infra}" + (" at a spot price" if spec.compute.skypilot.use_spot else ""),
                 fix="relax compute.gpu (names, max_usd_per_hour, min_vram_gb) or choose another compute.infra",
             )
         return ranked
@@ -217,7 +219,7 @@ class SkyPilotProvider:
             infra=infra,
             disk_gb=spec.compute.gpu.disk_gb,
             image=self.needs(spec).image,
-            use_spot=False,
+            use_spot=spec.compute.skypilot.use_spot,
             max_usd_per_hour=spec.compute.gpu.max_usd_per_hour,
             key_file=str(self._key_file),
             watch=watch_script(spec.compute.heartbeat_minutes * 60, max_hours, SKY_END),

@@ -26,9 +26,12 @@ class SkyApi:
     def __init__(self) -> None:
         self.sky = import_sky()
 
-    def accelerators(self, cloud: str, names: list[str], region: str | None, count: int) -> list[dict[str, Any]]:
+    def accelerators(
+        self, cloud: str, names: list[str], region: str | None, count: int, spot: bool = False
+    ) -> list[dict[str, Any]]:
         """The catalog's instance types with `count` of one of `names` (any GPU when empty) on `cloud`, the
-        cheapest region of each: `accelerator`, `cloud`, `region`, `instance_type`, `price`, `vram_gb`."""
+        cheapest region of each: `accelerator`, `cloud`, `region`, `instance_type`, `price` (the spot price
+        with `spot`; types without one are left out), `vram_gb`."""
         from sky import catalog
 
         found = catalog.list_accelerators(
@@ -37,20 +40,26 @@ class SkyApi:
             region_filter=region,
             quantity_filter=count,
             clouds=cloud,
+            all_regions=spot,  # the catalog keeps each type's cheapest on-demand region, not its cheapest spot one
             require_price=True,
         )
-        return [
-            {
-                "accelerator": name,
-                "cloud": item.cloud.lower(),
-                "region": item.region or None,
-                "instance_type": item.instance_type,
-                "price": float(item.price),
-                "vram_gb": item.device_memory if item.device_memory == item.device_memory else None,  # NaN
-            }
-            for name, items in found.items()
-            for item in items
-        ]
+        rows = []
+        for name, items in found.items():
+            for item in items:
+                price = float(item.spot_price if spot else item.price)
+                if price != price:  # NaN: no such price in the catalog
+                    continue
+                rows.append(
+                    {
+                        "accelerator": name,
+                        "cloud": item.cloud.lower(),
+                        "region": item.region or None,
+                        "instance_type": item.instance_type,
+                        "price": price,
+                        "vram_gb": item.device_memory if item.device_memory == item.device_memory else None,
+                    }
+                )
+        return rows
 
     def launch(self, plan: TaskPlan, cluster: str) -> str:
         """Build the task (SkyPilot validates it) and start provisioning; the request id comes back at once.

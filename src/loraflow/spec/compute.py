@@ -51,6 +51,16 @@ class GpuRequirements(Strict):
     verified_only: bool = True
 
 
+class SkyPilotOptions(Strict):
+    """What only SkyPilot asks when renting (compute.provider: skypilot); where is compute.infra."""
+
+    use_spot: bool = Field(
+        False,
+        description="Rent spot (preemptible) machines at the catalog's spot price: cheaper, but the cloud may take "
+        "them at any time (the job then moves to a new machine from its newest checkpoint, as after any lost host).",
+    )
+
+
 MAX_GPUS = 8  # the largest single machines Vast.ai and the clouds rent; one process per GPU, one machine
 
 
@@ -73,6 +83,7 @@ class ComputeSpec(Strict):
         description="Where SkyPilot rents (provider skypilot), in SkyPilot's own syntax: a cloud and its region "
         "('aws', 'gcp/us-central1'); its Kubernetes and Slurm are refused for now (docs/remote.md).",
     )
+    skypilot: SkyPilotOptions = Field(default_factory=SkyPilotOptions)
     max_retries: int = Field(2, ge=0, description="New hosts leased after a dead or stalled one.")
     python: str = Field("python3", description="Python on a remote host (ssh, vastai) that runs the engine.")
     setup: str | None = Field(

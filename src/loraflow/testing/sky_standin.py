@@ -62,8 +62,10 @@ class StandIn:
 
     # --- SkyApi's methods ---------------------------------------------------------------------------
 
-    def accelerators(self, cloud: str, names: list[str], region: str | None, count: int) -> list[dict[str, Any]]:
-        return [dict(r) for r in CATALOG if count == 1 and (not names or r["accelerator"] in names)]
+    def accelerators(
+        self, cloud: str, names: list[str], region: str | None, count: int, spot: bool = False
+    ) -> list[dict[str, Any]]:
+        return [dict(r) for r in CATALOG if count == 1 and not spot and (not names or r["accelerator"] in names)]
 
     def launch(self, plan: Any, cluster: str) -> str:
         home = self.root / cluster / "home"
