@@ -73,9 +73,9 @@ def test_a_full_size_model_on_a_machine_without_gpu_is_refused_before_anything(
 
 
 def test_a_provider_not_built_yet_is_refused_by_name(tmp_path: Path, cli) -> None:
-    result = cli("spec", "validate", write(tmp_path, base_model="tiny-flux", compute={"provider": "runpod"}))
+    result = cli("spec", "validate", write(tmp_path, base_model="tiny-flux", compute={"provider": "skypilot"}))
     assert result.code == 2
-    assert "compute.provider: 'runpod' is not available" in " ".join((result.out + result.err).split())
+    assert "compute.provider: 'skypilot' is not available" in " ".join((result.out + result.err).split())
 
 
 def test_an_incomplete_model_folder_is_named_before_anything_starts(tmp_path: Path, cli) -> None:
