@@ -106,8 +106,8 @@ def runpod(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunPod]:
         leftovers = [i for i, p in emulator.pods.items() if p.name.startswith("loraflow:")]
         assert not leftovers, f"pods left running: {leftovers}"
     finally:
+        server.shutdown()  # first: a runner still alive after a failed test must not rent while pods end
         emulator.close()
-        server.shutdown()
 
 
 @dataclass

@@ -22,6 +22,10 @@ from tests.integration.test_local_jobs import only_job, wait_for
 from tests.remote.conftest import RunPod, dump, events_of
 from tests.remote.test_vast_jobs import remote_spec
 
+# A whole job (two pods' set-up in some) takes minutes on a busy machine; a test cut short leaves its detached
+# runner renting on, so these get room rather than the suite's 300 s.
+pytestmark = pytest.mark.timeout(900)
+
 
 def runpod_spec(tmp_path: Path, steps: int = 30, every: int = 10, **compute: Any) -> Path:
     path = remote_spec(tmp_path, steps=steps, every=every)
@@ -57,7 +61,6 @@ def test_runpod_job_end_to_end(tmp_path: Path, cli, runpod: RunPod) -> None:
     assert not runpod.emulator.terminated_by_pod  # released by the runner, not by its dead-man switch
 
 
-@pytest.mark.timeout(900)  # two pods' set-up and 150 steps: minutes on a busy machine
 def test_spot_pod_taken_back_mid_training_moves_to_a_new_pod(tmp_path: Path, cli, runpod: RunPod) -> None:
     spec = runpod_spec(tmp_path, steps=150, every=5, runpod={"interruptible": True})
     assert cli("train", "--detach", spec).code == 0
@@ -96,7 +99,6 @@ def test_budget_cap_stops_with_a_checkpoint_and_releases_the_pod(tmp_path: Path,
     assert 0 < job.step < 150 and (job.folder / end["checkpoint"] / "meta.json").exists()
 
 
-@pytest.mark.timeout(900)  # a heartbeat window, two pods' set-up: minutes on a busy machine
 def test_killed_orchestrator_the_pod_terminates_itself_and_the_job_resumes(tmp_path: Path, cli, runpod: RunPod) -> None:
     spec = runpod_spec(tmp_path, steps=20_000, every=5, heartbeat_minutes=0.5)  # it outlives the test
     assert cli("train", "--detach", spec).code == 0

@@ -247,8 +247,9 @@ class RunPodEmulator:
             self.stop(self.pods[pod_id])
 
     def close(self) -> None:
-        for pod_id in list(self.pods):
-            self.terminate(pod_id)
+        while self.pods:  # a pod rented while closing ends too
+            for pod_id in list(self.pods):
+                self.terminate(pod_id)
 
     # --- GraphQL ---------------------------------------------------------------------------------
 
