@@ -14,6 +14,7 @@ from loraflow.providers.base import Needs, Provider
 RENTED: dict[str, tuple[str, str, str]] = {
     "vastai": ("loraflow.providers.vastai", "VastProvider", "Vast.ai"),
     "runpod": ("loraflow.providers.runpod", "RunPodProvider", "RunPod"),
+    "skypilot": ("loraflow.providers.skypilot", "SkyPilotProvider", "SkyPilot"),
 }
 
 

@@ -36,8 +36,9 @@ class SshTarget(Strict):
 _HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?")
 _HOST_V6 = re.compile(r"[0-9A-Fa-f:]{2,39}")
 _USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+_INFRA = re.compile(r"[a-z][a-z0-9-]{0,30}(/[A-Za-z0-9*][A-Za-z0-9_.*:@-]{0,120}){0,2}")
 _PROGRAM = re.compile(r"[A-Za-z0-9_./+-]+")
-NOT_YET = {"skypilot"}  # providers the schema names that have no implementation yet
+NOT_YET: set[str] = set()  # providers the schema names that have no implementation yet
 
 
 class GpuRequirements(Strict):
@@ -69,6 +70,16 @@ class RunPodOptions(Strict):
     volume_gb: int = Field(0, ge=0, description="A pod volume (kept while the pod is stopped); 0: none.")
 
 
+class SkyPilotOptions(Strict):
+    """What only SkyPilot asks when renting (compute.provider: skypilot); where is compute.infra."""
+
+    use_spot: bool = Field(
+        False,
+        description="Rent spot (preemptible) machines at the catalog's spot price: cheaper, but the cloud may take "
+        "them at any time (the job then moves to a new machine from its newest checkpoint, as after any lost host).",
+    )
+
+
 MAX_GPUS = 8  # the largest single machines Vast.ai and the clouds rent; one process per GPU, one machine
 
 
@@ -87,6 +98,12 @@ class ComputeSpec(Strict):
     target: str | None = Field(
         None, description="Name of an SSH host the operator registered (LORAFLOW_SSH_HOSTS); instead of ssh."
     )
+    infra: str | None = Field(
+        None,
+        description="Where SkyPilot rents (provider skypilot), in SkyPilot's own syntax: a cloud and its region "
+        "('aws', 'gcp/us-central1'); its Kubernetes and Slurm are refused for now (docs/remote.md).",
+    )
+    skypilot: SkyPilotOptions = Field(default_factory=SkyPilotOptions)
     max_retries: int = Field(2, ge=0, description="New hosts leased after a dead or stalled one.")
     python: str = Field("python3", description="Python on a remote host (ssh, vastai, runpod) that runs the engine.")
     setup: str | None = Field(
@@ -121,6 +138,14 @@ class ComputeSpec(Strict):
             raise ValueError("give one program name or path, such as python3 or /opt/conda/bin/python")
         return value
 
+    @field_validator("infra")
+    @classmethod
+    def _infra(cls, value: str | None) -> str | None:
+        # Reaches SkyPilot as data: a name and up to two parts, never an option or a path.
+        if value is not None and not _INFRA.fullmatch(value):
+            raise ValueError("give SkyPilot's infra: a cloud, cloud/region, k8s/<context> or slurm/<cluster>")
+        return value
+
     @field_validator("provider")
     @classmethod
     def _provider_built(cls, value: str) -> str:
@@ -128,7 +153,7 @@ class ComputeSpec(Strict):
         # than failing deep in the acquire stage with a FileNotFoundError.
         if value in NOT_YET:
             raise ValueError(
-                f"'{value}' is not available in this version of loraflow; use local, ssh, vastai or runpod"
+                f"'{value}' is not available in this version of loraflow; use local, ssh, vastai, runpod or skypilot"
             )
         return value
 
@@ -136,6 +161,8 @@ class ComputeSpec(Strict):
     def _ssh_needs_target(self) -> ComputeSpec:
         if self.provider == "ssh" and self.ssh is None and self.target is None:
             raise ValueError("provider 'ssh' needs compute.ssh with at least a host, or compute.target")
+        if self.infra is not None and self.provider != "skypilot":
+            raise ValueError("compute.infra is SkyPilot's: it needs compute.provider: skypilot")
         if self.ssh is not None and self.target is not None:
             raise ValueError("give compute.ssh or compute.target, not both")
         return self
