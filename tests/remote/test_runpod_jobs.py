@@ -62,23 +62,24 @@ def test_runpod_job_end_to_end(tmp_path: Path, cli, runpod: RunPod) -> None:
 
 
 def test_spot_pod_taken_back_mid_training_moves_to_a_new_pod(tmp_path: Path, cli, runpod: RunPod) -> None:
-    spec = runpod_spec(tmp_path, steps=150, every=5, runpod={"interruptible": True})
+    # 60 steps: still training a few steps after its first checkpoint on a fast machine, done in minutes on a
+    # busy one (two pods' set-up).
+    spec = runpod_spec(tmp_path, steps=60, every=5, runpod={"interruptible": True})
     assert cli("train", "--detach", spec).code == 0
     store = Store()
     job = only_job(store)
-    wait_for(lambda: any(d["step"] >= 10 for d in events_of(store, job.id, "checkpoint.synced")), timeout=600,
-             what="a checkpoint")  # fmt: skip
+    wait_for(lambda: bool(events_of(store, job.id, "checkpoint.synced")), timeout=600, what="a checkpoint")
     first = store.get(job.id).lease["instance_id"]
     assert runpod.pods()[first]["interruptible"]
     runpod.admin(f"pods/{first}/fail", {"kind": "exited"})  # RunPod stops a spot pod it takes back
     wait_for(lambda: store.get(job.id).state not in ACTIVE, timeout=800, what="the job to end")
     job = store.get(job.id)
-    assert job.state is JobState.COMPLETED and job.step == 150, dump([e.data for e in store.events(job.id)][-20:])
+    assert job.state is JobState.COMPLETED and job.step == 60, dump([e.data for e in store.events(job.id)][-20:])
     (lost,) = events_of(store, job.id, "host.lost")
     assert "exited" in dump(lost)
     leases = job.outputs.leases
     assert leases[0]["instance_id"] == first and len(leases) == 2
-    assert events_of(store, job.id, "resumed")[-1]["step"] >= 10  # from the copied checkpoint, not step 0
+    assert events_of(store, job.id, "resumed")[-1]["step"] >= 5  # from the copied checkpoint, not step 0
     assert first in runpod.emulator.terminated and runpod.pods() == {}  # the stopped pod released too
 
 
