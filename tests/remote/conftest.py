@@ -128,6 +128,16 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
         server.stop()
 
 
+def ssh_compute(sshd: Sshd, root: str = "~/work") -> dict[str, Any]:
+    """`compute:` for a job on the test sshd as its own machine (its Python is ours: nothing to install)."""
+    import sys
+
+    return {
+        "provider": "ssh", "python": sys.executable, "setup": "",
+        "ssh": {"host": "127.0.0.1", "port": sshd.port, "user": "root", "identity_file": str(sshd.key), "root": root},
+    }  # fmt: skip
+
+
 def events_of(store: Any, job_id: str, type_: str) -> list[dict[str, Any]]:
     return [e.data for e in store.events(job_id, types=[type_])]
 

@@ -63,7 +63,8 @@ def estimate(
         print_json({"budget_usd": cap, "estimates": data, "unpriced": notes})
         return
     # At 80 columns the phases fold into "steps" and "other"; a wide terminal shows each phase.
-    phases = ("setup_s", "caching_s", "steps_s", "samples_s", "transfer_s") if console.width >= 100 else ("steps_s",)
+    wide = ("setup_s", "caching_s", "steps_s", "samples_s", "transfer_s", "check_s")  # check: the result check
+    phases = wide if console.width >= 100 else ("steps_s",)
     table = Table(title=f"estimate for {escape(spec.name)} ({spec.training.steps} steps)")
     heads = [p.removesuffix("_s").replace("caching", "cache") for p in phases]
     if len(phases) == 1:
