@@ -112,7 +112,8 @@ def check_seconds(spec: TrainSpec, gpu: str, images: int) -> float:
         return 0.0
     table, kind, e = gpu_table(), model_kind(spec), spec.evaluation
     res = 1.0 if kind == "tiny" else max(e.size * e.size / (1024 * 1024), 0.05)
-    forward = (table.get(gpu) or table["RTX 4090"])["s_per_step"] * table["models"][kind]["step_factor"] * res / 3
+    row = table.get(gpu) or table[table_row(gpu)]  # a provider's own spelling finds its row (table_row)
+    forward = row["s_per_step"] * table["models"][kind]["step_factor"] * res / 3
     prompts = len(e.prompts or spec.sampling.prompts or [""])
     renders = prompts * e.seeds * (2 if spec.dataset.trigger_word else 1)
     per_file = renders * (e.steps + 1) * forward + min(images, 8) * 4 * forward
