@@ -65,8 +65,10 @@ MODELS: dict[str, dict[str, Rule]] = {
         ),
         "kohya": same(NOT_OFFERED),
         "musubi": translated(
-            "`--dit` (low noise) and `--dit_high_noise`: one LoRA trained over both experts, switched at musubi's "
-            "`--timestep_boundary` default (875 t2v, 900 i2v)."
+            "two musubi runs in one job, each expert's `--dit` alone over its timesteps (`--min_timestep` / "
+            "`--max_timestep` at musubi's boundary, 875 t2v, 900 i2v, `--preserve_distribution_shape`): the "
+            "high-noise expert for the first half of `training.steps`, then the low-noise one; two files, "
+            "`<name>.safetensors` (low noise) and `<name>_high_noise.safetensors`."
         ),
     },
     "base_model (wan2.1-i2v-14b, wan2.2-i2v-a14b)": {

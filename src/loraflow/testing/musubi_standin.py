@@ -21,6 +21,7 @@ import shutil
 import sys
 import time
 import tomllib
+import zlib
 from pathlib import Path
 
 import torch
@@ -119,7 +120,7 @@ def _lora(args: argparse.Namespace, seed: int) -> dict[str, torch.Tensor]:
     what `exclude_patterns` names; 16 wide (64 in the MLP) so it costs nothing. MUSUBI_STANDIN_INERT=1
     leaves the up matrices zero, as a run that never stepped does."""
     rank, alpha = args.network_dim, args.network_alpha
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + zlib.crc32((args.dit or "").encode()))  # each DiT its own LoRA
     inert = os.environ.get("MUSUBI_STANDIN_INERT") == "1"
     excluded = " ".join(a for a in (args.network_args or []) if a.startswith("exclude_patterns"))
     modules = [m for m in WAN_MODULES if not ("ffn" in excluded and m.startswith("ffn"))]
