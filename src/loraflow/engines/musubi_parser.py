@@ -88,7 +88,7 @@ class MusubiParser:
             return [EngineEvent(ev.RESUMED, {"step": self.offset})]
         if text.startswith("running training"):
             return [EngineEvent(ev.PHASE, {"phase": "training"})]
-        if text.startswith("Encoding dataset [") or text.startswith("Encoding with T5"):
+        if text.startswith(("Encoding dataset [", "Encoding with ")):  # each family names its text encoder
             return [EngineEvent(ev.PHASE, {"phase": "caching"})]
         if text.startswith("Load dataset config from") or text.startswith("Loading DiT model from"):
             return [EngineEvent(ev.PHASE, {"phase": "preparing"})]
