@@ -103,3 +103,16 @@ def test_progress_counts_across_both_runs_and_the_first_run_asks_for_the_next() 
     outcome = MusubiEngine().outcome(0, False, high)
     assert outcome.more and not outcome.ok and "low-noise expert" in outcome.message
     assert not MusubiEngine().outcome(1, False, high).more  # a crash is a crash
+
+
+def test_the_pair_on_musubi_is_refused_on_a_rented_host_by_name() -> None:
+    """Which expert runs next is read from the job's own folder: on a rented or SSH host it is refused before
+    anything is rented, by name, rather than started and looping on its first expert."""
+    import pytest
+
+    from loraflow.errors import SpecError
+
+    with pytest.raises(SpecError) as refused:
+        parse_spec({"name": "d", "dataset": {"path": "/d"}, "base_model": "wan2.2-t2v-a14b",
+                    "compute": {"provider": "vastai"}})
+    assert any("base_model (wan2.2-t2v-a14b" in p and "compute.provider: local" in p for p in refused.value.problems)

@@ -246,5 +246,8 @@ def test_wan22_on_the_aitoolkit_standin_delivers_both_experts_as_one_result(cli,
     assert job.state is JobState.COMPLETED and job.step == 12
     low, high = job.folder / "dancer.safetensors", job.folder / "dancer_high_noise.safetensors"
     assert low.is_file() and high.is_file() and low.read_bytes() != b""
+    log = (job.folder / "run" / "train.log").read_text()  # the stand-in loads what wan22_14b_model loads
+    assert "Loading transformer 2" in log and "Creating DualWanTransformer3DModel" in log
+    assert "Loading Flux model" not in log
     with zipfile.ZipFile(job.outputs.bundle) as zf:
         assert {"dancer.safetensors", "dancer_high_noise.safetensors"} <= set(zf.namelist())
