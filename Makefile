@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# CPU path: this exact pin takes the CPU wheel; a plain `torch` would download CUDA builds.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[train,caption,server,cloud,dev]"
+	$(PY) -m pip install -q -e ".[train,caption,server,cloud,runpod,dev]"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -200,7 +200,9 @@ def test_estimate_offers_instances_and_reap_cli(tmp_path: Path, cli, vast: Vast)
     orphan = client.create_instance(client.search_offers({"limit": 1})[0]["id"], body)["new_contract"]
     assert "deadbeef0000" in cli("instances").out
     dry = cli("reap", "--dry-run", "--json")
-    assert json.loads(dry.out) == [{"id": orphan, "label": "loraflow:deadbeef0000", "destroyed": False}]
+    assert json.loads(dry.out) == [
+        {"provider": "vastai", "id": orphan, "label": "loraflow:deadbeef0000", "destroyed": False}
+    ]
     assert client.show_instance(orphan) is not None
     assert cli("reap").code == 0
     assert client.show_instance(orphan) is None

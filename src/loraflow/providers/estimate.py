@@ -72,10 +72,21 @@ def scaling_efficiency(gpus: int) -> float:
     return points[-1][1]
 
 
+def table_row(gpu: str) -> str:
+    """The throughput table's row for a provider's GPU name: Vast.ai's names are the table's; other providers
+    spell them differently ("A100 PCIe", "RTX 6000 Ada", "A100 SXM"): matched without case and spaces, the
+    table's name extending the provider's. "RTX 4090" when nothing matches."""
+    squash = gpu.lower().replace(" ", "")
+    rows = [k for k in gpu_table() if k not in ("models", "scaling")]
+    exact = [k for k in rows if k.lower().replace(" ", "") == squash]
+    longer = [k for k in rows if k.lower().replace(" ", "").startswith(squash)] if squash else []
+    return (exact or sorted(longer, key=len) or ["RTX 4090"])[0]
+
+
 def seconds_per_step(spec: TrainSpec, gpu: str) -> float:
     """One optimizer step on one GPU at the spec's batch_size."""
     table = gpu_table()
-    base = (table.get(gpu) or table["RTX 4090"])["s_per_step"]
+    base = (table.get(gpu) or table.get(table_row(gpu)) or table["RTX 4090"])["s_per_step"]
     t = spec.training
     res = sum(r * r for r in t.resolution) / len(t.resolution) / (1024 * 1024)
     factor = table["models"][model_kind(spec)]["step_factor"]
@@ -101,7 +112,8 @@ def check_seconds(spec: TrainSpec, gpu: str, images: int) -> float:
         return 0.0
     table, kind, e = gpu_table(), model_kind(spec), spec.evaluation
     res = 1.0 if kind == "tiny" else max(e.size * e.size / (1024 * 1024), 0.05)
-    forward = (table.get(gpu) or table["RTX 4090"])["s_per_step"] * table["models"][kind]["step_factor"] * res / 3
+    row = table.get(gpu) or table[table_row(gpu)]  # a provider's own spelling finds its row (table_row)
+    forward = row["s_per_step"] * table["models"][kind]["step_factor"] * res / 3
     prompts = len(e.prompts or spec.sampling.prompts or [""])
     renders = prompts * e.seeds * (2 if spec.dataset.trigger_word else 1)
     per_file = renders * (e.steps + 1) * forward + min(images, 8) * 4 * forward

@@ -38,7 +38,7 @@ _HOST_V6 = re.compile(r"[0-9A-Fa-f:]{2,39}")
 _USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
 _INFRA = re.compile(r"[a-z][a-z0-9-]{0,30}(/[A-Za-z0-9*][A-Za-z0-9_.*:@-]{0,120}){0,2}")
 _PROGRAM = re.compile(r"[A-Za-z0-9_./+-]+")
-NOT_YET = {"runpod"}  # providers the schema names that have no implementation yet
+NOT_YET: set[str] = set()  # providers the schema names that have no implementation yet
 
 
 class GpuRequirements(Strict):
@@ -49,6 +49,25 @@ class GpuRequirements(Strict):
     disk_gb: int = Field(80, ge=10)
     min_reliability: float = Field(0.98, ge=0, le=1)
     verified_only: bool = True
+
+
+class RunPodOptions(Strict):
+    """What only RunPod asks when renting a pod (compute.provider: runpod)."""
+
+    cloud: Literal["secure", "community", "all"] = Field(
+        "all",
+        description="secure: RunPod's own data centres; community: vetted hosts, cheaper; all: the cheaper job "
+        "of both.",
+    )
+    interruptible: bool = Field(
+        False,
+        description="Rent a spot pod at a bid: cheaper, but RunPod may stop it at any time (the job then moves "
+        "to a new pod from its newest checkpoint, as after any lost host).",
+    )
+    bid_usd_per_gpu: float | None = Field(
+        None, gt=0, description="The spot bid per GPU and hour; default: the GPU type's current minimum bid."
+    )
+    volume_gb: int = Field(0, ge=0, description="A pod volume (kept while the pod is stopped); 0: none.")
 
 
 class SkyPilotOptions(Strict):
@@ -75,6 +94,7 @@ class ComputeSpec(Strict):
     )
     gpu: GpuRequirements = Field(default_factory=GpuRequirements)
     ssh: SshTarget | None = None
+    runpod: RunPodOptions = Field(default_factory=RunPodOptions)
     target: str | None = Field(
         None, description="Name of an SSH host the operator registered (LORAFLOW_SSH_HOSTS); instead of ssh."
     )
@@ -85,7 +105,7 @@ class ComputeSpec(Strict):
     )
     skypilot: SkyPilotOptions = Field(default_factory=SkyPilotOptions)
     max_retries: int = Field(2, ge=0, description="New hosts leased after a dead or stalled one.")
-    python: str = Field("python3", description="Python on a remote host (ssh, vastai) that runs the engine.")
+    python: str = Field("python3", description="Python on a remote host (ssh, vastai, runpod) that runs the engine.")
     setup: str | None = Field(
         None, description="Shell run once per remote lease before training; default: the engine's set-up."
     )
@@ -133,7 +153,7 @@ class ComputeSpec(Strict):
         # than failing deep in the acquire stage with a FileNotFoundError.
         if value in NOT_YET:
             raise ValueError(
-                f"'{value}' is not available in this version of loraflow; use local, ssh, vastai or skypilot"
+                f"'{value}' is not available in this version of loraflow; use local, ssh, vastai, runpod or skypilot"
             )
         return value
 
