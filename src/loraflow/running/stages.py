@@ -72,9 +72,10 @@ def hold_out_images(ctx: RunContext, usable: int) -> tuple[list[str], str | None
     """evaluation.holdout: move a few prepared images out of training (docs/scorecard.md)."""
     from loraflow.dataset.holdout import hold_out, holdout_count
     from loraflow.evaluation.plan import checks_effect
-    from loraflow.running.scoring import scores_here
+    from loraflow.running.scoring import scores_somewhere
 
-    count = holdout_count(ctx.spec.evaluation.holdout, usable) if checks_effect(ctx.spec) and scores_here(ctx) else 0
+    scored = checks_effect(ctx.spec) and scores_somewhere(ctx)
+    count = holdout_count(ctx.spec.evaluation.holdout, usable) if scored else 0
     return hold_out(Path(ctx.layout.dataset), Path(ctx.layout.holdout), count)
 
 
@@ -137,10 +138,12 @@ class Publish(StageBase):
         return not ctx.spec.publish.targets or self.name in ctx.job.stages_done
 
     def run(self, ctx: RunContext) -> JobState | None:
-        from loraflow.publish.publisher import publish_job
+        from loraflow.publish.publisher import choose_checkpoint, publish_job
 
+        job = ctx.refresh()
+        choice = choose_checkpoint(job)  # the scorecard's best, else the final LoRA
         try:
-            publish_job(ctx.store, ctx.refresh())
+            publish_job(ctx.store, job, choice.step, chosen=choice.why)
         except UserInputError as exc:  # the target as written is wrong
             raise UserInputError(f"publishing failed: {exc.message}", fix=exc.fix or _republish(ctx)) from exc
         except Exception as exc:  # the service failed, not the user's input: say which, keep the LoRA

@@ -31,18 +31,19 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from loraflow.testing.containers import free_port as free_port  # re-exported: tests and benches import it here
+from loraflow.testing.containers import kill_marked, start_sshd
+from loraflow.testing.emulator_http import serve
 from loraflow.testing.vast_admin import admin
 from loraflow.testing.vast_container import execute, instance_key_allows, put_instance, request_logs, throttled
 from loraflow.testing.vast_instances import Instance, create_instance, instance_row, list_instances
@@ -50,12 +51,6 @@ from loraflow.testing.vast_offers import make_offers, search_offers
 from loraflow.testing.vast_relay import Relay
 
 MARKER = "LORAFLOW_EMU_INSTANCE"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Emulator:
@@ -117,43 +112,18 @@ class Emulator:
         home = inst.root / "root"
         home.mkdir(parents=True, exist_ok=True)
         (inst.root / "workspace").mkdir(exist_ok=True)
-        keys = inst.root / "authorized_keys"
-        keys.write_text("".join(k + "\n" for k in inst.authorized_keys))
-        keys.chmod(0o600)
-        port = free_port()
-        config = inst.root / "sshd_config"
-        config.write_text(
-            "\n".join(
-                [
-                    "ListenAddress 127.0.0.1",
-                    f"Port {port}",
-                    f"HostKey {self.host_key}",
-                    f"AuthorizedKeysFile {keys}",
-                    "PasswordAuthentication no",
-                    "KbdInteractiveAuthentication no",
-                    "UsePAM no",
-                    "StrictModes no",
-                    "PermitRootLogin prohibit-password",
-                    "PidFile none",
-                    "MaxSessions 64",
-                    "MaxStartups 64",
-                    f"SetEnv HOME={home} DATA_DIRECTORY={inst.root / 'workspace'} CONTAINER_ID={inst.id} "
-                    f"{MARKER}={self.marker(inst)}",
-                    "",
-                ]
-            )
+        inst.sshd, port = start_sshd(
+            inst.root,
+            self.host_key,
+            inst.authorized_keys,
+            {
+                "HOME": str(home),
+                "DATA_DIRECTORY": str(inst.root / "workspace"),
+                "CONTAINER_ID": str(inst.id),
+                MARKER: self.marker(inst),
+            },
+            self.sshd_bin,
         )
-        inst.sshd = subprocess.Popen(
-            [self.sshd_bin, "-D", "-e", "-f", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=open(inst.root / "sshd.log", "ab"),  # noqa: SIM115
-        )
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
         inst.relay = Relay(port)
         self._onstart(inst, home)
 
@@ -183,15 +153,7 @@ class Emulator:
 
     def _kill_processes(self, inst: Instance) -> None:
         """Everything started in the instance (found by the marker in its environment) dies with it."""
-        needle = f"{MARKER}={self.marker(inst)}".encode()
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit() or int(proc.name) == os.getpid():
-                continue
-            try:
-                if needle in (proc / "environ").read_bytes().split(b"\0"):
-                    os.kill(int(proc.name), signal.SIGKILL)
-            except (OSError, ProcessLookupError):
-                continue
+        kill_marked(f"{MARKER}={self.marker(inst)}")
         if inst.relay:
             inst.relay.close()
             inst.relay = None
@@ -317,40 +279,7 @@ class Emulator:
 
 
 def make_server(emulator: Emulator, port: int = 0) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _serve(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            extra: dict[str, str] = {}
-            try:
-                status, payload, *more = emulator.handle(self.command, self.path, headers, body)
-                extra = more[0] if more else {}
-            except Exception as exc:  # a bug in the emulator must look like a 500, as a real server's would
-                status, payload = 500, {"success": False, "error": "server_error", "msg": repr(exc)}
-            text = payload if isinstance(payload, str) else json.dumps(payload)
-            raw = text.encode()
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "text/plain" if isinstance(payload, str) else "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                for name, value in extra.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(raw)
-            except (BrokenPipeError, ConnectionResetError):  # an instance's own DELETE dies with the instance
-                self.close_connection = True
-
-        do_GET = do_POST = do_PUT = do_DELETE = _serve
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    server.daemon_threads = True
-    return server
+    return serve(emulator.handle, port)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from loraflow.errors import Refused, UserInputError
 from loraflow.jobs import queue
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Store
+from loraflow.publish.publisher import BEST, Wanted
 from loraflow.publish.publisher import approve_job as approve
 from loraflow.running.control import request_stop, stop
 from loraflow.running.publishing import publish as publish_job
@@ -200,11 +201,15 @@ def cancel_job(job_id: str, user: Auth, store: Db) -> dict[str, Any]:
     return store.get(job_id).to_dict()
 
 
+CHECKPOINT = "best (the scorecard's best checkpoint, else the final LoRA), final, or a kept checkpoint's step"
+
+
 @router.post("/api/jobs/{job_id}/approve")
 def approve_job(
-    job_id: str, user: Auth, store: Db, checkpoint: Annotated[int | None, Body(embed=True)] = None
+    job_id: str, user: Auth, store: Db, checkpoint: Annotated[Wanted, Body(embed=True, description=CHECKPOINT)] = BEST
 ) -> dict[str, Any]:
-    """Release a job held in awaiting_approval, publishing the final LoRA or the chosen checkpoint."""
+    """Release a job held in awaiting_approval, publishing the chosen checkpoint (the scorecard's best by
+    default)."""
     own_job(store, user, job_id)
     try:
         approve(store, job_id, checkpoint, user.name)
@@ -223,18 +228,21 @@ def publish(
     job_id: str,
     user: Auth,
     store: Db,
-    checkpoint: Annotated[int | None, Body(embed=True)] = None,
+    checkpoint: Annotated[Wanted, Body(embed=True, description=CHECKPOINT)] = BEST,
     to: Annotated[
         Literal["huggingface", "s3", "comfydeploy"] | None,
         Body(embed=True, description="Only this target type; comfydeploy registers the published LoRA with the "
              "operator's ComfyDeploy workspace"),
     ] = None,
 ) -> dict[str, Any]:
-    """Publish a completed job (again) to its spec's targets, optionally a kept checkpoint."""
+    """Publish a completed job (again) to its spec's targets: the scorecard's best checkpoint unless the
+    body names one; the answer says which (`checkpoint_step`, None for the final LoRA) and why (`chosen`)."""
     own_job(store, user, job_id)
     granted = request.app.state.config.grants.comfydeploy
     results = publish_job(store, job_id, checkpoint, only=to, comfydeploy_granted=granted)
-    return {"published": [getattr(r, "__dict__", r) for r in results]}
+    first = results[0] if results else {}
+    return {"published": [getattr(r, "__dict__", r) for r in results],
+            "checkpoint_step": first.get("checkpoint_step"), "chosen": first.get("chosen")}
 
 
 @router.get("/api/jobs/{job_id}/bundle")
