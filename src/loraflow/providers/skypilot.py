@@ -16,11 +16,9 @@ loraflow's SSH does not go through (catalog_rows says so to the user).
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -33,11 +31,12 @@ from loraflow.providers.base import (
     InstanceId,
     MachineNeeds,
     Needs,
+    Progress,
     RankedOffer,
     Rented,
     SshCheck,
-    once,
-    port_open,
+    destroy_confirmed,
+    wait_for_ssh,
 )
 from loraflow.providers.estimate import estimate
 from loraflow.providers.skypilot_task import (
@@ -289,28 +288,20 @@ class SkyPilotProvider:
         poll_s: float | None = None,
         on_stage: Callable[[str], None] = lambda _s: None,
     ) -> tuple[str, int]:
-        """The launch done, the cluster UP with an address, its SSH port open, loraflow's key let in."""
+        """The launch done, the cluster UP with an address, its SSH port open, loraflow's key let in (the wait
+        every provider does, providers/base.py); the login is the one SkyPilot's handle names."""
         cluster = str(instance_id)
-        poll_s = poll_interval() if poll_s is None else poll_s
-        deadline = time.monotonic() + timeout_s
-        stage = ""
-        while time.monotonic() < deadline:
-            state = self._launch_state(cluster)
+
+        def progress() -> Progress:
+            state = self._launch_state(cluster)  # raises with SkyPilot's reason when the launch failed
             found = self.address(cluster) if state in ("SUCCEEDED", "GONE") else None
             if found is None:
-                stage = once(stage, f"SkyPilot is provisioning {cluster} ({state.lower()})", on_stage)
-            elif not port_open(found[0], found[1]):
-                stage = once(stage, f"waiting for SSH port {found[0]}:{found[1]}", on_stage)
-            else:
-                stage = once(stage, "checking SSH login", on_stage)
-                self._user = found[2]
-                try:
-                    check_ssh(found[0], found[1])
-                    return found[0], found[1]
-                except LoraflowError:
-                    pass
-            time.sleep(poll_s)
-        raise LoraflowError(f"SkyPilot cluster {cluster} was not ready within {timeout_s:.0f} s")
+                return None, None, f"SkyPilot is provisioning {cluster} ({state.lower()})"
+            self._user = found[2]
+            return None, (found[0], found[1]), ""
+
+        poll_s = poll_interval() if poll_s is None else poll_s
+        return wait_for_ssh(f"SkyPilot cluster {cluster}", progress, check_ssh, timeout_s, poll_s, on_stage)
 
     # --- health, release, orphans ------------------------------------------------------------------
 
@@ -334,15 +325,18 @@ class SkyPilotProvider:
         request = self._launches.pop(cluster, None)
         if request and self.api.request_state(request) in ("PENDING", "RUNNING"):
             self.api.cancel(request)
-        for attempt in range(tries):
-            with contextlib.suppress(Exception):  # the status check below confirms either way
+
+        def down() -> None:
+            try:
                 self.api.down(cluster)
-            if self.api.status(cluster) is None:
-                return
-            time.sleep(1 + attempt)
-        raise LoraflowError(
-            f"SkyPilot cluster {cluster} could not be confirmed down",
-            fix=f"run `sky down {cluster}`, or `loraflow reap`",
+            except LoraflowError:
+                raise
+            except Exception as exc:  # SkyPilot's own errors: read past, the status read decides
+                raise LoraflowError(f"sky down {cluster}: {exc}") from exc
+
+        destroy_confirmed(
+            down, lambda: self.api.status(cluster) is None, tries,
+            f"run `sky down {cluster}`, or `loraflow reap`", f"SkyPilot cluster {cluster}",
         )
 
     def owned(self) -> list[Rented]:
