@@ -249,13 +249,17 @@ class VastProvider:
             time.sleep(poll_s)
         raise LoraflowError(f"instance {instance_id} was not ready within {timeout_s:.0f} s")
 
-    def release(self, instance_id: int, tries: int = 5) -> None:
-        """Destroy and confirm it is gone; idempotent."""
+    def release(self, instance_id: int, tries: int = 5) -> float | None:
+        """Destroy and confirm it is gone; idempotent. Returns when the API took our destroy (billing ends
+        there, not after the confirming status calls), or None when the instance was gone already (its own
+        dead-man switch, or the provider, ended it at a time the API no longer tells)."""
+        destroyed_at: float | None = None
         for attempt in range(tries):
             with contextlib.suppress(VastError):  # the status check below confirms either way
-                self.client.destroy_instance(instance_id)
+                if self.client.destroy_instance(instance_id):
+                    destroyed_at = destroyed_at or time.time()
             if self.status(instance_id) is None:
-                return
+                return destroyed_at
             time.sleep(1 + attempt)
         raise LoraflowError(
             f"Vast.ai instance {instance_id} could not be confirmed destroyed",
