@@ -79,7 +79,7 @@ def test_approval_gate_publishes_the_chosen_checkpoint(
         assert f"users/alice/{job.id}/loraflow-mascot-{job.id}-step000010.zip" in keys
         published = job.outputs.published
         assert published[0]["checkpoint_step"] == 10
-        assert cli("publish", job.id).code == 0  # later, the final LoRA too
+        assert cli("publish", job.id, "--checkpoint", "final").code == 0  # later, the final LoRA too
         keys = {o["Key"] for o in s3.list_objects_v2(Bucket="loras")["Contents"]}
         assert f"users/alice/{job.id}/mascot.safetensors" in keys
         names = [p["event"] for p, _, _ in receiver.received]

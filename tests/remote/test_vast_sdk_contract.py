@@ -46,7 +46,7 @@ def test_create_show_list_label_and_destroy(vast: Vast) -> None:
     assert row["label"] == "loraflow:j1" and row["extra_env"] == {"LORAFLOW_JOB": "j1"}
     assert row["image_runtype"] == "ssh_direc ssh_proxy" and row["gpu_frac"] == offer["gpu_frac"]
     assert [r["id"] for r in official.show_instances()] == [inst]
-    assert [r["id"] for r in VastProvider().owned()] == [inst]  # loraflow finds it by its label
+    assert [r.id for r in VastProvider().owned()] == [inst]  # loraflow finds it by its label
     official.label_instance(inst, "loraflow:j2")
     assert VastClient().show_instance(inst)["label"] == "loraflow:j2"  # type: ignore[index]
     official.destroy_instance(inst)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from loraflow.providers import vast_watch
+from loraflow.providers.vastai import SELF_DESTROY
 
 
 @pytest.fixture
@@ -55,7 +56,7 @@ def fire(tmp_path: Path, url: str, calls: list[tuple[str, int]]) -> str:
     (watch / "upload_url").write_text(f"{url}/rescue/checkpoint.tar?X-Amz-Signature=x")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "CONTAINER_ID": "7", "CONTAINER_API_KEY": "k",
            "LORAFLOW_VAST_API": url}  # fmt: skip
-    proc = subprocess.Popen(["/bin/sh", "-c", vast_watch.watch_script(1, 1)], env=env)
+    proc = subprocess.Popen(["/bin/sh", "-c", vast_watch.watch_script(1, 1, SELF_DESTROY)], env=env)
     proc.wait(timeout=30)
     deadline = time.monotonic() + 60
     while not any(c.startswith("DELETE") for c, _ in calls) and time.monotonic() < deadline:

@@ -251,7 +251,7 @@ def test_upload_edit_captions_then_train_with_approval(api: Api) -> None:
     approved = api("POST", f"/api/jobs/{job_id}/approve", json={"checkpoint": 10})
     assert approved.status_code == 200 and approved.json()["state"] == "completed"
     events = api("GET", f"/api/jobs/{job_id}/events", params={"type": "job.approved"}).json()["events"]
-    assert events[0]["data"] == {"checkpoint": 10, "by": "alice"}
+    assert events[0]["data"] == {"checkpoint": 10, "by": "alice", "chosen": "step 10, as asked"}
     assert api("POST", f"/api/jobs/{job_id}/publish").status_code == 422  # no targets in the spec
     prepared = (paths.job_dir(job_id) / "dataset").rglob("mascot_00.txt")
     assert any("waving, edited" in p.read_text() for p in prepared)

@@ -274,6 +274,30 @@ def test_external_check_and_service_limits() -> None:
     hook.shutdown()
 
 
+def test_a_sweep_asks_the_external_check_through_one_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: a new HTTP client (and TLS context, CA certificates parsed) per waiting job, every sweep: CPU the
+    server's own users waited behind (issue 29's bench: a twentieth of the server's CPU under abuse)."""
+    import httpx
+
+    from loraflow.running.duties import run_prechecks
+    from loraflow.spec import parse_spec
+
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    store = Store()
+    for name in ("good", "bad", "wait"):
+        job = store.create_job(parse_spec({**SPEC, "name": name, "dataset": {"path": "."}}, "s"), owner="alice")
+        store.update_outputs(job.id, check="pending", queued=True)  # queued: nothing starts on "allow"
+    built: list[object] = []
+    real_init = httpx.Client.__init__
+    monkeypatch.setattr(httpx.Client, "__init__", lambda c, *a, **kw: built.append(c) or real_init(c, *a, **kw))
+    run_prechecks(store, PlatformConfig(precheck_url=f"http://127.0.0.1:{hook.server_port}/check"))
+    hook.shutdown()
+    checks = {j.name: j.outputs.check for j in store.list_jobs()}
+    assert checks == {"good": "allow", "bad": "deny", "wait": "pending"}
+    assert len(built) == 1
+
+
 def test_a_quote_reads_the_spec_as_a_submission_does(api: Api) -> None:
     """Text that is not YAML used to be a 500 on /api/quote, and a server path a quote happily priced;
     the quote, the estimate and a submission now read a spec through one door."""

@@ -159,19 +159,17 @@ def _owners() -> dict[str, str]:
 
 def instances(as_json: bool = typer.Option(False, "--json")) -> None:
     """Vast.ai instances labelled by loraflow, with the job that owns each."""
-    from loraflow.providers.vastai import LABEL_PREFIX
-
     rows = _quick_vast().owned()
     owners = _owners()
     data = [
         {
-            "id": r["id"],
-            "label": r.get("label"),
-            "job": str(r.get("label", "")).removeprefix(LABEL_PREFIX),
-            "job_state": owners.get(str(r.get("label", "")).removeprefix(LABEL_PREFIX)),
-            "status": r.get("actual_status"),
-            "gpu": r.get("gpu_name"),
-            "usd_per_hour": r.get("dph_total"),
+            "id": r.id,
+            "label": r.label,
+            "job": r.job_id,
+            "job_state": owners.get(r.job_id),
+            "status": r.status,
+            "gpu": r.gpu,
+            "usd_per_hour": r.usd_per_hour,
         }
         for r in rows
     ]
@@ -195,17 +193,17 @@ def reap(
 ) -> None:
     """Destroy loraflow-labelled instances that no live job owns (a crash's leftovers)."""
     from loraflow.jobs.states import ACTIVE
-    from loraflow.providers.vastai import LABEL_PREFIX, VastProvider
+    from loraflow.providers.vastai import VastProvider
 
     provider = VastProvider()  # listing and destroying: no engine needed
     owners = _owners()
     live = {job for job, state in owners.items() if state in {s.value for s in ACTIVE}}
-    orphans = [r for r in provider.owned() if str(r.get("label", "")).removeprefix(LABEL_PREFIX) not in live]
+    orphans = [r for r in provider.owned() if r.job_id not in live]
     done = []
     for row in orphans:
         if not dry_run:
-            provider.release(int(row["id"]))
-        done.append({"id": row["id"], "label": row.get("label"), "destroyed": not dry_run})
+            provider.release(row.id)
+        done.append({"id": row.id, "label": row.label, "destroyed": not dry_run})
     if as_json:
         print_json(done)
         return

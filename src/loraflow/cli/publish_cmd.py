@@ -10,15 +10,36 @@ import typer
 from rich.markup import escape
 
 from loraflow.cli.output import console
+from loraflow.errors import UserInputError
 from loraflow.jobs.store import Store
+from loraflow.publish.publisher import BEST, FINAL, Wanted
 
 notify_app = typer.Typer(help="Notifications.", no_args_is_help=True)
 
 
-def _publish(store: Store, job_id: str, checkpoint: int | None, to: str | None = None) -> None:
+CHECKPOINT_HELP = (
+    "Which LoRA: best (the scorecard's best checkpoint, else the final LoRA; the default), final, or a kept "
+    "checkpoint's step."
+)
+
+
+def wanted_checkpoint(value: str) -> Wanted:
+    """`--checkpoint best|final|STEP` as the publish doors take it."""
+    text = value.strip().lower()
+    if text in (BEST, FINAL):
+        return BEST if text == BEST else FINAL
+    if text.isdigit():
+        return int(text)
+    raise UserInputError(f"--checkpoint {value!r} is not best, final or a step number", where="--checkpoint",
+                         fix="use --checkpoint best, --checkpoint final or --checkpoint 500 (see `jobs show`)")
+
+
+def _publish(store: Store, job_id: str, wanted: Wanted, to: str | None = None) -> None:
     from loraflow.running.publishing import publish
 
-    results = publish(store, store.find(job_id).id, checkpoint, only=to)  # the same checks as the API's
+    results = publish(store, store.find(job_id).id, wanted, only=to)  # the same checks as the API's
+    if results:
+        console.print(f"publishing {escape(results[0].get('chosen', ''))}")
     for result in results:
         where = result.get("url") or result.get("path") or ", ".join(
             f["url"] for f in result.get("files", {}).values()
@@ -26,39 +47,41 @@ def _publish(store: Store, job_id: str, checkpoint: int | None, to: str | None =
         note = f" ({result['status']})" if result["type"] == "comfydeploy" else ""
         console.print(f"published to {result['type']}: {escape(str(where))}{note}")
     best = (store.find(job_id).outputs.scorecard or {}).get("best") or {}
-    if best.get("step") is not None and best.get("checkpoint_step") != checkpoint:
+    published = results[0].get("checkpoint_step") if results else None
+    if best.get("step") is not None and best.get("checkpoint_step") != published:
         step = best.get("checkpoint_step")
-        how = f"--checkpoint {step}" if step is not None else "no --checkpoint (the final LoRA)"
-        console.print(f"note: the scorecard's best is step {best['step']} ({escape(best.get('why', ''))}); "
-                      f"publish it with {how}")
+        how = f"--checkpoint {step}" if step is not None else "--checkpoint final"
+        console.print(f"note: the scorecard's best is step {best['step']}; publish it with {how} "
+                      "(or --checkpoint best)")
 
 
 def publish(
     job_id: str = typer.Argument(...),
-    checkpoint: int | None = typer.Option(None, "--checkpoint", help="Publish this kept checkpoint step."),
+    checkpoint: str = typer.Option(BEST, "--checkpoint", help=CHECKPOINT_HELP),
     to: str | None = typer.Option(
         None, "--to", help="Only this target type: huggingface, s3 or comfydeploy (the last one registers the "
         "already published LoRA with the ComfyDeploy workspace of COMFY_DEPLOY_API_KEY)."
     ),
 ) -> None:
-    """Publish a job's LoRA (or any kept checkpoint) to the spec's Hugging Face / S3 / ComfyDeploy targets."""
-    _publish(Store(), job_id, checkpoint, to)
+    """Publish a job's LoRA (the scorecard's best checkpoint by default) to the spec's Hugging Face / S3 /
+    ComfyDeploy targets; it says which checkpoint and why."""
+    _publish(Store(), job_id, wanted_checkpoint(checkpoint), to)
 
 
 def approve(
     job_id: str = typer.Argument(...),
-    checkpoint: int | None = typer.Option(
-        None, "--checkpoint", help="The checkpoint step to publish (default: the final LoRA)."
-    ),
+    checkpoint: str = typer.Option(BEST, "--checkpoint", help=CHECKPOINT_HELP),
 ) -> None:
     """Release a job held in awaiting_approval: publish the chosen checkpoint and complete it."""
-    from loraflow.publish.publisher import approve_job
+    from loraflow.publish.publisher import approve_job, choose_checkpoint
 
     store = Store()
     job = store.find(job_id)
-    for result in approve_job(store, job.id, checkpoint, os.environ.get("USER", "local")):
+    choice = choose_checkpoint(job, wanted_checkpoint(checkpoint))
+    for result in approve_job(store, job.id, FINAL if choice.step is None else choice.step,
+                              os.environ.get("USER", "local")):
         console.print(f"published to {escape(str(result.get('url') or result.get('lora_url') or result))}")
-    console.print(f"job {job.id} approved" + (f" at step {checkpoint}" if checkpoint else ""))
+    console.print(f"job {job.id} approved: {escape(choice.why)}")
 
 
 @notify_app.command("test")

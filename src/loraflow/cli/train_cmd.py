@@ -28,18 +28,20 @@ def quote_before_renting(spec: TrainSpec, force: bool) -> None:
         q = quote(spec)
         console.print(f"fal {escape(q['app'])}: {q['steps']} steps at ${q['usd_per_step']}/step = ${q['cost_usd']:.2f}")
         return
-    if spec.compute.provider != "vastai":
+    from loraflow.providers.registry import is_rented, provider_for, title
+
+    if not is_rented(spec.compute.provider):
         return
     from loraflow.engines import engine_needs
-    from loraflow.providers.vastai import VastProvider
     from loraflow.running.remote import check_budget
 
-    # The offer search may retry for a minute when Vast.ai does not answer: say what is being waited for.
-    with console.status("asking Vast.ai for offers that fit this job (retried if it does not answer)..."):
-        best = VastProvider(needs=engine_needs).offers(spec)[0]
+    # The offer search may retry for a minute when the API does not answer: say what is being waited for.
+    name = title(spec.compute.provider)
+    with console.status(f"asking {name} for offers that fit this job (retried if it does not answer)..."):
+        best = provider_for(spec.compute.provider, needs=engine_needs).offers(spec)[0]
     est = best.estimate
     console.print(
-        f"cheapest fit: {escape(str(best.offer.get('gpu_name')))} at ${est.usd_per_hour:.3f}/h, "
+        f"cheapest fit: {escape(best.gpu)} at ${est.usd_per_hour:.3f}/h, "
         f"about {est.total_s / 60:.0f} min and ${est.cost_usd:.2f} (details: loraflow estimate)"
     )
     check_budget(spec, est.cost_usd, force)

@@ -26,7 +26,6 @@ import shutil
 from pathlib import Path, PurePosixPath
 
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from loraflow.engines.base import Command, EngineRequirements, Outcome
 from loraflow.engines.external import (
@@ -198,6 +197,10 @@ class MusubiEngine:
     def finish(self, spec: TrainSpec, layout: JobLayout) -> str:
         """musubi saves `lora_unet_blocks_N_...` keys with alpha keys: already the kohya/ComfyUI layout, which
         is the only one field_map accepts for musubi; the file is copied with loraflow's format label."""
+        # Here, not at the top: the service's submit door imports this module (video_needs), and torch's import
+        # there held the GIL for seconds in a user's first submission (issue 29).
+        from safetensors.torch import save_file
+
         dest = Path(layout.root) / f"{spec.name}.safetensors"
         with safe_open(self.final_lora(spec, layout), "pt") as f:
             metadata = {**(f.metadata() or {}), "loraflow.format": "kohya"}

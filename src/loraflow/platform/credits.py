@@ -71,16 +71,17 @@ def with_fee(usd: float, cfg: PlatformConfig) -> float:
 def quote(spec: TrainSpec, cfg: PlatformConfig) -> Quote:
     """The estimate for the job's provider, or its budget cap when that is higher (the most it may cost)."""
     from loraflow.providers.estimate import estimate
+    from loraflow.providers.registry import is_rented
 
     if spec.engine.name == "fal":  # a hosted trainer's price per run
         from loraflow.engines.fal import price_usd
 
         est = price_usd(spec)
-    elif spec.compute.provider == "vastai":
+    elif is_rented(spec.compute.provider):
         from loraflow.engines import engine_needs
-        from loraflow.providers.vastai import VastProvider
+        from loraflow.providers.registry import provider_for
 
-        est = VastProvider(needs=engine_needs).offers(spec)[0].estimate.cost_usd
+        est = provider_for(spec.compute.provider, needs=engine_needs).offers(spec)[0].estimate.cost_usd
     else:
         gpu = "CPU" if spec.base_model == "tiny-flux" else "RTX 4090"
         e = estimate(spec, gpu, cfg.local_usd_per_hour, remote=False)

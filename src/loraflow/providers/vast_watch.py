@@ -1,4 +1,5 @@
-"""The dead-man switch a rented Vast.ai instance runs from its start (the `onstart` script).
+"""The dead-man switch a rented machine runs from its start (Vast.ai: the `onstart` script; RunPod: the
+container's start command), whichever provider rented it.
 
 The orchestrator touches `~/.loraflow-watch/heartbeat` over the SSH connection it already has (the
 runner's pump, the worker's follower) every quarter of `compute.heartbeat_minutes`. When the file goes
@@ -10,9 +11,10 @@ stale, or the job's hours (plus half an hour) pass, the host itself:
 2. pushes the newest finished checkpoint as a tar to the presigned PUT URL in `upload_url` when the
    orchestrator left one (no credentials on the host: the URL is the permission) and the tar fits in one
    PUT (5 GiB, RESCUE_PUT_MAX_BYTES; far above a LoRA's checkpoint with its optimizer state),
-3. destroys its own instance with the instance-scoped key Vast.ai puts in the container
-   (`CONTAINER_API_KEY`, which can act on `CONTAINER_ID` only), calling again every poll until the API
-   says yes: one 429 or 5xx must not leave a stopped trainer's GPU billing.
+3. destroys its own machine with the provider's command (`self_destroy`: Vast.ai's instance-scoped
+   `CONTAINER_API_KEY` on `CONTAINER_ID`; RunPod's pod-scoped `RUNPOD_API_KEY` on `RUNPOD_POD_ID`),
+   calling again every poll until the API says yes: one 429 or 5xx must not leave a stopped trainer's GPU
+   billing.
 
 So an orchestrator that dies (a laptop asleep, a killed process) costs at most the heartbeat window plus
 the checkpoint interval, instead of the GPU billing until the job's hours run out. POSIX sh and curl only:
@@ -32,7 +34,7 @@ TYPICAL_SAVE_S = 2  # what a LoRA trainer's save on SIGTERM usually takes (its s
 # pushed (the watch log says why) and the orchestrator never takes back more (running/lease_files.py).
 RESCUE_PUT_MAX_BYTES = 5 * 1024**3
 
-_WATCH = r"""W="$HOME/.loraflow-watch"; API="${LORAFLOW_VAST_API:-https://console.vast.ai}"
+_WATCH = r"""W="$HOME/.loraflow-watch"
 mkdir -p "$W"; touch "$W/heartbeat"; start=$(date +%s)
 while sleep POLL; do
   now=$(date +%s)
@@ -55,8 +57,7 @@ while sleep POLL; do
     else curl -sS -f -X PUT -T "$W/rescue.tar" "$(cat "$W/upload_url")" >> "$W/watch.log" 2>&1 &&
       echo "pushed ${last##*/}" >> "$W/watch.log"; fi
   fi
-  until curl -sS -f -X DELETE -H "Authorization: Bearer $CONTAINER_API_KEY" "$API/api/v0/instances/$CONTAINER_ID/" \
-    >> "$W/watch.log" 2>&1; do
+  until SELF_DESTROY >> "$W/watch.log" 2>&1; do
     echo "$(date -u) the destroy call failed; trying again" >> "$W/watch.log"; sleep POLL
   done
   break
@@ -74,8 +75,10 @@ def _poll_s(heartbeat_s: float) -> int:
     return max(1, min(30, _stale_s(heartbeat_s) // 6))
 
 
-def watch_script(heartbeat_s: float, max_hours: float | None) -> str:
-    """The `onstart` text: writes the watcher next to its heartbeat and starts it in the background."""
+def watch_script(heartbeat_s: float, max_hours: float | None, self_destroy: str) -> str:
+    """The start text: writes the watcher next to its heartbeat and starts it in the background.
+    `self_destroy` is one shell command that destroys this machine through its provider's API (it exits
+    non-zero when the API refused, so the watcher calls again)."""
     stale = _stale_s(heartbeat_s)
     body = (
         _WATCH.replace("POLL", str(_poll_s(heartbeat_s)))
@@ -83,6 +86,7 @@ def watch_script(heartbeat_s: float, max_hours: float | None) -> str:
         .replace("STALE_S", str(stale))
         .replace("GRACE_S", str(SAVE_GRACE_S))
         .replace("PUT_MAX", str(RESCUE_PUT_MAX_BYTES))
+        .replace("SELF_DESTROY", self_destroy)
     )
     return (
         'mkdir -p "$HOME/.loraflow-watch"\n'

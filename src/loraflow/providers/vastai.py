@@ -10,35 +10,40 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from loraflow.errors import LoraflowError, UserInputError
-from loraflow.providers.estimate import Estimate, estimate
+from loraflow.providers.base import (
+    LABEL_PREFIX,
+    InstanceId,
+    MachineNeeds,
+    Needs,
+    RankedOffer,
+    Rented,
+    SshCheck,
+    label_for,
+    once,
+    port_open,
+)
+from loraflow.providers.estimate import estimate
 from loraflow.providers.vast_client import VastClient, VastError
 from loraflow.providers.vast_watch import watch_script
 from loraflow.spec import TrainSpec
 
-LABEL_PREFIX = "loraflow:"
+__all__ = ["LABEL_PREFIX", "MachineNeeds", "RankedOffer", "VastProvider", "label_for", "offer_query", "rank"]
 
-
-class MachineNeeds(Protocol):
-    """What the job's engine needs of a machine (engines.engine_needs gives it): providers rent for an
-    engine without importing one."""
-
-    min_vram_gb: int
-    cuda: str | None
-    image: str | None
-
-
-Needs = Callable[[TrainSpec], MachineNeeds]
 DEAD = {"exited", "offline", "unknown", "stopped", "frozen"}
 # Vast's docs poll an instance's status every 10 s while it starts; the show endpoint allows about one call
 # per 2 s per key (a 429 with Retry-After past that). LORAFLOW_VAST_POLL_S changes it (the tests' emulator).
 POLL_ENV, POLL_S = "LORAFLOW_VAST_POLL_S", 10.0
+# What the dead-man switch runs to destroy its own instance: the instance-scoped key Vast.ai puts in the
+# container (CONTAINER_API_KEY, which can act on CONTAINER_ID only) against the API base create passed.
+SELF_DESTROY = (
+    'curl -sS -f -X DELETE -H "Authorization: Bearer $CONTAINER_API_KEY" '
+    '"${LORAFLOW_VAST_API:-https://console.vast.ai}/api/v0/instances/$CONTAINER_ID/"'
+)
 
 
 def poll_interval() -> float:
@@ -48,20 +53,6 @@ def poll_interval() -> float:
     except ValueError:
         raise UserInputError(f"{POLL_ENV} must be a number of seconds", fix=f"unset it (default {POLL_S:.0f} s)") \
             from None
-
-
-@dataclass(frozen=True)
-class RankedOffer:
-    offer: dict[str, Any]
-    estimate: Estimate
-
-    @property
-    def id(self) -> int:
-        return int(self.offer["id"])
-
-
-def label_for(job_id: str) -> str:
-    return LABEL_PREFIX + job_id
 
 
 def offer_query(spec: TrainSpec, req: MachineNeeds) -> dict[str, Any]:
@@ -110,7 +101,7 @@ def rank(spec: TrainSpec, offers: list[dict[str, Any]]) -> list[RankedOffer]:
             float(o.get("inet_up") or 100),
             offer_id=int(o["id"]),
         )
-        ranked.append(RankedOffer(o, est))
+        ranked.append(RankedOffer(o, est, "vastai"))
     ranked.sort(key=lambda r: (r.estimate.cost_usd, -float(r.offer.get("reliability") or 0)))
     return ranked
 
@@ -127,20 +118,20 @@ def ssh_address(row: dict[str, Any]) -> tuple[str, int] | None:
     return None
 
 
-def port_open(host: str, port: int, timeout: float = 3.0) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 class VastProvider:
     name = "vastai"
+    title = "Vast.ai"
+    ssh_user = "root"
 
     def __init__(self, client: VastClient | None = None, needs: Needs | None = None) -> None:
         self.client = client or VastClient()
         self._needs = needs
+
+    @classmethod
+    def quick(cls, needs: Needs | None = None) -> VastProvider:
+        """For read-only questions a person waits on: two tries of 10 s, then a message naming the host
+        (renting and destroying keep the client's patient retries)."""
+        return cls(VastClient(tries=2, timeout_s=10), needs=needs)
 
     def needs(self, spec: TrainSpec) -> MachineNeeds:
         if self._needs is None:
@@ -168,7 +159,7 @@ class VastProvider:
         ranked: list[RankedOffer],
         on_attempt: Callable[[str], None] = lambda _m: None,
         max_hours: float | None = None,
-    ) -> tuple[int, RankedOffer]:
+    ) -> tuple[InstanceId, RankedOffer]:
         """Rent the best offer still free; a snatched one (404/410 no_such_ask) moves down the list."""
         req = self.needs(spec)
         body = {
@@ -179,7 +170,7 @@ class VastProvider:
             "cancel_unavail": True,
             # The API base the instance's own dead-man switch calls to destroy itself (see vast_watch.py).
             "env": {"LORAFLOW_JOB": job_id, "LORAFLOW_VAST_API": str(self.client.http.base_url).rstrip("/")},
-            "onstart": watch_script(spec.compute.heartbeat_minutes * 60, max_hours),
+            "onstart": watch_script(spec.compute.heartbeat_minutes * 60, max_hours, SELF_DESTROY),
         }
         for candidate in ranked[:10]:
             try:
@@ -197,10 +188,10 @@ class VastProvider:
             "every matching Vast.ai offer was taken before it could be rented", fix="try again in a minute"
         )
 
-    def status(self, instance_id: int) -> dict[str, Any] | None:
+    def status(self, instance_id: InstanceId) -> dict[str, Any] | None:
         return self.client.show_instance(instance_id)
 
-    def dead_reason(self, instance_id: int) -> str | None:
+    def dead_reason(self, instance_id: InstanceId) -> str | None:
         """Why an instance can no longer train (None while it is fine)."""
         row = self.status(instance_id)
         if row is None:
@@ -215,8 +206,8 @@ class VastProvider:
 
     def wait_ready(
         self,
-        instance_id: int,
-        check_ssh: Callable[[str, int], None],
+        instance_id: InstanceId,
+        check_ssh: SshCheck,
         timeout_s: float = 900,
         poll_s: float | None = None,
         on_stage: Callable[[str], None] = lambda _s: None,
@@ -236,11 +227,11 @@ class VastProvider:
                 raise LoraflowError(f"instance {instance_id} failed to start: {status} {row.get('status_msg')}")
             address = ssh_address(row) if status == "running" else None
             if address is None:
-                stage = _once(stage, "waiting for the instance to run", on_stage)
+                stage = once(stage, "waiting for the instance to run", on_stage)
             elif not port_open(*address):
-                stage = _once(stage, f"waiting for SSH port {address[0]}:{address[1]}", on_stage)
+                stage = once(stage, f"waiting for SSH port {address[0]}:{address[1]}", on_stage)
             else:
-                stage = _once(stage, "checking SSH login", on_stage)
+                stage = once(stage, "checking SSH login", on_stage)
                 try:
                     check_ssh(*address)
                     return address
@@ -249,7 +240,7 @@ class VastProvider:
             time.sleep(poll_s)
         raise LoraflowError(f"instance {instance_id} was not ready within {timeout_s:.0f} s")
 
-    def release(self, instance_id: int, tries: int = 5) -> float | None:
+    def release(self, instance_id: InstanceId, tries: int = 5) -> float | None:
         """Destroy and confirm it is gone; idempotent. Returns when the API took our destroy (billing ends
         there, not after the confirming status calls), or None when the instance was gone already (its own
         dead-man switch, or the provider, ended it at a time the API no longer tells)."""
@@ -266,11 +257,15 @@ class VastProvider:
             fix="destroy it by hand in the Vast.ai console, or run `loraflow reap`",
         )
 
-    def owned(self) -> list[dict[str, Any]]:
-        return self.client.list_instances(LABEL_PREFIX)
-
-
-def _once(previous: str, stage: str, on_stage: Callable[[str], None]) -> str:
-    if stage != previous:
-        on_stage(stage)
-    return stage
+    def owned(self) -> list[Rented]:
+        return [
+            Rented(
+                int(r["id"]),
+                str(r.get("label") or ""),
+                r.get("actual_status"),
+                r.get("gpu_name"),
+                float(r.get("dph_total") or 0),
+                float(r["start_date"]) if r.get("start_date") else None,
+            )
+            for r in self.client.list_instances(LABEL_PREFIX)
+        ]

@@ -20,7 +20,7 @@ UPLOADS_EVERY_S = 600.0  # walking every upload folder each sweep (seconds apart
 _uploads_swept_at: float | None = None
 
 
-def ask_precheck(job: Job, cfg: PlatformConfig) -> tuple[str, str]:
+def ask_precheck(job: Job, cfg: PlatformConfig, client: httpx.Client) -> tuple[str, str]:
     """The hook answers {"decision": "allow" | "deny" | "pending", "reason": "..."}; silence means pending."""
     spec = job.train_spec
     payload = {
@@ -33,7 +33,7 @@ def ask_precheck(job: Job, cfg: PlatformConfig) -> tuple[str, str]:
         "trigger_word": spec.dataset.trigger_word,
     }
     try:
-        answer = httpx.post(str(cfg.precheck_url), json=payload, timeout=10).json()
+        answer = client.post(str(cfg.precheck_url), json=payload).json()
     except (httpx.HTTPError, ValueError) as exc:
         return "pending", f"the check did not answer ({type(exc).__name__}); asking again"
     decision = str(answer.get("decision", "pending"))
@@ -43,10 +43,14 @@ def ask_precheck(job: Job, cfg: PlatformConfig) -> tuple[str, str]:
 def run_prechecks(store: Store, cfg: PlatformConfig) -> None:
     from loraflow.running.control import start_runner
 
-    for job in store.list_jobs(states=[JobState.PENDING.value], limit=500):
-        if job.outputs.check != "pending":
-            continue
-        decision, reason = ask_precheck(job, cfg)
+    waiting = [j for j in store.list_jobs(states=[JobState.PENDING.value], limit=500) if j.outputs.check == "pending"]
+    if not waiting:
+        return
+    # One client for the sweep: a client per job built a TLS context each (CA certificates read and parsed),
+    # for every waiting job every two seconds, in the server's own process (issue 29's bench).
+    with httpx.Client(timeout=10) as client:
+        answers = [(job, *ask_precheck(job, cfg, client)) for job in waiting]
+    for job, decision, reason in answers:
         if decision == "pending":
             continue
         store.update_outputs(job.id, check=decision)

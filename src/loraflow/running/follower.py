@@ -38,6 +38,7 @@ from loraflow.jobs.states import JobState
 from loraflow.jobs.store import Job, Store
 from loraflow.layout import JobLayout, handoff_file
 from loraflow.monitor import events as ev
+from loraflow.providers.registry import is_rented
 from loraflow.providers.vast_watch import TOUCH, pump_interval_s
 from loraflow.running.following import (
     GPU_EVERY_S,
@@ -275,7 +276,7 @@ class Follower:
         await self.writes.write(job_id, [("follower.adopted", {"attempt": state.attempt, "offset": state.offset}, {})])
         synced_view = None
         # A rented host destroys itself when nobody touches its heartbeat (providers/vast_watch.py).
-        beat_every = pump_interval_s(spec.compute.heartbeat_minutes * 60) if lease.get("provider") == "vastai" else None
+        beat_every = pump_interval_s(spec.compute.heartbeat_minutes * 60) if is_rented(lease.get("provider")) else None
         beat_at = 0.0
         warned = state.budget_warned
         try:

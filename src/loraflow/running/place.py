@@ -184,7 +184,7 @@ class RemotePlace:
 
     @contextlib.contextmanager
     def keeps_lease(self) -> Iterator[None]:
-        pump = HeartbeatPump(self.lease).start() if self.spec.compute.provider == "vastai" else None
+        pump = HeartbeatPump(self.lease).start() if self.lease.rented else None
         try:
             yield
         finally:

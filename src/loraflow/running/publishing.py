@@ -10,7 +10,7 @@ from loraflow.errors import Refused
 from loraflow.jobs.states import JobState
 from loraflow.jobs.store import Job, Store
 from loraflow.platform.registry import record_published
-from loraflow.publish.publisher import publish_job
+from loraflow.publish.publisher import BEST, Wanted, choose_checkpoint, publish_job
 from loraflow.running.result_check import failed_checkpoints
 
 TARGET_TYPES = ("huggingface", "s3", "comfydeploy")
@@ -45,16 +45,20 @@ def check_publish(job: Job, only: str | None = None, comfydeploy_granted: bool =
 def publish(
     store: Store,
     job_id: str,
-    checkpoint: int | None = None,
+    checkpoint: Wanted = BEST,
     only: str | None = None,
     comfydeploy_granted: bool = True,
 ) -> list[dict[str, Any]]:
-    """Check, publish the final LoRA (or a kept checkpoint) to the spec's targets, and record where it went."""
+    """Check, publish the chosen LoRA to the spec's targets, and record where it went. `checkpoint`: `best`
+    (the scorecard's best checkpoint, else the final LoRA), `final` (or None), or a kept checkpoint's step;
+    each result says which it took and why (`checkpoint_step`, `chosen`)."""
     job = store.get(job_id)
     check_publish(job, only, comfydeploy_granted)
-    if checkpoint is not None and checkpoint in failed_checkpoints(job.outputs):
-        raise Refused(409, "conflict", f"checkpoint {checkpoint} of job {job.id} failed the result check "
+    choice = choose_checkpoint(job, checkpoint)
+    step = choice.step
+    if step is not None and step in failed_checkpoints(job.outputs):
+        raise Refused(409, "conflict", f"checkpoint {step} of job {job.id} failed the result check "
                       "(see its lora.checked event)", fix="publish the final LoRA or another kept checkpoint")
-    results = publish_job(store, job, checkpoint, only=only)
+    results = publish_job(store, job, step, only=only, chosen=choice.why)
     record_published(store, job.id, results)
     return results

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loraflow.errors import LoraflowError, UserInputError
 from loraflow.hosts.ssh import HostUnreachable, SshEndpoint, SshHost
@@ -25,7 +25,12 @@ from loraflow.layout import JobLayout
 from loraflow.monitor import events as ev
 from loraflow.spec import S3Target, TrainSpec
 
-REMOTE_PROVIDERS = {"ssh", "vastai"}
+if TYPE_CHECKING:
+    from loraflow.providers.base import Provider
+
+from loraflow.providers.registry import RENTED, is_rented
+
+REMOTE_PROVIDERS = {"ssh", *RENTED}
 Emit = Callable[[str, dict[str, Any]], None]
 BEAT_FILE = "host.beat"  # in the job's run folder: touched each time a heartbeat reaches the rented host
 
@@ -42,7 +47,7 @@ class RemoteLease:
         self.local = local
         self.emit = emit
         self._host: SshHost | None = None
-        self._provider: Any = None
+        self._provider: Provider | None = None
 
     # --- record ----------------------------------------------------------------------------------
 
@@ -55,12 +60,17 @@ class RemoteLease:
         self.store.update(self.job_id, lease=lease)
 
     @property
-    def provider(self) -> Any:
-        if self._provider is None and self.spec.compute.provider == "vastai":
-            from loraflow.engines import engine_needs
-            from loraflow.providers.vastai import VastProvider
+    def rented(self) -> bool:
+        return is_rented(self.spec.compute.provider)
 
-            self._provider = VastProvider(needs=engine_needs)
+    @property
+    def provider(self) -> Provider:
+        """The spec's rented-GPU provider (providers/registry.py); only asked for on rented leases."""
+        if self._provider is None:
+            from loraflow.engines import engine_needs
+            from loraflow.providers.registry import provider_for
+
+            self._provider = provider_for(self.spec.compute.provider, needs=engine_needs)
         return self._provider
 
     def host(self) -> SshHost:
@@ -100,7 +110,7 @@ class RemoteLease:
         if self.spec.compute.provider == "ssh":
             self._acquire_ssh()
         else:
-            self._acquire_vast(lease, force_budget)
+            self._acquire_rented(lease, force_budget)
 
     def _acquire_ssh(self) -> None:
         from loraflow.providers.keys import ensure_key
@@ -117,30 +127,30 @@ class RemoteLease:
         host.check()
         self._finish_acquire(lease, endpoint, host, target.root)
 
-    def _acquire_vast(self, lease: dict[str, Any] | None, force_budget: bool) -> None:
+    def _acquire_rented(self, lease: dict[str, Any] | None, force_budget: bool) -> None:
+        from loraflow.providers.base import label_for
         from loraflow.providers.keys import ensure_key
-        from loraflow.providers.vastai import label_for
 
         provider = self.provider
         key_path, public = ensure_key()
         if lease is None:
             # A crash between create and recording it leaves a labelled instance: adopt it, not a second one.
-            mine = [r for r in provider.owned() if r.get("label") == label_for(self.job_id)]
+            mine = [r for r in provider.owned() if r.label == label_for(self.job_id)]
             for extra in mine[1:]:
-                provider.release(int(extra["id"]))
+                provider.release(extra.id)
             if mine:
                 row = mine[0]
                 lease = {
-                    "provider": "vastai",
-                    "instance_id": int(row["id"]),
-                    "gpu": row.get("gpu_name"),
-                    "price_usd_h": float(row.get("dph_total") or 0),
-                    "started_at": float(row.get("start_date") or time.time()),
-                    "label": row.get("label"),
+                    "provider": provider.name,
+                    "instance_id": row.id,
+                    "gpu": row.gpu,
+                    "price_usd_h": row.usd_per_hour,
+                    "started_at": row.started_at or time.time(),
+                    "label": row.label,
                     "ssh": None,
                 }
                 self.save(lease)
-                self.emit(ev.LOG, {"message": f"found instance {row['id']} by its label; re-using it"})
+                self.emit(ev.LOG, {"message": f"found instance {row.id} by its label; re-using it"})
         if lease is None:
             ranked = provider.offers(self.spec)
             check_budget(self.spec, ranked[0].estimate.cost_usd, force_budget, self.spent())
@@ -153,11 +163,11 @@ class RemoteLease:
                 max_hours=self.spec.budget.max_hours,
             )
             lease = {
-                "provider": "vastai",
+                "provider": provider.name,
                 "instance_id": instance_id,
                 "offer_id": chosen.id,
-                "gpu": chosen.offer.get("gpu_name"),
-                "price_usd_h": float(chosen.offer.get("dph_total") or 0),
+                "gpu": chosen.gpu,
+                "price_usd_h": chosen.usd_per_hour,
                 "estimate_usd": chosen.estimate.cost_usd,
                 "started_at": time.time(),
                 "label": label_for(self.job_id),
@@ -169,14 +179,14 @@ class RemoteLease:
                 {k: lease[k] for k in ("instance_id", "offer_id", "gpu", "price_usd_h", "estimate_usd")},
             )
         known = str(Path(self.local.run) / f"known_hosts-{lease['instance_id']}")
-        user = "root"
+        user = provider.ssh_user
 
         def check_ssh(host: str, port: int) -> None:
             SshHost(SshEndpoint(host, port, user, str(key_path), known), retries=0).check()
 
         try:
             address = provider.wait_ready(
-                int(lease["instance_id"]),
+                lease["instance_id"],
                 check_ssh,
                 timeout_s=self.spec.compute.ready_timeout_s,
                 on_stage=lambda s: self.emit(ev.LOG, {"message": s}),
@@ -199,7 +209,7 @@ class RemoteLease:
             )
         lease.update(ssh=endpoint.to_dict(), root=f"{host.expand(root).rstrip('/')}/{self.job_id}", ready=True)
         lease["uploaded"] = False
-        if lease.get("provider") == "vastai":
+        if is_rented(lease.get("provider")):
             self.arm_watch(host, lease["root"])
         self.save(lease)
         self._host = host
@@ -256,7 +266,7 @@ class RemoteLease:
         from loraflow.providers.vast_watch import FIRED
 
         lease = self.lease
-        if not lease or lease.get("provider") != "vastai" or not lease.get("ssh"):
+        if not lease or not is_rented(lease.get("provider")) or not lease.get("ssh"):
             return None
         try:
             out = self.host().exec(FIRED, timeout=30, check=False).stdout
@@ -269,7 +279,7 @@ class RemoteLease:
         from loraflow.providers.vast_watch import TOUCH
 
         lease = self.lease
-        if not lease or lease.get("provider") != "vastai" or not lease.get("ssh"):
+        if not lease or not is_rented(lease.get("provider")) or not lease.get("ssh"):
             return
         with contextlib.suppress(Exception):
             proc = SshHost(SshEndpoint.from_dict(lease["ssh"]), retries=0).exec(TOUCH, timeout=30, check=False)
@@ -302,8 +312,8 @@ class RemoteLease:
         lease = self.lease
         if not lease:
             return "no lease"
-        if lease.get("provider") == "vastai":
-            reason = self.provider.dead_reason(int(lease["instance_id"]))
+        if is_rented(lease.get("provider")):
+            reason = self.provider.dead_reason(lease["instance_id"])
             if reason:
                 return reason
         try:
@@ -319,7 +329,7 @@ class RemoteLease:
     def lost_at(self, lease: dict[str, Any]) -> float:
         """When a rented host that was gone before we destroyed it stopped billing, as near as we can tell:
         its dead-man switch destroys it a known time after the last heartbeat it got (vast_watch.py), which
-        is never later than that however late the next look comes. The API keeps no record of it."""
+        is never later than that however late the next look comes. The APIs keep no record of it."""
         from loraflow.providers.vast_watch import destroyed_by
 
         started = float(lease.get("started_at") or 0)
@@ -335,8 +345,8 @@ class RemoteLease:
             self._host.close()
             self._host = None
         lease["ended_at"] = time.time()
-        if lease.get("provider") == "vastai" and lease.get("instance_id"):
-            destroyed_at = self.provider.release(int(lease["instance_id"]))
+        if is_rented(lease.get("provider")) and lease.get("instance_id"):
+            destroyed_at = self.provider.release(lease["instance_id"])
             lease["ended_at"] = destroyed_at or min(lease["ended_at"], self.lost_at(lease))
             lease["ended_by"] = "destroy" if destroyed_at else "dead-man switch (last heartbeat + its window)"
         job = self.store.get(self.job_id)

@@ -137,10 +137,12 @@ class Publish(StageBase):
         return not ctx.spec.publish.targets or self.name in ctx.job.stages_done
 
     def run(self, ctx: RunContext) -> JobState | None:
-        from loraflow.publish.publisher import publish_job
+        from loraflow.publish.publisher import choose_checkpoint, publish_job
 
+        job = ctx.refresh()
+        choice = choose_checkpoint(job)  # the scorecard's best, else the final LoRA
         try:
-            publish_job(ctx.store, ctx.refresh())
+            publish_job(ctx.store, job, choice.step, chosen=choice.why)
         except UserInputError as exc:  # the target as written is wrong
             raise UserInputError(f"publishing failed: {exc.message}", fix=exc.fix or _republish(ctx)) from exc
         except Exception as exc:  # the service failed, not the user's input: say which, keep the LoRA

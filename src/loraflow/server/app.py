@@ -18,6 +18,7 @@ from loraflow import __version__
 from loraflow.jobs.store import Store
 from loraflow.platform.config import PlatformConfig
 from loraflow.running.submit import ServiceConfig
+from loraflow.running.warm import warm_up
 from loraflow.server import problems
 from loraflow.server.limits import BodyLimit, InFlight, Quotas
 from loraflow.server.routes import jobs, money, uploads
@@ -33,7 +34,11 @@ def create_app(
     platform: PlatformConfig | None = None,
     sweep_every_s: float | None = 2.0,
 ) -> FastAPI:
-    """The API; with sweep_every_s, a background task runs the platform sweep (checks, credits, registry)."""
+    """The API; with sweep_every_s, a background task runs the platform sweep (checks, credits, registry).
+
+    The submit door's imports and first check run here, before any request (running/warm.py): in a
+    user's first submission they held the GIL for seconds and every user's requests waited."""
+    warm_up()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -31,8 +31,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -43,6 +41,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from loraflow.testing.containers import free_port as free_port  # re-exported: tests and benches import it here
+from loraflow.testing.containers import kill_marked, start_sshd
 from loraflow.testing.vast_admin import admin
 from loraflow.testing.vast_container import execute, instance_key_allows, put_instance, request_logs, throttled
 from loraflow.testing.vast_instances import Instance, Meter, create_instance, instance_row, list_instances, meter
@@ -50,12 +50,6 @@ from loraflow.testing.vast_offers import make_offers, search_offers
 from loraflow.testing.vast_relay import Relay
 
 MARKER = "LORAFLOW_EMU_INSTANCE"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Emulator:
@@ -119,43 +113,18 @@ class Emulator:
         home = inst.root / "root"
         home.mkdir(parents=True, exist_ok=True)
         (inst.root / "workspace").mkdir(exist_ok=True)
-        keys = inst.root / "authorized_keys"
-        keys.write_text("".join(k + "\n" for k in inst.authorized_keys))
-        keys.chmod(0o600)
-        port = free_port()
-        config = inst.root / "sshd_config"
-        config.write_text(
-            "\n".join(
-                [
-                    "ListenAddress 127.0.0.1",
-                    f"Port {port}",
-                    f"HostKey {self.host_key}",
-                    f"AuthorizedKeysFile {keys}",
-                    "PasswordAuthentication no",
-                    "KbdInteractiveAuthentication no",
-                    "UsePAM no",
-                    "StrictModes no",
-                    "PermitRootLogin prohibit-password",
-                    "PidFile none",
-                    "MaxSessions 64",
-                    "MaxStartups 64",
-                    f"SetEnv HOME={home} DATA_DIRECTORY={inst.root / 'workspace'} CONTAINER_ID={inst.id} "
-                    f"{MARKER}={self.marker(inst)}",
-                    "",
-                ]
-            )
+        inst.sshd, port = start_sshd(
+            inst.root,
+            self.host_key,
+            inst.authorized_keys,
+            {
+                "HOME": str(home),
+                "DATA_DIRECTORY": str(inst.root / "workspace"),
+                "CONTAINER_ID": str(inst.id),
+                MARKER: self.marker(inst),
+            },
+            self.sshd_bin,
         )
-        inst.sshd = subprocess.Popen(
-            [self.sshd_bin, "-D", "-e", "-f", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=open(inst.root / "sshd.log", "ab"),  # noqa: SIM115
-        )
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
         inst.relay = Relay(port)
         self._onstart(inst, home)
 
@@ -185,15 +154,7 @@ class Emulator:
 
     def _kill_processes(self, inst: Instance) -> None:
         """Everything started in the instance (found by the marker in its environment) dies with it."""
-        needle = f"{MARKER}={self.marker(inst)}".encode()
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit() or int(proc.name) == os.getpid():
-                continue
-            try:
-                if needle in (proc / "environ").read_bytes().split(b"\0"):
-                    os.kill(int(proc.name), signal.SIGKILL)
-            except (OSError, ProcessLookupError):
-                continue
+        kill_marked(f"{MARKER}={self.marker(inst)}")
         if inst.relay:
             inst.relay.close()
             inst.relay = None

@@ -21,6 +21,7 @@ from loraflow.errors import Refused, UserInputError
 from loraflow.jobs import queue
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Store
+from loraflow.publish.publisher import BEST, Wanted
 from loraflow.publish.publisher import approve_job as approve
 from loraflow.running.control import request_stop, stop
 from loraflow.running.publishing import publish as publish_job
@@ -54,7 +55,7 @@ async def create_job(
     uploads = ([dataset] if dataset is not None else []) + list(files or [])
     if not uploads:
         raise Problem(422, "no dataset", "send the dataset as `dataset` (a zip or tar) or as `files`")
-    check_open(store, user.name, cfg)  # before anything is written
+    await asyncio.to_thread(check_open, store, user.name, cfg)  # before anything is written; a store read: off the loop
     folder = paths.home() / "uploads" / uuid.uuid4().hex
     try:
         target = await save_files(uploads, folder, limit)
@@ -124,11 +125,15 @@ async def job_event_stream(
 ) -> StreamingResponse:
     """Server-sent events; reconnecting with Last-Event-ID continues without gaps or repeats. A user has
     at most `LORAFLOW_MAX_STREAMS_PER_USER` open at once (429 past it)."""
-    own_job(store, user, job_id)
+    slot = request.app.state.quotas.stream(user.name)  # first: a stream over the quota costs no store read
+    slot.__enter__()  # released when the response ends, however it ends
+    try:
+        await asyncio.to_thread(own_job, store, user, job_id)  # a store read: never on the event loop
+    except BaseException:
+        slot.__exit__(None, None, None)
+        raise
     start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
     headers = {"Cache-Control": "no-cache"}
-    slot = request.app.state.quotas.stream(user.name)
-    slot.__enter__()  # released when the response ends, however it ends
     return _CountedStream(slot, _stream(store, job_id, start), media_type="text/event-stream", headers=headers)
 
 
@@ -196,11 +201,15 @@ def cancel_job(job_id: str, user: Auth, store: Db) -> dict[str, Any]:
     return store.get(job_id).to_dict()
 
 
+CHECKPOINT = "best (the scorecard's best checkpoint, else the final LoRA), final, or a kept checkpoint's step"
+
+
 @router.post("/api/jobs/{job_id}/approve")
 def approve_job(
-    job_id: str, user: Auth, store: Db, checkpoint: Annotated[int | None, Body(embed=True)] = None
+    job_id: str, user: Auth, store: Db, checkpoint: Annotated[Wanted, Body(embed=True, description=CHECKPOINT)] = BEST
 ) -> dict[str, Any]:
-    """Release a job held in awaiting_approval, publishing the final LoRA or the chosen checkpoint."""
+    """Release a job held in awaiting_approval, publishing the chosen checkpoint (the scorecard's best by
+    default)."""
     own_job(store, user, job_id)
     try:
         approve(store, job_id, checkpoint, user.name)
@@ -219,18 +228,21 @@ def publish(
     job_id: str,
     user: Auth,
     store: Db,
-    checkpoint: Annotated[int | None, Body(embed=True)] = None,
+    checkpoint: Annotated[Wanted, Body(embed=True, description=CHECKPOINT)] = BEST,
     to: Annotated[
         Literal["huggingface", "s3", "comfydeploy"] | None,
         Body(embed=True, description="Only this target type; comfydeploy registers the published LoRA with the "
              "operator's ComfyDeploy workspace"),
     ] = None,
 ) -> dict[str, Any]:
-    """Publish a completed job (again) to its spec's targets, optionally a kept checkpoint."""
+    """Publish a completed job (again) to its spec's targets: the scorecard's best checkpoint unless the
+    body names one; the answer says which (`checkpoint_step`, None for the final LoRA) and why (`chosen`)."""
     own_job(store, user, job_id)
     granted = request.app.state.config.grants.comfydeploy
     results = publish_job(store, job_id, checkpoint, only=to, comfydeploy_granted=granted)
-    return {"published": [getattr(r, "__dict__", r) for r in results]}
+    first = results[0] if results else {}
+    return {"published": [getattr(r, "__dict__", r) for r in results],
+            "checkpoint_step": first.get("checkpoint_step"), "chosen": first.get("chosen")}
 
 
 @router.get("/api/jobs/{job_id}/bundle")

@@ -27,13 +27,15 @@ def estimate(
         from loraflow.engines.fal import quote
 
         return {"budget_usd": parsed.budget.max_usd, "estimates": [quote(parsed)]}
-    if parsed.compute.provider == "vastai":
+    from loraflow.providers.registry import is_rented
+
+    if is_rented(parsed.compute.provider):
         from loraflow.engines import engine_needs
-        from loraflow.providers.vastai import VastProvider
+        from loraflow.providers.registry import provider_for
 
         best: dict[str, Any] = {}
-        for ranked in VastProvider(needs=engine_needs).offers(parsed):
-            best.setdefault(str(ranked.offer.get("gpu_name")), ranked.estimate.to_dict())
+        for ranked in provider_for(parsed.compute.provider, needs=engine_needs).offers(parsed):
+            best.setdefault(ranked.gpu, ranked.estimate.to_dict())
         return {"budget_usd": parsed.budget.max_usd, "estimates": list(best.values())}
     gpu = "CPU" if parsed.base_model == "tiny-flux" else "RTX 4090"
     return {"budget_usd": parsed.budget.max_usd, "estimates": [predict(parsed, gpu, 0.0, remote=False).to_dict()]}

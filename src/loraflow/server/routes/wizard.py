@@ -134,6 +134,7 @@ def autocaption_progress(request: Request, upload_id: str) -> HTMLResponse:
 @router.post("/ui/uploads/{upload_id}/estimate", response_class=HTMLResponse)
 async def ui_estimate(request: Request, upload_id: str) -> HTMLResponse:
     from loraflow.providers.estimate import local_estimate
+    from loraflow.providers.registry import is_rented
     from loraflow.spec import parse_spec
 
     folder = _upload_dir(request, upload_id)
@@ -142,7 +143,7 @@ async def ui_estimate(request: Request, upload_id: str) -> HTMLResponse:
     except Exception as exc:  # shown next to the button
         return HTMLResponse(f'<span class="error">{_escape(str(exc))}</span>')
     try:
-        if spec.compute.provider == "vastai":  # an HTTP search: off the event loop
+        if is_rented(spec.compute.provider):  # an HTTP search: off the event loop
             return HTMLResponse(await anyio.to_thread.run_sync(_rented_estimate, spec))
         est = local_estimate(spec)  # trains on this server (or the operator's SSH host)
     except UserInputError as exc:
@@ -156,20 +157,20 @@ async def ui_estimate(request: Request, upload_id: str) -> HTMLResponse:
 
 
 def _rented_estimate(spec: Any) -> str:
-    """The cheapest fitting Vast.ai offer's time and price, in one sentence (the CLI's `estimate` has the table)."""
+    """The cheapest fitting offer's time and price, in one sentence (the CLI's `estimate` has the table)."""
     from loraflow.engines import engine_needs
     from loraflow.errors import LoraflowError
-    from loraflow.providers.vastai import VastProvider
+    from loraflow.providers.registry import provider_for, title
 
     try:
-        best = VastProvider(needs=engine_needs).offers(spec)[0]
+        best = provider_for(spec.compute.provider, needs=engine_needs).offers(spec)[0]
     except (LoraflowError, IndexError) as exc:
         reason = exc.render() if isinstance(exc, LoraflowError) else "no offer fits this job"
-        return f'<span class="error">No price from Vast.ai now: {_escape(reason)}</span>'
+        return f'<span class="error">No price from {title(spec.compute.provider)} now: {_escape(reason)}</span>'
     est = best.estimate
     return (
         f'<span id="estimate-text">about {est.total_s / 60:.0f} min and ${est.cost_usd:.2f} on a rented '
-        f"{_escape(str(best.offer.get('gpu_name')))} at ${est.usd_per_hour:.3f}/h</span>"
+        f"{_escape(best.gpu)} at ${est.usd_per_hour:.3f}/h</span>"
     )
 
 
