@@ -30,7 +30,8 @@ def _close(recorded: float, billed: float, within: float) -> bool:
     return abs(recorded - billed) <= within * billed
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
 def test_a_lost_hosts_lease_ends_with_the_host_however_late_one_looks(tmp_path: Path, cli, vast: Vast) -> None:  # noqa: F811
     store, job, instance = kill_the_orchestrator(tmp_path, cli, vast)
     wait_for(lambda: vast.instances() == {}, timeout=300, what="the instance to destroy itself")

@@ -172,3 +172,34 @@ def test_a_runner_that_gives_up_past_the_outage_bound_is_adopted(
     wait_for(lambda: store.get(job.id).state not in ACTIVE, timeout=300, what="the adopted job to end")
     _assert_recorded_after_the_outage(store, job.id)
     assert store.events(job.id, types=["runner.adopted"])
+
+
+@pytest.mark.timeout(900)
+def test_a_workers_job_whose_runner_gave_up_on_the_store_is_adopted_by_the_worker(
+    tmp_path: Path, loraflow_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same outage under a worker (`loraflow serve`, `loraflow worker`): the runner gives up past the
+    bound, the worker's ticks fail while the store is locked, and once it answers the worker's next tick
+    starts a runner again, with nobody running a command (before: the first failed tick ended the worker
+    thread for good and the job stayed `training` with its trainer long done)."""
+    from loraflow.running.worker import Worker
+    from loraflow.spec import load_spec
+
+    monkeypatch.setenv("LORAFLOW_SQLITE_BUSY_S", "0.5")
+    monkeypatch.setenv("LORAFLOW_STORE_OUTAGE_S", "3")
+    store = Store()
+    job = store.create_job(load_spec(write_spec(tmp_path)))
+    worker = Worker(store, slots=1, follow=False).start(poll_s=0.2)
+    try:
+        wait_for(lambda: bool(store.events(job.id, types=["train.launched"])), what="the launch")
+        runner = LocalHost().pid(Handle.in_folder(JobLayout(str(store.get(job.id).folder)).run, "runner"))
+        assert runner is not None
+        exit_file = _exit_file(store, job.id)
+        with sqlite_locked(store, tmp_path):
+            wait_for(lambda: not pid_alive(runner), timeout=300, what="the runner to give up on the store")
+            wait_for(exit_file.exists, timeout=300, what="the trainer to end under the lock")
+        wait_for(lambda: store.get(job.id).state not in ACTIVE, timeout=300, what="the worker to finish the job")
+        assert worker._thread is not None and worker._thread.is_alive()
+    finally:
+        worker.stop()
+    _assert_recorded_after_the_outage(store, job.id)

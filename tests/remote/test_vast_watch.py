@@ -56,7 +56,7 @@ def kill_the_orchestrator(tmp_path: Path, cli, vast: Vast, **extra: Any) -> tupl
     assert cli("train", path, "--detach").code == 0
     store = Store()
     job = only_job(store)
-    wait_for(lambda: bool(events_of(store, job.id, "checkpoint.synced")), timeout=300, what="a synced checkpoint")
+    wait_for(lambda: bool(events_of(store, job.id, "checkpoint.synced")), timeout=600, what="a synced checkpoint")
     (instance,) = [int(i) for i in vast.instances()]
     runner = LocalHost().pid(Handle.in_folder(JobLayout(str(job.folder)).run, "runner"))
     assert runner is not None
