@@ -13,18 +13,31 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# CPU path: this exact pin takes the CPU wheel; a plain `torch` would download CUDA builds.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[train,caption,server,cloud,dev]"
+	$(PY) -m pip install -q -e ".[train,caption,server,cloud,runpod,dev]"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
+
+# SkyPilot pins click<8.2 and uvicorn<0.36, older than loraflow's own tree: it gets a venv of its own, with
+# loraflow's core, where its classes judge the task loraflow builds (tests/remote/test_skypilot.py).
+SKY_VENV := .venv-sky
+SKY_STAMP := $(SKY_VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+$(SKY_STAMP): pyproject.toml
+	test -x $(SKY_VENV)/bin/python || $(PYTHON) -m venv $(SKY_VENV)
+	$(SKY_VENV)/bin/python -m pip install -q -e ".[skypilot]" "pytest>=8" "pytest-timeout>=2.3"
+	rm -f $(SKY_VENV)/.installed-*
+	touch $(SKY_STAMP)
 
 demo: $(STAMP)
 	LORAFLOW_HOME=$${LORAFLOW_HOME:-$(CURDIR)/.loraflow-demo} $(VENV)/bin/loraflow demo
 
-test: $(STAMP) system-deps
+test: $(STAMP) $(SKY_STAMP) system-deps
 	# Layers only point down and no module imports in a circle (the contracts in pyproject.toml).
 	$(VENV)/bin/lint-imports --no-cache
 	# Most tests wait on real processes (trainers, sshd, a browser): two at a time use both cores.
 	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist worksteal
+	# The SkyPilot task, judged by SkyPilot itself, offline (skipped in .venv, which has no SkyPilot).
+	$(SKY_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/remote/test_skypilot.py
 
 # Real servers and browsers the tests start themselves (PostgreSQL, OpenSSH's sshd, Chromium for Playwright),
 # from Debian's packages when this machine can install them; their tests are skipped with a reason where not.
@@ -45,4 +58,4 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(SKY_VENV) build *.egg-info src/*.egg-info

@@ -1,4 +1,4 @@
-"""A Vast.ai emulator on loopback whose instances are real OpenSSH servers, and a plain sshd for `ssh`."""
+"""Vast.ai and RunPod emulators on loopback whose machines are real OpenSSH servers, and a plain sshd for `ssh`."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
 from loraflow.testing.sshd import SSHD, start_sshd
 from loraflow.testing.vast_emulator import Emulator, make_server
+
+if TYPE_CHECKING:
+    from loraflow.testing.runpod_emulator import RunPodEmulator
 
 
 def need_sshd() -> None:
@@ -67,6 +70,47 @@ def vast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Vast]:
 
 
 @dataclass
+class RunPod:
+    emulator: RunPodEmulator
+    url: str
+    key: str
+
+    def admin(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        method = "POST" if body is not None else "GET"
+        resp = httpx.request(method, f"{self.url}/_emu/{path}", json=body, timeout=30)
+        resp.raise_for_status()
+        return resp.json()
+
+    def pods(self) -> dict[str, Any]:
+        return self.admin("state")["pods"]
+
+
+@pytest.fixture
+def runpod(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunPod]:
+    """The RunPod emulator on loopback, where the `runpod` SDK sends its GraphQL (RUNPOD_API_BASE_URL)."""
+    need_sshd()
+    pytest.importorskip("runpod", reason="RunPod's SDK is in the cloud extra")
+    from loraflow.testing.runpod_emulator import RunPodEmulator
+    from loraflow.testing.runpod_emulator import make_server as make_runpod_server
+
+    key = "rpa_" + "k" * 24
+    emulator = RunPodEmulator(key, tmp_path / "runpod", sshd=SSHD, boot_s=0.4)
+    server = make_runpod_server(emulator)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    monkeypatch.setenv("RUNPOD_API_BASE_URL", url)
+    monkeypatch.setenv("RUNPOD_API_KEY", key)
+    monkeypatch.setenv("LORAFLOW_RUNPOD_POLL_S", "0.1")
+    try:
+        yield RunPod(emulator, url, key)
+        leftovers = [i for i, p in emulator.pods.items() if p.name.startswith("loraflow:")]
+        assert not leftovers, f"pods left running: {leftovers}"
+    finally:
+        server.shutdown()  # first: a runner still alive after a failed test must not rent while pods end
+        emulator.close()
+
+
+@dataclass
 class Sshd:
     port: int
     key: Path
@@ -82,6 +126,16 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
         yield Sshd(server.port, server.key, server.home)
     finally:
         server.stop()
+
+
+def ssh_compute(sshd: Sshd, root: str = "~/work") -> dict[str, Any]:
+    """`compute:` for a job on the test sshd as its own machine (its Python is ours: nothing to install)."""
+    import sys
+
+    return {
+        "provider": "ssh", "python": sys.executable, "setup": "",
+        "ssh": {"host": "127.0.0.1", "port": sshd.port, "user": "root", "identity_file": str(sshd.key), "root": root},
+    }  # fmt: skip
 
 
 def events_of(store: Any, job_id: str, type_: str) -> list[dict[str, Any]]:

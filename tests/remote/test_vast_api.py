@@ -184,8 +184,9 @@ def test_estimate_offers_instances_and_reap_cli(tmp_path: Path, cli, vast: Vast)
     gpus = {e["gpu"] for e in report["estimates"]}
     assert gpus == {"RTX 4090", "H100 SXM"} and report["budget_usd"] == 0.5
     for e in report["estimates"]:
-        parts = e["setup_s"] + e["caching_s"] + e["steps_s"] + e["samples_s"] + e["transfer_s"]
+        parts = e["setup_s"] + e["caching_s"] + e["steps_s"] + e["samples_s"] + e["transfer_s"] + e["check_s"]
         assert e["total_s"] == pytest.approx(parts, abs=0.1)
+        assert e["check_s"] > 0  # the result check runs on the rented host before it is let go: it is paid for
         assert e["cost_usd"] == pytest.approx(e["usd_per_hour"] * parts / 3600, abs=1e-3)
     table = cli("estimate", path)
     assert "H100" in table.out and "budget $0.50" in table.out
@@ -204,7 +205,9 @@ def test_estimate_offers_instances_and_reap_cli(tmp_path: Path, cli, vast: Vast)
     orphan = client.create_instance(client.search_offers({"limit": 1})[0]["id"], body)["new_contract"]
     assert "deadbeef0000" in cli("instances").out
     dry = cli("reap", "--dry-run", "--json")
-    assert json.loads(dry.out) == [{"id": orphan, "label": "loraflow:deadbeef0000", "destroyed": False}]
+    assert json.loads(dry.out) == [
+        {"provider": "vastai", "id": orphan, "label": "loraflow:deadbeef0000", "destroyed": False}
+    ]
     assert client.show_instance(orphan) is not None
     assert cli("reap").code == 0
     assert client.show_instance(orphan) is None

@@ -16,7 +16,7 @@ from loraflow.jobs.store import Store
 from loraflow.publish.bundle import verify_bundle
 from tests.conftest import EXAMPLES
 from tests.integration.test_local_jobs import only_job, wait_for
-from tests.remote.conftest import Vast, dump, events_of
+from tests.remote.conftest import Vast, dump, events_of, ssh_compute
 
 
 def remote_spec(tmp_path: Path, steps: int = 30, every: int = 10, **extra: Any) -> Path:
@@ -29,6 +29,9 @@ def remote_spec(tmp_path: Path, steps: int = 30, every: int = 10, **extra: Any) 
         "checkpointing": {"every_n_steps": every, "keep_last": 20},
         # The "rented" machine is this one, so its Python is ours; nothing to install.
         "compute": {"provider": "vastai", "python": sys.executable, "setup": "", "max_retries": 2},
+        # The result check on the host (a process that imports torch, per job) has its own tests in
+        # test_remote_scoring.py; these jobs are about renting, following and recovering.
+        "evaluation": {"enabled": False},
         **extra,
     }
     path = tmp_path / "spec.yaml"
@@ -176,13 +179,7 @@ def test_budget_cap_stops_with_checkpoint_and_resumes_with_more(tmp_path: Path, 
 def test_own_machine_over_ssh(tmp_path: Path, cli, sshd) -> None:
     path = remote_spec(tmp_path, steps=20, every=10)
     data = yaml.safe_load(path.read_text())
-    data["compute"] = {
-        "provider": "ssh",
-        "python": sys.executable,
-        "setup": "",
-        "ssh": {"host": "127.0.0.1", "port": sshd.port, "user": "root", "identity_file": str(sshd.key),
-                "root": "~/work"},
-    }  # fmt: skip
+    data["compute"] = ssh_compute(sshd)
     path.write_text(yaml.safe_dump(data))
     result = cli("train", path)
     assert result.code == 0, result.out + result.err

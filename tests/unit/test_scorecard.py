@@ -118,3 +118,25 @@ def test_the_notebook_defaults_to_the_best_checkpoint_and_says_why() -> None:
     store.update_outputs(job.id, scorecard={"best": c["best"], "rows": summary_rows(c)})
     step, why = best_checkpoint(job.id)
     assert step == 10 and why.startswith("step 10 scores highest")
+
+
+def test_the_estimate_counts_the_result_check_it_pays_for() -> None:
+    """The check runs on the rented host before it is let go, so its time is in the estimate's total and
+    cost; it grows with the files it scores and the renders per file, and is 0 when nothing is checked."""
+    from loraflow.providers.estimate import estimate
+    from loraflow.spec import parse_spec
+
+    def spec(**extra: object):
+        base = {"name": "x", "dataset": {"path": ".", "trigger_word": "lfx"}, "base_model": "flux-dev",
+                "training": {"steps": 1000}}
+        return parse_spec({**base, **extra}, "spec")
+
+    default = estimate(spec(), "H100 SXM", 2.0, images=20)
+    assert 0 < default.check_s < default.steps_s
+    parts = default.setup_s + default.caching_s + default.steps_s + default.samples_s + default.transfer_s
+    assert default.total_s == parts + default.check_s and default.to_dict()["check_s"] == default.check_s
+    assert default.cost_usd == round(2.0 * default.total_s / 3600, 4)
+    fewer = estimate(spec(evaluation={"seeds": 1, "steps": 8}), "H100 SXM", 2.0, images=20)
+    more = estimate(spec(checkpointing={"every_n_steps": 100, "keep_last": 10}), "H100 SXM", 2.0, images=20)
+    assert fewer.check_s < default.check_s < more.check_s
+    assert estimate(spec(evaluation={"enabled": False}), "H100 SXM", 2.0, images=20).check_s == 0

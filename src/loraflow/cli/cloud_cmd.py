@@ -13,6 +13,7 @@ from loraflow.cli.output import console, print_json
 from loraflow.spec import TrainSpec, load_spec
 
 if TYPE_CHECKING:
+    from loraflow.providers.base import Provider, Rented
     from loraflow.providers.vastai import VastProvider
 
 
@@ -34,41 +35,50 @@ def estimate(
     spec_path: Path = typer.Argument(..., help="The training spec (YAML)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Predicted time and cost per GPU type on offer, with its parts, before anything is rented."""
+    """Predicted time and cost per GPU type on offer, with its parts, before anything is rented. A rented
+    job is priced on every provider side by side (Vast.ai, RunPod, ...), the spec's own first."""
     from loraflow.providers.estimate import local_estimate
+    from loraflow.providers.registry import is_rented
 
     spec = load_spec(spec_path)
     if spec.engine.name == "fal":
         _hosted_estimate(spec, as_json)
         return
-    if spec.compute.provider == "vastai":
-        best: dict[str, object] = {}
-        with console.status("asking Vast.ai for offers that fit this job (retried if it does not answer)..."):
-            found = _quick_vast().offers(spec)
-        for ranked in found:  # cheapest job first: keep the best offer per GPU type
-            best.setdefault(str(ranked.offer.get("gpu_name")), ranked.estimate)
-        rows = list(best.values())
+    notes: dict[str, str] = {}
+    if is_rented(spec.compute.provider):
+        from loraflow.engines import engine_needs
+        from loraflow.providers.compare import compare
+
+        with console.status("asking each provider for offers that fit this job (retried if one does not answer)..."):
+            found = compare(spec, engine_needs)
+        rows = [(f.title, r.estimate) for f in found for r in f.best]
+        notes = {f.title: f.note for f in found if f.note}
+        if not rows:  # nobody could price it: the spec's own provider's reason, as the error
+            raise next(f.error for f in found if f.provider == spec.compute.provider)  # type: ignore[misc]
     else:
-        rows = [local_estimate(spec)]
-    data = [r.to_dict() for r in rows]  # type: ignore[attr-defined]
+        rows = [("this machine", local_estimate(spec))]
+    data = [{"provider": who, **r.to_dict()} for who, r in rows]
     cap = spec.budget.max_usd
     if as_json:
-        print_json({"budget_usd": cap, "estimates": data})
+        print_json({"budget_usd": cap, "estimates": data, "unpriced": notes})
         return
     # At 80 columns the phases fold into "steps" and "other"; a wide terminal shows each phase.
-    phases = ("setup_s", "caching_s", "steps_s", "samples_s", "transfer_s") if console.width >= 100 else ("steps_s",)
+    wide = ("setup_s", "caching_s", "steps_s", "samples_s", "transfer_s", "check_s")  # check: the result check
+    phases = wide if console.width >= 100 else ("steps_s",)
     table = Table(title=f"estimate for {escape(spec.name)} ({spec.training.steps} steps)")
     heads = [p.removesuffix("_s").replace("caching", "cache") for p in phases]
     if len(phases) == 1:
         heads.append("other")
-    for col in ("GPU", "$/h", *heads, "total min", "cost $"):
-        table.add_column(col, justify="left" if col == "GPU" else "right", no_wrap=col != "GPU")
+    rented = is_rented(spec.compute.provider)
+    for col in ("provider", "GPU", "$/h", *heads, "total min", "cost $")[0 if rented else 1 :]:
+        table.add_column(col, justify="left" if col in ("GPU", "provider") else "right", no_wrap=col != "GPU")
     for r in data:
         over = cap is not None and r["cost_usd"] > cap
         cells = [_minutes(r[k]) for k in phases]
         if len(phases) == 1:
             cells.append(_minutes(r["total_s"] - r["steps_s"]))
         table.add_row(
+            *([escape(r["provider"])] if rented else []),
             escape(f"{r['gpus']}x {r['gpu']}" if r["gpus"] > 1 else r["gpu"]),
             f"{r['usd_per_hour']:.3f}",
             *cells,
@@ -76,7 +86,9 @@ def estimate(
             f"[red]{r['cost_usd']:.3f}[/red]" if over else f"{r['cost_usd']:.3f}",
         )
     console.print(table)
-    where = "" if spec.compute.provider == "vastai" else f"on this machine ({escape(rows[0].gpu)}), no rental cost; "  # type: ignore[attr-defined]
+    for who, why in notes.items():
+        console.print(f"{escape(who)}: not priced ({escape(why)})")
+    where = "" if rented else f"on this machine ({escape(rows[0][1].gpu)}), no rental cost; "
     console.print(where + "times in minutes; " + (f"budget ${cap:.2f} (red: over)" if cap else "no budget.max_usd set"))
 
 
@@ -157,12 +169,39 @@ def _owners() -> dict[str, str]:
     return {j.id: j.state.value for j in Store().list_jobs(limit=100000)}
 
 
+def _owned_everywhere(quick: bool) -> tuple[list[tuple[Provider, Rented]], dict[str, str]]:
+    """Every provider's machines under loraflow's label, and why a provider could not be asked (no key, no
+    answer); when no provider could be asked at all, the first one's error."""
+    from loraflow.errors import LoraflowError
+    from loraflow.providers.registry import RENTED, provider_for, title
+
+    rows: list[tuple[Provider, Rented]] = []
+    notes: dict[str, str] = {}
+    errors: list[LoraflowError] = []
+    for name in RENTED:  # listing and destroying: no engine needed
+        try:
+            provider = provider_for(name, quick=quick)
+            rows += [(provider, r) for r in provider.owned()]
+        except LoraflowError as exc:
+            notes[title(name)] = exc.message
+            errors.append(exc)
+    if len(errors) == len(RENTED):
+        raise errors[0]
+    return rows, notes
+
+
+def _notes(notes: dict[str, str]) -> None:
+    for who, why in notes.items():
+        console.print(f"{escape(who)}: not asked ({escape(why)})")
+
+
 def instances(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Vast.ai instances labelled by loraflow, with the job that owns each."""
-    rows = _quick_vast().owned()
+    """Rented machines labelled by loraflow on every provider, with the job that owns each."""
+    rows, notes = _owned_everywhere(quick=True)
     owners = _owners()
     data = [
         {
+            "provider": provider.name,
             "id": r.id,
             "label": r.label,
             "job": r.job_id,
@@ -171,44 +210,46 @@ def instances(as_json: bool = typer.Option(False, "--json")) -> None:
             "gpu": r.gpu,
             "usd_per_hour": r.usd_per_hour,
         }
-        for r in rows
+        for provider, r in rows
     ]
     if as_json:
         print_json(data)
         return
-    table = Table(title="loraflow's Vast.ai instances")
-    for col in ("instance", "job", "job state", "status", "GPU", "$/h"):
+    table = Table(title="loraflow's rented machines")
+    for col in ("provider", "instance", "job", "job state", "status", "GPU", "$/h"):
         table.add_column(col)
     for d in data:
         table.add_row(
-            str(d["id"]), escape(d["job"]), str(d["job_state"] or "unknown"), str(d["status"]),
+            d["provider"], str(d["id"]), escape(d["job"]), str(d["job_state"] or "unknown"), str(d["status"]),
             escape(str(d["gpu"])), f"{float(d['usd_per_hour'] or 0):.3f}",
         )  # fmt: skip
     console.print(table if data else "no instances labelled by loraflow")
+    _notes(notes)
 
 
 def reap(
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be destroyed."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Destroy loraflow-labelled instances that no live job owns (a crash's leftovers)."""
+    """Destroy loraflow-labelled machines (every provider) that no live job owns (a crash's leftovers)."""
     from loraflow.jobs.states import ACTIVE
-    from loraflow.providers.vastai import VastProvider
 
-    provider = VastProvider()  # listing and destroying: no engine needed
+    rows, notes = _owned_everywhere(quick=False)
     owners = _owners()
     live = {job for job, state in owners.items() if state in {s.value for s in ACTIVE}}
-    orphans = [r for r in provider.owned() if r.job_id not in live]
     done = []
-    for row in orphans:
+    for provider, row in rows:
+        if row.job_id in live:
+            continue
         if not dry_run:
             provider.release(row.id)
-        done.append({"id": row.id, "label": row.label, "destroyed": not dry_run})
+        done.append({"provider": provider.name, "id": row.id, "label": row.label, "destroyed": not dry_run})
     if as_json:
         print_json(done)
         return
     verb = "would destroy" if dry_run else "destroyed"
     for d in done:
-        console.print(f"{verb} instance {d['id']} ({escape(str(d['label']))})")
+        console.print(f"{verb} {d['provider']} instance {d['id']} ({escape(str(d['label']))})")
     if not done:
         console.print("nothing to reap: every loraflow instance belongs to a live job")
+    _notes(notes)

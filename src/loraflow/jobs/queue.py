@@ -137,10 +137,10 @@ def remaining_s(store: Store, job: Job, now: datetime) -> float:
     if job.state is JobState.TRAINING:
         measured = _measured_remaining(store, job, now)
         if measured is not None:
-            return measured + (est.transfer_s if est is not None else 0.0)
+            return measured + (est.transfer_s + est.check_s if est is not None else 0.0)
         if est is not None and job.total_steps:
             done = min(1.0, job.step / job.total_steps)
-            return (est.steps_s + est.samples_s) * (1 - done) + est.transfer_s
+            return (est.steps_s + est.samples_s) * (1 - done) + est.transfer_s + est.check_s
         return total
     if job.state is JobState.PROVISIONING and est is not None:
         return max(0.0, total - _since(_entered(store, job), now))

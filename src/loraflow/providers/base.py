@@ -12,11 +12,15 @@ lease records it as given and hands it back unchanged.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from loraflow.errors import LoraflowError, UserInputError
 from loraflow.providers.estimate import Estimate
 from loraflow.spec import TrainSpec
 
@@ -128,6 +132,15 @@ class Provider(Protocol):
         ...
 
 
+def env_seconds(name: str, default: float) -> float:
+    """A pace in seconds from the environment (the tests' emulators poll faster), else the default."""
+    try:
+        return max(0.01, float(os.environ.get(name) or default))
+    except ValueError:
+        raise UserInputError(f"{name} must be a number of seconds", fix=f"unset it (default {default:.0f} s)") \
+            from None
+
+
 def label_for(job_id: str) -> str:
     return LABEL_PREFIX + job_id
 
@@ -145,3 +158,57 @@ def once(previous: str, stage: str, on_stage: Callable[[str], None]) -> str:
     if stage != previous:
         on_stage(stage)
     return stage
+
+
+# What a provider reads from one status call while a machine starts: why it can never start (None while it
+# may), its SSH address once it has one, and what is being waited for until then.
+Progress = tuple[str | None, tuple[str, int] | None, str]
+
+
+def wait_for_ssh(
+    what: str,
+    progress: Callable[[], Progress],
+    check_ssh: SshCheck,
+    timeout_s: float,
+    poll_s: float,
+    on_stage: Callable[[str], None],
+) -> tuple[str, int]:
+    """The wait every provider does: the machine runs with an address, then the TCP port opens, then SSH
+    logs in (and whatever check_ssh runs passes). One status call per `poll_s`."""
+    deadline = time.monotonic() + timeout_s
+    stage = ""
+    while time.monotonic() < deadline:
+        failed, address, waiting = progress()
+        if failed:
+            raise LoraflowError(f"{what} {failed}")
+        if address is None:
+            stage = once(stage, waiting, on_stage)
+        elif not port_open(*address):
+            stage = once(stage, f"waiting for SSH port {address[0]}:{address[1]}", on_stage)
+        else:
+            stage = once(stage, "checking SSH login", on_stage)
+            try:
+                check_ssh(*address)
+                return address
+            except LoraflowError:
+                pass
+        time.sleep(poll_s)
+    raise LoraflowError(f"{what} was not ready within {timeout_s:.0f} s")
+
+
+def destroy_confirmed(
+    destroy: Callable[[], object], gone: Callable[[], bool], tries: int, fix: str, what: str
+) -> float | None:
+    """Destroy, then confirm by a status read that it is gone, a few times; the destroy call's own errors are
+    read past (a machine already gone refuses a second destroy): only the status read decides. Returns when
+    a destroy call was taken (its answer came, and was not False, "it was gone already"): the machine's
+    billing ends there, not after the confirming reads. None: it was gone before any destroy of ours."""
+    taken: float | None = None
+    for attempt in range(tries):
+        with contextlib.suppress(LoraflowError):
+            if destroy() is not False:
+                taken = taken or time.time()
+        if gone():
+            return taken
+        time.sleep(1 + attempt)
+    raise LoraflowError(f"{what} could not be confirmed destroyed", fix=fix)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from loraflow.catalog import gpu_table
+from loraflow.evaluation.plan import checks_effect
 from loraflow.spec import TrainSpec
 
 SETUP_S = 180.0  # image start and package install on a warm machine
@@ -31,10 +32,11 @@ class Estimate:
     transfer_s: float
     offer_id: int | None = None
     gpus: int = 1
+    check_s: float = 0.0  # the effect check and scorecard, run on the host before it is let go
 
     @property
     def total_s(self) -> float:
-        return self.setup_s + self.caching_s + self.steps_s + self.samples_s + self.transfer_s
+        return self.setup_s + self.caching_s + self.steps_s + self.samples_s + self.transfer_s + self.check_s
 
     @property
     def cost_usd(self) -> float:
@@ -70,10 +72,21 @@ def scaling_efficiency(gpus: int) -> float:
     return points[-1][1]
 
 
+def table_row(gpu: str) -> str:
+    """The throughput table's row for a provider's GPU name: Vast.ai's names are the table's; other providers
+    spell them differently ("A100 PCIe", "RTX 6000 Ada", "A100 SXM"): matched without case and spaces, the
+    table's name extending the provider's. "RTX 4090" when nothing matches."""
+    squash = gpu.lower().replace(" ", "")
+    rows = [k for k in gpu_table() if k not in ("models", "scaling")]
+    exact = [k for k in rows if k.lower().replace(" ", "") == squash]
+    longer = [k for k in rows if k.lower().replace(" ", "").startswith(squash)] if squash else []
+    return (exact or sorted(longer, key=len) or ["RTX 4090"])[0]
+
+
 def seconds_per_step(spec: TrainSpec, gpu: str) -> float:
     """One optimizer step on one GPU at the spec's batch_size."""
     table = gpu_table()
-    base = (table.get(gpu) or table["RTX 4090"])["s_per_step"]
+    base = (table.get(gpu) or table.get(table_row(gpu)) or table["RTX 4090"])["s_per_step"]
     t = spec.training
     res = sum(r * r for r in t.resolution) / len(t.resolution) / (1024 * 1024)
     factor = table["models"][model_kind(spec)]["step_factor"]
@@ -87,6 +100,27 @@ def count_images(spec: TrainSpec) -> int:
     if path.is_dir():
         return sum(1 for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) or 1
     return 20  # an archive: a typical LoRA dataset
+
+
+def check_seconds(spec: TrainSpec, gpu: str, images: int) -> float:
+    """The result check's time (docs/scorecard.md, bench/README.md): the base model loaded again in the
+    check's process (read from the host's disk), then for the base model and each scored LoRA file (the
+    kept checkpoints and the final one) the evaluation renders (prompts x seeds, twice with a trigger word,
+    `evaluation.steps` forwards and a VAE decode each) and the held-out loss (at most 8 images x 4 noise
+    draws), at `evaluation.size`; a forward is a third of a training step at that size."""
+    if not checks_effect(spec):
+        return 0.0
+    table, kind, e = gpu_table(), model_kind(spec), spec.evaluation
+    res = 1.0 if kind == "tiny" else max(e.size * e.size / (1024 * 1024), 0.05)
+    row = table.get(gpu) or table[table_row(gpu)]  # a provider's own spelling finds its row (table_row)
+    forward = row["s_per_step"] * table["models"][kind]["step_factor"] * res / 3
+    prompts = len(e.prompts or spec.sampling.prompts or [""])
+    renders = prompts * e.seeds * (2 if spec.dataset.trigger_word else 1)
+    per_file = renders * (e.steps + 1) * forward + min(images, 8) * 4 * forward
+    steps, every = spec.training.steps, spec.checkpointing.every_n_steps
+    files = min(spec.checkpointing.keep_last, steps // every) + (1 if steps % every else 0)
+    load = float(table["models"][kind]["download_gb"])  # from local disk at about 1 GB/s
+    return load + (max(files, 1) + 1) * per_file
 
 
 def estimate(
@@ -116,7 +150,8 @@ def estimate(
     # compute.gpus N: each GPU trains batch_size a step, so a step carries N times the images in one GPU's time
     # over the scaling efficiency; caching and samples run on rank 0 alone; the price is the offer's, for all N.
     steps_s = steps * per_step / scaling_efficiency(spec.compute.gpus)
-    return Estimate(gpu, usd_per_hour, setup, caching, steps_s, samples, transfer, offer_id, spec.compute.gpus)
+    check = check_seconds(spec, gpu, images)
+    return Estimate(gpu, usd_per_hour, setup, caching, steps_s, samples, transfer, offer_id, spec.compute.gpus, check)
 
 
 def this_machine() -> tuple[str, str]:

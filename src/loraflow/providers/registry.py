@@ -13,6 +13,8 @@ from loraflow.providers.base import Needs, Provider
 # compute.provider value -> (module, class, the name people know it by)
 RENTED: dict[str, tuple[str, str, str]] = {
     "vastai": ("loraflow.providers.vastai", "VastProvider", "Vast.ai"),
+    "runpod": ("loraflow.providers.runpod", "RunPodProvider", "RunPod"),
+    "skypilot": ("loraflow.providers.skypilot", "SkyPilotProvider", "SkyPilot"),
 }
 
 

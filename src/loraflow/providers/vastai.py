@@ -8,9 +8,6 @@ so a crashed orchestrator finds it again (by the record, or by label) instead of
 
 from __future__ import annotations
 
-import contextlib
-import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,12 +17,14 @@ from loraflow.providers.base import (
     InstanceId,
     MachineNeeds,
     Needs,
+    Progress,
     RankedOffer,
     Rented,
     SshCheck,
+    destroy_confirmed,
+    env_seconds,
     label_for,
-    once,
-    port_open,
+    wait_for_ssh,
 )
 from loraflow.providers.estimate import estimate
 from loraflow.providers.vast_client import VastClient, VastError
@@ -48,11 +47,7 @@ SELF_DESTROY = (
 
 def poll_interval() -> float:
     """Seconds between status calls while an instance starts (LORAFLOW_VAST_POLL_S, default 10)."""
-    try:
-        return max(0.01, float(os.environ.get(POLL_ENV) or POLL_S))
-    except ValueError:
-        raise UserInputError(f"{POLL_ENV} must be a number of seconds", fix=f"unset it (default {POLL_S:.0f} s)") \
-            from None
+    return env_seconds(POLL_ENV, POLL_S)
 
 
 def offer_query(spec: TrainSpec, req: MachineNeeds) -> dict[str, Any]:
@@ -215,46 +210,30 @@ class VastProvider:
         """Running with an address, then the TCP port, then SSH auth (and whatever check_ssh runs). The status
         is asked every `poll_s` (default: poll_interval(), Vast's documented 10 s), never faster than the
         endpoint allows; a 429 is waited out by the client (its Retry-After)."""
-        poll_s = poll_interval() if poll_s is None else poll_s
-        deadline = time.monotonic() + timeout_s
-        stage = ""
-        while time.monotonic() < deadline:
+
+        def progress() -> Progress:
             row = self.status(instance_id)
             if row is None:
-                raise LoraflowError(f"instance {instance_id} disappeared while starting")
+                return "disappeared while starting", None, ""
             status = row.get("actual_status")
             if status in DEAD or "oci runtime" in str(row.get("status_msg") or "").lower():
-                raise LoraflowError(f"instance {instance_id} failed to start: {status} {row.get('status_msg')}")
+                return f"failed to start: {status} {row.get('status_msg')}", None, ""
             address = ssh_address(row) if status == "running" else None
-            if address is None:
-                stage = once(stage, "waiting for the instance to run", on_stage)
-            elif not port_open(*address):
-                stage = once(stage, f"waiting for SSH port {address[0]}:{address[1]}", on_stage)
-            else:
-                stage = once(stage, "checking SSH login", on_stage)
-                try:
-                    check_ssh(*address)
-                    return address
-                except LoraflowError:
-                    pass
-            time.sleep(poll_s)
-        raise LoraflowError(f"instance {instance_id} was not ready within {timeout_s:.0f} s")
+            return None, address, "waiting for the instance to run"
+
+        poll_s = poll_interval() if poll_s is None else poll_s
+        return wait_for_ssh(f"instance {instance_id}", progress, check_ssh, timeout_s, poll_s, on_stage)
 
     def release(self, instance_id: InstanceId, tries: int = 5) -> float | None:
         """Destroy and confirm it is gone; idempotent. Returns when the API took our destroy (billing ends
         there, not after the confirming status calls), or None when the instance was gone already (its own
         dead-man switch, or the provider, ended it at a time the API no longer tells)."""
-        destroyed_at: float | None = None
-        for attempt in range(tries):
-            with contextlib.suppress(VastError):  # the status check below confirms either way
-                if self.client.destroy_instance(instance_id):
-                    destroyed_at = destroyed_at or time.time()
-            if self.status(instance_id) is None:
-                return destroyed_at
-            time.sleep(1 + attempt)
-        raise LoraflowError(
-            f"Vast.ai instance {instance_id} could not be confirmed destroyed",
-            fix="destroy it by hand in the Vast.ai console, or run `loraflow reap`",
+        return destroy_confirmed(
+            lambda: self.client.destroy_instance(instance_id),  # False: it was gone already
+            lambda: self.status(instance_id) is None,
+            tries,
+            "destroy it by hand in the Vast.ai console, or run `loraflow reap`",
+            f"Vast.ai instance {instance_id}",
         )
 
     def owned(self) -> list[Rented]:

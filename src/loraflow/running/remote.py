@@ -179,10 +179,10 @@ class RemoteLease:
                 {k: lease[k] for k in ("instance_id", "offer_id", "gpu", "price_usd_h", "estimate_usd")},
             )
         known = str(Path(self.local.run) / f"known_hosts-{lease['instance_id']}")
-        user = provider.ssh_user
 
         def check_ssh(host: str, port: int) -> None:
-            SshHost(SshEndpoint(host, port, user, str(key_path), known), retries=0).check()
+            # asked each time: SkyPilot learns the login from the cluster it launched (ubuntu, gcpuser...)
+            SshHost(SshEndpoint(host, port, provider.ssh_user, str(key_path), known), retries=0).check()
 
         try:
             address = provider.wait_ready(
@@ -194,7 +194,7 @@ class RemoteLease:
         except LoraflowError as exc:
             self.release(f"not ready: {exc.message}")
             raise
-        endpoint = SshEndpoint(address[0], address[1], user, str(key_path), known)
+        endpoint = SshEndpoint(address[0], address[1], provider.ssh_user, str(key_path), known)
         host = SshHost(endpoint)
         root = self.spec.compute.ssh.root if self.spec.compute.ssh else "~/loraflow"
         self._finish_acquire(lease, endpoint, host, root)

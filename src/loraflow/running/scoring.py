@@ -5,10 +5,11 @@ it, reads its `LORAFLOW` event lines into the job's events, and keeps the scorec
 outputs (`scorecard`: the best checkpoint and why, one row per checkpoint, the effect verdict), where the
 bundle, the model card, the job page, `jobs show`, the API and the `result.scored` webhook read it.
 
-It runs on this machine (a local GPU, the CPU tiny model); a job on a rented host gets the structural
-check only until the check runs there too (docs/scorecard.md says so). A check that cannot run (no
-base model on this machine, an architecture it does not render, a crash) is a warning, never a failure:
-only a measured "the LoRA does not change the output" fails the job, with `lora_inert`.
+It runs where the base model is: on this machine for a local job (a local GPU, the CPU tiny model), on
+the leased host before it is let go for a job trained there (running/remote_scoring.py, its results
+copied back). A check that cannot run (no base model on this machine, an architecture it does not
+render, a host without the packages, a crash) is a warning, never a failure: only a measured "the LoRA
+does not change the output" fails the job, with `lora_inert`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from loraflow.errors import LoraflowError
 from loraflow.evaluation import plan
+from loraflow.evaluation.config import LoraUnderTest
 from loraflow.evaluation.scorecard import SCORECARD, summary_rows
 from loraflow.layout import JobLayout
 from loraflow.running.context import RunContext
@@ -52,10 +55,17 @@ def local_model(ctx: RunContext) -> str | None:
 
 
 def scores_here(ctx: RunContext) -> bool:
-    """Whether this job's check runs on this machine (a local place): only then are images held out."""
+    """Whether this job's check runs on this machine (a local place) rather than on a leased host."""
     from loraflow.running.place import LocalPlace
 
     return isinstance(ctx.place, LocalPlace)
+
+
+def scores_somewhere(ctx: RunContext) -> bool:
+    """Whether this job's check can run where it trains (here, or a leased host): images are held out."""
+    from loraflow.running.place import RemotePlace
+
+    return scores_here(ctx) or isinstance(ctx.place, RemotePlace)
 
 
 def warn(ctx: RunContext, message: str) -> None:
@@ -68,13 +78,9 @@ def score_job(ctx: RunContext, ok_steps: list[int | None]) -> dict[str, Any] | N
     spec = ctx.spec
     if not plan.checks_effect(spec):
         return None
-    if not scores_here(ctx):
-        warn(ctx, "the effect check and scorecard run where the base model is; this job's host is remote, "
-                  "so only the structural check ran")
-        return None
-    model = local_model(ctx)
-    if model is None:
-        warn(ctx, f"the base model {spec.base_model} is not on this machine: no effect check or scorecard")
+    if not scores_somewhere(ctx):
+        warn(ctx, "the effect check and scorecard run where the base model is, and this job's place cannot "
+                  "run them: only the structural check ran")
         return None
     job = ctx.refresh()
     layout = JobLayout(str(ctx.layout.root))
@@ -83,10 +89,29 @@ def score_job(ctx: RunContext, ok_steps: list[int | None]) -> dict[str, Any] | N
     loras = plan.loras_to_check(final, kept, job.total_steps)
     if not loras:
         return None
+    if not scores_here(ctx):
+        return score_on_host(ctx, loras, len(job.outputs.holdout))
+    model = local_model(ctx)
+    if model is None:
+        warn(ctx, f"the base model {spec.base_model} is not on this machine: no effect check or scorecard")
+        return None
     cfg = plan.eval_config(spec, ctx.job_id, layout, model, loras, len(job.outputs.holdout))
     cfg_path = Path(layout.evaluation) / plan.CONFIG
     cfg.write(cfg_path)
     return run_local(ctx, cfg_path, Path(layout.evaluation), spec.catalog_entry.source.startswith("builtin:"))
+
+
+def score_on_host(ctx: RunContext, loras: list[LoraUnderTest], holdout_count: int) -> dict[str, Any] | None:
+    """The check on the job's leased host, where the base model is (running/remote_scoring.py)."""
+    from loraflow.running.remote_scoring import run_on_host
+
+    try:
+        code, text = run_on_host(ctx, loras, holdout_count)
+    except LoraflowError as exc:
+        warn(ctx, f"the check could not run on the host ({exc.message}); only the structural check counts")
+        return None
+    out_dir = Path(ctx.layout.evaluation)
+    return finish(ctx, code, text, out_dir, out_dir / "evaluation.log")
 
 
 def in_this_process(cfg_path: Path) -> tuple[int, str]:
@@ -117,6 +142,12 @@ def run_local(ctx: RunContext, cfg_path: Path, out_dir: Path, tiny: bool = False
         code, sink_text = proc.returncode, proc.stdout.decode("utf-8", "replace")
         with open(log, "a", encoding="utf-8") as f:
             f.write(sink_text)
+    return finish(ctx, code, sink_text, out_dir, log)
+
+
+def finish(ctx: RunContext, code: int, sink_text: str, out_dir: Path, log: Path) -> dict[str, Any] | None:
+    """What the check's process said (its event lines, its exit code, `scorecard.json` in `out_dir`), into
+    the job's events and outputs; the scorecard, or None after a warning when it did not finish."""
     for line in sink_text.splitlines():
         if not line.startswith(PREFIX):
             continue
@@ -127,7 +158,9 @@ def run_local(ctx: RunContext, cfg_path: Path, out_dir: Path, tiny: bool = False
             ctx.emit(name, event)
     card = json.loads((out_dir / SCORECARD).read_text(encoding="utf-8")) if (out_dir / SCORECARD).exists() else None
     if code != 0 or card is None:
-        warn(ctx, f"the evaluation ended with code {code}; see {log}")
+        said = [x for x in sink_text.splitlines() if x.strip() and not x.startswith(PREFIX)]
+        last = f": {said[-1].strip()[-300:]}" if said else ""
+        warn(ctx, f"the evaluation ended with code {code}{last}; see {log}")
         return None
     summary = summarize(card)
     ctx.store.update_outputs(ctx.job_id, scorecard=summary)

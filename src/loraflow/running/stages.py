@@ -72,9 +72,10 @@ def hold_out_images(ctx: RunContext, usable: int) -> tuple[list[str], str | None
     """evaluation.holdout: move a few prepared images out of training (docs/scorecard.md)."""
     from loraflow.dataset.holdout import hold_out, holdout_count
     from loraflow.evaluation.plan import checks_effect
-    from loraflow.running.scoring import scores_here
+    from loraflow.running.scoring import scores_somewhere
 
-    count = holdout_count(ctx.spec.evaluation.holdout, usable) if checks_effect(ctx.spec) and scores_here(ctx) else 0
+    scored = checks_effect(ctx.spec) and scores_somewhere(ctx)
+    count = holdout_count(ctx.spec.evaluation.holdout, usable) if scored else 0
     return hold_out(Path(ctx.layout.dataset), Path(ctx.layout.holdout), count)
 
 

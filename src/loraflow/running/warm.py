@@ -34,6 +34,7 @@ def warm_up() -> None:
         from loraflow.engines.installed import require_engine  # noqa: F401
         from loraflow.platform.credits import quote  # noqa: F401
         from loraflow.platform.names import names_taken  # noqa: F401
+        from loraflow.providers.registry import is_rented, provider_for  # noqa: F401  (a quote's)
         from loraflow.running.control import start_runner  # noqa: F401
         from loraflow.running.submit import DatasetUnfit, check_dataset
         from loraflow.spec import parse_spec

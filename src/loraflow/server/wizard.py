@@ -163,7 +163,10 @@ def where_choices(config: Any) -> list[tuple[str, str]]:
     providers = sorted(grants.providers) if grants else ["local", "vastai"]
     out = [("local", "this server")] if "local" in providers else []
     out += [(f"ssh:{name}", f"SSH host {name}") for name in sorted(grants.ssh_hosts if grants else ())]
-    labels = {"vastai": "a rented GPU on Vast.ai (priced before renting)"}
+    labels = {
+        "vastai": "a rented GPU on Vast.ai (priced before renting)",
+        "runpod": "a rented GPU on RunPod (priced before renting)",
+    }
     out += [(p, labels.get(p, p)) for p in providers if p not in ("local", "ssh")]
     return out
 

@@ -36,8 +36,9 @@ class SshTarget(Strict):
 _HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?")
 _HOST_V6 = re.compile(r"[0-9A-Fa-f:]{2,39}")
 _USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+_INFRA = re.compile(r"[a-z][a-z0-9-]{0,30}(/[A-Za-z0-9*][A-Za-z0-9_.*:@-]{0,120}){0,2}")
 _PROGRAM = re.compile(r"[A-Za-z0-9_./+-]+")
-NOT_YET = {"runpod", "skypilot"}  # providers the schema names that have no implementation yet
+NOT_YET: set[str] = set()  # providers the schema names that have no implementation yet
 
 
 class GpuRequirements(Strict):
@@ -48,6 +49,35 @@ class GpuRequirements(Strict):
     disk_gb: int = Field(80, ge=10)
     min_reliability: float = Field(0.98, ge=0, le=1)
     verified_only: bool = True
+
+
+class RunPodOptions(Strict):
+    """What only RunPod asks when renting a pod (compute.provider: runpod)."""
+
+    cloud: Literal["secure", "community", "all"] = Field(
+        "all",
+        description="secure: RunPod's own data centres; community: vetted hosts, cheaper; all: the cheaper job "
+        "of both.",
+    )
+    interruptible: bool = Field(
+        False,
+        description="Rent a spot pod at a bid: cheaper, but RunPod may stop it at any time (the job then moves "
+        "to a new pod from its newest checkpoint, as after any lost host).",
+    )
+    bid_usd_per_gpu: float | None = Field(
+        None, gt=0, description="The spot bid per GPU and hour; default: the GPU type's current minimum bid."
+    )
+    volume_gb: int = Field(0, ge=0, description="A pod volume (kept while the pod is stopped); 0: none.")
+
+
+class SkyPilotOptions(Strict):
+    """What only SkyPilot asks when renting (compute.provider: skypilot); where is compute.infra."""
+
+    use_spot: bool = Field(
+        False,
+        description="Rent spot (preemptible) machines at the catalog's spot price: cheaper, but the cloud may take "
+        "them at any time (the job then moves to a new machine from its newest checkpoint, as after any lost host).",
+    )
 
 
 MAX_GPUS = 8  # the largest single machines Vast.ai and the clouds rent; one process per GPU, one machine
@@ -64,11 +94,18 @@ class ComputeSpec(Strict):
     )
     gpu: GpuRequirements = Field(default_factory=GpuRequirements)
     ssh: SshTarget | None = None
+    runpod: RunPodOptions = Field(default_factory=RunPodOptions)
     target: str | None = Field(
         None, description="Name of an SSH host the operator registered (LORAFLOW_SSH_HOSTS); instead of ssh."
     )
+    infra: str | None = Field(
+        None,
+        description="Where SkyPilot rents (provider skypilot), in SkyPilot's own syntax: a cloud and its region "
+        "('aws', 'gcp/us-central1'); its Kubernetes and Slurm are refused for now (docs/remote.md).",
+    )
+    skypilot: SkyPilotOptions = Field(default_factory=SkyPilotOptions)
     max_retries: int = Field(2, ge=0, description="New hosts leased after a dead or stalled one.")
-    python: str = Field("python3", description="Python on a remote host (ssh, vastai) that runs the engine.")
+    python: str = Field("python3", description="Python on a remote host (ssh, vastai, runpod) that runs the engine.")
     setup: str | None = Field(
         None, description="Shell run once per remote lease before training; default: the engine's set-up."
     )
@@ -101,19 +138,31 @@ class ComputeSpec(Strict):
             raise ValueError("give one program name or path, such as python3 or /opt/conda/bin/python")
         return value
 
+    @field_validator("infra")
+    @classmethod
+    def _infra(cls, value: str | None) -> str | None:
+        # Reaches SkyPilot as data: a name and up to two parts, never an option or a path.
+        if value is not None and not _INFRA.fullmatch(value):
+            raise ValueError("give SkyPilot's infra: a cloud, cloud/region, k8s/<context> or slurm/<cluster>")
+        return value
+
     @field_validator("provider")
     @classmethod
     def _provider_built(cls, value: str) -> str:
         # Named in the schema (the design's next providers) but not built yet: refused here, by name, rather
         # than failing deep in the acquire stage with a FileNotFoundError.
         if value in NOT_YET:
-            raise ValueError(f"'{value}' is not available in this version of loraflow; use local, ssh or vastai")
+            raise ValueError(
+                f"'{value}' is not available in this version of loraflow; use local, ssh, vastai, runpod or skypilot"
+            )
         return value
 
     @model_validator(mode="after")
     def _ssh_needs_target(self) -> ComputeSpec:
         if self.provider == "ssh" and self.ssh is None and self.target is None:
             raise ValueError("provider 'ssh' needs compute.ssh with at least a host, or compute.target")
+        if self.infra is not None and self.provider != "skypilot":
+            raise ValueError("compute.infra is SkyPilot's: it needs compute.provider: skypilot")
         if self.ssh is not None and self.target is not None:
             raise ValueError("give compute.ssh or compute.target, not both")
         return self

@@ -24,7 +24,7 @@ base_model: flux-dev               # tiny-flux | flux-dev | flux-schnell | sdxl 
 #   every_n_steps: 250
 # checkpointing: {every_n_steps: 250, keep_last: 4}
 # compute:
-#   provider: local                # local | ssh | vastai
+#   provider: local                # local | ssh | vastai | runpod
 #   gpu: {min_vram_gb: 24, max_usd_per_hour: 1.0}
 # budget: {max_usd: 5, max_hours: 3}
 # publish:

@@ -36,13 +36,14 @@ import tempfile
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from loraflow.testing.containers import free_port as free_port  # re-exported: tests and benches import it here
 from loraflow.testing.containers import kill_marked, start_sshd
+from loraflow.testing.emulator_http import serve
 from loraflow.testing.vast_admin import admin
 from loraflow.testing.vast_container import execute, instance_key_allows, put_instance, request_logs, throttled
 from loraflow.testing.vast_instances import Instance, Meter, create_instance, instance_row, list_instances, meter
@@ -291,40 +292,7 @@ class Emulator:
 
 
 def make_server(emulator: Emulator, port: int = 0) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _serve(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            extra: dict[str, str] = {}
-            try:
-                status, payload, *more = emulator.handle(self.command, self.path, headers, body)
-                extra = more[0] if more else {}
-            except Exception as exc:  # a bug in the emulator must look like a 500, as a real server's would
-                status, payload = 500, {"success": False, "error": "server_error", "msg": repr(exc)}
-            text = payload if isinstance(payload, str) else json.dumps(payload)
-            raw = text.encode()
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "text/plain" if isinstance(payload, str) else "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                for name, value in extra.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(raw)
-            except (BrokenPipeError, ConnectionResetError):  # an instance's own DELETE dies with the instance
-                self.close_connection = True
-
-        do_GET = do_POST = do_PUT = do_DELETE = _serve
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    server.daemon_threads = True
-    return server
+    return serve(emulator.handle, port)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,369 @@
+"""The SkyPilot provider: any of SkyPilot's clouds, a Kubernetes context or a Slurm cluster
+(`compute.infra`), leased with the same verbs as Vast.ai and RunPod (providers/base.py): offers with a
+price, rent, wait until reachable, release, orphans by name, and the host's own dead-man switch.
+
+SkyPilot provisions; loraflow trains. The cluster runs one SkyPilot job, the dead-man switch (the watcher
+of providers/vast_watch.py, see skypilot_task.py), and loraflow reaches the head node over SSH with its own
+key to upload, train, follow and copy back as on any host. loraflow keeps its own recovery (checkpoints
+copied back while training, the budget, the watcher, the move to a new host from the newest checkpoint)
+rather than SkyPilot's managed jobs: those restart a task from its start on a controller cluster that needs
+a cloud of its own, and know nothing of a LoRA's checkpoints or of a budget (docs/remote.md says more).
+
+Prices come from SkyPilot's catalog (`sky.catalog.list_accelerators`, the same tables its optimizer
+uses). Clouds only, for now: SkyPilot reaches Kubernetes pods and Slurm allocations through a proxy that
+loraflow's SSH does not go through (catalog_rows says so to the user).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from loraflow import paths
+from loraflow.catalog import gpu_table
+from loraflow.errors import LoraflowError, UserInputError
+from loraflow.providers.base import (
+    LABEL_PREFIX,
+    InstanceId,
+    MachineNeeds,
+    Needs,
+    RankedOffer,
+    Rented,
+    SshCheck,
+    once,
+    port_open,
+)
+from loraflow.providers.estimate import estimate
+from loraflow.providers.skypilot_task import (
+    CLUSTER_PREFIX,
+    DOCKER_SSH_PORT,
+    TaskPlan,
+    cluster_name,
+)
+from loraflow.providers.vast_watch import watch_script
+from loraflow.providers.vastai import poll_interval
+from loraflow.spec import TrainSpec
+
+# SkyPilot's accelerator names -> the throughput table's rows (catalog/gpus.yaml, Vast.ai's names).
+TABLE_ROW = {
+    "RTX3090": "RTX 3090",
+    "RTX4090": "RTX 4090",
+    "RTX5090": "RTX 5090",
+    "A6000": "RTX A6000",
+    "RTX6000-Ada": "RTX 6000Ada",
+    "L40S": "L40S",
+    "L4": "L4",
+    "A10G": "A10G",
+    "A10": "A10",
+    "A100": "A100 SXM4",
+    "A100-80GB": "A100 SXM4",
+    "H100": "H100 SXM",
+    "H100-NVL": "H100 NVL",
+    "H200": "H200",
+    "V100": "Tesla V100",
+}
+OWN_INFRA = ("kubernetes", "slurm", "ssh")  # reached by SkyPilot through a proxy, not by a direct address
+API_ENV = "LORAFLOW_SKYPILOT_API"  # `module:factory` of a stand-in for SkyApi (the tests' runner processes)
+# The watcher's "self-destroy" on SkyPilot: it ends its job, and autostop (down, waiting for jobs) tears the
+# cluster down with SkyPilot's own credentials; the host needs none of loraflow's.
+SKY_END = 'echo "$(date -u) the watcher job ends: SkyPilot autostop tears the cluster down"'
+
+
+def sky_name(name: str) -> str:
+    """A GPU name as SkyPilot spells it: 'RTX 4090' (Vast.ai's, the table's) -> 'RTX4090'; SkyPilot's own
+    names pass through."""
+    for sky, row in TABLE_ROW.items():
+        if name == row and sky != "A100":
+            return sky
+    return name.replace(" ", "")
+
+
+def infra_cloud(infra: str | None) -> str | None:
+    """The cloud part of `compute.infra` ('aws/us-east-1' -> 'aws', 'k8s/my-context' -> 'kubernetes')."""
+    if not infra:
+        return None
+    head = infra.split("/", 1)[0].lower()
+    return "kubernetes" if head == "k8s" else head
+
+
+def infra_region(infra: str | None) -> str | None:
+    parts = (infra or "").split("/")
+    return parts[1] if len(parts) > 1 and infra_cloud(infra) not in OWN_INFRA and parts[1] != "*" else None
+
+
+def _vram(name: str) -> float | None:
+    return gpu_table().get(TABLE_ROW.get(name, ""), {}).get("vram_gb")
+
+
+def catalog_rows(api: Any, spec: TrainSpec, vram_gb: float) -> list[dict[str, Any]]:
+    """The catalog's instance types with the job's GPUs, cheapest region of each: what SkyPilot's optimizer
+    chooses among."""
+    cloud = infra_cloud(spec.compute.infra)
+    if cloud in OWN_INFRA:
+        # SkyPilot reaches these nodes through a proxy (Kubernetes: a port-forward; Slurm: the login node and
+        # srun into the allocation); loraflow's SSH goes straight to the head node's address, which there is
+        # a pod IP or the login node. Refused rather than training outside the allocation.
+        raise UserInputError(
+            f"compute.infra {spec.compute.infra}: loraflow cannot reach SkyPilot's {cloud} nodes over SSH yet "
+            "(SkyPilot reaches them through a proxy)",
+            fix="use a cloud (aws, gcp, azure, lambda...) as compute.infra, or compute.provider: ssh for a "
+            "machine of your cluster",
+        )
+    if cloud is None:
+        raise UserInputError(
+            "compute.provider: skypilot prices offers on one infra",
+            fix="set compute.infra, e.g. aws or gcp/us-central1",
+        )
+    names = [sky_name(n) for n in spec.compute.gpu.names]
+    rows = []
+    spot = spec.compute.skypilot.use_spot
+    for row in api.accelerators(cloud, names, infra_region(spec.compute.infra), spec.compute.gpus, spot):
+        memory = row.get("vram_gb") or _vram(row["accelerator"])
+        if memory is not None and memory < vram_gb * 0.95:
+            continue
+        where = f"{row['cloud']}/{row['region'] or '-'}/{row['instance_type']}"
+        rows.append({**row, "vram_gb": memory, "spot": spot, "id": where + (" spot" if spot else "")})
+    return rows
+
+
+def offer_label(row: dict[str, Any], gpus: int) -> str:
+    """'1x H100 (lambda/us-east-1)': the machine as the estimate table shows it ('1x H100 spot (aws/...)')."""
+    where = row["cloud"] + (f"/{row['region']}" if row.get("region") else "")
+    return f"{gpus}x {row['accelerator']}{' spot' if row.get('spot') else ''} ({where})"
+
+
+class SkyPilotProvider:
+    """SkyPilot behind loraflow's provider verbs; instance ids are cluster names (`loraflow-<job id>`)."""
+
+    name = "skypilot"
+    title = "SkyPilot"
+
+    def __init__(self, api: Any = None, needs: Needs | None = None) -> None:
+        self._api = api
+        self._needs = needs
+        self._key_file = paths.home() / "skypilot" / "loraflow.pub"
+        self._launches: dict[str, str] = {}  # cluster -> its launch request id, while this process waits
+        self._user = "root"
+
+    @classmethod
+    def quick(cls, needs: Needs | None = None) -> SkyPilotProvider:
+        return cls(needs=needs)
+
+    @property
+    def api(self) -> Any:
+        """SkyApi (SkyPilot itself), or the stand-in LORAFLOW_SKYPILOT_API names (`module:factory`), which is
+        how the tests' runner processes rent from one."""
+        if self._api is None:
+            named = os.environ.get(API_ENV)
+            if named:
+                module, _, factory = named.partition(":")
+                self._api = getattr(importlib.import_module(module), factory)()
+            else:
+                from loraflow.providers.skypilot_api import SkyApi
+
+                self._api = SkyApi()
+        return self._api
+
+    @property
+    def ssh_user(self) -> str:
+        """The head node's login, as SkyPilot's cluster handle names it (ubuntu on AWS, gcpuser on GCP, the
+        image's user for a docker image); known once `wait_ready` has found the address."""
+        return self._user
+
+    def needs(self, spec: TrainSpec) -> MachineNeeds:
+        if self._needs is None:
+            raise TypeError("renting needs the engine's requirements: SkyPilotProvider(needs=engines.engine_needs)")
+        return self._needs(spec)
+
+    # --- offers with a price ---------------------------------------------------------------------
+
+    def offers(self, spec: TrainSpec) -> list[RankedOffer]:
+        """Cheapest expected job first (price x predicted time, as on Vast.ai), from SkyPilot's catalog."""
+        vram = spec.compute.gpu.min_vram_gb or self.needs(spec).min_vram_gb
+        cap = spec.compute.gpu.max_usd_per_hour
+        ranked = []
+        for row in catalog_rows(self.api, spec, vram):
+            if cap and row["price"] > cap:
+                continue
+            est = estimate(spec, TABLE_ROW.get(row["accelerator"], "RTX 4090"), row["price"])
+            ranked.append(RankedOffer(row, replace(est, gpu=offer_label(row, spec.compute.gpus)), self.name))
+        ranked.sort(key=lambda r: (r.estimate.cost_usd, r.usd_per_hour))
+        if not ranked:
+            raise UserInputError(
+                f"SkyPilot's catalog has no {spec.compute.gpus}-GPU machine with {vram} GB per GPU on "
+                f"{spec.compute.infra}" + (" at a spot price" if spec.compute.skypilot.use_spot else ""),
+                fix="relax compute.gpu (names, max_usd_per_hour, min_vram_gb) or choose another compute.infra",
+            )
+        return ranked
+
+    # --- rent --------------------------------------------------------------------------------------
+
+    def ensure_ssh_key(self, public_key: str) -> None:
+        """loraflow's public key, in a file the task mounts and its setup adds to authorized_keys."""
+        self._key_file.parent.mkdir(parents=True, exist_ok=True)
+        self._key_file.write_text(public_key.strip() + "\n")
+
+    def plan(self, spec: TrainSpec, job_id: str, offer: RankedOffer, max_hours: float | None = None) -> TaskPlan:
+        row, infra = offer.offer, spec.compute.infra
+        if row.get("region") and infra_region(infra) is None and infra_cloud(infra) not in OWN_INFRA:
+            infra = f"{row['cloud']}/{row['region']}"  # rent where the price was quoted
+        return TaskPlan(
+            name=cluster_name(job_id),
+            accelerators=[row["accelerator"]],
+            gpus=spec.compute.gpus,
+            infra=infra,
+            disk_gb=spec.compute.gpu.disk_gb,
+            image=self.needs(spec).image,
+            use_spot=spec.compute.skypilot.use_spot,
+            max_usd_per_hour=spec.compute.gpu.max_usd_per_hour,
+            key_file=str(self._key_file),
+            watch=watch_script(spec.compute.heartbeat_minutes * 60, max_hours, SKY_END),
+            envs={"LORAFLOW_JOB": job_id},
+        )
+
+    def create(
+        self,
+        spec: TrainSpec,
+        job_id: str,
+        ranked: list[RankedOffer],
+        on_attempt: Callable[[str], None] = lambda _m: None,
+        max_hours: float | None = None,
+    ) -> tuple[InstanceId, RankedOffer]:
+        """Start the launch of the best offer (SkyPilot's API server provisions; `wait_ready` waits for it);
+        the cluster's name is the instance id."""
+        chosen = ranked[0]
+        plan = self.plan(spec, job_id, chosen, max_hours)
+        cluster = cluster_name(job_id)
+        on_attempt(f"launching {chosen.gpu} through SkyPilot as cluster {cluster}")
+        self._launches[cluster] = self.api.launch(plan, cluster)
+        return cluster, chosen
+
+    # --- wait, address -----------------------------------------------------------------------------
+
+    def address(self, cluster: str) -> tuple[str, int, str] | None:
+        """The head node's SSH address and login (host, port, user) from SkyPilot's cluster handle; None
+        while it has none."""
+        row = self.api.status(cluster)
+        handle = row.get("handle") if row else None
+        if row is None or handle is None or row.get("status") != "UP":
+            return None
+        ips = getattr(handle, "cached_external_ips", None) or []
+        ports = getattr(handle, "cached_external_ssh_ports", None) or [22]
+        docker = getattr(handle, "docker_user", None)
+        user = docker or getattr(handle, "ssh_user", None)
+        if not ips or not user:
+            return None
+        # With a docker image SkyPilot runs sshd in the container (host network) on DOCKER_SSH_PORT, opened
+        # by the task; the VM's own port 22 is the host's.
+        return str(ips[0]), DOCKER_SSH_PORT if docker else int(ports[0]), str(user)
+
+    def _launch_state(self, cluster: str) -> str:
+        """The launch request's state; SUCCEEDED when this process did not start it (the cluster's own
+        status then says whether it is up)."""
+        request = self._launches.get(cluster)
+        if request is None:
+            return "SUCCEEDED"
+        state = self.api.request_state(request)
+        if state in ("FAILED", "CANCELLED"):
+            try:
+                self.api.result(request)
+            except Exception as exc:
+                raise LoraflowError(f"SkyPilot could not launch {cluster}: {exc}") from exc
+            raise LoraflowError(f"SkyPilot's launch of {cluster} ended {state}")
+        return state
+
+    def wait_ready(
+        self,
+        instance_id: InstanceId,
+        check_ssh: SshCheck,
+        timeout_s: float = 900,
+        poll_s: float | None = None,
+        on_stage: Callable[[str], None] = lambda _s: None,
+    ) -> tuple[str, int]:
+        """The launch done, the cluster UP with an address, its SSH port open, loraflow's key let in."""
+        cluster = str(instance_id)
+        poll_s = poll_interval() if poll_s is None else poll_s
+        deadline = time.monotonic() + timeout_s
+        stage = ""
+        while time.monotonic() < deadline:
+            state = self._launch_state(cluster)
+            found = self.address(cluster) if state in ("SUCCEEDED", "GONE") else None
+            if found is None:
+                stage = once(stage, f"SkyPilot is provisioning {cluster} ({state.lower()})", on_stage)
+            elif not port_open(found[0], found[1]):
+                stage = once(stage, f"waiting for SSH port {found[0]}:{found[1]}", on_stage)
+            else:
+                stage = once(stage, "checking SSH login", on_stage)
+                self._user = found[2]
+                try:
+                    check_ssh(found[0], found[1])
+                    return found[0], found[1]
+                except LoraflowError:
+                    pass
+            time.sleep(poll_s)
+        raise LoraflowError(f"SkyPilot cluster {cluster} was not ready within {timeout_s:.0f} s")
+
+    # --- health, release, orphans ------------------------------------------------------------------
+
+    def dead_reason(self, instance_id: InstanceId) -> str | None:
+        """Why the cluster can no longer train: gone, not UP, or its watcher job ended (autostop is then
+        about to tear it down)."""
+        cluster = str(instance_id)
+        row = self.api.status(cluster)
+        if row is None:
+            return "the SkyPilot cluster is gone (torn down)"
+        if row.get("status") != "UP":
+            return f"the SkyPilot cluster is {row.get('status')}"
+        jobs = self.api.queue(cluster)
+        if jobs and not any(str(j["status"]) in ("RUNNING", "PENDING", "SETTING_UP", "INIT") for j in jobs):
+            return "the host's watcher job ended (the dead-man switch fired or failed)"
+        return None
+
+    def release(self, instance_id: InstanceId, tries: int = 3) -> None:
+        """Tear down and confirm it is gone; idempotent. A launch this process started is cancelled first."""
+        cluster = str(instance_id)
+        request = self._launches.pop(cluster, None)
+        if request and self.api.request_state(request) in ("PENDING", "RUNNING"):
+            self.api.cancel(request)
+        for attempt in range(tries):
+            with contextlib.suppress(Exception):  # the status check below confirms either way
+                self.api.down(cluster)
+            if self.api.status(cluster) is None:
+                return
+            time.sleep(1 + attempt)
+        raise LoraflowError(
+            f"SkyPilot cluster {cluster} could not be confirmed down",
+            fix=f"run `sky down {cluster}`, or `loraflow reap`",
+        )
+
+    def owned(self) -> list[Rented]:
+        """loraflow's clusters: named `loraflow-<job id>`, labelled `loraflow:<job id>` as on every provider."""
+        return [
+            Rented(
+                row["name"],
+                LABEL_PREFIX + str(row["name"]).removeprefix(CLUSTER_PREFIX),
+                row.get("status"),
+                row.get("resources_str"),
+                _hourly(row.get("handle")),
+                float(row["launched_at"]) if row.get("launched_at") else None,
+            )
+            for row in self.api.clusters(CLUSTER_PREFIX)
+        ]
+
+    def watch_log(self, instance_id: InstanceId, tail: int = 50) -> str:
+        """The watcher job's log, for a person asking why a host went away."""
+        jobs = self.api.queue(str(instance_id))
+        return self.api.logs(str(instance_id), jobs[0]["job_id"] if jobs else None, tail)
+
+
+def _hourly(handle: Any) -> float:
+    """What the cluster costs an hour, as SkyPilot prices its launched resources (0 when it cannot say)."""
+    try:
+        return float(handle.get_hourly_price()) if handle is not None else 0.0
+    except Exception:
+        return 0.0
