@@ -8,11 +8,17 @@ p95, max) for reads and for submissions, and for each abusive kind how many requ
 how many refused, against the service's quotas (server/limits.py, running/maxima.py), plus the
 server's CPU and peak memory.
 
+The comparison is made within one run: first alice alone against a fresh server for SECONDS, then
+alice beside the abuser against another fresh server; the ratio of her latencies (abused / alone)
+says what the abuser costs her on this machine, whatever its speed. The machine's load average is
+recorded at each phase's start and end (a shared machine's other work slows both phases).
+
     .venv/bin/python bench/abuse_load.py [SECONDS]
 
-Loopback only, bounded in time (SECONDS, default 30) and count (each abusive loop stops at the end);
-the server is a real `loraflow serve --workers 0` with an external check that never answers, so
+Loopback only, bounded in time (2 x SECONDS) and count (each abusive loop stops at the end); the
+servers are real `loraflow serve --workers 0` with an external check that never answers, so
 submitted jobs wait for it instead of training (the bench measures the service, not training).
+Results: bench/results/abuse_load.json.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import io
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -77,11 +84,32 @@ def until(stop_at: float, body) -> None:
         body()
 
 
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def main() -> None:
-    home = tempfile.mkdtemp(prefix="lf-abuse-")
     sys.path.insert(0, str(REPO / "src"))
-    os.environ["LORAFLOW_HOME"] = home
     os.environ.update(LORAFLOW_PRECHECK_URL="http://127.0.0.1:9/never", LORAFLOW_MAX_CONCURRENT_JOBS="1000")
+    chosen = os.environ.get("ABUSE_KINDS", "bombs,uploads,oversize,streams").split(",")  # to look at one alone
+    phases = {"alone": phase([]), "abused": phase(chosen)}
+    ratios = {}
+    for kind in ("alice: list jobs", "alice: read a job", "alice: submit"):
+        alone, abused = phases["alone"]["rows"].get(kind), phases["abused"]["rows"].get(kind)
+        if alone and abused and alone["p95_ms"]:
+            ratios[kind] = {"p50": round(abused["p50_ms"] / alone["p50_ms"], 2),
+                            "p95": round(abused["p95_ms"] / alone["p95_ms"], 2)}  # fmt: skip
+    print("alice abused / alone: " + "; ".join(f"{k}: p50 x{v['p50']}, p95 x{v['p95']}" for k, v in ratios.items()))
+    out = REPO / "bench" / "results" / "abuse_load.json"
+    result = {"seconds": SECONDS, "cpus": os.cpu_count(), **phases, "ratios": ratios}
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def phase(kinds: list[str]) -> dict:
+    """One fresh server for SECONDS: alice's loop, and beside it the abusive `kinds` (none: alice alone)."""
+    home = tempfile.mkdtemp(prefix="lf-abuse-")
+    os.environ["LORAFLOW_HOME"] = home
+    load_before = load_average()
     from loraflow.jobs.store import Store
     from loraflow.server.tokens import create_token
     from loraflow.spec import parse_spec
@@ -148,8 +176,6 @@ def main() -> None:
                 tally.add("SSE streams (300 opened)", type(exc).__name__)
 
     def alice() -> None:  # in a process of her own: 300 abusive client threads must not slow her client
-        import subprocess
-
         out = subprocess.run(
             [sys.executable, __file__, "--alice", url, tokens["alice"], str(stop_at - time.monotonic()), streamed.id],
             capture_output=True, text=True, check=True,
@@ -157,7 +183,6 @@ def main() -> None:
         for kind, code, seconds in json.loads(out.strip().splitlines()[-1]):
             tally.add(kind, code, seconds)
 
-    kinds = os.environ.get("ABUSE_KINDS", "bombs,uploads,oversize,streams").split(",")  # to look at one alone
     chosen = [f for f in (bombs, uploads, oversize) if f.__name__ in kinds]
     threads = [threading.Thread(target=f) for f in (*chosen, alice)]
     threads += [threading.Thread(target=stream, args=(i,)) for i in range(300 if "streams" in kinds else 0)]
@@ -168,28 +193,49 @@ def main() -> None:
         time.sleep(0.5)
     cpu1, _, _ = proc_stats(server.pid)
     server.terminate()
-    server.wait(20)
-    report(tally, (cpu1 - cpu0) / SECONDS, peak_rss)
+    try:
+        server.wait(60)
+    except subprocess.TimeoutExpired:  # a starved machine: uvicorn's graceful end can take longer
+        server.kill()
+        server.wait()
     edges = sorted([(a, 1) for a, _ in open_streams] + [(b, -1) for _, b in open_streams], key=lambda e: (e[0], e[1]))
     level = peak = 0
     for _, step in edges:
         level += step
         peak = max(peak, level)
-    print(f"SSE streams open at once, at most: {peak} (quota LORAFLOW_MAX_STREAMS_PER_USER, default 8)")
+    result = {
+        "abuse": kinds, "load_average_before": load_before, "load_average_after": load_average(),
+        "server_cpu_s_per_s": round((cpu1 - cpu0) / SECONDS, 2), "peak_rss_mib": round(peak_rss / 2**20),
+        "streams_open_at_most": peak, "rows": rows(tally),
+        "alice_submits_ms_in_order": [round(t * 1000) for t in tally.times.get("alice: submit", [])],
+    }  # fmt: skip
+    report("alice alone" if not kinds else "alice beside the abuser", result)
+    return result
 
 
-def report(tally: Tally, cpu_per_s: float, peak_rss: int) -> None:
-    print(f"{SECONDS} s, server CPU {cpu_per_s:.2f} s/s, peak RSS {peak_rss / 2**20:.0f} MiB")
-    print(f"{'what':32} {'answers':38} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
+def rows(tally: Tally) -> dict[str, dict]:
+    out = {}
     for kind in sorted(tally.codes):
         times = sorted(tally.times.get(kind, []))
-        codes = ", ".join(f"{c}: {n}" for c, n in sorted(tally.codes[kind].items()))
+        row: dict = {"answers": dict(sorted(tally.codes[kind].items()))}
         if times:
             p95 = times[min(len(times) - 1, int(0.95 * len(times)))]
-            row = f"{statistics.median(times) * 1000:8.0f} {p95 * 1000:8.0f} {times[-1] * 1000:8.0f}"
-        else:
-            row = ""
-        print(f"{kind:32} {codes:38} {row}")
+            row.update(p50_ms=round(statistics.median(times) * 1000, 1), p95_ms=round(p95 * 1000, 1),
+                       max_ms=round(times[-1] * 1000, 1), n=len(times))  # fmt: skip
+        out[kind] = row
+    return out
+
+
+def report(title: str, result: dict) -> None:
+    print(f"{title}: {SECONDS} s, load average {result['load_average_before']} -> {result['load_average_after']}, "
+          f"server CPU {result['server_cpu_s_per_s']:.2f} s/s, peak RSS {result['peak_rss_mib']} MiB, "
+          f"SSE streams open at once at most {result['streams_open_at_most']} (LORAFLOW_MAX_STREAMS_PER_USER: 8)")
+    print(f"{'what':32} {'answers':38} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
+    for kind, row in result["rows"].items():
+        codes = ", ".join(f"{c}: {n}" for c, n in row["answers"].items())
+        times = f"{row['p50_ms']:8.0f} {row['p95_ms']:8.0f} {row['max_ms']:8.0f}" if "p50_ms" in row else ""
+        print(f"{kind:32} {codes:38} {times}")
+    print(f"alice's submissions in order, ms: {result['alice_submits_ms_in_order']}")
 
 
 def second_user(url: str, token: str, seconds: float, fallback_job: str) -> None:

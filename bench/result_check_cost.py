@@ -2,7 +2,8 @@
 
 Trains the tiny model for STEPS steps with the catalog's tiny settings (checkpoint every STEPS/4, keep 4),
 then runs the effect check and scorecard (`python -m loraflow.evaluation`'s `evaluate`) over the final
-LoRA and the kept checkpoints, and prints both times and their ratio as JSON.
+LoRA and the kept checkpoints, once rendering one picture per pipeline call (as before batching) and once
+batched (`render.BATCH`), and prints the times and their ratios to training as JSON.
 Run: .venv/bin/python bench/result_check_cost.py [STEPS]
 """
 
@@ -23,6 +24,7 @@ def main() -> None:
     import os
 
     from loraflow.dataset import DatasetRun
+    from loraflow.evaluation import render
     from loraflow.evaluation.config import EvalConfig
     from loraflow.evaluation.evaluate import evaluate
     from loraflow.evaluation.plan import kept_checkpoints, loras_to_check
@@ -57,14 +59,23 @@ def main() -> None:
     )  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()):
         evaluate(ecfg)  # encoders built once, outside the timing (a real job finds them in its cache)
-    started = time.monotonic()
-    with contextlib.redirect_stdout(io.StringIO()):
-        card = evaluate(ecfg)
-    check_s = time.monotonic() - started
+    timings = {}
+    for batch in (1, render.BATCH):  # one render per pipeline call (as before batching), then batched
+        saved, render.BATCH = render.BATCH, batch
+        started = time.monotonic()
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                card = evaluate(ecfg)
+        finally:
+            render.BATCH = saved
+        timings[batch] = (time.monotonic() - started, card)
+    check_s, card = timings[render.BATCH]
     print(json.dumps({
         "steps": steps, "loras_checked": len(loras), "train_s": round(train_s, 2), "check_s": round(check_s, 2),
         "check_load_and_baseline_s": card["timings"]["load_and_baseline_s"],
         "check_fraction_of_job": round(check_s / train_s, 4), "best": card["best"]["step"],
+        "check_s_one_render_per_call": round(timings[1][0], 2),
+        "check_fraction_one_render_per_call": round(timings[1][0] / train_s, 4),
     }, indent=2))  # fmt: skip
 
 

@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+# A two-expert LoRA (Wan 2.2 A14B): the high-noise expert's file, beside `<name>.safetensors` (the low-noise
+# one) in the job folder, bundle and publish targets, and as this name in a checkpoint folder that holds a pair.
+HIGH_NOISE = "_high_noise"
+PAIR_FILE = "high_noise.safetensors"
+
 
 @dataclass(frozen=True)
 class JobLayout:

@@ -40,7 +40,7 @@ ARCHITECTURE = {  # musubi's dataset/architectures.py short names
 }
 
 
-def judge(model: str, tmp_path: Path, **sections: dict) -> dict:
+def judge(model: str, tmp_path: Path, args_file: str = "args.json", **sections: dict) -> dict:
     raw: dict = {"name": "m", "base_model": model, "engine": "musubi",
                  "dataset": {"path": "/data", "trigger_word": "tk"}, **sections}
     if catalog.get_base_model(model).controls and not catalog.get_base_model(model).control_optional:
@@ -50,7 +50,7 @@ def judge(model: str, tmp_path: Path, **sections: dict) -> dict:
         (tmp_path / name).write_text(text)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(MUSUBI / "src"), *sys.path])}
     result = subprocess.run(
-        [sys.executable, "-m", "loraflow.testing.musubi_check", str(tmp_path / "args.json"),
+        [sys.executable, "-m", "loraflow.testing.musubi_check", str(tmp_path / args_file),
          str(tmp_path / "dataset.toml"), ARCHITECTURE[model]],
         capture_output=True, text=True, env=env, timeout=240, check=False,
     )
@@ -65,7 +65,7 @@ def test_musubi_reads_every_rendered_argument_and_dataset_key(model: str, tmp_pa
     args, datasets = seen["args"], seen["datasets"]
     entry = catalog.get_base_model(model)
     assert args["network_dim"] == 16 or args["network_dim"] == 32
-    assert args["max_train_steps"] == 2000 or args["max_train_steps"] == 3000
+    assert args["max_train_steps"] in ((1000,) if entry.experts else (2000, 3000))  # two experts: half each
     assert args["output_name"] == "m" and args["save_state"] is True
     if entry.musubi_task:
         assert args["task"] == entry.musubi_task
@@ -74,6 +74,18 @@ def test_musubi_reads_every_rendered_argument_and_dataset_key(model: str, tmp_pa
     assert datasets and all(d["resolution"][0] == d["resolution"][1] for d in datasets)
     if entry.edit:  # the prepared control folder reaches musubi's image datasets
         assert all(d["control_directory"].endswith(("/.control/1", "/.control/all")) for d in datasets)
+
+
+@needs_musubi
+@pytest.mark.parametrize(("model", "boundary"), [("wan2.2-t2v-a14b", 875), ("wan2.2-i2v-a14b", 900)])
+def test_musubi_reads_each_wan22_experts_run_with_its_own_timesteps(model: str, boundary: int, tmp_path: Path) -> None:
+    high, low = judge(model, tmp_path, "args_high_noise.json")["args"], judge(model, tmp_path)["args"]
+    assert (high["min_timestep"], high["max_timestep"], low["min_timestep"], low["max_timestep"]) == (
+        boundary, 1000, 0, boundary)
+    assert high["preserve_distribution_shape"] is True and low["preserve_distribution_shape"] is True
+    assert high["dit"].endswith("high_noise_14B_fp16.safetensors") and high["dit_high_noise"] is None
+    assert low["dit"].endswith("low_noise_14B_fp16.safetensors") and low["dit_high_noise"] is None
+    assert (high["output_name"], low["output_name"]) == ("m_high_noise", "m")
 
 
 @needs_musubi

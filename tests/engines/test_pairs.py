@@ -123,6 +123,7 @@ def test_good_kontext_pairs_train_end_to_end_and_the_bundle_holds_the_pairs_samp
     assert job.state is JobState.COMPLETED and job.step == 20
     config = yaml.safe_load((job.folder / "engine" / "aitk_config.yaml").read_text())["config"]["process"][0]
     assert config["datasets"][0]["control_path"].endswith("dataset/.control/1")
+    assert "Loading Flux Kontext model" in (job.folder / "run" / "train.log").read_text()  # its model's own lines
     assert (job.folder / "dataset" / ".control" / "1" / "a.png").is_file()
     assert verify_bundle(Path(job.outputs.bundle)) == []
     with zipfile.ZipFile(job.outputs.bundle) as zf:

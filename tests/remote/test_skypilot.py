@@ -259,7 +259,7 @@ def test_rent_wait_and_release_through_the_provider_verbs(tmp_path: Path, listen
     p.ensure_ssh_key(KEY)
     spec = sky_spec(tmp_path, infra="lambda")
     cluster, chosen = p.create(spec, "job3", p.offers(spec))
-    assert cluster == "loraflow-job3" and chosen.offer["accelerator"] == "A100"  # the cheapest job, not hour
+    assert cluster.startswith("loraflow-job3--") and chosen.offer["accelerator"] == "A100"  # cheapest job, not hour
     assert isinstance(fake.launched[cluster], sky.Task)
     logins: list[tuple[str, int, str]] = []
     stages: list[str] = []
@@ -267,15 +267,18 @@ def test_rent_wait_and_release_through_the_provider_verbs(tmp_path: Path, listen
                            on_stage=stages.append)
     assert address == ("127.0.0.1", listening)
     assert logins == [("127.0.0.1", listening, "ubuntu")]  # the login SkyPilot's handle names
-    assert stages[0].startswith("SkyPilot is provisioning loraflow-job3") and stages[-1] == "checking SSH login"
+    assert stages[0].startswith(f"SkyPilot is provisioning {cluster}") and stages[-1] == "checking SSH login"
     assert p.dead_reason(cluster) is None  # UP, its watcher job running
     (rented,) = p.owned()
     assert (rented.id, rented.label, rented.job_id, rented.usd_per_hour) == (cluster, "loraflow:job3", "job3", 2.49)
     fake.jobs = [{"job_id": 1, "job_name": "watch", "status": "SUCCEEDED"}]
     assert "watcher job ended" in (p.dead_reason(cluster) or "")
+    again, _ = p.create(spec, "job3", p.offers(spec))  # the job's next machine, after a lost one
+    assert again != cluster and again.startswith("loraflow-job3--")  # its own name: its own pinned host key
+    p.release(again)
     p.release(cluster)
     p.release(cluster)  # idempotent
-    assert fake.downed[0] == cluster and p.dead_reason(cluster) == "the SkyPilot cluster is gone (torn down)"
+    assert fake.downed[1] == cluster and p.dead_reason(cluster) == "the SkyPilot cluster is gone (torn down)"
     assert fake.cancelled == []  # the launch had finished
 
 
@@ -312,7 +315,7 @@ def test_skyapi_against_skypilots_own_api_server(tmp_path: Path) -> None:
         p.ensure_ssh_key(KEY)
         spec = sky_spec(tmp_path, infra="lambda")
         cluster, _ = p.create(spec, "probe1", p.offers(spec))
-        with pytest.raises(LoraflowError, match=r"SkyPilot could not launch loraflow-probe1: .*sky check"):
+        with pytest.raises(LoraflowError, match=r"SkyPilot could not launch loraflow-probe1--.*sky check"):
             p.wait_ready(cluster, lambda h, port: None, timeout_s=600, poll_s=1)
         assert api.status(cluster) is None
         p.release(cluster)  # idempotent on a cluster SkyPilot never made

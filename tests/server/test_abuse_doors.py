@@ -121,6 +121,35 @@ def test_the_operator_check_url_never_reaches_a_user() -> None:
         assert "check.requested" in events and "operator-secret-key" not in events and "127.0.0.1:9" not in events
 
 
+def test_a_worker_never_claims_a_job_before_its_external_check_is_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: the door recorded the job, then its flags (trust, queued, the external check) in three more
+    transactions; a worker's claim in between took a job that waits for the operator's check and started it
+    unchecked. Now the job and its flags are one transaction (and one commit instead of four)."""
+    from loraflow.running.submit import read_spec
+    from loraflow.running.submit import submit as door
+    from loraflow.running.worker import Worker
+    from tests.conftest import EXAMPLES
+
+    store = Store()
+    worker, claimed = Worker(store, slots=4, capacity=4), []
+    recorded = store.create_job
+
+    def recorded_then_claimed(*args, **kwargs):
+        job = recorded(*args, **kwargs)
+        claimed.extend(worker.claim(4))  # a worker's claim at once after the job's own commit
+        return job
+
+    monkeypatch.setattr(store, "create_job", recorded_then_claimed)
+    config = ServiceConfig(queue_for_workers=True)
+    raw = {"name": "checked", "base_model": "tiny-flux", "dataset": {"trigger_word": "lfx"}}
+    spec = read_spec(raw, config, dataset_path=str(EXAMPLES / "sample_dataset"))
+    job = door(store, spec, "alice", config, PlatformConfig(precheck_url="http://127.0.0.1:9/check"))
+    assert claimed == []
+    stored = store.get(job.id)
+    assert stored.outputs.check == "pending" and stored.outputs.queued and stored.outputs.trust == "service"
+    assert [e.type for e in store.events(job.id)] == ["job.created", "check.requested"]
+
+
 def _csrf(html: str) -> str:
     found = re.search(r'name="csrf" value="([^"]+)"', html)
     return found.group(1) if found else ""

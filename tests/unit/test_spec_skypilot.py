@@ -10,9 +10,13 @@ import pytest
 from tests.unit.test_cli_guidance import write
 
 
-@pytest.mark.parametrize("infra", ["aws", "gcp/us-central1", "lambda", "azure/eastus"])
-def test_skypilot_and_its_infra_are_accepted(tmp_path: Path, cli, infra: str) -> None:
-    spec = write(tmp_path, base_model="tiny-flux", compute={"provider": "skypilot", "infra": infra})
+@pytest.mark.parametrize(
+    ("provider", "infra"),
+    [("skypilot", "aws"), ("skypilot", "gcp/us-central1"), ("skypilot", "lambda"), ("skypilot", "azure/eastus"),
+     ("vastai", "aws")],  # another provider's spec: where SkyPilot is priced beside it in `loraflow estimate`
+)
+def test_skypilot_and_its_infra_are_accepted(tmp_path: Path, cli, provider: str, infra: str) -> None:
+    spec = write(tmp_path, base_model="tiny-flux", compute={"provider": provider, "infra": infra})
     result = cli("spec", "validate", spec)
     assert result.code == 0, result.out + result.err
 
@@ -20,7 +24,6 @@ def test_skypilot_and_its_infra_are_accepted(tmp_path: Path, cli, infra: str) ->
 @pytest.mark.parametrize(
     ("compute", "says"),
     [
-        ({"provider": "vastai", "infra": "aws"}, "compute.infra is SkyPilot's"),
         ({"provider": "skypilot", "infra": "-oProxyCommand=x"}, "give SkyPilot's infra"),
         ({"provider": "skypilot", "infra": "aws; rm -rf ~"}, "give SkyPilot's infra"),
         ({"provider": "skypilot", "infra": "/etc/passwd"}, "give SkyPilot's infra"),

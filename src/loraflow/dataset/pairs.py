@@ -70,7 +70,7 @@ def split_controls(entries: list[Entry], needs: PairNeeds | None) -> tuple[list[
     return [e for e in entries if not e.path.startswith(prefix)], inside
 
 
-def _order(stem: str, path: str) -> int:
+def control_order(stem: str, path: str) -> int:
     """musubi's order: the unnumbered control first, then by number."""
     name = PurePosixPath(path).stem
     if name == stem:
@@ -80,8 +80,12 @@ def _order(stem: str, path: str) -> int:
 
 
 def _owner(path: str, folder: str, stems: set[str]) -> str | None:
-    """The target stem a control belongs to: its own stem, or the stem before `_<number>`."""
-    name = str(PurePosixPath(path).relative_to(folder).with_suffix(""))
+    return owner_stem(str(PurePosixPath(path).relative_to(folder).with_suffix("")), stems)
+
+
+def owner_stem(name: str, stems: set[str]) -> str | None:
+    """The target stem a control (its name without suffix) belongs to: its own stem, or the stem before
+    `_<number>` (the web wizard's grid pairs them the same way)."""
     if name in stems:
         return name
     m = _NUMBERED.match(name)
@@ -109,7 +113,8 @@ def match_pairs(targets: list[tuple[Entry, int, int, str | None]], controls: lis
             continue
         pairs.controls.setdefault(by_stem[owner][0].path, []).append(entry)
     for stem, (entry, width, height, caption) in by_stem.items():
-        found = sorted(pairs.controls.get(entry.path, []), key=lambda e: _order(PurePosixPath(stem).name, e.path))
+        name = PurePosixPath(stem).name
+        found = sorted(pairs.controls.get(entry.path, []), key=lambda e, n=name: control_order(n, e.path))
         pairs.controls[entry.path] = found
         if not found and needs.required:
             report.add(_finding("missing_control", "target image has no control image",

@@ -33,6 +33,7 @@ class Outcome:
     stopped: bool
     lora: str | None
     message: str
+    more: bool = False  # one run of several finished (Wan 2.2's high-noise expert on musubi): launch the next
 
 
 class LogParser(Protocol):

@@ -41,6 +41,16 @@ from loraflow.engines.external import (
 from loraflow.engines.kohya_files import PROMPTS  # the kohya family's prompt file
 from loraflow.engines.musubi_arch import family
 from loraflow.engines.musubi_config import cache_steps, dataset_toml, launcher, prompts_file, shell, train_args
+from loraflow.engines.musubi_experts import (
+    HIGH_SUFFIX,
+    current,
+    experts,
+    high_final,
+    low_final,
+    marker,
+    paired,
+    states,
+)
 from loraflow.engines.musubi_files import (
     ARGS,
     DATASET,
@@ -55,7 +65,7 @@ from loraflow.engines.musubi_files import (
     segments,
 )
 from loraflow.engines.musubi_parser import MusubiParser
-from loraflow.layout import JobLayout
+from loraflow.layout import PAIR_FILE, JobLayout
 from loraflow.media.video import VideoNeeds
 from loraflow.monitor import events as ev
 from loraflow.monitor.events import EngineEvent
@@ -89,19 +99,27 @@ class MusubiEngine:
     ) -> dict[str, str]:
         root = engine_dir("musubi", spec.engine.options)
         python = "venv/bin/python"
-        args = train_args(spec, layout)
+        # Wan 2.2 A14B: the high-noise expert's run, then the low-noise one's (args.json: the low-noise run's,
+        # the job's `<name>` file; args_high_noise.json the other)
+        runs = [(e, train_args(spec, layout, e.first, e)) for e in experts(spec)] if paired(spec) else []
+        args = runs[-1][1] if runs else train_args(spec, layout)
+        trains = [a for _, a in runs] or [args]
         script = (
             f"#!/usr/bin/env bash\n# musubi-tuner launch rendered by loraflow for job {job_id}\n"
             f"# engine: {REPO}@{PIN}\nset -euo pipefail\ncd {shlex.quote(str(root))}\n"
             + "\n".join(shlex.join(step) for step in cache_steps(spec, layout, python, root))
             + "\n"
-            + shlex.join(launcher(spec, python, root) + args)
-            + "\n"
+            + "".join(shlex.join(launcher(spec, python, root) + a) + "\n" for a in trains)
         )
+        extra = {}
+        if runs:
+            high = json.dumps({"script": family(spec).train_script, "args": runs[0][1]}, indent=2) + "\n"
+            extra[f"args{HIGH_SUFFIX}.json"] = high
         return {
             DATASET: dataset_toml(spec, layout),
             PROMPTS: prompts_file(spec, layout),
             ARGS: json.dumps({"script": family(spec).train_script, "args": args}, indent=2) + "\n",
+            **extra,
             SCRIPT: script,
             SETUP: setup_script(
                 REPO,
@@ -113,39 +131,49 @@ class MusubiEngine:
         }
 
     def resume_point(self, spec: TrainSpec, layout: JobLayout) -> tuple[int, Path] | None:
-        """The newest whole state folder, by cumulative step (its run folder's offset + musubi's step)."""
-        states = []
+        """The newest whole state folder, by cumulative step (its run folder's offset + musubi's step); for two
+        experts, of the expert that trains next."""
+        if paired(spec):
+            found = [(step, path) for step, path in states(spec, layout, current(spec, layout)) if state_complete(path)]
+            return max(found) if found else None
+        states_ = []
         for offset, folder in segments(layout):
             for path in folder.glob(f"{spec.name}-step*-state"):
                 m = STATE_DIR.search(path.name)
                 if m and state_complete(path):
-                    states.append((offset + int(m.group(1)), path))
-        return max(states) if states else None
+                    states_.append((offset + int(m.group(1)), path))
+        return max(states_) if states_ else None
 
     def command(self, spec: TrainSpec, layout: JobLayout, python: str) -> Command:
         root = engine_dir("musubi", spec.engine.options)
         python = engine_python(root, spec.engine.options) if python == "auto" else python
         point = self.resume_point(spec, layout)
-        offset = point[0] if point and spec.training.steps else 0
-        train = launcher(spec, python, root) + train_args(spec, layout, offset)
+        expert = current(spec, layout) if paired(spec) else None
+        start = expert.first if expert else 0
+        offset = point[0] if point and spec.training.steps else start
+        train = launcher(spec, python, root) + train_args(spec, layout, offset, expert)
         if point and spec.training.steps:
             train += ["--resume", str(point[1])]
-        argv = ["bash", "-c", shell(cache_steps(spec, layout, python, root), train)]
+        first = marker(spec, expert, offset) if expert else None
+        argv = ["bash", "-c", shell(cache_steps(spec, layout, python, root), train, first)]
         return Command(argv, env_names=["HF_TOKEN"], env={"PYTHONUNBUFFERED": "1"}, cwd=str(root))
 
     def parser(self, spec: TrainSpec) -> MusubiParser:
         return MusubiParser()
 
     def final_lora(self, spec: TrainSpec, layout: JobLayout) -> str:
-        """In the newest run's folder (the first run's before any ran)."""
+        """In the newest run's folder (the first run's before any ran); for two experts, the low-noise one's."""
+        if paired(spec):
+            return low_final(spec, layout)
         found = segments(layout)
         folder = str(found[-1][1]) if found else segment_dir(layout, 0)
         return str(PurePosixPath(folder, f"{spec.name}.safetensors"))
 
     def checkpoints(self, spec: TrainSpec, layout: JobLayout) -> list[tuple[int, Path, bool]]:
         out = []
+        names = [e.output_name for e in experts(spec)] if paired(spec) else [spec.name]
         for offset, folder in segments(layout):
-            for path in folder.glob(f"{spec.name}-step*.safetensors"):
+            for path in (p for name in names for p in folder.glob(f"{name}-step*.safetensors")):
                 m = STEP_FILE.search(path.name)
                 if m:
                     out.append((offset + int(m.group(1)), path, safetensors_header(path) is not None))
@@ -158,8 +186,9 @@ class MusubiEngine:
             if not ok:
                 path.unlink()
                 actions.append(f"deleted damaged checkpoint {path.parent.name}/{path.name}")
+        names = [e.output_name for e in experts(spec)] if paired(spec) else [spec.name]
         for _, folder in segments(layout):
-            for path in folder.glob(f"{spec.name}-step*-state"):
+            for path in (p for name in names for p in folder.glob(f"{name}-step*-state")):
                 if not state_complete(path):
                     shutil.rmtree(path)
                     actions.append(f"deleted incomplete state {folder.name}/{path.name}")
@@ -171,10 +200,14 @@ class MusubiEngine:
     def collect(self, spec: TrainSpec, layout: JobLayout) -> list[EngineEvent]:
         """Copy new checkpoints (with their state folders) and sample rounds into the standard layout."""
         found = []
+        high = high_final(spec, layout) if paired(spec) else None
         for step, path, ok in self.checkpoints(spec, layout):
             state = path.with_name(path.name.removesuffix(".safetensors") + "-state")
+            extra = {"state": state} if state.is_dir() else {}
+            if high is not None and not path.name.startswith(experts(spec)[0].output_name):
+                extra[PAIR_FILE] = high  # from the low-noise expert's first save on, a checkpoint is a pair
             if ok:
-                found.append((step, path, {"state": state} if state.is_dir() else {}))
+                found.append((step, path, extra))
         return sync_checkpoints(layout.checkpoints, found) + self._samples(spec, layout)
 
     def _samples(self, spec: TrainSpec, layout: JobLayout) -> list[EngineEvent]:
@@ -202,17 +235,26 @@ class MusubiEngine:
         from safetensors.torch import save_file
 
         dest = Path(layout.root) / f"{spec.name}.safetensors"
-        with safe_open(self.final_lora(spec, layout), "pt") as f:
-            metadata = {**(f.metadata() or {}), "loraflow.format": "kohya"}
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
-        tmp = dest.with_name(dest.name + ".partial")
-        save_file(state, str(tmp), metadata=metadata)
-        tmp.replace(dest)
+        copies = [(Path(self.final_lora(spec, layout)), dest)]
+        high = high_final(spec, layout) if paired(spec) else None
+        if high is not None:  # Wan 2.2 A14B: the high-noise expert's file beside it, the pair's other half
+            copies.append((high, dest.with_name(f"{spec.name}{HIGH_SUFFIX}.safetensors")))
+        for src, out in copies:
+            with safe_open(str(src), "pt") as f:
+                metadata = {**(f.metadata() or {}), "loraflow.format": "kohya"}
+                state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
+            tmp = out.with_name(out.name + ".partial")
+            save_file(state, str(tmp), metadata=metadata)
+            tmp.replace(out)
         return str(dest)
 
     def outcome(self, exit_code: int | None, final_exists: bool, parser: object = None) -> Outcome:
         if getattr(parser, "nan_loss", False):
             return Outcome(False, False, None, "musubi-tuner trained with a NaN or infinite loss")
+        expert = getattr(parser, "expert_saved", None)
+        if exit_code == 0 and not final_exists and expert == "high":  # Wan 2.2 A14B: the first of two runs
+            return Outcome(False, False, None, "the high-noise expert is trained; the low-noise expert trains next",
+                           more=True)
         return outcome_for("musubi-tuner", exit_code, final_exists)
 
 

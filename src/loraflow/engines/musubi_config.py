@@ -13,6 +13,7 @@ import tomli_w
 from loraflow.engines import kohya_config
 from loraflow.engines.aitoolkit_models import CONTROL_DIR, control_count, sample_controls
 from loraflow.engines.musubi_arch import family, fp8_text_flag, latent_extra
+from loraflow.engines.musubi_experts import Expert, timestep_args
 from loraflow.engines.musubi_files import DATASET, SCRIPTS, segment_dir
 from loraflow.layout import JobLayout
 from loraflow.media.video import VIDEO_EXTENSIONS
@@ -92,12 +93,16 @@ def model_files(spec: TrainSpec) -> dict[str, str]:
     return kohya_config.model_paths(spec, spec.catalog_entry.musubi_files)
 
 
-def train_args(spec: TrainSpec, layout: JobLayout, offset: int = 0) -> list[str]:
-    """wan_train_network.py's arguments, in the order of musubi's docs/wan.md example plus loraflow's fixes."""
+def train_args(spec: TrainSpec, layout: JobLayout, offset: int = 0, expert: Expert | None = None) -> list[str]:
+    """wan_train_network.py's arguments, in the order of musubi's docs/wan.md example plus loraflow's fixes.
+    `expert`: one Wan 2.2 A14B expert's run (musubi_experts), its DiT alone over its timesteps."""
     t, n = spec.training, spec.network
     entry, files, fam = spec.catalog_entry, model_files(spec), family(spec)
     args = ["--task", str(entry.musubi_task)] if entry.musubi_task else []
-    for role in fam.train_files:  # Wan 2.2 A14B: one LoRA trained over both experts, switched at the boundary
+    if expert is not None:
+        files = {role: path for role, path in files.items() if role not in ("dit", "dit_high_noise")}
+        args += ["--dit", model_files(spec)[expert.role]]
+    for role in fam.train_files:
         if role in files:
             args += [f"--{role}", files[role]]
     args += entry.musubi_args
@@ -137,11 +142,14 @@ def train_args(spec: TrainSpec, layout: JobLayout, offset: int = 0) -> list[str]
     args += ["--timestep_sampling", sampling]
     if sampling == "shift":
         args += ["--discrete_flow_shift", str(t.timestep_shift)]
+    if expert is not None:
+        args += timestep_args(expert)
     if fam.guidance:
         args += ["--guidance_scale", str(t.guidance_scale)]
     args += ["--seed", str(t.seed)]
-    if t.steps:
-        args += ["--max_train_steps", str(t.steps - offset)]
+    last = expert.last if expert is not None else t.steps  # the cumulative step this run ends at
+    if last:
+        args += ["--max_train_steps", str(last - offset)]
     else:
         args += ["--max_train_epochs", str(t.epochs)]
     args += [
@@ -151,10 +159,10 @@ def train_args(spec: TrainSpec, layout: JobLayout, offset: int = 0) -> list[str]
         "--output_dir",
         segment_dir(layout, offset),
         "--output_name",
-        spec.name,
+        expert.output_name if expert is not None else spec.name,
     ]
     # musubi counts a resumed run's steps from 0 again: its final sample round is at the steps left
-    return args + kohya_config.sample_and_extra_args(spec, layout, t.steps - offset if t.steps else None)
+    return args + kohya_config.sample_and_extra_args(spec, layout, last - offset if last else None)
 
 
 def cache_steps(spec: TrainSpec, layout: JobLayout, python: str, root: Path) -> list[list[str]]:
@@ -175,7 +183,8 @@ def launcher(spec: TrainSpec, python: str, root: Path) -> list[str]:
     return kohya_config.launch(spec, python, str(root / SCRIPTS / family(spec).train_script))
 
 
-def shell(steps: list[list[str]], train: list[str]) -> str:
+def shell(steps: list[list[str]], train: list[str], first: str | None = None) -> str:
     """Caching then training in one shell; `exec` makes the trainer the launched process itself, so stopping
-    or killing the job's process stops training, not only a wrapper."""
-    return " && ".join([*(shlex.join(s) for s in steps), "exec " + shlex.join(train)])
+    or killing the job's process stops training, not only a wrapper. `first`: a line to print before."""
+    head = [shlex.join(["echo", first])] if first else []
+    return " && ".join([*head, *(shlex.join(s) for s in steps), "exec " + shlex.join(train)])

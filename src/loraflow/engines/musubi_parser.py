@@ -19,6 +19,8 @@ _STEPS = re.compile(  # anchored: the caching bars and the sampling bars have ot
 _LOG = re.compile(r"^(INFO|WARNING|ERROR|DEBUG|CRITICAL):[\w.]+:(.*)$")  # logging.basicConfig's format
 _GLUED = re.compile(r"(?<=\S)(?=(?:INFO|WARNING|ERROR|CRITICAL|DEBUG):[\w.]+:)")
 _RESUME = re.compile(r"resume training from local state: (.+)$")
+# musubi_experts.marker: one expert's run of a Wan 2.2 A14B job, the cumulative step and total it counts from
+_RUN = re.compile(r"^loraflow: musubi run from step (\d+) of (\d+): the (high|low)-noise expert")
 
 
 class MusubiParser:
@@ -28,6 +30,9 @@ class MusubiParser:
     def __init__(self) -> None:
         self._lines = LineSplitter()
         self.offset = 0  # the step this run resumed at: musubi's bar and file names restart at 0
+        self.total: int | None = None  # the job's steps, when this run trains only part of them (one expert)
+        self.expert: str | None = None  # which Wan 2.2 expert this run trains
+        self.expert_saved: str | None = None  # the expert whose final file this run saved
         self._bar = UpdateThenPostfix()
 
     @property
@@ -54,7 +59,7 @@ class MusubiParser:
         step's avr_loss, then set_postfix() with this step's)."""
         data = parse_tqdm(bar)
         data["step"] += self.offset
-        data["total"] += self.offset
+        data["total"] = self.total or data["total"] + self.offset
         if data["step"] <= self.offset:
             return []  # the bar drawn (or reset) before any step of this run
         return self._bar.line(data, bar.group(8))
@@ -70,7 +75,12 @@ class MusubiParser:
             if step:
                 cumulative = offset_of(path) + int(step.group(1))
                 return [EngineEvent(ev.CHECKPOINT, {"step": cumulative, "path": path})]
+            self.expert_saved = self.expert or ("high" if path.endswith("_high_noise.safetensors") else None)
             return [EngineEvent(ev.LOG, {"message": f"LoRA saved: {path}"})]
+        m = _RUN.match(text)
+        if m:
+            self.offset, self.total, self.expert = int(m.group(1)), int(m.group(2)), m.group(3)
+            return [EngineEvent(ev.LOG, {"message": text.removeprefix("loraflow: ")})]
         m = _RESUME.match(text)
         if m:
             state = STATE_DIR.search(m.group(1).rstrip("/"))
@@ -78,7 +88,7 @@ class MusubiParser:
             return [EngineEvent(ev.RESUMED, {"step": self.offset})]
         if text.startswith("running training"):
             return [EngineEvent(ev.PHASE, {"phase": "training"})]
-        if text.startswith("Encoding dataset [") or text.startswith("Encoding with T5"):
+        if text.startswith(("Encoding dataset [", "Encoding with ")):  # each family names its text encoder
             return [EngineEvent(ev.PHASE, {"phase": "caching"})]
         if text.startswith("Load dataset config from") or text.startswith("Loading DiT model from"):
             return [EngineEvent(ev.PHASE, {"phase": "preparing"})]
@@ -88,5 +98,5 @@ class MusubiParser:
             return []
         m = re.match(r"total optimization steps / 学習ステップ数: (\d+)", text)
         if m:
-            return [EngineEvent(ev.LOG, {"message": text, "total": int(m.group(1)) + self.offset})]
+            return [EngineEvent(ev.LOG, {"message": text, "total": self.total or int(m.group(1)) + self.offset})]
         return error_events(text)

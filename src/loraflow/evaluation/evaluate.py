@@ -66,13 +66,17 @@ class Evaluation:
         self.face_refs = self.face.embed(refs) if self.face else None
         self.reference_items = captioned(Path(cfg.reference_dir))
         emit("eval.phase", phase="baseline")
-        self.base = self._renders(self.prompts)
-        self.base_bare = self._renders(self.bare) if cfg.trigger_word else []
+        self.base, self.base_bare = self._renders()
         self.baseline = self._sample_scores(self.base)
         self.baseline["held_out_loss"] = round(self.renderer.held_out_loss(self.reference_items), 5)
 
-    def _renders(self, prompts: list[str]) -> list[Render]:
-        return [self.renderer.render(p, s) for p in prompts for s in self.cfg.seeds]
+    def _renders(self) -> tuple[list[Render], list[Render]]:
+        """The prompts' renders and, with a trigger word, the same prompts' without it: all in the fewest
+        pipeline calls (Renderer.render_all batches them)."""
+        both = self.prompts + (self.bare if self.cfg.trigger_word else [])
+        renders = self.renderer.render_all(both, self.cfg.seeds)
+        n = len(self.prompts) * len(self.cfg.seeds)
+        return renders[:n], renders[n:]
 
     def _sample_scores(self, renders: list[Render]) -> dict[str, Any]:
         images = [r.image for r in renders]
@@ -95,8 +99,7 @@ class Evaluation:
         cfg = self.cfg
         self.renderer.load_lora(lora.path, "under_test")
         try:
-            with_lora = self._renders(self.prompts)
-            bare = self._renders(self.bare) if cfg.trigger_word else []
+            with_lora, bare = self._renders()
             loss = self.renderer.held_out_loss(self.reference_items)
         finally:
             self.renderer.unload_lora("under_test")

@@ -17,6 +17,8 @@ from PIL import Image
 from loraflow.trainer.components import FluxParts
 from loraflow.trainer.flow import encode_images, encode_prompts, flow_loss, sample_latents
 
+BATCH = 4  # renders per pipeline call: the evaluation's default 2 seeds x (with, without trigger) in one
+
 
 @dataclass
 class Render:
@@ -52,18 +54,31 @@ class Renderer:
 
     @torch.no_grad()
     def render(self, prompt: str, seed: int) -> Render:
-        t5, pooled = self.embed(prompt)
-        latent = self.pipe(
-            prompt_embeds=t5.to(self.device, self.dtype),
-            pooled_prompt_embeds=pooled.to(self.device, self.dtype),
-            width=self.width,
-            height=self.height,
-            num_inference_steps=self.steps,
-            guidance_scale=self.guidance,
-            generator=torch.Generator("cpu").manual_seed(seed),
-            output_type="latent",
-        ).images
-        return Render(prompt, seed, latent.float().cpu(), self.decode(latent))
+        return self.render_all([prompt], [seed])[0]
+
+    @torch.no_grad()
+    def render_all(self, prompts: list[str], seeds: list[int]) -> list[Render]:
+        """Every prompt with every seed (prompt-major), up to BATCH renders in one pipeline call: one
+        generator per render, so each starts from exactly the noise it gets alone (diffusers draws a
+        batch's noise sample by sample from its own generator), at a fraction of the calls."""
+        wanted = [(p, s) for p in prompts for s in seeds]
+        out: list[Render] = []
+        for i in range(0, len(wanted), BATCH):
+            chunk = wanted[i : i + BATCH]
+            embeds = [self.embed(p) for p, _ in chunk]
+            latents = self.pipe(
+                prompt_embeds=torch.cat([t5 for t5, _ in embeds]).to(self.device, self.dtype),
+                pooled_prompt_embeds=torch.cat([pooled for _, pooled in embeds]).to(self.device, self.dtype),
+                width=self.width,
+                height=self.height,
+                num_inference_steps=self.steps,
+                guidance_scale=self.guidance,
+                generator=[torch.Generator("cpu").manual_seed(seed) for _, seed in chunk],
+                output_type="latent",
+            ).images
+            for (prompt, seed), latent in zip(chunk, latents.split(1), strict=True):
+                out.append(Render(prompt, seed, latent.float().cpu(), self.decode(latent)))
+        return out
 
     @torch.no_grad()
     def decode(self, packed: torch.Tensor) -> Image.Image:

@@ -20,6 +20,15 @@ def _no_pairs(engine: str) -> object:
     return check
 
 
+def _experts_here(spec: TrainSpec) -> Refusal | None:
+    """musubi's two expert runs: which comes next is read from the job's own musubi folders, which only this
+    machine's jobs have (a rented or SSH host's are not listed from here yet)."""
+    if spec.catalog_entry.experts and spec.compute.provider != "local":
+        return ("its two expert runs are chained from this machine's view of the job folder, which a rented or "
+                "SSH host does not give yet", "train it here (compute.provider: local)")
+    return None
+
+
 NOT_OFFERED = "Not offered: the catalog names the engines of each model (docs/spec.md)."
 
 MODELS: dict[str, dict[str, Rule]] = {
@@ -65,8 +74,12 @@ MODELS: dict[str, dict[str, Rule]] = {
         ),
         "kohya": same(NOT_OFFERED),
         "musubi": translated(
-            "`--dit` (low noise) and `--dit_high_noise`: one LoRA trained over both experts, switched at musubi's "
-            "`--timestep_boundary` default (875 t2v, 900 i2v)."
+            "two musubi runs in one job, each expert's `--dit` alone over its timesteps (`--min_timestep` / "
+            "`--max_timestep` at musubi's boundary, 875 t2v, 900 i2v, `--preserve_distribution_shape`): the "
+            "high-noise expert for the first half of `training.steps`, then the low-noise one; two files, "
+            "`<name>.safetensors` (low noise) and `<name>_high_noise.safetensors`.",
+            _experts_here,
+            "on a rented or SSH host",
         ),
     },
     "base_model (wan2.1-i2v-14b, wan2.2-i2v-a14b)": {

@@ -218,8 +218,19 @@ class Store:
     # --- jobs --------------------------------------------------------------------------------------
 
     @ride_out
-    def create_job(self, spec: TrainSpec, owner: str = "local", job_id: str | None = None) -> Job:
+    def create_job(
+        self,
+        spec: TrainSpec,
+        owner: str = "local",
+        job_id: str | None = None,
+        outputs: dict[str, Any] | None = None,
+        events: tuple[tuple[str, dict[str, Any]], ...] = (),
+    ) -> Job:
+        """The job, its first `outputs` fields (JobOutputs) and `events` after `job.created`, in one
+        transaction: no reader, and no worker's claim, ever sees the job without them (the submit door's
+        trust, queue and external-check flags), and the door commits once instead of four times."""
         job_id = job_id or uuid.uuid4().hex[:12]
+        stored = JobOutputs.checked(outputs or {})
         mark_has_jobs(self.url)
         with self.session() as s, s.begin():
             row = JobRow(
@@ -231,7 +242,7 @@ class Store:
                 base_model=spec.base_model,
                 spec=spec.to_dict(),
                 total_steps=spec.training.steps or 0,
-                artifacts={},
+                artifacts=stored,
                 stages_done=[],
                 last_seq=0,
             )
@@ -244,6 +255,8 @@ class Store:
                 {"name": spec.name, "engine": spec.engine.name, "base_model": spec.base_model},
                 None,
             )
+            for type_, data in events:
+                self._append(s, row, type_, data, None)
         return self.get(job_id)
 
     @ride_out

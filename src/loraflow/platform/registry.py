@@ -16,6 +16,7 @@ from sqlalchemy import or_, select
 from loraflow.errors import NotFound, UserInputError
 from loraflow.jobs.platform_tables import ModelRow
 from loraflow.jobs.store import Job, Store
+from loraflow.layout import HIGH_NOISE, PAIR_FILE
 from loraflow.platform.config import PlatformConfig
 
 VISIBILITY = ("private", "unlisted", "public")
@@ -59,6 +60,10 @@ def register_job(store: Store, job: Job, cfg: PlatformConfig, checkpoint: int | 
     if not lora.is_file():
         raise UserInputError(f"job {job.id} has no LoRA file to register", fix="register a completed job")
     meta = file_meta(lora)
+    # Wan 2.2 A14B: the high-noise expert's file is the pair's other half, listed with it
+    high = lora.with_name(PAIR_FILE if checkpoint is not None else f"{spec.name}{HIGH_NOISE}.safetensors")
+    pair = [{"name": f"{spec.name}{HIGH_NOISE}.safetensors", **_sums(high), "urls": [], "path": str(high),
+             "expert": "high_noise"}] if high.is_file() else []
     published = [p for p in job.outputs.published if p.get("checkpoint_step") == checkpoint]
     urls = [u for p in published for u in (p.get("lora_url"), p.get("url")) if u]
     durations = [e.ts for e in store.events(job.id, types=["job.created"], limit=1)]
@@ -97,7 +102,8 @@ def register_job(store: Store, job: Job, cfg: PlatformConfig, checkpoint: int | 
             base_model=spec.base_model,
             trigger_words=triggers,
             files=[
-                {"name": lora.name, "sha256": meta["sha256"], "size": meta["size"], "urls": urls, "path": str(lora)}
+                {"name": lora.name, "sha256": meta["sha256"], "size": meta["size"], "urls": urls, "path": str(lora)},
+                *pair,
             ],
             trained_from=trained_from,
             published_to=[{k: v for k, v in p.items() if k != "checkpoint_step"} for p in published],
@@ -130,6 +136,13 @@ def record_published(store: Store, job_id: str, results: list[dict[str, Any]]) -
                 row.published_to = entries
                 updated += 1
     return updated
+
+
+def _sums(path: Path) -> dict[str, Any]:
+    from loraflow.files import file_meta
+
+    meta = file_meta(path)
+    return {"sha256": meta["sha256"], "size": meta["size"]}
 
 
 def _now() -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -44,6 +45,7 @@ from loraflow.providers.skypilot_task import (
     DOCKER_SSH_PORT,
     TaskPlan,
     cluster_name,
+    job_of,
 )
 from loraflow.providers.vast_watch import watch_script
 from loraflow.providers.vastai import poll_interval
@@ -138,7 +140,7 @@ def offer_label(row: dict[str, Any], gpus: int) -> str:
 
 
 class SkyPilotProvider:
-    """SkyPilot behind loraflow's provider verbs; instance ids are cluster names (`loraflow-<job id>`)."""
+    """SkyPilot behind loraflow's provider verbs; instance ids are cluster names (`loraflow-<job id>--<tag>`)."""
 
     name = "skypilot"
     title = "SkyPilot"
@@ -208,12 +210,14 @@ class SkyPilotProvider:
         self._key_file.parent.mkdir(parents=True, exist_ok=True)
         self._key_file.write_text(public_key.strip() + "\n")
 
-    def plan(self, spec: TrainSpec, job_id: str, offer: RankedOffer, max_hours: float | None = None) -> TaskPlan:
+    def plan(
+        self, spec: TrainSpec, job_id: str, offer: RankedOffer, max_hours: float | None = None, cluster: str = ""
+    ) -> TaskPlan:
         row, infra = offer.offer, spec.compute.infra
         if row.get("region") and infra_region(infra) is None and infra_cloud(infra) not in OWN_INFRA:
             infra = f"{row['cloud']}/{row['region']}"  # rent where the price was quoted
         return TaskPlan(
-            name=cluster_name(job_id),
+            name=cluster or cluster_name(job_id),
             accelerators=[row["accelerator"]],
             gpus=spec.compute.gpus,
             infra=infra,
@@ -237,8 +241,8 @@ class SkyPilotProvider:
         """Start the launch of the best offer (SkyPilot's API server provisions; `wait_ready` waits for it);
         the cluster's name is the instance id."""
         chosen = ranked[0]
-        plan = self.plan(spec, job_id, chosen, max_hours)
-        cluster = cluster_name(job_id)
+        cluster = cluster_name(job_id, secrets.token_hex(2))
+        plan = self.plan(spec, job_id, chosen, max_hours, cluster)
         on_attempt(f"launching {chosen.gpu} through SkyPilot as cluster {cluster}")
         self._launches[cluster] = self.api.launch(plan, cluster)
         return cluster, chosen
@@ -346,7 +350,7 @@ class SkyPilotProvider:
         return [
             Rented(
                 row["name"],
-                LABEL_PREFIX + str(row["name"]).removeprefix(CLUSTER_PREFIX),
+                LABEL_PREFIX + job_of(str(row["name"])),
                 row.get("status"),
                 row.get("resources_str"),
                 _hourly(row.get("handle")),

@@ -35,12 +35,19 @@ DOCKER_SSH_PORT = 10022  # SkyPilot's sshd inside a docker image (sky.skylet.con
 _CLUSTER = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 
 
-def cluster_name(job_id: str) -> str:
-    """`loraflow-<job id>`: the label SkyPilot keeps (its cluster table), how orphans are found."""
-    name = f"{CLUSTER_PREFIX}{job_id}".lower().replace("_", "-")
+def cluster_name(job_id: str, tag: str = "") -> str:
+    """`loraflow-<job id>--<tag>`: how loraflow's clusters are found again (SkyPilot's cluster table). Each
+    launch has its own tag, so the machine a lost one is replaced with is a new cluster with its own host key
+    (the lease pins keys per instance id)."""
+    name = f"{CLUSTER_PREFIX}{job_id}".lower().replace("_", "-") + (f"--{tag}" if tag else "")
     if not _CLUSTER.fullmatch(name) or len(name) > 60:
         raise UserInputError(f"job id {job_id!r} does not make a SkyPilot cluster name", fix="use a plain job id")
     return name
+
+
+def job_of(cluster: str) -> str:
+    """The job a cluster of loraflow's was launched for."""
+    return cluster.removeprefix(CLUSTER_PREFIX).split("--")[0]
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,11 @@ from typing import Any
 from PIL import Image
 
 from loraflow import __version__
-from loraflow.errors import NotFound
+from loraflow.errors import NotFound, UserInputError
 from loraflow.jobs.store import Job, Store
-from loraflow.layout import JobLayout
+from loraflow.layout import HIGH_NOISE, PAIR_FILE, JobLayout
 from loraflow.publish.model_card import render_card
+from loraflow.spec import TrainSpec
 
 LIBRARIES = ("torch", "diffusers", "transformers", "peft", "safetensors", "accelerate")
 
@@ -121,6 +122,29 @@ def scorecard_files(layout: JobLayout, files: dict[str, bytes]) -> tuple[dict[st
     return card, plot is not None
 
 
+def pair_half(spec: TrainSpec, lora_path: Path, lora_name: str, checkpoint_step: int | None) -> dict[str, bytes]:
+    """Wan 2.2 A14B's high-noise expert, the other half of the pair: `<name>_high_noise.safetensors` beside the
+    final file, `high_noise.safetensors` in a checkpoint that holds a pair. A checkpoint a two-expert job saved
+    before its low-noise expert trained holds the high-noise expert alone: refused, as it is not a result."""
+    if checkpoint_step is None:
+        high = lora_path.with_name(f"{spec.name}{HIGH_NOISE}.safetensors")
+    else:
+        high = lora_path.with_name(PAIR_FILE)
+    if high.is_file():
+        return {lora_name.replace(spec.name, f"{spec.name}{HIGH_NOISE}", 1): high.read_bytes()}
+    if checkpoint_step is not None and spec.catalog_entry.experts and spec.engine.name == "musubi":
+        raise UserInputError(
+            f"checkpoint {checkpoint_step} holds only the high-noise expert: the low-noise one had not trained yet",
+            fix="pick a later checkpoint (`loraflow jobs show` lists them), or the final pair",
+        )
+    return {}
+
+
+def pair_name(files: dict[str, bytes] | list[str]) -> str | None:
+    """The high-noise expert's file among a bundle's, when the LoRA is a Wan 2.2 A14B pair."""
+    return next((n for n in files if HIGH_NOISE in n and n.endswith(".safetensors") and "/" not in n), None)
+
+
 def bundle_files(store: Store, job: Job, checkpoint_step: int | None = None) -> dict[str, bytes]:
     layout = JobLayout(str(job.folder))
     spec = job.train_spec
@@ -136,9 +160,7 @@ def bundle_files(store: Store, job: Job, checkpoint_step: int | None = None) -> 
             fix="list kept checkpoints with `loraflow jobs show` and pick one that exists",
         )
     files: dict[str, bytes] = {lora_name: lora_path.read_bytes()}
-    high = lora_path.with_name(f"{spec.name}_high_noise.safetensors")
-    if checkpoint_step is None and high.is_file():  # Wan 2.2 A14B: the high-noise expert, the pair's other half
-        files[high.name] = high.read_bytes()
+    files.update(pair_half(spec, lora_path, lora_name, checkpoint_step))
     samples_dir = Path(layout.samples)
     items = collect_samples(samples_dir)
     for item in items:
@@ -162,6 +184,7 @@ def bundle_files(store: Store, job: Job, checkpoint_step: int | None = None) -> 
         "total_steps": job.total_steps,
         "final_loss": job.loss,
         "lora_file": lora_name,
+        **({"high_noise_file": pair_name(files)} if pair_name(files) else {}),
         "lora_format": spec.output.lora_format,
         "trigger_word": spec.dataset.trigger_word,
         "dataset_hash": job.outputs.dataset_hash,
@@ -187,6 +210,7 @@ def bundle_files(store: Store, job: Job, checkpoint_step: int | None = None) -> 
         dataset_hash=job.outputs.dataset_hash,
         scorecard=card,
         scorecard_plot="scorecard.png" if plot else None,
+        pair_file=pair_name(files),
     ).encode()
     sums = "".join(f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in sorted(files.items()))
     files["SHA256SUMS"] = sums.encode()

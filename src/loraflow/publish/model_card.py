@@ -61,6 +61,35 @@ def scorecard_section(card: dict[str, Any], plot: str | None) -> list[str]:
     return lines
 
 
+def pair_usage(experts: dict[str, Any], low: str, high: str) -> list[str]:
+    """Wan 2.2 A14B: two files, one per expert; each loads on its own model, the way the base switches them."""
+    boundary = experts.get("boundary", 875)
+    return [
+        "",
+        "## Use it",
+        "",
+        f"Two files, one per Wan 2.2 expert, trained as one job: `{high}` for the high-noise model (timesteps "
+        f"{boundary}-1000, the first steps of sampling) and `{low}` for the low-noise model (timesteps 0-{boundary}). "
+        "Use both: each alone changes only its half of the sampling.",
+        "",
+        "### ComfyUI",
+        "",
+        f"Copy both into `ComfyUI/models/loras/`; put a *LoraLoaderModelOnly* node with `{high}` after the "
+        f"high-noise diffusion model and one with `{low}` after the low-noise one (strength 1.0 each).",
+        "",
+        "### diffusers",
+        "",
+        "```python",
+        "import torch",
+        "from diffusers import WanPipeline",
+        "",
+        'pipe = WanPipeline.from_pretrained("<Wan 2.2 A14B diffusers folder>", torch_dtype=torch.bfloat16)',
+        f'pipe.load_lora_weights(".", weight_name="{high}")  # transformer: the high-noise expert',
+        f'pipe.load_lora_weights(".", weight_name="{low}", load_into_transformer_2=True)  # the low-noise one',
+        "```",
+    ]
+
+
 def render_card(
     spec: TrainSpec,
     *,
@@ -73,7 +102,9 @@ def render_card(
     dataset_hash: str | None,
     scorecard: dict[str, Any] | None = None,
     scorecard_plot: str | None = None,
+    pair_file: str | None = None,
 ) -> str:
+    """`pair_file`: Wan 2.2 A14B's high-noise expert's file; `lora_file` is then the low-noise expert's."""
     entry = spec.catalog_entry
     trigger = spec.dataset.trigger_word
     first_prompt = spec.substitute_trigger((spec.sampling.prompts or ["a photo of [trigger]"])[0])
@@ -87,7 +118,9 @@ def render_card(
         lines += ["", "## Samples", "", f"![samples]({grid})"]
     if scorecard:
         lines += scorecard_section(scorecard, scorecard_plot)
-    lines += [
+    if pair_file:
+        lines += pair_usage(entry.experts, lora_file, pair_file)
+    lines += [] if pair_file else [
         "",
         "## Use it",
         "",
@@ -107,6 +140,8 @@ def render_card(
         f'pipe.load_lora_weights(".", weight_name="{lora_file}")',
         f'image = pipe("{first_prompt}", num_inference_steps=28, guidance_scale=3.5).images[0]',
         "```",
+    ]
+    lines += [
         "",
         "## Training settings",
         "",

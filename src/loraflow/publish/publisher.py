@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from loraflow.jobs.store import Job, Store
-from loraflow.publish.bundle import build_bundle, bundle_files
+from loraflow.layout import HIGH_NOISE
+from loraflow.publish.bundle import build_bundle, bundle_files, pair_name
 
 BEST: Literal["best"] = "best"
 FINAL: Literal["final"] = "final"
@@ -58,6 +59,7 @@ def publish_job(
     files = bundle_files(store, job, checkpoint_step)
     bundle = build_bundle(store, job, checkpoint_step, files)
     lora_name = next(n for n in files if n.endswith(".safetensors"))
+    pair = pair_name(files)  # Wan 2.2 A14B: the high-noise expert's file goes wherever the low-noise one goes
     results: list[dict[str, Any]] = []
     earlier = [p for p in job.outputs.published if p.get("checkpoint_step") == checkpoint_step]
     targets = list(spec.publish.targets)
@@ -74,6 +76,10 @@ def publish_job(
             url, source = source_url([*earlier, *results], lora_name)
             result = register(url, target.filename or lora_name, target.folder_path, target.wait_s)
             result["source"] = source
+            if pair:  # Wan 2.2 A14B: the high-noise expert too, named beside the low-noise one
+                url, source = source_url([*earlier, *results], pair)
+                name = (target.filename or lora_name).replace(".safetensors", f"{HIGH_NOISE}.safetensors")
+                result["high_noise"] = {**register(url, name, target.folder_path, target.wait_s), "source": source}
         elif target.type == "huggingface":
             from loraflow.publish.huggingface import publish_files
 
@@ -87,16 +93,18 @@ def publish_job(
         else:
             from loraflow.publish.s3 import publish
 
-            lora = bundle.parent / lora_name
+            loras = [bundle.parent / name for name in (lora_name, pair) if name]
             with zipfile.ZipFile(bundle) as zf:
-                lora.write_bytes(zf.read(lora_name))
+                for lora in loras:
+                    lora.write_bytes(zf.read(lora.name))
             result = publish(
                 bundle,
-                lora,
+                loras[0],
                 target.bucket,
                 f"{target.prefix.strip('/')}/{job.id}".strip("/"),
                 target.endpoint_url,
                 target.public,
+                more=loras[1:],
             )
             result["endpoint_url"] = target.endpoint_url  # (a later comfydeploy target signs its link there)
         result["checkpoint_step"] = checkpoint_step

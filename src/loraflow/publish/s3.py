@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,12 +152,14 @@ def presigned_put(s3: Any, bucket: str, key: str, expires: int = 3600) -> str:
 
 
 def publish(
-    bundle: Path, lora: Path, bucket: str, prefix: str, endpoint_url: str | None, public: bool
+    bundle: Path, lora: Path, bucket: str, prefix: str, endpoint_url: str | None, public: bool,
+    more: Sequence[Path] = (),
 ) -> dict[str, Any]:
+    """The bundle and the LoRA file (`more`: the other files of a pair, Wan 2.2's high-noise expert)."""
     s3 = client(endpoint_url)
     base = prefix.strip("/")
     results = {}
-    for path in (bundle, lora):
+    for path in (bundle, lora, *more):
         key = f"{base}/{path.name}" if base else path.name
         up = upload_file(s3, path, bucket, key, public)
         results[path.name] = {"key": up.key, "url": up.url, "size": up.size, "sha256": up.sha256}

@@ -252,20 +252,23 @@ def submit(
                 raise Refused(
                     402, "not enough credits", exc.message, needed=exc.needed, available=exc.available
                 ) from exc
-        job = store.create_job(spec, owner=owner, job_id=job_id)
-    flags: dict[str, Any] = {"trust": "operator" if config is None else "service"}
-    if force:
-        flags["force_budget"] = True
-    if config is not None and config.queue_for_workers:
-        flags["queued"] = True
-    store.update_outputs(job.id, **flags)
+        flags: dict[str, Any] = {"trust": "operator" if config is None else "service"}
+        if force:
+            flags["force_budget"] = True
+        if config is not None and config.queue_for_workers:
+            flags["queued"] = True
+        checked = bool(platform is not None and platform.precheck_url)
+        if checked:
+            flags["check"] = "pending"  # the sweep asks the hook, then starts or cancels it
+        # The hook's URL (often with a ?key=) is the operator's: a user's events only say that one is asked.
+        asked = (("check.requested", {"check": "external"}),) if checked else ()
+        # One transaction with its flags: a worker's claim in between used to take a job before its check flag
+        # was written, and started it unchecked.
+        job = store.create_job(spec, owner=owner, job_id=job_id, outputs=flags, events=asked)
     job.folder.mkdir(parents=True, exist_ok=True)
     (job.folder / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
-    if platform is not None and platform.precheck_url:
-        store.update_outputs(job.id, check="pending")  # the sweep asks the hook, then starts or cancels it
-        # The hook's URL (often with a ?key=) is the operator's: a user's events only say that one is asked.
-        store.append_event(job.id, "check.requested", {"check": "external"})
-        return store.get(job.id)
+    if checked:
+        return job
     if not flags.get("queued"):  # else a worker claims it when a slot frees (running/worker.py)
         start_runner(job.id)
     return store.get(job.id)

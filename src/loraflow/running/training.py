@@ -143,6 +143,12 @@ class Train:
                 if fired:  # the host is destroying itself: carry on elsewhere, never end as a user's stop
                     raise HostUnreachable(f"the host's dead-man switch fired ({fired})")
                 raise StopAsked
+            if outcome.more:  # one run of several done (Wan 2.2's high-noise expert): the next starts at once
+                ctx.store.append_event(ctx.job_id, ev.LOG, {"message": outcome.message})
+                self._launch(handle, state)
+                state.save(self.follow_path)
+                relaunched = True
+                continue
             if code is None:
                 ctx.place.check()
             err = ctx.recorder.last_error or {}

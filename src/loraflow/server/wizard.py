@@ -13,7 +13,7 @@ from typing import Any
 from loraflow.errors import LoraflowError, SpecError, UserInputError
 from loraflow.running.submit import DatasetUnfit
 from loraflow.server.problems import Problem
-from loraflow.server.uploads import captions
+from loraflow.server.uploads import CONTROL, captions, controls
 
 
 @dataclass
@@ -113,6 +113,8 @@ def settings_spec(folder: Path, form: dict[str, Any]) -> dict[str, Any]:
     if form.get("vram_preset"):  # a training key (the form used to put it at the spec's top level)
         training["vram_preset"] = _number(form["vram_preset"])
     dataset: dict[str, Any] = {"path": str(folder), "trigger_word": str(form.get("trigger_word") or "").strip() or None}
+    if (folder / CONTROL).is_dir():  # the pairs uploaded for an edit model (the model's own checks judge them)
+        dataset["control"] = CONTROL
     if str(form.get("caption_backend") or "").strip():
         dataset["captions"] = {"backend": str(form["caption_backend"]).strip()}
     raw: dict[str, Any] = {
@@ -191,6 +193,18 @@ def engine_choices(config: Any) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def upload_pairs(folder: Path) -> Any:
+    """An upload with control images is checked as pairs (every target needs its control, aspects that fit,
+    instructions for captions) before a model is chosen: the report names what an edit model would refuse
+    (one control a target is judged as Kontext judges it; several as Qwen-Image-Edit, up to three)."""
+    from loraflow.dataset.pairs import PairNeeds
+
+    if not (folder / CONTROL).is_dir():
+        return None
+    several = any(len(found) > 1 for found in controls(folder).values())  # Qwen-Image-Edit's; else Kontext's one
+    return PairNeeds(CONTROL, most=3 if several else 1)
+
+
 def wizard_context(folder: Path, upload_id: str, config: Any = None) -> dict[str, Any]:
     """What the wizard page shows for an upload: its check, its captions and the settings to choose."""
     from loraflow.caption.available import captioner_status
@@ -198,8 +212,9 @@ def wizard_context(folder: Path, upload_id: str, config: Any = None) -> dict[str
     from loraflow.dataset import DatasetRun
     from loraflow.spec import TrainingSpec
 
-    report = DatasetRun(str(folder)).check()
-    items = [{"name": name, "caption": text} for name, text in captions(folder).items()]
+    report = DatasetRun(str(folder), pairs=upload_pairs(folder)).check()
+    paired = controls(folder)
+    items = [{"name": name, "caption": text, "controls": paired.get(name)} for name, text in captions(folder).items()]
     models = list(base_models().values())
     defaults = model_defaults()
     advanced = [
@@ -212,6 +227,7 @@ def wizard_context(folder: Path, upload_id: str, config: Any = None) -> dict[str
         "upload_id": upload_id,
         "report": report,
         "items": items,
+        "paired": bool(paired),
         "captioners": [name for name, reason in status.items() if reason is None],
         "not_here": {name: reason for name, reason in status.items() if reason is not None},
         "trigger": "",

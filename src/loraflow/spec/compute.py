@@ -100,8 +100,9 @@ class ComputeSpec(Strict):
     )
     infra: str | None = Field(
         None,
-        description="Where SkyPilot rents (provider skypilot), in SkyPilot's own syntax: a cloud and its region "
-        "('aws', 'gcp/us-central1'); its Kubernetes and Slurm are refused for now (docs/remote.md).",
+        description="Where SkyPilot rents (provider skypilot), or is priced beside the spec's own provider in "
+        "`loraflow estimate`, in SkyPilot's own syntax: a cloud and its region ('aws', 'gcp/us-central1'); its "
+        "Kubernetes and Slurm are refused for now (docs/remote.md).",
     )
     skypilot: SkyPilotOptions = Field(default_factory=SkyPilotOptions)
     max_retries: int = Field(2, ge=0, description="New hosts leased after a dead or stalled one.")
@@ -161,8 +162,6 @@ class ComputeSpec(Strict):
     def _ssh_needs_target(self) -> ComputeSpec:
         if self.provider == "ssh" and self.ssh is None and self.target is None:
             raise ValueError("provider 'ssh' needs compute.ssh with at least a host, or compute.target")
-        if self.infra is not None and self.provider != "skypilot":
-            raise ValueError("compute.infra is SkyPilot's: it needs compute.provider: skypilot")
         if self.ssh is not None and self.target is not None:
             raise ValueError("give compute.ssh or compute.target, not both")
         return self

@@ -126,6 +126,28 @@ class _LossLog:
         self.conn.close()
 
 
+# What each model class prints while it loads (print_and_status_update in its load_model at 27a03a91):
+# FLUX.1, Kontext, Qwen-Image and its edit models, FLUX.2 (Mistral for dev, Qwen3 for klein), Chroma, Wan 2.2
+# A14B (its two transformers, one per expert).
+_TAIL = ("Making pipe", "Preparing Model")
+LOADING: dict[str, tuple[str, ...]] = {
+    "flux": ("Loading Flux model", "Loading transformer", "Loading VAE", "Loading T5", "Loading CLIP", *_TAIL),
+    "flux_kontext": ("Loading Flux Kontext model", "Loading transformer", "Loading T5", "Loading CLIP",
+                     "Loading VAE", *_TAIL),
+    "qwen_image": ("Loading Qwen Image model", "Loading transformer", "Text Encoder", "Loading VAE", *_TAIL,
+                   "Model Loaded"),
+    "flux2": ("Loading Mistral", "Loading Flux2 model", "Loading transformer", "Loading VAE", *_TAIL, "Model Loaded"),
+    "flux2_klein": ("Loading Qwen3", "Loading Flux2 model", "Loading transformer", "Loading VAE", *_TAIL,
+                    "Model Loaded"),
+    "chroma": ("Loading transformer", "Double Blocks: 19", "Single Blocks: 38", "Loading T5", "Loading VAE", *_TAIL),
+    "wan22_14b": ("Loading transformer 1", "Loading transformer 2", "Creating DualWanTransformer3DModel",
+                  "Loading VAE", *_TAIL),
+}
+LOADING.update({a: LOADING["qwen_image"] for a in ("qwen_image_edit", "qwen_image_edit_plus")})
+LOADING.update({a: LOADING["flux2_klein"] for a in ("flux2_klein_4b", "flux2_klein_9b")})
+LOADING["wan22_14b_i2v"] = LOADING["wan22_14b"]
+
+
 def _sample_items(sample: dict[str, Any]) -> list[dict[str, Any]]:
     """SampleConfig's items: `samples` as given, or the legacy `prompts` list."""
     return sample.get("samples") or [{"prompt": p} for p in sample.get("prompts", [])]
@@ -216,15 +238,7 @@ def run(config_path: str) -> int:
     print(f"# Running job: {name}")
     print("#############################################")
     print("Running  1 process")
-    for line in (
-        "Loading Flux model",
-        "Loading transformer",
-        "Loading VAE",
-        "Loading T5",
-        "Loading CLIP",
-        "Making pipe",
-        "Preparing Model",
-    ):
+    for line in LOADING.get(str(proc["model"].get("arch")), LOADING["flux"]):
         print(line)
     net = proc["network"]
     print(f"create LoRA network. base dim (rank): {net['linear']}, alpha: {net['linear_alpha']}")

@@ -1,9 +1,11 @@
-"""A stand-in for musubi-tuner's Wan scripts (`wan_cache_latents.py`, `wan_cache_text_encoder_outputs.py`,
-`wan_train_network.py` at 30c658c4): the arguments they take, what they print (accelerator.print lines on
-stdout, Python's default `INFO:<logger>:<message>` records on stderr, the `steps:` tqdm bar with avr_loss
-on stderr, redrawn by update() before set_postfix()), the files they write (caches in each dataset's
-cache_directory, `<name>-step00000010.safetensors`, `<name>-step00000010-state/` as accelerate's save_state
-writes it, `sample/<name>_000010_00_<time>_<seed>_000.png`, the final `<name>.safetensors`) and their resume:
+"""A stand-in for musubi-tuner's scripts (`<family>_cache_latents.py`, `<family>_cache_text_encoder_outputs.py`,
+`<family>_train_network.py` at 30c658c4, for the families loraflow renders: wan, qwen_image, flux_kontext,
+flux_2; the family is the script's own name, its differences in musubi_families): the arguments they take,
+what they print (accelerator.print lines on stdout, Python's default `INFO:<logger>:<message>` records on
+stderr, the `steps:` tqdm bar with avr_loss on stderr, redrawn by update() before set_postfix()), the files
+they write (caches in each dataset's cache_directory named with the family's architecture,
+`<name>-step00000010.safetensors` in the family's LoRA layout, `<name>-step00000010-state/` as accelerate's
+save_state writes it, `sample/<name>_000010_00_<time>_<seed>_000.png`, the final `<name>.safetensors`) and their resume:
 `--resume` loads the state and the step count restarts at 0 for another `--max_train_steps`.
 
 Training refuses to start without the caches, as musubi does, so a test sees the cache steps ran first.
@@ -21,6 +23,7 @@ import shutil
 import sys
 import time
 import tomllib
+import zlib
 from pathlib import Path
 
 import torch
@@ -30,6 +33,7 @@ from tqdm import tqdm
 
 from loraflow.media.video import probe
 from loraflow.testing.launch_record import record_launch
+from loraflow.testing.musubi_families import Family, family_of, widths
 
 IMAGES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VIDEOS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v")
@@ -51,26 +55,34 @@ def _items(ds: dict) -> list[Path]:
     return sorted(p for p in Path(ds["video_directory"]).iterdir() if p.suffix.lower() in VIDEOS)
 
 
-def _latent_names(ds: dict, item: Path) -> list[str]:
-    """image_video_dataset's cache names: `<stem>_<W>x<H>_wan` for an image; for a clip one per target length
-    that fits (head extraction), `<stem>_<start:05d>-<frames:03d>_<W>x<H>_wan`. W x H is the item's bucket in
-    musubi; here simply the dataset's resolution (loraflow never reads cache names)."""
+def _latent_names(ds: dict, item: Path, arch: str) -> list[str]:
+    """image_video_dataset's cache names: `<stem>_<W>x<H>_<arch>` for an image; for a clip one per target length
+    that fits (head extraction), `<stem>_<start:05d>-<frames:03d>_<W>x<H>_<arch>`. W x H is the item's bucket
+    in musubi; here simply the dataset's resolution (loraflow never reads cache names)."""
     w, h = ds.get("resolution", [960, 544])
     if "image_directory" in ds:
-        return [f"{item.stem}_{w:04d}x{h:04d}_wan.safetensors"]
+        return [f"{item.stem}_{w:04d}x{h:04d}_{arch}.safetensors"]
     with item.open("rb") as f:
         frames = probe(f, item.name).frames
-    return [f"{item.stem}_00000-{t:03d}_{w:04d}x{h:04d}_wan.safetensors" for t in ds["target_frames"] if t <= frames]
+    return [f"{item.stem}_00000-{t:03d}_{w:04d}x{h:04d}_{arch}.safetensors" for t in ds["target_frames"] if t <= frames]
 
 
-def _cache(argv: list[str], kind: str, model_flag: str) -> int:
+def _cache(argv: list[str], kind: str, fam: Family) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--dataset_config", required=True)
-    p.add_argument(model_flag, required=True)
+    p.add_argument("--vae" if kind == "latents" else "--t5" if fam.prefix == "wan" else "--text_encoder1"
+                   if fam.prefix == "flux_kontext" else "--text_encoder", required=True)
+    p.add_argument("--model_version")
     p.add_argument("--skip_existing", action="store_true")
     args, _ = p.parse_known_args(argv)
-    log = _logger(f"musubi_tuner.cache_{kind}")
+    arch = fam.architecture(args)
+    log = _logger("__main__")  # each script's own logger, run as a script
     log.info(f"Load dataset config from {args.dataset_config}")
+    if kind == "latents":
+        log.info(fam.model_line.format(vae=args.vae))
+    else:
+        for line in fam.text_lines:
+            log.info(line.format(**vars(args)))
     for i, ds in enumerate(_datasets(args.dataset_config)):
         items = _items(ds)
         key = "images" if "image_directory" in ds else "videos"
@@ -80,7 +92,7 @@ def _cache(argv: list[str], kind: str, model_flag: str) -> int:
         cache = Path(ds["cache_directory"])
         cache.mkdir(parents=True, exist_ok=True)
         for item in tqdm(items, file=sys.stderr):
-            names = _latent_names(ds, item) if kind == "latents" else [f"{item.stem}_wan_te.safetensors"]
+            names = _latent_names(ds, item, arch) if kind == "latents" else [f"{item.stem}_{arch}_te.safetensors"]
             for name in names:
                 if not (args.skip_existing and (cache / name).exists()):
                     save_file({"x": torch.zeros(2)}, cache / name)
@@ -88,17 +100,17 @@ def _cache(argv: list[str], kind: str, model_flag: str) -> int:
 
 
 def cache_latents(argv: list[str] | None = None) -> int:
-    return _cache(sys.argv[1:] if argv is None else argv, "latents", "--vae")
+    return _cache(sys.argv[1:] if argv is None else argv, "latents", family_of(sys.argv[0]))
 
 
 def cache_text_encoder_outputs(argv: list[str] | None = None) -> int:
-    return _cache(sys.argv[1:] if argv is None else argv, "te", "--t5")
+    return _cache(sys.argv[1:] if argv is None else argv, "te", family_of(sys.argv[0]))
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     for name in ("task", "dit", "dit_high_noise", "vae", "t5", "dataset_config", "output_dir", "output_name",
-                 "resume", "sample_prompts", "network_module"):
+                 "resume", "sample_prompts", "network_module", "model_version"):
         p.add_argument(f"--{name}")
     for name in ("network_dim", "max_train_steps", "save_every_n_steps", "save_last_n_steps",
                  "save_last_n_steps_state", "sample_every_n_steps", "gradient_accumulation_steps"):
@@ -110,24 +122,23 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-WAN_MODULES = [f"self_attn_{x}" for x in "qkvo"] + [f"cross_attn_{x}" for x in "qkvo"] + ["ffn_0", "ffn_2"]
-
-
 def _lora(args: argparse.Namespace, seed: int) -> dict[str, torch.Tensor]:
-    """lora_wan's key layout: lora_unet_blocks_<i>_<module> with lora_down/lora_up/alpha, for every block of
-    the task's model (Wan 2.1 1.3B: 30, the 14B models: 40) and every Linear lora_wan adapts there, minus
-    what `exclude_patterns` names; 16 wide (64 in the MLP) so it costs nothing. MUSUBI_STANDIN_INERT=1
-    leaves the up matrices zero, as a run that never stepped does."""
+    """The family's network module's key layout: lora_unet_<block>_<module> with lora_down/lora_up/alpha, for
+    every block of the model (Wan 2.1 1.3B: 30, the 14B models: 40; Qwen-Image: 60; FLUX.1 Kontext: 19 double
+    and 38 single; FLUX.2 by version) and every Linear the module adapts there, minus what `exclude_patterns`
+    names; 16 wide (64 in the MLP) so it costs nothing. MUSUBI_STANDIN_INERT=1 leaves the up matrices zero,
+    as a run that never stepped does."""
     rank, alpha = args.network_dim, args.network_alpha
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + zlib.crc32((args.dit or "").encode()))  # each DiT its own LoRA
     inert = os.environ.get("MUSUBI_STANDIN_INERT") == "1"
     excluded = " ".join(a for a in (args.network_args or []) if a.startswith("exclude_patterns"))
-    modules = [m for m in WAN_MODULES if not ("ffn" in excluded and m.startswith("ffn"))]
     out = {}
-    for i in range(30 if (args.task or "").endswith("1.3B") else 40):
+    for block, modules in family_of(sys.argv[0]).blocks(args):
         for module in modules:
-            key = f"lora_unet_blocks_{i}_{module}"
-            width_in, width_out = (64, 16) if module == "ffn_2" else ((16, 64) if module == "ffn_0" else (16, 16))
+            if "ffn" in excluded and module.startswith("ffn"):
+                continue
+            key = f"lora_unet_{block}_{module}"
+            width_in, width_out = widths(module)
             up = torch.zeros(width_out, rank) if inert else torch.randn(width_out, rank, generator=gen) * 0.01
             out[f"{key}.lora_down.weight"] = torch.randn(rank, width_in, generator=gen).to(torch.bfloat16)
             out[f"{key}.lora_up.weight"] = up.to(torch.bfloat16)
@@ -190,23 +201,27 @@ def train(argv: list[str] | None = None) -> int:
     out, name = Path(args.output_dir), args.output_name
     if not record_launch(out):
         return 0  # another rank of `accelerate launch --num_processes N`: rank 0 prints and saves
+    fam = family_of(sys.argv[0])
+    arch = fam.architecture(args)
     log.info(f"Load dataset config from {args.dataset_config}")
     datasets = _datasets(args.dataset_config)
     items = 0
     for ds in datasets:  # musubi trains from the caches alone: one item per latent cache file
-        cached = list(Path(ds["cache_directory"]).glob("*_wan.safetensors"))
-        if not cached or not list(Path(ds["cache_directory"]).glob("*_wan_te.safetensors")):
+        cached = list(Path(ds["cache_directory"]).glob(f"*_{arch}.safetensors"))
+        if not cached or not list(Path(ds["cache_directory"]).glob(f"*_{arch}_te.safetensors")):
             log.error(f"no latent or text encoder cache in {ds['cache_directory']}: run the cache scripts first")
             return 1
         items += len(cached) * int(ds.get("num_repeats", 1))
     log.info(f"Loading DiT model from {args.dit}")
+    logging.getLogger("__main__").info(fam.model_line.format(vae=args.vae))
     print(f"import network module: {args.network_module}", flush=True)
     print("prepare optimizer, data loader etc.", flush=True)
     seed = 0
     if args.resume:
         log.info(f"resume training from local state: {args.resume}")
         weights = load_file(str(Path(args.resume) / "model.safetensors"))  # a cut-short state fails here
-        seed = int(weights["lora_unet_blocks_0_self_attn_q.lora_down.weight"].float().abs().sum() * 1000) % 997
+        first = next(k for k in sorted(weights) if k.endswith(".lora_down.weight"))
+        seed = int(weights[first].float().abs().sum() * 1000) % 997
     accumulation = args.gradient_accumulation_steps or 1
     batch = int(datasets[0].get("batch_size", 1))
     batches = math.ceil(items / batch)
@@ -237,7 +252,7 @@ def train(argv: list[str] | None = None) -> int:
                 if oom_at and global_step + 1 == oom_at:
                     bar.close()
                     sys.stderr.write(
-                        'Traceback (most recent call last):\n  File "wan_train_network.py", line 740\n'
+                        f'Traceback (most recent call last):\n  File "{fam.prefix}_train_network.py", line 740\n'
                         "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
                     )
                     return 1

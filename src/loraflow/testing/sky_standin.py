@@ -45,10 +45,6 @@ class StandIn:
     def __init__(self) -> None:
         self.root = Path(os.environ[DIR_ENV])
         self.root.mkdir(parents=True, exist_ok=True)
-        self.host_key = self.root / "ssh_host_ed25519_key"
-        with self._state():
-            if not self.host_key.exists():
-                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.host_key)], check=True)
 
     @contextmanager
     def _state(self) -> Iterator[dict[str, Any]]:
@@ -81,7 +77,10 @@ class StandIn:
                marker.split("=")[0]: marker.split("=")[1]}
         subprocess.run(["sh", "-c", plan.setup()], env=env, cwd=home, check=True)  # the task's setup
         keys = (home / ".ssh" / "authorized_keys").read_text().splitlines()
-        sshd, port = start_sshd(self.root / cluster, self.host_key, keys, {"HOME": str(home), **env}, SSHD)
+        host_key = self.root / cluster / "ssh_host_ed25519_key"  # each machine its own, as a cloud's are
+        host_key.unlink(missing_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
+        sshd, port = start_sshd(self.root / cluster, host_key, keys, {"HOME": str(home), **env}, SSHD)
         with open(self.root / cluster / "run.log", "ab") as log:  # the task's run: the cluster's one job
             job = subprocess.Popen(["sh", "-c", plan.run()], env=env, cwd=home, stdout=log, stderr=log,
                                    start_new_session=True)

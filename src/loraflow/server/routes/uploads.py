@@ -19,14 +19,20 @@ async def create_upload(
     request: Request,
     user: Auth,
     files: Annotated[list[UploadFile], File(description="Images and .txt captions, or one .zip/.tar")],
+    controls: Annotated[list[UploadFile] | None, File(description="An edit model's control images, named like "
+                                                      "their targets (they go in the upload's control/)")] = None,
 ) -> dict[str, Any]:
-    """Upload a dataset to check it and edit its captions before creating the job."""
+    """Upload a dataset to check it and edit its captions before creating the job; an edit model's pairs
+    as `controls` (a job from it gets `dataset.control: control`)."""
     from loraflow.dataset import DatasetRun
+    from loraflow.server.wizard import upload_pairs
 
     quotas = request.app.state.quotas
     quotas.upload(user.name)
-    upload_id, dataset = await uploads.create(user.name, files, request.app.state.config.max_upload_mb << 20, quotas)
-    report = (await quotas.off_loop(user.name, DatasetRun(str(dataset)).check)).to_dict()
+    limit = request.app.state.config.max_upload_mb << 20
+    upload_id, dataset = await uploads.create(user.name, files, limit, quotas, controls or [])
+    run = DatasetRun(str(dataset), pairs=upload_pairs(dataset))
+    report = (await quotas.off_loop(user.name, run.check)).to_dict()
     report["source"] = f"upload {upload_id}"  # never the server's own path
     return {"upload_id": upload_id, "report": report}
 

@@ -16,7 +16,14 @@ from loraflow.server import uploads
 from loraflow.server.pages import fragment, need_user, render, session_user, store
 from loraflow.server.problems import Problem
 from loraflow.server.web_security import check_csrf
-from loraflow.server.wizard import CaptionRun, kept_input, settings_spec, start_error, wizard_context
+from loraflow.server.wizard import (
+    CaptionRun,
+    kept_input,
+    settings_spec,
+    start_error,
+    upload_pairs,
+    wizard_context,
+)
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(check_csrf)])
 
@@ -38,13 +45,14 @@ async def ui_upload(request: Request) -> Response:
     user = need_user(request)
     form = await request.form()
     files = [f for f in form.getlist("files") if isinstance(f, StarletteUpload) and f.filename]
+    controls = [f for f in form.getlist("controls") if isinstance(f, StarletteUpload) and f.filename]
     if not files:
         return render(request, "new.html", user, error="Choose some images (and captions) first.")
     quotas = request.app.state.quotas
     try:
         quotas.upload(user.name)
         limit = request.app.state.config.max_upload_mb << 20
-        upload_id, _dataset = await uploads.create(user.name, files, limit, quotas)
+        upload_id, _dataset = await uploads.create(user.name, files, limit, quotas, controls)
     except Problem as exc:
         return render(request, "new.html", user, error=exc.detail)
     return RedirectResponse(f"/ui/uploads/{upload_id}", status_code=303)
@@ -65,7 +73,7 @@ def _report(request: Request, folder: Path) -> str:
     from loraflow.dataset import DatasetRun
 
     with request.app.state.quotas.work(need_user(request).name):
-        report = DatasetRun(str(folder)).check()
+        report = DatasetRun(str(folder), pairs=upload_pairs(folder)).check()
     return fragment(request, "_report.html", {"report": report, "oob": True}).body.decode()
 
 
@@ -97,12 +105,18 @@ def upload_image(request: Request, upload_id: str, name: str) -> FileResponse:
     return FileResponse(uploads.image(_upload_dir(request, upload_id), name))
 
 
+@router.get("/ui/uploads/{upload_id}/control/{name}")
+def upload_control(request: Request, upload_id: str, name: str) -> FileResponse:
+    """An edit pair's control image (the image before the edit), shown beside its target."""
+    return FileResponse(uploads.control_image(_upload_dir(request, upload_id), name))
+
+
 def _caption_status(request: Request, upload_id: str, folder: Path, error: str | None = None) -> HTMLResponse:
     run: CaptionRun | None = request.app.state.caption_runs.get(str(folder))
     ctx: dict[str, Any] = {"upload_id": upload_id, "run": run, "error": error or (run and run.error)}
     if run and run.finished and not run.error:
         done = wizard_context(folder, upload_id)  # one dataset check for both the grid and the report
-        ctx |= {"items": done["items"], "report": done["report"], "oob": True}
+        ctx |= {"items": done["items"], "report": done["report"], "paired": done["paired"], "oob": True}
     response = fragment(request, "_caption_status.html", ctx)
     response.status_code = 422 if error else 200
     return response
