@@ -326,14 +326,17 @@ class RemoteLease:
         job = self.store.get(self.job_id)
         return job_cost(job.outputs.leases, job.lease if job.lease and job.lease.get("provider") != "local" else None)
 
-    def lost_at(self, lease: dict[str, Any]) -> float:
+    def lost_at(self, lease: dict[str, Any]) -> float | None:
         """When a rented host that was gone before we destroyed it stopped billing, as near as we can tell:
         its dead-man switch destroys it a known time after the last heartbeat it got (vast_watch.py), which
-        is never later than that however late the next look comes. The APIs keep no record of it."""
+        is never later than that however late the next look comes. The APIs keep no record of it. None
+        when no heartbeat reached this lease's host (no switch known to be armed: it ends at the look)."""
         from loraflow.providers.vast_watch import destroyed_by
 
-        started = float(lease.get("started_at") or 0)
-        return destroyed_by(max(started, last_beat(self.local) or 0.0), self.spec.compute.heartbeat_minutes * 60)
+        beat = last_beat(self.local)
+        if beat is None or beat < float(lease.get("started_at") or 0):
+            return None
+        return destroyed_by(beat, self.spec.compute.heartbeat_minutes * 60)
 
     def release(self, reason: str) -> None:
         """Destroy (for rented hosts) and confirm; the lease moves into the job's history with its cost: until
@@ -347,8 +350,11 @@ class RemoteLease:
         lease["ended_at"] = time.time()
         if is_rented(lease.get("provider")) and lease.get("instance_id"):
             destroyed_at = self.provider.release(lease["instance_id"])
-            lease["ended_at"] = destroyed_at or min(lease["ended_at"], self.lost_at(lease))
-            lease["ended_by"] = "destroy" if destroyed_at else "dead-man switch (last heartbeat + its window)"
+            lost_at = None if destroyed_at else self.lost_at(lease)
+            lease["ended_at"] = destroyed_at or min(lease["ended_at"], lost_at or lease["ended_at"])
+            lease["ended_by"] = "destroy" if destroyed_at else (
+                "dead-man switch (last heartbeat + its window)" if lost_at else "found gone"
+            )
         job = self.store.get(self.job_id)
         history = [*job.outputs.leases, {k: v for k, v in lease.items() if k != "ssh"}]
         self.store.update_outputs(self.job_id, leases=history)
