@@ -63,7 +63,8 @@ LAZY: dict[str, tuple[Callable[[str], click.Command], str]] = {
     "store": (_group("store_cmd", "app"), "The job store: recover a damaged SQLite file."),
     "publish": (
         _command("publish_cmd", "publish"),
-        "Publish a job's LoRA (or any kept checkpoint) to the spec's Hugging Face / S3 / ComfyDeploy targets.",
+        "Publish a job's LoRA (the scorecard's best checkpoint by default) to the spec's Hugging Face / S3 /"
+        " ComfyDeploy targets;",
     ),
     "train": (
         _command("train_cmd", "train"),
