@@ -83,3 +83,24 @@ def test_a_tiny_job_is_scored_and_its_best_checkpoint_explained(tmp_path: Path, 
     assert card["best"]["step"] == best["step"] and all("file" not in e for e in card["checkpoints"])
     assert "## Result check" in readme and "![scorecard](scorecard.png)" in readme
     assert meta["best_checkpoint"]["step"] == best["step"]
+
+
+def test_with_require_trigger_a_lora_that_works_without_its_trigger_fails_the_job(tmp_path: Path, cli) -> None:
+    # the tiny model's random text encoders give the word no meaning: its share of the effect is ~0.0-0.06
+    spec = {
+        "name": "mascot",
+        "dataset": {"path": str(EXAMPLES / "sample_dataset"), "trigger_word": "lfx"},
+        "base_model": "tiny-flux",
+        "training": {"steps": 10},
+        "sampling": {"every_n_steps": 0},
+        "evaluation": {"require_trigger": True, "min_trigger": 0.9},
+    }
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    result = cli("train", tmp_path / "spec.yaml")
+    assert result.code != 0
+    store = Store()
+    job = store.list_jobs()[0]
+    assert job.state is JobState.FAILED
+    (error,) = store.events(job.id, types=["error"])
+    assert error.data["code"] == "trigger_ignored" and "'lfx'" in error.data["message"]
+    assert "require_trigger: false" in error.data["hint"] and not job.outputs.bundle

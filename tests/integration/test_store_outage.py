@@ -4,6 +4,7 @@ out and then records what the trainer did meanwhile from its own log, and the jo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -15,9 +16,11 @@ from pathlib import Path
 import pytest
 
 from loraflow.hosts.base import Handle
+from loraflow.hosts.local import LocalHost, pid_alive
 from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Store
 from loraflow.layout import JobLayout
+from loraflow.running.orphans import orphans
 from tests.integration.test_local_jobs import only_job, wait_for, write_spec
 from tests.integration.test_store_postgres import _free_port, _pg_bin
 
@@ -111,6 +114,20 @@ conn.execute("ROLLBACK")
 """
 
 
+@contextlib.contextmanager
+def sqlite_locked(store: Store, tmp_path: Path) -> Iterator[None]:
+    """Another process holds the store's SQLite file in an exclusive transaction for the block's duration."""
+    locked, release = tmp_path / "locked", tmp_path / "release"
+    database = store.url.removeprefix("sqlite:///")
+    locker = subprocess.Popen([sys.executable, "-c", LOCKER, database, str(locked), str(release)])
+    try:
+        wait_for(locked.exists, what="the other process to hold the lock")
+        yield
+    finally:
+        release.touch()
+        locker.wait(30)
+
+
 @pytest.mark.timeout(900)
 def test_sqlite_locked_by_another_process_is_ridden_out(
     tmp_path: Path, cli, loraflow_home: Path, monkeypatch: pytest.MonkeyPatch
@@ -123,15 +140,66 @@ def test_sqlite_locked_by_another_process_is_ridden_out(
     store = Store()
     job = only_job(store)
     wait_for(lambda: bool(store.events(job.id, types=["train.launched"])), what="the launch")
-    locked, release = tmp_path / "locked", tmp_path / "release"
-    database = store.url.removeprefix("sqlite:///")
-    locker = subprocess.Popen([sys.executable, "-c", LOCKER, database, str(locked), str(release)])
-    try:
-        wait_for(locked.exists, what="the other process to hold the lock")
+    with sqlite_locked(store, tmp_path):
         wait_for(_exit_file(store, job.id).exists, timeout=300, what="the trainer to end under the lock")
         assert store.get(job.id).state is JobState.TRAINING  # nothing could be written meanwhile
-    finally:
-        release.touch()
-        locker.wait(30)
     wait_for(lambda: store.get(job.id).state not in ACTIVE, timeout=300, what="the job to end")
+    _assert_recorded_after_the_outage(store, job.id)
+
+
+@pytest.mark.timeout(900)
+def test_a_runner_that_gives_up_past_the_outage_bound_is_adopted(
+    tmp_path: Path, cli, loraflow_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store stays locked longer than LORAFLOW_STORE_OUTAGE_S: the runner gives up and exits, leaving the
+    job as it is (not failed: the trainer goes on). Once the store answers, the next `loraflow jobs list`
+    adopts the job without anyone naming it, and its new runner records what the trainer did meanwhile."""
+    monkeypatch.setenv("LORAFLOW_SQLITE_BUSY_S", "0.5")
+    monkeypatch.setenv("LORAFLOW_STORE_OUTAGE_S", "3")
+    assert cli("train", write_spec(tmp_path), "--detach").code == 0
+    store = Store()
+    job = only_job(store)
+    wait_for(lambda: bool(store.events(job.id, types=["train.launched"])), what="the launch")
+    runner = LocalHost().pid(Handle.in_folder(JobLayout(str(job.folder)).run, "runner"))
+    assert runner is not None
+    exit_file = _exit_file(store, job.id)
+    with sqlite_locked(store, tmp_path):
+        wait_for(lambda: not pid_alive(runner), timeout=300, what="the runner to give up on the store")
+        wait_for(exit_file.exists, timeout=300, what="the trainer to end under the lock")
+    assert store.get(job.id).state is JobState.TRAINING  # left for the next runner, not failed
+    wait_for(lambda: orphans(store) == [job.id], what="the job to be seen as an orphan")
+    assert cli("jobs", "list").code == 0
+    wait_for(lambda: store.get(job.id).state not in ACTIVE, timeout=300, what="the adopted job to end")
+    _assert_recorded_after_the_outage(store, job.id)
+    assert store.events(job.id, types=["runner.adopted"])
+
+
+@pytest.mark.timeout(900)
+def test_a_workers_job_whose_runner_gave_up_on_the_store_is_adopted_by_the_worker(
+    tmp_path: Path, loraflow_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same outage under a worker (`loraflow serve`, `loraflow worker`): the runner gives up past the
+    bound, the worker's ticks fail while the store is locked, and once it answers the worker's next tick
+    starts a runner again, with nobody running a command (before: the first failed tick ended the worker
+    thread for good and the job stayed `training` with its trainer long done)."""
+    from loraflow.running.worker import Worker
+    from loraflow.spec import load_spec
+
+    monkeypatch.setenv("LORAFLOW_SQLITE_BUSY_S", "0.5")
+    monkeypatch.setenv("LORAFLOW_STORE_OUTAGE_S", "3")
+    store = Store()
+    job = store.create_job(load_spec(write_spec(tmp_path)))
+    worker = Worker(store, slots=1, follow=False).start(poll_s=0.2)
+    try:
+        wait_for(lambda: bool(store.events(job.id, types=["train.launched"])), what="the launch")
+        runner = LocalHost().pid(Handle.in_folder(JobLayout(str(store.get(job.id).folder)).run, "runner"))
+        assert runner is not None
+        exit_file = _exit_file(store, job.id)
+        with sqlite_locked(store, tmp_path):
+            wait_for(lambda: not pid_alive(runner), timeout=300, what="the runner to give up on the store")
+            wait_for(exit_file.exists, timeout=300, what="the trainer to end under the lock")
+        wait_for(lambda: store.get(job.id).state not in ACTIVE, timeout=300, what="the worker to finish the job")
+        assert worker._thread is not None and worker._thread.is_alive()
+    finally:
+        worker.stop()
     _assert_recorded_after_the_outage(store, job.id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -150,8 +151,12 @@ def test_wait_ready_goes_through_its_stages(vast: Vast) -> None:
     assert row is not None and ssh_address(row) == address and row["label"] == label_for("jobready")
     vast.admin(f"instances/{inst}/fail", {"kind": "outbid"})
     assert "stopped" in (provider.dead_reason(inst) or "")
-    provider.release(inst)
+    asked = time.time()
+    destroyed_at = provider.release(inst)
+    assert destroyed_at is not None and asked <= destroyed_at <= time.time()  # when the API took our destroy
+    assert abs(destroyed_at - (vast.emulator.meter(inst).ended or 0)) < 1.0  # where the meter stopped
     assert provider.status(inst) is None and provider.dead_reason(inst) is not None
+    assert provider.release(inst) is None  # gone already: no time of ours to give
 
 
 def test_auth_failure_and_429_storm(vast: Vast, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -140,3 +140,19 @@ def test_the_estimate_counts_the_result_check_it_pays_for() -> None:
     more = estimate(spec(checkpointing={"every_n_steps": 100, "keep_last": 10}), "H100 SXM", 2.0, images=20)
     assert fewer.check_s < default.check_s < more.check_s
     assert estimate(spec(evaluation={"enabled": False}), "H100 SXM", 2.0, images=20).check_s == 0
+
+
+def test_a_trigger_that_does_not_matter_warns_or_with_require_trigger_fails() -> None:
+    from loraflow.evaluation.config import EvalConfig
+    from loraflow.evaluation.evaluate import effect_verdict
+
+    def cfg(**kw: object) -> EvalConfig:
+        return EvalConfig(job_id="j", model_path="m", loras=[], prompts=["lfx, a cat"], trigger_word="lfx",
+                          reference_dir="r", training_dir="t", out_dir="o", **kw)
+
+    entry = {"name": "final", "effect": 0.3, "effect_ok": True, "trigger_dependence": 0.01, "trigger_ok": False}
+    warned = effect_verdict(entry, cfg())
+    assert warned["passed"] and warned["code"] == "trigger_ignored" and "'lfx'" in warned["message"]
+    strict = effect_verdict(entry, cfg(require_trigger=True))
+    assert not strict["passed"] and strict["code"] == "trigger_ignored"
+    assert effect_verdict({**entry, "trigger_ok": True, "trigger_dependence": 0.4}, cfg(require_trigger=True))["passed"]

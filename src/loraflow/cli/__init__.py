@@ -63,7 +63,8 @@ LAZY: dict[str, tuple[Callable[[str], click.Command], str]] = {
     "store": (_group("store_cmd", "app"), "The job store: recover a damaged SQLite file."),
     "publish": (
         _command("publish_cmd", "publish"),
-        "Publish a job's LoRA (or any kept checkpoint) to the spec's Hugging Face / S3 / ComfyDeploy targets.",
+        "Publish a job's LoRA (the scorecard's best checkpoint by default) to the spec's Hugging Face / S3 /"
+        " ComfyDeploy targets;",
     ),
     "train": (
         _command("train_cmd", "train"),
@@ -83,11 +84,11 @@ LAZY: dict[str, tuple[Callable[[str], click.Command], str]] = {
     ),
     "instances": (
         _command("cloud_cmd", "instances"),
-        "Vast.ai instances labelled by loraflow, with the job that owns each.",
+        "Rented machines labelled by loraflow on every provider, with the job that owns each.",
     ),
     "reap": (
         _command("cloud_cmd", "reap"),
-        "Destroy loraflow-labelled instances that no live job owns (a crash's leftovers).",
+        "Destroy loraflow-labelled machines (every provider) that no live job owns (a crash's leftovers).",
     ),
     "serve": (_command("serve_cmd", "serve"), "Start the API, the web UI and job workers in one process."),
     "worker": (

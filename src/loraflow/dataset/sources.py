@@ -247,6 +247,7 @@ def extract(entries: list[Entry], dest: Path, limit: int, name_of: Callable[[Ent
             name = name_of(entry)
             if name is None:
                 continue
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)  # a name may keep one folder (control/)
             with entry.open() as stream, open(dest / name, "wb") as out:
                 written = _copy_bounded(stream, out, written, limit)
     except BaseException:

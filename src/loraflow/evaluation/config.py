@@ -46,6 +46,7 @@ class EvalConfig(ConfigFile):
     face_model: str | None = None  # an ArcFace .onnx the operator provides (LORAFLOW_ARCFACE_MODEL)
     min_effect: float = 0.02
     min_trigger: float = 0.05
+    require_trigger: bool = False  # trigger_ignored fails the job instead of warning
     memorization: float = 0.97
 
 

@@ -174,7 +174,7 @@ def effect_verdict(entry: dict[str, Any] | None, cfg: EvalConfig) -> dict[str, A
                 "message": f"the LoRA barely changes the output: relative latent distance {entry['effect']:.4f} "
                            f"below {cfg.min_effect} (same prompts and seeds with and without it)"}
     if cfg.trigger_word and not entry.get("trigger_ok", True):
-        return {"passed": True, "code": "trigger_ignored", "name": entry["name"],
+        return {"passed": not cfg.require_trigger, "code": "trigger_ignored", "name": entry["name"],
                 "message": f"the trigger word {cfg.trigger_word!r} carries only {entry['trigger_dependence']:.0%} of "
                            f"the LoRA's effect (below {cfg.min_trigger:.0%}): it works with or without it"}
     return {"passed": True, "code": None, "name": entry["name"],

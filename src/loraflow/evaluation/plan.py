@@ -82,6 +82,7 @@ def eval_config(
         face_model=os.environ.get("LORAFLOW_ARCFACE_MODEL") or None,
         min_effect=e.min_effect,
         min_trigger=e.min_trigger,
+        require_trigger=e.require_trigger,
         memorization=e.memorization,
     )
 

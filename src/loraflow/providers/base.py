@@ -121,8 +121,10 @@ class Provider(Protocol):
         """Block until the machine runs and SSH logs in (check_ssh passes); its (host, port)."""
         ...
 
-    def release(self, instance_id: InstanceId) -> None:
-        """Destroy and confirm it is gone; idempotent."""
+    def release(self, instance_id: InstanceId) -> float | None:
+        """Destroy and confirm it is gone; idempotent. Returns when the provider took our destroy (the
+        lease's cost ends there), or None when the machine was gone already: its dead-man switch or the
+        provider ended it, and the lease ends at its last heartbeat plus the switch's window (remote.py)."""
         ...
 
     def owned(self) -> list[Rented]:
@@ -194,13 +196,19 @@ def wait_for_ssh(
     raise LoraflowError(f"{what} was not ready within {timeout_s:.0f} s")
 
 
-def destroy_confirmed(destroy: Callable[[], None], gone: Callable[[], bool], tries: int, fix: str, what: str) -> None:
+def destroy_confirmed(
+    destroy: Callable[[], object], gone: Callable[[], bool], tries: int, fix: str, what: str
+) -> float | None:
     """Destroy, then confirm by a status read that it is gone, a few times; the destroy call's own errors are
-    read past (a machine already gone refuses a second destroy): only the status read decides."""
+    read past (a machine already gone refuses a second destroy): only the status read decides. Returns when
+    a destroy call was taken (its answer came, and was not False, "it was gone already"): the machine's
+    billing ends there, not after the confirming reads. None: it was gone before any destroy of ours."""
+    taken: float | None = None
     for attempt in range(tries):
         with contextlib.suppress(LoraflowError):
-            destroy()
+            if destroy() is not False:
+                taken = taken or time.time()
         if gone():
-            return
+            return taken
         time.sleep(1 + attempt)
     raise LoraflowError(f"{what} could not be confirmed destroyed", fix=fix)

@@ -253,9 +253,10 @@ class RunPodProvider:
         poll_s = poll_interval() if poll_s is None else poll_s
         return wait_for_ssh(f"pod {instance_id}", progress, check_ssh, timeout_s, poll_s, on_stage)
 
-    def release(self, instance_id: InstanceId, tries: int = 5) -> None:
-        """Terminate and confirm it is gone; idempotent (terminating a gone pod is an error we read past)."""
-        destroy_confirmed(
+    def release(self, instance_id: InstanceId, tries: int = 5) -> float | None:
+        """Terminate and confirm it is gone; idempotent (terminating a gone pod is an error we read past).
+        Returns when RunPod took our terminate, or None when the pod was gone already."""
+        return destroy_confirmed(
             lambda: self.call("terminate_pod", str(instance_id)),
             lambda: self.status(instance_id) is None,
             tries,

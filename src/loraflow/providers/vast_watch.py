@@ -29,6 +29,7 @@ TOUCH = "mkdir -p ~/.loraflow-watch && touch ~/.loraflow-watch/heartbeat"
 # What the orchestrator runs to learn whether the watcher fired (empty output: it did not).
 FIRED = "cat ~/.loraflow-watch/fired 2>/dev/null || true"
 SAVE_GRACE_S = 600  # the longest the host waits for the trainer to save and exit
+TYPICAL_SAVE_S = 2  # what a LoRA trainer's save on SIGTERM usually takes (its step, then a few MB written)
 # One presigned PUT carries at most 5 GiB (S3's single-request limit; R2's too): a bigger rescue tar is not
 # pushed (the watch log says why) and the orchestrator never takes back more (running/lease_files.py).
 RESCUE_PUT_MAX_BYTES = 5 * 1024**3
@@ -64,13 +65,23 @@ done
 """
 
 
+def _stale_s(heartbeat_s: float) -> int:
+    """How old the heartbeat file may get before the watcher fires (whole seconds: `date +%s`)."""
+    return max(1, int(heartbeat_s))
+
+
+def _poll_s(heartbeat_s: float) -> int:
+    """How often the watcher looks at the heartbeat (a sixth of the window, 1 to 30 s)."""
+    return max(1, min(30, _stale_s(heartbeat_s) // 6))
+
+
 def watch_script(heartbeat_s: float, max_hours: float | None, self_destroy: str) -> str:
     """The start text: writes the watcher next to its heartbeat and starts it in the background.
     `self_destroy` is one shell command that destroys this machine through its provider's API (it exits
     non-zero when the API refused, so the watcher calls again)."""
-    stale = max(1, int(heartbeat_s))
+    stale = _stale_s(heartbeat_s)
     body = (
-        _WATCH.replace("POLL", str(max(1, min(30, stale // 6))))
+        _WATCH.replace("POLL", str(_poll_s(heartbeat_s)))
         .replace("MAX_S", str(int((max_hours or 24) * 3600) + 1800))
         .replace("STALE_S", str(stale))
         .replace("GRACE_S", str(SAVE_GRACE_S))
@@ -88,3 +99,11 @@ def watch_script(heartbeat_s: float, max_hours: float | None, self_destroy: str)
 def pump_interval_s(heartbeat_s: float) -> float:
     """How often the orchestrator touches the heartbeat: four times per window."""
     return max(0.5, heartbeat_s / 4)
+
+
+def destroyed_by(last_beat: float, heartbeat_s: float) -> float:
+    """When a host that last heard from the orchestrator at `last_beat` (epoch seconds) has destroyed itself:
+    the stale window, half the watcher's poll (on average it notices that much later), and a trainer's usual
+    few seconds to save on SIGTERM (the watcher waits up to SAVE_GRACE_S for a slow one). A lost host's
+    lease ends here, not when somebody next looks at the job: it stopped billing long before that."""
+    return last_beat + _stale_s(heartbeat_s) + _poll_s(heartbeat_s) / 2 + TYPICAL_SAVE_S

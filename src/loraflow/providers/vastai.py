@@ -224,10 +224,12 @@ class VastProvider:
         poll_s = poll_interval() if poll_s is None else poll_s
         return wait_for_ssh(f"instance {instance_id}", progress, check_ssh, timeout_s, poll_s, on_stage)
 
-    def release(self, instance_id: InstanceId, tries: int = 5) -> None:
-        """Destroy and confirm it is gone; idempotent."""
-        destroy_confirmed(
-            lambda: self.client.destroy_instance(instance_id),
+    def release(self, instance_id: InstanceId, tries: int = 5) -> float | None:
+        """Destroy and confirm it is gone; idempotent. Returns when the API took our destroy (billing ends
+        there, not after the confirming status calls), or None when the instance was gone already (its own
+        dead-man switch, or the provider, ended it at a time the API no longer tells)."""
+        return destroy_confirmed(
+            lambda: self.client.destroy_instance(instance_id),  # False: it was gone already
             lambda: self.status(instance_id) is None,
             tries,
             "destroy it by hand in the Vast.ai console, or run `loraflow reap`",

@@ -29,7 +29,7 @@ class Evaluation:
 def evaluate(ctx: RunContext, verdicts: list[FileVerdict]) -> Evaluation | None:
     """The effect check and scorecard over the files that passed the structural check
     (running/scoring.py, docs/scorecard.md)."""
-    from loraflow.running.scoring import INERT_HINT, score_job
+    from loraflow.running.scoring import INERT_HINT, TRIGGER_HINT, score_job
 
     if ctx.refresh().outputs.scorecard is not None:
         return None  # scored by an earlier runner of this job
@@ -38,6 +38,7 @@ def evaluate(ctx: RunContext, verdicts: list[FileVerdict]) -> Evaluation | None:
         return None
     verdict = card.get("effect_check") or {}
     passed = bool(verdict.get("passed"))
-    return Evaluation(ok=passed, code="ok" if passed else verdict.get("code") or "lora_inert",
-                      message=verdict.get("message", ""), hint="" if passed else INERT_HINT,
+    code = "ok" if passed else verdict.get("code") or "lora_inert"
+    hint = "" if passed else TRIGGER_HINT if code == "trigger_ignored" else INERT_HINT
+    return Evaluation(ok=passed, code=code, message=verdict.get("message", ""), hint=hint,
                       details={"best": card.get("best")})

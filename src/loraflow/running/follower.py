@@ -54,7 +54,7 @@ from loraflow.running.following import (
     write_atomic,
 )
 from loraflow.running.lease_files import sync
-from loraflow.running.remote import RemoteLease
+from loraflow.running.remote import RemoteLease, note_beat
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +301,8 @@ class Follower:
                 if beat_every is not None and now - beat_at > beat_every:
                     beat_at = now
                     with contextlib.suppress(Exception):  # an unreachable host shows in the status next
-                        await host.exec(TOUCH)
+                        if (await host.exec(TOUCH))[0] == 0:
+                            note_beat(layout)
                 if follow.gpu_due(now):
                     follow.on_gpu(await host.gpu_stats(), now)
                 stall = follow.stall(now) if running else None

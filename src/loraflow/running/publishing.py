@@ -27,6 +27,9 @@ def check_publish(job: Job, only: str | None = None, comfydeploy_granted: bool =
     if only is not None and only not in TARGET_TYPES:
         kinds = ", ".join(TARGET_TYPES)
         raise Refused(422, "unknown target", f"unknown target type '{only}'", fix=f"use one of {kinds}")
+    if job.state is JobState.FAILED and "publish" not in job.stages_done and "package" in job.stages_done:
+        raise Refused(409, "conflict", f"job {job.id} failed while publishing; publish a completed job",
+                      fix=f"resume it (`loraflow jobs resume {job.id}`): it publishes and completes, nothing retrained")
     if job.state is not JobState.COMPLETED:
         raise Refused(409, "conflict", f"job {job.id} is {job.state.value}; publish a completed job")
     kinds = {t.type for t in job.train_spec.publish.targets}

@@ -32,6 +32,7 @@ from loraflow.providers.registry import RENTED, is_rented
 
 REMOTE_PROVIDERS = {"ssh", *RENTED}
 Emit = Callable[[str, dict[str, Any]], None]
+BEAT_FILE = "host.beat"  # in the job's run folder: touched each time a heartbeat reaches the rented host
 
 
 def is_remote(spec: TrainSpec) -> bool:
@@ -281,7 +282,9 @@ class RemoteLease:
         if not lease or not is_rented(lease.get("provider")) or not lease.get("ssh"):
             return
         with contextlib.suppress(Exception):
-            SshHost(SshEndpoint.from_dict(lease["ssh"]), retries=0).exec(TOUCH, timeout=30, check=False)
+            proc = SshHost(SshEndpoint.from_dict(lease["ssh"]), retries=0).exec(TOUCH, timeout=30, check=False)
+            if proc.returncode == 0:
+                note_beat(self.local)
 
     # --- the host's files (the parcels and the copies back are in running/lease_files.py) ---------
 
@@ -323,17 +326,35 @@ class RemoteLease:
         job = self.store.get(self.job_id)
         return job_cost(job.outputs.leases, job.lease if job.lease and job.lease.get("provider") != "local" else None)
 
+    def lost_at(self, lease: dict[str, Any]) -> float | None:
+        """When a rented host that was gone before we destroyed it stopped billing, as near as we can tell:
+        its dead-man switch destroys it a known time after the last heartbeat it got (vast_watch.py), which
+        is never later than that however late the next look comes. The APIs keep no record of it. None
+        when no heartbeat reached this lease's host (no switch known to be armed: it ends at the look)."""
+        from loraflow.providers.vast_watch import destroyed_by
+
+        beat = last_beat(self.local)
+        if beat is None or beat < float(lease.get("started_at") or 0):
+            return None
+        return destroyed_by(beat, self.spec.compute.heartbeat_minutes * 60)
+
     def release(self, reason: str) -> None:
-        """Destroy (for rented hosts) and confirm; the lease moves into the job's history with its cost."""
+        """Destroy (for rented hosts) and confirm; the lease moves into the job's history with its cost: until
+        the API took our destroy, or, for a host already gone, until its dead-man switch ended it."""
         lease = self.lease
         if not lease:
             return
         if self._host is not None:
             self._host.close()
             self._host = None
-        if is_rented(lease.get("provider")) and lease.get("instance_id"):
-            self.provider.release(lease["instance_id"])
         lease["ended_at"] = time.time()
+        if is_rented(lease.get("provider")) and lease.get("instance_id"):
+            destroyed_at = self.provider.release(lease["instance_id"])
+            lost_at = None if destroyed_at else self.lost_at(lease)
+            lease["ended_at"] = destroyed_at or min(lease["ended_at"], lost_at or lease["ended_at"])
+            lease["ended_by"] = "destroy" if destroyed_at else (
+                "dead-man switch (last heartbeat + its window)" if lost_at else "found gone"
+            )
         job = self.store.get(self.job_id)
         history = [*job.outputs.leases, {k: v for k, v in lease.items() if k != "ssh"}]
         self.store.update_outputs(self.job_id, leases=history)
@@ -344,10 +365,25 @@ class RemoteLease:
             {
                 "reason": reason,
                 "instance_id": lease.get("instance_id"),
+                "ended_by": lease.get("ended_by"),
                 "seconds": round(lease_seconds(lease), 1),
                 "usd": round(lease_cost(lease), 4),
             },
         )
+
+
+def note_beat(local: JobLayout) -> None:
+    """A heartbeat reached the host: its time (the file's mtime) is what a later look ends a lost lease by."""
+    with contextlib.suppress(OSError):
+        Path(local.run, BEAT_FILE).touch()
+
+
+def last_beat(local: JobLayout) -> float | None:
+    """When the job's host last heard from an orchestrator here (None: never)."""
+    try:
+        return Path(local.run, BEAT_FILE).stat().st_mtime
+    except OSError:
+        return None
 
 
 def check_budget(spec: TrainSpec, estimate_usd: float, force: bool, spent: float = 0.0) -> None:

@@ -181,6 +181,10 @@ def summarize(card: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+TRIGGER_HINT = (
+    "the LoRA works as well without its trigger word: caption what is not the concept so the word alone "
+    "carries it, or set evaluation.require_trigger: false to accept a LoRA that needs no trigger"
+)
 INERT_HINT = (
     "the LoRA's weights are not zero but change nothing visible: raise training.learning_rate or the steps, "
     "check network.alpha (the strength is alpha/rank) and network.targets"

@@ -154,12 +154,23 @@ class Publish(StageBase):
 
 
 def _republish(ctx: RunContext) -> str:
-    return f"the trained LoRA is kept; once the target works, run `loraflow publish {ctx.job_id}`"
+    """The failed job's way on: a resume runs only the publish stage again (nothing is retrained) and
+    completes the job; `loraflow publish` takes completed jobs only."""
+    return f"the trained LoRA is kept; once the target works, run `loraflow jobs resume {ctx.job_id}` to publish it"
 
 
 def _unreachable(exc: BaseException) -> bool:
-    """A connection that failed or timed out (an outage), as boto3, httpx or huggingface_hub report it."""
-    names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
+    """A connection that failed, timed out or was reset (an outage), as boto3, httpx or huggingface_hub report
+    it: anywhere in the chain (botocore's ConnectionClosedError wraps urllib3's ProtocolError, which wraps
+    the reset)."""
     outage = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectError",
-              "ConnectTimeout", "ReadTimeout", "ConnectionError", "ConnectionRefusedError", "ConnectionResetError")
-    return bool(names & set(outage)) or isinstance(exc, (ConnectionError, TimeoutError))
+              "ConnectTimeout", "ReadTimeout", "ConnectionError", "ConnectionRefusedError", "ConnectionResetError",
+              "ConnectionClosedError", "RemoteProtocolError")
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if type(link).__name__ in outage or isinstance(link, (ConnectionError, TimeoutError)):
+            return True
+        link = link.__cause__ or link.__context__
+    return False

@@ -44,6 +44,12 @@ class EvaluationSpec(Strict):
     min_trigger: float = Field(
         0.05, ge=0, description="Least share of the LoRA's effect the trigger word must carry (when there is one)."
     )
+    require_trigger: bool = Field(
+        False,
+        description="Fail the job (trigger_ignored) when the trigger word carries less than min_trigger of the "
+        "LoRA's effect; off: a warning (styles, and datasets whose every caption starts with the word, work "
+        "without it).",
+    )
     memorization: float = Field(
         0.97, gt=0, le=1, description="A sample this similar (cosine) to one training image counts as memorized."
     )

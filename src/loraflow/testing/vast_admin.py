@@ -19,6 +19,7 @@ def admin(emu: Emulator, method: str, path: str, body: bytes) -> tuple[int, Any]
             return 200, {
                 "instances": {str(i): emu.row(inst) for i, inst in emu.instances.items()},
                 "destroyed": sorted(emu.destroyed),
+                "meter": {str(i): vars(emu.meter(i)) for i in [*emu.instances, *emu.metered]},
                 "offers": len(emu.offers),
                 "requests": len(emu.requests),
                 "throttled": emu.throttled,

@@ -61,7 +61,7 @@ def put_instance(emu: Emulator, inst: Instance | None, data: dict[str, Any]) -> 
     if state == "stopped":
         emu.stop(inst)
     elif state == "running" and inst.intended == "stopped":
-        inst.intended, inst.status, inst.created = "running", None, time.time()
+        inst.intended, inst.status, inst.created, inst.halted = "running", None, time.time(), False
     elif state is not None and state not in ("running", "stopped"):
         return 400, {"success": False, "error": "invalid_args", "msg": f"invalid state {state}"}
     return 200, {"success": True}

@@ -20,7 +20,7 @@ Faults and inspection live under `/_emu/` (not part of Vast's API):
                        "refuse_self_destroy": true}
     POST /_emu/instances/ID/fail {"kind": "gone" | "exited" | "outbid" | "offline"}
     POST /_emu/instances/ID/drop {"after_bytes": 100000}
-    GET  /_emu/state
+    GET  /_emu/state   (with each instance's `meter`: what Vast bills it, GPU while running, storage while it exists)
 
     python -m loraflow.testing.vast_emulator --port 8765 --api-key KEY
 """
@@ -46,7 +46,7 @@ from loraflow.testing.containers import kill_marked, start_sshd
 from loraflow.testing.emulator_http import serve
 from loraflow.testing.vast_admin import admin
 from loraflow.testing.vast_container import execute, instance_key_allows, put_instance, request_logs, throttled
-from loraflow.testing.vast_instances import Instance, create_instance, instance_row, list_instances
+from loraflow.testing.vast_instances import Instance, Meter, create_instance, instance_row, list_instances, meter
 from loraflow.testing.vast_offers import make_offers, search_offers
 from loraflow.testing.vast_relay import Relay
 
@@ -77,6 +77,8 @@ class Emulator:
         self.instances: dict[int, Instance] = {}
         self.destroyed: set[int] = set()
         self.destroyed_by_instance: set[int] = set()  # destroyed with their own CONTAINER_API_KEY
+        self.born: dict[int, float] = {}  # when each instance was created: its meter starts there
+        self.metered: dict[int, Meter] = {}  # what each destroyed instance was billed
         self.ssh_keys: list[dict[str, Any]] = [
             {"id": 1 + i, "public_key": k.strip()} for i, k in enumerate(extra_authorized_keys or [])
         ]
@@ -165,7 +167,16 @@ class Emulator:
     def stop(self, inst: Instance) -> None:
         """The container stops (its processes end); the instance stays, billing its disk, until started."""
         self._kill_processes(inst)
+        inst.halt(time.time())
         inst.status, inst.intended = "stopped", "stopped"
+
+    def meter(self, inst_id: int) -> Meter:
+        """What the instance was billed (destroyed) or is billed so far (alive)."""
+        with self.lock:
+            if inst_id in self.metered:
+                return self.metered[inst_id]
+            inst = self.instances[inst_id]
+            return meter(inst, self.born.get(inst_id, inst.created), None)
 
     def destroy(self, inst_id: int) -> bool:
         with self.lock:
@@ -173,6 +184,7 @@ class Emulator:
             if inst is None:
                 return False
             self.destroyed.add(inst_id)
+            self.metered[inst_id] = meter(inst, self.born.get(inst_id, inst.created), time.time())
         self._kill_processes(inst)
         shutil.rmtree(inst.root, ignore_errors=True)
         return True
@@ -186,6 +198,7 @@ class Emulator:
         if kind == "outbid":
             self.stop(inst)
         else:
+            inst.halt(time.time())
             inst.status = {"exited": "exited", "offline": "offline"}[kind]
 
     def close(self) -> None:

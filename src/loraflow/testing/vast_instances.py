@@ -39,6 +39,39 @@ class Instance:
     sshd: subprocess.Popen[bytes] | None = None
     relay: Relay | None = None
     authorized_keys: list[str] = field(default_factory=list)
+    gpu_billed_s: float = 0.0  # running time of earlier runs (before a stop): the meter's GPU seconds
+    halted: bool = False  # stopped, exited or offline: the GPU bills no more until started again
+
+    def halt(self, now: float) -> None:
+        """The container stopped running: its GPU time so far goes on the meter."""
+        if not self.halted:
+            self.gpu_billed_s += self._running_s(now)
+            self.halted = True
+
+    def _running_s(self, now: float) -> float:
+        return 0.0 if self.halted else max(0.0, now - (self.created + self.boot_s + self.pull_s))
+
+
+@dataclass
+class Meter:
+    """What Vast.ai bills for one instance, per second (../shared/reference/vastai-providers.md §3.4): its GPU
+    while it runs, its storage for as long as it exists in any state. What a job records must match it."""
+
+    started: float
+    ended: float | None
+    gpu_s: float
+    usd: float
+
+    @property
+    def seconds(self) -> float:
+        return (self.ended or time.time()) - self.started
+
+
+def meter(inst: Instance, born: float, ended: float | None) -> Meter:
+    now = ended or time.time()
+    gpu_s = inst.gpu_billed_s + inst._running_s(now)
+    storage = inst.offer["storage_cost"] * inst.disk / 720
+    return Meter(born, ended, gpu_s, (inst.offer["dph_base"] * gpu_s + storage * (now - born)) / 3600)
 
 
 def instance_row(inst: Instance, status: str | None) -> dict[str, Any]:
@@ -159,6 +192,7 @@ def create_instance(emu: Emulator, ask_id: int, data: dict[str, Any]) -> tuple[i
             root=root,
             authorized_keys=[k["public_key"] for k in emu.ssh_keys],
         )
+        emu.born[inst_id] = inst.created
         bid = data.get("price")
         if bid is not None and float(bid) < offer["min_bid"]:
             inst.status, inst.intended = "stopped", "stopped"
