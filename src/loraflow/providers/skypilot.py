@@ -319,22 +319,23 @@ class SkyPilotProvider:
             return "the host's watcher job ended (the dead-man switch fired or failed)"
         return None
 
-    def release(self, instance_id: InstanceId, tries: int = 3) -> None:
-        """Tear down and confirm it is gone; idempotent. A launch this process started is cancelled first."""
+    def release(self, instance_id: InstanceId, tries: int = 3) -> float | None:
+        """Tear down and confirm it is gone; idempotent. A launch this process started is cancelled first.
+        When SkyPilot took the down (None: the cluster was gone already, autostop or the cloud ended it)."""
         cluster = str(instance_id)
         request = self._launches.pop(cluster, None)
         if request and self.api.request_state(request) in ("PENDING", "RUNNING"):
             self.api.cancel(request)
 
-        def down() -> None:
+        def down() -> object:
             try:
-                self.api.down(cluster)
+                return self.api.down(cluster)  # False: SkyPilot knew no such cluster
             except LoraflowError:
                 raise
             except Exception as exc:  # SkyPilot's own errors: read past, the status read decides
                 raise LoraflowError(f"sky down {cluster}: {exc}") from exc
 
-        destroy_confirmed(
+        return destroy_confirmed(
             down, lambda: self.api.status(cluster) is None, tries,
             f"run `sky down {cluster}`, or `loraflow reap`", f"SkyPilot cluster {cluster}",
         )

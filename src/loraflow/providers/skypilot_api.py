@@ -121,14 +121,15 @@ class SkyApi:
             raise LoraflowError(f"SkyPilot gave no log for {cluster} job {job_id}: {exc}") from exc
         return out.getvalue()
 
-    def down(self, cluster: str) -> None:
-        """Tear the cluster down (all billing stops); an unknown cluster is already down."""
+    def down(self, cluster: str) -> bool:
+        """Tear the cluster down (all billing stops); False when SkyPilot knew no such cluster (down already)."""
         from sky import exceptions
 
         try:
             self.sky.get(self.sky.down(cluster))
         except exceptions.ClusterDoesNotExist:
-            return
+            return False
+        return True
 
 
 def _row(record: Any) -> dict[str, Any]:

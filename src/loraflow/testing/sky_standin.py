@@ -134,17 +134,18 @@ class StandIn:
         path = self.root / cluster / "run.log"
         return "\n".join(path.read_text().splitlines()[-tail:]) if path.exists() else ""
 
-    def down(self, cluster: str, why: str = "down") -> None:
+    def down(self, cluster: str, why: str = "down") -> bool:
         with self._state() as state:
             row = state["clusters"].pop(cluster, None)
             if row is not None:
                 state["log"].append([why, cluster])
         if row is None:
-            return
+            return False
         kill_marked(row["marker"])
         for pid in (row["sshd"], row["job"]):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        return True
 
 
 def _alive(pid: int) -> bool:
