@@ -47,6 +47,12 @@ def test_wizard_offers_every_choice_and_keeps_the_report_fresh(serve, page, tmp_
     page.select_option("#captioner", "template")
     page.click('figure[data-image="mascot_01.jpg"] .recaption-image')
     page.wait_for_selector("#caption-done")
+    # The grid arrives as an out-of-band swap beside the status line: wait for the tile itself, not the line.
+    page.wait_for_function(
+        "() => document.querySelector('figure[data-image=\"mascot_01.jpg\"] textarea').value"
+        " === 'a photo of [trigger]'",
+        timeout=30_000,
+    )
     assert page.locator('figure[data-image="mascot_01.jpg"] textarea').input_value() == "a photo of [trigger]"
     shot(page, "wizard-choices-dataset")
     # A refused Start (rank 0) is shown at the top of the page the user lands on, inside the window.
