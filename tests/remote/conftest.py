@@ -30,17 +30,23 @@ def shared_models(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.setenv("LORAFLOW_MODELS_DIR", str(tmp_path_factory.getbasetemp() / "shared-models"))
 
 
-@dataclass
-class Vast:
-    emulator: Emulator
+class EmulatorAdmin:
+    """The emulators' own admin door (`/_emu/...`): how a test breaks a machine or reads its state."""
+
     url: str
-    key: str
 
     def admin(self, path: str, body: dict[str, Any] | None = None) -> Any:
         method = "POST" if body is not None else "GET"
         resp = httpx.request(method, f"{self.url}/_emu/{path}", json=body, timeout=30)
         resp.raise_for_status()
         return resp.json()
+
+
+@dataclass
+class Vast(EmulatorAdmin):
+    emulator: Emulator
+    url: str
+    key: str
 
     def instances(self) -> dict[str, Any]:
         return self.admin("state/")["instances"]
@@ -70,16 +76,10 @@ def vast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Vast]:
 
 
 @dataclass
-class RunPod:
+class RunPod(EmulatorAdmin):
     emulator: RunPodEmulator
     url: str
     key: str
-
-    def admin(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        method = "POST" if body is not None else "GET"
-        resp = httpx.request(method, f"{self.url}/_emu/{path}", json=body, timeout=30)
-        resp.raise_for_status()
-        return resp.json()
 
     def pods(self) -> dict[str, Any]:
         return self.admin("state")["pods"]
