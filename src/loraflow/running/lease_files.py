@@ -56,6 +56,10 @@ def upload(lease: RemoteLease, dataset_hash: str | None) -> None:
 
             package = Path(loraflow.__file__).parent
             parcels.append((tar_folder(package, Path(tmp, "lib.tar"), "loraflow"), "lib"))
+        if engine.name == "builtin" and Path(lease.local.holdout).is_dir():
+            # the builtin trainer runs the result check after training (evaluation/after_training.py):
+            # its reference images go with it (the trainer reads only dataset/, never these)
+            parcels.append((tar_folder(Path(lease.local.holdout), Path(tmp, "holdout.tar")), "evaluation/holdout"))
         checkpoint = latest_local_checkpoint(lease.local)
         if checkpoint is not None:
             parcels.append(
