@@ -136,7 +136,7 @@ def test_the_builtin_trainer_checks_in_its_own_process_without_loading_the_base_
                     out_dir=str(tmp_path / name / "evaluation")).write(eval_path)
         loads.clear()
         with contextlib.redirect_stdout(io.StringIO()) as said:
-            assert after_training.main([str(engine_cfg), str(eval_path)]) == 0
+            assert after_training.main([str(eval_path), str(engine_cfg)]) == 0
         assert len(loads) == 1, loads  # the trainer's load; the check reused it
         out = tmp_path / name / "evaluation"
         cards[name] = json.loads((out / "scorecard.json").read_text())

@@ -96,7 +96,7 @@ def trainer_argv(python: str, gpus: int, config: str, check: str | None = None) 
     """The trainer's command line: itself on one GPU; under `accelerate launch` with one process per GPU.
     With `check` (the evaluation config) the trainer runs the result check after training, in its process."""
     trainer = ["-m", "loraflow.trainer", config] if check is None else \
-        ["-m", "loraflow.evaluation.after_training", config, check]
+        ["-m", "loraflow.evaluation.after_training", check, config]
     if gpus == 1:
         return [python, *trainer]
     launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1", "--num_processes", str(gpus),

@@ -1,5 +1,5 @@
 """The builtin trainer with the result check in its own process: `python -m loraflow.evaluation.after_training
-ENGINE_CONFIG EVAL_CONFIG` trains exactly as `python -m loraflow.trainer ENGINE_CONFIG`, then, with the base
+EVAL_CONFIG ENGINE_CONFIG` trains exactly as `python -m loraflow.trainer ENGINE_CONFIG`, then, with the base
 model still loaded, runs the effect check and scorecard (`evaluate`) over the final LoRA and every kept
 checkpoint, so the check does not load the base model a second time (on FLUX.1 that load was over half of
 the check's time: bench/README.md).
@@ -102,16 +102,16 @@ def check_in_trainer(trainer: TrainerConfig, eval_path: Path, parts: Any, total:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m loraflow.evaluation.after_training ENGINE_CONFIG EVAL_CONFIG", file=sys.stderr)
+        print("usage: python -m loraflow.evaluation.after_training EVAL_CONFIG ENGINE_CONFIG", file=sys.stderr)
         return 2
     from loraflow.trainer.__main__ import main as train_main
 
     def after(parts: Any, total: int) -> None:
         from loraflow.trainer.config import TrainerConfig
 
-        check_in_trainer(TrainerConfig.read(Path(args[0])), Path(args[1]), parts, total)
+        check_in_trainer(TrainerConfig.read(Path(args[1])), Path(args[0]), parts, total)
 
-    return train_main([args[0]], after)
+    return train_main([args[1]], after)  # the trainer's config last, as in `python -m loraflow.trainer`
 
 
 if __name__ == "__main__":
