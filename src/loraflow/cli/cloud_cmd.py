@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from loraflow.cli.output import console, print_json
+from loraflow.cli.output import console, print_json, waiting
 from loraflow.spec import TrainSpec, load_spec
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def estimate(
         from loraflow.engines import engine_needs
         from loraflow.providers.compare import compare
 
-        with console.status("asking each provider for offers that fit this job (retried if one does not answer)..."):
+        with waiting("asking each provider for offers that fit this job (retried if one does not answer)..."):
             found = compare(spec, engine_needs)
         rows = [(f.title, r.estimate) for f in found for r in f.best]
         notes = {f.title: f.note for f in found if f.note}
@@ -116,7 +116,7 @@ def offers(
     """Vast.ai offers that fit a job, cheapest job first (not cheapest hour)."""
 
     spec = load_spec(spec_path) if spec_path else _starter()
-    with console.status("asking Vast.ai for offers that fit this job (retried if it does not answer)..."):
+    with waiting("asking Vast.ai for offers that fit this job (retried if it does not answer)..."):
         ranked = _quick_vast().offers(spec)[:limit]
     if as_json:
         print_json([{"offer": r.offer, "estimate": r.estimate.to_dict()} for r in ranked])
