@@ -80,7 +80,7 @@ LAZY: dict[str, tuple[Callable[[str], click.Command], str]] = {
     ),
     "offers": (
         _command("cloud_cmd", "offers"),
-        "Vast.ai offers that fit a job, cheapest job first (not cheapest hour).",
+        "One provider's offers that fit a job (--provider: vastai, runpod, skypilot), cheapest job first.",
     ),
     "instances": (
         _command("cloud_cmd", "instances"),
