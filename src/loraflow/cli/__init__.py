@@ -64,7 +64,7 @@ LAZY: dict[str, tuple[Callable[[str], click.Command], str]] = {
     "publish": (
         _command("publish_cmd", "publish"),
         "Publish a job's LoRA (the scorecard's best checkpoint by default) to the spec's Hugging Face / S3 /"
-        " ComfyDeploy targets;",
+        " ComfyDeploy targets.",
     ),
     "train": (
         _command("train_cmd", "train"),
