@@ -115,8 +115,9 @@ def offers(
     as_json: bool = typer.Option(False, "--json"),
     provider: str = typer.Option("vastai", "--provider", "-p", help="vastai, runpod or skypilot."),
 ) -> None:
-    """One provider's offers that fit a job (--provider: vastai, runpod, skypilot), cheapest job first (not
-    cheapest hour)."""
+    """One provider's offers that fit a job (--provider: vastai, runpod, skypilot), cheapest job first.
+    Cheapest by the whole job, not by the hour. The table shows the provider's own columns; --json keeps
+    its whole row."""
     from loraflow.engines import engine_needs
     from loraflow.providers.registry import RENTED, provider_for, title
 
