@@ -107,3 +107,54 @@ def test_scorecard_ranks_the_dataset_checkpoint_above_one_trained_on_unrelated_i
     assert good["score"] > other["score"]
     assert card["best"]["step"] == 2 and card["best"]["checkpoint_step"] == 2
     assert "step 2 scores highest" in card["best"]["why"]
+
+
+def test_the_builtin_trainer_checks_in_its_own_process_without_loading_the_base_again(
+    make_config, tiny_model, sample_data, tmp_path, monkeypatch
+) -> None:
+    """The builtin engine's process (`python -m loraflow.evaluation.after_training`) trains, then runs the
+    effect check and scorecard on the base it has loaded: one load in all (the separate process loaded it a
+    second time), and the same verdicts as the separate process gives on the same files."""
+    from loraflow.evaluation import after_training
+    from loraflow.evaluation import evaluate as evaluate_module
+    from loraflow.trainer import components, loop
+
+    loads: list[str] = []
+
+    def counted(*args: object, **kw: object):
+        loads.append(str(args[0]))
+        return components.load_flux(*args, **kw)
+
+    monkeypatch.setattr(loop, "load_flux", counted)
+    monkeypatch.setattr(evaluate_module, "load_flux", counted)
+    cards = {}
+    for name, lr in (("trained", 1e-3), ("untrained", 1e-9)):
+        cfg = make_config(name, steps=10, checkpoint_every=5, learning_rate=lr)
+        engine_cfg, eval_path = tmp_path / f"{name}.json", tmp_path / f"{name}-eval.json"
+        cfg.write(engine_cfg)
+        eval_config(tiny_model, tmp_path, [], tmp_path / "no-holdout", sample_data,
+                    out_dir=str(tmp_path / name / "evaluation")).write(eval_path)
+        loads.clear()
+        with contextlib.redirect_stdout(io.StringIO()) as said:
+            assert after_training.main([str(eval_path), str(engine_cfg)]) == 0
+        assert len(loads) == 1, loads  # the trainer's load; the check reused it
+        out = tmp_path / name / "evaluation"
+        cards[name] = json.loads((out / "scorecard.json").read_text())
+        assert cards[name]["timings"]["model_already_loaded"]
+        ran = json.loads((out / "config.json").read_text())  # what ran: this run's files, the training images
+        assert [lo["name"] for lo in ran["loras"]] == ["step-000005", "final"] and ran["reference_kind"] == "training"
+        assert "eval.done" in (out / "evaluation.log").read_text() and not (out / after_training.ATTEMPT).exists()
+        assert '"phase": "checking"' in said.getvalue() and said.getvalue().rindex('"event": "done"') > \
+            said.getvalue().rindex('"phase": "checking"')  # `done` once the check is over
+        # the separate process over the same files: the same verdicts (one more load: its own)
+        separate = evaluate(EvalConfig.read(out / "config.json").model_copy(update={"out_dir": str(tmp_path / "sep")}))
+        assert len(loads) == 2
+        for mine, theirs in zip(cards[name]["checkpoints"], separate["checkpoints"], strict=True):
+            assert mine["name"] == theirs["name"] and mine["effect_ok"] == theirs["effect_ok"]
+            assert mine["effect"] == pytest.approx(theirs["effect"], abs=2e-3)
+            assert mine["held_out_loss"] == pytest.approx(theirs["held_out_loss"], rel=1e-3)
+        assert cards[name]["effect_check"]["passed"] == separate["effect_check"]["passed"]
+        assert cards[name]["best"]["name"] == separate["best"]["name"]
+    assert cards["trained"]["effect_check"]["passed"]
+    inert = cards["untrained"]["effect_check"]
+    assert not inert["passed"] and inert["code"] == "lora_inert"

@@ -57,6 +57,10 @@ def upload(lease: RemoteLease, dataset_hash: str | None) -> None:
 
             package = Path(loraflow.__file__).parent
             parcels.append((tar_folder(package, Path(tmp, "lib.tar"), "loraflow"), "lib"))
+        if engine.name == "builtin" and Path(lease.local.holdout).is_dir():
+            # the builtin trainer runs the result check after training (evaluation/after_training.py):
+            # its reference images go with it (the trainer reads only dataset/, never these)
+            parcels.append((tar_folder(Path(lease.local.holdout), Path(tmp, "holdout.tar")), "evaluation/holdout"))
         checkpoint = None if host_outputs(engine, lease.spec, remote) else latest_local_checkpoint(lease.local)
         carry_on = [Path(p) for p in resume_files(engine, lease.spec, lease.local)]
         if carry_on:  # an engine that resumes from its own outputs: those, where it put them on the lost host
