@@ -18,6 +18,7 @@ behind, and the next run of the trainer (a restart resumes at the last step) ski
 from __future__ import annotations
 
 import contextlib
+import io
 import sys
 import traceback
 from pathlib import Path
@@ -31,6 +32,25 @@ if TYPE_CHECKING:  # imported where used: the trainer listens for a stop before 
 
 ATTEMPT = "in-trainer.attempt"  # in evaluation/: present while the check runs in the trainer
 LOG = "evaluation.log"
+
+
+class Forward(io.TextIOBase):
+    """The check's output into its log; each of its phases also as a `checking` phase line in the trainer's
+    log, which the runner's stall detector reads (a check that stops moving is ended: monitor/stall.py)."""
+
+    def __init__(self, log: Any, trainer_out: Any) -> None:
+        self.log, self.trainer_out = log, trainer_out
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        if '"event": "eval.phase"' in text:
+            self.log.flush()
+            with contextlib.redirect_stdout(self.trainer_out):
+                emit("phase", phase="checking")
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
 
 
 def config_for(trainer: TrainerConfig, path: Path, total: int) -> EvalConfig:
@@ -85,7 +105,7 @@ def check_in_trainer(trainer: TrainerConfig, eval_path: Path, parts: Any, total:
     emit("phase", phase="checking", loras=len(cfg.loras))
     try:
         strip_adapters(parts.transformer)
-        with open(out / LOG, "w", encoding="utf-8") as log, contextlib.redirect_stdout(log):
+        with open(out / LOG, "w", encoding="utf-8") as log, contextlib.redirect_stdout(Forward(log, sys.stdout)):
             card = evaluate(cfg, parts)
     except Exception as exc:  # never the training's failure: the runner checks in a separate process
         traceback.print_exc()

@@ -23,6 +23,7 @@ from loraflow.trainer.components import FluxParts, load_flux, pick_device
 from loraflow.trainer.events import emit
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+UNDER_TEST = "under_test"  # the adapter name each LoRA file is loaded under
 
 
 def images_in(folder: Path) -> list[Path]:
@@ -61,7 +62,7 @@ class Evaluation:
         refs = [self.renderer.round_trip(p) for p in images_in(Path(cfg.reference_dir))]
         train = [self.renderer.round_trip(p) for p in images_in(Path(cfg.training_dir))]
         self.references = self.encoder.embed(refs)
-        self.training = self.encoder.embed(train)
+        self.training = self.references if cfg.training_dir == cfg.reference_dir else self.encoder.embed(train)
         self.training_names = [p.name for p in images_in(Path(cfg.training_dir))]
         self.face_refs = self.face.embed(refs) if self.face else None
         self.reference_items = captioned(Path(cfg.reference_dir))
@@ -97,12 +98,9 @@ class Evaluation:
     def check(self, lora: LoraUnderTest, samples_dir: Path) -> dict[str, Any]:
         """The effect check and scorecard entry of one LoRA file."""
         cfg = self.cfg
-        self.renderer.load_lora(lora.path, "under_test")
-        try:
-            with_lora, bare = self._renders()
-            loss = self.renderer.held_out_loss(self.reference_items)
-        finally:
-            self.renderer.unload_lora("under_test")
+        self.renderer.load_lora(lora.path, UNDER_TEST)  # the next file swaps in; evaluate takes it off at the end
+        with_lora, bare = self._renders()
+        loss = self.renderer.held_out_loss(self.reference_items)
         effect = metrics.mean_distance(with_lora, self.base)
         entry: dict[str, Any] = {"name": lora.name, "step": lora.step, "file": lora.path,
                                  "checkpoint_step": None if lora.name == "final" else lora.step,
@@ -138,9 +136,12 @@ def evaluate(cfg: EvalConfig, parts: FluxParts | None = None) -> dict[str, Any]:
     run = Evaluation(cfg, parts)
     base_s = time.monotonic() - started
     entries = []
-    for lora in cfg.loras:
-        emit("eval.phase", phase="checking", name=lora.name)
-        entries.append(run.check(lora, out / "samples"))
+    try:
+        for lora in cfg.loras:
+            emit("eval.phase", phase="checking", name=lora.name)
+            entries.append(run.check(lora, out / "samples"))
+    finally:
+        run.renderer.unload_lora(UNDER_TEST)
     card: dict[str, Any] = {
         "version": 1,
         "job_id": cfg.job_id,

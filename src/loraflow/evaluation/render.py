@@ -46,6 +46,7 @@ class Renderer:
         self.pipe.set_progress_bar_config(disable=True)
         self._embeds: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._draws: dict[tuple[object, ...], tuple[torch.Tensor, ...]] = {}
+        self._trips: dict[Path, Image.Image] = {}
         self.device = next(parts.transformer.parameters()).device
         self.dtype = parts.vae.dtype
 
@@ -94,7 +95,13 @@ class Renderer:
     def round_trip(self, path: Path) -> Image.Image:
         """A dataset image as the model can ever show it: resized to the render size and passed through the
         VAE (encode, decode). Samples are compared with this, so a score measures what the LoRA learned,
-        not the VAE's fidelity (for FLUX.1's VAE the round trip is close to the original)."""
+        not the VAE's fidelity (for FLUX.1's VAE the round trip is close to the original). Once per image:
+        the reference images are the training images when none is held out."""
+        if path not in self._trips:
+            self._trips[path] = self._round_trip(path)
+        return self._trips[path]
+
+    def _round_trip(self, path: Path) -> Image.Image:
         from loraflow.trainer.data import load_pixels
 
         pixels = load_pixels(path, (self.width, self.height)).unsqueeze(0)
@@ -146,15 +153,36 @@ class Renderer:
     # --- LoRA files ---------------------------------------------------------------------------------
 
     def load_lora(self, path: str, name: str) -> bool:
-        """Put the LoRA file on the pipeline; False when it holds no update at all (nothing to load).
+        """Put the LoRA file on the pipeline as the only active adapter; False when it holds no update at all
+        (nothing loaded: the base model alone).
 
-        diffusers reads every engine's layout; its kohya-Flux conversion assumes FLUX.1's widths, so a
+        A file shaped like the adapter already loaded under `name` (the next checkpoint of the same job) is
+        swapped into it in place (diffusers' `hotswap`: the file's weights and scale, without building the
+        adapter's layers again); one that is not (another rank, other modules) replaces it."""
+        loaded: bool | None = None
+        if name in self.pipe.get_list_adapters().get("transformer", []):
+            try:
+                loaded = self._put(path, name, hotswap=True)
+            except (AssertionError, ValueError, KeyError, RuntimeError):
+                loaded = None  # not the same shape: load it afresh
+            if loaded is None:
+                self.unload_lora(name)
+        if loaded is None:
+            loaded = self._put(path, name, hotswap=False)
+        if not loaded:
+            self.unload_lora(name)
+            return False
+        self.pipe.set_adapters([name])
+        return True
+
+    def _put(self, path: str, name: str, hotswap: bool) -> bool:
+        """diffusers reads every engine's layout; its kohya-Flux conversion assumes FLUX.1's widths, so a
         kohya file it cannot split (a smaller Flux, such as the tiny model) is converted by loraflow's
-        exact converter instead."""
+        exact converter instead. False when every part of the file is zero."""
         from safetensors.torch import load_file
 
         try:
-            self.pipe.load_lora_weights(path, adapter_name=name)
+            self.pipe.load_lora_weights(path, adapter_name=name, hotswap=hotswap)
         except (AssertionError, ValueError, KeyError, RuntimeError):
             state = load_file(path)
             if not any(k.startswith("lora_unet_") for k in state):
@@ -164,8 +192,7 @@ class Renderer:
             modules = from_kohya_layout(state, FluxDims.from_config(dict(self.parts.transformer.config)))
             if not modules:
                 return False  # every part is zero: the LoRA changes nothing
-            self.pipe.load_lora_weights(to_diffusers_layout(modules), adapter_name=name)
-        self.pipe.set_adapters([name])
+            self.pipe.load_lora_weights(to_diffusers_layout(modules), adapter_name=name, hotswap=hotswap)
         return True
 
     def unload_lora(self, name: str) -> None:
