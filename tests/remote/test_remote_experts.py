@@ -4,18 +4,22 @@ pair moved to a new Vast host mid-pair resuming the right expert from the newest
 
 from __future__ import annotations
 
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from safetensors import safe_open
 
-from loraflow.jobs.states import JobState
+from loraflow.jobs.states import ACTIVE, JobState
 from loraflow.jobs.store import Store
+from loraflow.layout import PAIR_FILE
 from loraflow.publish.bundle import verify_bundle
 from tests.conftest import EXAMPLES
-from tests.remote.conftest import Sshd, dump, ssh_compute
+from tests.integration.test_local_jobs import wait_for
+from tests.remote.conftest import Sshd, Vast, dump, events_of, ssh_compute
 
 
 def aitk_engine(tmp_path: Path) -> Path:
@@ -74,3 +78,91 @@ def test_aitoolkit_wan22_on_an_ssh_host_brings_back_both_experts(tmp_path: Path,
     assert str(sshd.home) not in str(job.outputs.lora)  # the result is this machine's copy
     assert_pair_delivered(job, store)
     assert job.lease is None
+
+
+def musubi_engine(tmp_path: Path, step_s: float) -> Path:
+    """musubi-tuner's checkout on the host, its scripts the stand-in's (the host's environment is sshd's, not
+    the test's: the stand-in's pace is set in the scripts)."""
+    root = tmp_path / "engines" / "musubi"
+    scripts = root / "src" / "musubi_tuner"
+    scripts.mkdir(parents=True)
+    for script, entry in (("cache_latents", "cache_latents"), ("cache_text_encoder_outputs", "cache_te"),
+                          ("train_network", "train")):
+        (scripts / f"wan_{script}.py").write_text(
+            f"import os\nos.environ['MUSUBI_STANDIN_STEP_S'] = '{step_s}'\n"
+            f"from loraflow.testing.musubi_standin import main\nmain({entry!r})\n"
+        )
+    return root
+
+
+def assert_pair_checkpoints(job: Any, split: int, total: int) -> None:
+    """Each checkpoint copied back while training, counted across both runs; a pair from the low-noise
+    expert's first save on."""
+    checkpoints = job.folder / "checkpoints"
+    steps = sorted(int(p.name.split("-")[1]) for p in checkpoints.iterdir() if p.name.startswith("step-"))
+    assert steps == list(range(5, total + 5, 5)), steps
+    assert all((checkpoints / f"step-{s:06d}" / PAIR_FILE).is_file() == (s > split) for s in steps)
+
+
+def test_musubi_wan22_pair_trains_on_an_ssh_host_as_one_job(tmp_path: Path, cli, sshd: Sshd) -> None:
+    """Both experts' musubi runs on the host, one after the other with their own timesteps, counted as one
+    job's steps; checkpoints copied back while each trains; both files back and delivered as one result."""
+    path = wan22_spec(tmp_path, "musubi", musubi_engine(tmp_path, 0.02), ssh_compute(sshd), 20)
+    result = cli("train", path)
+    assert result.code == 0, result.out + result.err
+    store = Store()
+    job = store.list_jobs()[0]
+    assert job.state is JobState.COMPLETED and job.step == 20 and job.total_steps == 20, dump(job.to_dict())
+    log = (sshd.home / "work" / job.id / "run" / "train.log").read_text()  # the host's
+    high = log.index("the high-noise expert (timesteps 875-1000)")
+    assert high < log.index("the low-noise expert (timesteps 0-875)")
+    assert "from step 10 of 20: the low-noise expert" in log
+    launched = events_of(store, job.id, "train.launched")
+    assert len(launched) == 2  # the high-noise run, then the low-noise one at once
+    progress = [d["step"] for d in events_of(store, job.id, "progress")]
+    assert progress[-1] == 20 and max(progress) == 20 and any(10 < s < 20 for s in progress)
+    assert_pair_checkpoints(job, 10, 20)
+    synced = events_of(store, job.id, "checkpoint.synced")
+    assert sorted(d["step"] for d in synced) == [5, 10, 15, 20]
+    # the runs' own folders are this machine's copy of the host's: what each launch was decided from
+    mine = sorted(p.name for p in (job.folder / "musubi").iterdir())
+    assert mine == ["from-00000000", "from-00000010"]
+    assert (job.folder / "musubi" / "from-00000000" / "dancer_high_noise.safetensors").is_file()
+    assert_pair_delivered(job, store)
+    assert job.lease is None
+
+
+@pytest.mark.timeout(900)  # three musubi launches on two rented hosts on a busy machine
+def test_musubi_wan22_pair_moves_to_a_new_vast_host_and_resumes_the_low_noise_expert(
+    tmp_path: Path, cli, vast: Vast
+) -> None:
+    """The host is lost while the low-noise expert trains: the new host is given the high-noise expert's
+    finished file and the low-noise expert's newest state copied back, and resumes that expert from it (the
+    high-noise one is never trained again); the job ends with the pair."""
+    compute = {"provider": "vastai", "python": sys.executable, "setup": "", "max_retries": 2}
+    path = wan22_spec(tmp_path, "musubi", musubi_engine(tmp_path, 0.15), compute, 60)
+    result = cli("train", "--detach", path)
+    assert result.code == 0, result.out + result.err
+    store = Store()
+    job = store.list_jobs()[0]
+    wait_for(lambda: any(d["step"] >= 40 for d in events_of(store, job.id, "checkpoint.synced")),
+             timeout=400, what="a low-noise checkpoint copied back")
+    first = store.get(job.id).lease["instance_id"]
+    vast.admin(f"instances/{first}/fail", {"kind": "gone"})  # its disk goes with it
+    wait_for(lambda: store.get(job.id).state not in ACTIVE, timeout=400, what="the job to end")
+    job = store.get(job.id)
+    assert job.state is JobState.COMPLETED, dump(job.to_dict()) + dump([e.data for e in store.events(job.id)][-20:])
+    assert job.step == 60 and len(job.outputs.leases) == 2 and len(events_of(store, job.id, "host.lost")) == 1
+    resumed = [d["step"] for d in events_of(store, job.id, "resumed")]
+    assert len(resumed) == 1 and 40 <= resumed[0] < 60, resumed  # the low-noise expert, from its own state
+    messages = [d.get("message", "") for d in events_of(store, job.id, "log")]
+    sent = [m for m in messages if m.startswith("sending ")]
+    assert len(sent) == 1 and "dancer_high_noise" in sent[0] and "dancer-step" in sent[0], messages
+    assert sum("the low-noise expert trains next" in m for m in messages) == 1  # on the first host only
+    mine = sorted(p.name for p in (job.folder / "musubi").iterdir())
+    assert mine == ["from-00000000", "from-00000030", f"from-{resumed[0]:08d}"], mine
+    assert not list((job.folder / "musubi" / f"from-{resumed[0]:08d}").glob("dancer_high_noise*"))
+    assert (job.folder / "musubi" / f"from-{resumed[0]:08d}" / "dancer.safetensors").is_file()
+    assert_pair_checkpoints(job, 30, 60)
+    assert_pair_delivered(job, store)
+    assert vast.instances() == {}
