@@ -80,9 +80,9 @@ def test_aitoolkit_wan22_on_an_ssh_host_brings_back_both_experts(tmp_path: Path,
     assert job.lease is None
 
 
-def musubi_engine(tmp_path: Path, step_s: float) -> Path:
+def musubi_engine(tmp_path: Path, step_s: float, inert: str = "") -> Path:
     """musubi-tuner's checkout on the host, its scripts the stand-in's (the host's environment is sshd's, not
-    the test's: the stand-in's pace is set in the scripts)."""
+    the test's: the stand-in's pace and faults are set in the scripts)."""
     root = tmp_path / "engines" / "musubi"
     scripts = root / "src" / "musubi_tuner"
     scripts.mkdir(parents=True)
@@ -90,6 +90,7 @@ def musubi_engine(tmp_path: Path, step_s: float) -> Path:
                           ("train_network", "train")):
         (scripts / f"wan_{script}.py").write_text(
             f"import os\nos.environ['MUSUBI_STANDIN_STEP_S'] = '{step_s}'\n"
+            f"os.environ['MUSUBI_STANDIN_INERT'] = '{inert}'\n"
             f"from loraflow.testing.musubi_standin import main\nmain({entry!r})\n"
         )
     return root
@@ -130,6 +131,28 @@ def test_musubi_wan22_pair_trains_on_an_ssh_host_as_one_job(tmp_path: Path, cli,
     assert (job.folder / "musubi" / "from-00000000" / "dancer_high_noise.safetensors").is_file()
     assert_pair_delivered(job, store)
     assert job.lease is None
+
+
+def test_a_pair_whose_high_noise_expert_learned_nothing_fails_the_check_by_that_file(
+    tmp_path: Path, cli, sshd: Sshd
+) -> None:
+    """The structural check judges both files of the pair, the final ones and each checkpoint's: a high-noise
+    expert whose LoRA changes nothing fails the job by that file's name, though the low-noise one is fine."""
+    from loraflow.running.result_check import failed_checkpoints
+
+    path = wan22_spec(tmp_path, "musubi", musubi_engine(tmp_path, 0.02, inert="high"), ssh_compute(sshd), 20)
+    assert cli("train", path).code != 0
+    store = Store()
+    job = store.list_jobs()[0]
+    assert job.state is JobState.FAILED and job.step == 20, dump(job.to_dict())
+    (error,) = events_of(store, job.id, "error")
+    assert error["code"] == "lora_inert" and error["message"].startswith("dancer_high_noise.safetensors: ")
+    checked = {(d["step"], d["file"]): d["code"] for d in events_of(store, job.id, "lora.checked")}
+    assert checked[(None, "dancer.safetensors")] == "ok"
+    assert checked[(None, "dancer_high_noise.safetensors")] == "lora_inert"
+    assert checked[(15, f"checkpoints/step-000015/{PAIR_FILE}")] == "lora_inert"
+    assert checked[(15, "checkpoints/step-000015/lora.safetensors")] == "ok"
+    assert failed_checkpoints(store.get(job.id).outputs) == [5, 10, 15, 20]  # high-noise alone, then pairs
 
 
 @pytest.mark.timeout(900)  # three musubi launches on two rented hosts on a busy machine
