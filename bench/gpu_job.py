@@ -148,6 +148,8 @@ def phases(events: list[dict[str, Any]], trainer: list[dict[str, Any]]) -> dict[
     launched = next(_ts(e) for e in events if e["type"] == "train.launched")
     loading, caching, training, result = at("phase", "loading_model"), at("phase", "caching"), at(
         "phase", "training"), at("done")  # fmt: skip
+    # the builtin trainer runs the result check in its process before it says `done` (a `checking` phase)
+    trained = next((e["t"] for e in trainer if e["event"] == "phase" and e.get("phase") == "checking"), result)
     save_s = sum(float(e.get("took_s", 0.0)) for e in saves)
     sample_s = sum(rounds.values())
     # the steady step: between the first and last report, less the saves and samples in between (a step's save
@@ -167,10 +169,10 @@ def phases(events: list[dict[str, Any]], trainer: list[dict[str, Any]]) -> dict[
         "samples": sample_s,
         "saves": save_s,
         "finish": done.get("train", result) - result,
-        "result check": sum(stage(name) for name in done if "check" in name),  # the result-check stage(s)
+        "result check": (result - trained) + sum(stage(name) for name in done if "check" in name),  # and stage(s)
         "bundle": stage("package"),
     }
-    out["steps"] = (result - training) - compile_s - sample_s - save_s
+    out["steps"] = (trained - training) - compile_s - sample_s - save_s
     out["other"] = whole - sum(out.values())
     return {
         "phases_s": {k: round(out[k], 2) for k in PHASES},

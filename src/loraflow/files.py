@@ -22,3 +22,13 @@ def tar_folder(source: Path, target: Path, arcname: str = ".") -> Path:
     with tarfile.open(target, "w") as tar:
         tar.add(source, arcname=arcname, filter=lambda t: None if t.name.endswith((".pyc", "__pycache__")) else t)
     return target
+
+
+def tar_paths(root: Path, paths: list[Path], target: Path) -> Path:
+    """An uncompressed tar of some files and folders under `root`, each kept at its path relative to it (what a
+    new host needs of an engine's outputs to carry on: unpacked in its own job folder, they sit where the
+    engine put them on the lost one)."""
+    with tarfile.open(target, "w") as tar:
+        for path in paths:
+            tar.add(path, arcname=str(path.relative_to(root)))
+    return target

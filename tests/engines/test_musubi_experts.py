@@ -105,14 +105,26 @@ def test_progress_counts_across_both_runs_and_the_first_run_asks_for_the_next() 
     assert not MusubiEngine().outcome(1, False, high).more  # a crash is a crash
 
 
-def test_the_pair_on_musubi_is_refused_on_a_rented_host_by_name() -> None:
-    """Which expert runs next is read from the job's own folder: on a rented or SSH host it is refused before
-    anything is rented, by name, rather than started and looping on its first expert."""
-    import pytest
+def test_on_a_leased_host_each_run_is_chosen_from_this_machines_copy_of_its_folders(tmp_path: Path) -> None:
+    """Which expert runs next, from which state, and where its final file lands are read from the host's run
+    folders as mirrored into the job folder here (never from the host's paths on this machine's disk), and the
+    launch names the host's paths; a new host is sent what that choice needs."""
+    from loraflow.running.place import RemotePlace
 
-    from loraflow.errors import SpecError
-
-    with pytest.raises(SpecError) as refused:
-        parse_spec({"name": "d", "dataset": {"path": "/d"}, "base_model": "wan2.2-t2v-a14b",
-                    "compute": {"provider": "vastai"}})
-    assert any("base_model (wan2.2-t2v-a14b" in p and "compute.provider: local" in p for p in refused.value.problems)
+    spec = parse_spec({"name": "dancer", "dataset": {"path": "/data/clips", "trigger_word": "dnc"},
+                       "base_model": "wan2.2-t2v-a14b", "training": {"steps": 40},
+                       "compute": {"provider": "ssh", "ssh": {"host": "127.0.0.1"}}})
+    local, engine = JobLayout(str(tmp_path / "job")), MusubiEngine()
+    place = RemotePlace(None, "j", spec, local, lambda *_: None)  # type: ignore[arg-type]
+    place.lease.layout = lambda: JobLayout("/host/loraflow/j")  # type: ignore[method-assign] # not on this disk
+    assert place.engine_layout(engine) == local
+    high = Path(segment_dir(local, 0)) / "dancer_high_noise.safetensors"
+    lora(high)
+    state(Path(segment_dir(local, 20)) / "dancer-step00000005-state")
+    argv = [place.on_host(a) for a in engine.command(spec, place.engine_layout(engine), "python3").argv]
+    assert "from step 25 of 40: the low-noise expert" in argv[2]
+    assert "--resume /host/loraflow/j/musubi/from-00000020/dancer-step00000005-state" in argv[2]
+    assert "--output_dir /host/loraflow/j/musubi/from-00000025" in argv[2] and local.root not in argv[2]
+    assert place.on_host(engine.final_lora(spec, local)) == "/host/loraflow/j/musubi/from-00000020/dancer.safetensors"
+    assert engine.resume_files(spec, local) == [str(Path(segment_dir(local, 20)) / "dancer-step00000005-state"),
+                                                str(high)]

@@ -65,6 +65,9 @@ def test_a_tiny_job_is_scored_and_its_best_checkpoint_explained(tmp_path: Path, 
     best = summary["best"]
     assert best["step"] in (10, 20) and f"step {best['step']} scores highest" in best["why"]
     assert sum(r["best"] for r in summary["rows"]) == 1
+    # scored by the builtin trainer's own process after training, on the base model it had loaded
+    assert summary["timings"]["model_already_loaded"]
+    assert "scored in the trainer's process" in " ".join(str(e.data) for e in Store().events(job.id, types=["log"]))
     types = [e.type for e in store.events(job.id)]
     assert "result.scored" in types and "result.effect" in types and "result.scored" in EVENTS
     assert types.index("result.scored") < types.index("job.completed")

@@ -1,5 +1,6 @@
 """The effect check and scorecard of a job trained on a leased host run on that host, before it is let go
-(issue 27): the held-out images go there, the host's own LoRA files are used, the scorecard and renders
+(issue 27): the held-out images go there (with the builtin engine's training parcels: its trainer runs the
+check after training, with the model loaded), the host's own LoRA files are used, the scorecard and renders
 come back, and a LoRA the host measures as changing nothing fails the job `lora_inert`."""
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def test_a_job_on_an_ssh_host_is_scored_on_that_host(tmp_path: Path, cli, sshd) 
     assert (here / "samples" / "final" / "00.png").is_file() and (here / "evaluation.log").is_file()
     types = [e.type for e in store.events(job.id)]
     assert "result.effect" in types and types.index("result.scored") < types.index("job.completed")
+    # by the builtin trainer's own process there, after training, with the model it had loaded (no second load)
+    assert summary["timings"]["model_already_loaded"] and (here / "config.host.json").is_file()
 
 
 @pytest.mark.timeout(1200)

@@ -107,3 +107,85 @@ def test_scorecard_ranks_the_dataset_checkpoint_above_one_trained_on_unrelated_i
     assert good["score"] > other["score"]
     assert card["best"]["step"] == 2 and card["best"]["checkpoint_step"] == 2
     assert "step 2 scores highest" in card["best"]["why"]
+
+
+def test_the_builtin_trainer_checks_in_its_own_process_without_loading_the_base_again(
+    make_config, tiny_model, sample_data, tmp_path, monkeypatch
+) -> None:
+    """The builtin engine's process (`python -m loraflow.evaluation.after_training`) trains, then runs the
+    effect check and scorecard on the base it has loaded: one load in all (the separate process loaded it a
+    second time), and the same verdicts as the separate process gives on the same files."""
+    from loraflow.evaluation import after_training
+    from loraflow.evaluation import evaluate as evaluate_module
+    from loraflow.trainer import components, loop
+
+    loads: list[str] = []
+
+    def counted(*args: object, **kw: object):
+        loads.append(str(args[0]))
+        return components.load_flux(*args, **kw)
+
+    monkeypatch.setattr(loop, "load_flux", counted)
+    monkeypatch.setattr(evaluate_module, "load_flux", counted)
+    cards = {}
+    for name, lr in (("trained", 1e-3), ("untrained", 1e-9)):
+        cfg = make_config(name, steps=10, checkpoint_every=5, learning_rate=lr)
+        engine_cfg, eval_path = tmp_path / f"{name}.json", tmp_path / f"{name}-eval.json"
+        cfg.write(engine_cfg)
+        eval_config(tiny_model, tmp_path, [], tmp_path / "no-holdout", sample_data,
+                    out_dir=str(tmp_path / name / "evaluation")).write(eval_path)
+        loads.clear()
+        with contextlib.redirect_stdout(io.StringIO()) as said:
+            assert after_training.main([str(eval_path), str(engine_cfg)]) == 0
+        assert len(loads) == 1, loads  # the trainer's load; the check reused it
+        out = tmp_path / name / "evaluation"
+        cards[name] = json.loads((out / "scorecard.json").read_text())
+        assert cards[name]["timings"]["model_already_loaded"]
+        ran = json.loads((out / "config.json").read_text())  # what ran: this run's files, the training images
+        assert [lo["name"] for lo in ran["loras"]] == ["step-000005", "final"] and ran["reference_kind"] == "training"
+        assert "eval.done" in (out / "evaluation.log").read_text() and not (out / after_training.ATTEMPT).exists()
+        # each step of the check moves the trainer's log (the stall detector reads it); `done` once it is over
+        assert said.getvalue().count('"phase": "checking"') > len(ran["loras"])
+        assert said.getvalue().rindex('"event": "done"') > said.getvalue().rindex('"phase": "checking"')
+        # the separate process over the same files: the same verdicts (one more load: its own)
+        separate = evaluate(EvalConfig.read(out / "config.json").model_copy(update={"out_dir": str(tmp_path / "sep")}))
+        assert len(loads) == 2
+        for mine, theirs in zip(cards[name]["checkpoints"], separate["checkpoints"], strict=True):
+            assert mine["name"] == theirs["name"] and mine["effect_ok"] == theirs["effect_ok"]
+            assert mine["effect"] == pytest.approx(theirs["effect"], abs=2e-3)
+            assert mine["held_out_loss"] == pytest.approx(theirs["held_out_loss"], rel=1e-3)
+        assert cards[name]["effect_check"]["passed"] == separate["effect_check"]["passed"]
+        assert cards[name]["best"]["name"] == separate["best"]["name"]
+    assert cards["trained"]["effect_check"]["passed"]
+    inert = cards["untrained"]["effect_check"]
+    assert not inert["passed"] and inert["code"] == "lora_inert"
+
+
+def test_the_held_out_loss_in_batches_is_the_mean_of_each_draw_alone(tiny_model, sample_data) -> None:
+    """The held-out loss runs its forwards several at a time with noise drawn once per run; it is still the
+    mean of each (image, draw)'s own loss from a generator seeded with the draw's number, as one at a time."""
+    import torch
+
+    from loraflow.evaluation.evaluate import captioned
+    from loraflow.evaluation.render import LOSS_BATCH, Renderer
+    from loraflow.trainer.components import load_flux, pick_device
+    from loraflow.trainer.data import load_pixels
+    from loraflow.trainer.flow import encode_images, flow_loss, sample_latents
+
+    parts = load_flux(tiny_model, pick_device("cpu"), "fp32")
+    renderer = Renderer(parts, width=64, height=64, steps=2, guidance=3.5, max_sequence_length=32)
+    items = captioned(sample_data)
+    assert len(items) * 4 > LOSS_BATCH  # more than one batch
+    vae, alone = parts.vae.config, []
+    with torch.no_grad():
+        for path, caption in items[:8]:
+            params = encode_images(parts, load_pixels(path, (64, 64)).unsqueeze(0))
+            t5, pooled = renderer.embed(caption)
+            for k in range(4):
+                gen = torch.Generator().manual_seed(k)
+                latents = sample_latents(params, gen, vae.shift_factor or 0.0, vae.scaling_factor)
+                alone.append(float(flow_loss(parts, latents, t5, pooled, gen, sampling="sigmoid", shift=3.0,
+                                             guidance=1.0, dtype=torch.float32)))
+    batched = renderer.held_out_loss(items)
+    assert batched == pytest.approx(sum(alone) / len(alone), rel=1e-5)
+    assert renderer.held_out_loss(items) == batched  # the same draws for every LoRA

@@ -182,3 +182,29 @@ def test_a_captioner_that_cannot_run_here_is_refused_at_once(tmp_path: Path, cli
     assert result.code == 2
     text = " ".join(result.err.split())
     assert "the florence2 captioner cannot run here" in text and "--backend template" in text
+
+
+def test_result_events_are_short_sentences() -> None:
+    """The result check's events read as sentences, not the scorecard dumped as `key value` pairs (`make demo`
+    printed a 900-character `result scored: best step 30, name final, why ... rows step 10, name ...` line)."""
+    from loraflow.cli.sentences import describe
+
+    best = {"step": 30, "name": "final", "checkpoint_step": 30, "why": "step 30 scores highest (0.0253); " * 6}
+    rows = [{"step": s, "name": f"step-{s:06d}", "effect": 0.01 * s, "score": 0.001 * s} for s in (10, 20, 30)]
+    lines = {
+        "effect": describe("result.effect", {"name": "step-000010", "step": 10, "effect": 0.0152, "ok": True,
+                                             "trigger_dependence": 0.0403}),
+        "inert": describe("result.effect", {"name": "final", "step": 30, "effect": 0.0001, "ok": False}),
+        "scored": describe("result.checkpoint", {"name": "final", "step": 30, "effect": 0.0547, "effect_ok": True,
+                                                 "similarity": 0.9911, "closest_training_image": "a.jpg"}),
+        "best": describe("result.scored", {"best": best, "rows": rows, "effect_check": {"passed": True}}),
+        "none": describe("result.scored", {"best": {"step": None, "why": "no checkpoint is eligible"}, "rows": []}),
+        "trainer": describe("result", {"step": 30, "total": 30, "lora": "mascot.safetensors"}),
+    }
+    assert lines["effect"] == "effect check, step 10: changes the output (effect 0.0152); the trigger carries 4% of it"
+    assert lines["inert"] == "effect check, the final LoRA: barely changes the output (effect 0.0001)"
+    assert lines["scored"] == "scored the final LoRA: effect 0.0547, similarity 0.9911"
+    assert lines["best"] == "best checkpoint: the final LoRA, of 3 scored (loraflow jobs show)"
+    assert lines["none"] == "best checkpoint: none (no checkpoint is eligible)"
+    assert lines["trainer"] == "trainer finished at step 30: mascot.safetensors"
+    assert all(len(str(line)) < 120 for line in lines.values()), lines

@@ -114,3 +114,15 @@ def test_gpu_idle_detected_when_stats_exist() -> None:
 def test_nvidia_smi_parsing() -> None:
     stats = parse_nvidia_smi("0, NVIDIA H100 80GB HBM3, 97, 40000, 81559\n1, NVIDIA H100 80GB HBM3, 0, 3, 81559\n")
     assert [s["util"] for s in stats] == [97.0, 0.0] and stats[0]["name"] == "NVIDIA H100 80GB HBM3"
+
+
+def test_a_result_check_in_the_trainer_that_stops_moving_is_ended_as_a_finished_trainer() -> None:
+    """The builtin trainer checks its LoRA files after training (phase `checking`, a phase line per step of
+    the check); one that hangs there is ended like a trainer hung on its way out (its LoRA is written)."""
+    d = StallDetector(stall_minutes=1, gpu_idle_minutes=5, now=0)
+    d.on_phase("checking", 10)
+    assert d.check(60) is None
+    d.on_phase("checking", 60)  # the check's next step
+    assert d.check(110) is None
+    stall = d.check(130)
+    assert stall is not None and stall.reason == "no_exit" and "result check" in stall.message

@@ -64,7 +64,7 @@ LAZY: dict[str, tuple[Callable[[str], click.Command], str]] = {
     "publish": (
         _command("publish_cmd", "publish"),
         "Publish a job's LoRA (the scorecard's best checkpoint by default) to the spec's Hugging Face / S3 /"
-        " ComfyDeploy targets;",
+        " ComfyDeploy targets.",
     ),
     "train": (
         _command("train_cmd", "train"),
@@ -80,7 +80,7 @@ LAZY: dict[str, tuple[Callable[[str], click.Command], str]] = {
     ),
     "offers": (
         _command("cloud_cmd", "offers"),
-        "Vast.ai offers that fit a job, cheapest job first (not cheapest hour).",
+        "One provider's offers that fit a job (--provider: vastai, runpod, skypilot), cheapest job first.",
     ),
     "instances": (
         _command("cloud_cmd", "instances"),

@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 from rich.markup import escape
 
-from loraflow.cli.output import console
+from loraflow.cli.output import console, waiting
 from loraflow.errors import UserInputError
 from loraflow.spec import CaptionPolicy, explain
 
@@ -66,7 +66,7 @@ def run(
         raise UserInputError(f"the {backend} captioner cannot run here: {reason}", where="--backend",
                              fix="use --backend template, give --model a local folder, or allow downloads")  # fmt: skip
     # Loading a captioner (downloading its model the first time) takes a while: say so, then count images.
-    with console.status(f"loading the {backend} captioner (its model is downloaded the first time)...") as status:
+    with waiting(f"loading the {backend} captioner (its model is downloaded the first time)...") as status:
 
         def progress(done: int, total: int) -> None:
             status.update(f"captioning with {backend}: {done}/{total} images")

@@ -9,11 +9,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from loraflow.cli.output import console, print_json
+from loraflow.cli.output import console, print_json, waiting
+from loraflow.errors import UserInputError
 from loraflow.spec import TrainSpec, load_spec
 
 if TYPE_CHECKING:
-    from loraflow.providers.base import Provider, Rented
+    from loraflow.providers.base import Provider, RankedOffer, Rented
     from loraflow.providers.vastai import VastProvider
 
 
@@ -49,7 +50,7 @@ def estimate(
         from loraflow.engines import engine_needs
         from loraflow.providers.compare import compare
 
-        with console.status("asking each provider for offers that fit this job (retried if one does not answer)..."):
+        with waiting("asking each provider for offers that fit this job (retried if one does not answer)..."):
             found = compare(spec, engine_needs)
         rows = [(f.title, r.estimate) for f in found for r in f.best]
         notes = {f.title: f.note for f in found if f.note}
@@ -112,15 +113,38 @@ def offers(
     spec_path: Path | None = typer.Argument(None, help="Rank for this spec (default: the starter spec)."),
     limit: int = typer.Option(15, "--limit", "-n"),
     as_json: bool = typer.Option(False, "--json"),
+    provider: str = typer.Option("vastai", "--provider", "-p", help="vastai, runpod or skypilot."),
 ) -> None:
-    """Vast.ai offers that fit a job, cheapest job first (not cheapest hour)."""
+    """One provider's offers that fit a job (--provider: vastai, runpod, skypilot), cheapest job first.
+    Cheapest by the whole job, not by the hour. The table shows the provider's own columns; --json keeps
+    its whole row."""
+    from loraflow.engines import engine_needs
+    from loraflow.providers.registry import RENTED, provider_for, title
 
+    if provider not in RENTED:
+        choices = ", ".join(RENTED)
+        raise UserInputError(f"unknown provider '{provider}'", where="--provider", fix=f"use one of: {choices}")
     spec = load_spec(spec_path) if spec_path else _starter()
-    with console.status("asking Vast.ai for offers that fit this job (retried if it does not answer)..."):
-        ranked = _quick_vast().offers(spec)[:limit]
+    name = title(provider)
+    with waiting(f"asking {name} for offers that fit this job (retried if it does not answer)..."):
+        found = _quick_vast() if provider == "vastai" else provider_for(provider, needs=engine_needs, quick=True)
+        ranked = found.offers(spec)[:limit]
     if as_json:
         print_json([{"offer": r.offer, "estimate": r.estimate.to_dict()} for r in ranked])
         return
+    if provider == "vastai":
+        console.print(_vast_table(ranked))
+        return
+    table = Table(title=f"{name} offers for this job")
+    for col in ("offer", "GPU", "$/h", "job min", "job $"):
+        table.add_column(col)
+    for r in ranked:
+        table.add_row(escape(str(r.id)), escape(r.gpu), f"{r.usd_per_hour:.3f}", _minutes(r.estimate.total_s),
+                      f"{r.estimate.cost_usd:.3f}")  # fmt: skip
+    console.print(table)
+
+
+def _vast_table(ranked: list[RankedOffer]) -> Table:
     table = Table(title="Vast.ai offers for this job")
     for col in ("offer", "GPU", "VRAM GB", "$/h", "reliability", "down Mb/s", "where", "job min", "job $"):
         table.add_column(col)
@@ -137,7 +161,7 @@ def offers(
             _minutes(r.estimate.total_s),
             f"{r.estimate.cost_usd:.3f}",
         )
-    console.print(table)
+    return table
 
 
 def _share(offer: dict[str, object]) -> str:

@@ -64,7 +64,7 @@ def publish(
     ),
 ) -> None:
     """Publish a job's LoRA (the scorecard's best checkpoint by default) to the spec's Hugging Face / S3 /
-    ComfyDeploy targets; it says which checkpoint and why."""
+    ComfyDeploy targets. It says which checkpoint it published and why."""
     _publish(Store(), job_id, wanted_checkpoint(checkpoint), to)
 
 

@@ -80,7 +80,32 @@ def _plain(e_type: str, d: dict[str, Any]) -> str | None:
         case "lora.checked":
             verdict = "passes" if d.get("code") == "ok" else str(d.get("code"))
             return f"result check: {d.get('file')} {verdict} ({d.get('message')})"
+        case "result":
+            return f"trainer finished at step {d.get('step')}: {d.get('lora') or 'its LoRA'}"
+        case "result.effect":
+            moved = "changes the output" if d.get("ok") else "barely changes the output"
+            return f"effect check, {_which(d)}: {moved} (effect {words(d.get('effect'))}){_trigger(d)}"
+        case "result.checkpoint":
+            parts = [f"{k.replace('_', ' ')} {words(d[k])}" for k in SCORED_SHOWN if d.get(k) is not None]
+            return f"scored {_which(d)}: {', '.join(parts)}"
+        case "result.scored":
+            best = d.get("best") or {}
+            if best.get("step") is None:
+                return f"best checkpoint: none ({best.get('why') or 'nothing was scored'})"
+            return f"best checkpoint: {_which(best)}, of {len(d.get('rows') or [])} scored (loraflow jobs show)"
     return None
+
+
+SCORED_SHOWN = ("effect", "fit", "similarity", "adherence", "memorization")
+
+
+def _which(d: dict[str, Any]) -> str:
+    return "the final LoRA" if d.get("name") == "final" else f"step {d.get('step')}"
+
+
+def _trigger(d: dict[str, Any]) -> str:
+    share = d.get("trigger_dependence")
+    return f"; the trigger carries {float(share):.0%} of it" if isinstance(share, (int, float)) else ""
 
 
 def describe(e_type: str, d: dict[str, Any]) -> str | None:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from loraflow.cli.dataset_cmd import show_report
 from loraflow.cli.follow import follow
-from loraflow.cli.output import console
+from loraflow.cli.output import console, waiting
 from loraflow.errors import UserInputError
 from loraflow.jobs.states import JobState
 from loraflow.jobs.store import Store
@@ -37,7 +37,7 @@ def quote_before_renting(spec: TrainSpec, force: bool) -> None:
 
     # The offer search may retry for a minute when the API does not answer: say what is being waited for.
     name = title(spec.compute.provider)
-    with console.status(f"asking {name} for offers that fit this job (retried if it does not answer)..."):
+    with waiting(f"asking {name} for offers that fit this job (retried if it does not answer)..."):
         best = provider_for(spec.compute.provider, needs=engine_needs).offers(spec)[0]
     est = best.estimate
     console.print(

@@ -98,6 +98,13 @@ class AitkEngine:
         suffix = "_low_noise" if spec.catalog_entry.experts else ""
         return str(save_root(spec, layout) / f"{spec.name}{suffix}.safetensors")
 
+    def final_companions(self, spec: TrainSpec, layout: JobLayout) -> list[str]:
+        """Wan 2.2 A14B: the high-noise expert's `<name>_high_noise.safetensors` beside the low-noise final
+        (wan22_14b_model.save_lora writes one file per expert), copied back from a leased host with it."""
+        if not spec.catalog_entry.experts:
+            return []
+        return [str(save_root(spec, layout) / f"{spec.name}_high_noise.safetensors")]
+
     def checkpoints(self, spec: TrainSpec, layout: JobLayout) -> list[tuple[int, Path, bool]]:
         """(step, file, header ok) for each numbered checkpoint in the save root, by step."""
         root = save_root(spec, layout)

@@ -64,3 +64,29 @@ class Engine(Protocol):
     def collect(self, spec: TrainSpec, layout: JobLayout) -> list[EngineEvent]: ...
 
     def finish(self, spec: TrainSpec, layout: JobLayout) -> str: ...
+
+
+# Optional hooks an engine may have (looked up with getattr: most engines need none of them).
+
+
+def final_files(engine: Engine, spec: TrainSpec, layout: JobLayout) -> list[str]:
+    """Every file of the final result, the final LoRA first: for a two-expert model (Wan 2.2 A14B) the other
+    expert's file too (an engine's `final_companions`), so a leased host's copy-back brings the whole pair."""
+    companions = getattr(engine, "final_companions", None)
+    return [engine.final_lora(spec, layout), *(companions(spec, layout) if companions else [])]
+
+
+def host_outputs(engine: Engine, spec: TrainSpec, layout: JobLayout) -> str | None:
+    """The folder an engine writes its runs into on a leased host when the engine decides what it launches
+    next from those files (musubi: which run, which expert, which state to resume from): the runner mirrors
+    that folder into the job folder here and decides from the copy (running/lease_files.mirror). None for an
+    engine whose launch reads nothing there."""
+    outputs = getattr(engine, "host_outputs", None)
+    return outputs(spec, layout) if outputs else None
+
+
+def resume_files(engine: Engine, spec: TrainSpec, layout: JobLayout) -> list[str]:
+    """The files of `host_outputs` (in this machine's copy) a new host needs to carry on where the lost one
+    stopped: the state the next run resumes from, and what tells which run is next."""
+    files = getattr(engine, "resume_files", None)
+    return files(spec, layout) if files else []

@@ -1,4 +1,9 @@
-"""The builtin engine: loraflow's own Flux LoRA trainer, as a separate detached process."""
+"""The builtin engine: loraflow's own Flux LoRA trainer, as a separate detached process.
+
+When the job gets the effect check and scorecard, the same process runs them after training with the base
+model still loaded (`python -m loraflow.evaluation.after_training`, its config engine/evaluation.json), so
+the check does not load the model again; other engines' processes exit, and the runner checks their files
+in a process of its own (running/scoring.py, running/remote_scoring.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from pathlib import PurePosixPath
 from loraflow import __version__
 from loraflow.engines.base import Command, EngineRequirements, Outcome
 from loraflow.engines.external import min_vram_gb
+from loraflow.evaluation import plan
 from loraflow.layout import JobLayout
 from loraflow.monitor.builtin_parser import BuiltinParser
 from loraflow.monitor.events import EngineEvent
@@ -15,6 +21,7 @@ from loraflow.trainer.config import TrainerConfig
 from loraflow.trainer.events import STOPPED_EXIT
 
 CONFIG = "config.json"
+EVAL_CONFIG = "evaluation.json"  # the result check run in the trainer's process
 
 
 def trainer_config(
@@ -85,9 +92,11 @@ def trainer_config(
     )
 
 
-def trainer_argv(python: str, gpus: int, config: str) -> list[str]:
-    """The trainer's command line: itself on one GPU; under `accelerate launch` with one process per GPU."""
-    trainer = ["-m", "loraflow.trainer", config]
+def trainer_argv(python: str, gpus: int, config: str, check: str | None = None) -> list[str]:
+    """The trainer's command line: itself on one GPU; under `accelerate launch` with one process per GPU.
+    With `check` (the evaluation config) the trainer runs the result check after training, in its process."""
+    trainer = ["-m", "loraflow.trainer", config] if check is None else \
+        ["-m", "loraflow.evaluation.after_training", check, config]
     if gpus == 1:
         return [python, *trainer]
     launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1", "--num_processes", str(gpus),
@@ -113,7 +122,11 @@ class BuiltinEngine:
         self, spec: TrainSpec, layout: JobLayout, job_id: str, model_path: str, dataset_hash: str | None = None
     ) -> dict[str, str]:
         config = trainer_config(spec, layout, job_id, model_path, dataset_hash)
-        return {CONFIG: config.model_dump_json(indent=2) + "\n"}
+        files = {CONFIG: config.model_dump_json(indent=2) + "\n"}
+        if plan.checks_effect(spec):  # the reference falls back to the training images when none is held out
+            check = plan.eval_config(spec, job_id, layout, model_path, [], holdout_count=1)
+            files[EVAL_CONFIG] = check.model_dump_json(indent=2) + "\n"
+        return files
 
     def command(self, spec: TrainSpec, layout: JobLayout, python: str) -> Command:
         """One process; with compute.gpus N, `accelerate launch` starts N of them (torchrun underneath: it
@@ -121,7 +134,8 @@ class BuiltinEngine:
         import sys
 
         exe = sys.executable if python == "auto" else python
-        argv = trainer_argv(exe, spec.compute.gpus, str(PurePosixPath(layout.engine, CONFIG)))
+        check = str(PurePosixPath(layout.engine, EVAL_CONFIG)) if plan.checks_effect(spec) else None
+        argv = trainer_argv(exe, spec.compute.gpus, str(PurePosixPath(layout.engine, CONFIG)), check)
         return Command(argv, env_names=["HF_TOKEN"])
 
     def parser(self, spec: TrainSpec) -> BuiltinParser:

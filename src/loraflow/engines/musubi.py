@@ -61,6 +61,7 @@ from loraflow.engines.musubi_files import (
     SETUP,
     STATE_DIR,
     STEP_FILE,
+    out_dir,
     segment_dir,
     segments,
 )
@@ -143,6 +144,18 @@ class MusubiEngine:
                 if m and state_complete(path):
                     states_.append((offset + int(m.group(1)), path))
         return max(states_) if states_ else None
+
+    def host_outputs(self, spec: TrainSpec, layout: JobLayout) -> str:
+        """Every launch reads its run folders (which state to resume, which expert is next, where the final file
+        is): on a leased host they are mirrored into the job folder here and read from the copy."""
+        return out_dir(layout)
+
+    def resume_files(self, spec: TrainSpec, layout: JobLayout) -> list[str]:
+        """What a new host needs to carry on: the whole state the next run resumes from and, for two experts,
+        the high-noise expert's finished file (its presence is what starts the low-noise run)."""
+        point = self.resume_point(spec, layout) if spec.training.steps else None
+        high = high_final(spec, layout) if paired(spec) else None
+        return [str(p) for p in (point[1] if point else None, high) if p is not None]
 
     def command(self, spec: TrainSpec, layout: JobLayout, python: str) -> Command:
         root = engine_dir("musubi", spec.engine.options)

@@ -19,10 +19,11 @@ from loraflow.evaluation.config import EvalConfig, LoraUnderTest, without_trigge
 from loraflow.evaluation.encoders import ImageEncoder, TextImageScorer
 from loraflow.evaluation.render import Render, Renderer
 from loraflow.evaluation.scorecard import SCORECARD, choose
-from loraflow.trainer.components import load_flux, pick_device
+from loraflow.trainer.components import FluxParts, load_flux, pick_device
 from loraflow.trainer.events import emit
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+UNDER_TEST = "under_test"  # the adapter name each LoRA file is loaded under
 
 
 def images_in(folder: Path) -> list[Path]:
@@ -41,11 +42,11 @@ def captioned(folder: Path) -> list[tuple[Path, str]]:
 class Evaluation:
     """One evaluation run: the loaded base, the encoders, the baseline renders and the reference embeddings."""
 
-    def __init__(self, cfg: EvalConfig) -> None:
+    def __init__(self, cfg: EvalConfig, parts: FluxParts | None = None) -> None:
         self.cfg = cfg
         self.device = pick_device(cfg.device)
-        emit("eval.phase", phase="loading_model", device=str(self.device))
-        parts = load_flux(cfg.model_path, self.device, cfg.precision)
+        emit("eval.phase", phase="loading_model", device=str(self.device), loaded=parts is not None)
+        parts = parts if parts is not None else load_flux(cfg.model_path, self.device, cfg.precision)
         self.renderer = Renderer(parts, width=cfg.width, height=cfg.height, steps=cfg.steps,
                                  guidance=cfg.guidance, max_sequence_length=cfg.max_sequence_length)
         self.encoder = ImageEncoder(cfg.image_encoder, self.device)
@@ -61,7 +62,7 @@ class Evaluation:
         refs = [self.renderer.round_trip(p) for p in images_in(Path(cfg.reference_dir))]
         train = [self.renderer.round_trip(p) for p in images_in(Path(cfg.training_dir))]
         self.references = self.encoder.embed(refs)
-        self.training = self.encoder.embed(train)
+        self.training = self.references if cfg.training_dir == cfg.reference_dir else self.encoder.embed(train)
         self.training_names = [p.name for p in images_in(Path(cfg.training_dir))]
         self.face_refs = self.face.embed(refs) if self.face else None
         self.reference_items = captioned(Path(cfg.reference_dir))
@@ -97,12 +98,9 @@ class Evaluation:
     def check(self, lora: LoraUnderTest, samples_dir: Path) -> dict[str, Any]:
         """The effect check and scorecard entry of one LoRA file."""
         cfg = self.cfg
-        self.renderer.load_lora(lora.path, "under_test")
-        try:
-            with_lora, bare = self._renders()
-            loss = self.renderer.held_out_loss(self.reference_items)
-        finally:
-            self.renderer.unload_lora("under_test")
+        self.renderer.load_lora(lora.path, UNDER_TEST)  # the next file swaps in; evaluate takes it off at the end
+        with_lora, bare = self._renders()
+        loss = self.renderer.held_out_loss(self.reference_items)
         effect = metrics.mean_distance(with_lora, self.base)
         entry: dict[str, Any] = {"name": lora.name, "step": lora.step, "file": lora.path,
                                  "checkpoint_step": None if lora.name == "final" else lora.step,
@@ -128,17 +126,22 @@ class Evaluation:
         return entry
 
 
-def evaluate(cfg: EvalConfig) -> dict[str, Any]:
-    """Run the whole check and write `<out_dir>/scorecard.json`; returns the scorecard."""
+def evaluate(cfg: EvalConfig, parts: FluxParts | None = None) -> dict[str, Any]:
+    """Run the whole check and write `<out_dir>/scorecard.json`; returns the scorecard. `parts`: the base
+    model already loaded in this process (the builtin trainer's, evaluation/after_training.py), with no
+    adapter on it; None loads it from `cfg.model_path`."""
     started = time.monotonic()
     torch.manual_seed(0)
     out = Path(cfg.out_dir)
-    run = Evaluation(cfg)
+    run = Evaluation(cfg, parts)
     base_s = time.monotonic() - started
     entries = []
-    for lora in cfg.loras:
-        emit("eval.phase", phase="checking", name=lora.name)
-        entries.append(run.check(lora, out / "samples"))
+    try:
+        for lora in cfg.loras:
+            emit("eval.phase", phase="checking", name=lora.name)
+            entries.append(run.check(lora, out / "samples"))
+    finally:
+        run.renderer.unload_lora(UNDER_TEST)
     card: dict[str, Any] = {
         "version": 1,
         "job_id": cfg.job_id,
@@ -156,7 +159,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     card["best"] = choose(card)
     delivered = next((e for e in entries if e["name"] == "final"), entries[-1] if entries else None)
     card["effect_check"] = effect_verdict(delivered, cfg)
-    card["timings"] = {"load_and_baseline_s": round(base_s, 2), "total_s": round(time.monotonic() - started, 2)}
+    card["timings"] = {"load_and_baseline_s": round(base_s, 2), "total_s": round(time.monotonic() - started, 2),
+                       "model_already_loaded": parts is not None}
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / (SCORECARD + ".partial")
     tmp.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -20,15 +20,6 @@ def _no_pairs(engine: str) -> object:
     return check
 
 
-def _experts_here(spec: TrainSpec) -> Refusal | None:
-    """musubi's two expert runs: which comes next is read from the job's own musubi folders, which only this
-    machine's jobs have (a rented or SSH host's are not listed from here yet)."""
-    if spec.catalog_entry.experts and spec.compute.provider != "local":
-        return ("its two expert runs are chained from this machine's view of the job folder, which a rented or "
-                "SSH host does not give yet", "train it here (compute.provider: local)")
-    return None
-
-
 NOT_OFFERED = "Not offered: the catalog names the engines of each model (docs/spec.md)."
 
 MODELS: dict[str, dict[str, Rule]] = {
@@ -77,9 +68,8 @@ MODELS: dict[str, dict[str, Rule]] = {
             "two musubi runs in one job, each expert's `--dit` alone over its timesteps (`--min_timestep` / "
             "`--max_timestep` at musubi's boundary, 875 t2v, 900 i2v, `--preserve_distribution_shape`): the "
             "high-noise expert for the first half of `training.steps`, then the low-noise one; two files, "
-            "`<name>.safetensors` (low noise) and `<name>_high_noise.safetensors`.",
-            _experts_here,
-            "on a rented or SSH host",
+            "`<name>.safetensors` (low noise) and `<name>_high_noise.safetensors`. On a leased host too: its "
+            "run folders are mirrored here, and each run is chosen from the copy."
         ),
     },
     "base_model (wan2.1-i2v-14b, wan2.2-i2v-a14b)": {

@@ -4,7 +4,9 @@ Signals combined: no progress for `stall_minutes` while in the training phase (l
 can be slow and do not count; a checkpoint or a sample written is progress: a slow disk or a long
 sample grid is work, not a hang), the process gone without an exit code, GPU utilisation at 0 %
 for `gpu_idle_minutes` when NVIDIA stats are available, and a trainer that announced its result
-but has not exited a full window later (a hang in teardown still bills the GPU).
+but has not exited a full window later (a hang in teardown still bills the GPU). The builtin trainer's
+result check after training (phase `checking`, one phase line per step of it) that stops moving for
+`stall_minutes` is ended the same way: its LoRA is written, and the runner checks it in a process of its own.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 FINISHED = "finished"  # after the trainer's result: a phase no engine prints itself
+CHECKING = "checking"  # the builtin trainer's result check, after its final LoRA is written
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,9 @@ class StallDetector:
                 minutes = f"{waited / 60:.1f}"
                 return Stall("no_exit", f"the trainer wrote its result but had not exited {minutes} minutes later")
             return None
+        if self.phase == CHECKING and now - self.last_progress > self.stall_s:
+            minutes = f"{(now - self.last_progress) / 60:.1f}"
+            return Stall("no_exit", f"the result check in the trainer made no progress for {minutes} minutes")
         if self.phase != "training":
             return None
         idle = now - self.last_progress

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from loraflow.catalog import gpu_table
+from loraflow.dataset.holdout import holdout_count
 from loraflow.evaluation.plan import checks_effect
 from loraflow.spec import TrainSpec
 
@@ -103,11 +104,13 @@ def count_images(spec: TrainSpec) -> int:
 
 
 def check_seconds(spec: TrainSpec, gpu: str, images: int) -> float:
-    """The result check's time (docs/scorecard.md, bench/README.md): the base model loaded again in the
-    check's process (read from the host's disk), then for the base model and each scored LoRA file (the
-    kept checkpoints and the final one) the evaluation renders (prompts x seeds, twice with a trigger word,
-    `evaluation.steps` forwards and a VAE decode each) and the held-out loss (at most 8 images x 4 noise
-    draws), at `evaluation.size`; a forward is a third of a training step at that size."""
+    """The result check's time (docs/scorecard.md, bench/README.md): for the base model and each scored LoRA
+    file (the kept checkpoints and the final one) the evaluation renders (prompts x seeds, twice with a
+    trigger word, `evaluation.steps` forwards and a VAE decode each) and the held-out loss (4 noise draws of
+    each reference image, at most 8: the held-out images, else the training images), at `evaluation.size`;
+    a forward is a third of a training step at that size. The builtin trainer runs the check in its own
+    process with the base model still loaded (evaluation/after_training.py); any other engine's process
+    exits, so its check loads the base model again (read from the host's disk at about 1 GB/s)."""
     if not checks_effect(spec):
         return 0.0
     table, kind, e = gpu_table(), model_kind(spec), spec.evaluation
@@ -116,11 +119,12 @@ def check_seconds(spec: TrainSpec, gpu: str, images: int) -> float:
     forward = row["s_per_step"] * table["models"][kind]["step_factor"] * res / 3
     prompts = len(e.prompts or spec.sampling.prompts or [""])
     renders = prompts * e.seeds * (2 if spec.dataset.trigger_word else 1)
-    per_file = renders * (e.steps + 1) * forward + min(images, 8) * 4 * forward
+    reference = holdout_count(e.holdout, images) or images  # what the check's held-out loss reads
+    per_file = renders * (e.steps + 1) * forward + min(reference, 8) * 4 * forward
     steps, every = spec.training.steps, spec.checkpointing.every_n_steps
     files = min(spec.checkpointing.keep_last, steps // every) + (1 if steps % every else 0)
-    load = float(table["models"][kind]["download_gb"])  # from local disk at about 1 GB/s
-    return load + (max(files, 1) + 1) * per_file
+    reload = 0.0 if spec.engine.name == "builtin" else float(table["models"][kind]["download_gb"])
+    return reload + (max(files, 1) + 1) * per_file
 
 
 def estimate(

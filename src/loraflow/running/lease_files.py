@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 from loraflow.engines import get_engine
+from loraflow.engines.base import host_outputs, resume_files
 from loraflow.errors import LoraflowError
-from loraflow.files import tar_folder
+from loraflow.files import tar_folder, tar_paths
 from loraflow.hosts.ssh import HostUnreachable, SshHost
 from loraflow.layout import JobLayout
 from loraflow.monitor import events as ev
@@ -56,7 +57,15 @@ def upload(lease: RemoteLease, dataset_hash: str | None) -> None:
 
             package = Path(loraflow.__file__).parent
             parcels.append((tar_folder(package, Path(tmp, "lib.tar"), "loraflow"), "lib"))
-        checkpoint = latest_local_checkpoint(lease.local)
+        if engine.name == "builtin" and Path(lease.local.holdout).is_dir():
+            # the builtin trainer runs the result check after training (evaluation/after_training.py):
+            # its reference images go with it (the trainer reads only dataset/, never these)
+            parcels.append((tar_folder(Path(lease.local.holdout), Path(tmp, "holdout.tar")), "evaluation/holdout"))
+        checkpoint = None if host_outputs(engine, lease.spec, remote) else latest_local_checkpoint(lease.local)
+        carry_on = [Path(p) for p in resume_files(engine, lease.spec, lease.local)]
+        if carry_on:  # an engine that resumes from its own outputs: those, where it put them on the lost host
+            parcels.append((tar_paths(Path(lease.local.root), carry_on, Path(tmp, "outputs.tar")), "."))
+            lease.emit(ev.LOG, {"message": f"sending {', '.join(p.name for p in carry_on)} to carry on from"})
         if checkpoint is not None:
             parcels.append(
                 (tar_folder(checkpoint, Path(tmp, "checkpoint.tar"), f"{checkpoint.name}"), "checkpoints")
@@ -165,7 +174,28 @@ def sync(lease: RemoteLease, patient: bool = True) -> list[EngineEvent]:
                 raise
             except LoraflowError:  # replaced while we copied it: the next round takes it
                 continue
+    engine = get_engine(lease.spec.engine.name)
+    theirs = host_outputs(engine, lease.spec, remote)
+    if theirs is not None:  # the engine's own outputs: mirrored, then taken in as on this machine
+        mirror(host, theirs, Path(host_outputs(engine, lease.spec, lease.local) or ""))
+        events += engine.collect(lease.spec, lease.local)
     return events
+
+
+def mirror(host: SshHost, theirs: str, mine: Path) -> None:
+    """Copy each file under the host's folder that is new here or whose size changed (a file copied while it
+    was being written is copied again once it grows) to the same place under `mine`. What the engine reads
+    back decides whether a copy is whole (a LoRA's header, a state's last file), as it does on its own host."""
+    for rel, size in sorted(host.listing(theirs).items()):
+        local = mine / rel
+        if ".partial" in rel or (local.exists() and local.stat().st_size == size):
+            continue
+        try:
+            host.get(f"{theirs}/{rel}", local)
+        except HostUnreachable:
+            raise
+        except LoraflowError:  # pruned or rewritten while we copied it: the next round takes what is there
+            continue
 
 
 # What the host's watcher can push in its one presigned PUT (5 GiB); anything bigger is refused as a bomb.

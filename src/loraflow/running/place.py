@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from loraflow.engines.base import Engine
+from loraflow.engines import get_engine
+from loraflow.engines.base import Engine, host_outputs
 from loraflow.hosts.base import Handle
 from loraflow.hosts.local import LocalHost
 from loraflow.hosts.ssh import HostUnreachable
@@ -63,6 +64,15 @@ class Place(Protocol):
 
     def env(self) -> dict[str, str]: ...
 
+    def engine_layout(self, engine: Engine) -> JobLayout:
+        """The job folder the engine's launch decisions read (resume point, next run, final file): where it
+        trains, or this machine's copy of a leased host's engine outputs (engines.base.host_outputs)."""
+        ...
+
+    def on_host(self, value: str) -> str:
+        """A path (or a command line) made from `engine_layout`, as the host where training runs sees it."""
+        ...
+
     def log_size(self, handle: Handle) -> int: ...
 
     def has(self, path: str) -> bool: ...
@@ -73,8 +83,9 @@ class Place(Protocol):
 
     def collect_after_exit(self) -> list[EngineEvent]: ...
 
-    def bring_back(self, final_lora: str, local_lora: str, ok: bool) -> list[EngineEvent]:
-        """After the trainer exited: its LoRA (when it succeeded) and its last checkpoints, copied here."""
+    def bring_back(self, finals: list[tuple[str, str]], ok: bool) -> list[EngineEvent]:
+        """After the trainer exited: its result's files, (there, here) each (when it succeeded: the final LoRA
+        and, for a pair, the other expert's), and its last checkpoints, copied here."""
         ...
 
     def sync(self, patient: bool = True) -> list[EngineEvent]:
@@ -136,6 +147,12 @@ class LocalPlace:
     def env(self) -> dict[str, str]:
         return {}
 
+    def engine_layout(self, engine: Engine) -> JobLayout:
+        return self._layout
+
+    def on_host(self, value: str) -> str:
+        return value
+
     def log_size(self, handle: Handle) -> int:
         log = Path(handle.log_file)
         return log.stat().st_size if log.exists() else 0
@@ -149,7 +166,7 @@ class LocalPlace:
     def collect_after_exit(self) -> list[EngineEvent]:
         return self.engine.collect(self.spec, self._layout)
 
-    def bring_back(self, final_lora: str, local_lora: str, ok: bool) -> list[EngineEvent]:
+    def bring_back(self, finals: list[tuple[str, str]], ok: bool) -> list[EngineEvent]:
         return []
 
     def sync(self, patient: bool = True) -> list[EngineEvent]:
@@ -219,6 +236,21 @@ class RemotePlace:
     def env(self) -> dict[str, str]:
         return self.lease.env()
 
+    def mirrors(self, engine: Engine) -> bool:
+        """The engine decides its launches from its own outputs, which are mirrored here (lease_files.sync)."""
+        return host_outputs(engine, self.spec, self.lease.local) is not None
+
+    def engine_layout(self, engine: Engine) -> JobLayout:
+        return self.lease.local if self.mirrors(engine) else self.layout()
+
+    def on_host(self, value: str) -> str:
+        """The job folder has the same shape here and on the host: this machine's job folder becomes the host's,
+        in a path or anywhere in a command line (musubi's runs are one `bash -c` line)."""
+        here, there = self.lease.local.root.rstrip("/"), self.layout().root.rstrip("/")
+        if value == here:
+            return there
+        return value.replace(here + "/", there + "/")
+
     def log_size(self, handle: Handle) -> int:
         return self.lease.host().size(handle.log_file) or 0
 
@@ -229,11 +261,14 @@ class RemotePlace:
         return sync(self.lease)
 
     def collect_after_exit(self) -> list[EngineEvent]:
-        return []  # the exit's outputs come with bring_back
+        """The exit's outputs come with bring_back; a mirrored engine's are copied first, as its final file's
+        path (and whether another run comes) is read from the copy."""
+        return sync(self.lease) if self.mirrors(get_engine(self.spec.engine.name)) else []
 
-    def bring_back(self, final_lora: str, local_lora: str, ok: bool) -> list[EngineEvent]:
+    def bring_back(self, finals: list[tuple[str, str]], ok: bool) -> list[EngineEvent]:
         if ok:
-            fetch(self.lease, final_lora, local_lora)
+            for theirs, mine in finals:
+                fetch(self.lease, theirs, mine)
         return sync(self.lease)
 
     def sync(self, patient: bool = True) -> list[EngineEvent]:

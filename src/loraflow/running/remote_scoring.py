@@ -120,6 +120,24 @@ def bring_back_results(lease: RemoteLease, out_dir: Path) -> None:
     host.get(card, out_dir / "scorecard.json")
 
 
+def bring_back_in_trainer(ctx: RunContext) -> bool:
+    """The builtin trainer's own check on the host (evaluation/after_training.py: it ran after training with
+    the model loaded), into this machine's `evaluation/` with its log and the config it ran (as
+    config.host.json); False when the host has no scorecard from it."""
+    lease: RemoteLease = ctx.place.lease  # type: ignore[attr-defined]
+    host, remote = lease.host(), lease.layout()
+    if host.size(f"{remote.evaluation}/scorecard.json") is None:
+        return False
+    out_dir = Path(ctx.layout.evaluation)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "scorecard.json").unlink(missing_ok=True)
+    bring_back_results(lease, out_dir)
+    for theirs, ours in (("evaluation.log", "evaluation.log"), (plan.CONFIG, HOST_CONFIG)):
+        if host.size(f"{remote.evaluation}/{theirs}") is not None:
+            host.get(f"{remote.evaluation}/{theirs}", out_dir / ours)
+    return (out_dir / "scorecard.json").is_file()
+
+
 def run_on_host(ctx: RunContext, loras: list[LoraUnderTest], holdout_count: int) -> tuple[int, str]:
     """The check of `loras` (local files that passed the structural check) on the job's leased host, its
     results brought back into this machine's `evaluation/` (its log as `evaluation.log`); the process's

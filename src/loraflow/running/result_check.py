@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from loraflow.jobs.states import JobState
+from loraflow.layout import HIGH_NOISE, PAIR_FILE
 from loraflow.running.context import JobFailed, RunContext
 from loraflow.running.evaluation import evaluate
 
@@ -23,17 +24,23 @@ CHECKED = "lora.checked"
 
 
 def delivered_files(ctx: RunContext) -> list[tuple[int | None, Path]]:
-    """The final LoRA (step None) and each kept checkpoint's LoRA, by step."""
+    """The final LoRA (step None) and each kept checkpoint's LoRA, by step; for a two-expert model (Wan 2.2
+    A14B) each one's other half too, the high-noise expert's file (the final one whether or not it is there:
+    a pair without it is no result), so both files of a pair are judged."""
     out: list[tuple[int | None, Path]] = []
     lora = ctx.refresh().outputs.lora
     if lora:
         out.append((None, Path(lora)))
+        if ctx.spec.catalog_entry.experts:
+            out.append((None, Path(lora).with_name(f"{ctx.spec.name}{HIGH_NOISE}.safetensors")))
     folder = Path(ctx.layout.checkpoints)
     for ckpt in sorted(folder.glob("step-*")) if folder.is_dir() else []:
         if ckpt.name.endswith(".partial") or not (ckpt / "meta.json").exists():
             continue
         if (ckpt / "lora.safetensors").exists() and ckpt.name[5:].isdigit():
             out.append((int(ckpt.name[5:]), ckpt / "lora.safetensors"))
+            if (ckpt / PAIR_FILE).exists():
+                out.append((int(ckpt.name[5:]), ckpt / PAIR_FILE))
     return out
 
 
@@ -64,11 +71,17 @@ class ResultCheck:
             verdict = check_file(path, exp, base, step)
             verdicts.append(verdict)
             ctx.emit(CHECKED, verdict.to_dict())
-        final = next((v for v in verdicts if v.step is None), None)
-        failed = [v.step for v in verdicts if v.step is not None and not v.ok]
+        # a pair's verdict is its worse file's: the first failing one, else the final LoRA's own
+        finals = [v for v in verdicts if v.step is None]
+        final = next((v for v in finals if not v.ok), finals[0] if finals else None)
+        failed = sorted({v.step for v in verdicts if v.step is not None and not v.ok})
+        codes: dict[str, str] = {}
+        for v in verdicts:
+            if v.step is not None and (str(v.step) not in codes or not v.ok):
+                codes[str(v.step)] = v.code
         summary: dict[str, Any] = {
             "final": final.to_dict() if final else None,
-            "checkpoints": {str(v.step): v.code for v in verdicts if v.step is not None},
+            "checkpoints": codes,
             "failed_checkpoints": failed,
             "judged_against": verdicts[0].judged_against if verdicts else "",
         }
@@ -77,7 +90,8 @@ class ResultCheck:
             raise JobFailed("the engine delivered no final LoRA to check", "see the engine's log", "lora_invalid")
         if not final.ok:
             raise JobFailed(f"{final.file}: {final.message}", final.hint, final.code)
-        outcome = evaluate(ctx, verdicts)
+        mains = [v for v in verdicts if not v.file.endswith((PAIR_FILE, f"{HIGH_NOISE}.safetensors"))]
+        outcome = evaluate(ctx, [v for v in mains if v.step not in failed])
         if outcome is not None and not outcome.ok:
             raise JobFailed(outcome.message, outcome.hint, outcome.code)
         return None

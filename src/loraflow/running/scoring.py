@@ -23,7 +23,7 @@ from typing import Any
 from loraflow.errors import LoraflowError
 from loraflow.evaluation import plan
 from loraflow.evaluation.config import LoraUnderTest
-from loraflow.evaluation.scorecard import SCORECARD, summary_rows
+from loraflow.evaluation.scorecard import SCORECARD, choose, read_scorecard, summary_rows
 from loraflow.layout import JobLayout
 from loraflow.running.context import RunContext
 from loraflow.trainer.events import PREFIX
@@ -91,6 +91,9 @@ def score_job(ctx: RunContext, ok_steps: list[int | None]) -> dict[str, Any] | N
         return None
     if not scores_here(ctx):
         return score_on_host(ctx, loras, len(job.outputs.holdout))
+    out_dir = Path(layout.evaluation)
+    if scored_in_trainer(ctx, loras, out_dir, here=True):
+        return finish(ctx, 0, read_log(out_dir), out_dir, out_dir / "evaluation.log")
     model = local_model(ctx)
     if model is None:
         warn(ctx, f"the base model {spec.base_model} is not on this machine: no effect check or scorecard")
@@ -101,16 +104,53 @@ def score_job(ctx: RunContext, ok_steps: list[int | None]) -> dict[str, Any] | N
     return run_local(ctx, cfg_path, Path(layout.evaluation), spec.catalog_entry.source.startswith("builtin:"))
 
 
-def score_on_host(ctx: RunContext, loras: list[LoraUnderTest], holdout_count: int) -> dict[str, Any] | None:
-    """The check on the job's leased host, where the base model is (running/remote_scoring.py)."""
-    from loraflow.running.remote_scoring import run_on_host
+def read_log(out_dir: Path) -> str:
+    log = out_dir / "evaluation.log"
+    return log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
 
+
+def scored_in_trainer(ctx: RunContext, loras: list[LoraUnderTest], out_dir: Path, here: bool) -> bool:
+    """Whether the builtin trainer already checked these files after training, in its own process with the
+    base model loaded (evaluation/after_training.py): its scorecard in `out_dir` names every file to check
+    (here: by path too, and written after the final LoRA). Entries of files the structural check failed
+    are dropped and the best chosen again among the rest, as if they had never been scored."""
+    if ctx.engine.name != "builtin" or not loras:
+        return False
+    card = read_scorecard(out_dir)
+    if card is None:
+        return False
+    by = {(e.get("name"), e.get("step")): e for e in card.get("checkpoints", [])}
+    wanted = {(lora.name, lora.step): lora for lora in loras}
+    if any(key not in by for key in wanted):
+        return False
+    if here:
+        final = next((Path(lora.path) for lora in loras if lora.name == "final"), None)
+        newer = final is None or (out_dir / SCORECARD).stat().st_mtime >= final.stat().st_mtime
+        if not newer or any(by[key].get("file") != lora.path for key, lora in wanted.items()):
+            return False
+    if len(by) != len(wanted):
+        card["checkpoints"] = [e for key, e in by.items() if key in wanted]
+        card["best"] = choose(card)
+        (out_dir / SCORECARD).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    ctx.emit("log", {"message": "result check: scored in the trainer's process, with the base model it had loaded"})
+    return True
+
+
+def score_on_host(ctx: RunContext, loras: list[LoraUnderTest], holdout_count: int) -> dict[str, Any] | None:
+    """The check on the job's leased host, where the base model is (running/remote_scoring.py): the builtin
+    trainer's own when it ran there after training, else a process of its own."""
+    from loraflow.running.remote_scoring import bring_back_in_trainer, run_on_host
+
+    out_dir = Path(ctx.layout.evaluation)
     try:
+        if ctx.engine.name == "builtin" and bring_back_in_trainer(ctx) and scored_in_trainer(
+            ctx, loras, out_dir, here=False
+        ):
+            return finish(ctx, 0, read_log(out_dir), out_dir, out_dir / "evaluation.log")
         code, text = run_on_host(ctx, loras, holdout_count)
     except LoraflowError as exc:
         warn(ctx, f"the check could not run on the host ({exc.message}); only the structural check counts")
         return None
-    out_dir = Path(ctx.layout.evaluation)
     return finish(ctx, code, text, out_dir, out_dir / "evaluation.log")
 
 

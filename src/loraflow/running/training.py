@@ -12,10 +12,12 @@ import json
 import os
 import signal
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from loraflow.engines.base import final_files
 from loraflow.errors import LoraflowError
 from loraflow.hosts.base import Handle, ProcessStatus
 from loraflow.hosts.ssh import HostUnreachable
@@ -124,11 +126,9 @@ class Train:
             if (fresh or status is ProcessStatus.RUNNING) and self._hand_off(state):
                 return JobState.TRAINING
             code, parser = self._follow(handle, state, fresh)
-            final_path = ctx.engine.final_lora(ctx.spec, xlayout)
-            outcome = ctx.engine.outcome(code, ctx.place.has(final_path), parser)
-            ctx.recorder.record(
-                ctx.place.bring_back(final_path, ctx.engine.final_lora(ctx.spec, ctx.layout), outcome.ok), final=True
-            )
+            finals = self._finals()
+            outcome = ctx.engine.outcome(code, ctx.place.has(finals[0][0]), parser)
+            ctx.recorder.record(ctx.place.bring_back(finals, outcome.ok), final=True)
             state.processed = True
             state.save(self.follow_path)
             if outcome.ok:
@@ -166,12 +166,22 @@ class Train:
                 continue
             raise JobFailed(err.get("message") or outcome.message, err.get("hint", ""), err.get("code", "failed"))
 
+    def _finals(self) -> list[tuple[str, str]]:
+        """The result's files (the final LoRA first; a pair's other expert too) where the trainer writes them,
+        each with where it goes here."""
+        ctx = self.ctx
+        seen = ctx.place.engine_layout(ctx.engine)
+        theirs = [ctx.place.on_host(path) for path in final_files(ctx.engine, ctx.spec, seen)]
+        return list(zip(theirs, final_files(ctx.engine, ctx.spec, ctx.layout), strict=True))
+
     def _launch(self, handle: Handle, state: FollowState) -> None:
         ctx = self.ctx
         place, xlayout = ctx.place, ctx.place.layout()
-        for action in ctx.engine.prepare_resume(ctx.spec, xlayout):
+        seen = place.engine_layout(ctx.engine)  # where the engine's files are read: the host's, or our copy
+        for action in ctx.engine.prepare_resume(ctx.spec, seen):
             ctx.store.append_event(ctx.job_id, ev.LOG, {"message": action})
-        cmd = ctx.engine.command(ctx.spec, xlayout, place.python())
+        cmd = ctx.engine.command(ctx.spec, seen, place.python())
+        cmd = replace(cmd, argv=[place.on_host(a) for a in cmd.argv], cwd=cmd.cwd and place.on_host(cmd.cwd))
         env = {**cmd.env, **{name: os.environ[name] for name in cmd.env_names if name in os.environ}}
         env.update(place.env())
         state.attempt += 1

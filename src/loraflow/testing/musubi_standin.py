@@ -10,7 +10,8 @@ save_state writes it, `sample/<name>_000010_00_<time>_<seed>_000.png`, the final
 
 Training refuses to start without the caches, as musubi does, so a test sees the cache steps ran first.
 Faults for tests: MUSUBI_STANDIN_STEP_S seconds per step; MUSUBI_STANDIN_OOM_AT=N raises CUDA OOM at step N;
-MUSUBI_STANDIN_INERT=1 saves LoRAs whose up matrices are all zero.
+MUSUBI_STANDIN_INERT=1 saves LoRAs whose up matrices are all zero (`high`: only the
+Wan 2.2 high-noise expert's run does).
 """
 
 from __future__ import annotations
@@ -130,7 +131,8 @@ def _lora(args: argparse.Namespace, seed: int) -> dict[str, torch.Tensor]:
     as a run that never stepped does."""
     rank, alpha = args.network_dim, args.network_alpha
     gen = torch.Generator().manual_seed(seed + zlib.crc32((args.dit or "").encode()))  # each DiT its own LoRA
-    inert = os.environ.get("MUSUBI_STANDIN_INERT") == "1"
+    which = os.environ.get("MUSUBI_STANDIN_INERT", "")  # "high": the Wan 2.2 high-noise expert's run only
+    inert = which == "1" or (which == "high" and str(args.output_name).endswith("_high_noise"))
     excluded = " ".join(a for a in (args.network_args or []) if a.startswith("exclude_patterns"))
     out = {}
     for block, modules in family_of(sys.argv[0]).blocks(args):

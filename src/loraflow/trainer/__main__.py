@@ -7,6 +7,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 from loraflow.trainer.events import emit
 
@@ -38,7 +39,8 @@ def failure(text: str, exc: BaseException | None = None) -> tuple[str, str]:
     return "crash", ""
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, after: Any = None) -> int:
+    """`after`: what runs in this process after training with the base still loaded (`train`'s `after`)."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m loraflow.trainer CONFIG.json", file=sys.stderr)
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         stop.requested = True
         emit("log", message=f"signal {early[0]} while starting: stopping after the first step with a checkpoint")
     try:
-        return train(TrainerConfig.read(Path(args[0])), stop)
+        return train(TrainerConfig.read(Path(args[0])), stop, after)
     except Exception as exc:  # the runner gets a typed error event; the traceback stays in the log
         traceback.print_exc()
         text = f"{type(exc).__name__}: {exc}"

@@ -11,6 +11,7 @@ import math
 import random
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -172,9 +173,16 @@ def total_steps(cfg: TrainerConfig, n_batches: int, global_batches: int) -> int:
     return max(1, math.ceil(n_batches * cfg.epochs / global_batches))
 
 
-def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
+After = Callable[[FluxParts, int], None]
+
+
+def train(cfg: TrainerConfig, stop: StopFlag | None = None, after: After | None = None) -> int:
     """Run (or resume) training; returns the process exit code. Under `accelerate launch` every process runs
-    this, sharing each step's global batch (trainer/parallel.py); rank 0 alone reports, saves and samples."""
+    this, sharing each step's global batch (trainer/parallel.py); rank 0 alone reports, saves and samples.
+
+    `after(parts, total)` runs on rank 0 once the final LoRA is written, with the base model still loaded and
+    the optimizer's memory freed: the result check in this process (evaluation/after_training.py), so the
+    check does not load the base model a second time."""
     from diffusers.optimization import get_scheduler
     from peft import LoraConfig
 
@@ -404,5 +412,8 @@ def train(cfg: TrainerConfig, stop: StopFlag | None = None) -> int:
     write_lora(final, lora_tensors(parts.transformer, cfg), lora_metadata(cfg, total))
     if cfg.sample_at_end:
         sample_now(total)
+    if after is not None:
+        optimizer.state.clear()  # its moments are as large as the LoRA twice over: give them to the check
+        after(parts, total)
     emit("done", step=total, total=total, lora=str(final.relative_to(out)))
     return 0

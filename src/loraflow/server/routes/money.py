@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request
 
+from loraflow.errors import UserInputError
 from loraflow.platform import credits
 from loraflow.server.deps import Admin, Auth, Db
 from loraflow.server.problems import spec_mapping
@@ -19,7 +20,10 @@ router = APIRouter()
 def estimate(
     request: Request, user: Auth, spec: Annotated[str, Body(embed=True, description="The spec as YAML or JSON")]
 ) -> dict[str, Any]:
-    """Predicted time and cost per GPU type on offer (Vast.ai), or on this machine."""
+    """Predicted time and cost per GPU type on offer, or on this machine.
+
+    For a rented job, `estimates` are the spec's own provider's and `providers` lists every provider the
+    service offers side by side (one without an answer carries its reason in `note`)."""
     from loraflow.providers.estimate import estimate as predict
 
     parsed = _read(request, user.name, spec)
@@ -31,29 +35,55 @@ def estimate(
 
     if is_rented(parsed.compute.provider):
         from loraflow.engines import engine_needs
-        from loraflow.providers.registry import provider_for
+        from loraflow.providers.compare import compare, side_by_side
 
-        best: dict[str, Any] = {}
-        for ranked in provider_for(parsed.compute.provider, needs=engine_needs).offers(parsed):
-            best.setdefault(ranked.gpu, ranked.estimate.to_dict())
-        return {"budget_usd": parsed.budget.max_usd, "estimates": list(best.values())}
+        # Every rented provider the operator offers, asked at once; the spec's own answers as "estimates".
+        found = compare(parsed, engine_needs, _granted_rented(request, parsed.compute.provider))
+        own = found[0]
+        if own.error:
+            raise own.error
+        return {
+            "budget_usd": parsed.budget.max_usd,
+            "estimates": [r.estimate.to_dict() for r in own.best],
+            "providers": side_by_side(found),
+        }
     gpu = "CPU" if parsed.base_model == "tiny-flux" else "RTX 4090"
     return {"budget_usd": parsed.budget.max_usd, "estimates": [predict(parsed, gpu, 0.0, remote=False).to_dict()]}
 
 
 @router.get("/api/offers", tags=["money"])
-def offers(user: Auth, base_model: str = "flux-dev", limit: Annotated[int, Query(ge=1, le=100)] = 20) -> list[Any]:
-    """Vast.ai offers that fit a default job on this base model, cheapest job first."""
+def offers(
+    request: Request,
+    user: Auth,
+    base_model: str = "flux-dev",
+    provider: str = "vastai",
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> list[Any]:
+    """One provider's offers that fit a default job on this base model, cheapest job first."""
     from loraflow.engines import engine_needs
-    from loraflow.providers.vastai import VastProvider
+    from loraflow.providers.registry import provider_for
     from loraflow.spec import parse_spec
 
+    if provider not in _granted_rented(request):
+        offered = ", ".join(_granted_rented(request)) or "none"
+        raise UserInputError(f"provider '{provider}' is not offered on this service", where="provider",
+                             fix=f"use one of: {offered}")  # fmt: skip
     spec = parse_spec(
-        {"name": "offers", "dataset": {"path": "."}, "base_model": base_model, "compute": {"provider": "vastai"}},
+        {"name": "offers", "dataset": {"path": NO_DATASET_YET}, "base_model": base_model,
+         "compute": {"provider": provider}},
         "offers",
-    )
-    ranked = VastProvider(needs=engine_needs).offers(spec)[:limit]
+    )  # fmt: skip
+    ranked = provider_for(provider, needs=engine_needs).offers(spec)[:limit]
     return [{"offer": r.offer, "estimate": r.estimate.to_dict()} for r in ranked]
+
+
+def _granted_rented(request: Request, first: str | None = None) -> list[str]:
+    """The rented-GPU providers this service offers its users (LORAFLOW_SERVICE_PROVIDERS), `first` first."""
+    from loraflow.providers.registry import RENTED
+
+    granted = request.app.state.config.grants.providers
+    names = [n for n in RENTED if n in granted or n == first]
+    return sorted(names, key=lambda n: n != first)
 
 
 @router.post("/api/quote", tags=["credits"])

@@ -158,7 +158,8 @@ async def ui_estimate(request: Request, upload_id: str) -> HTMLResponse:
         return HTMLResponse(f'<span class="error">{_escape(str(exc))}</span>')
     try:
         if is_rented(spec.compute.provider):  # an HTTP search: off the event loop
-            return HTMLResponse(await anyio.to_thread.run_sync(_rented_estimate, spec))
+            granted = request.app.state.config.grants.providers
+            return HTMLResponse(await anyio.to_thread.run_sync(_rented_estimate, spec, granted))
         est = local_estimate(spec)  # trains on this server (or the operator's SSH host)
     except UserInputError as exc:
         text = exc.message
@@ -170,22 +171,32 @@ async def ui_estimate(request: Request, upload_id: str) -> HTMLResponse:
     )
 
 
-def _rented_estimate(spec: Any) -> str:
-    """The cheapest fitting offer's time and price, in one sentence (the CLI's `estimate` has the table)."""
+def _rented_estimate(spec: Any, granted: frozenset[str]) -> str:
+    """The cheapest fitting offer's time and price in one sentence, then the other providers the service
+    offers at their cheapest (the CLI's `estimate` has the whole table)."""
     from loraflow.engines import engine_needs
-    from loraflow.errors import LoraflowError
-    from loraflow.providers.registry import provider_for, title
+    from loraflow.providers.compare import compare
+    from loraflow.providers.registry import RENTED
 
-    try:
-        best = provider_for(spec.compute.provider, needs=engine_needs).offers(spec)[0]
-    except (LoraflowError, IndexError) as exc:
-        reason = exc.render() if isinstance(exc, LoraflowError) else "no offer fits this job"
-        return f'<span class="error">No price from {title(spec.compute.provider)} now: {_escape(reason)}</span>'
-    est = best.estimate
-    return (
-        f'<span id="estimate-text">about {est.total_s / 60:.0f} min and ${est.cost_usd:.2f} on a rented '
-        f"{_escape(best.gpu)} at ${est.usd_per_hour:.3f}/h</span>"
-    )
+    names = [n for n in RENTED if n in granted or n == spec.compute.provider]
+    own, *others = compare(spec, engine_needs, names)
+    if own.error or not own.best:
+        reason = own.error.render() if own.error else "no offer fits this job"
+        text = f'<span class="error">No price from {_escape(own.title)} now: {_escape(reason)}</span>'
+    else:
+        best, est = own.best[0], own.best[0].estimate
+        text = (
+            f'<span id="estimate-text">about {est.total_s / 60:.0f} min and ${est.cost_usd:.2f} on a rented '
+            f"{_escape(best.gpu)} at ${est.usd_per_hour:.3f}/h</span>"
+        )
+    elsewhere = []
+    for f in others:
+        if f.best:
+            cheapest = min(f.best, key=lambda r: r.estimate.cost_usd)
+            elsewhere.append(f"{_escape(f.title)} ${cheapest.estimate.cost_usd:.2f} ({_escape(cheapest.gpu)})")
+    if elsewhere:
+        text += f'<span id="estimate-elsewhere"> · elsewhere: {"; ".join(elsewhere)}</span>'
+    return text
 
 
 @router.post("/ui/uploads/{upload_id}/start")
