@@ -88,6 +88,7 @@ class LocalSlurm:
     ssh_port: int = 0
     client_home: Path = field(init=False)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
         self.client_home = self.root / "client"
@@ -176,7 +177,9 @@ class LocalSlurm:
             f"ListenAddress 127.0.0.1\nPort {self.ssh_port}\nHostKey {r / 'login' / 'host_key'}\n"
             f"AuthorizedKeysFile {r / 'login' / 'authorized_keys'}\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n"
-            f"PidFile none\nMaxSessions 64\nMaxStartups 64\nSetEnv SLURM_CONF={r / 'slurm.conf'}\n"
+            f"PidFile none\nMaxSessions 64\nMaxStartups 64\n"
+            # the node's temporary files (SkyPilot's job scripts) in this folder too
+            f"SetEnv SLURM_CONF={r / 'slurm.conf'} TMPDIR={r / 'node-tmp'}\n"
         )
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)
         self._daemon(["/usr/sbin/sshd", "-D", "-e", "-f", str(r / "login" / "sshd_config")], "sshd.out")
@@ -223,6 +226,10 @@ class LocalSlurm:
         subprocess.run(["userdel", "-f", LOGIN], capture_output=True)  # -f: uid 0 is always "in use"
         shutil.rmtree(self.root, ignore_errors=True)
         shutil.rmtree(f"/tmp/torchinductor_{LOGIN}", ignore_errors=True)  # torch's cache, named for the login
+        for script in Path("/tmp").glob("sky_setup_*"):  # SkyPilot puts each launch's setup script at /tmp, fixed
+            with contextlib.suppress(OSError):
+                if script.stat().st_mtime >= self.started:
+                    script.unlink()
 
 
 def _kill_connected(port: int) -> None:
