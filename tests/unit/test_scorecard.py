@@ -176,3 +176,40 @@ def test_a_trigger_that_does_not_matter_warns_or_with_require_trigger_fails() ->
     strict = effect_verdict(entry, cfg(require_trigger=True))
     assert not strict["passed"] and strict["code"] == "trigger_ignored"
     assert effect_verdict({**entry, "trigger_ok": True, "trigger_dependence": 0.4}, cfg(require_trigger=True))["passed"]
+
+
+def test_the_runner_takes_the_trainers_scorecard_only_for_the_files_it_checks(tmp_path: Path) -> None:
+    """The builtin trainer scored every file it delivered; the check stage takes that scorecard when it names
+    every file that passed the structural check (by path, written after the final LoRA), drops a file that
+    failed it and chooses the best again among the rest; otherwise it runs the check itself."""
+    import os
+    from types import SimpleNamespace
+
+    from loraflow.evaluation.config import LoraUnderTest
+    from loraflow.running.scoring import scored_in_trainer
+
+    final, five, ten = tmp_path / "t.safetensors", tmp_path / "5.safetensors", tmp_path / "10.safetensors"
+    for f in (final, five, ten):
+        f.write_bytes(b"x")
+    best_was_five = card(entry(5, score=None, fit=0.9, file=str(five)), entry(10, file=str(ten)),
+                         {**entry(20, file=str(final)), "name": "final", "checkpoint_step": None})
+    best_was_five["best"] = choose(best_was_five)
+    assert best_was_five["best"]["step"] == 5
+    out = tmp_path / "evaluation"
+    out.mkdir()
+    (out / "scorecard.json").write_text(json.dumps(best_was_five))
+    ctx = SimpleNamespace(engine=SimpleNamespace(name="builtin"), emit=lambda *a: None)
+    loras = [LoraUnderTest(name="step-000010", path=str(ten), step=10), LoraUnderTest(name="final", path=str(final),
+                                                                                        step=20)]
+    assert scored_in_trainer(ctx, loras, out, here=True)  # step 5 failed the structural check
+    taken = json.loads((out / "scorecard.json").read_text())
+    assert [e["step"] for e in taken["checkpoints"]] == [10, 20] and taken["best"]["step"] != 5
+    other = [LoraUnderTest(name="step-000010", path=str(tmp_path / "elsewhere"), step=10), loras[1]]
+    assert not scored_in_trainer(ctx, other, out, here=True)  # not the file it scored
+    assert scored_in_trainer(ctx, other, out, here=False)  # on a host: its own paths, named by step
+    assert not scored_in_trainer(ctx, [*loras, LoraUnderTest(name="step-000015", path=str(five), step=15)], out,
+                                 here=True)  # a file it never scored
+    os.utime(final, (os.path.getmtime(out / "scorecard.json") + 10,) * 2)
+    assert not scored_in_trainer(ctx, loras, out, here=True)  # an older scorecard than the final LoRA
+    assert not scored_in_trainer(SimpleNamespace(engine=SimpleNamespace(name="kohya"), emit=ctx.emit), loras, out,
+                                 here=True)

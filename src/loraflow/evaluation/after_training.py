@@ -70,6 +70,23 @@ def config_for(trainer: TrainerConfig, path: Path, total: int) -> EvalConfig:
     return cfg.model_copy(update=update)
 
 
+def ready_for_check(parts: Any) -> None:
+    """The loaded parts as the separate process would have them: the base model alone (`strip_adapters`),
+    and on a GPU the text encoders back on it where they fit (training put them on the CPU once its
+    captions were encoded; the check encodes its prompts and the held-out captions)."""
+    import torch
+
+    from loraflow.trainer.components import fits_beside
+
+    strip_adapters(parts.transformer)
+    device = next(parts.transformer.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # what the optimizer's state and the gradients held
+        for encoder in (parts.clip, parts.t5):
+            if next(encoder.parameters()).device.type != "cuda" and fits_beside(encoder, device):
+                encoder.to(device)
+
+
 def strip_adapters(transformer: Any) -> None:
     """The base model alone: the trained adapter off (its weights are in the LoRA files the check loads)
     and the blocks uncompiled (the check's renders are not the shapes they were compiled for; the
@@ -104,7 +121,7 @@ def check_in_trainer(trainer: TrainerConfig, eval_path: Path, parts: Any, total:
     cfg.write(out / CONFIG)  # what ran, with this host's paths
     emit("phase", phase="checking", loras=len(cfg.loras))
     try:
-        strip_adapters(parts.transformer)
+        ready_for_check(parts)
         with open(out / LOG, "w", encoding="utf-8") as log, contextlib.redirect_stdout(Forward(log, sys.stdout)):
             card = evaluate(cfg, parts)
     except Exception as exc:  # never the training's failure: the runner checks in a separate process
