@@ -231,3 +231,39 @@ def test_musubi_wan22_pair_lost_in_its_high_noise_run_resumes_that_expert_on_a_n
     assert_pair_checkpoints(job, 20, 40)
     assert_pair_delivered(job, store)
     assert vast.instances() == {}
+
+
+def test_a_worker_following_the_pair_copies_each_experts_checkpoints_back_while_it_trains(
+    tmp_path: Path, sshd: Sshd
+) -> None:
+    """Under `loraflow worker`, the trainer is followed by the worker's event loop, not its runner: musubi's
+    run folders are copied back from there too, so each expert's checkpoints arrive while it trains; the
+    runner takes the high-noise run's exit back, starts the low-noise run at once, and hands it over again."""
+    from loraflow.running.worker import Worker
+    from loraflow.spec import load_spec
+
+    path = wan22_spec(tmp_path, "musubi", musubi_engine(tmp_path, 0.5), ssh_compute(sshd), 40)
+    store = Store()
+    job = store.create_job(load_spec(path))
+    worker = Worker(store, slots=1, lease_s=30).start(poll_s=0.3)
+    try:
+        wait_for(lambda: store.get(job.id).state is JobState.COMPLETED, timeout=400, what="the job to complete")
+    finally:
+        worker.stop()
+    job = store.get(job.id)
+    assert job.step == 40, dump(job.to_dict())
+    events = store.events(job.id)
+    windows, start = [], None
+    for e in events:
+        if e.type == "follower.adopted":
+            start = e.seq
+        elif e.type == "follower.released" and start is not None:
+            windows.append((start, e.seq))
+            start = None
+    assert len(windows) == 2 and len(events_of(store, job.id, "train.launched")) == 2  # one per expert's run
+    copied = [(e.seq, e.data["step"]) for e in events if e.type == "checkpoint.synced"]
+    for (begin, end), expert in zip(windows, ((5, 10, 15), (25, 30, 35)), strict=True):
+        while_followed = {step for seq, step in copied if begin < seq < end}
+        assert while_followed & set(expert), (expert, copied, windows)
+    assert_pair_checkpoints(job, 20, 40)
+    assert_pair_delivered(job, store)
