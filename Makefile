@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint venv clean system-deps
+.PHONY: demo test lint venv clean system-deps slurm-deps test-slurm
 
 venv: $(STAMP)
 
@@ -52,6 +52,22 @@ system-deps:
 	   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null 2>&1)) \
 	    || echo "note: $(strip $(SYSTEM_PACKAGES)) could not be installed; their tests will be skipped"; \
 	fi
+
+# Opt-in, never part of `make test`: a whole job through a real SkyPilot on a one-node Slurm cluster on this
+# machine (tests/remote/test_skypilot_slurm.py; root; minutes: SkyPilot installs its runtime from PyPI). Its
+# daemons come from Debian's slurm and munge packages; .venv-sky gets what orchestrating a tiny-flux job needs
+# (the CPU torch, the cloud extra) and PyPI's uv, which SkyPilot places in the allocation.
+SLURM_PACKAGES := slurmctld slurmd slurm-client munge rsync
+slurm-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SLURM_PACKAGES) >/dev/null 2>&1 || \
+	   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SLURM_PACKAGES) >/dev/null 2>&1)) \
+	    || echo "note: $(SLURM_PACKAGES) could not be installed; the Slurm test will be skipped"; \
+	fi
+
+test-slurm: $(STAMP) $(SKY_STAMP) slurm-deps
+	$(SKY_VENV)/bin/python -m pip install -q torch==2.13.0 -e ".[train,cloud,skypilot]" uv
+	LORAFLOW_SLURM_E2E=1 $(SKY_VENV)/bin/python -m pytest -q -p no:cacheprovider -rs -s tests/remote/test_skypilot_slurm.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench examples notebooks

@@ -189,3 +189,37 @@ def test_musubi_wan22_pair_moves_to_a_new_vast_host_and_resumes_the_low_noise_ex
     assert_pair_checkpoints(job, 30, 60)
     assert_pair_delivered(job, store)
     assert vast.instances() == {}
+
+
+@pytest.mark.timeout(900)
+def test_musubi_wan22_pair_lost_in_its_high_noise_run_resumes_that_expert_on_a_new_vast_host(
+    tmp_path: Path, cli, vast: Vast
+) -> None:
+    """The host is lost while the high-noise expert trains: the new host is sent that expert's newest state
+    (no high-noise file yet, so nothing says the low-noise expert is next), resumes the high-noise run from it,
+    then trains the low-noise expert; the job ends with the pair."""
+    compute = {"provider": "vastai", "python": sys.executable, "setup": "", "max_retries": 2}
+    path = wan22_spec(tmp_path, "musubi", musubi_engine(tmp_path, 0.5), compute, 40)
+    assert cli("train", "--detach", path).code == 0
+    store = Store()
+    job = store.list_jobs()[0]
+    wait_for(lambda: any(d["step"] >= 5 for d in events_of(store, job.id, "checkpoint.synced")),
+             timeout=400, what="a high-noise checkpoint copied back")
+    first = store.get(job.id).lease["instance_id"]
+    lost_at = store.get(job.id).step
+    vast.admin(f"instances/{first}/fail", {"kind": "gone"})
+    wait_for(lambda: store.get(job.id).state not in ACTIVE, timeout=400, what="the job to end")
+    job = store.get(job.id)
+    assert job.state is JobState.COMPLETED, dump(job.to_dict()) + dump([e.data for e in store.events(job.id)][-20:])
+    assert lost_at < 20, "the host was to be lost in the high-noise run"
+    resumed = [d["step"] for d in events_of(store, job.id, "resumed")]
+    assert len(resumed) == 1 and 5 <= resumed[0] < 20, resumed  # the high-noise expert, from its own state
+    messages = [d.get("message", "") for d in events_of(store, job.id, "log")]
+    sent = [m for m in messages if m.startswith("sending ")]
+    assert len(sent) == 1 and "dancer_high_noise-step" in sent[0] and "-state" in sent[0], messages
+    mine = sorted(p.name for p in (job.folder / "musubi").iterdir())
+    assert mine == ["from-00000000", f"from-{resumed[0]:08d}", "from-00000020"], mine
+    assert (job.folder / "musubi" / f"from-{resumed[0]:08d}" / "dancer_high_noise.safetensors").is_file()
+    assert_pair_checkpoints(job, 20, 40)
+    assert_pair_delivered(job, store)
+    assert vast.instances() == {}

@@ -163,9 +163,9 @@ def test_spot_offers_are_priced_at_the_catalogs_spot_price_in_its_cheapest_regio
     assert resources.use_spot is True and resources.region == "us-west-1"
 
 
-@pytest.mark.parametrize("infra", ["k8s", "k8s/my-context", "slurm/mycluster"])
-def test_kubernetes_and_slurm_are_refused_before_anything_is_rented(tmp_path: Path, infra: str) -> None:
-    """SkyPilot reaches their nodes through a proxy; loraflow's SSH would land on the login node or nowhere."""
+@pytest.mark.parametrize("infra", ["k8s", "k8s/my-context"])
+def test_kubernetes_is_refused_before_anything_is_rented(tmp_path: Path, infra: str) -> None:
+    """SkyPilot reaches its pods through a port-forward loraflow's SSH does not take (Slurm's route it does)."""
     spec = sky_spec(tmp_path, infra=infra)
     with pytest.raises(UserInputError, match="cannot reach SkyPilot's"):
         provider().offers(spec)
@@ -322,3 +322,57 @@ def test_skyapi_against_skypilots_own_api_server(tmp_path: Path) -> None:
         assert p.owned() == []
     finally:
         api.sky.api_stop()
+
+
+class SlurmSky(FakeSky):
+    """A Slurm cluster as SkyPilot answers for it: its catalog is the cluster's nodes (a partition, no price
+    unless configured), and the head node's handle names the login node, which SSH does not dial directly."""
+
+    def accelerators(self, cloud: str, names: list[str], region: str | None, count: int, spot: bool = False):
+        self.asked = (cloud, names, region)
+        return [{"accelerator": "H100", "cloud": "slurm", "region": "gpu", "instance_type": None, "price": 0.0,
+                 "vram_gb": 0.0}]
+
+    def status(self, cluster: str) -> dict | None:
+        row = super().status(cluster)
+        if row:
+            row["handle"].launched_resources = SimpleNamespace(cloud=sky.clouds.Slurm())
+            row["handle"].ssh_user = None  # a Slurm handle names no login of its own: its provider config does
+            login = {"hostname": "127.0.0.1", "port": self.port, "user": "alice"}
+            row["handle"].cached_cluster_info = SimpleNamespace(provider_config={"ssh": login})
+        return row
+
+
+def test_a_slurm_allocation_is_rented_and_reached_through_skypilots_own_ssh_route(tmp_path: Path) -> None:
+    """No port to probe and no address of its own: the wait logs in through SkyPilot's ProxyCommand for the
+    cluster (its websocket proxy to the API server's `srun ... sshd -i`), which the runner's SSH then uses."""
+    with socket.socket() as closed:  # the login node's port, as far as the wait could tell: nothing listens
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    fake = SlurmSky(port, ["SUCCEEDED"])
+    # SkyPilot knows Slurm clusters from ~/.slurm/config (and refuses a name it does not find there)
+    config = Path(os.environ["HOME"]) / ".slurm" / "config"
+    config.parent.mkdir(exist_ok=True)
+    config.write_text(f"Host mycluster\n    HostName 127.0.0.1\n    Port {port}\n    User alice\n")
+    p = SkyPilotProvider(api=fake, needs=engine_needs)
+    p.ensure_ssh_key(KEY)
+    spec = sky_spec(tmp_path, infra="slurm/mycluster")
+    (only,) = p.offers(spec)
+    assert fake.asked == ("slurm", [], "mycluster")  # the catalog asked about that Slurm cluster
+    assert only.gpu == "1x H100 (slurm/gpu)" and only.usd_per_hour == 0.0
+    cluster, _ = p.create(spec, "job7", [only])
+    task = fake.launched[cluster]
+    (resources,) = task.resources
+    assert str(resources.cloud) == "Slurm" and resources.image_id is None  # runs in the allocation itself
+    assert 'getent passwd "${USER:-$(id -un)}"' in task.setup  # the key where the route's sshd reads it
+    logins: list[tuple[str, int, str, list[str] | None]] = []
+    p.wait_ready(cluster, lambda h, port_: logins.append((h, port_, p.ssh_user, p.ssh_proxy)), poll_s=0.01)
+    ((host, at, user, proxy),) = logins
+    assert (host, at, user) == ("127.0.0.1", port, "alice")
+    assert proxy is not None and proxy[0] == sys.executable and Path(proxy[1]).is_file()  # SkyPilot's own proxy
+    assert proxy[2].startswith("http://127.0.0.1:") and proxy[3:] == [cluster, "slurm-job-ssh-proxy", "0"]
+
+
+def test_a_cloud_task_adds_the_key_to_home_only(tmp_path: Path) -> None:
+    plan = provider().plan(sky_spec(tmp_path, infra="lambda"), "job8", offer("H100"))
+    assert "getent" not in plan.setup() and plan.image  # a cloud VM: $HOME is the login's home; the image kept

@@ -116,3 +116,30 @@ def test_unreachable_host_fails_after_retries(tmp_path: Path) -> None:
         host.check()
     with pytest.raises(LoraflowError):
         host.get("/nope", tmp_path / "x")
+
+
+# A ProxyCommand as SkyPilot's websocket proxy is one: a process whose stdin/stdout is the SSH stream.
+RELAY = (
+    "import socket, sys, threading; s = socket.create_connection(('127.0.0.1', int(sys.argv[1]))); "
+    "open(sys.argv[2], 'a').write('relayed\\n'); "
+    "threading.Thread(target=lambda: [s.sendall(b) for b in iter(lambda: sys.stdin.buffer.read1(65536), b'')] "
+    "and s.shutdown(socket.SHUT_WR), daemon=True).start(); "
+    "[sys.stdout.buffer.write(b) or sys.stdout.buffer.flush() for b in iter(lambda: s.recv(65536), b'')]"
+)
+
+
+def test_a_host_reached_through_a_proxy_command_as_a_lease_records_it(sshd: Sshd, tmp_path: Path) -> None:
+    """The endpoint's host:port only name the host (its pinned key): the bytes go through the proxy, which a
+    lease records and a reopened endpoint (the follower's, a restarted runner's) uses again."""
+    used = tmp_path / "proxy-used"
+    proxy = (sys.executable, "-c", RELAY, str(sshd.port), str(used))
+    endpoint = SshEndpoint("10.255.255.1", 2222, "root", str(sshd.key), str(tmp_path / "known_hosts"), proxy)
+    again = SshEndpoint.from_dict(endpoint.to_dict())  # as a lease stores it (JSON: lists)
+    assert again == endpoint and again.to_dict()["proxy_command"] == list(proxy)
+    host = SshHost(again)
+    assert host.expand("~/x") == f"{sshd.home}/x"  # 10.255.255.1 is never dialled: nothing listens there
+    host.close()
+    assert used.read_text().count("relayed") >= 1
+    assert "[10.255.255.1]:2222" in (tmp_path / "known_hosts").read_text()  # pinned under the name it was given
+    old = {k: v for k, v in endpoint.to_dict().items() if k != "proxy_command"}
+    assert SshEndpoint.from_dict(old).proxy_command is None  # a lease recorded before proxies existed

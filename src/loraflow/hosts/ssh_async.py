@@ -92,6 +92,8 @@ class AsyncSshHost:
             }
             if e.identity_file:
                 options["client_keys"] = [e.identity_file]
+            if e.proxy_command:
+                options["proxy_command"] = list(e.proxy_command)  # run as given, no shell
             if self._gate is not None:
                 async with self._gate:
                     conn = await asyncssh.connect(e.host, **options)

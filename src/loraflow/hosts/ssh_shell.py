@@ -28,13 +28,23 @@ class SshEndpoint:
     user: str
     identity_file: str | None
     known_hosts: str  # one file per lease: the key is pinned for that lease only
+    # The command SSH talks through instead of a TCP connection to host:port (OpenSSH's ProxyCommand), as
+    # the provider gives it: SkyPilot reaches a Slurm allocation through its API server and `srun sshd -i`.
+    # host:port then only name the host for its pinned key. None: a direct connection.
+    proxy_command: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["proxy_command"] = list(self.proxy_command) if self.proxy_command else None
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SshEndpoint:
-        return cls(**{k: data[k] for k in ("host", "port", "user", "identity_file", "known_hosts")})
+        proxy = data.get("proxy_command")  # absent in leases recorded before it existed
+        return cls(
+            **{k: data[k] for k in ("host", "port", "user", "identity_file", "known_hosts")},
+            proxy_command=tuple(proxy) if proxy else None,
+        )
 
 
 _SAFE_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")

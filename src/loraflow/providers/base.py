@@ -86,6 +86,8 @@ class Provider(Protocol):
     name: str  # the compute.provider value
     title: str  # as a person knows it: "Vast.ai", "RunPod"
     ssh_user: str  # who the orchestrator logs in as
+    # Optional: `ssh_proxy`, the command SSH talks through (ProxyCommand) when the machine has no address of
+    # its own (SkyPilot's Slurm allocations); a provider without it is reached at its address directly.
 
     def offers(self, spec: TrainSpec) -> list[RankedOffer]:
         """Offers that fit the job, cheapest *job* first; a UserInputError when none does."""
@@ -172,9 +174,11 @@ def wait_for_ssh(
     timeout_s: float,
     poll_s: float,
     on_stage: Callable[[str], None],
+    port_check: Callable[[str, int], bool] = lambda host, port: port_open(host, port),
 ) -> tuple[str, int]:
     """The wait every provider does: the machine runs with an address, then the TCP port opens, then SSH
-    logs in (and whatever check_ssh runs passes). One status call per `poll_s`."""
+    logs in (and whatever check_ssh runs passes). One status call per `poll_s`. `port_check` is the port's
+    probe (a machine reached through a proxy has no port of its own to probe)."""
     deadline = time.monotonic() + timeout_s
     stage = ""
     while time.monotonic() < deadline:
@@ -183,7 +187,7 @@ def wait_for_ssh(
             raise LoraflowError(f"{what} {failed}")
         if address is None:
             stage = once(stage, waiting, on_stage)
-        elif not port_open(*address):
+        elif not port_check(*address):
             stage = once(stage, f"waiting for SSH port {address[0]}:{address[1]}", on_stage)
         else:
             stage = once(stage, "checking SSH login", on_stage)

@@ -10,8 +10,13 @@ rather than SkyPilot's managed jobs: those restart a task from its start on a co
 a cloud of its own, and know nothing of a LoRA's checkpoints or of a budget (docs/remote.md says more).
 
 Prices come from SkyPilot's catalog (`sky.catalog.list_accelerators`, the same tables its optimizer
-uses). Clouds only, for now: SkyPilot reaches Kubernetes pods and Slurm allocations through a proxy that
-loraflow's SSH does not go through (catalog_rows says so to the user).
+uses; for a Slurm cluster, its nodes' GPUs as `sinfo` tells them, at the price its config gives, 0 unless set).
+
+A Slurm allocation has no SSH address of its own: SkyPilot reaches it through the login node, and a person's
+`ssh <cluster>` goes through SkyPilot's API server, which starts `srun ... sshd -i` inside the allocation.
+loraflow's SSH takes the same route (`ssh_proxy`, the ProxyCommand SkyPilot writes for the cluster), with its
+own key, which the task's setup adds to the login's authorized_keys (the file that sshd reads). Kubernetes is
+still refused: its pods are reached through a port-forward this provider does not yet set up.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from loraflow.providers.base import (
     Rented,
     SshCheck,
     destroy_confirmed,
+    port_open,
     wait_for_ssh,
 )
 from loraflow.providers.estimate import estimate
@@ -68,7 +74,8 @@ TABLE_ROW = {
     "H200": "H200",
     "V100": "Tesla V100",
 }
-OWN_INFRA = ("kubernetes", "slurm", "ssh")  # reached by SkyPilot through a proxy, not by a direct address
+OWN_INFRA = ("kubernetes", "slurm", "ssh")  # the user's own machines: no cloud region, reached through a proxy
+REFUSED_INFRA = ("kubernetes", "ssh")  # a proxy loraflow's SSH does not go through yet (Slurm's it does)
 API_ENV = "LORAFLOW_SKYPILOT_API"  # `module:factory` of a stand-in for SkyApi (the tests' runner processes)
 # The watcher's "self-destroy" on SkyPilot: it ends its job, and autostop (down, waiting for jobs) tears the
 # cluster down with SkyPilot's own credentials; the host needs none of loraflow's.
@@ -97,6 +104,15 @@ def infra_region(infra: str | None) -> str | None:
     return parts[1] if len(parts) > 1 and infra_cloud(infra) not in OWN_INFRA and parts[1] != "*" else None
 
 
+def catalog_region(infra: str | None) -> str | None:
+    """What SkyPilot's catalog filters regions by: a cloud's region, or the Slurm cluster's name
+    ('slurm/mycluster' -> 'mycluster', as in ~/.slurm/config)."""
+    parts = (infra or "").split("/")
+    if infra_cloud(infra) == "slurm":
+        return parts[1] if len(parts) > 1 and parts[1] not in ("", "*") else None
+    return infra_region(infra)
+
+
 def _vram(name: str) -> float | None:
     return gpu_table().get(TABLE_ROW.get(name, ""), {}).get("vram_gb")
 
@@ -105,10 +121,9 @@ def catalog_rows(api: Any, spec: TrainSpec, vram_gb: float) -> list[dict[str, An
     """The catalog's instance types with the job's GPUs, cheapest region of each: what SkyPilot's optimizer
     chooses among."""
     cloud = infra_cloud(spec.compute.infra)
-    if cloud in OWN_INFRA:
-        # SkyPilot reaches these nodes through a proxy (Kubernetes: a port-forward; Slurm: the login node and
-        # srun into the allocation); loraflow's SSH goes straight to the head node's address, which there is
-        # a pod IP or the login node. Refused rather than training outside the allocation.
+    if cloud in REFUSED_INFRA:
+        # SkyPilot reaches these nodes through a proxy (Kubernetes: a port-forward) that loraflow's SSH does not
+        # take yet; the head node's address there is a pod IP. Refused rather than training outside them.
         raise UserInputError(
             f"compute.infra {spec.compute.infra}: loraflow cannot reach SkyPilot's {cloud} nodes over SSH yet "
             "(SkyPilot reaches them through a proxy)",
@@ -123,7 +138,7 @@ def catalog_rows(api: Any, spec: TrainSpec, vram_gb: float) -> list[dict[str, An
     names = [sky_name(n) for n in spec.compute.gpu.names]
     rows = []
     spot = spec.compute.skypilot.use_spot
-    for row in api.accelerators(cloud, names, infra_region(spec.compute.infra), spec.compute.gpus, spot):
+    for row in api.accelerators(cloud, names, catalog_region(spec.compute.infra), spec.compute.gpus, spot):
         memory = row.get("vram_gb") or _vram(row["accelerator"])
         if memory is not None and memory < vram_gb * 0.95:
             continue
@@ -150,6 +165,7 @@ class SkyPilotProvider:
         self._key_file = paths.home() / "skypilot" / "loraflow.pub"
         self._launches: dict[str, str] = {}  # cluster -> its launch request id, while this process waits
         self._user = "root"
+        self._proxy: list[str] | None = None
 
     @classmethod
     def quick(cls, needs: Needs | None = None) -> SkyPilotProvider:
@@ -175,6 +191,12 @@ class SkyPilotProvider:
         """The head node's login, as SkyPilot's cluster handle names it (ubuntu on AWS, gcpuser on GCP, the
         image's user for a docker image); known once `wait_ready` has found the address."""
         return self._user
+
+    @property
+    def ssh_proxy(self) -> list[str] | None:
+        """The command SSH talks through to the cluster's head node (a Slurm allocation: SkyPilot's own route),
+        None for a cloud VM's direct address; known once `wait_ready` has found the address."""
+        return self._proxy
 
     def needs(self, spec: TrainSpec) -> MachineNeeds:
         if self._needs is None:
@@ -221,7 +243,9 @@ class SkyPilotProvider:
             gpus=spec.compute.gpus,
             infra=infra,
             disk_gb=spec.compute.gpu.disk_gb,
-            image=self.needs(spec).image,
+            # On Slurm the job runs in the allocation itself (compute.python, compute.setup): a container there
+            # needs the cluster's pyxis/enroot and is reached by SkyPilot another way.
+            image=None if infra_cloud(infra) == "slurm" else self.needs(spec).image,
             use_spot=spec.compute.skypilot.use_spot,
             max_usd_per_hour=spec.compute.gpu.max_usd_per_hour,
             key_file=str(self._key_file),
@@ -259,6 +283,15 @@ class SkyPilotProvider:
         ports = getattr(handle, "cached_external_ssh_ports", None) or [22]
         docker = getattr(handle, "docker_user", None)
         user = docker or getattr(handle, "ssh_user", None)
+        if str(getattr(getattr(handle, "launched_resources", None), "cloud", "")).lower() == "slurm":
+            # The login node's address names the host (its pinned key); SSH goes through SkyPilot's route, whose
+            # `sshd -i` runs as the allocation's user: the Slurm user SkyPilot submits as, else the login's.
+            config = getattr(getattr(handle, "cached_cluster_info", None), "provider_config", None) or {}
+            user = config.get("slurm_user") or (config.get("ssh") or {}).get("user") or user
+            if not ips or not user:
+                return None
+            self._proxy = self.api.ssh_proxy(cluster)
+            return str(ips[0]), int(ports[0]), str(user)
         if not ips or not user:
             return None
         # With a docker image SkyPilot runs sshd in the container (host network) on DOCKER_SSH_PORT, opened
@@ -301,7 +334,10 @@ class SkyPilotProvider:
             return None, (found[0], found[1]), ""
 
         poll_s = poll_interval() if poll_s is None else poll_s
-        return wait_for_ssh(f"SkyPilot cluster {cluster}", progress, check_ssh, timeout_s, poll_s, on_stage)
+        return wait_for_ssh(
+            f"SkyPilot cluster {cluster}", progress, check_ssh, timeout_s, poll_s, on_stage,
+            port_check=lambda host, port: self._proxy is not None or port_open(host, port),
+        )
 
     # --- health, release, orphans ------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ than it asks.
 from __future__ import annotations
 
 import io
+import sys
 from typing import Any
 
 from loraflow.errors import LoraflowError
@@ -76,6 +77,16 @@ class SkyApi:
                 wait_for=AutostopWaitFor.JOBS,
             )
         )
+
+    def ssh_proxy(self, cluster: str) -> list[str]:
+        """The ProxyCommand SkyPilot's own `ssh <cluster>` uses for a Slurm cluster (what its CLI writes into
+        ~/.sky/generated/ssh): its websocket proxy to the API server, which runs `srun ... sshd -i` inside the
+        allocation through the login node. Node 0, the head."""
+        from sky.server import common as server_common
+        from sky.utils import directory_utils
+
+        proxy = f"{directory_utils.get_sky_dir()}/templates/websocket_proxy.py"
+        return [sys.executable, proxy, server_common.get_server_url(), cluster, "slurm-job-ssh-proxy", "0"]
 
     def request_state(self, request_id: str) -> str:
         """PENDING, RUNNING, SUCCEEDED, FAILED or CANCELLED ('GONE' when the server forgot it)."""

@@ -68,11 +68,18 @@ class TaskPlan:
     envs: dict[str, str]
 
     def setup(self) -> str:
-        return (
-            "mkdir -p ~/.ssh && chmod 700 ~/.ssh && touch ~/.ssh/authorized_keys && "
-            f"(grep -qxFf {KEY_REMOTE} ~/.ssh/authorized_keys || cat {KEY_REMOTE} >> ~/.ssh/authorized_keys) && "
-            "chmod 600 ~/.ssh/authorized_keys"
+        """loraflow's key into the login's authorized_keys: $HOME's, and on Slurm (where SkyPilot sets HOME to
+        the cluster's own folder) also the account's home from the user database, the file the `sshd -i` of
+        SkyPilot's route reads, as SkyPilot adds its own key there."""
+        add = (
+            'mkdir -p "$d" && chmod 700 "$d" && touch "$d/authorized_keys" && '
+            f'(grep -qxFf {KEY_REMOTE} "$d/authorized_keys" || cat {KEY_REMOTE} >> "$d/authorized_keys") && '
+            'chmod 600 "$d/authorized_keys"'
         )
+        folders = "~/.ssh"
+        if (self.infra or "").lower().startswith("slurm"):
+            folders += ' "$(getent passwd "${USER:-$(id -un)}" | cut -d: -f6)/.ssh"'
+        return f'for d in {folders}; do [ "$d" = "/.ssh" ] || {{ {add}; }} || exit 1; done'
 
     def run(self) -> str:
         return f"{self.watch.rstrip()}\nwait\n"

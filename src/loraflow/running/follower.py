@@ -122,7 +122,7 @@ class Follower:
         self.writes = _Writes(store, self.pool)
         self.jobs: dict[str, IO[str]] = {}  # job id -> its held runner lock
         self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.hosts: dict[tuple[Any, ...], AsyncSshHost] = {}
+        self.hosts: dict[SshEndpoint, AsyncSshHost] = {}
         self.records: dict[str, Job] = {}
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="follower")
         self._closing = False
@@ -198,7 +198,7 @@ class Follower:
             await asyncio.sleep(1.0)
 
     def _host(self, endpoint: SshEndpoint) -> AsyncSshHost:
-        key = tuple(sorted(endpoint.to_dict().items()))
+        key = endpoint  # frozen: one connection per distinct endpoint
         if key not in self.hosts:
             if self._connect_gate is None:
                 self._connect_gate = asyncio.Semaphore(CONNECTS_AT_ONCE)

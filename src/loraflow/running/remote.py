@@ -182,7 +182,12 @@ class RemoteLease:
 
         def check_ssh(host: str, port: int) -> None:
             # asked each time: SkyPilot learns the login from the cluster it launched (ubuntu, gcpuser...)
-            SshHost(SshEndpoint(host, port, provider.ssh_user, str(key_path), known), retries=0).check()
+            SshHost(SshEndpoint(host, port, provider.ssh_user, str(key_path), known, proxy()), retries=0).check()
+
+        def proxy() -> tuple[str, ...] | None:
+            # what SSH talks through, where the provider reaches its machine through a proxy (SkyPilot's Slurm)
+            route = getattr(provider, "ssh_proxy", None)
+            return tuple(route) if route else None
 
         try:
             address = provider.wait_ready(
@@ -194,7 +199,7 @@ class RemoteLease:
         except LoraflowError as exc:
             self.release(f"not ready: {exc.message}")
             raise
-        endpoint = SshEndpoint(address[0], address[1], provider.ssh_user, str(key_path), known)
+        endpoint = SshEndpoint(address[0], address[1], provider.ssh_user, str(key_path), known, proxy())
         host = SshHost(endpoint)
         root = self.spec.compute.ssh.root if self.spec.compute.ssh else "~/loraflow"
         self._finish_acquire(lease, endpoint, host, root)

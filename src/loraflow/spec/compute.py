@@ -101,8 +101,8 @@ class ComputeSpec(Strict):
     infra: str | None = Field(
         None,
         description="Where SkyPilot rents (provider skypilot), or is priced beside the spec's own provider in "
-        "`loraflow estimate`, in SkyPilot's own syntax: a cloud and its region ('aws', 'gcp/us-central1'); its "
-        "Kubernetes and Slurm are refused for now (docs/remote.md).",
+        "`loraflow estimate`, in SkyPilot's own syntax: a cloud and its region ('aws', 'gcp/us-central1') or a "
+        "Slurm cluster ('slurm/<name>' of ~/.slurm/config); Kubernetes is refused for now (docs/remote.md).",
     )
     skypilot: SkyPilotOptions = Field(default_factory=SkyPilotOptions)
     max_retries: int = Field(2, ge=0, description="New hosts leased after a dead or stalled one.")
