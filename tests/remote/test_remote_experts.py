@@ -19,6 +19,7 @@ from loraflow.layout import PAIR_FILE
 from loraflow.publish.bundle import verify_bundle
 from tests.conftest import EXAMPLES
 from tests.integration.test_local_jobs import wait_for
+from tests.publish.test_s3 import s3, s3_endpoint  # noqa: F401 - fixtures
 from tests.remote.conftest import Sshd, Vast, dump, events_of, ssh_compute
 
 
@@ -105,10 +106,15 @@ def assert_pair_checkpoints(job: Any, split: int, total: int) -> None:
     assert all((checkpoints / f"step-{s:06d}" / PAIR_FILE).is_file() == (s > split) for s in steps)
 
 
-def test_musubi_wan22_pair_trains_on_an_ssh_host_as_one_job(tmp_path: Path, cli, sshd: Sshd) -> None:
+def test_musubi_wan22_pair_trains_on_an_ssh_host_as_one_job(
+    tmp_path: Path, cli, sshd: Sshd, s3, s3_endpoint: str  # noqa: F811 - the fixtures
+) -> None:
     """Both experts' musubi runs on the host, one after the other with their own timesteps, counted as one
-    job's steps; checkpoints copied back while each trains; both files back and delivered as one result."""
-    path = wan22_spec(tmp_path, "musubi", musubi_engine(tmp_path, 0.02), ssh_compute(sshd), 20)
+    job's steps; checkpoints copied back while each trains; both files back and delivered as one result
+    (job folder, bundle, card, registry, S3)."""
+    target = {"type": "s3", "bucket": "loras", "prefix": "p", "endpoint_url": s3_endpoint}
+    path = wan22_spec(tmp_path, "musubi", musubi_engine(tmp_path, 0.02), ssh_compute(sshd), 20,
+                      publish={"targets": [target]})
     result = cli("train", path)
     assert result.code == 0, result.out + result.err
     store = Store()
@@ -130,6 +136,8 @@ def test_musubi_wan22_pair_trains_on_an_ssh_host_as_one_job(tmp_path: Path, cli,
     assert mine == ["from-00000000", "from-00000010"]
     assert (job.folder / "musubi" / "from-00000000" / "dancer_high_noise.safetensors").is_file()
     assert_pair_delivered(job, store)
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="loras")["Contents"]}
+    assert {f"p/{job.id}/dancer.safetensors", f"p/{job.id}/dancer_high_noise.safetensors"} <= keys
     assert job.lease is None
 
 
