@@ -120,6 +120,11 @@ def test_on_a_leased_host_each_run_is_chosen_from_this_machines_copy_of_its_fold
     assert place.engine_layout(engine) == local
     high = Path(segment_dir(local, 0)) / "dancer_high_noise.safetensors"
     lora(high)
+    # the high-noise expert finished, no low-noise save yet: a new host is sent that file alone and starts
+    # the low-noise expert
+    assert engine.resume_files(spec, local) == [str(high)]
+    argv = [place.on_host(a) for a in engine.command(spec, place.engine_layout(engine), "python3").argv]
+    assert "from step 20 of 40: the low-noise expert" in argv[2] and "--resume" not in argv[2]
     state(Path(segment_dir(local, 20)) / "dancer-step00000005-state")
     argv = [place.on_host(a) for a in engine.command(spec, place.engine_layout(engine), "python3").argv]
     assert "from step 25 of 40: the low-noise expert" in argv[2]

@@ -19,6 +19,7 @@ from loraflow.layout import PAIR_FILE
 from loraflow.publish.bundle import verify_bundle
 from tests.conftest import EXAMPLES
 from tests.integration.test_local_jobs import wait_for
+from tests.publish.test_s3 import s3, s3_endpoint  # noqa: F401 - fixtures
 from tests.remote.conftest import Sshd, Vast, dump, events_of, ssh_compute
 
 
@@ -105,10 +106,15 @@ def assert_pair_checkpoints(job: Any, split: int, total: int) -> None:
     assert all((checkpoints / f"step-{s:06d}" / PAIR_FILE).is_file() == (s > split) for s in steps)
 
 
-def test_musubi_wan22_pair_trains_on_an_ssh_host_as_one_job(tmp_path: Path, cli, sshd: Sshd) -> None:
+def test_musubi_wan22_pair_trains_on_an_ssh_host_as_one_job(
+    tmp_path: Path, cli, sshd: Sshd, s3, s3_endpoint: str  # noqa: F811 - the fixtures
+) -> None:
     """Both experts' musubi runs on the host, one after the other with their own timesteps, counted as one
-    job's steps; checkpoints copied back while each trains; both files back and delivered as one result."""
-    path = wan22_spec(tmp_path, "musubi", musubi_engine(tmp_path, 0.02), ssh_compute(sshd), 20)
+    job's steps; checkpoints copied back while each trains; both files back and delivered as one result
+    (job folder, bundle, card, registry, S3)."""
+    target = {"type": "s3", "bucket": "loras", "prefix": "p", "endpoint_url": s3_endpoint}
+    path = wan22_spec(tmp_path, "musubi", musubi_engine(tmp_path, 0.02), ssh_compute(sshd), 20,
+                      publish={"targets": [target]})
     result = cli("train", path)
     assert result.code == 0, result.out + result.err
     store = Store()
@@ -130,6 +136,8 @@ def test_musubi_wan22_pair_trains_on_an_ssh_host_as_one_job(tmp_path: Path, cli,
     assert mine == ["from-00000000", "from-00000010"]
     assert (job.folder / "musubi" / "from-00000000" / "dancer_high_noise.safetensors").is_file()
     assert_pair_delivered(job, store)
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="loras")["Contents"]}
+    assert {f"p/{job.id}/dancer.safetensors", f"p/{job.id}/dancer_high_noise.safetensors"} <= keys
     assert job.lease is None
 
 
@@ -189,3 +197,73 @@ def test_musubi_wan22_pair_moves_to_a_new_vast_host_and_resumes_the_low_noise_ex
     assert_pair_checkpoints(job, 30, 60)
     assert_pair_delivered(job, store)
     assert vast.instances() == {}
+
+
+@pytest.mark.timeout(900)
+def test_musubi_wan22_pair_lost_in_its_high_noise_run_resumes_that_expert_on_a_new_vast_host(
+    tmp_path: Path, cli, vast: Vast
+) -> None:
+    """The host is lost while the high-noise expert trains: the new host is sent that expert's newest state
+    (no high-noise file yet, so nothing says the low-noise expert is next), resumes the high-noise run from it,
+    then trains the low-noise expert; the job ends with the pair."""
+    compute = {"provider": "vastai", "python": sys.executable, "setup": "", "max_retries": 2}
+    path = wan22_spec(tmp_path, "musubi", musubi_engine(tmp_path, 0.5), compute, 40)
+    assert cli("train", "--detach", path).code == 0
+    store = Store()
+    job = store.list_jobs()[0]
+    wait_for(lambda: any(d["step"] >= 5 for d in events_of(store, job.id, "checkpoint.synced")),
+             timeout=400, what="a high-noise checkpoint copied back")
+    first = store.get(job.id).lease["instance_id"]
+    lost_at = store.get(job.id).step
+    vast.admin(f"instances/{first}/fail", {"kind": "gone"})
+    wait_for(lambda: store.get(job.id).state not in ACTIVE, timeout=400, what="the job to end")
+    job = store.get(job.id)
+    assert job.state is JobState.COMPLETED, dump(job.to_dict()) + dump([e.data for e in store.events(job.id)][-20:])
+    assert lost_at < 20, "the host was to be lost in the high-noise run"
+    resumed = [d["step"] for d in events_of(store, job.id, "resumed")]
+    assert len(resumed) == 1 and 5 <= resumed[0] < 20, resumed  # the high-noise expert, from its own state
+    messages = [d.get("message", "") for d in events_of(store, job.id, "log")]
+    sent = [m for m in messages if m.startswith("sending ")]
+    assert len(sent) == 1 and "dancer_high_noise-step" in sent[0] and "-state" in sent[0], messages
+    mine = sorted(p.name for p in (job.folder / "musubi").iterdir())
+    assert mine == ["from-00000000", f"from-{resumed[0]:08d}", "from-00000020"], mine
+    assert (job.folder / "musubi" / f"from-{resumed[0]:08d}" / "dancer_high_noise.safetensors").is_file()
+    assert_pair_checkpoints(job, 20, 40)
+    assert_pair_delivered(job, store)
+    assert vast.instances() == {}
+
+
+def test_a_worker_following_the_pair_copies_each_experts_checkpoints_back_while_it_trains(
+    tmp_path: Path, sshd: Sshd
+) -> None:
+    """Under `loraflow worker`, the trainer is followed by the worker's event loop, not its runner: musubi's
+    run folders are copied back from there too, so each expert's checkpoints arrive while it trains; the
+    runner takes the high-noise run's exit back, starts the low-noise run at once, and hands it over again."""
+    from loraflow.running.worker import Worker
+    from loraflow.spec import load_spec
+
+    path = wan22_spec(tmp_path, "musubi", musubi_engine(tmp_path, 0.5), ssh_compute(sshd), 40)
+    store = Store()
+    job = store.create_job(load_spec(path))
+    worker = Worker(store, slots=1, lease_s=30).start(poll_s=0.3)
+    try:
+        wait_for(lambda: store.get(job.id).state is JobState.COMPLETED, timeout=400, what="the job to complete")
+    finally:
+        worker.stop()
+    job = store.get(job.id)
+    assert job.step == 40, dump(job.to_dict())
+    events = store.events(job.id)
+    windows, start = [], None
+    for e in events:
+        if e.type == "follower.adopted":
+            start = e.seq
+        elif e.type == "follower.released" and start is not None:
+            windows.append((start, e.seq))
+            start = None
+    assert len(windows) == 2 and len(events_of(store, job.id, "train.launched")) == 2  # one per expert's run
+    copied = [(e.seq, e.data["step"]) for e in events if e.type == "checkpoint.synced"]
+    for (begin, end), expert in zip(windows, ((5, 10, 15), (25, 30, 35)), strict=True):
+        while_followed = {step for seq, step in copied if begin < seq < end}
+        assert while_followed & set(expert), (expert, copied, windows)
+    assert_pair_checkpoints(job, 20, 40)
+    assert_pair_delivered(job, store)

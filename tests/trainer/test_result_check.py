@@ -189,3 +189,16 @@ def test_the_held_out_loss_in_batches_is_the_mean_of_each_draw_alone(tiny_model,
     batched = renderer.held_out_loss(items)
     assert batched == pytest.approx(sum(alone) / len(alone), rel=1e-5)
     assert renderer.held_out_loss(items) == batched  # the same draws for every LoRA
+
+
+def test_a_check_in_the_trainer_that_cannot_start_never_fails_the_training(make_config, tmp_path) -> None:
+    """A job rendered before the check ran in the trainer has no engine/evaluation.json: the trainer trains,
+    writes its LoRA, warns and exits 0 (the runner then checks in a process of its own)."""
+    from loraflow.evaluation import after_training
+
+    cfg = make_config("old-job", steps=2, checkpoint_every=2)
+    cfg.write(tmp_path / "config.json")
+    with contextlib.redirect_stdout(io.StringIO()) as said:
+        assert after_training.main([str(tmp_path / "missing.json"), str(tmp_path / "config.json")]) == 0
+    assert (Path(cfg.output_dir) / "t.safetensors").is_file()
+    assert "result check in the trainer could not start" in said.getvalue() and '"event": "done"' in said.getvalue()

@@ -111,6 +111,7 @@ def check_in_trainer(trainer: TrainerConfig, eval_path: Path, parts: Any, total:
     out.mkdir(parents=True, exist_ok=True)
     attempt = out / ATTEMPT
     if attempt.exists():
+        (out / SCORECARD).unlink(missing_ok=True)
         emit("warning", message="result check: an earlier check in the trainer did not finish; the runner "
                                 "checks in a process of its own instead")
         return None
@@ -146,7 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     def after(parts: Any, total: int) -> None:
         from loraflow.trainer.config import TrainerConfig
 
-        check_in_trainer(TrainerConfig.read(Path(args[1])), Path(args[0]), parts, total)
+        try:
+            check_in_trainer(TrainerConfig.read(Path(args[1])), Path(args[0]), parts, total)
+        except Exception as exc:  # no config (a job rendered before this existed), a bad one: never a failed run
+            traceback.print_exc()
+            emit("warning", message=f"result check in the trainer could not start ({type(exc).__name__}: {exc}"[:500]
+                 + "); the runner checks in a process of its own")
 
     return train_main([args[1]], after)  # the trainer's config last, as in `python -m loraflow.trainer`
 

@@ -30,6 +30,7 @@ from typing import IO, Any
 
 from loraflow import paths
 from loraflow.engines import get_engine
+from loraflow.engines.base import host_outputs
 from loraflow.errors import LoraflowError
 from loraflow.hosts.base import Handle, ProcessStatus
 from loraflow.hosts.ssh import HostUnreachable, SshEndpoint
@@ -253,6 +254,7 @@ class Follower:
         engine = get_engine(spec.engine.name)
         layout = JobLayout(str(paths.job_dir(job_id)))
         xlayout = JobLayout(lease["root"])
+        outputs = host_outputs(engine, spec, xlayout)  # an engine's own outputs, mirrored by lease_files.sync
         host = self._host(SshEndpoint.from_dict(lease["ssh"]))
         handle = Handle.in_folder(xlayout.run, "train")
         trainer = host.watch(handle)
@@ -317,8 +319,9 @@ class Follower:
                         return f"stalled: {stall.message}"
                 # New checkpoints and samples: after a save line, else when the remote listing changed.
                 if running and follow.collect_due(events, now):
-                    view = (await host.listing(xlayout.checkpoints), await host.listing(xlayout.samples))
-                    if view != synced_view and (view[0] or view[1]):  # something there, and new
+                    view = (await host.listing(xlayout.checkpoints), await host.listing(xlayout.samples),
+                            await host.listing(outputs) if outputs else {})  # musubi's run folders
+                    if view != synced_view and any(view):  # something there, and new
                         copied = await self.loop.run_in_executor(self.pool, copy_back)
                         synced_view = view
                         pending += [(e.type, e.data, event_fields(e)) for e in copied]
