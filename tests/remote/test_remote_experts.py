@@ -81,7 +81,7 @@ def test_aitoolkit_wan22_on_an_ssh_host_brings_back_both_experts(tmp_path: Path,
     assert job.lease is None
 
 
-def musubi_engine(tmp_path: Path, step_s: float, inert: str = "") -> Path:
+def musubi_engine(tmp_path: Path, step_s: float, inert: str = "", hold_at: int = 0) -> Path:
     """musubi-tuner's checkout on the host, its scripts the stand-in's (the host's environment is sshd's, not
     the test's: the stand-in's pace and faults are set in the scripts)."""
     root = tmp_path / "engines" / "musubi"
@@ -92,6 +92,8 @@ def musubi_engine(tmp_path: Path, step_s: float, inert: str = "") -> Path:
         (scripts / f"wan_{script}.py").write_text(
             f"import os\nos.environ['MUSUBI_STANDIN_STEP_S'] = '{step_s}'\n"
             f"os.environ['MUSUBI_STANDIN_INERT'] = '{inert}'\n"
+            f"os.environ['MUSUBI_STANDIN_HOLD_AT'] = '{hold_at}'\n"
+            f"os.environ['MUSUBI_STANDIN_RELEASE'] = {str(tmp_path / 'release')!r}\n"
             f"from loraflow.testing.musubi_standin import main\nmain({entry!r})\n"
         )
     return root
@@ -207,15 +209,17 @@ def test_musubi_wan22_pair_lost_in_its_high_noise_run_resumes_that_expert_on_a_n
     (no high-noise file yet, so nothing says the low-noise expert is next), resumes the high-noise run from it,
     then trains the low-noise expert; the job ends with the pair."""
     compute = {"provider": "vastai", "python": sys.executable, "setup": "", "max_retries": 2}
-    path = wan22_spec(tmp_path, "musubi", musubi_engine(tmp_path, 0.5), compute, 40)
+    # The high-noise run holds at step 10 until the host is lost: the loss lands in that run on any machine.
+    path = wan22_spec(tmp_path, "musubi", musubi_engine(tmp_path, 0.05, hold_at=10), compute, 40)
     assert cli("train", "--detach", path).code == 0
     store = Store()
     job = store.list_jobs()[0]
-    wait_for(lambda: any(d["step"] >= 5 for d in events_of(store, job.id, "checkpoint.synced")),
-             timeout=400, what="a high-noise checkpoint copied back")
+    wait_for(lambda: any(d["step"] >= 10 for d in events_of(store, job.id, "checkpoint.synced")),
+             timeout=400, what="the high-noise checkpoint of step 10 copied back (the run holds there)")
     first = store.get(job.id).lease["instance_id"]
     lost_at = store.get(job.id).step
     vast.admin(f"instances/{first}/fail", {"kind": "gone"})
+    (tmp_path / "release").touch()  # for the new host's run, which passes step 10 again if it resumes from 5
     wait_for(lambda: store.get(job.id).state not in ACTIVE, timeout=400, what="the job to end")
     job = store.get(job.id)
     assert job.state is JobState.COMPLETED, dump(job.to_dict()) + dump([e.data for e in store.events(job.id)][-20:])

@@ -275,6 +275,7 @@ def train(argv: list[str] | None = None) -> int:
                         log_utils.info(f"saving state at step {global_step}")
                         _save_state(out, name, global_step, global_step, args)
                     _remove_old(out, name, global_step, args, log_utils)
+                _hold(global_step)
             losses.append(loss)
             window = losses[-batches:]
             bar.set_postfix(avr_loss=sum(window) / len(window))
@@ -298,3 +299,12 @@ def train(argv: list[str] | None = None) -> int:
 
 def main(entry: str) -> None:
     sys.exit({"cache_latents": cache_latents, "cache_te": cache_text_encoder_outputs, "train": train}[entry]())
+
+
+def _hold(step: int) -> None:
+    """A test's gate: at MUSUBI_STANDIN_HOLD_AT the run waits until MUSUBI_STANDIN_RELEASE exists, so a test
+    can act at a known step (lose the host mid-run) whatever the machine's load, instead of racing a pace."""
+    hold_at, release = int(os.environ.get("MUSUBI_STANDIN_HOLD_AT", "0")), os.environ.get("MUSUBI_STANDIN_RELEASE")
+    if hold_at and step == hold_at and release:
+        while not Path(release).exists():
+            time.sleep(0.05)
