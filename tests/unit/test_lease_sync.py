@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -47,6 +48,7 @@ class Lease:
         Path(self.local.checkpoints).mkdir(parents=True)
         self._host = RacingHost(Path(self.remote.root))
         self.events: list[tuple[str, dict]] = []
+        self.spec = SimpleNamespace(engine=SimpleNamespace(name="builtin"))  # its checkpoints/ are the outputs
 
     def host(self) -> RacingHost:
         return self._host
