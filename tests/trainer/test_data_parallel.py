@@ -7,6 +7,7 @@ fail a test but never hang it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -41,13 +42,33 @@ def launch(cfg: TrainerConfig, processes: int) -> tuple[int, list[dict]]:
     )
     try:
         out, err = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+    except subprocess.TimeoutExpired as exc:
+        # torch's launcher starts each rank in a session of its own: the launcher's group is not all of them,
+        # and a rank left alive keeps the pipes open (the test then hung in communicate() until pytest's timeout).
+        for pid in [*descendants(proc.pid), proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.communicate()
+        tail = (exc.stderr or b"")[-4000:]
+        raise AssertionError(f"the launch did not end in {LAUNCH_TIMEOUT_S} s; stderr:\n{tail!r}") from None
     events = [json.loads(line[len(PREFIX):]) for line in out.splitlines() if line.startswith(PREFIX)]
     assert events, f"no events; stderr:\n{err[-4000:]}"
     return proc.returncode, events
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (read from /proc), whatever session each one started."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def losses(events: list[dict]) -> dict[int, float]:
