@@ -27,6 +27,13 @@ def title(provider: str) -> str:
     return RENTED[provider][2] if provider in RENTED else provider
 
 
+def offered(granted: frozenset[str] | set[str], first: str | None = None) -> list[str]:
+    """The rented-GPU providers a service grants its users (LORAFLOW_SERVICE_PROVIDERS), `first` (the spec's
+    own, already let through by the trust check) first: what the API's and the wizard's comparisons ask."""
+    names = [n for n in RENTED if n in granted or n == first]
+    return sorted(names, key=lambda n: n != first)
+
+
 def provider_for(name: str, needs: Needs | None = None, quick: bool = False) -> Provider:
     """The provider for `name`. `needs` (engines.engine_needs) is required to rank offers and rent; listing
     and destroying work without it. `quick`: for read-only questions a person waits on (few, short tries)."""

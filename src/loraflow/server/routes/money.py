@@ -36,9 +36,11 @@ def estimate(
     if is_rented(parsed.compute.provider):
         from loraflow.engines import engine_needs
         from loraflow.providers.compare import compare, side_by_side
+        from loraflow.providers.registry import offered
 
         # Every rented provider the operator offers, asked at once; the spec's own answers as "estimates".
-        found = compare(parsed, engine_needs, _granted_rented(request, parsed.compute.provider))
+        granted = request.app.state.config.grants.providers
+        found = compare(parsed, engine_needs, offered(granted, parsed.compute.provider))
         own = found[0]
         if own.error:
             raise own.error
@@ -61,13 +63,13 @@ def offers(
 ) -> list[Any]:
     """One provider's offers that fit a default job on this base model, cheapest job first."""
     from loraflow.engines import engine_needs
-    from loraflow.providers.registry import provider_for
+    from loraflow.providers.registry import offered, provider_for
     from loraflow.spec import parse_spec
 
-    if provider not in _granted_rented(request):
-        offered = ", ".join(_granted_rented(request)) or "none"
+    granted = offered(request.app.state.config.grants.providers)
+    if provider not in granted:
         raise UserInputError(f"provider '{provider}' is not offered on this service", where="provider",
-                             fix=f"use one of: {offered}")  # fmt: skip
+                             fix=f"use one of: {', '.join(granted) or 'none'}")  # fmt: skip
     spec = parse_spec(
         {"name": "offers", "dataset": {"path": NO_DATASET_YET}, "base_model": base_model,
          "compute": {"provider": provider}},
@@ -75,15 +77,6 @@ def offers(
     )  # fmt: skip
     ranked = provider_for(provider, needs=engine_needs).offers(spec)[:limit]
     return [{"offer": r.offer, "estimate": r.estimate.to_dict()} for r in ranked]
-
-
-def _granted_rented(request: Request, first: str | None = None) -> list[str]:
-    """The rented-GPU providers this service offers its users (LORAFLOW_SERVICE_PROVIDERS), `first` first."""
-    from loraflow.providers.registry import RENTED
-
-    granted = request.app.state.config.grants.providers
-    names = [n for n in RENTED if n in granted or n == first]
-    return sorted(names, key=lambda n: n != first)
 
 
 @router.post("/api/quote", tags=["credits"])

@@ -176,10 +176,9 @@ def _rented_estimate(spec: Any, granted: frozenset[str]) -> str:
     offers at their cheapest (the CLI's `estimate` has the whole table)."""
     from loraflow.engines import engine_needs
     from loraflow.providers.compare import compare
-    from loraflow.providers.registry import RENTED
+    from loraflow.providers.registry import offered
 
-    names = [n for n in RENTED if n in granted or n == spec.compute.provider]
-    own, *others = compare(spec, engine_needs, names)
+    own, *others = compare(spec, engine_needs, offered(granted, spec.compute.provider))
     if own.error or not own.best:
         reason = own.error.render() if own.error else "no offer fits this job"
         text = f'<span class="error">No price from {_escape(own.title)} now: {_escape(reason)}</span>'
